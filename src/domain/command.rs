@@ -1,0 +1,415 @@
+//! Commands: decoding a message body into a validated command, or a [`Rejection`] with its code.
+//!
+//! Decoding is pure and total: any bytes give either a command or a typed rejection, never a
+//! panic (a property test holds it to that). Unknown fields are refused rather than ignored, so a
+//! misspelt `tenantId` cannot silently turn a tenant run into a workspace run.
+
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+use super::error::{ErrorCode, Rejection};
+use super::failure::Failure;
+use super::identity::{normalise_context, RunIdentityHash};
+use super::operation_type::OperationRunType;
+use super::status::{RunOutcome, RunStatus};
+use super::summary_counts::SummaryCounts;
+
+/// Largest accepted body, in bytes (256 KiB).
+pub const MAX_COMMAND_BYTES: usize = 256 * 1024;
+/// Deepest accepted nesting of `context` (an object holding an object is depth 2).
+pub const MAX_CONTEXT_DEPTH: usize = 16;
+/// Longest accepted `command_id` and `initiator_name`, in characters.
+pub const MAX_ID_CHARS: usize = 200;
+
+/// The four command kinds, by their wire names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CommandKind {
+    /// `dispatch`
+    Dispatch,
+    /// `update_run`
+    UpdateRun,
+    /// `increment_summary_counts`
+    IncrementSummaryCounts,
+    /// `append_failures`
+    AppendFailures,
+}
+
+impl CommandKind {
+    /// Every kind.
+    pub const ALL: [CommandKind; 4] = [
+        Self::Dispatch,
+        Self::UpdateRun,
+        Self::IncrementSummaryCounts,
+        Self::AppendFailures,
+    ];
+
+    /// The wire name (also the routing key producers publish with).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Dispatch => "dispatch",
+            Self::UpdateRun => "update_run",
+            Self::IncrementSummaryCounts => "increment_summary_counts",
+            Self::AppendFailures => "append_failures",
+        }
+    }
+
+    /// Parses a wire name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
+    fn fields(self) -> &'static [&'static str] {
+        match self {
+            Self::Dispatch => &[
+                "kind", "command_id", "workspace_id", "tenant_id", "user_id", "initiator_name", "type", "context",
+            ],
+            Self::UpdateRun => &[
+                "kind", "command_id", "run_id", "workspace_id", "tenant_id", "status", "outcome",
+                "summary_counts", "failures",
+            ],
+            Self::IncrementSummaryCounts => {
+                &["kind", "command_id", "run_id", "workspace_id", "tenant_id", "counts"]
+            }
+            Self::AppendFailures => &["kind", "command_id", "run_id", "workspace_id", "tenant_id", "failures"],
+        }
+    }
+}
+
+/// The workspace and (optional) tenant a run belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RunScope {
+    /// The workspace.
+    pub workspace_id: i64,
+    /// The tenant; `None` for a workspace-scoped run.
+    pub tenant_id: Option<i64>,
+}
+
+/// A request to start tracking an operation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DispatchCommand {
+    /// Where the run belongs.
+    pub scope: RunScope,
+    /// Who asked for it.
+    pub user_id: Option<i64>,
+    /// A display name of the initiator (a user, a scheduler).
+    pub initiator_name: Option<String>,
+    /// The operation type.
+    pub run_type: OperationRunType,
+    /// The context, identity values normalised.
+    pub context: Map<String, Value>,
+    /// The identity hash computed from type, scope and context.
+    pub identity_hash: RunIdentityHash,
+}
+
+/// A progress report on one run: `update_run`, `increment_summary_counts` and `append_failures`
+/// are all this shape (the latter two with no state change).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProgressCommand {
+    /// The run.
+    pub run_id: i64,
+    /// The scope the sender claims for the run; a mismatch reads as `run_not_found`.
+    pub scope: RunScope,
+    /// Requested status.
+    pub status: Option<RunStatus>,
+    /// Requested outcome.
+    pub outcome: Option<RunOutcome>,
+    /// Count increments.
+    pub counts: SummaryCounts,
+    /// Failures to append.
+    pub failures: Vec<Failure>,
+}
+
+/// What a command asks for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CommandAction {
+    /// Track a new run (or find the active one of its identity).
+    Dispatch(DispatchCommand),
+    /// Report progress on a run.
+    Progress(ProgressCommand),
+}
+
+/// A decoded, validated command.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Command {
+    /// Its kind.
+    pub kind: CommandKind,
+    /// Its id (body field, else AMQP `message_id`); only a dispatch may lack one.
+    pub command_id: Option<String>,
+    /// SHA-256 of the body's canonical JSON: the inbox tells a redelivery from a reused id with it.
+    pub body_hash: String,
+    /// What it asks for.
+    pub action: CommandAction,
+}
+
+impl Command {
+    /// The run type (dispatch) for log fields.
+    pub fn run_type(&self) -> Option<OperationRunType> {
+        match &self.action {
+            CommandAction::Dispatch(d) => Some(d.run_type),
+            CommandAction::Progress(_) => None,
+        }
+    }
+
+    /// The run id (progress commands) for log fields.
+    pub fn run_id(&self) -> Option<i64> {
+        match &self.action {
+            CommandAction::Dispatch(_) => None,
+            CommandAction::Progress(p) => Some(p.run_id),
+        }
+    }
+}
+
+/// Decodes and validates a message body. `message_id` is the AMQP property, used when the body
+/// carries no `command_id`.
+pub fn decode_command(body: &[u8], message_id: Option<&str>) -> Result<Command, Rejection> {
+    if body.len() > MAX_COMMAND_BYTES {
+        return Err(Rejection::new(
+            ErrorCode::MessageTooLarge,
+            format!("body is {} bytes, the limit is {MAX_COMMAND_BYTES}", body.len()),
+        ));
+    }
+    let text = std::str::from_utf8(body).map_err(|e| {
+        Rejection::new(ErrorCode::InvalidUtf8, format!("body is not valid UTF-8: {e}"))
+    })?;
+    let value: Value = serde_json::from_str(text).map_err(|e| {
+        if e.to_string().contains("recursion limit") {
+            Rejection::new(ErrorCode::ContextTooDeep, "body nests deeper than 128 levels")
+        } else {
+            Rejection::new(ErrorCode::InvalidJson, format!("body is not JSON: {e}"))
+        }
+    })?;
+    let Value::Object(object) = value else {
+        return Err(Rejection::new(
+            ErrorCode::NotAnObject,
+            format!("body must be a JSON object, got {}", json_kind(&value)),
+        ));
+    };
+    let fields = Fields(&object);
+    let kind_name = fields.string("kind")?.ok_or_else(|| missing("kind"))?;
+    let kind = CommandKind::parse(kind_name).ok_or_else(|| {
+        let shown: String = kind_name.chars().take(64).collect();
+        Rejection::new(
+            ErrorCode::UnknownKind,
+            format!("unknown kind {shown:?}; expected dispatch, update_run, increment_summary_counts or append_failures"),
+        )
+    })?;
+    if let Some(extra) = object.keys().find(|k| !kind.fields().contains(&k.as_str())) {
+        let shown: String = extra.chars().take(64).collect();
+        return Err(invalid(format!("field {shown:?} is not part of a {} command", kind.as_str())));
+    }
+    let command_id = match fields.string("command_id")? {
+        Some(id) => Some(id),
+        None => message_id,
+    }
+    .map(|id| {
+        let n = id.chars().count();
+        if n == 0 || n > MAX_ID_CHARS {
+            return Err(invalid(format!("command_id must be 1 to {MAX_ID_CHARS} characters")));
+        }
+        Ok(id.to_owned())
+    })
+    .transpose()?;
+    if command_id.is_none() && kind != CommandKind::Dispatch {
+        return Err(Rejection::new(
+            ErrorCode::MissingCommandId,
+            format!("a {} command needs a command_id (body field or AMQP message_id)", kind.as_str()),
+        ));
+    }
+    let action = match kind {
+        CommandKind::Dispatch => CommandAction::Dispatch(decode_dispatch(&fields)?),
+        _ => CommandAction::Progress(decode_progress(kind, &fields)?),
+    };
+    let canonical = serde_json_canonicalizer::to_vec(&object)
+        .map_err(|e| Rejection::new(ErrorCode::InvalidJson, format!("body cannot be canonicalised: {e}")))?;
+    Ok(Command {
+        kind,
+        command_id,
+        body_hash: hex::encode(Sha256::digest(&canonical)),
+        action,
+    })
+}
+
+fn decode_dispatch(fields: &Fields) -> Result<DispatchCommand, Rejection> {
+    let workspace_id = fields.id("workspace_id")?.ok_or_else(|| missing("workspace_id"))?;
+    let tenant_id = fields.id("tenant_id")?;
+    let type_name = fields.string("type")?.ok_or_else(|| missing("type"))?;
+    let run_type = OperationRunType::parse(type_name)?;
+    let mut context = match fields.0.get("context") {
+        Some(Value::Object(c)) => c.clone(),
+        None => return Err(missing("context")),
+        Some(other) => return Err(invalid(format!("context must be an object, got {}", json_kind(other)))),
+    };
+    let depth = depth_of(&Value::Object(context.clone()));
+    if depth > MAX_CONTEXT_DEPTH {
+        return Err(Rejection::new(
+            ErrorCode::ContextTooDeep,
+            format!("context nests {depth} levels deep, the limit is {MAX_CONTEXT_DEPTH}"),
+        ));
+    }
+    let initiator_name = fields.string("initiator_name")?.map(str::to_owned);
+    if initiator_name.as_ref().is_some_and(|n| n.chars().count() > MAX_ID_CHARS) {
+        return Err(invalid(format!("initiator_name is longer than {MAX_ID_CHARS} characters")));
+    }
+    normalise_context(run_type, &mut context)?;
+    let identity_hash = RunIdentityHash::compute(run_type, workspace_id, tenant_id, &context)?;
+    Ok(DispatchCommand {
+        scope: RunScope { workspace_id, tenant_id },
+        user_id: fields.id("user_id")?,
+        initiator_name,
+        run_type,
+        context,
+        identity_hash,
+    })
+}
+
+fn decode_progress(kind: CommandKind, fields: &Fields) -> Result<ProgressCommand, Rejection> {
+    let run_id = fields.id("run_id")?.ok_or_else(|| missing("run_id"))?;
+    let workspace_id = fields.id("workspace_id")?.ok_or_else(|| missing("workspace_id"))?;
+    if !fields.0.contains_key("tenant_id") {
+        return Err(invalid("tenant_id is required for progress commands (null for a workspace-scoped run)"));
+    }
+    let tenant_id = fields.id("tenant_id")?;
+    let counts_field = if kind == CommandKind::IncrementSummaryCounts { "counts" } else { "summary_counts" };
+    let counts = match fields.0.get(counts_field) {
+        None | Some(Value::Null) if kind == CommandKind::IncrementSummaryCounts => return Err(missing("counts")),
+        None | Some(Value::Null) => SummaryCounts::default(),
+        Some(v) => SummaryCounts::parse(v)?,
+    };
+    let failures = match fields.0.get("failures") {
+        None | Some(Value::Null) if kind == CommandKind::AppendFailures => return Err(missing("failures")),
+        None | Some(Value::Null) => Vec::new(),
+        Some(v) => Failure::parse_list(v)?,
+    };
+    let status = fields.string("status")?.map(str::parse::<RunStatus>).transpose()?;
+    let outcome = fields.string("outcome")?.map(str::parse::<RunOutcome>).transpose()?;
+    Ok(ProgressCommand {
+        run_id,
+        scope: RunScope { workspace_id, tenant_id },
+        status,
+        outcome,
+        counts,
+        failures,
+    })
+}
+
+/// Typed access to the body's fields, with rejections that name the field.
+struct Fields<'a>(&'a Map<String, Value>);
+
+impl Fields<'_> {
+    fn string(&self, name: &str) -> Result<Option<&str>, Rejection> {
+        match self.0.get(name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(other) => Err(invalid(format!("{name} must be a string, got {}", json_kind(other)))),
+        }
+    }
+
+    fn id(&self, name: &str) -> Result<Option<i64>, Rejection> {
+        match self.0.get(name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Number(n)) => match n.as_i64() {
+                Some(id) if id > 0 => Ok(Some(id)),
+                _ => Err(invalid(format!("{name} must be a positive integer id, got {n}"))),
+            },
+            Some(other) => Err(invalid(format!("{name} must be a positive integer id, got {}", json_kind(other)))),
+        }
+    }
+}
+
+fn depth_of(value: &Value) -> usize {
+    match value {
+        Value::Object(o) => 1 + o.values().map(depth_of).max().unwrap_or(0),
+        Value::Array(a) => 1 + a.iter().map(depth_of).max().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+fn json_kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn missing(name: &str) -> Rejection {
+    invalid(format!("{name} is required"))
+}
+
+fn invalid(message: impl Into<String>) -> Rejection {
+    Rejection::new(ErrorCode::InvalidField, message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn code_of(body: &[u8]) -> ErrorCode {
+        decode_command(body, None).unwrap_err().code
+    }
+
+    fn dispatch_body() -> Value {
+        json!({"kind": "dispatch", "workspace_id": 1, "tenant_id": 2, "type": "policy.sync", "context": {"policy_id": "p1"}})
+    }
+
+    #[test]
+    fn a_dispatch_decodes_with_its_identity() {
+        let c = decode_command(dispatch_body().to_string().as_bytes(), Some("m-1")).unwrap();
+        assert_eq!(c.kind, CommandKind::Dispatch);
+        assert_eq!(c.command_id.as_deref(), Some("m-1"));
+        let CommandAction::Dispatch(d) = c.action else { panic!() };
+        assert_eq!(d.scope, RunScope { workspace_id: 1, tenant_id: Some(2) });
+        assert_eq!(d.identity_hash.as_str().len(), 64);
+    }
+
+    #[test]
+    fn body_command_id_wins_over_message_id_and_progress_needs_one() {
+        let body = json!({"kind": "append_failures", "command_id": "c-1", "run_id": 3, "workspace_id": 1, "tenant_id": null, "failures": []});
+        let c = decode_command(body.to_string().as_bytes(), Some("m")).unwrap();
+        assert_eq!(c.command_id.as_deref(), Some("c-1"));
+        let mut no_id = body.clone();
+        no_id.as_object_mut().unwrap().remove("command_id");
+        assert_eq!(code_of(no_id.to_string().as_bytes()), ErrorCode::MissingCommandId);
+    }
+
+    #[test]
+    fn malformed_bodies_get_specific_codes() {
+        let mut deep = json!(1);
+        for _ in 0..20 {
+            deep = json!({"a": deep});
+        }
+        let mut deep_ctx = dispatch_body();
+        deep_ctx["context"]["nest"] = deep;
+        let cases: Vec<(Vec<u8>, ErrorCode)> = vec![
+            (vec![0xff, 0xfe], ErrorCode::InvalidUtf8),
+            (b"{not json".to_vec(), ErrorCode::InvalidJson),
+            (b"[1,2]".to_vec(), ErrorCode::NotAnObject),
+            (br#"{"kind": 5}"#.to_vec(), ErrorCode::InvalidField),
+            (br#"{"kind": "explode"}"#.to_vec(), ErrorCode::UnknownKind),
+            (json!({"kind": "dispatch", "workspace_id": "1", "type": "policy.sync", "context": {}}).to_string().into_bytes(), ErrorCode::InvalidField),
+            (json!({"kind": "dispatch", "workspace_id": 1, "type": "nope", "context": {}}).to_string().into_bytes(), ErrorCode::UnknownType),
+            (json!({"kind": "dispatch", "workspace_id": 1, "type": "policy.sync", "context": {}}).to_string().into_bytes(), ErrorCode::MissingIdentityKey),
+            (json!({"kind": "dispatch", "workspace_id": 1, "tenantId": 2, "type": "policy.sync", "context": {"policy_id": 1}}).to_string().into_bytes(), ErrorCode::InvalidField),
+            (deep_ctx.to_string().into_bytes(), ErrorCode::ContextTooDeep),
+            (vec![b' '; MAX_COMMAND_BYTES + 1], ErrorCode::MessageTooLarge),
+            (json!({"kind": "increment_summary_counts", "command_id": "x", "run_id": 1, "workspace_id": 1, "tenant_id": null, "counts": {"total": -1}}).to_string().into_bytes(), ErrorCode::InvalidSummaryValue),
+            (json!({"kind": "increment_summary_counts", "command_id": "x", "run_id": 1, "workspace_id": 1, "tenant_id": null, "counts": {"nope": 1}}).to_string().into_bytes(), ErrorCode::InvalidSummaryKey),
+            (json!({"kind": "update_run", "command_id": "x", "run_id": 1, "workspace_id": 1, "tenant_id": null, "status": "done"}).to_string().into_bytes(), ErrorCode::InvalidField),
+            (json!({"kind": "update_run", "command_id": "x", "run_id": 1, "workspace_id": 1, "status": "running"}).to_string().into_bytes(), ErrorCode::InvalidField),
+        ];
+        for (body, code) in cases {
+            assert_eq!(code_of(&body), code, "{}", String::from_utf8_lossy(&body));
+        }
+    }
+
+    #[test]
+    fn the_body_hash_ignores_key_order() {
+        let a = decode_command(br#"{"kind":"dispatch","workspace_id":1,"type":"policy.sync","context":{"policy_id":1}}"#, None).unwrap();
+        let b = decode_command(br#"{"context":{"policy_id":1},"type":"policy.sync","workspace_id":1,"kind":"dispatch"}"#, None).unwrap();
+        assert_eq!(a.body_hash, b.body_hash);
+    }
+}

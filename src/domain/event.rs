@@ -1,0 +1,91 @@
+//! Events about runs, in CloudEvents 1.0 structured JSON form.
+//!
+//! `data` is `{"run": <the whole row>, "sequence": n}`; `sequence` starts at 1 per run and grows
+//! by one per event, so a subscriber can detect gaps and order what it received.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use super::operation_run::OperationRun;
+
+/// The content type of a structured CloudEvent.
+pub const CLOUDEVENTS_CONTENT_TYPE: &str = "application/cloudevents+json";
+
+/// What happened to a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RunEventType {
+    /// `operation_run.queued`: a dispatch created the run.
+    Queued,
+    /// `operation_run.started`: the run is running.
+    Started,
+    /// `operation_run.progressed`: counts or failures changed.
+    Progressed,
+    /// `operation_run.completed`: the run has its outcome.
+    Completed,
+}
+
+impl RunEventType {
+    /// Every type.
+    pub const ALL: [RunEventType; 4] = [Self::Queued, Self::Started, Self::Progressed, Self::Completed];
+
+    /// The CloudEvents `type`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "operation_run.queued",
+            Self::Started => "operation_run.started",
+            Self::Progressed => "operation_run.progressed",
+            Self::Completed => "operation_run.completed",
+        }
+    }
+
+    /// Parses the CloudEvents `type`.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.as_str() == s)
+    }
+}
+
+/// One event about a run, ready to store and publish.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunEvent {
+    /// Unique id: the CloudEvents `id` and the AMQP `message_id`, for subscriber dedupe.
+    pub id: Uuid,
+    /// The run.
+    pub run_id: i64,
+    /// Position in the run's event history, from 1.
+    pub sequence: i64,
+    /// What happened.
+    pub event_type: RunEventType,
+    /// The complete CloudEvent document.
+    pub cloud_event: Value,
+}
+
+impl RunEvent {
+    /// Builds event number `sequence` of `run`, stamped `time`, with CloudEvents `source` = `source`.
+    pub fn new(
+        event_type: RunEventType,
+        run: &OperationRun,
+        sequence: i64,
+        source: &str,
+        time: DateTime<Utc>,
+    ) -> Self {
+        let id = Uuid::now_v7();
+        let cloud_event = json!({
+            "specversion": "1.0",
+            "id": id.to_string(),
+            "source": source,
+            "type": event_type.as_str(),
+            "subject": format!("operation_runs/{}", run.id),
+            "time": time.to_rfc3339_opts(SecondsFormat::Micros, true),
+            "datacontenttype": "application/json",
+            "data": {"run": run.to_json(), "sequence": sequence},
+        });
+        Self {
+            id,
+            run_id: run.id,
+            sequence,
+            event_type,
+            cloud_event,
+        }
+    }
+}

@@ -1,0 +1,186 @@
+//! Failure entries of a run's `failure_summary`, and the sanitising that keeps secrets out of them.
+//!
+//! Messages come from executors that may echo HTTP headers, connection strings or API answers, so
+//! every message is sanitised before it is stored or published: bearer tokens, JWT-like strings,
+//! credentials in URLs and values of secret-looking keys are replaced by `[REDACTED]`, and the
+//! result is cut to [`MAX_FAILURE_MESSAGE_CHARS`] characters.
+
+use std::sync::LazyLock;
+
+use regex::Regex;
+use serde_json::{json, Value};
+
+use super::error::{ErrorCode, Rejection};
+
+/// Longest stored failure message, in characters.
+pub const MAX_FAILURE_MESSAGE_CHARS: usize = 1000;
+/// Most failures one command may append.
+pub const MAX_FAILURES_PER_COMMAND: usize = 100;
+
+const REDACTED: &str = "[REDACTED]";
+
+static CODE: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"^[a-z0-9_.]{1,64}$").unwrap());
+static BEARER: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9\-._~+/]+=*").unwrap());
+static JWT: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"\beyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*").unwrap());
+static URL_CREDENTIALS: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"([a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]+):[^@/\s]+@").unwrap());
+static SECRET_VALUE: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(
+        r#"(?i)\b((?:client_|app_)?secret|password|passwd|pwd|(?:access_|refresh_|id_|auth_)?token|api[_-]?key|authorization|private_key|credentials?)(["']?\s*[:=]\s*["']?)([^\s"'&,;}]+)"#,
+    )
+    .unwrap()
+});
+
+/// Removes secrets from `message` and cuts it to [`MAX_FAILURE_MESSAGE_CHARS`] characters.
+pub fn sanitise_message(message: &str) -> String {
+    let s = BEARER.replace_all(message, format!("$1 {REDACTED}"));
+    let s = JWT.replace_all(&s, REDACTED);
+    let s = URL_CREDENTIALS.replace_all(&s, format!("$1:{REDACTED}@"));
+    let s = SECRET_VALUE.replace_all(&s, format!("$1$2{REDACTED}"));
+    s.chars().take(MAX_FAILURE_MESSAGE_CHARS).collect()
+}
+
+/// One entry of a run's failure summary.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Failure {
+    /// Machine-readable code, `[a-z0-9_.]{1,64}`.
+    pub code: String,
+    /// Sanitised human message.
+    pub message: String,
+    /// Optional finer reason, same form as `code`.
+    pub reason_code: Option<String>,
+    /// Optional reference to the item that failed (string, number or object).
+    pub item: Option<Value>,
+}
+
+impl Failure {
+    /// A failure built by the service itself (e.g. `run.stale`); the message is sanitised too.
+    pub fn new(code: &str, message: &str) -> Self {
+        Self {
+            code: code.to_owned(),
+            message: sanitise_message(message),
+            reason_code: None,
+            item: None,
+        }
+    }
+
+    /// Validates and sanitises one failure entry from a command.
+    pub fn parse(value: &Value) -> Result<Self, Rejection> {
+        let object = value
+            .as_object()
+            .ok_or_else(|| invalid("a failure must be an object {code, message, reason_code?, item?}"))?;
+        if let Some(extra) = object
+            .keys()
+            .find(|k| !matches!(k.as_str(), "code" | "message" | "reason_code" | "item"))
+        {
+            let shown: String = extra.chars().take(64).collect();
+            return Err(invalid(format!("unknown failure field {shown:?}")));
+        }
+        let code = checked_code(object.get("code"), "code")?
+            .ok_or_else(|| invalid("failure.code is required"))?;
+        let message = match object.get("message") {
+            Some(Value::String(m)) => sanitise_message(m),
+            _ => return Err(invalid("failure.message must be a string")),
+        };
+        let reason_code = checked_code(object.get("reason_code"), "reason_code")?;
+        let item = match object.get("item") {
+            None | Some(Value::Null) => None,
+            Some(v @ (Value::String(_) | Value::Number(_) | Value::Object(_))) => Some(v.clone()),
+            Some(_) => return Err(invalid("failure.item must be a string, number or object")),
+        };
+        Ok(Self {
+            code,
+            message,
+            reason_code,
+            item,
+        })
+    }
+
+    /// Validates a list of failures from a command.
+    pub fn parse_list(value: &Value) -> Result<Vec<Self>, Rejection> {
+        let list = value.as_array().ok_or_else(|| invalid("failures must be an array"))?;
+        if list.len() > MAX_FAILURES_PER_COMMAND {
+            return Err(invalid(format!(
+                "at most {MAX_FAILURES_PER_COMMAND} failures per command, got {}",
+                list.len()
+            )));
+        }
+        list.iter().map(Self::parse).collect()
+    }
+
+    /// The stored JSON form.
+    pub fn to_json(&self) -> Value {
+        let mut v = json!({"code": self.code, "message": self.message});
+        if let Some(r) = &self.reason_code {
+            v["reason_code"] = json!(r);
+        }
+        if let Some(i) = &self.item {
+            v["item"] = i.clone();
+        }
+        v
+    }
+}
+
+fn checked_code(value: Option<&Value>, field: &str) -> Result<Option<String>, Rejection> {
+    match value {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if CODE.is_match(s) => Ok(Some(s.clone())),
+        Some(other) => Err(invalid(format!(
+            "failure.{field} must match [a-z0-9_.]{{1,64}}, got {}",
+            other.to_string().chars().take(80).collect::<String>()
+        ))),
+    }
+}
+
+fn invalid(message: impl Into<String>) -> Rejection {
+    Rejection::new(ErrorCode::InvalidFailure, message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_redacted() {
+        let cases = [
+            ("HTTP 401 with Authorization: Bearer abc.def-123", "abc.def-123"),
+            ("token eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.sgn-abc_12 leaked", "eyJhbGciOiJIUzI1NiJ9"),
+            ("login failed password=hunter2 for bob", "hunter2"),
+            (r#"{"client_secret": "s3cr3t-value"}"#, "s3cr3t-value"),
+            ("api_key: AKIA1234 refused", "AKIA1234"),
+            ("connect postgres://app:pa55word@db:5432/x failed", "pa55word"),
+            ("refresh_token=rt-999&x=1", "rt-999"),
+        ];
+        for (input, secret) in cases {
+            let out = sanitise_message(input);
+            assert!(!out.contains(secret), "{input} -> {out}");
+            assert!(out.contains(REDACTED), "{input} -> {out}");
+        }
+    }
+
+    #[test]
+    fn ordinary_messages_are_kept_and_long_ones_cut() {
+        assert_eq!(sanitise_message("device 42 not reachable"), "device 42 not reachable");
+        let long = "é".repeat(5000);
+        assert_eq!(sanitise_message(&long).chars().count(), MAX_FAILURE_MESSAGE_CHARS);
+    }
+
+    #[test]
+    fn failure_entries_are_validated() {
+        let ok = Failure::parse(&json!({"code": "graph.throttled", "message": "slow down", "item": "dev-1"})).unwrap();
+        assert_eq!(ok.to_json(), json!({"code": "graph.throttled", "message": "slow down", "item": "dev-1"}));
+        for bad in [
+            json!({"code": "Bad Code", "message": "x"}),
+            json!({"code": "", "message": "x"}),
+            json!({"code": "a".repeat(65), "message": "x"}),
+            json!({"code": "ok", "message": 3}),
+            json!({"code": "ok", "message": "x", "extra": 1}),
+            json!({"code": "ok", "message": "x", "reason_code": "NOPE"}),
+            json!("just text"),
+        ] {
+            assert_eq!(Failure::parse(&bad).unwrap_err().code, ErrorCode::InvalidFailure, "{bad}");
+        }
+    }
+}

@@ -1,0 +1,21 @@
+//! Pure types and rules: no I/O here, only what a run is and which changes are legal.
+
+pub mod command;
+pub mod error;
+pub mod event;
+pub mod failure;
+pub mod identity;
+pub mod operation_run;
+pub mod operation_type;
+pub mod status;
+pub mod summary_counts;
+
+pub use command::{decode_command, Command, CommandAction, CommandKind, DispatchCommand, ProgressCommand, RunScope};
+pub use error::{ErrorCode, Rejection};
+pub use event::{RunEvent, RunEventType};
+pub use failure::{sanitise_message, Failure};
+pub use identity::RunIdentityHash;
+pub use operation_run::OperationRun;
+pub use operation_type::{CatalogEntry, OperationRunType, OPERATION_CATALOG};
+pub use status::{RunOutcome, RunState, RunStatus, Transition, TransitionError};
+pub use summary_counts::SummaryCounts;
