@@ -50,11 +50,13 @@ pub enum ErrorCode {
     CommandIdConflict,
     /// The broker dead-lettered the message after too many redeliveries.
     DeliveryLimitExceeded,
+    /// The database refused the command's effect for a reason the validation did not foresee.
+    DatabaseRejected,
 }
 
 impl ErrorCode {
     /// Every code, in documentation order.
-    pub const ALL: [ErrorCode; 22] = [
+    pub const ALL: [ErrorCode; 23] = [
         Self::MessageTooLarge,
         Self::InvalidUtf8,
         Self::InvalidJson,
@@ -77,6 +79,7 @@ impl ErrorCode {
         Self::InvalidTransition,
         Self::CommandIdConflict,
         Self::DeliveryLimitExceeded,
+        Self::DatabaseRejected,
     ];
 
     /// The wire form, e.g. `missing_identity_key`.
@@ -104,6 +107,7 @@ impl ErrorCode {
             Self::InvalidTransition => "invalid_transition",
             Self::CommandIdConflict => "command_id_conflict",
             Self::DeliveryLimitExceeded => "delivery_limit_exceeded",
+            Self::DatabaseRejected => "database_rejected",
         }
     }
 

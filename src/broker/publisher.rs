@@ -1,0 +1,104 @@
+//! Publishing with publisher confirms on a dedicated channel: a message counts as sent only when
+//! the broker has acked it.
+
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::{Confirmation, PublisherConfirm};
+use lapin::{BasicProperties, Channel, Connection};
+
+use super::BrokerError;
+
+/// A channel in confirm mode.
+#[derive(Clone)]
+pub struct ConfirmPublisher {
+    channel: Channel,
+}
+
+/// A publish in flight: await it with [`Pending::confirmed`].
+pub struct Pending {
+    exchange: String,
+    confirm: PublisherConfirm,
+}
+
+/// What the broker said about a confirmed publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Confirmed {
+    /// Routed and stored.
+    Delivered,
+    /// Mandatory and unroutable: returned (and acked) by the broker.
+    Returned,
+}
+
+impl ConfirmPublisher {
+    /// Opens a new channel on `connection` and puts it in confirm mode.
+    pub async fn open(connection: &Connection) -> Result<Self, BrokerError> {
+        let channel = connection.create_channel().await?;
+        channel.confirm_select(ConfirmSelectOptions::default()).await?;
+        Ok(Self { channel })
+    }
+
+    /// Starts publishing `body` to `exchange` with `routing_key`; `mandatory` asks the broker to
+    /// return the message when no queue is bound for it.
+    pub async fn start(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+        mandatory: bool,
+    ) -> Result<Pending, BrokerError> {
+        let options = BasicPublishOptions {
+            mandatory,
+            ..Default::default()
+        };
+        let confirm = self
+            .channel
+            .basic_publish(exchange.into(), routing_key.into(), options, body, properties)
+            .await?;
+        Ok(Pending {
+            exchange: exchange.to_owned(),
+            confirm,
+        })
+    }
+
+    /// Publishes and waits for the broker's confirm.
+    pub async fn publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+        mandatory: bool,
+    ) -> Result<Confirmed, BrokerError> {
+        self.start(exchange, routing_key, body, properties, mandatory)
+            .await?
+            .confirmed()
+            .await
+    }
+
+    /// The underlying channel.
+    pub fn channel(&self) -> &Channel {
+        &self.channel
+    }
+}
+
+impl Pending {
+    /// Waits for the broker's confirm; a nack is an error.
+    pub async fn confirmed(self) -> Result<Confirmed, BrokerError> {
+        match self.confirm.await? {
+            Confirmation::Ack(None) | Confirmation::NotRequested => Ok(Confirmed::Delivered),
+            Confirmation::Ack(Some(_)) => Ok(Confirmed::Returned),
+            Confirmation::Nack(_) => Err(BrokerError::Nacked {
+                exchange: self.exchange,
+            }),
+        }
+    }
+}
+
+/// Waits for all `pending` confirms, in order.
+pub async fn confirm_all(pending: Vec<Pending>) -> Result<Vec<Confirmed>, BrokerError> {
+    let mut out = Vec::with_capacity(pending.len());
+    for p in pending {
+        out.push(p.confirmed().await?);
+    }
+    Ok(out)
+}

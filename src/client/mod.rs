@@ -1,0 +1,1 @@
+//! Producer library and worker (see issue 4).

@@ -1,0 +1,158 @@
+//! Configuration: one typed struct per concern, read from flags with environment fallbacks and
+//! visible defaults. Nothing else in the crate reads the environment. URLs may carry
+//! credentials, so their `Debug` form is redacted and `--help` never prints environment values.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Where the database and the broker are, and which topology namespace to use.
+#[derive(Clone, clap::Args)]
+pub struct Config {
+    /// Postgres URL (`sslmode=require` etc. in the URL enables TLS).
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        hide_env_values = true,
+        default_value = "postgres://postgres:postgres@localhost:5432/operation_runs",
+        global = true
+    )]
+    pub database_url: String,
+
+    /// AMQP URL (`amqps://` for TLS).
+    #[arg(
+        long,
+        env = "AMQP_URL",
+        hide_env_values = true,
+        default_value = "amqp://guest:guest@localhost:5672/%2f",
+        global = true
+    )]
+    pub amqp_url: String,
+
+    /// Prefix of every exchange and queue name.
+    #[arg(long, env = "OPRUN_NAMESPACE", default_value = "operation_runs", global = true)]
+    pub namespace: String,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("database_url", &redact_url(&self.database_url))
+            .field("amqp_url", &redact_url(&self.amqp_url))
+            .field("namespace", &self.namespace)
+            .finish()
+    }
+}
+
+/// Settings of `oprun serve`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeSettings {
+    /// Unacked commands the broker may send ahead.
+    #[arg(long, env = "OPRUN_PREFETCH", default_value_t = 500)]
+    pub prefetch: u16,
+
+    /// Most commands applied in one database transaction.
+    #[arg(long, env = "OPRUN_BATCH_SIZE", default_value_t = 200)]
+    pub batch_size: usize,
+
+    /// How long a batch waits for more commands after its first, in milliseconds.
+    #[arg(long, env = "OPRUN_BATCH_WINDOW_MS", default_value_t = 5)]
+    pub batch_window_ms: u64,
+
+    /// Address of /healthz, /readyz and /metrics (`off` to disable).
+    #[arg(long, env = "OPRUN_METRICS_ADDR", default_value = "127.0.0.1:9187")]
+    pub metrics_addr: String,
+
+    /// A run with no change for longer than its expected duration × this factor is reaped.
+    #[arg(long, env = "OPRUN_STALE_FACTOR", default_value_t = 3.0)]
+    pub stale_factor: f64,
+
+    /// Seconds between two reaper rounds (0 disables the reaper).
+    #[arg(long, env = "OPRUN_REAPER_INTERVAL_SECS", default_value_t = 30)]
+    pub reaper_interval_secs: u64,
+
+    /// Milliseconds the relay waits between polls when idle (commits wake it at once).
+    #[arg(long, env = "OPRUN_RELAY_IDLE_MS", default_value_t = 250)]
+    pub relay_idle_ms: u64,
+
+    /// Most outbox rows one relay round publishes.
+    #[arg(long, env = "OPRUN_RELAY_BATCH", default_value_t = 500)]
+    pub relay_batch: i64,
+
+    /// Database connections in the pool.
+    #[arg(long, env = "OPRUN_DB_CONNECTIONS", default_value_t = 8)]
+    pub db_connections: u32,
+
+    /// Seconds to finish in-flight work and flush the outbox after SIGTERM/SIGINT.
+    #[arg(long, env = "OPRUN_SHUTDOWN_TIMEOUT_SECS", default_value_t = 30)]
+    pub shutdown_timeout_secs: u64,
+
+    /// Hand each new run's job to executors on `N.jobs` (dispatchOrFail).
+    #[arg(long, env = "OPRUN_HAND_OFF_JOBS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub hand_off_jobs: bool,
+}
+
+impl ServeSettings {
+    /// The batch window.
+    pub fn batch_window(&self) -> Duration {
+        Duration::from_millis(self.batch_window_ms)
+    }
+
+    /// The health/metrics address, or `None` when disabled.
+    pub fn metrics_socket(&self) -> Result<Option<SocketAddr>, String> {
+        if self.metrics_addr == "off" {
+            return Ok(None);
+        }
+        self.metrics_addr
+            .parse()
+            .map(Some)
+            .map_err(|e| format!("--metrics-addr {:?}: {e}", self.metrics_addr))
+    }
+}
+
+impl Default for ServeSettings {
+    fn default() -> Self {
+        Self {
+            prefetch: 500,
+            batch_size: 200,
+            batch_window_ms: 5,
+            metrics_addr: "off".into(),
+            stale_factor: 3.0,
+            reaper_interval_secs: 30,
+            relay_idle_ms: 250,
+            relay_batch: 500,
+            db_connections: 8,
+            shutdown_timeout_secs: 30,
+            hand_off_jobs: true,
+        }
+    }
+}
+
+/// Replaces the password of a URL with `***` (for logs and Debug).
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        Ok(parsed) => parsed.to_string(),
+        Err(_) => "<unparseable url>".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_reach_debug_output() {
+        let c = Config {
+            database_url: "postgres://app:s3cret@db/x?sslmode=require".into(),
+            amqp_url: "amqps://svc:hunter2@mq:5671/%2f".into(),
+            namespace: "n".into(),
+        };
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("s3cret") && !shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("app:***@db"), "{shown}");
+    }
+}

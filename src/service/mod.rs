@@ -1,0 +1,242 @@
+//! The tracker: `oprun serve`. Consumes commands in batches, applies each batch in one
+//! transaction, replies and dead-letters with confirms, acks; relays the outbox; reaps stale runs;
+//! reconnects after broker or database faults; shuts down cleanly on a token.
+
+pub mod apply;
+pub mod batch;
+pub mod handler;
+pub mod health;
+pub mod metrics;
+pub mod reaper;
+pub mod relay;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::PgPool;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::broker::connection::connect;
+use crate::broker::consumer::CommandConsumer;
+use crate::broker::publisher::ConfirmPublisher;
+use crate::broker::{BrokerError, Topology};
+use crate::config::{Config, ServeSettings};
+use crate::retry::{backoff, retry_transient};
+use crate::store::{self, StoreError};
+use apply::ApplyContext;
+use handler::{handle_deliveries, BatchSettlement};
+use health::Health;
+use metrics::Metrics;
+use relay::OutboxRelay;
+
+/// Why `serve` could not run at all.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The database could not be prepared.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The configuration is invalid.
+    #[error("{0}")]
+    Config(String),
+    /// The health endpoint could not bind.
+    #[error("cannot bind the health endpoint: {0}")]
+    Bind(#[from] std::io::Error),
+}
+
+/// Everything a running service shares between its tasks.
+#[derive(Clone)]
+pub struct Service {
+    /// The database pool.
+    pub pool: PgPool,
+    /// The topology names.
+    pub topology: Topology,
+    /// What applied commands write.
+    pub ctx: ApplyContext,
+    /// The metrics.
+    pub metrics: Arc<Metrics>,
+    /// The probes' state.
+    pub health: Arc<Health>,
+    config: Config,
+    settings: ServeSettings,
+}
+
+impl Service {
+    /// Migrates the database (retrying while it is unreachable) and builds the service.
+    /// `None` if `shutdown` fires first.
+    pub async fn prepare(
+        config: &Config,
+        settings: &ServeSettings,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<Self>, ServeError> {
+        let topology = Topology::new(&config.namespace).map_err(|e| ServeError::Config(e.to_string()))?;
+        let migrated = retry_transient(shutdown, "migrating the database", StoreError::is_transient, || {
+            store::migrate(&config.database_url)
+        })
+        .await;
+        match migrated {
+            None => return Ok(None),
+            Some(r) => r?,
+        }
+        let pool = store::connect_lazy(&config.database_url, settings.db_connections)?;
+        Ok(Some(Self {
+            pool,
+            ctx: ApplyContext {
+                event_source: format!("/operation-runs/{}", topology.namespace()),
+                hand_off_jobs: settings.hand_off_jobs,
+            },
+            topology,
+            metrics: Arc::new(Metrics::default()),
+            health: Arc::new(Health::default()),
+            config: config.clone(),
+            settings: settings.clone(),
+        }))
+    }
+
+    /// Runs until `shutdown`: connects (and reconnects, with backoff) to the broker, consumes,
+    /// relays and reaps. Returns after in-flight work is settled and the outbox flushed.
+    pub async fn run(&self, shutdown: CancellationToken) {
+        let reaper = tokio::spawn(self.clone().reap_forever(shutdown.clone()));
+        let probe = tokio::spawn(self.clone().probe_database(shutdown.clone()));
+        let mut delays = backoff();
+        loop {
+            match self.run_connected(&shutdown).await {
+                Ok(()) => break,
+                Err(e) => {
+                    self.health.consumer_running.store(false, Ordering::Relaxed);
+                    self.metrics.add("oprun_reconnects_total", String::new(), 1);
+                    let delay = delays.next().unwrap_or(Duration::from_secs(10));
+                    tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "broker connection lost, reconnecting");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = shutdown.cancelled() => break,
+                    }
+                }
+            }
+        }
+        self.health.consumer_running.store(false, Ordering::Relaxed);
+        let _ = tokio::join!(reaper, probe);
+        self.pool.close().await;
+    }
+
+    /// One connection's life. `Ok` means shutdown was requested and honoured.
+    async fn run_connected(&self, shutdown: &CancellationToken) -> Result<(), BrokerError> {
+        let connection = connect(&self.config.amqp_url, "oprun serve").await?;
+        let setup = connection.create_channel().await?;
+        self.topology.declare(&setup).await?;
+        let _ = setup.close(200, "declared".into()).await;
+        let publisher = ConfirmPublisher::open(&connection).await?;
+        let relay = OutboxRelay::new(
+            self.pool.clone(),
+            ConfirmPublisher::open(&connection).await?,
+            self.topology.clone(),
+            self.ctx.clone(),
+            self.settings.relay_batch,
+            self.metrics.clone(),
+        );
+        let tag = format!("oprun-{}", uuid::Uuid::new_v4());
+        let mut consumer = CommandConsumer::start(&connection, &self.topology, self.settings.prefetch, &tag).await?;
+        self.health.consumer_running.store(true, Ordering::Relaxed);
+        tracing::info!(namespace = self.topology.namespace(), "consuming commands");
+
+        let wake = Arc::new(Notify::new());
+        let stop_relay = CancellationToken::new();
+        let idle = Duration::from_millis(self.settings.relay_idle_ms);
+        let consuming = self.consume(&mut consumer, &publisher, &wake, shutdown);
+        let relaying = relay.run(wake.clone(), idle, stop_relay.clone());
+        tokio::pin!(relaying);
+        let consumed = tokio::select! {
+            r = consuming => r,
+            r = &mut relaying => match r {
+                Ok(()) => Ok(()),
+                Err(e) => Err(BrokerError::InvalidName(format!("outbox relay stopped: {e}"))),
+            },
+        };
+        consumed?;
+
+        // Shutdown: no new deliveries, the in-flight batch is done (consume returned), so flush
+        // what it recorded, then close politely.
+        self.health.consumer_running.store(false, Ordering::Relaxed);
+        let _ = consumer.cancel().await;
+        stop_relay.cancel();
+        let grace = Duration::from_secs(self.settings.shutdown_timeout_secs);
+        match tokio::time::timeout(grace, relay.flush()).await {
+            Ok(Ok(())) => tracing::info!("outbox flushed"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "outbox flush failed; the next start publishes the rest"),
+            Err(_) => tracing::warn!("outbox flush timed out; the next start publishes the rest"),
+        }
+        consumer.close().await;
+        let _ = connection.close(200, "shutdown".into()).await;
+        Ok(())
+    }
+
+    /// The consume loop: batch, handle, ack, wake the relay.
+    async fn consume(
+        &self,
+        consumer: &mut CommandConsumer,
+        publisher: &ConfirmPublisher,
+        wake: &Notify,
+        shutdown: &CancellationToken,
+    ) -> Result<(), BrokerError> {
+        let window = self.settings.batch_window();
+        while let Some(batch) = consumer.next_batch(self.settings.batch_size, window, shutdown).await? {
+            match handle_deliveries(self, publisher, &batch, shutdown).await? {
+                BatchSettlement::AckThrough(tag) => consumer.ack_through(tag).await?,
+                BatchSettlement::Interrupted => return Ok(()),
+            }
+            wake.notify_one();
+        }
+        if shutdown.is_cancelled() {
+            Ok(())
+        } else {
+            Err(BrokerError::InvalidName("the broker cancelled the consumer".into()))
+        }
+    }
+
+    async fn reap_forever(self, shutdown: CancellationToken) {
+        if self.settings.reaper_interval_secs == 0 {
+            return;
+        }
+        let every = Duration::from_secs(self.settings.reaper_interval_secs);
+        loop {
+            match reaper::reap_once(&self.pool, &self.ctx, self.settings.stale_factor, chrono::Utc::now()).await {
+                Ok(reaped) if !reaped.is_empty() => {
+                    self.metrics
+                        .add("oprun_reaped_runs_total", String::new(), reaped.len() as u64);
+                    continue;
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "reaper round failed"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    async fn probe_database(self, shutdown: CancellationToken) {
+        loop {
+            let ok = sqlx::query("SELECT 1").execute(&self.pool).await.is_ok();
+            self.health.database_ok.store(ok, Ordering::Relaxed);
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                _ = shutdown.cancelled() => return,
+            }
+        }
+    }
+}
+
+/// `oprun serve`: prepares the service, starts the probes endpoint, and runs until `shutdown`.
+pub async fn serve(config: &Config, settings: &ServeSettings, shutdown: CancellationToken) -> Result<(), ServeError> {
+    let Some(service) = Service::prepare(config, settings, &shutdown).await? else {
+        return Ok(());
+    };
+    if let Some(addr) = settings.metrics_socket().map_err(ServeError::Config)? {
+        let bound = health::spawn(addr, service.health.clone(), service.metrics.clone(), shutdown.clone()).await?;
+        tracing::info!(%bound, "health and metrics endpoint listening");
+    }
+    service.run(shutdown).await;
+    Ok(())
+}

@@ -1,0 +1,116 @@
+//! `operation_run_events`: the event outbox and the history of every run's events.
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::{PgConnection, PgExecutor};
+use uuid::Uuid;
+
+use crate::domain::{OperationRun, RunEvent};
+
+/// An event as stored.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct StoredEvent {
+    /// Global insertion order; per run it follows `sequence`.
+    pub position: i64,
+    /// The event id (CloudEvents `id`, AMQP `message_id`).
+    pub id: Uuid,
+    /// The run.
+    pub run_id: i64,
+    /// Position in the run's history, from 1.
+    pub sequence: i64,
+    /// CloudEvents `type`.
+    #[sqlx(rename = "type")]
+    pub event_type: String,
+    /// The run's workspace.
+    pub workspace_id: i64,
+    /// The run's tenant.
+    pub tenant_id: Option<i64>,
+    /// The CloudEvents document.
+    pub cloud_event: Value,
+    /// When it was recorded.
+    pub created_at: DateTime<Utc>,
+    /// When the broker confirmed it; `None` while in the outbox.
+    pub published_at: Option<DateTime<Utc>>,
+}
+
+/// The next sequence number of `run_id` (1 for a run with no events). The caller holds the run's
+/// row lock, so no other transaction can take the same number.
+pub async fn next_sequence(conn: &mut PgConnection, run_id: i64) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT coalesce(max(sequence), 0) + 1 FROM operation_run_events WHERE run_id = $1")
+        .bind(run_id)
+        .fetch_one(conn)
+        .await
+}
+
+/// Records `event` about `run` in the outbox.
+pub async fn insert(conn: &mut PgConnection, event: &RunEvent, run: &OperationRun) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO operation_run_events (id, run_id, sequence, type, workspace_id, tenant_id, cloud_event)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(event.id)
+    .bind(event.run_id)
+    .bind(event.sequence)
+    .bind(event.event_type.as_str())
+    .bind(run.workspace_id)
+    .bind(run.tenant_id)
+    .bind(&event.cloud_event)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Up to `limit` unpublished events, in position order.
+pub async fn unpublished(conn: &mut PgConnection, limit: i64) -> Result<Vec<StoredEvent>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT * FROM operation_run_events WHERE published_at IS NULL ORDER BY position LIMIT $1",
+    )
+    .bind(limit)
+    .fetch_all(conn)
+    .await
+}
+
+/// Stamps events as published.
+pub async fn mark_published(conn: &mut PgConnection, positions: &[i64]) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE operation_run_events SET published_at = now() WHERE position = ANY($1)")
+        .bind(positions)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// The whole event history of a run, in sequence order.
+pub async fn for_run(executor: impl PgExecutor<'_>, run_id: i64) -> Result<Vec<StoredEvent>, sqlx::Error> {
+    sqlx::query_as("SELECT * FROM operation_run_events WHERE run_id = $1 ORDER BY sequence")
+        .bind(run_id)
+        .fetch_all(executor)
+        .await
+}
+
+/// Events recorded at or after `since`, in position order (per-run order holds), after position
+/// `after` (for paging), at most `limit`.
+pub async fn since(
+    executor: impl PgExecutor<'_>,
+    since: DateTime<Utc>,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<StoredEvent>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT * FROM operation_run_events WHERE created_at >= $1 AND position > $2 ORDER BY position LIMIT $3",
+    )
+    .bind(since)
+    .bind(after)
+    .bind(limit)
+    .fetch_all(executor)
+    .await
+}
+
+/// The outbox backlog: unpublished events and the age in seconds of the oldest.
+pub async fn backlog(executor: impl PgExecutor<'_>) -> Result<(i64, f64), sqlx::Error> {
+    sqlx::query_as(
+        "SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at))::float8, 0)
+         FROM operation_run_events WHERE published_at IS NULL",
+    )
+    .fetch_one(executor)
+    .await
+}

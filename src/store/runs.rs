@@ -1,0 +1,229 @@
+//! `operation_runs`: inserting queued runs (deduplicated by the partial unique indexes), locking a
+//! run inside its scope, saving progress, and reading runs for the CLI.
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::postgres::PgRow;
+use sqlx::{FromRow, PgConnection, PgExecutor, Row};
+
+use crate::domain::{DispatchCommand, OperationRun, RunScope, RunState, RunStatus};
+
+impl<'r> FromRow<'r, PgRow> for OperationRun {
+    fn from_row(row: &'r PgRow) -> Result<Self, sqlx::Error> {
+        let decode = |column: &str, e: crate::domain::Rejection| sqlx::Error::ColumnDecode {
+            index: column.to_owned(),
+            source: Box::new(e),
+        };
+        Ok(Self {
+            id: row.try_get("id")?,
+            workspace_id: row.try_get("workspace_id")?,
+            tenant_id: row.try_get("tenant_id")?,
+            user_id: row.try_get("user_id")?,
+            initiator_name: row.try_get("initiator_name")?,
+            run_type: row.try_get("type")?,
+            status: row
+                .try_get::<&str, _>("status")?
+                .parse()
+                .map_err(|e| decode("status", e))?,
+            outcome: row
+                .try_get::<&str, _>("outcome")?
+                .parse()
+                .map_err(|e| decode("outcome", e))?,
+            run_identity_hash: row.try_get("run_identity_hash")?,
+            summary_counts: row.try_get("summary_counts")?,
+            failure_summary: row.try_get("failure_summary")?,
+            context: row.try_get("context")?,
+            started_at: row.try_get("started_at")?,
+            completed_at: row.try_get("completed_at")?,
+            created_at: row.try_get("created_at")?,
+            updated_at: row.try_get("updated_at")?,
+        })
+    }
+}
+
+/// Inserts a queued run unless an active run of the same identity exists; `None` then.
+///
+/// The ON CONFLICT target names the partial unique index of the run's scope, so two consumers
+/// racing on one identity cannot both insert: the loser waits for the winner's commit and
+/// conflicts.
+pub async fn insert_queued(
+    conn: &mut PgConnection,
+    dispatch: &DispatchCommand,
+) -> Result<Option<OperationRun>, sqlx::Error> {
+    let conflict_target = if dispatch.scope.tenant_id.is_some() {
+        "(tenant_id, run_identity_hash) WHERE tenant_id IS NOT NULL AND status IN ('queued', 'running')"
+    } else {
+        "(workspace_id, run_identity_hash) WHERE tenant_id IS NULL AND status IN ('queued', 'running')"
+    };
+    let sql = format!(
+        "INSERT INTO operation_runs
+             (workspace_id, tenant_id, user_id, initiator_name, type, run_identity_hash, context)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)
+         ON CONFLICT {conflict_target} DO NOTHING
+         RETURNING *"
+    );
+    sqlx::query_as(&sql)
+        .bind(dispatch.scope.workspace_id)
+        .bind(dispatch.scope.tenant_id)
+        .bind(dispatch.user_id)
+        .bind(&dispatch.initiator_name)
+        .bind(dispatch.run_type.as_str())
+        .bind(dispatch.identity_hash.as_str())
+        .bind(Value::Object(dispatch.context.clone()))
+        .fetch_optional(conn)
+        .await
+}
+
+/// The active run of an identity in a scope, if any.
+pub async fn find_active_by_identity(
+    executor: impl PgExecutor<'_>,
+    scope: RunScope,
+    identity_hash: &str,
+) -> Result<Option<OperationRun>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT * FROM operation_runs
+         WHERE workspace_id = $1 AND tenant_id IS NOT DISTINCT FROM $2
+           AND run_identity_hash = $3 AND status IN ('queued', 'running')",
+    )
+    .bind(scope.workspace_id)
+    .bind(scope.tenant_id)
+    .bind(identity_hash)
+    .fetch_optional(executor)
+    .await
+}
+
+/// Locks run `run_id` for update, but only if it belongs to `scope`: a run of another workspace
+/// or tenant is as absent as a run that does not exist.
+pub async fn lock_in_scope(
+    conn: &mut PgConnection,
+    run_id: i64,
+    scope: RunScope,
+) -> Result<Option<OperationRun>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT * FROM operation_runs
+         WHERE id = $1 AND workspace_id = $2 AND tenant_id IS NOT DISTINCT FROM $3
+         FOR UPDATE",
+    )
+    .bind(run_id)
+    .bind(scope.workspace_id)
+    .bind(scope.tenant_id)
+    .fetch_optional(conn)
+    .await
+}
+
+/// The new values of a run after a progress command.
+#[derive(Debug, Clone)]
+pub struct RunChanges<'a> {
+    /// The state to store (unchanged when the command changed no state).
+    pub state: RunState,
+    /// The full summary counts to store.
+    pub summary_counts: &'a Value,
+    /// Failure entries to append.
+    pub new_failures: &'a Value,
+}
+
+/// Saves progress on a locked run and returns the updated row. Entering `running` stamps
+/// `started_at`, entering `completed` stamps `completed_at`; every save touches `updated_at`.
+pub async fn save_progress(
+    conn: &mut PgConnection,
+    run_id: i64,
+    changes: RunChanges<'_>,
+) -> Result<OperationRun, sqlx::Error> {
+    sqlx::query_as(
+        "UPDATE operation_runs SET
+             status = $2,
+             outcome = $3,
+             summary_counts = $4,
+             failure_summary = failure_summary || $5,
+             started_at = CASE WHEN $2 = 'running' AND started_at IS NULL THEN now() ELSE started_at END,
+             completed_at = CASE WHEN $2 = 'completed' AND completed_at IS NULL THEN now() ELSE completed_at END,
+             updated_at = now()
+         WHERE id = $1
+         RETURNING *",
+    )
+    .bind(run_id)
+    .bind(changes.state.status.as_str())
+    .bind(changes.state.outcome.as_str())
+    .bind(changes.summary_counts)
+    .bind(changes.new_failures)
+    .fetch_one(conn)
+    .await
+}
+
+/// One run by id.
+pub async fn get(executor: impl PgExecutor<'_>, run_id: i64) -> Result<Option<OperationRun>, sqlx::Error> {
+    sqlx::query_as("SELECT * FROM operation_runs WHERE id = $1")
+        .bind(run_id)
+        .fetch_optional(executor)
+        .await
+}
+
+/// Filters of `oprun runs list`.
+#[derive(Debug, Clone, Default)]
+pub struct RunFilter {
+    /// Only this workspace.
+    pub workspace_id: Option<i64>,
+    /// Only this tenant.
+    pub tenant_id: Option<i64>,
+    /// Only this type.
+    pub run_type: Option<String>,
+    /// Only this status.
+    pub status: Option<RunStatus>,
+    /// At most this many rows.
+    pub limit: i64,
+}
+
+/// Runs matching `filter`, newest first. With a workspace or tenant the `(…, created_at)` indexes
+/// serve the order.
+pub async fn list(executor: impl PgExecutor<'_>, filter: &RunFilter) -> Result<Vec<OperationRun>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT * FROM operation_runs
+         WHERE ($1::bigint IS NULL OR workspace_id = $1)
+           AND ($2::bigint IS NULL OR tenant_id = $2)
+           AND ($3::text IS NULL OR type = $3)
+           AND ($4::text IS NULL OR status = $4)
+         ORDER BY created_at DESC, id DESC
+         LIMIT $5",
+    )
+    .bind(filter.workspace_id)
+    .bind(filter.tenant_id)
+    .bind(&filter.run_type)
+    .bind(filter.status.map(|s| s.as_str()))
+    .bind(filter.limit)
+    .fetch_all(executor)
+    .await
+}
+
+/// Active runs whose last change is older than their type's deadline, oldest first, locked
+/// with SKIP LOCKED so that two reapers never take the same run.
+pub async fn lock_stale(
+    conn: &mut PgConnection,
+    deadlines: &[(String, f64)],
+    now: DateTime<Utc>,
+    limit: i64,
+) -> Result<Vec<OperationRun>, sqlx::Error> {
+    let (types, seconds): (Vec<String>, Vec<f64>) = deadlines.iter().cloned().unzip();
+    sqlx::query_as(
+        "SELECT r.* FROM operation_runs r
+         JOIN unnest($1::text[], $2::float8[]) AS d(type, seconds) ON d.type = r.type
+         WHERE r.status IN ('queued', 'running')
+           AND r.updated_at < $3 - make_interval(secs => d.seconds)
+         ORDER BY r.updated_at
+         LIMIT $4
+         FOR UPDATE OF r SKIP LOCKED",
+    )
+    .bind(types)
+    .bind(seconds)
+    .bind(now)
+    .bind(limit)
+    .fetch_all(conn)
+    .await
+}
+
+/// Locks run `run_id` for update, whatever its scope (for the service's own changes).
+pub async fn lock_by_id(conn: &mut PgConnection, run_id: i64) -> Result<Option<OperationRun>, sqlx::Error> {
+    sqlx::query_as("SELECT * FROM operation_runs WHERE id = $1 FOR UPDATE")
+        .bind(run_id)
+        .fetch_optional(conn)
+        .await
+}
