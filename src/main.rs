@@ -1,1 +1,24 @@
-fn main() {}
+//! `oprun`: parse the command line, set up logging, run the command.
+
+use clap::Parser;
+use operation_runs::cli::Cli;
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let filter = EnvFilter::try_from_env("OPRUN_LOG").unwrap_or_else(|_| EnvFilter::new("info,lapin::returned_messages=error,sqlx::postgres::notice=warn"));
+    let json = std::env::var("OPRUN_LOG_FORMAT").is_ok_and(|f| f == "json");
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+    match Cli::parse().run().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -4,6 +4,7 @@
 pub mod connection;
 pub mod consumer;
 pub mod dead_letter;
+pub mod dlq;
 pub mod error;
 pub mod headers;
 pub mod publisher;

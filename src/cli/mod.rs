@@ -1,1 +1,136 @@
-//! The `oprun` commands.
+//! The `oprun` commands, one file per group. Each returns a [`CliError`] that `main` prints as one
+//! line before exiting non-zero.
+
+pub mod dispatch;
+pub mod dlq;
+pub mod events;
+pub mod identity;
+pub mod legacy;
+pub mod output;
+pub mod runs;
+pub mod topology;
+
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use crate::broker::BrokerError;
+use crate::config::{Config, ServeSettings};
+use crate::store::StoreError;
+
+/// A failed command: one line for the operator.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// The thing asked for does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The arguments or input are not valid.
+    #[error("{0}")]
+    Invalid(String),
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The broker failed.
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    /// Reading input or writing output failed.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// The service could not start.
+    #[error(transparent)]
+    Serve(#[from] crate::service::ServeError),
+}
+
+impl From<sqlx::Error> for CliError {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Store(e.into())
+    }
+}
+
+impl From<lapin::Error> for CliError {
+    fn from(e: lapin::Error) -> Self {
+        Self::Broker(e.into())
+    }
+}
+
+/// `oprun`: the operation-runs service and its operator tools.
+#[derive(Debug, Parser)]
+#[command(name = "oprun", version, about)]
+pub struct Cli {
+    #[command(flatten)]
+    config: Config,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create the database if needed and apply pending migrations.
+    Migrate,
+    /// Run the service: consume commands, persist runs, publish events.
+    Serve(ServeSettings),
+    /// Inspect runs.
+    #[command(subcommand)]
+    Runs(runs::RunsCommand),
+    /// Resolve legacy history rows to their canonical runs.
+    #[command(subcommand)]
+    Legacy(legacy::LegacyCommand),
+    /// Read a dispatch command (JSON) on stdin and print its run identity hash.
+    IdentityHash(identity::IdentityHashArgs),
+    /// Print, apply or remove the broker topology.
+    #[command(subcommand)]
+    Topology(topology::TopologyCommand),
+    /// Publish a dispatch command.
+    Dispatch(dispatch::DispatchArgs),
+    /// Inspect and replay dead-lettered commands.
+    #[command(subcommand)]
+    Dlq(dlq::DlqCommand),
+    /// Re-send stored events.
+    #[command(subcommand)]
+    Events(events::EventsCommand),
+}
+
+impl Cli {
+    /// Runs the parsed command.
+    pub async fn run(self) -> Result<(), CliError> {
+        let config = &self.config;
+        match self.command {
+            Command::Migrate => {
+                crate::store::migrate(&config.database_url).await?;
+                println!("migrations applied");
+                Ok(())
+            }
+            Command::Serve(settings) => {
+                let shutdown = CancellationToken::new();
+                tokio::spawn(cancel_on_signal(shutdown.clone()));
+                crate::service::serve(config, &settings, shutdown).await?;
+                Ok(())
+            }
+            Command::Runs(c) => c.run(config).await,
+            Command::Legacy(c) => c.run(config).await,
+            Command::IdentityHash(a) => a.run(),
+            Command::Topology(c) => c.run(config).await,
+            Command::Dispatch(a) => a.run(config).await,
+            Command::Dlq(c) => c.run(config).await,
+            Command::Events(c) => c.run(config).await,
+        }
+    }
+}
+
+/// Cancels `token` on SIGTERM or SIGINT.
+pub async fn cancel_on_signal(token: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    }
+    token.cancel();
+}
+
+/// A pool for a one-shot command (no migration, few connections).
+pub(crate) fn pool(config: &Config) -> Result<sqlx::PgPool, CliError> {
+    Ok(crate::store::connect_lazy(&config.database_url, 2)?)
+}

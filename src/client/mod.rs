@@ -1,1 +1,8 @@
-//! Producer library and worker (see issue 4).
+//! Libraries for the services around the tracker: [`Producer`] publishes commands (and waits for
+//! the reply when asked), [`Worker`] receives jobs of chosen types and reports progress.
+
+pub mod producer;
+pub mod worker;
+
+pub use producer::{ClientError, DispatchReply, DispatchRequest, Producer, RunRef};
+pub use worker::{Job, JobContext, Worker};

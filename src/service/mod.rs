@@ -80,7 +80,12 @@ impl Service {
             Some(r) => r?,
         }
         let pool = store::connect_lazy(&config.database_url, settings.db_connections)?;
-        Ok(Some(Self {
+        Ok(Some(Self::new(pool, topology, config, settings)))
+    }
+
+    /// A service on an existing (migrated) pool: what tests use.
+    pub fn new(pool: PgPool, topology: Topology, config: &Config, settings: &ServeSettings) -> Self {
+        Self {
             pool,
             ctx: ApplyContext {
                 event_source: format!("/operation-runs/{}", topology.namespace()),
@@ -91,7 +96,7 @@ impl Service {
             health: Arc::new(Health::default()),
             config: config.clone(),
             settings: settings.clone(),
-        }))
+        }
     }
 
     /// Runs until `shutdown`: connects (and reconnects, with backoff) to the broker, consumes,
@@ -104,7 +109,7 @@ impl Service {
             match self.run_connected(&shutdown).await {
                 Ok(()) => break,
                 Err(e) => {
-                    self.health.consumer_running.store(false, Ordering::Relaxed);
+                    self.set_consumer_running(false);
                     self.metrics.add("oprun_reconnects_total", String::new(), 1);
                     let delay = delays.next().unwrap_or(Duration::from_secs(10));
                     tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "broker connection lost, reconnecting");
@@ -115,9 +120,13 @@ impl Service {
                 }
             }
         }
-        self.health.consumer_running.store(false, Ordering::Relaxed);
+        self.set_consumer_running(false);
         let _ = tokio::join!(reaper, probe);
-        self.pool.close().await;
+    }
+
+    fn set_consumer_running(&self, running: bool) {
+        self.health.consumer_running.store(running, Ordering::Relaxed);
+        self.metrics.set("oprun_consumer_running", if running { 1.0 } else { 0.0 });
     }
 
     /// One connection's life. `Ok` means shutdown was requested and honoured.
@@ -137,7 +146,7 @@ impl Service {
         );
         let tag = format!("oprun-{}", uuid::Uuid::new_v4());
         let mut consumer = CommandConsumer::start(&connection, &self.topology, self.settings.prefetch, &tag).await?;
-        self.health.consumer_running.store(true, Ordering::Relaxed);
+        self.set_consumer_running(true);
         tracing::info!(namespace = self.topology.namespace(), "consuming commands");
 
         let wake = Arc::new(Notify::new());
@@ -157,7 +166,7 @@ impl Service {
 
         // Shutdown: no new deliveries, the in-flight batch is done (consume returned), so flush
         // what it recorded, then close politely.
-        self.health.consumer_running.store(false, Ordering::Relaxed);
+        self.set_consumer_running(false);
         let _ = consumer.cancel().await;
         stop_relay.cancel();
         let grace = Duration::from_secs(self.settings.shutdown_timeout_secs);
@@ -238,5 +247,6 @@ pub async fn serve(config: &Config, settings: &ServeSettings, shutdown: Cancella
         tracing::info!(%bound, "health and metrics endpoint listening");
     }
     service.run(shutdown).await;
+    service.pool.close().await;
     Ok(())
 }

@@ -1,0 +1,79 @@
+//! `oprun dispatch`: publish a dispatch command from the shell.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use super::CliError;
+use crate::client::{ClientError, DispatchRequest, Producer};
+use crate::config::Config;
+
+/// Arguments of `oprun dispatch`.
+#[derive(Debug, clap::Args)]
+pub struct DispatchArgs {
+    /// The run type, e.g. inventory.sync.
+    #[arg(long = "type")]
+    pub run_type: String,
+    /// The workspace id.
+    #[arg(long)]
+    pub workspace: i64,
+    /// The tenant id (omit for a workspace-scoped run).
+    #[arg(long)]
+    pub tenant: Option<i64>,
+    /// The user id of the initiator.
+    #[arg(long)]
+    pub user: Option<i64>,
+    /// Display name of the initiator.
+    #[arg(long)]
+    pub initiator: Option<String>,
+    /// The context as a JSON object (must hold the type's identity keys).
+    #[arg(long)]
+    pub context: String,
+    /// Wait for the service's reply and print the run.
+    #[arg(long)]
+    pub wait: bool,
+    /// Seconds to wait with --wait.
+    #[arg(long, default_value_t = 30)]
+    pub timeout_secs: u64,
+}
+
+impl DispatchArgs {
+    /// Publishes, and with `--wait` waits for the run id.
+    pub async fn run(self, config: &Config) -> Result<(), CliError> {
+        let context: Value = serde_json::from_str(&self.context)
+            .map_err(|e| CliError::Invalid(format!("--context is not JSON: {e}")))?;
+        if !context.is_object() {
+            return Err(CliError::Invalid("--context must be a JSON object".into()));
+        }
+        let request = DispatchRequest {
+            run_type: self.run_type,
+            workspace_id: self.workspace,
+            tenant_id: self.tenant,
+            user_id: self.user,
+            initiator_name: self.initiator,
+            context,
+        };
+        let producer = Producer::connect(&config.amqp_url, &config.namespace).await.map_err(client_error)?;
+        let result = if self.wait {
+            let reply = producer
+                .dispatch_and_wait(&request, Duration::from_secs(self.timeout_secs))
+                .await
+                .map_err(client_error)?;
+            serde_json::to_value(reply).expect("replies serialise")
+        } else {
+            let command_id = producer.dispatch(&request).await.map_err(client_error)?;
+            json!({"published": true, "command_id": command_id})
+        };
+        producer.close().await;
+        println!("{result}");
+        Ok(())
+    }
+}
+
+/// Maps a client error to a one-line CLI error.
+pub fn client_error(e: ClientError) -> CliError {
+    match e {
+        ClientError::Broker(b) => CliError::Broker(b),
+        other => CliError::Invalid(other.to_string()),
+    }
+}

@@ -1,0 +1,146 @@
+//! The worker library for executors: receive the jobs of chosen types from a durable queue of
+//! your own, run a handler, and report start, counts, failures and completion as commands.
+//!
+//! A job is acked only after the completion command is confirmed by the broker, so a crash
+//! mid-job redelivers it (the tracker dedupes the repeated commands by id, and a repeated
+//! start on a running run is a no-op).
+
+use std::future::Future;
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::{Channel, Connection, ExchangeKind};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use super::producer::{ClientError, Producer, RunRef};
+use crate::broker::connection::connect;
+use crate::broker::Topology;
+use crate::domain::{RunOutcome, RunStatus};
+
+/// The work of one queued run, as handed off on `N.jobs`.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+pub struct Job {
+    /// The run.
+    pub run_id: i64,
+    /// Its type.
+    #[serde(rename = "type")]
+    pub run_type: String,
+    /// Its workspace.
+    pub workspace_id: i64,
+    /// Its tenant.
+    pub tenant_id: Option<i64>,
+    /// Its context.
+    pub context: Value,
+}
+
+impl Job {
+    /// The run reference for progress commands.
+    pub fn run_ref(&self) -> RunRef {
+        RunRef { run_id: self.run_id, workspace_id: self.workspace_id, tenant_id: self.tenant_id }
+    }
+}
+
+/// What a handler may report while it works.
+#[derive(Clone)]
+pub struct JobContext {
+    producer: Arc<Producer>,
+    run: RunRef,
+}
+
+impl JobContext {
+    /// Adds to the run's summary counts.
+    pub async fn increment(&self, counts: Value) -> Result<(), ClientError> {
+        self.producer.increment_summary_counts(self.run, counts).await.map(drop)
+    }
+
+    /// Appends failures (`[{code, message, reason_code?, item?}]`).
+    pub async fn fail_items(&self, failures: Value) -> Result<(), ClientError> {
+        self.producer.append_failures(self.run, failures).await.map(drop)
+    }
+}
+
+/// A consumer of jobs.
+pub struct Worker {
+    connection: Connection,
+    channel: Channel,
+    producer: Arc<Producer>,
+    queue: String,
+}
+
+impl Worker {
+    /// Connects, declares durable quorum queue `queue` bound to `N.jobs` for each of `types`.
+    pub async fn start(amqp_url: &str, namespace: &str, queue: &str, types: &[&str], prefetch: u16) -> Result<Self, ClientError> {
+        let topology = Topology::new(namespace)?;
+        let connection = connect(amqp_url, "oprun worker").await?;
+        let channel = connection.create_channel().await?;
+        channel
+            .exchange_declare(
+                topology.jobs_exchange().into(),
+                ExchangeKind::Topic,
+                ExchangeDeclareOptions { durable: true, ..Default::default() },
+                FieldTable::default(),
+            )
+            .await?;
+        let mut args = FieldTable::default();
+        args.insert("x-queue-type".into(), AMQPValue::LongString(LongString::from("quorum")));
+        channel
+            .queue_declare(queue.into(), QueueDeclareOptions { durable: true, ..Default::default() }, args)
+            .await?;
+        for t in types {
+            channel
+                .queue_bind(queue.into(), topology.jobs_exchange().into(), (*t).into(), QueueBindOptions::default(), FieldTable::default())
+                .await?;
+        }
+        channel.basic_qos(prefetch, BasicQosOptions::default()).await?;
+        let producer = Arc::new(Producer::connect(amqp_url, namespace).await?);
+        Ok(Self { connection, channel, producer, queue: queue.to_owned() })
+    }
+
+    /// Handles jobs until `shutdown`: reports `running`, runs `handler`, reports completion with
+    /// the outcome it returns (`Err(failures)` completes as `failed` with those failures), then
+    /// acks the job.
+    pub async fn run<F, Fut>(&self, handler: F, shutdown: CancellationToken) -> Result<(), ClientError>
+    where
+        F: Fn(Job, JobContext) -> Fut,
+        Fut: Future<Output = Result<RunOutcome, Value>>,
+    {
+        let mut jobs = self
+            .channel
+            .basic_consume(self.queue.as_str().into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
+            .await?;
+        loop {
+            let next = tokio::select! {
+                n = jobs.next() => n,
+                _ = shutdown.cancelled() => break,
+            };
+            let Some(delivery) = next else { break };
+            let delivery = delivery?;
+            let Ok(job) = serde_json::from_slice::<Job>(&delivery.data) else {
+                tracing::error!("undecodable job, rejecting it");
+                delivery.acker.nack(BasicNackOptions { requeue: false, ..Default::default() }).await?;
+                continue;
+            };
+            let run = job.run_ref();
+            self.producer.update_run(run, Some(RunStatus::Running), None, None, None).await?;
+            let ctx = JobContext { producer: self.producer.clone(), run };
+            let (outcome, failures) = match handler(job, ctx).await {
+                Ok(outcome) => (outcome, None),
+                Err(failures) => (RunOutcome::Failed, Some(failures)),
+            };
+            self.producer
+                .update_run(run, Some(RunStatus::Completed), Some(outcome), None, failures)
+                .await?;
+            delivery.acker.ack(BasicAckOptions::default()).await?;
+        }
+        Ok(())
+    }
+
+    /// Closes the connections.
+    pub async fn close(&self) {
+        self.producer.close().await;
+        let _ = self.connection.close(200, "bye".into()).await;
+    }
+}
