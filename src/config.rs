@@ -30,7 +30,12 @@ pub struct Config {
     pub amqp_url: String,
 
     /// Prefix of every exchange and queue name.
-    #[arg(long, env = "OPRUN_NAMESPACE", default_value = "operation_runs", global = true)]
+    #[arg(
+        long,
+        env = "OPRUN_NAMESPACE",
+        default_value = "operation_runs",
+        global = true
+    )]
     pub namespace: String,
 }
 
@@ -152,7 +157,10 @@ mod tests {
             namespace: "n".into(),
         };
         let shown = format!("{c:?}");
-        assert!(!shown.contains("s3cret") && !shown.contains("hunter2"), "{shown}");
+        assert!(
+            !shown.contains("s3cret") && !shown.contains("hunter2"),
+            "{shown}"
+        );
         assert!(shown.contains("app:***@db"), "{shown}");
     }
 }

@@ -6,9 +6,13 @@ use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let filter = EnvFilter::try_from_env("OPRUN_LOG").unwrap_or_else(|_| EnvFilter::new("info,lapin::returned_messages=error,sqlx::postgres::notice=warn"));
+    let filter = EnvFilter::try_from_env("OPRUN_LOG").unwrap_or_else(|_| {
+        EnvFilter::new("info,lapin::returned_messages=error,sqlx::postgres::notice=warn")
+    });
     let json = std::env::var("OPRUN_LOG_FORMAT").is_ok_and(|f| f == "json");
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if json {
         builder.json().init();
     } else {

@@ -20,9 +20,16 @@ pub struct CommandConsumer {
 
 impl CommandConsumer {
     /// Starts consuming `N.commands` with `prefetch` unacked deliveries at most.
-    pub async fn start(connection: &Connection, topology: &Topology, prefetch: u16, tag: &str) -> Result<Self, BrokerError> {
+    pub async fn start(
+        connection: &Connection,
+        topology: &Topology,
+        prefetch: u16,
+        tag: &str,
+    ) -> Result<Self, BrokerError> {
         let channel = connection.create_channel().await?;
-        channel.basic_qos(prefetch, BasicQosOptions::default()).await?;
+        channel
+            .basic_qos(prefetch, BasicQosOptions::default())
+            .await?;
         let consumer = channel
             .basic_consume(
                 topology.commands_queue().into(),

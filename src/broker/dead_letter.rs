@@ -23,7 +23,11 @@ pub const ROUTING_KEY_HEADER: &str = "x-oprun-routing-key";
 pub const REPLAYS_HEADER: &str = "x-oprun-replays";
 
 /// The properties of the dead letter: the original ones plus the reason headers.
-pub fn dead_letter_properties(original: &BasicProperties, routing_key: &str, rejection: &Rejection) -> BasicProperties {
+pub fn dead_letter_properties(
+    original: &BasicProperties,
+    routing_key: &str,
+    rejection: &Rejection,
+) -> BasicProperties {
     let mut headers = original.headers().clone().unwrap_or_default();
     let text = |s: &str| AMQPValue::LongString(LongString::from(s));
     headers.insert(ERROR_CODE_HEADER.into(), text(rejection.code.as_str()));
@@ -39,7 +43,10 @@ pub fn dead_letter_properties(original: &BasicProperties, routing_key: &str, rej
 /// The reason recorded on a dead letter: ours, or the broker's own (delivery limit) from `x-death`.
 pub fn dead_letter_reason(headers: Option<&FieldTable>) -> (String, String) {
     if let Some(code) = get_str(headers, ERROR_CODE_HEADER) {
-        return (code, get_str(headers, ERROR_MESSAGE_HEADER).unwrap_or_default());
+        return (
+            code,
+            get_str(headers, ERROR_MESSAGE_HEADER).unwrap_or_default(),
+        );
     }
     let broker_reason = headers
         .and_then(|h| match h.inner().get("x-death") {
@@ -55,7 +62,10 @@ pub fn dead_letter_reason(headers: Option<&FieldTable>) -> (String, String) {
             ErrorCode::DeliveryLimitExceeded.as_str().to_owned(),
             "the broker dead-lettered it after too many redeliveries".to_owned(),
         ),
-        Some(other) => (format!("broker_{other}"), format!("the broker dead-lettered it ({other})")),
+        Some(other) => (
+            format!("broker_{other}"),
+            format!("the broker dead-lettered it ({other})"),
+        ),
         None => ("unknown".to_owned(), "no reason recorded".to_owned()),
     }
 }

@@ -9,7 +9,9 @@ use lapin::types::{AMQPValue, ShortString};
 use lapin::Connection;
 use serde_json::{json, Value};
 
-use super::dead_letter::{dead_letter_reason, original_routing_key, FAILED_AT_HEADER, REPLAYS_HEADER};
+use super::dead_letter::{
+    dead_letter_reason, original_routing_key, FAILED_AT_HEADER, REPLAYS_HEADER,
+};
 use super::headers::{get_i64, get_str};
 use super::publisher::{ConfirmPublisher, Confirmed};
 use super::{BrokerError, Topology};
@@ -52,17 +54,34 @@ impl DeadLetter {
         let headers = delivery.properties.headers().as_ref();
         let (code, message) = dead_letter_reason(headers);
         let body: Option<Value> = serde_json::from_slice(&delivery.data).ok();
-        let kind = body.as_ref().and_then(|b| b.get("kind")?.as_str().map(str::to_owned));
+        let kind = body
+            .as_ref()
+            .and_then(|b| b.get("kind")?.as_str().map(str::to_owned));
         let command_id = body
             .as_ref()
             .and_then(|b| b.get("command_id")?.as_str().map(str::to_owned))
-            .or_else(|| delivery.properties.message_id().as_ref().map(|m| m.to_string()));
+            .or_else(|| {
+                delivery
+                    .properties
+                    .message_id()
+                    .as_ref()
+                    .map(|m| m.to_string())
+            });
         let failed_at = get_str(headers, FAILED_AT_HEADER)
             .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
             .map(|t| t.with_timezone(&Utc));
         let routing_key = original_routing_key(headers, delivery.routing_key.as_str());
         let replays = get_i64(headers, REPLAYS_HEADER).unwrap_or(0);
-        Self { delivery, code, message, kind, command_id, failed_at, routing_key, replays }
+        Self {
+            delivery,
+            code,
+            message,
+            kind,
+            command_id,
+            failed_at,
+            routing_key,
+            replays,
+        }
     }
 
     /// The listing form: code, message, kind, age, command id.
@@ -90,7 +109,10 @@ pub struct DeadLetterQueue {
 impl DeadLetterQueue {
     /// Opens a confirm-mode channel for reading and republishing.
     pub async fn open(connection: &Connection, topology: Topology) -> Result<Self, BrokerError> {
-        Ok(Self { publisher: ConfirmPublisher::open(connection).await?, topology })
+        Ok(Self {
+            publisher: ConfirmPublisher::open(connection).await?,
+            topology,
+        })
     }
 
     /// Takes the next dead letter (held until acked or the channel closes); `None` when the
@@ -99,7 +121,10 @@ impl DeadLetterQueue {
         let got = self
             .publisher
             .channel()
-            .basic_get(self.topology.dead_letter_queue().into(), BasicGetOptions { no_ack: false })
+            .basic_get(
+                self.topology.dead_letter_queue().into(),
+                BasicGetOptions { no_ack: false },
+            )
             .await?;
         Ok(got.map(|m| DeadLetter::from_delivery(m.delivery)))
     }
@@ -108,7 +133,12 @@ impl DeadLetterQueue {
     /// (minus the failure headers, plus `x-oprun-replays`), waits for the confirm, then acks it
     /// from the DLQ. An unroutable republish is not acked (it stays in the DLQ).
     pub async fn replay(&self, letter: &DeadLetter) -> Result<bool, BrokerError> {
-        let mut headers = letter.delivery.properties.headers().clone().unwrap_or_default();
+        let mut headers = letter
+            .delivery
+            .properties
+            .headers()
+            .clone()
+            .unwrap_or_default();
         let kept = headers
             .inner()
             .iter()
@@ -116,16 +146,29 @@ impl DeadLetterQueue {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect::<std::collections::BTreeMap<ShortString, AMQPValue>>();
         headers = kept.into();
-        headers.insert(REPLAYS_HEADER.into(), AMQPValue::LongLongInt(letter.replays + 1));
+        headers.insert(
+            REPLAYS_HEADER.into(),
+            AMQPValue::LongLongInt(letter.replays + 1),
+        );
         let properties = letter.delivery.properties.clone().with_headers(headers);
         let confirmed = self
             .publisher
-            .publish(&self.topology.commands_exchange(), &letter.routing_key, &letter.delivery.data, properties, true)
+            .publish(
+                &self.topology.commands_exchange(),
+                &letter.routing_key,
+                &letter.delivery.data,
+                properties,
+                true,
+            )
             .await?;
         if confirmed == Confirmed::Returned {
             return Ok(false);
         }
-        letter.delivery.acker.ack(BasicAckOptions::default()).await?;
+        letter
+            .delivery
+            .acker
+            .ack(BasicAckOptions::default())
+            .await?;
         Ok(true)
     }
 

@@ -6,7 +6,10 @@ use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 pub fn string_table<'a>(entries: impl IntoIterator<Item = (&'a str, String)>) -> FieldTable {
     let mut table = FieldTable::default();
     for (k, v) in entries {
-        table.insert(ShortString::from(k), AMQPValue::LongString(LongString::from(v)));
+        table.insert(
+            ShortString::from(k),
+            AMQPValue::LongString(LongString::from(v)),
+        );
     }
     table
 }

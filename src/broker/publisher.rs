@@ -2,8 +2,8 @@
 //! the broker has acked it.
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::{Confirmation, PublisherConfirm};
 use lapin::{BasicProperties, Channel, Connection};
+use lapin::{Confirmation, PublisherConfirm};
 
 use super::BrokerError;
 
@@ -32,7 +32,9 @@ impl ConfirmPublisher {
     /// Opens a new channel on `connection` and puts it in confirm mode.
     pub async fn open(connection: &Connection) -> Result<Self, BrokerError> {
         let channel = connection.create_channel().await?;
-        channel.confirm_select(ConfirmSelectOptions::default()).await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
         Ok(Self { channel })
     }
 
@@ -52,7 +54,13 @@ impl ConfirmPublisher {
         };
         let confirm = self
             .channel
-            .basic_publish(exchange.into(), routing_key.into(), options, body, properties)
+            .basic_publish(
+                exchange.into(),
+                routing_key.into(),
+                options,
+                body,
+                properties,
+            )
             .await?;
         Ok(Pending {
             exchange: exchange.to_owned(),

@@ -8,7 +8,10 @@
 //! - `N.events`: fanout exchange for subscribers (who bind their own queues).
 //! - `N.jobs`: topic exchange; executors bind queues by run type.
 
-use lapin::options::{ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions};
+use lapin::options::{
+    ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
+};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{Channel, ExchangeKind};
 use serde_json::{json, Map, Value};
@@ -68,7 +71,9 @@ impl Topology {
     pub fn new(namespace: &str) -> Result<Self, BrokerError> {
         let valid = !namespace.is_empty()
             && namespace.len() <= 100
-            && namespace.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+            && namespace
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
         if !valid {
             return Err(BrokerError::InvalidName(format!(
                 "namespace {namespace:?} must be 1 to 100 characters of A-Z a-z 0-9 _ . -"
@@ -117,10 +122,22 @@ impl Topology {
     /// The exchanges.
     pub fn exchanges(&self) -> Vec<ExchangeDef> {
         vec![
-            ExchangeDef { name: self.commands_exchange(), kind: "topic" },
-            ExchangeDef { name: self.dead_letter_exchange(), kind: "fanout" },
-            ExchangeDef { name: self.events_exchange(), kind: "fanout" },
-            ExchangeDef { name: self.jobs_exchange(), kind: "topic" },
+            ExchangeDef {
+                name: self.commands_exchange(),
+                kind: "topic",
+            },
+            ExchangeDef {
+                name: self.dead_letter_exchange(),
+                kind: "fanout",
+            },
+            ExchangeDef {
+                name: self.events_exchange(),
+                kind: "fanout",
+            },
+            ExchangeDef {
+                name: self.jobs_exchange(),
+                kind: "topic",
+            },
         ]
     }
 
@@ -131,8 +148,14 @@ impl Topology {
                 name: self.commands_queue(),
                 arguments: vec![
                     ("x-queue-type", ArgValue::Str("quorum".into())),
-                    ("x-dead-letter-exchange", ArgValue::Str(self.dead_letter_exchange())),
-                    ("x-dead-letter-strategy", ArgValue::Str("at-least-once".into())),
+                    (
+                        "x-dead-letter-exchange",
+                        ArgValue::Str(self.dead_letter_exchange()),
+                    ),
+                    (
+                        "x-dead-letter-strategy",
+                        ArgValue::Str("at-least-once".into()),
+                    ),
                     ("x-overflow", ArgValue::Str("reject-publish".into())),
                     ("x-delivery-limit", ArgValue::Int(DELIVERY_LIMIT)),
                 ],
@@ -194,9 +217,18 @@ impl Topology {
     /// Declares everything (idempotent: redeclaring with the same arguments is a no-op).
     pub async fn declare(&self, channel: &Channel) -> Result<(), BrokerError> {
         for e in self.exchanges() {
-            let kind = if e.kind == "fanout" { ExchangeKind::Fanout } else { ExchangeKind::Topic };
-            let options = ExchangeDeclareOptions { durable: true, ..Default::default() };
-            channel.exchange_declare(e.name.into(), kind, options, FieldTable::default()).await?;
+            let kind = if e.kind == "fanout" {
+                ExchangeKind::Fanout
+            } else {
+                ExchangeKind::Topic
+            };
+            let options = ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            };
+            channel
+                .exchange_declare(e.name.into(), kind, options, FieldTable::default())
+                .await?;
         }
         for q in self.queues() {
             let mut args = FieldTable::default();
@@ -207,7 +239,10 @@ impl Topology {
                 };
                 args.insert((*k).into(), v);
             }
-            let options = QueueDeclareOptions { durable: true, ..Default::default() };
+            let options = QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            };
             channel.queue_declare(q.name.into(), options, args).await?;
         }
         for b in self.bindings() {
@@ -227,10 +262,14 @@ impl Topology {
     /// Deletes every queue and exchange of the namespace (tests and `oprun topology delete`).
     pub async fn delete(&self, channel: &Channel) -> Result<(), BrokerError> {
         for q in self.queues() {
-            channel.queue_delete(q.name.into(), QueueDeleteOptions::default()).await?;
+            channel
+                .queue_delete(q.name.into(), QueueDeleteOptions::default())
+                .await?;
         }
         for e in self.exchanges() {
-            channel.exchange_delete(e.name.into(), ExchangeDeleteOptions::default()).await?;
+            channel
+                .exchange_delete(e.name.into(), ExchangeDeleteOptions::default())
+                .await?;
         }
         Ok(())
     }
@@ -244,7 +283,10 @@ mod tests {
     fn the_checked_in_definitions_are_what_the_code_declares() {
         let file = include_str!("../../topology/definitions.json");
         let on_disk: Value = serde_json::from_str(file).unwrap();
-        assert_eq!(on_disk, Topology::new("operation_runs").unwrap().definitions());
+        assert_eq!(
+            on_disk,
+            Topology::new("operation_runs").unwrap().definitions()
+        );
     }
 
     #[test]

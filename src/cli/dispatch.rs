@@ -53,7 +53,9 @@ impl DispatchArgs {
             initiator_name: self.initiator,
             context,
         };
-        let producer = Producer::connect(&config.amqp_url, &config.namespace).await.map_err(client_error)?;
+        let producer = Producer::connect(&config.amqp_url, &config.namespace)
+            .await
+            .map_err(client_error)?;
         let result = if self.wait {
             let reply = producer
                 .dispatch_and_wait(&request, Duration::from_secs(self.timeout_secs))

@@ -42,7 +42,14 @@ pub enum DlqCommand {
     },
 }
 
-const LIST_COLUMNS: [&str; 6] = ["code", "kind", "command_id", "age_seconds", "replays", "message"];
+const LIST_COLUMNS: [&str; 6] = [
+    "code",
+    "kind",
+    "command_id",
+    "age_seconds",
+    "replays",
+    "message",
+];
 
 impl DlqCommand {
     /// Runs the subcommand.
@@ -52,8 +59,20 @@ impl DlqCommand {
         let dlq = DeadLetterQueue::open(&connection, topology).await?;
         let result = match self {
             DlqCommand::List { limit, format } => list(&dlq, limit, format).await,
-            DlqCommand::Replay { limit, code, kind, dry_run } => {
-                replay(&dlq, limit.unwrap_or(usize::MAX), code.as_deref(), kind.as_deref(), dry_run).await
+            DlqCommand::Replay {
+                limit,
+                code,
+                kind,
+                dry_run,
+            } => {
+                replay(
+                    &dlq,
+                    limit.unwrap_or(usize::MAX),
+                    code.as_deref(),
+                    kind.as_deref(),
+                    dry_run,
+                )
+                .await
             }
         };
         dlq.release().await;
@@ -67,7 +86,9 @@ async fn list(dlq: &DeadLetterQueue, limit: usize, format: Format) -> Result<(),
     let mut rows = Vec::new();
     let mut held = Vec::new();
     while rows.len() < limit {
-        let Some(letter) = dlq.take().await? else { break };
+        let Some(letter) = dlq.take().await? else {
+            break;
+        };
         rows.push(letter.summary(now));
         held.push(letter);
     }
@@ -97,8 +118,11 @@ async fn replay(
     // the channel returns them to the queue.
     let mut held: Vec<DeadLetter> = Vec::new();
     while summary.replayed < limit {
-        let Some(letter) = dlq.take().await? else { break };
-        let matches = code.is_none_or(|c| letter.code == c) && kind.is_none_or(|k| letter.kind.as_deref() == Some(k));
+        let Some(letter) = dlq.take().await? else {
+            break;
+        };
+        let matches = code.is_none_or(|c| letter.code == c)
+            && kind.is_none_or(|k| letter.kind.as_deref() == Some(k));
         if !matches {
             summary.skipped += 1;
         } else if dry_run {
@@ -110,7 +134,10 @@ async fn replay(
             summary.failed += 1;
         }
         if progress {
-            eprint!("\rreplayed {}  skipped {}  failed {}", summary.replayed, summary.skipped, summary.failed);
+            eprint!(
+                "\rreplayed {}  skipped {}  failed {}",
+                summary.replayed, summary.skipped, summary.failed
+            );
             let _ = std::io::stderr().flush();
         }
         held.push(letter);

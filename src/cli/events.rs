@@ -32,7 +32,11 @@ const PAGE: i64 = 500;
 impl EventsCommand {
     /// Runs the subcommand.
     pub async fn run(self, config: &Config) -> Result<(), CliError> {
-        let EventsCommand::Replay { run, since, to_queue } = self;
+        let EventsCommand::Replay {
+            run,
+            since,
+            to_queue,
+        } = self;
         let topology = Topology::new(&config.namespace)?;
         let pool = pool(config)?;
         let connection = connect(&config.amqp_url, "oprun events").await?;

@@ -24,12 +24,22 @@ impl IdentityHashArgs {
         std::io::stdin().read_to_end(&mut body)?;
         let command = decode_command(&body, None).map_err(|r| CliError::Invalid(r.to_string()))?;
         let CommandAction::Dispatch(d) = command.action else {
-            return Err(CliError::Invalid("identity-hash needs a dispatch command".into()));
+            return Err(CliError::Invalid(
+                "identity-hash needs a dispatch command".into(),
+            ));
         };
         if self.explain {
-            let canonical = canonical_identity_json(d.run_type, d.scope.workspace_id, d.scope.tenant_id, &d.context)
-                .map_err(|r| CliError::Invalid(r.to_string()))?;
-            println!("{}", json!({"canonical": canonical, "run_identity_hash": d.identity_hash.as_str()}));
+            let canonical = canonical_identity_json(
+                d.run_type,
+                d.scope.workspace_id,
+                d.scope.tenant_id,
+                &d.context,
+            )
+            .map_err(|r| CliError::Invalid(r.to_string()))?;
+            println!(
+                "{}",
+                json!({"canonical": canonical, "run_identity_hash": d.identity_hash.as_str()})
+            );
         } else {
             println!("{}", d.identity_hash);
         }

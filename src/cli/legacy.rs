@@ -30,9 +30,9 @@ impl LegacyCommand {
             .ok_or_else(|| CliError::NotFound(format!("{table} {id} not found")))?;
         let out = match record.operation_run_id {
             Some(run_id) => {
-                let run = runs::get(&pool, run_id)
-                    .await?
-                    .ok_or_else(|| CliError::NotFound(format!("run {run_id} (redirect of {table} {id}) not found")))?;
+                let run = runs::get(&pool, run_id).await?.ok_or_else(|| {
+                    CliError::NotFound(format!("run {run_id} (redirect of {table} {id}) not found"))
+                })?;
                 json!({"resolved": "operation_run", "legacy_table": table.table_name(), "legacy_id": id, "run": run.to_json()})
             }
             None => json!({

@@ -31,7 +31,14 @@ pub fn print_rows(format: Format, rows: &[Value], columns: &[&str]) -> std::io::
             let widths: Vec<usize> = columns
                 .iter()
                 .enumerate()
-                .map(|(i, c)| cells.iter().map(|r| r[i].chars().count()).chain([c.len()]).max().unwrap_or(0))
+                .map(|(i, c)| {
+                    cells
+                        .iter()
+                        .map(|r| r[i].chars().count())
+                        .chain([c.len()])
+                        .max()
+                        .unwrap_or(0)
+                })
                 .collect();
             let line = |values: Vec<String>| {
                 values
@@ -43,7 +50,11 @@ pub fn print_rows(format: Format, rows: &[Value], columns: &[&str]) -> std::io::
                     .trim_end()
                     .to_owned()
             };
-            writeln!(out, "{}", line(columns.iter().map(|c| c.to_uppercase()).collect()))?;
+            writeln!(
+                out,
+                "{}",
+                line(columns.iter().map(|c| c.to_uppercase()).collect())
+            )?;
             for row in cells {
                 writeln!(out, "{}", line(row))?;
             }

@@ -10,8 +10,8 @@ use crate::domain::operation_run::RELATED_CONTEXT_KEYS;
 use crate::domain::{OperationRunType, RunStatus};
 use crate::service::apply::ApplyContext;
 use crate::service::reaper;
-use crate::store::runs::{self, RunFilter};
 use crate::store::events;
+use crate::store::runs::{self, RunFilter};
 
 /// `oprun runs …`
 #[derive(Debug, clap::Subcommand)]
@@ -56,7 +56,16 @@ pub enum RunsCommand {
     },
 }
 
-const LIST_COLUMNS: [&str; 8] = ["id", "workspace_id", "tenant_id", "type", "status", "outcome", "created_at", "summary_counts"];
+const LIST_COLUMNS: [&str; 8] = [
+    "id",
+    "workspace_id",
+    "tenant_id",
+    "type",
+    "status",
+    "outcome",
+    "created_at",
+    "summary_counts",
+];
 
 impl RunsCommand {
     /// Runs the subcommand.
@@ -75,18 +84,32 @@ impl RunsCommand {
                                "created_at": e.created_at, "published_at": e.published_at})
                     })
                     .collect();
-                let label = OperationRunType::parse(&run.run_type).map(|t| t.catalog().label).ok();
+                let label = OperationRunType::parse(&run.run_type)
+                    .map(|t| t.catalog().label)
+                    .ok();
                 let links = related_links(&run.context);
                 let mut out = run.to_json();
                 out["label"] = json!(label);
                 out["related"] = links;
                 out["events"] = Value::Array(history);
-                println!("{}", serde_json::to_string_pretty(&out).expect("JSON values serialise"));
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&out).expect("JSON values serialise")
+                );
                 Ok(())
             }
-            RunsCommand::List { workspace, tenant, run_type, status, limit, format } => {
+            RunsCommand::List {
+                workspace,
+                tenant,
+                run_type,
+                status,
+                limit,
+                format,
+            } => {
                 if !(1..=10_000).contains(&limit) {
-                    return Err(CliError::Invalid(format!("--limit must be from 1 to 10000, got {limit}")));
+                    return Err(CliError::Invalid(format!(
+                        "--limit must be from 1 to 10000, got {limit}"
+                    )));
                 }
                 if let Some(t) = &run_type {
                     OperationRunType::parse(t).map_err(|r| CliError::Invalid(r.message))?;
@@ -95,13 +118,27 @@ impl RunsCommand {
                     .map(|s| s.parse::<RunStatus>())
                     .transpose()
                     .map_err(|r| CliError::Invalid(r.message))?;
-                let filter = RunFilter { workspace_id: workspace, tenant_id: tenant, run_type, status, limit };
-                let rows: Vec<Value> = runs::list(&pool, &filter).await?.iter().map(|r| r.to_json()).collect();
+                let filter = RunFilter {
+                    workspace_id: workspace,
+                    tenant_id: tenant,
+                    run_type,
+                    status,
+                    limit,
+                };
+                let rows: Vec<Value> = runs::list(&pool, &filter)
+                    .await?
+                    .iter()
+                    .map(|r| r.to_json())
+                    .collect();
                 print_rows(format, &rows, &LIST_COLUMNS)?;
                 Ok(())
             }
-            RunsCommand::Reap { dry_run, factor, format } => {
-                if !(factor > 0.0) {
+            RunsCommand::Reap {
+                dry_run,
+                factor,
+                format,
+            } => {
+                if factor.is_nan() || factor <= 0.0 {
                     return Err(CliError::Invalid("--factor must be positive".into()));
                 }
                 let stale = reaper::stale_runs(&pool, factor, Utc::now()).await?;

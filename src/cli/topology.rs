@@ -26,12 +26,15 @@ impl TopologyCommand {
         let topology = Topology::new(&config.namespace)?;
         match self {
             TopologyCommand::Print => {
-                let text = serde_json::to_string_pretty(&topology.definitions()).expect("JSON values serialise");
+                let text = serde_json::to_string_pretty(&topology.definitions())
+                    .expect("JSON values serialise");
                 println!("{text}");
             }
             TopologyCommand::Apply => {
                 let connection = connect(&config.amqp_url, "oprun topology").await?;
-                topology.declare(&connection.create_channel().await?).await?;
+                topology
+                    .declare(&connection.create_channel().await?)
+                    .await?;
                 let _ = connection.close(200, "done".into()).await;
                 println!("topology {} declared", topology.namespace());
             }

@@ -133,7 +133,10 @@ impl Producer {
             .basic_consume(
                 DIRECT_REPLY_TO.into(),
                 "".into(),
-                BasicConsumeOptions { no_ack: true, ..Default::default() },
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..Default::default()
+                },
                 FieldTable::default(),
             )
             .await?;
@@ -141,14 +144,26 @@ impl Producer {
         let routing = waiters.clone();
         tokio::spawn(async move {
             while let Some(Ok(delivery)) = replies.next().await {
-                let Some(id) = delivery.properties.correlation_id().as_ref().map(|c| c.to_string()) else { continue };
+                let Some(id) = delivery
+                    .properties
+                    .correlation_id()
+                    .as_ref()
+                    .map(|c| c.to_string())
+                else {
+                    continue;
+                };
                 let waiter = routing.lock().unwrap().remove(&id);
                 if let (Some(tx), Ok(body)) = (waiter, serde_json::from_slice(&delivery.data)) {
                     let _ = tx.send(body);
                 }
             }
         });
-        Ok(Self { connection, publisher, topology, waiters })
+        Ok(Self {
+            connection,
+            publisher,
+            topology,
+            waiters,
+        })
     }
 
     /// Publishes a raw command body (routing key = its `kind`) and waits for the broker's confirm.
@@ -157,14 +172,23 @@ impl Producer {
     }
 
     async fn publish(&self, body: &Value, properties: BasicProperties) -> Result<(), ClientError> {
-        let kind = body.get("kind").and_then(Value::as_str).unwrap_or("unknown");
-        let mut properties = properties.with_content_type("application/json".into()).with_delivery_mode(2);
+        let kind = body
+            .get("kind")
+            .and_then(Value::as_str)
+            .unwrap_or("unknown");
+        let mut properties = properties
+            .with_content_type("application/json".into())
+            .with_delivery_mode(2);
         if let Some(id) = body.get("command_id").and_then(Value::as_str) {
             properties = properties.with_message_id(id.into());
         }
         let bytes = serde_json::to_vec(body).expect("JSON values serialise");
         let exchange = self.topology.commands_exchange();
-        match self.publisher.publish(&exchange, kind, &bytes, properties, true).await? {
+        match self
+            .publisher
+            .publish(&exchange, kind, &bytes, properties, true)
+            .await?
+        {
             Confirmed::Delivered => Ok(()),
             Confirmed::Returned => Err(ClientError::Unroutable(exchange)),
         }
@@ -178,17 +202,31 @@ impl Producer {
     }
 
     /// Publishes a dispatch and waits up to `timeout` for the service's reply.
-    pub async fn dispatch_and_wait(&self, request: &DispatchRequest, timeout: Duration) -> Result<DispatchReply, ClientError> {
-        let reply = self.send_and_wait(&request.to_body(&new_command_id()), timeout).await?;
-        serde_json::from_value(reply.clone()).map_err(|_| ClientError::InvalidReply(reply.to_string()))
+    pub async fn dispatch_and_wait(
+        &self,
+        request: &DispatchRequest,
+        timeout: Duration,
+    ) -> Result<DispatchReply, ClientError> {
+        let reply = self
+            .send_and_wait(&request.to_body(&new_command_id()), timeout)
+            .await?;
+        serde_json::from_value(reply.clone())
+            .map_err(|_| ClientError::InvalidReply(reply.to_string()))
     }
 
     /// Publishes any command with `reply_to` and waits up to `timeout` for the reply body.
     /// A refusal (`{"error": …}`) is [`ClientError::Rejected`].
-    pub async fn send_and_wait(&self, body: &Value, timeout: Duration) -> Result<Value, ClientError> {
+    pub async fn send_and_wait(
+        &self,
+        body: &Value,
+        timeout: Duration,
+    ) -> Result<Value, ClientError> {
         let correlation_id = uuid::Uuid::new_v4().to_string();
         let (tx, rx) = oneshot::channel();
-        self.waiters.lock().unwrap().insert(correlation_id.clone(), tx);
+        self.waiters
+            .lock()
+            .unwrap()
+            .insert(correlation_id.clone(), tx);
         let properties = BasicProperties::default()
             .with_reply_to(DIRECT_REPLY_TO.into())
             .with_correlation_id(correlation_id.as_str().into());
@@ -241,7 +279,11 @@ impl Producer {
     }
 
     /// `increment_summary_counts`. Returns the command id.
-    pub async fn increment_summary_counts(&self, run: RunRef, counts: Value) -> Result<String, ClientError> {
+    pub async fn increment_summary_counts(
+        &self,
+        run: RunRef,
+        counts: Value,
+    ) -> Result<String, ClientError> {
         let mut body = progress_body("increment_summary_counts", run);
         body["counts"] = counts;
         self.send(&body).await?;
@@ -249,7 +291,11 @@ impl Producer {
     }
 
     /// `append_failures`. Returns the command id.
-    pub async fn append_failures(&self, run: RunRef, failures: Value) -> Result<String, ClientError> {
+    pub async fn append_failures(
+        &self,
+        run: RunRef,
+        failures: Value,
+    ) -> Result<String, ClientError> {
         let mut body = progress_body("append_failures", run);
         body["failures"] = failures;
         self.send(&body).await?;

@@ -9,7 +9,10 @@ use std::future::Future;
 use std::sync::Arc;
 
 use futures_util::StreamExt;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{Channel, Connection, ExchangeKind};
 use serde_json::Value;
@@ -39,7 +42,11 @@ pub struct Job {
 impl Job {
     /// The run reference for progress commands.
     pub fn run_ref(&self) -> RunRef {
-        RunRef { run_id: self.run_id, workspace_id: self.workspace_id, tenant_id: self.tenant_id }
+        RunRef {
+            run_id: self.run_id,
+            workspace_id: self.workspace_id,
+            tenant_id: self.tenant_id,
+        }
     }
 }
 
@@ -53,12 +60,18 @@ pub struct JobContext {
 impl JobContext {
     /// Adds to the run's summary counts.
     pub async fn increment(&self, counts: Value) -> Result<(), ClientError> {
-        self.producer.increment_summary_counts(self.run, counts).await.map(drop)
+        self.producer
+            .increment_summary_counts(self.run, counts)
+            .await
+            .map(drop)
     }
 
     /// Appends failures (`[{code, message, reason_code?, item?}]`).
     pub async fn fail_items(&self, failures: Value) -> Result<(), ClientError> {
-        self.producer.append_failures(self.run, failures).await.map(drop)
+        self.producer
+            .append_failures(self.run, failures)
+            .await
+            .map(drop)
     }
 }
 
@@ -72,7 +85,13 @@ pub struct Worker {
 
 impl Worker {
     /// Connects, declares durable quorum queue `queue` bound to `N.jobs` for each of `types`.
-    pub async fn start(amqp_url: &str, namespace: &str, queue: &str, types: &[&str], prefetch: u16) -> Result<Self, ClientError> {
+    pub async fn start(
+        amqp_url: &str,
+        namespace: &str,
+        queue: &str,
+        types: &[&str],
+        prefetch: u16,
+    ) -> Result<Self, ClientError> {
         let topology = Topology::new(namespace)?;
         let connection = connect(amqp_url, "oprun worker").await?;
         let channel = connection.create_channel().await?;
@@ -80,36 +99,71 @@ impl Worker {
             .exchange_declare(
                 topology.jobs_exchange().into(),
                 ExchangeKind::Topic,
-                ExchangeDeclareOptions { durable: true, ..Default::default() },
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
                 FieldTable::default(),
             )
             .await?;
         let mut args = FieldTable::default();
-        args.insert("x-queue-type".into(), AMQPValue::LongString(LongString::from("quorum")));
+        args.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString(LongString::from("quorum")),
+        );
         channel
-            .queue_declare(queue.into(), QueueDeclareOptions { durable: true, ..Default::default() }, args)
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                args,
+            )
             .await?;
         for t in types {
             channel
-                .queue_bind(queue.into(), topology.jobs_exchange().into(), (*t).into(), QueueBindOptions::default(), FieldTable::default())
+                .queue_bind(
+                    queue.into(),
+                    topology.jobs_exchange().into(),
+                    (*t).into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
                 .await?;
         }
-        channel.basic_qos(prefetch, BasicQosOptions::default()).await?;
+        channel
+            .basic_qos(prefetch, BasicQosOptions::default())
+            .await?;
         let producer = Arc::new(Producer::connect(amqp_url, namespace).await?);
-        Ok(Self { connection, channel, producer, queue: queue.to_owned() })
+        Ok(Self {
+            connection,
+            channel,
+            producer,
+            queue: queue.to_owned(),
+        })
     }
 
     /// Handles jobs until `shutdown`: reports `running`, runs `handler`, reports completion with
     /// the outcome it returns (`Err(failures)` completes as `failed` with those failures), then
     /// acks the job.
-    pub async fn run<F, Fut>(&self, handler: F, shutdown: CancellationToken) -> Result<(), ClientError>
+    pub async fn run<F, Fut>(
+        &self,
+        handler: F,
+        shutdown: CancellationToken,
+    ) -> Result<(), ClientError>
     where
         F: Fn(Job, JobContext) -> Fut,
         Fut: Future<Output = Result<RunOutcome, Value>>,
     {
         let mut jobs = self
             .channel
-            .basic_consume(self.queue.as_str().into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
+            .basic_consume(
+                self.queue.as_str().into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
             .await?;
         loop {
             let next = tokio::select! {
@@ -120,18 +174,35 @@ impl Worker {
             let delivery = delivery?;
             let Ok(job) = serde_json::from_slice::<Job>(&delivery.data) else {
                 tracing::error!("undecodable job, rejecting it");
-                delivery.acker.nack(BasicNackOptions { requeue: false, ..Default::default() }).await?;
+                delivery
+                    .acker
+                    .nack(BasicNackOptions {
+                        requeue: false,
+                        ..Default::default()
+                    })
+                    .await?;
                 continue;
             };
             let run = job.run_ref();
-            self.producer.update_run(run, Some(RunStatus::Running), None, None, None).await?;
-            let ctx = JobContext { producer: self.producer.clone(), run };
+            self.producer
+                .update_run(run, Some(RunStatus::Running), None, None, None)
+                .await?;
+            let ctx = JobContext {
+                producer: self.producer.clone(),
+                run,
+            };
             let (outcome, failures) = match handler(job, ctx).await {
                 Ok(outcome) => (outcome, None),
                 Err(failures) => (RunOutcome::Failed, Some(failures)),
             };
             self.producer
-                .update_run(run, Some(RunStatus::Completed), Some(outcome), None, failures)
+                .update_run(
+                    run,
+                    Some(RunStatus::Completed),
+                    Some(outcome),
+                    None,
+                    failures,
+                )
                 .await?;
             delivery.acker.ack(BasicAckOptions::default()).await?;
         }

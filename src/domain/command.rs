@@ -61,16 +61,42 @@ impl CommandKind {
     fn fields(self) -> &'static [&'static str] {
         match self {
             Self::Dispatch => &[
-                "kind", "command_id", "workspace_id", "tenant_id", "user_id", "initiator_name", "type", "context",
+                "kind",
+                "command_id",
+                "workspace_id",
+                "tenant_id",
+                "user_id",
+                "initiator_name",
+                "type",
+                "context",
             ],
             Self::UpdateRun => &[
-                "kind", "command_id", "run_id", "workspace_id", "tenant_id", "status", "outcome",
-                "summary_counts", "failures",
+                "kind",
+                "command_id",
+                "run_id",
+                "workspace_id",
+                "tenant_id",
+                "status",
+                "outcome",
+                "summary_counts",
+                "failures",
             ],
-            Self::IncrementSummaryCounts => {
-                &["kind", "command_id", "run_id", "workspace_id", "tenant_id", "counts"]
-            }
-            Self::AppendFailures => &["kind", "command_id", "run_id", "workspace_id", "tenant_id", "failures"],
+            Self::IncrementSummaryCounts => &[
+                "kind",
+                "command_id",
+                "run_id",
+                "workspace_id",
+                "tenant_id",
+                "counts",
+            ],
+            Self::AppendFailures => &[
+                "kind",
+                "command_id",
+                "run_id",
+                "workspace_id",
+                "tenant_id",
+                "failures",
+            ],
         }
     }
 }
@@ -165,15 +191,24 @@ pub fn decode_command(body: &[u8], message_id: Option<&str>) -> Result<Command, 
     if body.len() > MAX_COMMAND_BYTES {
         return Err(Rejection::new(
             ErrorCode::MessageTooLarge,
-            format!("body is {} bytes, the limit is {MAX_COMMAND_BYTES}", body.len()),
+            format!(
+                "body is {} bytes, the limit is {MAX_COMMAND_BYTES}",
+                body.len()
+            ),
         ));
     }
     let text = std::str::from_utf8(body).map_err(|e| {
-        Rejection::new(ErrorCode::InvalidUtf8, format!("body is not valid UTF-8: {e}"))
+        Rejection::new(
+            ErrorCode::InvalidUtf8,
+            format!("body is not valid UTF-8: {e}"),
+        )
     })?;
     let value: Value = serde_json::from_str(text).map_err(|e| {
         if e.to_string().contains("recursion limit") {
-            Rejection::new(ErrorCode::ContextTooDeep, "body nests deeper than 128 levels")
+            Rejection::new(
+                ErrorCode::ContextTooDeep,
+                "body nests deeper than 128 levels",
+            )
         } else {
             Rejection::new(ErrorCode::InvalidJson, format!("body is not JSON: {e}"))
         }
@@ -195,7 +230,10 @@ pub fn decode_command(body: &[u8], message_id: Option<&str>) -> Result<Command, 
     })?;
     if let Some(extra) = object.keys().find(|k| !kind.fields().contains(&k.as_str())) {
         let shown: String = extra.chars().take(64).collect();
-        return Err(invalid(format!("field {shown:?} is not part of a {} command", kind.as_str())));
+        return Err(invalid(format!(
+            "field {shown:?} is not part of a {} command",
+            kind.as_str()
+        )));
     }
     let command_id = match fields.string("command_id")? {
         Some(id) => Some(id),
@@ -204,7 +242,9 @@ pub fn decode_command(body: &[u8], message_id: Option<&str>) -> Result<Command, 
     .map(|id| {
         let n = id.chars().count();
         if n == 0 || n > MAX_ID_CHARS {
-            return Err(invalid(format!("command_id must be 1 to {MAX_ID_CHARS} characters")));
+            return Err(invalid(format!(
+                "command_id must be 1 to {MAX_ID_CHARS} characters"
+            )));
         }
         Ok(id.to_owned())
     })
@@ -212,15 +252,22 @@ pub fn decode_command(body: &[u8], message_id: Option<&str>) -> Result<Command, 
     if command_id.is_none() && kind != CommandKind::Dispatch {
         return Err(Rejection::new(
             ErrorCode::MissingCommandId,
-            format!("a {} command needs a command_id (body field or AMQP message_id)", kind.as_str()),
+            format!(
+                "a {} command needs a command_id (body field or AMQP message_id)",
+                kind.as_str()
+            ),
         ));
     }
     let action = match kind {
         CommandKind::Dispatch => CommandAction::Dispatch(decode_dispatch(&fields)?),
         _ => CommandAction::Progress(decode_progress(kind, &fields)?),
     };
-    let canonical = serde_json_canonicalizer::to_vec(&object)
-        .map_err(|e| Rejection::new(ErrorCode::InvalidJson, format!("body cannot be canonicalised: {e}")))?;
+    let canonical = serde_json_canonicalizer::to_vec(&object).map_err(|e| {
+        Rejection::new(
+            ErrorCode::InvalidJson,
+            format!("body cannot be canonicalised: {e}"),
+        )
+    })?;
     Ok(Command {
         kind,
         command_id,
@@ -230,14 +277,21 @@ pub fn decode_command(body: &[u8], message_id: Option<&str>) -> Result<Command, 
 }
 
 fn decode_dispatch(fields: &Fields) -> Result<DispatchCommand, Rejection> {
-    let workspace_id = fields.id("workspace_id")?.ok_or_else(|| missing("workspace_id"))?;
+    let workspace_id = fields
+        .id("workspace_id")?
+        .ok_or_else(|| missing("workspace_id"))?;
     let tenant_id = fields.id("tenant_id")?;
     let type_name = fields.string("type")?.ok_or_else(|| missing("type"))?;
     let run_type = OperationRunType::parse(type_name)?;
     let mut context = match fields.0.get("context") {
         Some(Value::Object(c)) => c.clone(),
         None => return Err(missing("context")),
-        Some(other) => return Err(invalid(format!("context must be an object, got {}", json_kind(other)))),
+        Some(other) => {
+            return Err(invalid(format!(
+                "context must be an object, got {}",
+                json_kind(other)
+            )))
+        }
     };
     let depth = depth_of(&Value::Object(context.clone()));
     if depth > MAX_CONTEXT_DEPTH {
@@ -247,13 +301,21 @@ fn decode_dispatch(fields: &Fields) -> Result<DispatchCommand, Rejection> {
         ));
     }
     let initiator_name = fields.string("initiator_name")?.map(str::to_owned);
-    if initiator_name.as_ref().is_some_and(|n| n.chars().count() > MAX_ID_CHARS) {
-        return Err(invalid(format!("initiator_name is longer than {MAX_ID_CHARS} characters")));
+    if initiator_name
+        .as_ref()
+        .is_some_and(|n| n.chars().count() > MAX_ID_CHARS)
+    {
+        return Err(invalid(format!(
+            "initiator_name is longer than {MAX_ID_CHARS} characters"
+        )));
     }
     normalise_context(run_type, &mut context)?;
     let identity_hash = RunIdentityHash::compute(run_type, workspace_id, tenant_id, &context)?;
     Ok(DispatchCommand {
-        scope: RunScope { workspace_id, tenant_id },
+        scope: RunScope {
+            workspace_id,
+            tenant_id,
+        },
         user_id: fields.id("user_id")?,
         initiator_name,
         run_type,
@@ -264,27 +326,48 @@ fn decode_dispatch(fields: &Fields) -> Result<DispatchCommand, Rejection> {
 
 fn decode_progress(kind: CommandKind, fields: &Fields) -> Result<ProgressCommand, Rejection> {
     let run_id = fields.id("run_id")?.ok_or_else(|| missing("run_id"))?;
-    let workspace_id = fields.id("workspace_id")?.ok_or_else(|| missing("workspace_id"))?;
+    let workspace_id = fields
+        .id("workspace_id")?
+        .ok_or_else(|| missing("workspace_id"))?;
     if !fields.0.contains_key("tenant_id") {
-        return Err(invalid("tenant_id is required for progress commands (null for a workspace-scoped run)"));
+        return Err(invalid(
+            "tenant_id is required for progress commands (null for a workspace-scoped run)",
+        ));
     }
     let tenant_id = fields.id("tenant_id")?;
-    let counts_field = if kind == CommandKind::IncrementSummaryCounts { "counts" } else { "summary_counts" };
+    let counts_field = if kind == CommandKind::IncrementSummaryCounts {
+        "counts"
+    } else {
+        "summary_counts"
+    };
     let counts = match fields.0.get(counts_field) {
-        None | Some(Value::Null) if kind == CommandKind::IncrementSummaryCounts => return Err(missing("counts")),
+        None | Some(Value::Null) if kind == CommandKind::IncrementSummaryCounts => {
+            return Err(missing("counts"))
+        }
         None | Some(Value::Null) => SummaryCounts::default(),
         Some(v) => SummaryCounts::parse(v)?,
     };
     let failures = match fields.0.get("failures") {
-        None | Some(Value::Null) if kind == CommandKind::AppendFailures => return Err(missing("failures")),
+        None | Some(Value::Null) if kind == CommandKind::AppendFailures => {
+            return Err(missing("failures"))
+        }
         None | Some(Value::Null) => Vec::new(),
         Some(v) => Failure::parse_list(v)?,
     };
-    let status = fields.string("status")?.map(str::parse::<RunStatus>).transpose()?;
-    let outcome = fields.string("outcome")?.map(str::parse::<RunOutcome>).transpose()?;
+    let status = fields
+        .string("status")?
+        .map(str::parse::<RunStatus>)
+        .transpose()?;
+    let outcome = fields
+        .string("outcome")?
+        .map(str::parse::<RunOutcome>)
+        .transpose()?;
     Ok(ProgressCommand {
         run_id,
-        scope: RunScope { workspace_id, tenant_id },
+        scope: RunScope {
+            workspace_id,
+            tenant_id,
+        },
         status,
         outcome,
         counts,
@@ -300,7 +383,10 @@ impl Fields<'_> {
         match self.0.get(name) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::String(s)) => Ok(Some(s)),
-            Some(other) => Err(invalid(format!("{name} must be a string, got {}", json_kind(other)))),
+            Some(other) => Err(invalid(format!(
+                "{name} must be a string, got {}",
+                json_kind(other)
+            ))),
         }
     }
 
@@ -309,9 +395,14 @@ impl Fields<'_> {
             None | Some(Value::Null) => Ok(None),
             Some(Value::Number(n)) => match n.as_i64() {
                 Some(id) if id > 0 => Ok(Some(id)),
-                _ => Err(invalid(format!("{name} must be a positive integer id, got {n}"))),
+                _ => Err(invalid(format!(
+                    "{name} must be a positive integer id, got {n}"
+                ))),
             },
-            Some(other) => Err(invalid(format!("{name} must be a positive integer id, got {}", json_kind(other)))),
+            Some(other) => Err(invalid(format!(
+                "{name} must be a positive integer id, got {}",
+                json_kind(other)
+            ))),
         }
     }
 }
@@ -361,8 +452,16 @@ mod tests {
         let c = decode_command(dispatch_body().to_string().as_bytes(), Some("m-1")).unwrap();
         assert_eq!(c.kind, CommandKind::Dispatch);
         assert_eq!(c.command_id.as_deref(), Some("m-1"));
-        let CommandAction::Dispatch(d) = c.action else { panic!() };
-        assert_eq!(d.scope, RunScope { workspace_id: 1, tenant_id: Some(2) });
+        let CommandAction::Dispatch(d) = c.action else {
+            panic!()
+        };
+        assert_eq!(
+            d.scope,
+            RunScope {
+                workspace_id: 1,
+                tenant_id: Some(2)
+            }
+        );
         assert_eq!(d.identity_hash.as_str().len(), 64);
     }
 
@@ -373,7 +472,10 @@ mod tests {
         assert_eq!(c.command_id.as_deref(), Some("c-1"));
         let mut no_id = body.clone();
         no_id.as_object_mut().unwrap().remove("command_id");
-        assert_eq!(code_of(no_id.to_string().as_bytes()), ErrorCode::MissingCommandId);
+        assert_eq!(
+            code_of(no_id.to_string().as_bytes()),
+            ErrorCode::MissingCommandId
+        );
     }
 
     #[test]

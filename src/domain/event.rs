@@ -27,7 +27,12 @@ pub enum RunEventType {
 
 impl RunEventType {
     /// Every type.
-    pub const ALL: [RunEventType; 4] = [Self::Queued, Self::Started, Self::Progressed, Self::Completed];
+    pub const ALL: [RunEventType; 4] = [
+        Self::Queued,
+        Self::Started,
+        Self::Progressed,
+        Self::Completed,
+    ];
 
     /// The CloudEvents `type`.
     pub fn as_str(self) -> &'static str {

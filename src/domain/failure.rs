@@ -22,8 +22,9 @@ const REDACTED: &str = "[REDACTED]";
 static CODE: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"^[a-z0-9_.]{1,64}$").unwrap());
 static BEARER: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9\-._~+/]+=*").unwrap());
-static JWT: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"\beyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*").unwrap());
+static JWT: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"\beyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*").unwrap()
+});
 static URL_CREDENTIALS: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"([a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]+):[^@/\s]+@").unwrap());
 static SECRET_VALUE: LazyLock<Regex> = LazyLock::new(|| {
@@ -68,9 +69,9 @@ impl Failure {
 
     /// Validates and sanitises one failure entry from a command.
     pub fn parse(value: &Value) -> Result<Self, Rejection> {
-        let object = value
-            .as_object()
-            .ok_or_else(|| invalid("a failure must be an object {code, message, reason_code?, item?}"))?;
+        let object = value.as_object().ok_or_else(|| {
+            invalid("a failure must be an object {code, message, reason_code?, item?}")
+        })?;
         if let Some(extra) = object
             .keys()
             .find(|k| !matches!(k.as_str(), "code" | "message" | "reason_code" | "item"))
@@ -100,7 +101,9 @@ impl Failure {
 
     /// Validates a list of failures from a command.
     pub fn parse_list(value: &Value) -> Result<Vec<Self>, Rejection> {
-        let list = value.as_array().ok_or_else(|| invalid("failures must be an array"))?;
+        let list = value
+            .as_array()
+            .ok_or_else(|| invalid("failures must be an array"))?;
         if list.len() > MAX_FAILURES_PER_COMMAND {
             return Err(invalid(format!(
                 "at most {MAX_FAILURES_PER_COMMAND} failures per command, got {}",
@@ -145,12 +148,21 @@ mod tests {
     #[test]
     fn secrets_are_redacted() {
         let cases = [
-            ("HTTP 401 with Authorization: Bearer abc.def-123", "abc.def-123"),
-            ("token eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.sgn-abc_12 leaked", "eyJhbGciOiJIUzI1NiJ9"),
+            (
+                "HTTP 401 with Authorization: Bearer abc.def-123",
+                "abc.def-123",
+            ),
+            (
+                "token eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.sgn-abc_12 leaked",
+                "eyJhbGciOiJIUzI1NiJ9",
+            ),
             ("login failed password=hunter2 for bob", "hunter2"),
             (r#"{"client_secret": "s3cr3t-value"}"#, "s3cr3t-value"),
             ("api_key: AKIA1234 refused", "AKIA1234"),
-            ("connect postgres://app:pa55word@db:5432/x failed", "pa55word"),
+            (
+                "connect postgres://app:pa55word@db:5432/x failed",
+                "pa55word",
+            ),
             ("refresh_token=rt-999&x=1", "rt-999"),
         ];
         for (input, secret) in cases {
@@ -162,15 +174,27 @@ mod tests {
 
     #[test]
     fn ordinary_messages_are_kept_and_long_ones_cut() {
-        assert_eq!(sanitise_message("device 42 not reachable"), "device 42 not reachable");
+        assert_eq!(
+            sanitise_message("device 42 not reachable"),
+            "device 42 not reachable"
+        );
         let long = "é".repeat(5000);
-        assert_eq!(sanitise_message(&long).chars().count(), MAX_FAILURE_MESSAGE_CHARS);
+        assert_eq!(
+            sanitise_message(&long).chars().count(),
+            MAX_FAILURE_MESSAGE_CHARS
+        );
     }
 
     #[test]
     fn failure_entries_are_validated() {
-        let ok = Failure::parse(&json!({"code": "graph.throttled", "message": "slow down", "item": "dev-1"})).unwrap();
-        assert_eq!(ok.to_json(), json!({"code": "graph.throttled", "message": "slow down", "item": "dev-1"}));
+        let ok = Failure::parse(
+            &json!({"code": "graph.throttled", "message": "slow down", "item": "dev-1"}),
+        )
+        .unwrap();
+        assert_eq!(
+            ok.to_json(),
+            json!({"code": "graph.throttled", "message": "slow down", "item": "dev-1"})
+        );
         for bad in [
             json!({"code": "Bad Code", "message": "x"}),
             json!({"code": "", "message": "x"}),
@@ -180,7 +204,11 @@ mod tests {
             json!({"code": "ok", "message": "x", "reason_code": "NOPE"}),
             json!("just text"),
         ] {
-            assert_eq!(Failure::parse(&bad).unwrap_err().code, ErrorCode::InvalidFailure, "{bad}");
+            assert_eq!(
+                Failure::parse(&bad).unwrap_err().code,
+                ErrorCode::InvalidFailure,
+                "{bad}"
+            );
         }
     }
 }

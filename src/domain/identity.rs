@@ -110,7 +110,9 @@ fn identity_value(
         return Ok(value.clone());
     }
     let text = value.as_str().ok_or_else(|| invalid_scheduled_for(value))?;
-    Ok(Value::String(normalise_to_minute(text).ok_or_else(|| invalid_scheduled_for(value))?))
+    Ok(Value::String(
+        normalise_to_minute(text).ok_or_else(|| invalid_scheduled_for(value))?,
+    ))
 }
 
 fn invalid_scheduled_for(value: &Value) -> Rejection {
@@ -166,7 +168,8 @@ mod tests {
     fn key_order_and_whitespace_do_not_change_the_hash() {
         let a = ctx(json!({"selection": {"b": 1, "a": [1, 2]}, "other": 1}));
         let b: Map<String, Value> =
-            serde_json::from_str(r#"{ "other" : 2 , "selection" : { "a" : [1,2] , "b" : 1.0 } }"#).unwrap();
+            serde_json::from_str(r#"{ "other" : 2 , "selection" : { "a" : [1,2] , "b" : 1.0 } }"#)
+                .unwrap();
         let t = OperationRunType::InventorySync;
         assert_eq!(
             RunIdentityHash::compute(t, 1, Some(2), &a).unwrap(),
@@ -189,7 +192,8 @@ mod tests {
     fn scheduled_for_is_normalised_to_its_utc_minute() {
         let t = OperationRunType::BackupScheduleScheduled;
         let a = ctx(json!({"backup_schedule_id": 7, "scheduled_for": "2026-03-01T10:00:05Z"}));
-        let b = ctx(json!({"backup_schedule_id": 7, "scheduled_for": "2026-03-01T11:00:59.999+01:00"}));
+        let b =
+            ctx(json!({"backup_schedule_id": 7, "scheduled_for": "2026-03-01T11:00:59.999+01:00"}));
         let c = ctx(json!({"backup_schedule_id": 7, "scheduled_for": "2026-03-01T10:01:00Z"}));
         let ha = RunIdentityHash::compute(t, 1, Some(2), &a).unwrap();
         assert_eq!(ha, RunIdentityHash::compute(t, 1, Some(2), &b).unwrap());
@@ -202,7 +206,10 @@ mod tests {
     #[test]
     fn missing_or_null_identity_keys_are_refused() {
         let t = OperationRunType::BackupScheduleRetry;
-        for c in [json!({"backup_schedule_id": 1}), json!({"backup_schedule_id": 1, "backup_schedule_run_id": null})] {
+        for c in [
+            json!({"backup_schedule_id": 1}),
+            json!({"backup_schedule_id": 1, "backup_schedule_run_id": null}),
+        ] {
             let err = RunIdentityHash::compute(t, 1, None, &ctx(c)).unwrap_err();
             assert_eq!(err.code, ErrorCode::MissingIdentityKey);
         }
@@ -226,7 +233,10 @@ mod tests {
             r#"{"identity":{"restore_run_id":5},"tenant_id":null,"type":"restore.execute","workspace_id":1}"#
         );
         let h = RunIdentityHash::compute(t, 1, None, &c).unwrap();
-        assert_eq!(h.as_str(), hex::encode(Sha256::digest(canonical.as_bytes())));
+        assert_eq!(
+            h.as_str(),
+            hex::encode(Sha256::digest(canonical.as_bytes()))
+        );
         assert!(RunIdentityHash::parse(h.as_str()).is_some());
     }
 }

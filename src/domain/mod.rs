@@ -10,7 +10,9 @@ pub mod operation_type;
 pub mod status;
 pub mod summary_counts;
 
-pub use command::{decode_command, Command, CommandAction, CommandKind, DispatchCommand, ProgressCommand, RunScope};
+pub use command::{
+    decode_command, Command, CommandAction, CommandKind, DispatchCommand, ProgressCommand, RunScope,
+};
 pub use error::{ErrorCode, Rejection};
 pub use event::{RunEvent, RunEventType};
 pub use failure::{sanitise_message, Failure};

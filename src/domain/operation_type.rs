@@ -51,7 +51,13 @@ const fn minutes(m: u64) -> Duration {
 
 /// The catalog: one entry per registered type.
 pub const OPERATION_CATALOG: [CatalogEntry; 9] = [
-    entry(OperationRunType::InventorySync, "inventory.sync", "Inventory sync", &["selection"], 10),
+    entry(
+        OperationRunType::InventorySync,
+        "inventory.sync",
+        "Inventory sync",
+        &["selection"],
+        10,
+    ),
     entry(
         OperationRunType::EntraGroupSync,
         "entra_group.sync",
@@ -66,7 +72,13 @@ pub const OPERATION_CATALOG: [CatalogEntry; 9] = [
         &["provider_connection_id"],
         5,
     ),
-    entry(OperationRunType::PolicySync, "policy.sync", "Policy sync", &["policy_id"], 5),
+    entry(
+        OperationRunType::PolicySync,
+        "policy.sync",
+        "Policy sync",
+        &["policy_id"],
+        5,
+    ),
     entry(
         OperationRunType::BackupScheduleRunNow,
         "backup_schedule.run_now",
@@ -95,7 +107,13 @@ pub const OPERATION_CATALOG: [CatalogEntry; 9] = [
         &["backup_set_id", "selection"],
         15,
     ),
-    entry(OperationRunType::RestoreExecute, "restore.execute", "Restore", &["restore_run_id"], 60),
+    entry(
+        OperationRunType::RestoreExecute,
+        "restore.execute",
+        "Restore",
+        &["restore_run_id"],
+        60,
+    ),
 ];
 
 const fn entry(

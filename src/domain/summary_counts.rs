@@ -66,7 +66,11 @@ impl SummaryCounts {
     pub fn from_stored(value: &Value) -> Self {
         let counts = value
             .as_object()
-            .map(|o| o.iter().filter_map(|(k, v)| Some((k.clone(), v.as_u64()?))).collect())
+            .map(|o| {
+                o.iter()
+                    .filter_map(|(k, v)| Some((k.clone(), v.as_u64()?)))
+                    .collect()
+            })
             .unwrap_or_default();
         Self(counts)
     }
@@ -127,11 +131,18 @@ mod tests {
             (json!({"total": -1}), ErrorCode::InvalidSummaryValue),
             (json!({"total": 1.5}), ErrorCode::InvalidSummaryValue),
             (json!({"total": "3"}), ErrorCode::InvalidSummaryValue),
-            (json!({"total": 9007199254740992u64}), ErrorCode::InvalidSummaryValue),
+            (
+                json!({"total": 9007199254740992u64}),
+                ErrorCode::InvalidSummaryValue,
+            ),
             (json!([1]), ErrorCode::InvalidSummaryValue),
         ];
         for (value, code) in cases {
-            assert_eq!(SummaryCounts::parse(&value).unwrap_err().code, code, "{value}");
+            assert_eq!(
+                SummaryCounts::parse(&value).unwrap_err().code,
+                code,
+                "{value}"
+            );
         }
     }
 
@@ -142,6 +153,9 @@ mod tests {
         let sum = base.add(&inc).unwrap();
         assert_eq!(sum.to_json(), json!({"failed": 1, "total": 7}));
         let huge = SummaryCounts::parse(&json!({"total": MAX_SUMMARY_COUNT})).unwrap();
-        assert_eq!(sum.add(&huge).unwrap_err().code, ErrorCode::InvalidSummaryValue);
+        assert_eq!(
+            sum.add(&huge).unwrap_err().code,
+            ErrorCode::InvalidSummaryValue
+        );
     }
 }

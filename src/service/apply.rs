@@ -7,8 +7,8 @@ use serde_json::{json, Value};
 use sqlx::PgConnection;
 
 use crate::domain::{
-    Command, CommandAction, DispatchCommand, ErrorCode, Failure, OperationRun, ProgressCommand, Rejection,
-    RunEvent, RunEventType, RunState, RunStatus, SummaryCounts, Transition,
+    Command, CommandAction, DispatchCommand, ErrorCode, Failure, OperationRun, ProgressCommand,
+    Rejection, RunEvent, RunEventType, RunState, RunStatus, SummaryCounts, Transition,
 };
 use crate::store::{self, events, inbox, jobs, legacy, runs};
 
@@ -103,7 +103,9 @@ pub async fn apply_command(
             if done.body_hash != command.body_hash {
                 return Err(Rejection::new(
                     ErrorCode::CommandIdConflict,
-                    format!("command_id {command_id:?} was already used by a command with another body"),
+                    format!(
+                        "command_id {command_id:?} was already used by a command with another body"
+                    ),
                 )
                 .into());
             }
@@ -148,7 +150,9 @@ async fn dispatch(
             link_backup_schedule_run(conn, &run).await?;
             return Ok(dispatch_result(&run, false));
         }
-        if let Some(run) = runs::find_active_by_identity(&mut *conn, d.scope, d.identity_hash.as_str()).await? {
+        if let Some(run) =
+            runs::find_active_by_identity(&mut *conn, d.scope, d.identity_hash.as_str()).await?
+        {
             return Ok(dispatch_result(&run, true));
         }
     }
@@ -157,7 +161,11 @@ async fn dispatch(
 
 fn dispatch_result(run: &OperationRun, deduplicated: bool) -> CommandResult {
     CommandResult {
-        disposition: if deduplicated { Disposition::Deduplicated } else { Disposition::Applied },
+        disposition: if deduplicated {
+            Disposition::Deduplicated
+        } else {
+            Disposition::Applied
+        },
         run_id: Some(run.id),
         reply: json!({
             "run_id": run.id,
@@ -169,8 +177,14 @@ fn dispatch_result(run: &OperationRun, deduplicated: bool) -> CommandResult {
 }
 
 /// A retry of a scheduled backup points at its legacy schedule run; link it to the new run.
-async fn link_backup_schedule_run(conn: &mut PgConnection, run: &OperationRun) -> Result<(), sqlx::Error> {
-    let legacy_id = run.context.get("backup_schedule_run_id").and_then(Value::as_i64);
+async fn link_backup_schedule_run(
+    conn: &mut PgConnection,
+    run: &OperationRun,
+) -> Result<(), sqlx::Error> {
+    let legacy_id = run
+        .context
+        .get("backup_schedule_run_id")
+        .and_then(Value::as_i64);
     if let (Some(legacy_id), Some(tenant_id)) = (legacy_id, run.tenant_id) {
         legacy::link_backup_schedule_run(conn, legacy_id, tenant_id, run.id).await?;
     }
@@ -182,17 +196,21 @@ async fn progress(
     p: &ProgressCommand,
     ctx: &ApplyContext,
 ) -> Result<CommandResult, ApplyError> {
-    let run = runs::lock_in_scope(conn, p.run_id, p.scope).await?.ok_or_else(|| {
-        Rejection::new(
-            ErrorCode::RunNotFound,
-            format!(
-                "run {} not found in workspace {} tenant {}",
-                p.run_id,
-                p.scope.workspace_id,
-                p.scope.tenant_id.map_or("null".to_owned(), |t| t.to_string())
-            ),
-        )
-    })?;
+    let run = runs::lock_in_scope(conn, p.run_id, p.scope)
+        .await?
+        .ok_or_else(|| {
+            Rejection::new(
+                ErrorCode::RunNotFound,
+                format!(
+                    "run {} not found in workspace {} tenant {}",
+                    p.run_id,
+                    p.scope.workspace_id,
+                    p.scope
+                        .tenant_id
+                        .map_or("null".to_owned(), |t| t.to_string())
+                ),
+            )
+        })?;
     let (state, stale) = match run.state().transition(p.status, p.outcome) {
         Ok(Transition::Apply(next)) => (next, false),
         Ok(Transition::NoOp) => (run.state(), false),
@@ -294,7 +312,10 @@ pub async fn complete_as_failed(
     failure: Failure,
     ctx: &ApplyContext,
 ) -> Result<Option<CommandResult>, ApplyError> {
-    let state = match run.state().transition(Some(RunStatus::Completed), Some(crate::domain::RunOutcome::Failed)) {
+    let state = match run.state().transition(
+        Some(RunStatus::Completed),
+        Some(crate::domain::RunOutcome::Failed),
+    ) {
         Ok(Transition::Apply(next)) => next,
         _ => return Ok(None),
     };

@@ -47,9 +47,12 @@ pub async fn apply_batch(
     if commands.is_empty() {
         return Some(Vec::new());
     }
-    let attempt = retry_transient(shutdown, "applying a batch", ApplyError::is_transient, || {
-        apply_in_one_transaction(pool, commands, ctx)
-    })
+    let attempt = retry_transient(
+        shutdown,
+        "applying a batch",
+        ApplyError::is_transient,
+        || apply_in_one_transaction(pool, commands, ctx),
+    )
     .await?;
     match attempt {
         Ok(results) => Some(results),

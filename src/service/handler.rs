@@ -38,7 +38,12 @@ pub async fn handle_deliveries(
     let received = Instant::now();
     let decoded: Vec<Result<Command, Rejection>> = deliveries
         .iter()
-        .map(|d| decode_command(&d.data, d.properties.message_id().as_ref().map(|m| m.as_str())))
+        .map(|d| {
+            decode_command(
+                &d.data,
+                d.properties.message_id().as_ref().map(|m| m.as_str()),
+            )
+        })
         .collect();
     let commands: Vec<&Command> = decoded.iter().filter_map(|c| c.as_ref().ok()).collect();
     let Some(applied) = apply_batch(&service.pool, &commands, &service.ctx, shutdown).await else {
@@ -75,11 +80,21 @@ async fn settle(
     let reply_body = match outcome {
         Ok(result) => result.reply.clone(),
         Err(rejection) => {
-            let properties = dead_letter_properties(&delivery.properties, delivery.routing_key.as_str(), rejection);
+            let properties = dead_letter_properties(
+                &delivery.properties,
+                delivery.routing_key.as_str(),
+                rejection,
+            );
             let dlx = service.topology.dead_letter_exchange();
             pending.push(
                 publisher
-                    .start(&dlx, delivery.routing_key.as_str(), &delivery.data, properties, false)
+                    .start(
+                        &dlx,
+                        delivery.routing_key.as_str(),
+                        &delivery.data,
+                        properties,
+                        false,
+                    )
                     .await?,
             );
             json!({"error": {"code": rejection.code.as_str(), "message": rejection.message}})
@@ -91,7 +106,11 @@ async fn settle(
             .with_content_type("application/json".into())
             .with_correlation_id(correlation_id.clone());
         let body = serde_json::to_vec(&reply_body).expect("JSON values serialise");
-        pending.push(publisher.start("", reply_to.as_str(), &body, properties, false).await?);
+        pending.push(
+            publisher
+                .start("", reply_to.as_str(), &body, properties, false)
+                .await?,
+        );
     }
     Ok(())
 }
@@ -103,20 +122,30 @@ fn log_outcome(
     outcome: &Result<CommandResult, Rejection>,
 ) {
     let kind = command.map_or("undecodable", |c| c.kind.as_str());
-    let command_id = command
-        .and_then(|c| c.command_id.clone())
-        .or_else(|| delivery.properties.message_id().as_ref().map(|m| m.to_string()));
+    let command_id = command.and_then(|c| c.command_id.clone()).or_else(|| {
+        delivery
+            .properties
+            .message_id()
+            .as_ref()
+            .map(|m| m.to_string())
+    });
     let run_type = command.and_then(|c| c.run_type()).map(|t| t.as_str());
     match outcome {
         Ok(result) => {
             service.metrics.command(kind, result.disposition.as_str());
             tracing::debug!(
-                command_id, kind, run_id = result.run_id, r#type = run_type,
-                result = result.disposition.as_str(), "command applied"
+                command_id,
+                kind,
+                run_id = result.run_id,
+                r#type = run_type,
+                result = result.disposition.as_str(),
+                "command applied"
             );
         }
         Err(rejection) => {
-            service.metrics.command(kind, &format!("dead_lettered:{}", rejection.code));
+            service
+                .metrics
+                .command(kind, &format!("dead_lettered:{}", rejection.code));
             tracing::warn!(
                 command_id, kind, run_id = command.and_then(|c| c.run_id()), r#type = run_type,
                 code = rejection.code.as_str(), reason = %rejection.message, "command dead-lettered"

@@ -61,7 +61,11 @@ async fn answer(mut stream: TcpStream, health: &Health, metrics: &Metrics) -> st
     let (status, content_type, body) = match path {
         "/healthz" => ("200 OK", "text/plain", "ok\n".to_owned()),
         "/readyz" if health.ready() => ("200 OK", "text/plain", "ready\n".to_owned()),
-        "/readyz" => ("503 Service Unavailable", "text/plain", "not ready\n".to_owned()),
+        "/readyz" => (
+            "503 Service Unavailable",
+            "text/plain",
+            "not ready\n".to_owned(),
+        ),
         "/metrics" => ("200 OK", "text/plain; version=0.0.4", metrics.render()),
         _ => ("404 Not Found", "text/plain", "not found\n".to_owned()),
     };

@@ -7,7 +7,9 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 /// Upper bounds (seconds) of the processing latency histogram.
-const LATENCY_BUCKETS: [f64; 12] = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0];
+const LATENCY_BUCKETS: [f64; 12] = [
+    0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0,
+];
 
 /// The metrics of one service process.
 #[derive(Debug, Default)]
@@ -26,26 +28,67 @@ struct Histogram {
 
 /// Metric names and help texts.
 const HELP: [(&str, &str, &str); 8] = [
-    ("oprun_commands_total", "counter", "Commands consumed, by kind and result."),
-    ("oprun_relay_published_total", "counter", "Messages the outbox relay published, by kind (event, job, unroutable)."),
-    ("oprun_reaped_runs_total", "counter", "Runs completed as failed by the stale-run reaper."),
-    ("oprun_reconnects_total", "counter", "Reconnections to the broker."),
-    ("oprun_outbox_backlog", "gauge", "Events recorded but not yet published."),
-    ("oprun_outbox_oldest_age_seconds", "gauge", "Age of the oldest unpublished event."),
-    ("oprun_consumer_running", "gauge", "1 while the command consumer is running."),
-    ("oprun_command_processing_seconds", "histogram", "Time from receiving a batch to settling it, per command."),
+    (
+        "oprun_commands_total",
+        "counter",
+        "Commands consumed, by kind and result.",
+    ),
+    (
+        "oprun_relay_published_total",
+        "counter",
+        "Messages the outbox relay published, by kind (event, job, unroutable).",
+    ),
+    (
+        "oprun_reaped_runs_total",
+        "counter",
+        "Runs completed as failed by the stale-run reaper.",
+    ),
+    (
+        "oprun_reconnects_total",
+        "counter",
+        "Reconnections to the broker.",
+    ),
+    (
+        "oprun_outbox_backlog",
+        "gauge",
+        "Events recorded but not yet published.",
+    ),
+    (
+        "oprun_outbox_oldest_age_seconds",
+        "gauge",
+        "Age of the oldest unpublished event.",
+    ),
+    (
+        "oprun_consumer_running",
+        "gauge",
+        "1 while the command consumer is running.",
+    ),
+    (
+        "oprun_command_processing_seconds",
+        "histogram",
+        "Time from receiving a batch to settling it, per command.",
+    ),
 ];
 
 impl Metrics {
     /// Counts one command of `kind` with `result` (applied, deduplicated, stale, …, or
     /// `dead_lettered:<code>`).
     pub fn command(&self, kind: &str, result: &str) {
-        self.add("oprun_commands_total", format!("kind=\"{kind}\",result=\"{result}\""), 1);
+        self.add(
+            "oprun_commands_total",
+            format!("kind=\"{kind}\",result=\"{result}\""),
+            1,
+        );
     }
 
     /// Adds `n` to a counter with a preformatted label set.
     pub fn add(&self, name: &'static str, labels: String, n: u64) {
-        *self.counters.lock().unwrap().entry((name, labels)).or_default() += n;
+        *self
+            .counters
+            .lock()
+            .unwrap()
+            .entry((name, labels))
+            .or_default() += n;
     }
 
     /// Sets a gauge.
@@ -122,9 +165,21 @@ mod tests {
         m.command("dispatch", "applied");
         m.observe_latency(Duration::from_millis(3));
         let text = m.render();
-        assert!(text.contains("oprun_commands_total{kind=\"dispatch\",result=\"applied\"} 2"), "{text}");
-        assert!(text.contains("oprun_command_processing_seconds_bucket{le=\"0.005\"} 1"), "{text}");
-        assert!(text.contains("oprun_command_processing_seconds_bucket{le=\"0.002\"} 0"), "{text}");
-        assert!(text.contains("oprun_command_processing_seconds_count 1"), "{text}");
+        assert!(
+            text.contains("oprun_commands_total{kind=\"dispatch\",result=\"applied\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("oprun_command_processing_seconds_bucket{le=\"0.005\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("oprun_command_processing_seconds_bucket{le=\"0.002\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("oprun_command_processing_seconds_count 1"),
+            "{text}"
+        );
     }
 }

@@ -70,10 +70,14 @@ impl Service {
         settings: &ServeSettings,
         shutdown: &CancellationToken,
     ) -> Result<Option<Self>, ServeError> {
-        let topology = Topology::new(&config.namespace).map_err(|e| ServeError::Config(e.to_string()))?;
-        let migrated = retry_transient(shutdown, "migrating the database", StoreError::is_transient, || {
-            store::migrate(&config.database_url)
-        })
+        let topology =
+            Topology::new(&config.namespace).map_err(|e| ServeError::Config(e.to_string()))?;
+        let migrated = retry_transient(
+            shutdown,
+            "migrating the database",
+            StoreError::is_transient,
+            || store::migrate(&config.database_url),
+        )
         .await;
         match migrated {
             None => return Ok(None),
@@ -84,7 +88,12 @@ impl Service {
     }
 
     /// A service on an existing (migrated) pool: what tests use.
-    pub fn new(pool: PgPool, topology: Topology, config: &Config, settings: &ServeSettings) -> Self {
+    pub fn new(
+        pool: PgPool,
+        topology: Topology,
+        config: &Config,
+        settings: &ServeSettings,
+    ) -> Self {
         Self {
             pool,
             ctx: ApplyContext {
@@ -125,8 +134,11 @@ impl Service {
     }
 
     fn set_consumer_running(&self, running: bool) {
-        self.health.consumer_running.store(running, Ordering::Relaxed);
-        self.metrics.set("oprun_consumer_running", if running { 1.0 } else { 0.0 });
+        self.health
+            .consumer_running
+            .store(running, Ordering::Relaxed);
+        self.metrics
+            .set("oprun_consumer_running", if running { 1.0 } else { 0.0 });
     }
 
     /// One connection's life. `Ok` means shutdown was requested and honoured.
@@ -145,7 +157,9 @@ impl Service {
             self.metrics.clone(),
         );
         let tag = format!("oprun-{}", uuid::Uuid::new_v4());
-        let mut consumer = CommandConsumer::start(&connection, &self.topology, self.settings.prefetch, &tag).await?;
+        let mut consumer =
+            CommandConsumer::start(&connection, &self.topology, self.settings.prefetch, &tag)
+                .await?;
         self.set_consumer_running(true);
         tracing::info!(namespace = self.topology.namespace(), "consuming commands");
 
@@ -172,7 +186,9 @@ impl Service {
         let grace = Duration::from_secs(self.settings.shutdown_timeout_secs);
         match tokio::time::timeout(grace, relay.flush()).await {
             Ok(Ok(())) => tracing::info!("outbox flushed"),
-            Ok(Err(e)) => tracing::warn!(error = %e, "outbox flush failed; the next start publishes the rest"),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "outbox flush failed; the next start publishes the rest")
+            }
             Err(_) => tracing::warn!("outbox flush timed out; the next start publishes the rest"),
         }
         consumer.close().await;
@@ -189,7 +205,10 @@ impl Service {
         shutdown: &CancellationToken,
     ) -> Result<(), BrokerError> {
         let window = self.settings.batch_window();
-        while let Some(batch) = consumer.next_batch(self.settings.batch_size, window, shutdown).await? {
+        while let Some(batch) = consumer
+            .next_batch(self.settings.batch_size, window, shutdown)
+            .await?
+        {
             match handle_deliveries(self, publisher, &batch, shutdown).await? {
                 BatchSettlement::AckThrough(tag) => consumer.ack_through(tag).await?,
                 BatchSettlement::Interrupted => return Ok(()),
@@ -199,7 +218,9 @@ impl Service {
         if shutdown.is_cancelled() {
             Ok(())
         } else {
-            Err(BrokerError::InvalidName("the broker cancelled the consumer".into()))
+            Err(BrokerError::InvalidName(
+                "the broker cancelled the consumer".into(),
+            ))
         }
     }
 
@@ -209,10 +230,20 @@ impl Service {
         }
         let every = Duration::from_secs(self.settings.reaper_interval_secs);
         loop {
-            match reaper::reap_once(&self.pool, &self.ctx, self.settings.stale_factor, chrono::Utc::now()).await {
+            match reaper::reap_once(
+                &self.pool,
+                &self.ctx,
+                self.settings.stale_factor,
+                chrono::Utc::now(),
+            )
+            .await
+            {
                 Ok(reaped) if !reaped.is_empty() => {
-                    self.metrics
-                        .add("oprun_reaped_runs_total", String::new(), reaped.len() as u64);
+                    self.metrics.add(
+                        "oprun_reaped_runs_total",
+                        String::new(),
+                        reaped.len() as u64,
+                    );
                     continue;
                 }
                 Ok(_) => {}
@@ -238,12 +269,22 @@ impl Service {
 }
 
 /// `oprun serve`: prepares the service, starts the probes endpoint, and runs until `shutdown`.
-pub async fn serve(config: &Config, settings: &ServeSettings, shutdown: CancellationToken) -> Result<(), ServeError> {
+pub async fn serve(
+    config: &Config,
+    settings: &ServeSettings,
+    shutdown: CancellationToken,
+) -> Result<(), ServeError> {
     let Some(service) = Service::prepare(config, settings, &shutdown).await? else {
         return Ok(());
     };
     if let Some(addr) = settings.metrics_socket().map_err(ServeError::Config)? {
-        let bound = health::spawn(addr, service.health.clone(), service.metrics.clone(), shutdown.clone()).await?;
+        let bound = health::spawn(
+            addr,
+            service.health.clone(),
+            service.metrics.clone(),
+            shutdown.clone(),
+        )
+        .await?;
         tracing::info!(%bound, "health and metrics endpoint listening");
     }
     service.run(shutdown).await;

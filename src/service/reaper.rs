@@ -17,12 +17,21 @@ const REAP_BATCH: i64 = 100;
 pub fn deadlines(factor: f64) -> Vec<(String, f64)> {
     OPERATION_CATALOG
         .iter()
-        .map(|e| (e.name.to_owned(), e.expected_duration.as_secs_f64() * factor))
+        .map(|e| {
+            (
+                e.name.to_owned(),
+                e.expected_duration.as_secs_f64() * factor,
+            )
+        })
         .collect()
 }
 
 /// Runs that a reap at `now` would take (without changing anything).
-pub async fn stale_runs(pool: &PgPool, factor: f64, now: DateTime<Utc>) -> Result<Vec<OperationRun>, sqlx::Error> {
+pub async fn stale_runs(
+    pool: &PgPool,
+    factor: f64,
+    now: DateTime<Utc>,
+) -> Result<Vec<OperationRun>, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let found = runs::lock_stale(&mut tx, &deadlines(factor), now, 1000).await?;
     tx.rollback().await?;
@@ -50,7 +59,10 @@ pub async fn reap_once(
                 run.run_type
             ),
         );
-        if complete_as_failed(&mut tx, run, failure, ctx).await?.is_some() {
+        if complete_as_failed(&mut tx, run, failure, ctx)
+            .await?
+            .is_some()
+        {
             tracing::warn!(run_id = id, "reaped a stale run");
             reaped.push(id);
         }

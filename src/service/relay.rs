@@ -72,9 +72,15 @@ pub struct OutboxRelay {
 /// The AMQP properties of an event.
 pub fn event_properties(event: &StoredEvent) -> BasicProperties {
     let mut headers = FieldTable::default();
-    headers.insert("event_type".into(), AMQPValue::LongString(event.event_type.as_str().into()));
+    headers.insert(
+        "event_type".into(),
+        AMQPValue::LongString(event.event_type.as_str().into()),
+    );
     headers.insert("run_id".into(), AMQPValue::LongLongInt(event.run_id));
-    headers.insert("workspace_id".into(), AMQPValue::LongLongInt(event.workspace_id));
+    headers.insert(
+        "workspace_id".into(),
+        AMQPValue::LongLongInt(event.workspace_id),
+    );
     headers.insert("tenant_id".into(), opt_i64(event.tenant_id));
     headers.insert("sequence".into(), AMQPValue::LongLongInt(event.sequence));
     BasicProperties::default()
@@ -141,7 +147,13 @@ impl OutboxRelay {
 
         let pending_events = events::unpublished(&mut tx, self.batch_size).await?;
         if !pending_events.is_empty() {
-            publish_events(&self.publisher, &self.topology.events_exchange(), "", &pending_events).await?;
+            publish_events(
+                &self.publisher,
+                &self.topology.events_exchange(),
+                "",
+                &pending_events,
+            )
+            .await?;
             let positions: Vec<i64> = pending_events.iter().map(|e| e.position).collect();
             events::mark_published(&mut tx, &positions).await?;
             report.events = pending_events.len();
@@ -161,7 +173,13 @@ impl OutboxRelay {
                     .with_headers(headers);
                 pending.push(
                     self.publisher
-                        .start(&self.topology.jobs_exchange(), &job.run_type, &body, properties, true)
+                        .start(
+                            &self.topology.jobs_exchange(),
+                            &job.run_type,
+                            &body,
+                            properties,
+                            true,
+                        )
                         .await?,
                 );
             }
@@ -184,21 +202,39 @@ impl OutboxRelay {
 
     /// dispatchOrFail: a run whose job no executor can receive is failed at once instead of
     /// staying queued forever.
-    async fn fail_unroutable(&self, conn: &mut sqlx::PgConnection, job: &jobs::StoredJob) -> Result<(), RelayError> {
+    async fn fail_unroutable(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        job: &jobs::StoredJob,
+    ) -> Result<(), RelayError> {
         tracing::warn!(run_id = job.run_id, r#type = %job.run_type, "no executor queue is bound for this type: failing the run");
-        let Some(run) = runs::lock_by_id(&mut *conn, job.run_id).await? else { return Ok(()) };
+        let Some(run) = runs::lock_by_id(&mut *conn, job.run_id).await? else {
+            return Ok(());
+        };
         let failure = Failure::new(
             "dispatch.unroutable",
-            &format!("no executor queue is bound to {} for type {}", self.topology.jobs_exchange(), job.run_type),
+            &format!(
+                "no executor queue is bound to {} for type {}",
+                self.topology.jobs_exchange(),
+                job.run_type
+            ),
         );
         complete_as_failed(conn, run, failure, &self.ctx).await?;
         Ok(())
     }
 
     fn record(&self, report: RelayReport) {
-        for (kind, n) in [("event", report.events), ("job", report.jobs), ("unroutable", report.unroutable)] {
+        for (kind, n) in [
+            ("event", report.events),
+            ("job", report.jobs),
+            ("unroutable", report.unroutable),
+        ] {
             if n > 0 {
-                self.metrics.add("oprun_relay_published_total", format!("kind=\"{kind}\""), n as u64);
+                self.metrics.add(
+                    "oprun_relay_published_total",
+                    format!("kind=\"{kind}\""),
+                    n as u64,
+                );
             }
         }
     }
@@ -212,7 +248,12 @@ impl OutboxRelay {
     /// Runs rounds until `shutdown`: immediately after `wake` is notified (a commit wrote events),
     /// else every `idle`. A failed round is logged and retried with backoff; a broker failure
     /// ends the loop so that the service reconnects.
-    pub async fn run(&self, wake: Arc<Notify>, idle: Duration, shutdown: CancellationToken) -> Result<(), RelayError> {
+    pub async fn run(
+        &self,
+        wake: Arc<Notify>,
+        idle: Duration,
+        shutdown: CancellationToken,
+    ) -> Result<(), RelayError> {
         let mut delays = crate::retry::backoff();
         loop {
             match self.relay_once().await {

@@ -44,5 +44,8 @@ fn is_transient_sqlstate(db: &dyn DatabaseError) -> bool {
     // 53: insufficient resources; 57P01-57P03: shutdown / cannot connect now; 55P03 lock not available.
     code.starts_with("08")
         || code.starts_with("53")
-        || matches!(code.as_ref(), "40001" | "40P01" | "57P01" | "57P02" | "57P03" | "55P03")
+        || matches!(
+            code.as_ref(),
+            "40001" | "40P01" | "57P01" | "57P02" | "57P03" | "55P03"
+        )
 }

@@ -36,14 +36,20 @@ pub struct StoredEvent {
 /// The next sequence number of `run_id` (1 for a run with no events). The caller holds the run's
 /// row lock, so no other transaction can take the same number.
 pub async fn next_sequence(conn: &mut PgConnection, run_id: i64) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar("SELECT coalesce(max(sequence), 0) + 1 FROM operation_run_events WHERE run_id = $1")
-        .bind(run_id)
-        .fetch_one(conn)
-        .await
+    sqlx::query_scalar(
+        "SELECT coalesce(max(sequence), 0) + 1 FROM operation_run_events WHERE run_id = $1",
+    )
+    .bind(run_id)
+    .fetch_one(conn)
+    .await
 }
 
 /// Records `event` about `run` in the outbox.
-pub async fn insert(conn: &mut PgConnection, event: &RunEvent, run: &OperationRun) -> Result<(), sqlx::Error> {
+pub async fn insert(
+    conn: &mut PgConnection,
+    event: &RunEvent,
+    run: &OperationRun,
+) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO operation_run_events (id, run_id, sequence, type, workspace_id, tenant_id, cloud_event)
          VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -61,7 +67,10 @@ pub async fn insert(conn: &mut PgConnection, event: &RunEvent, run: &OperationRu
 }
 
 /// Up to `limit` unpublished events, in position order.
-pub async fn unpublished(conn: &mut PgConnection, limit: i64) -> Result<Vec<StoredEvent>, sqlx::Error> {
+pub async fn unpublished(
+    conn: &mut PgConnection,
+    limit: i64,
+) -> Result<Vec<StoredEvent>, sqlx::Error> {
     sqlx::query_as(
         "SELECT * FROM operation_run_events WHERE published_at IS NULL ORDER BY position LIMIT $1",
     )
@@ -80,7 +89,10 @@ pub async fn mark_published(conn: &mut PgConnection, positions: &[i64]) -> Resul
 }
 
 /// The whole event history of a run, in sequence order.
-pub async fn for_run(executor: impl PgExecutor<'_>, run_id: i64) -> Result<Vec<StoredEvent>, sqlx::Error> {
+pub async fn for_run(
+    executor: impl PgExecutor<'_>,
+    run_id: i64,
+) -> Result<Vec<StoredEvent>, sqlx::Error> {
     sqlx::query_as("SELECT * FROM operation_run_events WHERE run_id = $1 ORDER BY sequence")
         .bind(run_id)
         .fetch_all(executor)

@@ -13,7 +13,10 @@ pub struct ProcessedCommand {
 }
 
 /// The record of `command_id`, if it was applied.
-pub async fn find(conn: &mut PgConnection, command_id: &str) -> Result<Option<ProcessedCommand>, sqlx::Error> {
+pub async fn find(
+    conn: &mut PgConnection,
+    command_id: &str,
+) -> Result<Option<ProcessedCommand>, sqlx::Error> {
     let row: Option<(String, Value)> =
         sqlx::query_as("SELECT body_hash, result FROM processed_commands WHERE command_id = $1")
             .bind(command_id)

@@ -42,7 +42,10 @@ pub async fn insert(conn: &mut PgConnection, run: &OperationRun) -> Result<(), s
 }
 
 /// Up to `limit` unpublished jobs, in outbox order.
-pub async fn unpublished(conn: &mut PgConnection, limit: i64) -> Result<Vec<StoredJob>, sqlx::Error> {
+pub async fn unpublished(
+    conn: &mut PgConnection,
+    limit: i64,
+) -> Result<Vec<StoredJob>, sqlx::Error> {
     sqlx::query_as(
         "SELECT position, run_id, type, body FROM operation_run_jobs
          WHERE published_at IS NULL ORDER BY position LIMIT $1",

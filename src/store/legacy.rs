@@ -19,7 +19,11 @@ pub enum LegacyTable {
 
 impl LegacyTable {
     /// Every legacy table.
-    pub const ALL: [LegacyTable; 3] = [Self::InventorySyncRuns, Self::EntraGroupSyncRuns, Self::BackupScheduleRuns];
+    pub const ALL: [LegacyTable; 3] = [
+        Self::InventorySyncRuns,
+        Self::EntraGroupSyncRuns,
+        Self::BackupScheduleRuns,
+    ];
 
     /// The table name (a fixed identifier, never user input, so it may be formatted into SQL).
     pub fn table_name(self) -> &'static str {
@@ -58,13 +62,23 @@ pub struct LegacyRecord {
 }
 
 /// Reads legacy row `id` of `table`.
-pub async fn find(executor: impl PgExecutor<'_>, table: LegacyTable, id: i64) -> Result<Option<LegacyRecord>, sqlx::Error> {
+pub async fn find(
+    executor: impl PgExecutor<'_>,
+    table: LegacyTable,
+    id: i64,
+) -> Result<Option<LegacyRecord>, sqlx::Error> {
     let sql = format!(
         "SELECT operation_run_id, to_jsonb(t) FROM {} t WHERE id = $1",
         table.table_name()
     );
-    let row: Option<(Option<i64>, Value)> = sqlx::query_as(&sql).bind(id).fetch_optional(executor).await?;
-    Ok(row.map(|(operation_run_id, row)| LegacyRecord { operation_run_id, row }))
+    let row: Option<(Option<i64>, Value)> = sqlx::query_as(&sql)
+        .bind(id)
+        .fetch_optional(executor)
+        .await?;
+    Ok(row.map(|(operation_run_id, row)| LegacyRecord {
+        operation_run_id,
+        row,
+    }))
 }
 
 /// Links backup schedule run `legacy_id` to `run_id` when it belongs to `tenant_id` and is not

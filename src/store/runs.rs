@@ -151,7 +151,10 @@ pub async fn save_progress(
 }
 
 /// One run by id.
-pub async fn get(executor: impl PgExecutor<'_>, run_id: i64) -> Result<Option<OperationRun>, sqlx::Error> {
+pub async fn get(
+    executor: impl PgExecutor<'_>,
+    run_id: i64,
+) -> Result<Option<OperationRun>, sqlx::Error> {
     sqlx::query_as("SELECT * FROM operation_runs WHERE id = $1")
         .bind(run_id)
         .fetch_optional(executor)
@@ -175,7 +178,10 @@ pub struct RunFilter {
 
 /// Runs matching `filter`, newest first. With a workspace or tenant the `(…, created_at)` indexes
 /// serve the order.
-pub async fn list(executor: impl PgExecutor<'_>, filter: &RunFilter) -> Result<Vec<OperationRun>, sqlx::Error> {
+pub async fn list(
+    executor: impl PgExecutor<'_>,
+    filter: &RunFilter,
+) -> Result<Vec<OperationRun>, sqlx::Error> {
     sqlx::query_as(
         "SELECT * FROM operation_runs
          WHERE ($1::bigint IS NULL OR workspace_id = $1)
@@ -221,7 +227,10 @@ pub async fn lock_stale(
 }
 
 /// Locks run `run_id` for update, whatever its scope (for the service's own changes).
-pub async fn lock_by_id(conn: &mut PgConnection, run_id: i64) -> Result<Option<OperationRun>, sqlx::Error> {
+pub async fn lock_by_id(
+    conn: &mut PgConnection,
+    run_id: i64,
+) -> Result<Option<OperationRun>, sqlx::Error> {
     sqlx::query_as("SELECT * FROM operation_runs WHERE id = $1 FOR UPDATE")
         .bind(run_id)
         .fetch_optional(conn)

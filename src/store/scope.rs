@@ -11,16 +11,17 @@ pub async fn check(
     scope: RunScope,
     user_id: Option<i64>,
 ) -> Result<Result<(), Rejection>, sqlx::Error> {
-    let (workspace_exists, tenant_workspace, user_exists): (bool, Option<i64>, bool) = sqlx::query_as(
-        "SELECT EXISTS (SELECT 1 FROM workspaces WHERE id = $1),
+    let (workspace_exists, tenant_workspace, user_exists): (bool, Option<i64>, bool) =
+        sqlx::query_as(
+            "SELECT EXISTS (SELECT 1 FROM workspaces WHERE id = $1),
                 (SELECT workspace_id FROM tenants WHERE id = $2),
                 $3::bigint IS NULL OR EXISTS (SELECT 1 FROM users WHERE id = $3)",
-    )
-    .bind(scope.workspace_id)
-    .bind(scope.tenant_id)
-    .bind(user_id)
-    .fetch_one(conn)
-    .await?;
+        )
+        .bind(scope.workspace_id)
+        .bind(scope.tenant_id)
+        .bind(user_id)
+        .fetch_one(conn)
+        .await?;
     if !workspace_exists {
         return Ok(Err(Rejection::new(
             ErrorCode::UnknownWorkspace,
@@ -38,7 +39,10 @@ pub async fn check(
             Some(ws) if ws != scope.workspace_id => {
                 return Ok(Err(Rejection::new(
                     ErrorCode::TenantNotInWorkspace,
-                    format!("tenant {tenant_id} does not belong to workspace {}", scope.workspace_id),
+                    format!(
+                        "tenant {tenant_id} does not belong to workspace {}",
+                        scope.workspace_id
+                    ),
                 )))
             }
             Some(_) => {}

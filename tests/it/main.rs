@@ -1,0 +1,12 @@
+//! One integration-test binary: every test talks to the real Postgres and RabbitMQ, each with a
+//! fresh database (`#[sqlx::test]`) and its own topology namespace.
+
+mod helpers;
+
+mod cli;
+mod concurrency;
+mod dispatch;
+mod lifecycle;
+mod poison;
+mod restart;
+mod schema;
