@@ -1,6 +1,8 @@
 //! The `oprun` commands, one file per group. Each returns a [`CliError`] that `main` prints as one
 //! line before exiting non-zero.
 
+pub mod bench;
+pub mod chaos;
 pub mod dispatch;
 pub mod dlq;
 pub mod events;
@@ -87,6 +89,10 @@ enum Command {
     /// Re-send stored events.
     #[command(subcommand)]
     Events(events::EventsCommand),
+    /// Measure the service against the broker's own limit (see README, Performance).
+    Bench(bench::BenchArgs),
+    /// Fault-injection run: kills, broker and database restarts; checks nothing is lost.
+    Chaos(chaos::ChaosArgs),
 }
 
 impl Cli {
@@ -112,6 +118,8 @@ impl Cli {
             Command::Dispatch(a) => a.run(config).await,
             Command::Dlq(c) => c.run(config).await,
             Command::Events(c) => c.run(config).await,
+            Command::Bench(a) => a.run(config).await,
+            Command::Chaos(a) => a.run(config).await,
         }
     }
 }
