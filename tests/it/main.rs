@@ -7,6 +7,8 @@ mod cli;
 mod concurrency;
 mod dispatch;
 mod lifecycle;
+mod operations;
 mod poison;
+mod producer;
 mod restart;
 mod schema;
