@@ -5,10 +5,12 @@ mod helpers;
 
 mod cli;
 mod concurrency;
+mod corpus;
 mod dispatch;
 mod lifecycle;
 mod operations;
 mod poison;
 mod producer;
+mod properties;
 mod restart;
 mod schema;
