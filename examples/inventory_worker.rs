@@ -7,15 +7,20 @@
 //! failing item (every `fail_every`-th item, from the context, default 9; 0 for none), and
 //! completes the run as `succeeded`, `partially_succeeded` or, when every item failed, `failed`.
 //!
-//! Run it next to the service (Postgres and RabbitMQ running, e.g. `docker compose up -d
-//! rabbitmq postgres`):
+//! `docker compose up --build` runs it with the whole stack (service `worker`). From source, next
+//! to a running service (RabbitMQ and Postgres up, e.g. `docker compose up -d rabbitmq postgres`;
+//! `.cargo/config.toml` points `cargo run` at a password-less local Postgres, hence the export):
 //!
 //! ```text
-//! cargo run -- serve                       # terminal 1: the service
+//! export DATABASE_URL=postgres://postgres:postgres@localhost:5432/operation_runs
+//! cargo run -- serve                       # terminal 1: the service (it migrates the database)
 //! cargo run --example inventory_worker     # terminal 2: this worker
+//! # terminal 3: a workspace and tenant to run in (compose's `seed` service does this), a run
+//! psql "$DATABASE_URL" -c "INSERT INTO workspaces (id, name) VALUES (1, 'Demo') ON CONFLICT DO NOTHING" \
+//!     -c "INSERT INTO tenants (id, workspace_id, name) VALUES (2, 1, 'Demo') ON CONFLICT DO NOTHING"
 //! cargo run -- dispatch --type inventory.sync --workspace 1 --tenant 2 \
 //!     --context '{"selection": "all", "items": 50}' --wait
-//! cargo run -- runs list                   # see the run complete
+//! cargo run -- runs list                   # the run, completed as partially_succeeded
 //! ```
 //!
 //! Start the worker before dispatching: a job handed off while no queue is bound to its type is
@@ -29,6 +34,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use operation_runs::client::{ClientError, Job, JobContext, Worker};
+use operation_runs::domain::failure::MAX_FAILURES_PER_COMMAND;
 use operation_runs::domain::RunOutcome;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
@@ -48,8 +54,6 @@ const DEFAULT_FAIL_EVERY: u64 = 9;
 const CHUNKS: u64 = 4;
 /// Simulated work per chunk.
 const CHUNK_DELAY: Duration = Duration::from_millis(250);
-/// The service accepts at most 100 failures per command.
-const MAX_FAILURES_PER_COMMAND: usize = 100;
 
 #[tokio::main]
 async fn main() -> ExitCode {

@@ -7,6 +7,7 @@ pub mod dead_letter;
 pub mod dlq;
 pub mod error;
 pub mod headers;
+pub mod permissions;
 pub mod publisher;
 pub mod topology;
 

@@ -332,11 +332,16 @@ impl TestApp {
         }
     }
 
-    /// Stops every instance and deletes the namespace's queues and exchanges.
-    pub async fn shutdown(mut self) {
+    /// Stops every instance started through this app.
+    pub async fn stop_all(&mut self) {
         while !self.instances.is_empty() {
             self.stop_instance(0).await;
         }
+    }
+
+    /// Stops every instance and deletes the namespace's queues and exchanges.
+    pub async fn shutdown(mut self) {
+        self.stop_all().await;
         self.topology
             .delete(&self.connection.create_channel().await.unwrap())
             .await

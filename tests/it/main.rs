@@ -14,3 +14,4 @@ mod producer;
 mod properties;
 mod restart;
 mod schema;
+mod security;
