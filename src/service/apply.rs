@@ -6,11 +6,13 @@ use chrono::Utc;
 use serde_json::{json, Value};
 use sqlx::PgConnection;
 
+use super::tx_buffer::TxBuffer;
 use crate::domain::{
     Command, CommandAction, DispatchCommand, ErrorCode, Failure, OperationRun, ProgressCommand,
     Rejection, RunEvent, RunEventType, RunState, RunStatus, SummaryCounts, Transition,
 };
-use crate::store::{self, events, inbox, jobs, legacy, runs};
+use crate::store::inbox::InboxRow;
+use crate::store::{self, legacy, runs};
 
 /// What applying a command did, for replies, logs and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -92,14 +94,16 @@ pub struct ApplyContext {
     pub hand_off_jobs: bool,
 }
 
-/// Applies `command` in the caller's transaction.
+/// Applies `command` in the caller's transaction; `buf` carries what earlier commands of the
+/// same transaction did and collects the rows to write before commit.
 pub async fn apply_command(
     conn: &mut PgConnection,
+    buf: &mut TxBuffer,
     command: &Command,
     ctx: &ApplyContext,
 ) -> Result<CommandResult, ApplyError> {
     if let Some(command_id) = &command.command_id {
-        if let Some(done) = inbox::find(conn, command_id).await? {
+        if let Some(done) = buf.processed(conn, command_id).await? {
             if done.body_hash != command.body_hash {
                 return Err(Rejection::new(
                     ErrorCode::CommandIdConflict,
@@ -117,35 +121,43 @@ pub async fn apply_command(
         }
     }
     let result = match &command.action {
-        CommandAction::Dispatch(d) => dispatch(conn, d, ctx).await?,
-        CommandAction::Progress(p) => progress(conn, p, ctx).await?,
+        CommandAction::Dispatch(d) => dispatch(conn, buf, d, ctx).await?,
+        CommandAction::Progress(p) => progress(conn, buf, p, ctx).await?,
     };
     if let Some(command_id) = &command.command_id {
-        inbox::record(
-            conn,
-            command_id,
-            command.kind.as_str(),
-            &command.body_hash,
-            result.run_id,
-            &result.reply,
-        )
-        .await?;
+        buf.record_processed(InboxRow {
+            command_id: command_id.clone(),
+            kind: command.kind.as_str(),
+            body_hash: command.body_hash.clone(),
+            run_id: result.run_id,
+            result: result.reply.clone(),
+        });
     }
     Ok(result)
 }
 
 async fn dispatch(
     conn: &mut PgConnection,
+    buf: &mut TxBuffer,
     d: &DispatchCommand,
     ctx: &ApplyContext,
 ) -> Result<CommandResult, ApplyError> {
-    store::scope::check(conn, d.scope, d.user_id).await??;
+    let scope_ok = match buf.checked_scope(d.scope, d.user_id) {
+        Some(known) => known,
+        None => {
+            let checked = store::scope::check(conn, d.scope, d.user_id).await?;
+            buf.remember_scope(d.scope, d.user_id, checked.clone());
+            checked
+        }
+    };
+    scope_ok?;
     // Insert-or-find, retried: between our conflict and our read the active run may complete.
     for _ in 0..3 {
         if let Some(run) = runs::insert_queued(conn, d).await? {
-            record_event(conn, RunEventType::Queued, &run, ctx).await?;
+            buf.know_sequence(run.id, 0);
+            record_event(conn, buf, RunEventType::Queued, &run, ctx).await?;
             if ctx.hand_off_jobs {
-                jobs::insert(conn, &run).await?;
+                buf.push_job(run.clone());
             }
             link_backup_schedule_run(conn, &run).await?;
             return Ok(dispatch_result(&run, false));
@@ -193,10 +205,11 @@ async fn link_backup_schedule_run(
 
 async fn progress(
     conn: &mut PgConnection,
+    buf: &mut TxBuffer,
     p: &ProgressCommand,
     ctx: &ApplyContext,
 ) -> Result<CommandResult, ApplyError> {
-    let run = runs::lock_in_scope(conn, p.run_id, p.scope)
+    let (run, last_sequence) = runs::lock_in_scope(conn, p.run_id, p.scope)
         .await?
         .ok_or_else(|| {
             Rejection::new(
@@ -211,6 +224,7 @@ async fn progress(
                 ),
             )
         })?;
+    buf.know_sequence(run.id, last_sequence);
     let (state, stale) = match run.state().transition(p.status, p.outcome) {
         Ok(Transition::Apply(next)) => (next, false),
         Ok(Transition::NoOp) => (run.state(), false),
@@ -224,7 +238,7 @@ async fn progress(
         failures: p.failures.clone(),
         stale,
     };
-    save_run_progress(conn, run, outcome, ctx).await
+    save_run_progress(conn, buf, run, outcome, ctx).await
 }
 
 /// What a progress report (or the service itself: reaper, unroutable job) does to a locked run.
@@ -244,6 +258,7 @@ pub struct ProgressOutcome {
 /// when the status changed, else `progressed` when counts or failures changed, else none.
 pub async fn save_run_progress(
     conn: &mut PgConnection,
+    buf: &mut TxBuffer,
     run: OperationRun,
     outcome: ProgressOutcome,
     ctx: &ApplyContext,
@@ -284,7 +299,7 @@ pub async fn save_run_progress(
         run
     };
     if let Some(event_type) = event_type {
-        record_event(conn, event_type, &saved, ctx).await?;
+        record_event(conn, buf, event_type, &saved, ctx).await?;
     }
     Ok(CommandResult {
         disposition,
@@ -295,19 +310,22 @@ pub async fn save_run_progress(
 
 async fn record_event(
     conn: &mut PgConnection,
+    buf: &mut TxBuffer,
     event_type: RunEventType,
     run: &OperationRun,
     ctx: &ApplyContext,
 ) -> Result<(), sqlx::Error> {
-    let sequence = events::next_sequence(conn, run.id).await?;
+    let sequence = buf.next_sequence(conn, run.id).await?;
     let event = RunEvent::new(event_type, run, sequence, &ctx.event_source, Utc::now());
-    events::insert(conn, &event, run).await
+    buf.push_event(event, run);
+    Ok(())
 }
 
 /// Completes an active run with outcome `failed` and `failure`, on behalf of the service itself
 /// (unroutable job, stale run). A run that completed meanwhile is left as it is (`None`).
 pub async fn complete_as_failed(
     conn: &mut PgConnection,
+    buf: &mut TxBuffer,
     run: OperationRun,
     failure: Failure,
     ctx: &ApplyContext,
@@ -326,5 +344,7 @@ pub async fn complete_as_failed(
         failures: vec![failure],
         stale: false,
     };
-    save_run_progress(conn, run, outcome, ctx).await.map(Some)
+    save_run_progress(conn, buf, run, outcome, ctx)
+        .await
+        .map(Some)
 }

@@ -10,6 +10,7 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use super::apply::{apply_command, ApplyContext, ApplyError, CommandResult};
+use super::tx_buffer::TxBuffer;
 use crate::domain::{Command, ErrorCode, Rejection};
 use crate::retry::retry_transient;
 
@@ -24,14 +25,21 @@ pub async fn apply_in_one_transaction(
     ctx: &ApplyContext,
 ) -> Result<Vec<BatchItem>, ApplyError> {
     let mut tx = pool.begin().await?;
+    let mut buf = TxBuffer::default();
+    let ids = commands
+        .iter()
+        .filter_map(|c| c.command_id.clone())
+        .collect();
+    buf.prefetch_inbox(&mut tx, ids).await?;
     let mut results = Vec::with_capacity(commands.len());
     for command in commands {
-        match apply_command(&mut tx, command, ctx).await {
+        match apply_command(&mut tx, &mut buf, command, ctx).await {
             Ok(r) => results.push(Ok(r)),
             Err(ApplyError::Rejected(r)) => results.push(Err(r)),
             Err(e) => return Err(e),
         }
     }
+    buf.flush(&mut tx).await?;
     tx.commit().await?;
     Ok(results)
 }

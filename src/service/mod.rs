@@ -9,6 +9,7 @@ pub mod health;
 pub mod metrics;
 pub mod reaper;
 pub mod relay;
+pub mod tx_buffer;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;

@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
 use super::apply::{complete_as_failed, ApplyContext, ApplyError};
+use super::tx_buffer::TxBuffer;
 use crate::domain::{Failure, OperationRun, OPERATION_CATALOG};
 use crate::store::runs;
 
@@ -47,6 +48,7 @@ pub async fn reap_once(
 ) -> Result<Vec<i64>, ApplyError> {
     let mut tx = pool.begin().await?;
     let stale = runs::lock_stale(&mut tx, &deadlines(factor), now, REAP_BATCH).await?;
+    let mut buf = TxBuffer::default();
     let mut reaped = Vec::with_capacity(stale.len());
     for run in stale {
         let id = run.id;
@@ -59,7 +61,7 @@ pub async fn reap_once(
                 run.run_type
             ),
         );
-        if complete_as_failed(&mut tx, run, failure, ctx)
+        if complete_as_failed(&mut tx, &mut buf, run, failure, ctx)
             .await?
             .is_some()
         {
@@ -67,6 +69,7 @@ pub async fn reap_once(
             reaped.push(id);
         }
     }
+    buf.flush(&mut tx).await?;
     tx.commit().await?;
     Ok(reaped)
 }

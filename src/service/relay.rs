@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::apply::{complete_as_failed, ApplyContext, ApplyError};
 use super::metrics::Metrics;
+use super::tx_buffer::TxBuffer;
 use crate::broker::headers::opt_i64;
 use crate::broker::publisher::{confirm_all, ConfirmPublisher, Confirmed};
 use crate::broker::{BrokerError, Topology};
@@ -184,14 +185,16 @@ impl OutboxRelay {
                 );
             }
             let confirmations = confirm_all(pending).await?;
+            let mut buf = TxBuffer::default();
             for (job, confirmed) in pending_jobs.iter().zip(confirmations) {
                 if confirmed == Confirmed::Returned {
-                    self.fail_unroutable(&mut tx, job).await?;
+                    self.fail_unroutable(&mut tx, &mut buf, job).await?;
                     report.unroutable += 1;
                 } else {
                     report.jobs += 1;
                 }
             }
+            buf.flush(&mut tx).await?;
             let positions: Vec<i64> = pending_jobs.iter().map(|j| j.position).collect();
             jobs::mark_published(&mut tx, &positions).await?;
         }
@@ -205,6 +208,7 @@ impl OutboxRelay {
     async fn fail_unroutable(
         &self,
         conn: &mut sqlx::PgConnection,
+        buf: &mut TxBuffer,
         job: &jobs::StoredJob,
     ) -> Result<(), RelayError> {
         tracing::warn!(run_id = job.run_id, r#type = %job.run_type, "no executor queue is bound for this type: failing the run");
@@ -219,7 +223,7 @@ impl OutboxRelay {
                 job.run_type
             ),
         );
-        complete_as_failed(conn, run, failure, &self.ctx).await?;
+        complete_as_failed(conn, buf, run, failure, &self.ctx).await?;
         Ok(())
     }
 

@@ -1,5 +1,7 @@
 //! `processed_commands`: the inbox that makes every command take effect at most once.
 
+use std::collections::HashMap;
+
 use serde_json::Value;
 use sqlx::PgConnection;
 
@@ -12,37 +14,57 @@ pub struct ProcessedCommand {
     pub result: Value,
 }
 
-/// The record of `command_id`, if it was applied.
-pub async fn find(
+/// The records of those of `command_ids` that were applied, in one round trip.
+pub async fn find_many(
     conn: &mut PgConnection,
-    command_id: &str,
-) -> Result<Option<ProcessedCommand>, sqlx::Error> {
-    let row: Option<(String, Value)> =
-        sqlx::query_as("SELECT body_hash, result FROM processed_commands WHERE command_id = $1")
-            .bind(command_id)
-            .fetch_optional(conn)
-            .await?;
-    Ok(row.map(|(body_hash, result)| ProcessedCommand { body_hash, result }))
+    command_ids: &[String],
+) -> Result<HashMap<String, ProcessedCommand>, sqlx::Error> {
+    let rows: Vec<(String, String, Value)> = sqlx::query_as(
+        "SELECT command_id, body_hash, result FROM processed_commands WHERE command_id = ANY($1)",
+    )
+    .bind(command_ids)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, body_hash, result)| (id, ProcessedCommand { body_hash, result }))
+        .collect())
 }
 
-/// Records `command_id` as applied, in the transaction of its effect.
-pub async fn record(
-    conn: &mut PgConnection,
-    command_id: &str,
-    kind: &str,
-    body_hash: &str,
-    run_id: Option<i64>,
-    result: &Value,
-) -> Result<(), sqlx::Error> {
+/// One inbox row to write.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InboxRow {
+    /// The command id.
+    pub command_id: String,
+    /// Its kind.
+    pub kind: &'static str,
+    /// SHA-256 of its canonical body.
+    pub body_hash: String,
+    /// The run it concerned.
+    pub run_id: Option<i64>,
+    /// What it produced.
+    pub result: Value,
+}
+
+/// Records many applied commands in one statement.
+pub async fn record_many(conn: &mut PgConnection, rows: &[InboxRow]) -> Result<(), sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<&str> = rows.iter().map(|r| r.command_id.as_str()).collect();
+    let kinds: Vec<&str> = rows.iter().map(|r| r.kind).collect();
+    let hashes: Vec<&str> = rows.iter().map(|r| r.body_hash.as_str()).collect();
+    let runs: Vec<Option<i64>> = rows.iter().map(|r| r.run_id).collect();
+    let results: Vec<&Value> = rows.iter().map(|r| &r.result).collect();
     sqlx::query(
         "INSERT INTO processed_commands (command_id, kind, body_hash, run_id, result)
-         VALUES ($1, $2, $3, $4, $5)",
+         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::jsonb[])",
     )
-    .bind(command_id)
-    .bind(kind)
-    .bind(body_hash)
-    .bind(run_id)
-    .bind(result)
+    .bind(ids)
+    .bind(kinds)
+    .bind(hashes)
+    .bind(runs)
+    .bind(results)
     .execute(conn)
     .await?;
     Ok(())

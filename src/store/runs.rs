@@ -93,22 +93,26 @@ pub async fn find_active_by_identity(
 }
 
 /// Locks run `run_id` for update, but only if it belongs to `scope`: a run of another workspace
-/// or tenant is as absent as a run that does not exist.
+/// or tenant is as absent as a run that does not exist. Returns the run with the last sequence
+/// number of its events (read under the lock, in the same round trip).
 pub async fn lock_in_scope(
     conn: &mut PgConnection,
     run_id: i64,
     scope: RunScope,
-) -> Result<Option<OperationRun>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT * FROM operation_runs
-         WHERE id = $1 AND workspace_id = $2 AND tenant_id IS NOT DISTINCT FROM $3
-         FOR UPDATE",
+) -> Result<Option<(OperationRun, i64)>, sqlx::Error> {
+    let row: Option<PgRow> = sqlx::query(
+        "SELECT r.*, (SELECT coalesce(max(e.sequence), 0) FROM operation_run_events e WHERE e.run_id = r.id) AS last_sequence
+         FROM operation_runs r
+         WHERE r.id = $1 AND r.workspace_id = $2 AND r.tenant_id IS NOT DISTINCT FROM $3
+         FOR UPDATE OF r",
     )
     .bind(run_id)
     .bind(scope.workspace_id)
     .bind(scope.tenant_id)
     .fetch_optional(conn)
-    .await
+    .await?;
+    row.map(|row| Ok((OperationRun::from_row(&row)?, row.try_get("last_sequence")?)))
+        .transpose()
 }
 
 /// The new values of a run after a progress command.

@@ -1,0 +1,131 @@
+//! What one transaction has done so far, and the rows it writes at its end.
+//!
+//! A batch applies many commands in one transaction. Instead of one round trip per inbox row and
+//! per event, the buffer looks the whole batch's command ids up at once, remembers what earlier
+//! commands of the same transaction did (an id applied twice in one batch, a scope already
+//! checked, a run's last event sequence), and writes the inbox rows, events and jobs with one
+//! multi-row statement each, just before commit.
+
+use std::collections::HashMap;
+
+use sqlx::PgConnection;
+
+use crate::domain::{OperationRun, Rejection, RunEvent, RunScope};
+use crate::store::inbox::{self, InboxRow, ProcessedCommand};
+use crate::store::{events, jobs};
+
+/// Per-transaction state; create one per transaction attempt and [`TxBuffer::flush`] it before
+/// commit.
+#[derive(Debug, Default)]
+pub struct TxBuffer {
+    inbox: HashMap<String, Option<ProcessedCommand>>,
+    scopes: HashMap<(RunScope, Option<i64>), Result<(), Rejection>>,
+    sequences: HashMap<i64, i64>,
+    inbox_rows: Vec<InboxRow>,
+    events: Vec<(RunEvent, i64, Option<i64>)>,
+    jobs: Vec<OperationRun>,
+}
+
+impl TxBuffer {
+    /// Looks up every id of a batch in the inbox in one round trip.
+    pub async fn prefetch_inbox(
+        &mut self,
+        conn: &mut PgConnection,
+        command_ids: Vec<String>,
+    ) -> Result<(), sqlx::Error> {
+        let found = inbox::find_many(conn, &command_ids).await?;
+        for id in command_ids {
+            let record = found.get(&id).cloned();
+            self.inbox.insert(id, record);
+        }
+        Ok(())
+    }
+
+    /// The inbox record of `command_id`: applied earlier in this transaction, or before it.
+    pub async fn processed(
+        &mut self,
+        conn: &mut PgConnection,
+        command_id: &str,
+    ) -> Result<Option<ProcessedCommand>, sqlx::Error> {
+        if let Some(known) = self.inbox.get(command_id) {
+            return Ok(known.clone());
+        }
+        let found = inbox::find_many(conn, &[command_id.to_owned()])
+            .await?
+            .remove(command_id);
+        self.inbox.insert(command_id.to_owned(), found.clone());
+        Ok(found)
+    }
+
+    /// Records an applied command (written at flush, visible to later commands now).
+    pub fn record_processed(&mut self, row: InboxRow) {
+        self.inbox.insert(
+            row.command_id.clone(),
+            Some(ProcessedCommand {
+                body_hash: row.body_hash.clone(),
+                result: row.result.clone(),
+            }),
+        );
+        self.inbox_rows.push(row);
+    }
+
+    /// A scope check already made in this transaction.
+    pub fn checked_scope(
+        &self,
+        scope: RunScope,
+        user_id: Option<i64>,
+    ) -> Option<Result<(), Rejection>> {
+        self.scopes.get(&(scope, user_id)).cloned()
+    }
+
+    /// Remembers a scope check.
+    pub fn remember_scope(
+        &mut self,
+        scope: RunScope,
+        user_id: Option<i64>,
+        result: Result<(), Rejection>,
+    ) {
+        self.scopes.insert((scope, user_id), result);
+    }
+
+    /// Tells the buffer the last stored sequence of a run it has locked.
+    pub fn know_sequence(&mut self, run_id: i64, last: i64) {
+        self.sequences.entry(run_id).or_insert(last);
+    }
+
+    /// The next sequence of `run_id`, asking the database only on the first event of the run in
+    /// this transaction. The caller holds the run's row lock (or created the run).
+    pub async fn next_sequence(
+        &mut self,
+        conn: &mut PgConnection,
+        run_id: i64,
+    ) -> Result<i64, sqlx::Error> {
+        let last = match self.sequences.get(&run_id) {
+            Some(last) => *last,
+            None => events::last_sequence(conn, run_id).await?,
+        };
+        self.sequences.insert(run_id, last + 1);
+        Ok(last + 1)
+    }
+
+    /// Queues an event about `run` (written at flush, in this order).
+    pub fn push_event(&mut self, event: RunEvent, run: &OperationRun) {
+        self.events.push((event, run.workspace_id, run.tenant_id));
+    }
+
+    /// Queues the job of a new run.
+    pub fn push_job(&mut self, run: OperationRun) {
+        self.jobs.push(run);
+    }
+
+    /// Writes the buffered events, jobs and inbox rows: one statement each.
+    pub async fn flush(&mut self, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+        events::insert_many(conn, &self.events).await?;
+        jobs::insert_many(conn, &self.jobs).await?;
+        inbox::record_many(conn, &self.inbox_rows).await?;
+        self.events.clear();
+        self.jobs.clear();
+        self.inbox_rows.clear();
+        Ok(())
+    }
+}
