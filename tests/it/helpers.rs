@@ -20,6 +20,7 @@ use operation_runs::domain::OperationRun;
 use operation_runs::service::Service;
 use operation_runs::store::runs;
 use serde_json::{json, Value};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -88,6 +89,29 @@ pub struct TestApp {
 }
 
 impl TestApp {
+    /// Like [`TestApp::spawn`] on a fresh pool of `connect` (for tests that also need the
+    /// database name, to run the binary against it).
+    pub async fn spawn_on(connect: &PgConnectOptions) -> Self {
+        Self::spawn(
+            PgPoolOptions::new()
+                .max_connections(5)
+                .connect_lazy_with(connect.clone()),
+        )
+        .await
+    }
+
+    /// Dispatches a `policy.sync` run of workspace 1 / tenant 10 and returns its id once created.
+    pub async fn create_policy_run(&self, policy_id: i64) -> i64 {
+        self.publish(&dispatch(
+            "policy.sync",
+            1,
+            Some(10),
+            json!({ "policy_id": policy_id }),
+        ))
+        .await;
+        wait_for_active_run(self, "policy.sync").await
+    }
+
     /// Seeds scopes, declares a fresh namespace and starts one service instance.
     pub async fn spawn(pool: PgPool) -> Self {
         Self::spawn_with(pool, test_settings()).await

@@ -84,14 +84,7 @@ async fn a_full_lifecycle_yields_events_with_sequence_one_to_n_in_order(pool: Pg
 #[sqlx::test]
 async fn the_same_command_id_twice_counts_once(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
-    app.publish(&dispatch(
-        "policy.sync",
-        1,
-        Some(10),
-        json!({"policy_id": 1}),
-    ))
-    .await;
-    let run_id = wait_for_active_run(&app, "policy.sync").await;
+    let run_id = app.create_policy_run(1).await;
     let increment = progress(
         "increment_summary_counts",
         run_id,
@@ -123,14 +116,7 @@ async fn the_same_command_id_twice_counts_once(pool: PgPool) {
 #[sqlx::test]
 async fn another_tenants_run_is_not_found(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
-    app.publish(&dispatch(
-        "policy.sync",
-        1,
-        Some(10),
-        json!({"policy_id": 1}),
-    ))
-    .await;
-    let run_id = wait_for_active_run(&app, "policy.sync").await;
+    let run_id = app.create_policy_run(1).await;
     let mut foreign = progress("update_run", run_id, json!({"status": "running"}));
     foreign["tenant_id"] = json!(11);
     app.publish(&foreign).await;
@@ -176,14 +162,7 @@ async fn another_tenants_run_is_not_found(pool: PgPool) {
 async fn out_of_order_messages_are_stale_no_ops_or_refused_as_listed(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
     let mut subscriber = app.subscribe_events().await;
-    app.publish(&dispatch(
-        "policy.sync",
-        1,
-        Some(10),
-        json!({"policy_id": 1}),
-    ))
-    .await;
-    let run_id = wait_for_active_run(&app, "policy.sync").await;
+    let run_id = app.create_policy_run(1).await;
     app.publish(&progress(
         "update_run",
         run_id,
@@ -268,14 +247,7 @@ async fn out_of_order_messages_are_stale_no_ops_or_refused_as_listed(pool: PgPoo
 async fn secrets_in_failure_messages_are_stored_and_published_redacted(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
     let mut subscriber = app.subscribe_events().await;
-    app.publish(&dispatch(
-        "policy.sync",
-        1,
-        Some(10),
-        json!({"policy_id": 1}),
-    ))
-    .await;
-    let run_id = wait_for_active_run(&app, "policy.sync").await;
+    let run_id = app.create_policy_run(1).await;
     let secrets = [
         "Authorization: Bearer abc123.def456-secret",
         "token eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl",

@@ -109,12 +109,7 @@ async fn dlq_replay_with_filters_moves_exactly_the_matching_letters(
     connect: PgConnectOptions,
 ) {
     let db = connect.get_database().unwrap().to_owned();
-    let app = TestApp::spawn(
-        PgPoolOptions::new()
-            .max_connections(5)
-            .connect_lazy_with(connect),
-    )
-    .await;
+    let app = TestApp::spawn_on(&connect).await;
     let ns = app.topology.namespace().to_owned();
     for i in 0..4 {
         app.publish(&dispatch("policy.sync", 99, None, json!({"policy_id": i})))
@@ -232,12 +227,7 @@ async fn dlq_replay_with_filters_moves_exactly_the_matching_letters(
 #[sqlx::test]
 async fn a_dlq_replay_killed_midway_loses_nothing(_o: PgPoolOptions, connect: PgConnectOptions) {
     let db = connect.get_database().unwrap().to_owned();
-    let app = TestApp::spawn(
-        PgPoolOptions::new()
-            .max_connections(5)
-            .connect_lazy_with(connect),
-    )
-    .await;
+    let app = TestApp::spawn_on(&connect).await;
     let ns = app.topology.namespace().to_owned();
     let letters = 300;
     for i in 0..letters {
@@ -286,20 +276,8 @@ async fn events_replay_resends_a_runs_history_in_order(
     connect: PgConnectOptions,
 ) {
     let db = connect.get_database().unwrap().to_owned();
-    let app = TestApp::spawn(
-        PgPoolOptions::new()
-            .max_connections(5)
-            .connect_lazy_with(connect),
-    )
-    .await;
-    app.publish(&dispatch(
-        "policy.sync",
-        1,
-        Some(10),
-        json!({"policy_id": 1}),
-    ))
-    .await;
-    let run_id = wait_for_active_run(&app, "policy.sync").await;
+    let app = TestApp::spawn_on(&connect).await;
+    let run_id = app.create_policy_run(1).await;
     app.publish(&progress(
         "update_run",
         run_id,

@@ -8,7 +8,7 @@ use serde_json::json;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tokio::process::{Child, Command};
 
-use crate::helpers::{database_url_for, dispatch, progress, wait_for_active_run, TestApp};
+use crate::helpers::{database_url_for, progress, TestApp};
 
 /// Starts the real binary against the test database and namespace.
 fn spawn_serve(database: &str, namespace: &str) -> Child {
@@ -50,14 +50,7 @@ async fn a_service_killed_mid_stream_loses_nothing_and_applies_nothing_twice(
     let mut subscriber = app.subscribe_events().await;
     let mut serve = spawn_serve(&database, &namespace);
 
-    app.publish(&dispatch(
-        "policy.sync",
-        1,
-        Some(10),
-        json!({"policy_id": 1}),
-    ))
-    .await;
-    let run_id = wait_for_active_run(&app, "policy.sync").await;
+    let run_id = app.create_policy_run(1).await;
     let increments = 600;
     for i in 0..increments {
         app.publish(&progress(
