@@ -13,6 +13,9 @@ pub enum BrokerError {
         /// Where it was published.
         exchange: String,
     },
+    /// The connection or a consumer stopped (the broker cancelled it, or a task using it failed).
+    #[error("{0}")]
+    Stopped(String),
     /// A namespace or queue name is not valid.
     #[error("{0}")]
     InvalidName(String),

@@ -102,6 +102,18 @@ async fn settle(
     };
     let props = &delivery.properties;
     if let (Some(reply_to), Some(correlation_id)) = (props.reply_to(), props.correlation_id()) {
+        // Replies go through the default exchange, which can reach any queue by name: never
+        // into the namespace's own queues, where a reply would pose as a command or dead letter.
+        if reply_to
+            .as_str()
+            .starts_with(&format!("{}.", service.topology.namespace()))
+        {
+            tracing::warn!(
+                reply_to = reply_to.as_str(),
+                "refusing to reply into a queue of the service's own topology"
+            );
+            return Ok(());
+        }
         let properties = BasicProperties::default()
             .with_content_type("application/json".into())
             .with_correlation_id(correlation_id.clone());

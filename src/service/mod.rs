@@ -19,6 +19,8 @@ use sqlx::PgPool;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use lapin::Connection;
+
 use crate::broker::connection::connect;
 use crate::broker::consumer::CommandConsumer;
 use crate::broker::publisher::ConfirmPublisher;
@@ -142,9 +144,22 @@ impl Service {
             .set("oprun_consumer_running", if running { 1.0 } else { 0.0 });
     }
 
-    /// One connection's life. `Ok` means shutdown was requested and honoured.
+    /// One connection's life. `Ok` means shutdown was requested and honoured. On any error the
+    /// connection is closed before returning, so no channel of it keeps unacked deliveries.
     async fn run_connected(&self, shutdown: &CancellationToken) -> Result<(), BrokerError> {
         let connection = connect(&self.config.amqp_url, "oprun serve").await?;
+        let result = self.use_connection(&connection, shutdown).await;
+        if result.is_err() {
+            let _ = connection.close(320, "oprun reconnecting".into()).await;
+        }
+        result
+    }
+
+    async fn use_connection(
+        &self,
+        connection: &Connection,
+        shutdown: &CancellationToken,
+    ) -> Result<(), BrokerError> {
         let setup = connection.create_channel().await?;
         self.topology.declare(&setup).await?;
         let _ = setup.close(200, "declared".into()).await;
@@ -174,7 +189,7 @@ impl Service {
             r = consuming => r,
             r = &mut relaying => match r {
                 Ok(()) => Ok(()),
-                Err(e) => Err(BrokerError::InvalidName(format!("outbox relay stopped: {e}"))),
+                Err(e) => Err(BrokerError::Stopped(format!("outbox relay stopped: {e}"))),
             },
         };
         consumed?;
@@ -219,7 +234,7 @@ impl Service {
         if shutdown.is_cancelled() {
             Ok(())
         } else {
-            Err(BrokerError::InvalidName(
+            Err(BrokerError::Stopped(
                 "the broker cancelled the consumer".into(),
             ))
         }

@@ -290,3 +290,34 @@ async fn a_refused_dispatch_replies_with_its_error(pool: PgPool) {
     app.take_dead_letters(1).await;
     app.shutdown().await;
 }
+
+#[sqlx::test]
+async fn replies_are_never_sent_into_the_services_own_queues(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let properties = json_properties()
+        .with_reply_to(app.topology.commands_queue().into())
+        .with_correlation_id("c".into());
+    let body = dispatch("policy.sync", 1, Some(10), json!({"policy_id": 7}));
+    app.publish_raw("dispatch", &serde_json::to_vec(&body).unwrap(), properties)
+        .await;
+    app.wait_for_count("SELECT count(*) FROM processed_commands", 1)
+        .await;
+    // A marker command after it: once applied, any reply would already be in the queue.
+    app.publish(&dispatch(
+        "policy.sync",
+        1,
+        Some(10),
+        json!({"policy_id": 8}),
+    ))
+    .await;
+    app.wait_for_count("SELECT count(*) FROM processed_commands", 2)
+        .await;
+    assert_eq!(app.queue_depth(&app.topology.commands_queue()).await, 0);
+    assert_eq!(app.queue_depth(&app.topology.dead_letter_queue()).await, 0);
+    let dead: u64 = app.service().metrics.counter(
+        "oprun_commands_total",
+        "kind=\"undecodable\",result=\"dead_lettered:invalid_field\"",
+    );
+    assert_eq!(dead, 0, "no reply came back as a command");
+    app.shutdown().await;
+}
