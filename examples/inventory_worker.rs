@@ -1,6 +1,6 @@
 //! An example executor: a worker that "runs" `inventory.sync` jobs handed off by `oprun serve`.
 //!
-//! It receives the jobs of type `inventory.sync` on its own durable queue `inventory_worker`
+//! It receives the jobs of type `inventory.sync` on its own durable queue `<namespace>.worker.inventory`
 //! (bound to `<namespace>.jobs`), and simulates an inventory sync: it processes `items` items
 //! (from the run's context, default 20) in a few chunks with short sleeps, reports the counts
 //! (`total`, `processed`, `succeeded`, `failed`) as it goes, appends a failure for every simulated
@@ -40,8 +40,9 @@ use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
-/// The queue this worker consumes (durable, quorum; declared by `Worker::start`).
-const QUEUE: &str = "inventory_worker";
+/// The worker's name: it consumes queue `N.worker.inventory` (durable, quorum; declared by
+/// `Worker::start`).
+const QUEUE: &str = "inventory";
 /// The run type it executes.
 const INVENTORY_SYNC: &str = "inventory.sync";
 /// Items per run when the context has no `items`.

@@ -144,6 +144,11 @@ impl Worker {
         })
     }
 
+    /// The queue a worker named `name` consumes: `N.worker.<name>`.
+    pub fn queue_name(namespace: &str, name: &str) -> String {
+        format!("{namespace}.worker.{name}")
+    }
+
     /// Handles jobs until `shutdown`: reports `running`, runs `handler`, reports completion with
     /// the outcome it returns (`Err(failures)` completes as `failed` with those failures), then
     /// acks the job.

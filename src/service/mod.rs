@@ -163,10 +163,10 @@ impl Service {
         let setup = connection.create_channel().await?;
         self.topology.declare(&setup).await?;
         let _ = setup.close(200, "declared".into()).await;
-        let publisher = ConfirmPublisher::open(&connection).await?;
+        let publisher = ConfirmPublisher::open(connection).await?;
         let relay = OutboxRelay::new(
             self.pool.clone(),
-            ConfirmPublisher::open(&connection).await?,
+            ConfirmPublisher::open(connection).await?,
             self.topology.clone(),
             self.ctx.clone(),
             self.settings.relay_batch,
@@ -174,7 +174,7 @@ impl Service {
         );
         let tag = format!("oprun-{}", uuid::Uuid::new_v4());
         let mut consumer =
-            CommandConsumer::start(&connection, &self.topology, self.settings.prefetch, &tag)
+            CommandConsumer::start(connection, &self.topology, self.settings.prefetch, &tag)
                 .await?;
         self.set_consumer_running(true);
         tracing::info!(namespace = self.topology.namespace(), "consuming commands");

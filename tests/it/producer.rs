@@ -88,11 +88,11 @@ async fn a_worker_drives_a_handed_off_run_to_succeeded_with_counts(pool: PgPool)
     let mut settings = test_settings();
     settings.hand_off_jobs = true;
     let app = TestApp::spawn_with(pool, settings).await;
-    let queue = format!("{}.test_worker", app.topology.namespace());
+    let queue = Worker::queue_name(app.topology.namespace(), "test_worker");
     let worker = Worker::start(
         &amqp_url(),
         app.topology.namespace(),
-        &queue,
+        "test_worker",
         &["inventory.sync"],
         5,
     )
