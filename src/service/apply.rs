@@ -66,6 +66,10 @@ pub enum ApplyError {
     /// Concurrent dispatches kept racing on one identity; try again.
     #[error("identity kept changing under concurrent dispatches")]
     Contended,
+    /// Another consumer applied one of the batch's command ids while this transaction ran; the
+    /// retry finds it in the inbox and replays its result.
+    #[error("a command id was applied concurrently by another consumer: {0}")]
+    AppliedConcurrently(sqlx::Error),
 }
 
 impl From<sqlx::Error> for ApplyError {
@@ -80,7 +84,21 @@ impl ApplyError {
         match self {
             Self::Rejected(_) => false,
             Self::Store(e) => e.is_transient(),
-            Self::Contended => true,
+            Self::Contended | Self::AppliedConcurrently(_) => true,
+        }
+    }
+
+    /// Classifies an error of the end-of-transaction writes: a duplicate inbox key means the
+    /// race above, not bad data.
+    pub fn from_flush(e: sqlx::Error) -> Self {
+        let inbox_race = e
+            .as_database_error()
+            .and_then(|d| d.constraint())
+            .is_some_and(|c| c == "processed_commands_pkey");
+        if inbox_race {
+            Self::AppliedConcurrently(e)
+        } else {
+            e.into()
         }
     }
 }

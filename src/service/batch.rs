@@ -5,13 +5,18 @@
 //! in the result. A transient database fault retries the whole batch with backoff. An
 //! unexpected permanent database error splits the batch into single-command transactions, so
 //! only the command that causes it is dead-lettered.
+//!
+//! Several instances consume one queue, so two batches may touch the same identities and runs.
+//! Each batch first takes every lock it will need, in one global order (identity locks by key,
+//! then run rows by id), so batches wait for each other instead of deadlocking; and it reads the
+//! inbox only after that, so a command another consumer just applied is seen as applied.
 
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 
 use super::apply::{apply_command, ApplyContext, ApplyError, CommandResult};
 use super::tx_buffer::TxBuffer;
-use crate::domain::{Command, ErrorCode, Rejection};
+use crate::domain::{Command, CommandAction, ErrorCode, Rejection};
 use crate::retry::retry_transient;
 
 /// The fate of one command of a batch.
@@ -25,6 +30,7 @@ pub async fn apply_in_one_transaction(
     ctx: &ApplyContext,
 ) -> Result<Vec<BatchItem>, ApplyError> {
     let mut tx = pool.begin().await?;
+    lock_in_order(&mut tx, commands).await?;
     let mut buf = TxBuffer::default();
     let ids = commands
         .iter()
@@ -39,9 +45,46 @@ pub async fn apply_in_one_transaction(
             Err(e) => return Err(e),
         }
     }
-    buf.flush(&mut tx).await?;
+    buf.flush(&mut tx).await.map_err(ApplyError::from_flush)?;
     tx.commit().await?;
     Ok(results)
+}
+
+/// Takes the batch's identity locks (transaction-scoped advisory locks keyed by the identity
+/// hash) and run row locks, each in ascending order.
+async fn lock_in_order(conn: &mut PgConnection, commands: &[&Command]) -> Result<(), sqlx::Error> {
+    let mut identities: Vec<i64> = Vec::new();
+    let mut runs: Vec<i64> = Vec::new();
+    for command in commands {
+        match &command.action {
+            CommandAction::Dispatch(d) => {
+                identities.push(identity_lock_key(d.identity_hash.as_str()))
+            }
+            CommandAction::Progress(p) => runs.push(p.run_id),
+        }
+    }
+    identities.sort_unstable();
+    identities.dedup();
+    if !identities.is_empty() {
+        // unnest yields the array in order, so the locks are taken in ascending key order.
+        sqlx::query("SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k")
+            .bind(&identities)
+            .execute(&mut *conn)
+            .await?;
+    }
+    if !runs.is_empty() {
+        sqlx::query("SELECT id FROM operation_runs WHERE id = ANY($1) ORDER BY id FOR UPDATE")
+            .bind(&runs)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// The first 8 bytes of an identity hash (which already covers type, workspace and tenant).
+fn identity_lock_key(hash: &str) -> i64 {
+    let prefix = hash.get(..16).unwrap_or(hash);
+    u64::from_str_radix(prefix, 16).unwrap_or(0) as i64
 }
 
 /// Applies `commands`, retrying transient faults until `shutdown`; `None` when shut down first

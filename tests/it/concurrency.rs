@@ -66,3 +66,58 @@ async fn two_instances_with_duplicated_dispatches_keep_one_active_run_per_identi
     assert!(both_worked, "both instances consumed");
     app.shutdown().await;
 }
+
+/// Two consumers holding the same command id at once (a redelivery, a producer's duplicate
+/// publish): the one that loses the race replays the first result; it must not dead-letter a
+/// command that was applied.
+#[sqlx::test]
+async fn a_command_applied_meanwhile_by_another_consumer_is_replayed_not_refused(
+    pool: sqlx::PgPool,
+) {
+    use operation_runs::domain::decode_command;
+    use operation_runs::service::apply::{apply_command, ApplyContext, Disposition};
+    use operation_runs::service::batch::apply_batch;
+    use operation_runs::service::tx_buffer::TxBuffer;
+    use tokio_util::sync::CancellationToken;
+
+    crate::helpers::seed_scopes(&pool).await;
+    let body = dispatch("policy.sync", 1, Some(10), json!({"policy_id": 7}));
+    let command = decode_command(body.to_string().as_bytes(), None).unwrap();
+    let ctx = ApplyContext {
+        event_source: "/test".into(),
+        hand_off_jobs: false,
+    };
+    // The first consumer applies it and has not committed yet...
+    let mut first = pool.begin().await.unwrap();
+    let mut buf = TxBuffer::default();
+    apply_command(&mut first, &mut buf, &command, &ctx)
+        .await
+        .unwrap();
+    buf.flush(&mut first).await.unwrap();
+    // ...when the second starts on it: its inbox check misses, its insert waits for the first.
+    let second = tokio::spawn({
+        let (pool, command, ctx) = (pool.clone(), command.clone(), ctx.clone());
+        async move { apply_batch(&pool, &[&command], &ctx, &CancellationToken::new()).await }
+    });
+    crate::helpers::wait_until("the second consumer to wait for the first", || {
+        let pool = pool.clone();
+        async move {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_locks WHERE NOT granted
+                 AND pid IN (SELECT pid FROM pg_stat_activity WHERE datname = current_database())",
+            )
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            (waiting > 0).then_some(())
+        }
+    })
+    .await;
+    first.commit().await.unwrap();
+
+    let results = second.await.unwrap().expect("not shut down");
+    match &results[0] {
+        Ok(r) => assert_eq!(r.disposition, Disposition::AlreadyProcessed),
+        Err(rejection) => panic!("refused (would be dead-lettered): {rejection:?}"),
+    }
+}
