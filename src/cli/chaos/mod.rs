@@ -5,28 +5,36 @@
 //!
 //! Reading order:
 //!
-//! - [`scenario`]: the flags and the run itself, phase by phase, and the closing line.
-//! - [`workload`]: the seeded plan of commands and what each run must end up as (pure);
-//!   [`shuffled_json`] writes its bodies with keys in random order.
+//! - [`scenario`]: the flags and the run from set-up to clean-up; [`drive`]: the phases;
+//!   [`figures`]: the closing line.
+//! - [`workload`]: the seeded plan of commands and what each run must end up as (pure), worded
+//!   by [`dispatches`], [`steps`] and [`bad_messages`]; [`shuffled_json`] writes the bodies
+//!   with keys in random order.
 //! - [`sandbox`]: the run's own database and namespace, created and removed.
 //! - [`fleet`]: the `oprun serve` child processes (start, SIGKILL, watch).
-//! - [`faults`]: the fault plan, its injection, and the guard that brings the broker and the
-//!   database back whatever happens.
+//! - [`faults`]: the fault plan and its injection; [`infra`] restarts the broker and the
+//!   database, and brings them back whatever happens.
 //! - [`publisher`] and [`subscriber`]: the producer and the event subscriber, both surviving a
 //!   broker restart (at-least-once in both directions).
 //! - [`progress`]: how far the service has got, which paces publishing and the faults.
 //! - [`quiescence`]: waiting until everything has settled, with a deadline.
 //! - [`check`]: the checks behind the closing figures.
 
+pub mod bad_messages;
 pub mod check;
+pub mod dispatches;
+pub mod drive;
 pub mod faults;
+pub mod figures;
 pub mod fleet;
+pub mod infra;
 pub mod progress;
 pub mod publisher;
 pub mod quiescence;
 pub mod sandbox;
 pub mod scenario;
 pub mod shuffled_json;
+pub mod steps;
 pub mod subscriber;
 pub mod workload;
 

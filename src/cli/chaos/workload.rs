@@ -1,22 +1,24 @@
 //! The workload: a seeded plan of commands, and what every run must end up as. Pure: no I/O.
+//! How each part is worded lives next door: [`super::dispatches`] (phase 1),
+//! [`super::steps`] (phase 2) and [`super::bad_messages`].
 //!
 //! Phase 1 dispatches every identity once or several times: about 30% of all dispatches are
 //! duplicates (same identity, new command id, keys in another order, other non-identity context,
 //! `scheduled_for` written in another time zone). Phase 2 drives each run: a start, 3 to 6 count
-//! increments, 0 to 2 failure appends and a completion, each with its own command id. About 5% of
+//! increments, 0 to 2 failure appends and a completion, each with its own command id, and for
+//! one run in ten a start that comes after the completion (stale). About 5% of
 //! all messages are published twice with the same command id and body. A few deliberately bad
 //! messages are mixed in; they are the only ones allowed in the dead-letter queue.
 
 use std::collections::BTreeMap;
 
-use chrono::{DateTime, Duration, FixedOffset, SecondsFormat, Utc};
 use rand::rngs::StdRng;
-use rand::seq::{IndexedRandom, SliceRandom};
+use rand::seq::SliceRandom;
 use rand::Rng;
-use serde_json::{json, Map, Value};
 
-use super::shuffled_json::to_shuffled_string;
-use crate::domain::summary_counts::SUMMARY_COUNT_KEYS;
+use super::bad_messages::bad_messages;
+use super::dispatches::{dispatch_body, dispatch_contexts, identity_for};
+use super::steps::{plan_run, progress_message};
 use crate::domain::{OperationRunType, RunIdentityHash, RunOutcome};
 
 /// Workspaces `1..=WORKSPACES` are seeded.
@@ -29,16 +31,12 @@ pub const TENANTS: i64 = 16;
 pub const USERS: i64 = 3;
 
 /// Share of messages published a second time, same command id and body.
-const TWICE: f64 = 0.05;
+pub(super) const TWICE: f64 = 0.05;
 /// Runs driven at once in phase 2: runs start and complete all along the phase, not only at
 /// its end.
 const ACTIVE_RUNS: usize = 150;
 /// How far (in messages) a second copy may trail its original.
 const COPY_LAG: f64 = 800.0;
-/// Deliberately bad messages of each kind.
-const BAD_JSON: usize = 20;
-const BAD_TYPE: usize = 20;
-const BAD_RUN: usize = 10;
 
 /// The workspace tenant `tenant_id` belongs to.
 pub fn tenant_workspace(tenant_id: i64) -> i64 {
@@ -241,7 +239,8 @@ impl Workload {
             let (i, s) = active[k];
             let step = &self.runs[i].steps[s];
             let run_id = run_ids[i].expect("only runs with ids are active");
-            items.push((step.message(run_id, &self.identities[i], rng), step.twice));
+            let message = progress_message(step, run_id, &self.identities[i], rng);
+            items.push((message, step.twice));
             if s + 1 < self.runs[i].steps.len() {
                 active[k].1 += 1;
             } else {
@@ -299,65 +298,6 @@ impl PlannedRun {
     }
 }
 
-impl Step {
-    /// The message of this step for run `run_id` of `identity`, keys in random order.
-    fn message(&self, run_id: i64, identity: &Identity, rng: &mut StdRng) -> Message {
-        let mut body = json!({
-            "command_id": self.command_id,
-            "run_id": run_id,
-            "workspace_id": identity.workspace_id,
-            "tenant_id": identity.tenant_id,
-        });
-        let fields = body.as_object_mut().expect("an object");
-        let kind = match &self.action {
-            StepAction::Start => {
-                fields.insert("status".into(), json!("running"));
-                "update_run"
-            }
-            StepAction::Increment(counts) => {
-                fields.insert("counts".into(), json!(counts));
-                "increment_summary_counts"
-            }
-            StepAction::AppendFailures(failures) => {
-                fields.insert("failures".into(), failures_json(failures));
-                "append_failures"
-            }
-            StepAction::Complete {
-                outcome,
-                counts,
-                failures,
-            } => {
-                // An outcome alone also means completion: both wordings are valid.
-                if rng.random_bool(0.5) {
-                    fields.insert("status".into(), json!("completed"));
-                }
-                fields.insert("outcome".into(), json!(outcome.as_str()));
-                if !counts.is_empty() {
-                    fields.insert("summary_counts".into(), json!(counts));
-                }
-                if !failures.is_empty() {
-                    fields.insert("failures".into(), failures_json(failures));
-                }
-                "update_run"
-            }
-        };
-        fields.insert("kind".into(), json!(kind));
-        Message {
-            routing_key: kind,
-            body: to_shuffled_string(&body, rng).into_bytes(),
-            message_id: self.command_id.clone(),
-            fresh: true,
-        }
-    }
-}
-
-fn failures_json(failures: &[PlannedFailure]) -> Value {
-    failures
-        .iter()
-        .map(|f| json!({"code": f.code, "message": f.message, "item": f.item}))
-        .collect()
-}
-
 /// Appends a copy of every flagged message at a random later position.
 fn with_copies(items: Vec<(Message, bool)>, rng: &mut StdRng) -> Vec<Message> {
     let mut keyed: Vec<(f64, Message)> = Vec::with_capacity(items.len() * 21 / 20);
@@ -373,295 +313,6 @@ fn with_copies(items: Vec<(Message, bool)>, rng: &mut StdRng) -> Vec<Message> {
     }
     keyed.sort_by(|a, b| a.0.total_cmp(&b.0));
     keyed.into_iter().map(|(_, m)| m).collect()
-}
-
-/// The contexts of an identity's dispatches: the first, then its duplicates (about 30% of all
-/// dispatches), each with the same identity values but other extras.
-fn dispatch_contexts(i: usize, rng: &mut StdRng) -> (OperationRunType, Vec<Map<String, Value>>) {
-    let duplicates = match rng.random_range(0..100) {
-        0..70 => 0,
-        70..88 => 1,
-        88..96 => 2,
-        _ => 3,
-    };
-    let kind = match rng.random_range(0..100) {
-        0..55 => OperationRunType::InventorySync,
-        55..85 => OperationRunType::PolicySync,
-        _ => OperationRunType::BackupScheduleScheduled,
-    };
-    let type_count = rng.random_range(1..=4);
-    let types: Vec<&str> = ["policy", "app", "device", "group"]
-        .choose_multiple(rng, type_count)
-        .copied()
-        .collect();
-    let scope = *["tenant", "all"].choose(rng).expect("not empty");
-    let platform = *["windows", "macos", "ios"].choose(rng).expect("not empty");
-    let selection = json!({
-        "scope": scope,
-        "types": types,
-        "filters": {"platform": platform, "since_days": rng.random_range(1..30)},
-        "batch": i,
-    });
-    let policy_id = if rng.random_bool(0.5) {
-        json!(format!("pol-{i:05}"))
-    } else {
-        json!(i)
-    };
-    // Identity values of scheduled backups are cut to the UTC minute: every duplicate writes
-    // the same minute another way.
-    let minute = DateTime::<Utc>::from_timestamp(1_772_323_200, 0).expect("a valid time")
-        + Duration::minutes(i as i64);
-    let contexts = (0..=duplicates)
-        .map(|_| {
-            let context = match kind {
-                OperationRunType::InventorySync => json!({
-                    "selection": selection,
-                    "trigger": *["manual", "schedule", "api"].choose(rng).expect("not empty"),
-                    "requested_at_ms": rng.random_range(0..1_000_000),
-                }),
-                OperationRunType::PolicySync => json!({
-                    "policy_id": policy_id,
-                    "reason": *["drift", "manual", "assignment_changed"].choose(rng).expect("not empty"),
-                }),
-                _ => json!({
-                    "backup_schedule_id": i,
-                    "scheduled_for": same_minute_elsewhere(minute, rng),
-                    "attempt": rng.random_range(1..4),
-                }),
-            };
-            match context {
-                Value::Object(map) => map,
-                _ => unreachable!("contexts are objects"),
-            }
-        })
-        .collect();
-    (kind, contexts)
-}
-
-/// `minute` plus up to 59.999 s, written in one of several time zones.
-fn same_minute_elsewhere(minute: DateTime<Utc>, rng: &mut StdRng) -> String {
-    let offset_secs = *[0, 3600, -5 * 3600, 5 * 3600 + 1800]
-        .choose(rng)
-        .expect("not empty");
-    let zone = FixedOffset::east_opt(offset_secs).expect("a valid offset");
-    let at = minute + Duration::milliseconds(rng.random_range(0..60_000));
-    at.with_timezone(&zone)
-        .to_rfc3339_opts(SecondsFormat::Millis, true)
-}
-
-/// The identity of identity `i`'s dispatches, in a random scope (a third of policy syncs are
-/// workspace-scoped).
-fn identity_for(
-    i: usize,
-    run_type: OperationRunType,
-    context: &Map<String, Value>,
-    rng: &mut StdRng,
-) -> Identity {
-    let workspace_scoped = run_type == OperationRunType::PolicySync && rng.random_bool(0.3);
-    let (workspace_id, tenant_id) = if workspace_scoped {
-        (rng.random_range(1..=WORKSPACES), None)
-    } else {
-        let tenant = rng.random_range(FIRST_TENANT..FIRST_TENANT + TENANTS);
-        (tenant_workspace(tenant), Some(tenant))
-    };
-    let hash = RunIdentityHash::compute(run_type, workspace_id, tenant_id, context)
-        .unwrap_or_else(|e| panic!("identity {i}: the generator built an invalid context: {e:?}"));
-    Identity {
-        run_type,
-        workspace_id,
-        tenant_id,
-        hash,
-    }
-}
-
-fn dispatch_body(
-    identity: &Identity,
-    command_id: &str,
-    context: &Map<String, Value>,
-    rng: &mut StdRng,
-) -> String {
-    let same = RunIdentityHash::compute(
-        identity.run_type,
-        identity.workspace_id,
-        identity.tenant_id,
-        context,
-    )
-    .ok();
-    assert_eq!(
-        same.as_ref(),
-        Some(&identity.hash),
-        "a duplicate must keep its identity"
-    );
-    let mut body = Map::new();
-    body.insert("kind".into(), json!("dispatch"));
-    body.insert("command_id".into(), json!(command_id));
-    body.insert("workspace_id".into(), json!(identity.workspace_id));
-    match identity.tenant_id {
-        Some(t) => {
-            body.insert("tenant_id".into(), json!(t));
-        }
-        // A workspace-scoped dispatch may say so with null or by leaving the field out.
-        None if rng.random_bool(0.5) => {
-            body.insert("tenant_id".into(), Value::Null);
-        }
-        None => {}
-    }
-    if rng.random_bool(0.5) {
-        body.insert("user_id".into(), json!(rng.random_range(1..=USERS)));
-    }
-    if rng.random_bool(0.3) {
-        body.insert("initiator_name".into(), json!("chaos"));
-    }
-    body.insert("type".into(), json!(identity.run_type.as_str()));
-    body.insert("context".into(), Value::Object(context.clone()));
-    to_shuffled_string(&Value::Object(body), rng)
-}
-
-fn plan_run(i: usize, rng: &mut StdRng) -> PlannedRun {
-    let mut actions = Vec::new();
-    for _ in 0..rng.random_range(3..=6) {
-        actions.push(StepAction::Increment(random_counts(rng)));
-    }
-    for _ in 0..rng.random_range(0..=2) {
-        let at = rng.random_range(0..=actions.len());
-        actions.insert(at, StepAction::AppendFailures(Vec::new()));
-    }
-    actions.insert(0, StepAction::Start);
-    let outcome = *[
-        RunOutcome::Succeeded,
-        RunOutcome::PartiallySucceeded,
-        RunOutcome::Failed,
-        RunOutcome::Blocked,
-    ]
-    .choose(rng)
-    .expect("not empty");
-    let counts = if rng.random_bool(0.3) {
-        random_counts(rng)
-    } else {
-        Counts::new()
-    };
-    let with_failure = rng.random_bool(0.1);
-    actions.push(StepAction::Complete {
-        outcome,
-        counts,
-        failures: Vec::new(),
-    });
-    let steps = actions
-        .into_iter()
-        .enumerate()
-        .map(|(s, mut action)| {
-            let command_id = format!("p-{i}-{s}");
-            match &mut action {
-                StepAction::AppendFailures(f) => {
-                    *f = random_failures(&command_id, rng.random_range(1..=2), rng)
-                }
-                StepAction::Complete { failures, .. } if with_failure => {
-                    *failures = random_failures(&command_id, 1, rng)
-                }
-                _ => {}
-            }
-            Step {
-                command_id,
-                action,
-                twice: rng.random_bool(TWICE),
-            }
-        })
-        .collect();
-    PlannedRun { steps }
-}
-
-fn random_counts(rng: &mut StdRng) -> Counts {
-    let keys = rng.random_range(1..=3);
-    let chosen: Vec<&'static str> = SUMMARY_COUNT_KEYS
-        .choose_multiple(rng, keys)
-        .copied()
-        .collect();
-    chosen
-        .into_iter()
-        .map(|k| (k, rng.random_range(1..=40)))
-        .collect()
-}
-
-fn random_failures(command_id: &str, n: usize, rng: &mut StdRng) -> Vec<PlannedFailure> {
-    (0..n)
-        .map(|j| {
-            let item = format!("{command_id}#{j}");
-            PlannedFailure {
-                code: [
-                    "graph.throttled",
-                    "item.invalid",
-                    "policy.conflict",
-                    "timeout",
-                ]
-                .choose(rng)
-                .expect("not empty"),
-                message: format!("item {item} could not be processed"),
-                item,
-            }
-        })
-        .collect()
-}
-
-/// 20 invalid JSON bodies (accounted by `message_id`), 20 dispatches of an unknown type and 10
-/// increments of a run that does not exist.
-fn bad_messages(rng: &mut StdRng) -> Vec<BadMessage> {
-    let mut bad = Vec::new();
-    for i in 0..BAD_JSON {
-        let command_id = format!("bad-json-{i}");
-        let body = format!(
-            r#"{{"kind":"increment_summary_counts","command_id":"{command_id}","counts":{{"total":"#
-        );
-        bad.push(bad_message(
-            command_id,
-            "invalid_json",
-            "increment_summary_counts",
-            body,
-        ));
-    }
-    for i in 0..BAD_TYPE {
-        let command_id = format!("bad-type-{i}");
-        let tenant = rng.random_range(FIRST_TENANT..FIRST_TENANT + TENANTS);
-        let body = json!({
-            "kind": "dispatch", "command_id": command_id, "workspace_id": tenant_workspace(tenant),
-            "tenant_id": tenant, "type": "chaos.unknown_type", "context": {"n": i},
-        });
-        let body = to_shuffled_string(&body, rng);
-        bad.push(bad_message(command_id, "unknown_type", "dispatch", body));
-    }
-    for i in 0..BAD_RUN {
-        let command_id = format!("bad-run-{i}");
-        let body = json!({
-            "kind": "increment_summary_counts", "command_id": command_id,
-            "run_id": 9_000_000_000_i64 + i as i64, "workspace_id": 1, "tenant_id": null,
-            "counts": {"total": 1},
-        });
-        let body = to_shuffled_string(&body, rng);
-        bad.push(bad_message(
-            command_id,
-            "run_not_found",
-            "increment_summary_counts",
-            body,
-        ));
-    }
-    bad
-}
-
-fn bad_message(
-    command_id: String,
-    expected_code: &'static str,
-    routing_key: &'static str,
-    body: String,
-) -> BadMessage {
-    BadMessage {
-        message: Message {
-            routing_key,
-            body: body.into_bytes(),
-            message_id: command_id.clone(),
-            fresh: false,
-        },
-        command_id,
-        expected_code,
-    }
 }
 
 #[cfg(test)]
