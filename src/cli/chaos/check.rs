@@ -393,3 +393,150 @@ fn note(findings: &mut Findings, items: &[impl AsRef<str>], what: &str) {
         examples.join("; ")
     ));
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::rngs::StdRng;
+    use rand::SeedableRng;
+    use serde_json::json;
+
+    /// A small workload, each identity resolved to run `i + 1`, and the inbox and dead-letter
+    /// queue of a perfect run.
+    fn perfect() -> (
+        Workload,
+        Vec<Option<i64>>,
+        HashSet<String>,
+        Vec<DeadLetterSeen>,
+    ) {
+        let workload = Workload::generate(120, &mut StdRng::seed_from_u64(5));
+        let run_ids = (0..workload.runs.len())
+            .map(|i| Some(i as i64 + 1))
+            .collect();
+        let inbox = workload
+            .dispatches
+            .iter()
+            .map(|d| d.command_id.clone())
+            .chain(
+                workload
+                    .runs
+                    .iter()
+                    .flat_map(|r| r.steps.iter().map(|s| s.command_id.clone())),
+            )
+            .collect();
+        let dead = workload
+            .bad
+            .iter()
+            .map(|b| DeadLetterSeen {
+                command_id: Some(b.command_id.clone()),
+                code: b.expected_code.to_owned(),
+            })
+            .collect();
+        (workload, run_ids, inbox, dead)
+    }
+
+    /// The stored rows a perfect run leaves.
+    fn stored_runs(workload: &Workload) -> Vec<StoredRun> {
+        workload
+            .runs
+            .iter()
+            .enumerate()
+            .map(|(i, run)| {
+                let identity = &workload.identities[i];
+                let items: Vec<Value> = run
+                    .expected_failure_items()
+                    .iter()
+                    .map(|item| json!({"code": "x", "message": "m", "item": item}))
+                    .collect();
+                StoredRun {
+                    id: i as i64 + 1,
+                    workspace_id: identity.workspace_id,
+                    tenant_id: identity.tenant_id,
+                    run_identity_hash: identity.hash.as_str().to_owned(),
+                    status: "completed".into(),
+                    outcome: run.outcome().as_str().into(),
+                    summary_counts: json!(run.expected_counts()),
+                    failure_summary: Value::Array(items),
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_perfect_run_has_no_findings() {
+        let (workload, run_ids, inbox, dead) = perfect();
+        let mut findings = Findings::default();
+        account(&mut findings, &workload, &run_ids, &inbox, &dead);
+        let runs = stored_runs(&workload);
+        compare_runs(&mut findings, &workload, &run_ids, &inbox, &runs);
+        count_duplicates(&mut findings, &workload, &HashSet::new(), &runs);
+        assert_eq!(
+            (
+                findings.lost,
+                findings.double_applied,
+                findings.duplicate_runs
+            ),
+            (0, 0, 0),
+            "{:?}",
+            findings.notes
+        );
+        assert!(findings.problems.is_empty(), "{:?}", findings.problems);
+    }
+
+    #[test]
+    fn missing_commands_and_stray_dead_letters_are_counted_apart() {
+        let (workload, run_ids, mut inbox, mut dead) = perfect();
+        let step = workload.runs[0].steps[1].command_id.clone();
+        inbox.remove(&step);
+        dead.retain(|d| d.command_id.as_deref() != Some(workload.bad[0].command_id.as_str()));
+        let applied = workload.dispatches[0].command_id.clone();
+        dead.push(DeadLetterSeen {
+            command_id: Some(applied),
+            code: "database_rejected".into(),
+        });
+        let mut findings = Findings::default();
+        account(&mut findings, &workload, &run_ids, &inbox, &dead);
+        assert_eq!(findings.lost, 2, "{:?}", findings.notes);
+        assert_eq!(findings.problems.len(), 1, "{:?}", findings.problems);
+        assert!(findings.problems[0].contains("applied, yet dead-lettered"));
+    }
+
+    #[test]
+    fn an_effect_applied_twice_counts_unless_a_command_is_missing() {
+        let (workload, run_ids, mut inbox, _) = perfect();
+        let mut runs = stored_runs(&workload);
+        let doubled: BTreeMap<String, u64> = workload.runs[0]
+            .expected_counts()
+            .into_iter()
+            .map(|(k, v)| (k, v * 2))
+            .collect();
+        runs[0].summary_counts = json!(doubled);
+        let mut findings = Findings::default();
+        compare_runs(&mut findings, &workload, &run_ids, &inbox, &runs);
+        assert_eq!(findings.double_applied, 1);
+
+        inbox.remove(&workload.runs[0].steps[0].command_id);
+        let mut findings = Findings::default();
+        compare_runs(&mut findings, &workload, &run_ids, &inbox, &runs);
+        assert_eq!(findings.double_applied, 0, "explained by the lost command");
+    }
+
+    #[test]
+    fn gaps_runs_without_events_and_unreceived_events_are_missing_events() {
+        let (workload, _, _, _) = perfect();
+        let runs = stored_runs(&workload);
+        let id = |n: u128| uuid::Uuid::from_u128(n);
+        // Run 1: 1, 2, 4 (3 missing); run 2: nothing; others: 1 each.
+        let mut events = vec![(id(1), 1, 1), (id(2), 1, 2), (id(3), 1, 4)];
+        events.extend((3..=runs.len() as i64).map(|r| (id(100 + r as u128), r, 1)));
+        let received = Received::default();
+        received
+            .ids
+            .lock()
+            .unwrap()
+            .extend(events.iter().skip(1).map(|(i, _, _)| i.to_string()));
+        let mut findings = Findings::default();
+        check_events(&mut findings, &runs, &events, &received);
+        assert_eq!(findings.missing_events, 1 + 1 + 1, "{:?}", findings.notes);
+    }
+}
