@@ -67,6 +67,31 @@ impl Infra {
         run_tool("pg_isready", &["-q", "-h", "127.0.0.1", "-t", "60"]).await
     }
 
+    /// Restarts the broker app if it has lost `rabbit_fifo_dlx_sup`, the supervisor of quorum
+    /// queues' at-least-once dead-lettering; true when it had to.
+    ///
+    /// RabbitMQ 3.10 loses it for good when such a queue is deleted while the app starts (its
+    /// workers crash, the supervisor reaches its restart limit and stops): from then on every
+    /// declaration of such a queue (`N.commands`) fails with `INTERNAL_ERROR` until the app
+    /// restarts. A broker restart of this run, or of someone else's, can be what sets it off.
+    /// `None` when the broker cannot be asked.
+    pub async fn heal_broker(&self) -> Option<Result<bool, String>> {
+        let alive = tool_output(
+            "rabbitmqctl",
+            &["eval", "is_pid(whereis(rabbit_fifo_dlx_sup))."],
+        )
+        .await
+        .ok()?;
+        if alive.trim() == "true" {
+            return Some(Ok(false));
+        }
+        eprintln!(
+            "chaos: RabbitMQ has lost rabbit_fifo_dlx_sup (quorum queues with at-least-once \
+             dead-lettering cannot be declared): restarting its app"
+        );
+        Some(self.restart_broker(Duration::ZERO).await.map(|()| true))
+    }
+
     async fn start_broker(&self) -> Result<(), String> {
         run_tool("rabbitmqctl", &["start_app"]).await?;
         run_tool("rabbitmqctl", &["await_startup", "--timeout", "60"]).await?;
@@ -113,6 +138,11 @@ impl Drop for Infra {
 
 /// Runs an administration tool; its output only matters when it fails.
 async fn run_tool(program: &str, args: &[&str]) -> Result<(), String> {
+    tool_output(program, args).await.map(drop)
+}
+
+/// Runs an administration tool and returns what it printed.
+async fn tool_output(program: &str, args: &[&str]) -> Result<String, String> {
     let what = format!("{program} {}", args.join(" "));
     let output = Command::new(program)
         .args(args)
@@ -122,7 +152,9 @@ async fn run_tool(program: &str, args: &[&str]) -> Result<(), String> {
     match tokio::time::timeout(TOOL_TIMEOUT, output).await {
         Err(_) => Err(format!("{what}: no answer within {TOOL_TIMEOUT:?}")),
         Ok(Err(e)) => Err(format!("{what}: {e}")),
-        Ok(Ok(out)) if out.status.success() => Ok(()),
+        Ok(Ok(out)) if out.status.success() => {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        }
         Ok(Ok(out)) => Err(format!(
             "{what}: {}: {}{}",
             out.status,

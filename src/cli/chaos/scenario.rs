@@ -67,6 +67,11 @@ impl ChaosArgs {
 
         // Dropped last: whatever happens below, the broker and the database end up running.
         let infra = Arc::new(Infra::detect());
+        if let Some(Err(e)) = infra.heal_broker().await {
+            return Err(CliError::Invalid(format!(
+                "chaos: cannot repair RabbitMQ: {e}"
+            )));
+        }
         let sandbox = Sandbox::create(config).await?;
         eprintln!("chaos: sandbox: {}", sandbox.describe());
         let outcome = execute(
@@ -205,6 +210,14 @@ async fn execute(
     fleet.stop_all().await;
     subscriber.stop().await;
     let restored = infra.ensure_up().await;
+    // Leave the broker able to declare the service's queues, for whoever comes next.
+    match infra.heal_broker().await {
+        Some(Ok(true)) => eprintln!("chaos: RabbitMQ had lost rabbit_fifo_dlx_sup; restarted"),
+        Some(Err(e)) => eprintln!(
+            "chaos: RabbitMQ has lost rabbit_fifo_dlx_sup and could not be restarted: {e}"
+        ),
+        _ => {}
+    }
 
     let (findings, mut problems) = result?;
     let log = std::mem::take(&mut *fault_log.lock().expect("not poisoned"));
