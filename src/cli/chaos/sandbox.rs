@@ -34,7 +34,8 @@ pub struct Sandbox {
 
 impl Sandbox {
     /// Creates the database, seeds it, declares the namespace and binds the subscriber queue
-    /// (before any command is published, so it misses no event).
+    /// (before any command is published, so it misses no event). What a failure leaves
+    /// half-built is removed again.
     pub async fn create(config: &Config) -> Result<Self, CliError> {
         let id = &uuid::Uuid::new_v4().simple().to_string()[..10];
         let database_name = format!("oprun_chaos_{id}");
@@ -45,15 +46,36 @@ impl Sandbox {
         // Dropping needs a connection to another database of the server: the maintenance one.
         url.set_path("postgres");
         let admin_url = url.to_string();
-        store::migrate(&database_url).await?;
-        let pool = store::connect_lazy(&database_url, 4)?;
-        seed_scopes(&pool).await?;
-
         let topology = Topology::new(&format!("chaos_{id}"))?;
-        let subscriber_queue = format!("{}.chaos.subscriber", topology.namespace());
-        let connection = connect(&config.amqp_url, "oprun chaos setup").await?;
+        let sandbox = Self {
+            pool: store::connect_lazy(&database_url, 4)?,
+            database_url,
+            subscriber_queue: format!("{}.chaos.subscriber", topology.namespace()),
+            topology,
+            log_dir: std::env::temp_dir().join(format!("oprun-chaos-{id}")),
+            database_name,
+            admin_url,
+            amqp_url: config.amqp_url.clone(),
+        };
+        match sandbox.set_up().await {
+            Ok(()) => Ok(sandbox),
+            Err(e) => {
+                let description = sandbox.describe();
+                if let Err(cleanup) = sandbox.remove().await {
+                    eprintln!("chaos: could not remove the half-built {description}: {cleanup}");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn set_up(&self) -> Result<(), CliError> {
+        std::fs::create_dir_all(&self.log_dir)?;
+        store::migrate(&self.database_url).await?;
+        seed_scopes(&self.pool).await?;
+        let connection = connect(&self.amqp_url, "oprun chaos setup").await?;
         let channel = connection.create_channel().await?;
-        topology.declare(&channel).await?;
+        self.topology.declare(&channel).await?;
         let mut arguments = FieldTable::default();
         arguments.insert(
             "x-queue-type".into(),
@@ -64,31 +86,19 @@ impl Sandbox {
             ..Default::default()
         };
         channel
-            .queue_declare(subscriber_queue.as_str().into(), durable, arguments)
+            .queue_declare(self.subscriber_queue.as_str().into(), durable, arguments)
             .await?;
         channel
             .queue_bind(
-                subscriber_queue.as_str().into(),
-                topology.events_exchange().into(),
+                self.subscriber_queue.as_str().into(),
+                self.topology.events_exchange().into(),
                 "".into(),
                 QueueBindOptions::default(),
                 FieldTable::default(),
             )
             .await?;
         let _ = connection.close(200, "set up".into()).await;
-
-        let log_dir = std::env::temp_dir().join(format!("oprun-chaos-{id}"));
-        std::fs::create_dir_all(&log_dir)?;
-        Ok(Self {
-            database_url,
-            pool,
-            topology,
-            subscriber_queue,
-            log_dir,
-            database_name,
-            admin_url,
-            amqp_url: config.amqp_url.clone(),
-        })
+        Ok(())
     }
 
     /// Where everything is, for a human.
@@ -105,8 +115,20 @@ impl Sandbox {
     }
 
     /// Deletes the namespace's queues and exchanges, drops the database (closing whatever is
-    /// still connected to it) and removes the logs.
+    /// still connected to it) and removes the logs; whatever does not exist is skipped.
     pub async fn remove(self) -> Result<(), CliError> {
+        // Each part is tried even when another fails; the first failure is returned.
+        let broker = self.remove_namespace().await;
+        self.pool.close().await;
+        let database = self.drop_database().await;
+        let logs = match std::fs::remove_dir_all(&self.log_dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+            _ => Ok(()),
+        };
+        broker.and(database).and(logs)
+    }
+
+    async fn remove_namespace(&self) -> Result<(), CliError> {
         let connection = connect(&self.amqp_url, "oprun chaos teardown").await?;
         let channel = connection.create_channel().await?;
         channel
@@ -117,17 +139,19 @@ impl Sandbox {
             .await?;
         self.topology.delete(&channel).await?;
         let _ = connection.close(200, "torn down".into()).await;
+        Ok(())
+    }
 
-        self.pool.close().await;
+    async fn drop_database(&self) -> Result<(), CliError> {
         let admin = store::connect_lazy(&self.admin_url, 1)?;
-        sqlx::query(&format!(
+        let dropped = sqlx::query(&format!(
             "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
             self.database_name
         ))
         .execute(&admin)
-        .await?;
+        .await;
         admin.close().await;
-        std::fs::remove_dir_all(&self.log_dir)?;
+        dropped?;
         Ok(())
     }
 }
