@@ -1,0 +1,81 @@
+//! The closing line: `chaos: commands=N kills=K broker_restarts=B db_restarts=D lost=0
+//! double_applied=0 duplicate_runs=0 missing_events=0 seconds=S`.
+
+use std::fmt;
+
+/// The figures of the closing line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Figures {
+    /// Distinct commands in the workload.
+    pub commands: u64,
+    /// SIGKILLs sent to service instances.
+    pub kills: u32,
+    /// RabbitMQ restarts.
+    pub broker_restarts: u32,
+    /// PostgreSQL restarts.
+    pub db_restarts: u32,
+    /// See [`super::check::Findings`].
+    pub lost: u64,
+    /// See [`super::check::Findings`].
+    pub double_applied: u64,
+    /// See [`super::check::Findings`].
+    pub duplicate_runs: u64,
+    /// See [`super::check::Findings`].
+    pub missing_events: u64,
+    /// Wall time of the run.
+    pub seconds: u64,
+}
+
+impl Figures {
+    /// True when nothing was lost, applied twice, duplicated or missed.
+    pub fn all_zero(&self) -> bool {
+        self.lost == 0
+            && self.double_applied == 0
+            && self.duplicate_runs == 0
+            && self.missing_events == 0
+    }
+}
+
+impl fmt::Display for Figures {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "chaos: commands={} kills={} broker_restarts={} db_restarts={} lost={} double_applied={} duplicate_runs={} missing_events={} seconds={}",
+            self.commands,
+            self.kills,
+            self.broker_restarts,
+            self.db_restarts,
+            self.lost,
+            self.double_applied,
+            self.duplicate_runs,
+            self.missing_events,
+            self.seconds
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_closing_line_reads_as_specified() {
+        let figures = Figures {
+            commands: 20_007,
+            kills: 4,
+            broker_restarts: 1,
+            db_restarts: 1,
+            lost: 0,
+            double_applied: 0,
+            duplicate_runs: 0,
+            missing_events: 0,
+            seconds: 118,
+        };
+        assert_eq!(
+            figures.to_string(),
+            "chaos: commands=20007 kills=4 broker_restarts=1 db_restarts=1 lost=0 double_applied=0 duplicate_runs=0 missing_events=0 seconds=118"
+        );
+        assert!(figures.all_zero());
+        assert!(!Figures { lost: 1, ..figures }.all_zero());
+    }
+}

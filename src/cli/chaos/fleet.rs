@@ -1,0 +1,161 @@
+//! The service under test: `oprun serve` child processes (this very binary), each with its own
+//! log file. A primary instance runs throughout (killed and restarted); a second one joins for
+//! a stretch. An instance that exits without being killed is a finding, not a fault.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use tokio::process::{Child, Command};
+
+/// `serve` with what a chaos run does not need turned off.
+const SERVE_ARGS: [&str; 7] = [
+    "serve",
+    "--metrics-addr",
+    "off",
+    "--hand-off-jobs",
+    "false",
+    "--reaper-interval-secs",
+    "0",
+];
+
+/// Which instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Runs from start to end, restarted after each kill.
+    Primary,
+    /// Runs for a stretch beside the primary.
+    Second,
+}
+
+struct Instance {
+    child: Child,
+    name: String,
+}
+
+/// The running instances.
+pub struct Fleet {
+    exe: PathBuf,
+    env: Vec<(&'static str, String)>,
+    log_dir: PathBuf,
+    primary: Option<Instance>,
+    second: Option<Instance>,
+    started: u32,
+    /// SIGKILLs sent.
+    pub kills: u32,
+    /// Instances that exited on their own: `name: status`.
+    pub unexpected_exits: Vec<String>,
+}
+
+impl Fleet {
+    /// A fleet of `exe serve` against `database_url`, `amqp_url` and `namespace`, logging to
+    /// files in `log_dir`.
+    pub fn new(
+        exe: PathBuf,
+        database_url: &str,
+        amqp_url: &str,
+        namespace: &str,
+        log_dir: &Path,
+    ) -> Self {
+        Self {
+            exe,
+            env: vec![
+                ("DATABASE_URL", database_url.to_owned()),
+                ("AMQP_URL", amqp_url.to_owned()),
+                ("OPRUN_NAMESPACE", namespace.to_owned()),
+                ("OPRUN_LOG", "warn".to_owned()),
+            ],
+            log_dir: log_dir.to_owned(),
+            primary: None,
+            second: None,
+            started: 0,
+            kills: 0,
+            unexpected_exits: Vec::new(),
+        }
+    }
+
+    /// Starts the instance of `role` (if it is not running); returns its name.
+    pub fn start(&mut self, role: Role) -> std::io::Result<String> {
+        if let Some(running) = self.slot(role) {
+            return Ok(running.name.clone());
+        }
+        self.started += 1;
+        let name = format!(
+            "{}-{}",
+            match role {
+                Role::Primary => "primary",
+                Role::Second => "second",
+            },
+            self.started
+        );
+        let log = File::create(self.log_dir.join(format!("{name}.log")))?;
+        let child = Command::new(&self.exe)
+            .args(SERVE_ARGS)
+            .envs(self.env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            // If this run dies, its instances must not outlive it.
+            .kill_on_drop(true)
+            .spawn()?;
+        let instance = Instance {
+            child,
+            name: name.clone(),
+        };
+        match role {
+            Role::Primary => self.primary = Some(instance),
+            Role::Second => self.second = Some(instance),
+        }
+        Ok(name)
+    }
+
+    /// SIGKILLs the instance of `role` and waits for it; its name, or `None` if none ran.
+    pub async fn kill(&mut self, role: Role) -> Option<String> {
+        let mut instance = match role {
+            Role::Primary => self.primary.take(),
+            Role::Second => self.second.take(),
+        }?;
+        let _ = instance.child.start_kill();
+        let _ = instance.child.wait().await;
+        self.kills += 1;
+        Some(instance.name)
+    }
+
+    /// Notices instances that exited on their own (recorded in `unexpected_exits`) and returns
+    /// the roles that are no longer running.
+    pub fn reap(&mut self) -> Vec<Role> {
+        let mut gone = Vec::new();
+        for role in [Role::Primary, Role::Second] {
+            let slot = match role {
+                Role::Primary => &mut self.primary,
+                Role::Second => &mut self.second,
+            };
+            let Some(instance) = slot else { continue };
+            if let Ok(Some(status)) = instance.child.try_wait() {
+                self.unexpected_exits
+                    .push(format!("{} exited by itself: {status}", instance.name));
+                *slot = None;
+                gone.push(role);
+            }
+        }
+        gone
+    }
+
+    /// Stops every instance (SIGKILL; not counted as a fault).
+    pub async fn stop_all(&mut self) {
+        for mut instance in [self.primary.take(), self.second.take()]
+            .into_iter()
+            .flatten()
+        {
+            let _ = instance.child.start_kill();
+            let _ = instance.child.wait().await;
+        }
+    }
+
+    fn slot(&self, role: Role) -> Option<&Instance> {
+        match role {
+            Role::Primary => self.primary.as_ref(),
+            Role::Second => self.second.as_ref(),
+        }
+    }
+}

@@ -1,0 +1,41 @@
+//! `oprun chaos`: the fault-injection run (issue 5). Against the local broker and database, in a
+//! namespace and database of its own, it publishes a seeded workload while killing the service,
+//! restarting the broker and the database and running a second instance, then checks that
+//! nothing was lost, applied twice, duplicated or left unpublished.
+//!
+//! Reading order:
+//!
+//! - [`scenario`]: the flags and the run from set-up to clean-up; [`drive`]: the phases;
+//!   [`figures`]: the closing line.
+//! - [`workload`]: the seeded plan of commands and what each run must end up as (pure), worded
+//!   by [`dispatches`], [`steps`] and [`bad_messages`]; [`shuffled_json`] writes the bodies
+//!   with keys in random order.
+//! - [`sandbox`]: the run's own database and namespace, created and removed.
+//! - [`fleet`]: the `oprun serve` child processes (start, SIGKILL, watch).
+//! - [`faults`]: the fault plan and its injection; [`infra`] restarts the broker and the
+//!   database, and brings them back whatever happens.
+//! - [`publisher`] and [`subscriber`]: the producer and the event subscriber, both surviving a
+//!   broker restart (at-least-once in both directions).
+//! - [`progress`]: how far the service has got, which paces publishing and the faults.
+//! - [`quiescence`]: waiting until everything has settled, with a deadline.
+//! - [`check`]: the checks behind the closing figures.
+
+pub mod bad_messages;
+pub mod check;
+pub mod dispatches;
+pub mod drive;
+pub mod faults;
+pub mod figures;
+pub mod fleet;
+pub mod infra;
+pub mod progress;
+pub mod publisher;
+pub mod quiescence;
+pub mod sandbox;
+pub mod scenario;
+pub mod shuffled_json;
+pub mod steps;
+pub mod subscriber;
+pub mod workload;
+
+pub use scenario::ChaosArgs;

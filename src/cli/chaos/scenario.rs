@@ -1,0 +1,265 @@
+//! The chaos run, start to end: set up the sandbox, start the service, the subscriber and the
+//! faults, drive the workload (see [`super::drive`]), stop everything it started, print the
+//! closing line, and clean up (or keep everything for inspection when a check failed or
+//! `--keep` asks).
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::check::Findings;
+use super::drive::Run;
+use super::faults::{self, FaultLog};
+use super::figures::Figures;
+use super::fleet::{Fleet, Role};
+use super::infra::Infra;
+use super::progress::Progress;
+use super::sandbox::Sandbox;
+use super::subscriber::{Received, Subscriber};
+use super::workload::Workload;
+use crate::cli::CliError;
+use crate::config::Config;
+
+/// Everything, checks included, must be done by then: CI allows ten minutes.
+const BUDGET: Duration = Duration::from_secs(540);
+/// The fault plan's seed is the workload's, salted, so each can change without moving the other.
+const FAULT_SEED_SALT: u64 = 0x0063_6861_6f73;
+/// How often a progress line is printed.
+const REPORT_EVERY: Duration = Duration::from_secs(10);
+
+/// Arguments of `oprun chaos`.
+#[derive(Debug, clap::Args)]
+pub struct ChaosArgs {
+    /// Commands in the workload (distinct command ids, the deliberately bad ones included).
+    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(500..))]
+    pub commands: u64,
+
+    /// Seed of the workload and the fault plan (random when absent; printed either way).
+    #[arg(long)]
+    pub seed: Option<u64>,
+
+    /// Keep the database and the namespace afterwards (they are always kept when a check fails).
+    #[arg(long)]
+    pub keep: bool,
+}
+
+impl ChaosArgs {
+    /// Runs the whole scenario; `Err` when any figure is not 0 or the run itself failed.
+    pub async fn run(self, config: &Config) -> Result<(), CliError> {
+        let started = Instant::now();
+        let deadline = started + BUDGET;
+        let seed = self.seed.unwrap_or_else(rand::random);
+        let mut rng = StdRng::seed_from_u64(seed);
+        let workload = Workload::generate(self.commands, &mut rng);
+        let plan = faults::plan(&mut StdRng::seed_from_u64(seed ^ FAULT_SEED_SALT));
+        eprintln!(
+            "chaos: seed {seed} (rerun with --seed {seed}); {} commands: {} dispatches of {} identities, {} progress, {} bad",
+            workload.command_count(),
+            workload.dispatches.len(),
+            workload.identities.len(),
+            workload.runs.iter().map(|r| r.steps.len()).sum::<usize>(),
+            workload.bad.len()
+        );
+
+        // Dropped last: whatever happens below, the broker and the database end up running.
+        let infra = Arc::new(Infra::detect());
+        if let Some(Err(e)) = infra.heal_broker().await {
+            return Err(CliError::Invalid(format!(
+                "chaos: cannot repair RabbitMQ: {e}"
+            )));
+        }
+        let sandbox = Sandbox::create(config).await?;
+        eprintln!("chaos: sandbox: {}", sandbox.describe());
+        let outcome = execute(
+            config, &sandbox, &workload, plan, &infra, &mut rng, deadline,
+        )
+        .await;
+        let outcome = match outcome {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                eprintln!("chaos: kept for inspection: {}", sandbox.describe());
+                return Err(e);
+            }
+        };
+        let mut figures = Figures {
+            commands: workload.command_count(),
+            kills: outcome.kills,
+            broker_restarts: outcome.broker_restarts,
+            db_restarts: outcome.db_restarts,
+            lost: outcome.findings.lost,
+            double_applied: outcome.findings.double_applied,
+            duplicate_runs: outcome.findings.duplicate_runs,
+            missing_events: outcome.findings.missing_events,
+            seconds: 0,
+        };
+        for line in &outcome.findings.notes {
+            eprintln!("chaos: finding: {line}");
+        }
+        for line in &outcome.problems {
+            eprintln!("chaos: problem: {line}");
+        }
+        let clean = figures.all_zero() && outcome.problems.is_empty();
+        if clean && !self.keep {
+            let description = sandbox.describe();
+            if let Err(e) = sandbox.remove().await {
+                eprintln!("chaos: could not remove {description}: {e}");
+            }
+        } else {
+            eprintln!("chaos: kept for inspection: {}", sandbox.describe());
+        }
+        figures.seconds = started.elapsed().as_secs();
+        println!("{figures}");
+        if clean {
+            Ok(())
+        } else {
+            Err(CliError::Invalid(format!(
+                "chaos: the run failed ({} finding(s), {} problem(s)); see the lines above",
+                outcome.findings.notes.len(),
+                outcome.problems.len()
+            )))
+        }
+    }
+}
+
+/// What a run found and did.
+struct Outcome {
+    findings: Findings,
+    /// Failures outside the figures: faults not injected, instances that died on their own,
+    /// a quiescence that never came, the broker or the database not back.
+    problems: Vec<String>,
+    kills: u32,
+    broker_restarts: u32,
+    db_restarts: u32,
+}
+
+/// Starts the service, the subscriber and the faults, drives the workload and checks; stops
+/// everything it started and brings the broker and the database back, whatever happened.
+async fn execute(
+    config: &Config,
+    sandbox: &Sandbox,
+    workload: &Workload,
+    plan: Vec<faults::PlannedFault>,
+    infra: &Arc<Infra>,
+    rng: &mut StdRng,
+    deadline: Instant,
+) -> Result<Outcome, CliError> {
+    let fleet = Arc::new(tokio::sync::Mutex::new(Fleet::new(
+        std::env::current_exe()?,
+        &sandbox.database_url,
+        &config.amqp_url,
+        sandbox.topology.namespace(),
+        &sandbox.log_dir,
+    )));
+    let subscriber = Subscriber::spawn(&config.amqp_url, &sandbox.subscriber_queue);
+    let stop = CancellationToken::new();
+    let progress = Progress::new(workload.good_count());
+    let poller = progress.spawn_poller(sandbox.pool.clone(), stop.clone());
+    let fault_log = Arc::new(Mutex::new(FaultLog::default()));
+    let planned_kills = plan.iter().filter(|p| p.fault.is_kill()).count() as u32;
+    let plan_len = plan.len();
+    // From here on SIGINT and SIGTERM end the run through the clean-up below.
+    let interrupted = CancellationToken::new();
+    tokio::spawn(crate::cli::cancel_on_signal(interrupted.clone()));
+
+    let started_primary = fleet.lock().await.start(Role::Primary);
+    let result = match started_primary {
+        Err(e) => Err(CliError::Io(e)),
+        Ok(_) => {
+            let injector = tokio::spawn(faults::inject(
+                plan,
+                fleet.clone(),
+                infra.clone(),
+                progress.clone(),
+                fault_log.clone(),
+                stop.clone(),
+            ));
+            let reporter = tokio::spawn(report(
+                progress.clone(),
+                subscriber.received.clone(),
+                fleet.clone(),
+                stop.clone(),
+            ));
+            let mut run = Run::new(
+                config,
+                sandbox,
+                workload,
+                &progress,
+                &subscriber.received,
+                deadline,
+            );
+            let faults_left = || plan_len - fault_log.lock().expect("not poisoned").injected;
+            let result = tokio::select! {
+                r = run.drive(rng, faults_left) => r,
+                _ = interrupted.cancelled() => Err(CliError::Invalid("chaos: interrupted".into())),
+            };
+            let result = result.map(|f| (f, run.take_problems()));
+            // The injector finishes the fault in hand (a restart is completed, not abandoned).
+            stop.cancel();
+            let _ = injector.await;
+            let _ = reporter.await;
+            result
+        }
+    };
+    stop.cancel();
+    let _ = poller.await;
+    let mut fleet = fleet.lock().await;
+    fleet.stop_all().await;
+    subscriber.stop().await;
+    let restored = infra.ensure_up().await;
+    // Leave the broker able to declare the service's queues, for whoever comes next.
+    match infra.heal_broker().await {
+        Some(Ok(true)) => eprintln!("chaos: RabbitMQ had lost rabbit_fifo_dlx_sup; restarted"),
+        Some(Err(e)) => eprintln!(
+            "chaos: RabbitMQ has lost rabbit_fifo_dlx_sup and could not be restarted: {e}"
+        ),
+        _ => {}
+    }
+
+    let (findings, mut problems) = result?;
+    let log = std::mem::take(&mut *fault_log.lock().expect("not poisoned"));
+    problems.extend(log.problems);
+    problems.extend(fleet.unexpected_exits.iter().cloned());
+    problems.extend(findings.problems.iter().cloned());
+    if let Err(e) = restored {
+        problems.push(format!("the broker or the database is not back up: {e}"));
+    }
+    if fleet.kills < planned_kills || log.broker_restarts < 1 || log.db_restarts < 1 {
+        problems.push(format!(
+            "fewer faults than planned: {} of {planned_kills} kills, {} broker and {} database restarts",
+            fleet.kills, log.broker_restarts, log.db_restarts
+        ));
+    }
+    Ok(Outcome {
+        findings,
+        problems,
+        kills: fleet.kills,
+        broker_restarts: log.broker_restarts,
+        db_restarts: log.db_restarts,
+    })
+}
+
+/// Prints a progress line every [`REPORT_EVERY`] until `stop`.
+async fn report(
+    progress: Progress,
+    received: Arc<Received>,
+    fleet: Arc<tokio::sync::Mutex<Fleet>>,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(REPORT_EVERY) => {}
+            _ = stop.cancelled() => return,
+        }
+        let kills = fleet.lock().await.kills;
+        eprintln!(
+            "chaos: processed {} ({:.0}%), events received {}, kills {kills}",
+            progress.processed(),
+            progress.fraction() * 100.0,
+            received.distinct()
+        );
+    }
+}

@@ -1,0 +1,173 @@
+//! Phase 2: each run's progress commands, planned (a start, 3 to 6 increments, 0 to 2 failure
+//! appends, a completion, sometimes a stale start after it) and worded for the run's id once
+//! it is known.
+
+use rand::rngs::StdRng;
+use rand::seq::IndexedRandom;
+use rand::Rng;
+use serde_json::{json, Value};
+
+use super::shuffled_json::to_shuffled_string;
+use super::workload::{
+    Counts, Identity, Message, PlannedFailure, PlannedRun, Step, StepAction, TWICE,
+};
+use crate::domain::summary_counts::SUMMARY_COUNT_KEYS;
+use crate::domain::RunOutcome;
+
+/// Share of runs that also get a start report after their completion.
+const LATE_START: f64 = 0.1;
+
+/// The message of `step` for run `run_id` of `identity`, keys in random order.
+pub(super) fn progress_message(
+    step: &Step,
+    run_id: i64,
+    identity: &Identity,
+    rng: &mut StdRng,
+) -> Message {
+    let mut body = json!({
+        "command_id": step.command_id,
+        "run_id": run_id,
+        "workspace_id": identity.workspace_id,
+        "tenant_id": identity.tenant_id,
+    });
+    let fields = body.as_object_mut().expect("an object");
+    let kind = match &step.action {
+        StepAction::Start => {
+            fields.insert("status".into(), json!("running"));
+            "update_run"
+        }
+        StepAction::Increment(counts) => {
+            fields.insert("counts".into(), json!(counts));
+            "increment_summary_counts"
+        }
+        StepAction::AppendFailures(failures) => {
+            fields.insert("failures".into(), failures_json(failures));
+            "append_failures"
+        }
+        StepAction::Complete {
+            outcome,
+            counts,
+            failures,
+        } => {
+            // An outcome alone also means completion: both wordings are valid.
+            if rng.random_bool(0.5) {
+                fields.insert("status".into(), json!("completed"));
+            }
+            fields.insert("outcome".into(), json!(outcome.as_str()));
+            if !counts.is_empty() {
+                fields.insert("summary_counts".into(), json!(counts));
+            }
+            if !failures.is_empty() {
+                fields.insert("failures".into(), failures_json(failures));
+            }
+            "update_run"
+        }
+    };
+    fields.insert("kind".into(), json!(kind));
+    Message {
+        routing_key: kind,
+        body: to_shuffled_string(&body, rng).into_bytes(),
+        message_id: step.command_id.clone(),
+        fresh: true,
+    }
+}
+
+fn failures_json(failures: &[PlannedFailure]) -> Value {
+    failures
+        .iter()
+        .map(|f| json!({"code": f.code, "message": f.message, "item": f.item}))
+        .collect()
+}
+
+/// The progress commands of run `i`: a start, 3 to 6 increments with 0 to 2 failure appends
+/// among them, a completion (sometimes with counts and a failure of its own) and sometimes a
+/// late start; each one published twice with probability [`TWICE`].
+pub(super) fn plan_run(i: usize, rng: &mut StdRng) -> PlannedRun {
+    let mut actions = Vec::new();
+    for _ in 0..rng.random_range(3..=6) {
+        actions.push(StepAction::Increment(random_counts(rng)));
+    }
+    for _ in 0..rng.random_range(0..=2) {
+        let at = rng.random_range(0..=actions.len());
+        actions.insert(at, StepAction::AppendFailures(Vec::new()));
+    }
+    actions.insert(0, StepAction::Start);
+    let outcome = *[
+        RunOutcome::Succeeded,
+        RunOutcome::PartiallySucceeded,
+        RunOutcome::Failed,
+        RunOutcome::Blocked,
+    ]
+    .choose(rng)
+    .expect("not empty");
+    let counts = if rng.random_bool(0.3) {
+        random_counts(rng)
+    } else {
+        Counts::new()
+    };
+    let with_failure = rng.random_bool(0.1);
+    actions.push(StepAction::Complete {
+        outcome,
+        counts,
+        failures: Vec::new(),
+    });
+    if rng.random_bool(LATE_START) {
+        // A start report that arrives after the completion (a slow executor thread): it must be
+        // accounted for and ignored as stale, changing nothing.
+        actions.push(StepAction::Start);
+    }
+    let steps = actions
+        .into_iter()
+        .enumerate()
+        .map(|(s, mut action)| {
+            let command_id = format!("p-{i}-{s}");
+            match &mut action {
+                StepAction::AppendFailures(f) => {
+                    *f = random_failures(&command_id, rng.random_range(1..=2), rng)
+                }
+                StepAction::Complete { failures, .. } if with_failure => {
+                    *failures = random_failures(&command_id, 1, rng)
+                }
+                _ => {}
+            }
+            Step {
+                command_id,
+                action,
+                twice: rng.random_bool(TWICE),
+            }
+        })
+        .collect();
+    PlannedRun { steps }
+}
+
+fn random_counts(rng: &mut StdRng) -> Counts {
+    let keys = rng.random_range(1..=3);
+    let chosen: Vec<&'static str> = SUMMARY_COUNT_KEYS
+        .choose_multiple(rng, keys)
+        .copied()
+        .collect();
+    chosen
+        .into_iter()
+        .map(|k| (k, rng.random_range(1..=40)))
+        .collect()
+}
+
+fn random_failures(command_id: &str, n: usize, rng: &mut StdRng) -> Vec<PlannedFailure> {
+    (0..n)
+        .map(|j| {
+            let item = format!("{command_id}#{j}");
+            PlannedFailure {
+                code: [
+                    "graph.throttled",
+                    "item.invalid",
+                    "policy.conflict",
+                    "timeout",
+                ]
+                .choose(rng)
+                .expect("not empty"),
+                message: format!("item {item} could not be processed"),
+                item,
+            }
+        })
+        .collect()
+}

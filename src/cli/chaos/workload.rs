@@ -1,0 +1,414 @@
+//! The workload: a seeded plan of commands, and what every run must end up as. Pure: no I/O.
+//! How each part is worded lives next door: [`super::dispatches`] (phase 1),
+//! [`super::steps`] (phase 2) and [`super::bad_messages`].
+//!
+//! Phase 1 dispatches every identity once or several times: about 30% of all dispatches are
+//! duplicates (same identity, new command id, keys in another order, other non-identity context,
+//! `scheduled_for` written in another time zone). Phase 2 drives each run: a start, 3 to 6 count
+//! increments, 0 to 2 failure appends and a completion, each with its own command id, and for
+//! one run in ten a start that comes after the completion (stale). About 5% of
+//! all messages are published twice with the same command id and body. A few deliberately bad
+//! messages are mixed in; they are the only ones allowed in the dead-letter queue.
+
+use std::collections::BTreeMap;
+
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::Rng;
+
+use super::bad_messages::bad_messages;
+use super::dispatches::{dispatch_body, dispatch_contexts, identity_for};
+use super::steps::{plan_run, progress_message};
+use crate::domain::{OperationRunType, RunIdentityHash, RunOutcome};
+
+/// Workspaces `1..=WORKSPACES` are seeded.
+pub const WORKSPACES: i64 = 4;
+/// Tenants `FIRST_TENANT..FIRST_TENANT + TENANTS` are seeded, spread over the workspaces.
+pub const FIRST_TENANT: i64 = 101;
+/// How many tenants are seeded.
+pub const TENANTS: i64 = 16;
+/// Users `1..=USERS` are seeded.
+pub const USERS: i64 = 3;
+
+/// Share of messages published a second time, same command id and body.
+pub(super) const TWICE: f64 = 0.05;
+/// Runs driven at once in phase 2: runs start and complete all along the phase, not only at
+/// its end.
+const ACTIVE_RUNS: usize = 150;
+/// How far (in messages) a second copy may trail its original.
+const COPY_LAG: f64 = 800.0;
+
+/// The workspace tenant `tenant_id` belongs to.
+pub fn tenant_workspace(tenant_id: i64) -> i64 {
+    (tenant_id - FIRST_TENANT) % WORKSPACES + 1
+}
+
+/// A message to publish to `N.commands`.
+#[derive(Debug, Clone)]
+pub struct Message {
+    /// The routing key (the command kind).
+    pub routing_key: &'static str,
+    /// The body, as sent.
+    pub body: Vec<u8>,
+    /// The AMQP `message_id` (the command id).
+    pub message_id: String,
+    /// False for a deliberate second copy and for bad messages: only fresh messages count as
+    /// new work for the service.
+    pub fresh: bool,
+}
+
+/// One run identity: what the dispatches of it have in common.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// The operation type.
+    pub run_type: OperationRunType,
+    /// The workspace.
+    pub workspace_id: i64,
+    /// The tenant, `None` for a workspace-scoped run.
+    pub tenant_id: Option<i64>,
+    /// Its hash, as the service computes it.
+    pub hash: RunIdentityHash,
+}
+
+/// One dispatch command of an identity, already worded.
+#[derive(Debug, Clone)]
+pub struct PlannedDispatch {
+    /// Index into [`Workload::identities`].
+    pub identity: usize,
+    /// Its command id.
+    pub command_id: String,
+    /// The body text.
+    pub body: String,
+    /// Published twice.
+    pub twice: bool,
+}
+
+/// Summary count increments.
+pub type Counts = BTreeMap<&'static str, u64>;
+
+/// One failure entry sent; `item` is unique, so the stored summary shows whether it was
+/// appended once.
+#[derive(Debug, Clone)]
+pub struct PlannedFailure {
+    /// Its code.
+    pub code: &'static str,
+    /// Its message.
+    pub message: String,
+    /// Its unique item reference.
+    pub item: String,
+}
+
+/// What a progress command asks for.
+#[derive(Debug, Clone)]
+pub enum StepAction {
+    /// `update_run` to running.
+    Start,
+    /// `increment_summary_counts`.
+    Increment(Counts),
+    /// `append_failures`.
+    AppendFailures(Vec<PlannedFailure>),
+    /// `update_run` to completed, with some counts and failures of its own.
+    Complete {
+        /// The outcome.
+        outcome: RunOutcome,
+        /// Increments carried by the completion.
+        counts: Counts,
+        /// Failures carried by the completion.
+        failures: Vec<PlannedFailure>,
+    },
+}
+
+/// One progress command of a run.
+#[derive(Debug, Clone)]
+pub struct Step {
+    /// Its command id.
+    pub command_id: String,
+    /// What it asks for.
+    pub action: StepAction,
+    /// Published twice.
+    pub twice: bool,
+}
+
+/// The progress commands of one run, in the order an executor would send them.
+#[derive(Debug, Clone)]
+pub struct PlannedRun {
+    /// The steps.
+    pub steps: Vec<Step>,
+}
+
+/// A message that must be dead-lettered, with the reason it must carry.
+#[derive(Debug, Clone)]
+pub struct BadMessage {
+    /// Its command id (body field or `message_id`).
+    pub command_id: String,
+    /// The error code the dead letter must carry.
+    pub expected_code: &'static str,
+    /// The message.
+    pub message: Message,
+}
+
+/// The whole plan.
+#[derive(Debug, Clone)]
+pub struct Workload {
+    /// The identities; run `i` belongs to identity `i`.
+    pub identities: Vec<Identity>,
+    /// Every dispatch, grouped by identity.
+    pub dispatches: Vec<PlannedDispatch>,
+    /// One run per identity.
+    pub runs: Vec<PlannedRun>,
+    /// The deliberately bad messages.
+    pub bad: Vec<BadMessage>,
+}
+
+impl Workload {
+    /// A workload of at least `commands` distinct command ids, drawn from `rng`.
+    pub fn generate(commands: u64, rng: &mut StdRng) -> Self {
+        let mut workload = Workload {
+            identities: Vec::new(),
+            dispatches: Vec::new(),
+            runs: Vec::new(),
+            bad: Vec::new(),
+        };
+        workload.bad = bad_messages(rng);
+        let mut total = workload.bad.len() as u64;
+        while total < commands {
+            let i = workload.identities.len();
+            let (run_type, contexts) = dispatch_contexts(i, rng);
+            let identity = identity_for(i, run_type, &contexts[0], rng);
+            for (k, context) in contexts.iter().enumerate() {
+                let command_id = format!("d-{i}-{k}");
+                let body = dispatch_body(&identity, &command_id, context, rng);
+                workload.dispatches.push(PlannedDispatch {
+                    identity: i,
+                    command_id,
+                    body,
+                    twice: rng.random_bool(TWICE),
+                });
+            }
+            let run = plan_run(i, rng);
+            total += (contexts.len() + run.steps.len()) as u64;
+            workload.identities.push(identity);
+            workload.runs.push(run);
+        }
+        workload
+    }
+
+    /// Distinct command ids in the plan (bad ones included).
+    pub fn command_count(&self) -> u64 {
+        let steps: usize = self.runs.iter().map(|r| r.steps.len()).sum();
+        (self.dispatches.len() + steps + self.bad.len()) as u64
+    }
+
+    /// Distinct command ids the service should apply (all but the bad ones).
+    pub fn good_count(&self) -> u64 {
+        self.command_count() - self.bad.len() as u64
+    }
+
+    /// Phase 1: every dispatch in random order, second copies trailing their originals.
+    pub fn dispatch_messages(&self, rng: &mut StdRng) -> Vec<Message> {
+        let mut items: Vec<(Message, bool)> = self
+            .dispatches
+            .iter()
+            .map(|d| {
+                let message = Message {
+                    routing_key: "dispatch",
+                    body: d.body.clone().into_bytes(),
+                    message_id: d.command_id.clone(),
+                    fresh: true,
+                };
+                (message, d.twice)
+            })
+            .collect();
+        items.shuffle(rng);
+        with_copies(items, rng)
+    }
+
+    /// Phase 2: the steps of every run that has an id (`run_ids[i]` for identity `i`), runs
+    /// interleaved but each in its own order, bad messages mixed in, second copies trailing.
+    pub fn progress_messages(&self, run_ids: &[Option<i64>], rng: &mut StdRng) -> Vec<Message> {
+        let mut order: Vec<usize> = (0..self.runs.len())
+            .filter(|i| run_ids[*i].is_some())
+            .collect();
+        order.shuffle(rng);
+        let mut waiting = order.into_iter();
+        let mut active: Vec<(usize, usize)> =
+            waiting.by_ref().take(ACTIVE_RUNS).map(|i| (i, 0)).collect();
+        let mut items = Vec::new();
+        while !active.is_empty() {
+            let k = rng.random_range(0..active.len());
+            let (i, s) = active[k];
+            let step = &self.runs[i].steps[s];
+            let run_id = run_ids[i].expect("only runs with ids are active");
+            let message = progress_message(step, run_id, &self.identities[i], rng);
+            items.push((message, step.twice));
+            if s + 1 < self.runs[i].steps.len() {
+                active[k].1 += 1;
+            } else {
+                active.swap_remove(k);
+                active.extend(waiting.next().map(|next| (next, 0)));
+            }
+        }
+        for bad in &self.bad {
+            let at = rng.random_range(0..=items.len());
+            items.insert(at, (bad.message.clone(), false));
+        }
+        with_copies(items, rng)
+    }
+}
+
+impl PlannedRun {
+    /// The sum of every count increment sent (each command once).
+    pub fn expected_counts(&self) -> BTreeMap<String, u64> {
+        let mut sum = BTreeMap::new();
+        for step in &self.steps {
+            let counts = match &step.action {
+                StepAction::Increment(c) | StepAction::Complete { counts: c, .. } => c,
+                _ => continue,
+            };
+            for (k, v) in counts {
+                *sum.entry((*k).to_owned()).or_insert(0) += v;
+            }
+        }
+        sum
+    }
+
+    /// The item of every failure sent (each must be stored exactly once).
+    pub fn expected_failure_items(&self) -> Vec<&str> {
+        self.steps
+            .iter()
+            .flat_map(|step| match &step.action {
+                StepAction::AppendFailures(f) | StepAction::Complete { failures: f, .. } => {
+                    f.as_slice()
+                }
+                _ => &[],
+            })
+            .map(|f| f.item.as_str())
+            .collect()
+    }
+
+    /// The outcome of its completion.
+    pub fn outcome(&self) -> RunOutcome {
+        self.steps
+            .iter()
+            .find_map(|step| match step.action {
+                StepAction::Complete { outcome, .. } => Some(outcome),
+                _ => None,
+            })
+            .expect("every planned run completes")
+    }
+}
+
+/// Appends a copy of every flagged message at a random later position.
+fn with_copies(items: Vec<(Message, bool)>, rng: &mut StdRng) -> Vec<Message> {
+    let mut keyed: Vec<(f64, Message)> = Vec::with_capacity(items.len() * 21 / 20);
+    for (i, (message, twice)) in items.into_iter().enumerate() {
+        if twice {
+            let copy = Message {
+                fresh: false,
+                ..message.clone()
+            };
+            keyed.push((i as f64 + rng.random_range(0.5..COPY_LAG), copy));
+        }
+        keyed.push((i as f64, message));
+    }
+    keyed.sort_by(|a, b| a.0.total_cmp(&b.0));
+    keyed.into_iter().map(|(_, m)| m).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{decode_command, CommandAction};
+    use rand::SeedableRng;
+    use std::collections::{HashMap, HashSet};
+
+    fn workload(seed: u64) -> Workload {
+        Workload::generate(3000, &mut StdRng::seed_from_u64(seed))
+    }
+
+    #[test]
+    fn the_plan_has_the_requested_size_and_about_30_percent_duplicate_dispatches() {
+        let w = workload(1);
+        assert!(w.command_count() >= 3000 && w.command_count() < 3020);
+        let duplicates = w.dispatches.len() - w.identities.len();
+        let share = duplicates as f64 / w.dispatches.len() as f64;
+        assert!((0.2..0.4).contains(&share), "duplicate share {share}");
+    }
+
+    #[test]
+    fn every_dispatch_decodes_to_its_identity_and_every_command_id_is_unique() {
+        let w = workload(2);
+        let mut ids = HashSet::new();
+        for d in &w.dispatches {
+            assert!(ids.insert(d.command_id.clone()));
+            let c = decode_command(d.body.as_bytes(), None).unwrap();
+            let CommandAction::Dispatch(decoded) = c.action else {
+                panic!("not a dispatch")
+            };
+            assert_eq!(decoded.identity_hash, w.identities[d.identity].hash);
+        }
+        for step in w.runs.iter().flat_map(|r| &r.steps) {
+            assert!(ids.insert(step.command_id.clone()));
+        }
+        for bad in &w.bad {
+            assert!(ids.insert(bad.command_id.clone()));
+        }
+        assert_eq!(ids.len() as u64, w.command_count());
+    }
+
+    #[test]
+    fn progress_messages_decode_keep_each_runs_order_and_bad_ones_are_refused() {
+        let w = workload(3);
+        let run_ids: Vec<Option<i64>> = (0..w.runs.len()).map(|i| Some(i as i64 + 1)).collect();
+        let messages = w.progress_messages(&run_ids, &mut StdRng::seed_from_u64(4));
+        let bad: HashMap<&str, &str> = w
+            .bad
+            .iter()
+            .map(|b| (b.command_id.as_str(), b.expected_code))
+            .collect();
+        let mut last_step: HashMap<i64, usize> = HashMap::new();
+        let mut seen = HashSet::new();
+        for m in &messages {
+            let decoded = decode_command(&m.body, Some(&m.message_id));
+            if let Some(code) = bad.get(m.message_id.as_str()) {
+                if *code != "run_not_found" {
+                    assert_eq!(decoded.unwrap_err().code.as_str(), *code);
+                }
+                continue;
+            }
+            let c = decoded.unwrap();
+            assert_eq!(c.kind.as_str(), m.routing_key);
+            let step: usize = m.message_id.rsplit('-').next().unwrap().parse().unwrap();
+            if seen.insert(m.message_id.clone()) {
+                let run = c.run_id().unwrap();
+                let previous = last_step.insert(run, step);
+                assert!(previous.is_none_or(|p| p + 1 == step), "order of run {run}");
+            }
+        }
+        let steps: usize = w.runs.iter().map(|r| r.steps.len()).sum();
+        assert_eq!(seen.len(), steps);
+        assert!(messages.len() > steps + w.bad.len(), "some are sent twice");
+    }
+
+    #[test]
+    fn the_same_seed_gives_the_same_plan() {
+        let (a, b) = (workload(9), workload(9));
+        let bodies = |w: &Workload| {
+            w.dispatches
+                .iter()
+                .map(|d| d.body.clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(bodies(&a), bodies(&b));
+        assert_eq!(
+            a.runs
+                .iter()
+                .map(|r| r.expected_counts())
+                .collect::<Vec<_>>(),
+            b.runs
+                .iter()
+                .map(|r| r.expected_counts())
+                .collect::<Vec<_>>()
+        );
+    }
+}
