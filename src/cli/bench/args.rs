@@ -1,0 +1,270 @@
+//! `oprun bench`'s flags and the order of its phases.
+
+use std::time::{Duration, Instant};
+
+use lapin::options::{QueueBindOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::{Channel, Connection};
+
+use super::baseline;
+use super::driver::{drive, Pace};
+use super::instances::{Instances, ServeTunables};
+use super::report::{Phase, Report};
+use super::sandbox::Sandbox;
+use super::usage;
+use super::workload;
+use crate::broker::connection::connect;
+use crate::cli::CliError;
+use crate::config::Config;
+
+/// How long clean-up keeps retrying.
+const CLEAN_UP_DEADLINE: Duration = Duration::from_secs(60);
+
+/// Arguments of `oprun bench`.
+///
+/// Defaults: 20,000 commands (about 3,100 runs; the whole bench takes one to two minutes on a
+/// 2-core machine), one instance, the steady phase at half the measured rate for at most
+/// 30 seconds, the service's own defaults for prefetch, batching and pool size. The targets are
+/// judged with `--commands 50000`.
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// Commands of the service workload (and messages of the baseline).
+    #[arg(long = "commands", default_value_t = 20_000)]
+    pub commands: usize,
+    /// Commands per second of the steady phase (default: half the measured service rate).
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// `oprun serve` instances.
+    #[arg(long, default_value_t = 1)]
+    pub instances: usize,
+    /// Longest the steady phase publishes, in seconds (it sends at most `--commands` commands).
+    #[arg(long, default_value_t = 30)]
+    pub steady_secs: u64,
+    /// Commands published and not yet accounted for (reply or event), at most, in the baseline
+    /// and the service phase (default: 4 × prefetch × instances).
+    #[arg(long)]
+    pub in_flight: Option<u64>,
+    /// Keep the database and the topology at the end (for inspection).
+    #[arg(long)]
+    pub keep: bool,
+    #[command(flatten)]
+    tunables: ServeTunables,
+}
+
+impl BenchArgs {
+    /// Runs the bench: prints the table on stdout, then the JSON line as the last line.
+    pub async fn run(self, config: &Config) -> Result<(), CliError> {
+        if self.commands == 0 || self.instances == 0 {
+            return Err(CliError::Invalid(
+                "--commands and --instances must be positive".into(),
+            ));
+        }
+        if self.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
+            return Err(CliError::Invalid("--rate must be positive".into()));
+        }
+        let connection = connect(&config.amqp_url, "oprun bench").await?;
+        let admin = connection.create_channel().await?;
+        let mut sandbox = Sandbox::create(config, &admin).await?;
+        eprintln!(
+            "bench: database and namespace {} ({} commands, {} instance(s))",
+            sandbox.name, self.commands, self.instances
+        );
+        let measured = self.phases(config, &connection, &admin, &mut sandbox).await;
+        let _ = connection.close(200, "bench done".into()).await;
+        if self.keep {
+            eprintln!("bench: kept database and namespace {}", sandbox.name);
+        } else {
+            clean_up(config, &sandbox).await;
+        }
+        let report = measured?;
+        print!("{}", report.table());
+        println!("{}", report.json_line());
+        Ok(())
+    }
+
+    async fn phases(
+        &self,
+        config: &Config,
+        connection: &Connection,
+        admin: &Channel,
+        sandbox: &mut Sandbox,
+    ) -> Result<Report, CliError> {
+        let in_flight = self
+            .in_flight
+            .unwrap_or(4 * u64::from(self.tunables.prefetch) * self.instances as u64);
+        let plans = workload::plan("service", self.commands);
+        let bytes = workload::mean_dispatch_bytes(&plans);
+
+        eprintln!("bench: baseline, {} messages of {bytes} B", self.commands);
+        let before = usage::snapshot(&[], &sandbox.pool).await;
+        let baseline = baseline::run(
+            &config.amqp_url,
+            connection,
+            sandbox,
+            self.commands as u64,
+            bytes,
+            self.tunables.prefetch,
+            in_flight,
+        )
+        .await?;
+        let baseline_usage = usage::between(&before, &usage::snapshot(&[], &sandbox.pool).await);
+
+        let events_queue = sandbox.own_queue("events");
+        subscribe(admin, &events_queue, &sandbox.topology.events_exchange()).await?;
+        let instances = Instances::start(
+            self.instances,
+            config,
+            &sandbox.database_url,
+            &sandbox.topology,
+            &self.tunables,
+            admin,
+        )
+        .await?;
+        let pids = instances.pids();
+
+        eprintln!(
+            "bench: service, {} commands in {} runs",
+            workload::total_commands(&plans),
+            plans.len()
+        );
+        let before = usage::snapshot(&pids, &sandbox.pool).await;
+        let service = drive(
+            connection,
+            &sandbox.topology,
+            &events_queue,
+            &plans,
+            Pace::Max { in_flight },
+        )
+        .await?;
+        let after = usage::snapshot(&pids, &sandbox.pool).await;
+        let mut service_usage = usage::between(&before, &after);
+        // Also lets the service settle (relay idle, nothing queued) before the steady phase.
+        usage::recount_commits(&mut service_usage, &before, &after, &sandbox.pool).await;
+        let service = Phase::new(service, service_usage, None);
+        drop(plans);
+
+        let rate = self.rate.unwrap_or(service.drive.rate() / 2.0).max(1.0);
+        // A failed steady phase (say, the broker restarted under it) still leaves the baseline
+        // and the service phase worth reporting.
+        let steady = self
+            .steady(connection, sandbox, &events_queue, &pids, rate)
+            .await
+            .map_err(|e| e.to_string());
+        if let Err(e) = &steady {
+            eprintln!("bench: the steady phase failed: {e}");
+        }
+
+        let peak_rss_mb = instances.peak_rss_mb();
+        instances.stop().await;
+        let dead_lettered = admin
+            .queue_declare(
+                sandbox.topology.dead_letter_queue().into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_or(0, |q| q.message_count());
+        Ok(Report {
+            instances: self.instances,
+            prefetch: self.tunables.prefetch,
+            in_flight,
+            baseline,
+            baseline_usage,
+            service,
+            steady,
+            peak_rss_mb,
+            dead_lettered,
+        })
+    }
+}
+
+impl BenchArgs {
+    async fn steady(
+        &self,
+        connection: &Connection,
+        sandbox: &Sandbox,
+        events_queue: &str,
+        pids: &[u32],
+        rate: f64,
+    ) -> Result<Phase, CliError> {
+        let budget = (rate * self.steady_secs as f64) as usize;
+        let plans = workload::plan("steady", self.commands.min(budget).max(1));
+        eprintln!(
+            "bench: steady, {} commands at {rate:.0}/s",
+            workload::total_commands(&plans)
+        );
+        let before = usage::snapshot(pids, &sandbox.pool).await;
+        let steady = drive(
+            connection,
+            &sandbox.topology,
+            events_queue,
+            &plans,
+            Pace::Rate(rate),
+        )
+        .await?;
+        let after = usage::snapshot(pids, &sandbox.pool).await;
+        let mut steady_usage = usage::between(&before, &after);
+        usage::recount_commits(&mut steady_usage, &before, &after, &sandbox.pool).await;
+        Ok(Phase::new(steady, steady_usage, Some(rate)))
+    }
+}
+
+/// Removes the sandbox on a fresh connection (the bench's own may have died with the broker),
+/// retrying for a while so that a broker or database restart during the bench leaves nothing
+/// behind.
+async fn clean_up(config: &Config, sandbox: &Sandbox) {
+    let deadline = Instant::now() + CLEAN_UP_DEADLINE;
+    loop {
+        let attempt = async {
+            let connection = connect(&config.amqp_url, "oprun bench clean-up").await?;
+            let channel = connection.create_channel().await?;
+            let done = sandbox.destroy(&channel).await;
+            let _ = connection.close(200, "bench done".into()).await;
+            done
+        };
+        match attempt.await {
+            Ok(()) => return,
+            Err(e) if Instant::now() > deadline => {
+                eprintln!(
+                    "bench: cleaning up {} failed: {e} (remove it with `oprun topology delete --yes` \
+                     and DROP DATABASE)",
+                    sandbox.name
+                );
+                return;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_secs(2)).await,
+        }
+    }
+}
+
+/// Declares the bench's subscriber queue (quorum, like a durable subscriber's) on `N.events`.
+async fn subscribe(channel: &Channel, queue: &str, exchange: &str) -> Result<(), CliError> {
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString(LongString::from("quorum")),
+    );
+    channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            args,
+        )
+        .await?;
+    channel
+        .queue_bind(
+            queue.into(),
+            exchange.into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    Ok(())
+}

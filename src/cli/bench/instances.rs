@@ -1,0 +1,169 @@
+//! The service under test: `oprun serve` as child processes of this very binary, so that its
+//! memory and CPU are its own and measurable from `/proc`.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use lapin::options::QueueDeclareOptions;
+use lapin::types::FieldTable;
+use lapin::Channel;
+use tokio::process::{Child, Command};
+
+use crate::broker::Topology;
+use crate::cli::CliError;
+use crate::config::Config;
+
+/// How long the instances may take to start consuming.
+const START_DEADLINE: Duration = Duration::from_secs(60);
+/// How long an instance may take to exit after SIGTERM before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(15);
+
+/// Settings of `oprun serve` the bench passes through (same defaults as `serve`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeTunables {
+    /// Passed to `serve --prefetch`; the baseline consumer uses it too.
+    #[arg(long, default_value_t = 500)]
+    pub prefetch: u16,
+    /// Passed to `serve --batch-size`.
+    #[arg(long, default_value_t = 200)]
+    pub batch_size: usize,
+    /// Passed to `serve --batch-window-ms`.
+    #[arg(long, default_value_t = 5)]
+    pub batch_window_ms: u64,
+    /// Passed to `serve --relay-batch`.
+    #[arg(long, default_value_t = 500)]
+    pub relay_batch: i64,
+    /// Passed to `serve --db-connections`.
+    #[arg(long, default_value_t = 8)]
+    pub db_connections: u32,
+}
+
+/// Running `oprun serve` processes.
+pub struct Instances {
+    children: Vec<Child>,
+}
+
+impl Instances {
+    /// Starts `count` instances on the bench database and namespace and waits until each
+    /// consumes the commands queue.
+    pub async fn start(
+        count: usize,
+        config: &Config,
+        database_url: &str,
+        topology: &Topology,
+        tunables: &ServeTunables,
+        channel: &Channel,
+    ) -> Result<Self, CliError> {
+        let exe = std::env::current_exe()?;
+        let mut children = Vec::with_capacity(count);
+        for _ in 0..count {
+            let child = Command::new(&exe)
+                .arg("serve")
+                .args(["--metrics-addr", "off"])
+                .args(["--hand-off-jobs", "false"])
+                .args(["--reaper-interval-secs", "0"])
+                .args(["--prefetch", &tunables.prefetch.to_string()])
+                .args(["--batch-size", &tunables.batch_size.to_string()])
+                .args(["--batch-window-ms", &tunables.batch_window_ms.to_string()])
+                .args(["--relay-batch", &tunables.relay_batch.to_string()])
+                .args(["--db-connections", &tunables.db_connections.to_string()])
+                .env("DATABASE_URL", database_url)
+                .env("AMQP_URL", &config.amqp_url)
+                .env("OPRUN_NAMESPACE", topology.namespace())
+                .env("OPRUN_LOG", "warn")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .kill_on_drop(true)
+                .spawn()?;
+            children.push(child);
+        }
+        let mut instances = Self { children };
+        instances
+            .wait_consuming(count as u32, topology, channel)
+            .await?;
+        Ok(instances)
+    }
+
+    async fn wait_consuming(
+        &mut self,
+        count: u32,
+        topology: &Topology,
+        channel: &Channel,
+    ) -> Result<(), CliError> {
+        let deadline = Instant::now() + START_DEADLINE;
+        loop {
+            for child in &mut self.children {
+                if let Some(status) = child.try_wait()? {
+                    return Err(CliError::Invalid(format!(
+                        "an oprun serve instance exited at start: {status}"
+                    )));
+                }
+            }
+            let queue = channel
+                .queue_declare(
+                    topology.commands_queue().into(),
+                    QueueDeclareOptions {
+                        passive: true,
+                        ..Default::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await?;
+            if queue.consumer_count() >= count {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(CliError::Invalid(format!(
+                    "{} of {count} oprun serve instances consuming after {}s",
+                    queue.consumer_count(),
+                    START_DEADLINE.as_secs()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The process ids.
+    pub fn pids(&self) -> Vec<u32> {
+        self.children.iter().filter_map(Child::id).collect()
+    }
+
+    /// Peak resident memory (`VmHWM`) of each instance so far, in MiB.
+    pub fn peak_rss_mb(&self) -> Vec<f64> {
+        self.pids()
+            .into_iter()
+            .map(|pid| vm_hwm_kib(pid).map_or(f64::NAN, |kib| kib as f64 / 1024.0))
+            .collect()
+    }
+
+    /// SIGTERM, then SIGKILL after a grace period.
+    pub async fn stop(mut self) {
+        for pid in self.pids() {
+            // No signal crate among the dependencies: the `kill` utility sends SIGTERM.
+            let _ = Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status()
+                .await;
+        }
+        for child in &mut self.children {
+            if tokio::time::timeout(STOP_GRACE, child.wait())
+                .await
+                .is_err()
+            {
+                let _ = child.kill().await;
+            }
+        }
+    }
+}
+
+fn vm_hwm_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
+}

@@ -1,0 +1,26 @@
+//! `oprun bench`: measures the service against the broker's own limit, in one run, against the
+//! local broker and database, in a namespace and database of its own (both removed at the end).
+//!
+//! Phases, in order:
+//! 1. **baseline** ([`baseline`]): the broker work the service cannot avoid, with no database.
+//! 2. **service** ([`driver`]): `oprun serve` child processes ([`instances`]) consume a workload
+//!    ([`workload`]) as fast as they can; throughput, latency, CPU ([`usage`]) and memory.
+//! 3. **steady**: the same kind of workload at a fixed rate, for latency under load.
+//!
+//! [`report`] prints a table for people and, as the very last line, one JSON object for machines.
+//! [`sandbox`] owns the database and namespace; [`pipeline`] is the windowed confirm publisher
+//! every phase publishes through; [`tracker`] turns replies and events into latencies (pure, no
+//! I/O, unit-tested).
+
+mod args;
+mod baseline;
+mod driver;
+mod instances;
+mod pipeline;
+mod report;
+mod sandbox;
+mod tracker;
+mod usage;
+mod workload;
+
+pub use args::BenchArgs;

@@ -1,0 +1,377 @@
+//! The output: a table for people, then one JSON line for machines (always the last line).
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use super::baseline::BaselineResult;
+use super::driver::DriveResult;
+use super::usage::Usage;
+
+/// Latency percentiles in milliseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Percentiles {
+    /// Median.
+    pub p50: f64,
+    /// 95th.
+    pub p95: f64,
+    /// 99th.
+    pub p99: f64,
+    /// Largest.
+    pub max: f64,
+}
+
+impl Percentiles {
+    /// Nearest-rank percentiles of `samples` (all zero when empty).
+    pub fn of(samples: &[Duration]) -> Self {
+        if samples.is_empty() {
+            return Self::default();
+        }
+        let mut ms: Vec<f64> = samples.iter().map(|d| d.as_secs_f64() * 1e3).collect();
+        ms.sort_by(f64::total_cmp);
+        let at = |p: f64| {
+            let rank = (p / 100.0 * ms.len() as f64).ceil() as usize;
+            ms[rank.clamp(1, ms.len()) - 1]
+        };
+        Self {
+            p50: at(50.0),
+            p95: at(95.0),
+            p99: at(99.0),
+            max: ms[ms.len() - 1],
+        }
+    }
+}
+
+/// A measured service phase.
+#[derive(Debug)]
+pub struct Phase {
+    /// What the driver measured.
+    pub drive: DriveResult,
+    /// Its latency percentiles.
+    pub latency: Percentiles,
+    /// CPU and database during the phase.
+    pub usage: Usage,
+    /// The rate asked for (steady only).
+    pub target_rate: Option<f64>,
+}
+
+impl Phase {
+    /// Wraps a drive result.
+    pub fn new(drive: DriveResult, usage: Usage, target_rate: Option<f64>) -> Self {
+        Self {
+            latency: Percentiles::of(&drive.latencies),
+            drive,
+            usage,
+            target_rate,
+        }
+    }
+}
+
+/// Everything one `oprun bench` measured.
+#[derive(Debug)]
+pub struct Report {
+    /// Service instances.
+    pub instances: usize,
+    /// Prefetch of the service and the baseline consumer.
+    pub prefetch: u16,
+    /// In-flight bound of the baseline and the service phase.
+    pub in_flight: u64,
+    /// The baseline.
+    pub baseline: BaselineResult,
+    /// CPU during the baseline.
+    pub baseline_usage: Usage,
+    /// As fast as possible.
+    pub service: Phase,
+    /// At a fixed rate, or why it did not finish (e.g. the broker restarted under it).
+    pub steady: Result<Phase, String>,
+    /// Peak resident memory per instance, MiB.
+    pub peak_rss_mb: Vec<f64>,
+    /// Messages in the dead-letter queue at the end.
+    pub dead_lettered: u32,
+}
+
+impl Report {
+    /// Largest peak RSS over the instances.
+    pub fn peak_rss(&self) -> f64 {
+        self.peak_rss_mb.iter().copied().fold(0.0, f64::max)
+    }
+
+    /// commands_per_s / baseline_msgs_per_s.
+    pub fn ratio(&self) -> f64 {
+        self.service.drive.rate() / self.baseline.rate().max(1e-9)
+    }
+
+    /// The human table and notes.
+    pub fn table(&self) -> String {
+        let mut out = String::new();
+        let line = |out: &mut String, cols: [String; 9]| {
+            out.push_str(&format!(
+                "{:<22} {:>8} {:>8} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8}\n",
+                cols[0], cols[1], cols[2], cols[3], cols[4], cols[5], cols[6], cols[7], cols[8]
+            ));
+        };
+        let s = |x: &str| x.to_owned();
+        line(
+            &mut out,
+            [
+                s("phase"),
+                s("messages"),
+                s("seconds"),
+                s("per_s"),
+                s("p50_ms"),
+                s("p95_ms"),
+                s("p99_ms"),
+                s("max_ms"),
+                s("rss_mb"),
+            ],
+        );
+        let b = &self.baseline;
+        let dash = || s("-");
+        line(
+            &mut out,
+            [
+                s("baseline publish only"),
+                b.messages.to_string(),
+                format!("{:.2}", b.publish_elapsed.as_secs_f64()),
+                format!("{:.0}", b.publish_rate()),
+                dash(),
+                dash(),
+                dash(),
+                dash(),
+                dash(),
+            ],
+        );
+        line(
+            &mut out,
+            [
+                s("baseline"),
+                b.messages.to_string(),
+                format!("{:.2}", b.elapsed.as_secs_f64()),
+                format!("{:.0}", b.rate()),
+                dash(),
+                dash(),
+                dash(),
+                dash(),
+                dash(),
+            ],
+        );
+        for (name, p) in [
+            (format!("service x{}", self.instances), Some(&self.service)),
+            (
+                self.steady.as_ref().map_or(s("steady (failed)"), |p| {
+                    format!("steady @{:.0}/s", p_rate(p))
+                }),
+                self.steady.as_ref().ok(),
+            ),
+        ] {
+            let Some(p) = p else {
+                line(
+                    &mut out,
+                    [
+                        name,
+                        dash(),
+                        dash(),
+                        dash(),
+                        dash(),
+                        dash(),
+                        dash(),
+                        dash(),
+                        dash(),
+                    ],
+                );
+                continue;
+            };
+            line(
+                &mut out,
+                [
+                    name,
+                    p.drive.commands.to_string(),
+                    format!("{:.2}", p.drive.elapsed.as_secs_f64()),
+                    format!("{:.0}", p.drive.rate()),
+                    format!("{:.1}", p.latency.p50),
+                    format!("{:.1}", p.latency.p95),
+                    format!("{:.1}", p.latency.p99),
+                    format!("{:.1}", p.latency.max),
+                    format!("{:.1}", self.peak_rss()),
+                ],
+            );
+        }
+        out.push('\n');
+        out.push_str(&format!(
+            "ratio service/baseline: {:.2}   peak RSS per instance (VmHWM, MiB): {}\n",
+            self.ratio(),
+            self.peak_rss_mb
+                .iter()
+                .map(|m| format!("{m:.1}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+        out.push_str(&format!(
+            "baseline: {} B messages, prefetch {}, in-flight bound {}; service: prefetch {}, in-flight bound {}\n",
+            b.bytes, self.prefetch, self.in_flight, self.prefetch, self.in_flight
+        ));
+        if let Err(e) = &self.steady {
+            out.push_str(&format!("steady: did not finish: {e}\n"));
+        }
+        for (name, p) in [
+            ("service", Some(&self.service)),
+            ("steady", self.steady.as_ref().ok()),
+        ] {
+            let Some(p) = p else { continue };
+            let c = p.drive.counts;
+            out.push_str(&format!(
+                "{name}: {} replies ({} created, {} deduplicated, {} extra runs, {} refused), {} events, {} latency samples, {} commands without event",
+                c.replies, c.created, c.deduplicated, c.extra_runs, c.rejected, c.events,
+                p.drive.latencies.len(), c.no_event
+            ));
+            if p.target_rate.is_some() {
+                out.push_str(&format!(
+                    ", max publish lag {:.1} ms",
+                    p.drive.max_publish_lag.as_secs_f64() * 1e3
+                ));
+            }
+            out.push('\n');
+        }
+        out.push_str("cpu (cores of ");
+        out.push_str(&self.service.usage.cores.to_string());
+        out.push_str(
+            "):   oprun  postgres  rabbitmq  bench  other  machine  iowait  commits/s  wal_MiB/s\n",
+        );
+        for (name, u) in [
+            ("baseline", Some(&self.baseline_usage)),
+            ("service", Some(&self.service.usage)),
+            ("steady", self.steady.as_ref().ok().map(|p| &p.usage)),
+        ] {
+            let Some(u) = u else { continue };
+            out.push_str(&format!(
+                "  {name:<18} {:>5.2} {:>9.2} {:>9.2} {:>6.2} {:>6.2} {:>8.2} {:>7.2} {:>10.0} {:>10.1}\n",
+                u.oprun,
+                u.postgres,
+                u.rabbitmq,
+                u.bench,
+                (u.machine - u.oprun - u.postgres - u.rabbitmq - u.bench).max(0.0),
+                u.machine,
+                u.iowait,
+                u.commits_per_s,
+                u.wal_mb_per_s
+            ));
+        }
+        out.push_str(&format!(
+            "note: the service phase keeps {} commands in flight, so its latencies are mostly queueing \
+             (about in-flight / rate); the steady phase is the latency measurement\n",
+            self.in_flight
+        ));
+        let nacks =
+            b.nacks + self.service.drive.nacks + self.steady.as_ref().map_or(0, |p| p.drive.nacks);
+        if nacks > 0 || self.dead_lettered > 0 {
+            out.push_str(&format!(
+                "WARNING: {nacks} publishes nacked, {} commands dead-lettered\n",
+                self.dead_lettered
+            ));
+        }
+        out
+    }
+
+    /// The closing JSON line: the issue's keys first, in the issue's order, then extras.
+    /// (`serde_json` here sorts object keys, so the line is written field by field.)
+    pub fn json_line(&self) -> String {
+        let r = |x: f64, digits: i32| {
+            let f = 10f64.powi(digits);
+            json!((x * f).round() / f)
+        };
+        let steady = self.steady.as_ref().ok();
+        let or_null = |p: Option<&Phase>, f: &dyn Fn(&Phase) -> Value| p.map_or(Value::Null, f);
+        let fields: Vec<(&str, Value)> = vec![
+            ("baseline_msgs_per_s", r(self.baseline.rate(), 1)),
+            ("commands_per_s", r(self.service.drive.rate(), 1)),
+            ("ratio", r(self.ratio(), 3)),
+            ("p50_ms", r(self.service.latency.p50, 2)),
+            ("p99_ms", r(self.service.latency.p99, 2)),
+            ("steady_rate", or_null(steady, &|p| r(p_rate(p), 1))),
+            ("steady_p99_ms", or_null(steady, &|p| r(p.latency.p99, 2))),
+            ("peak_rss_mb", r(self.peak_rss(), 1)),
+            ("commands", json!(self.service.drive.commands)),
+            ("instances", json!(self.instances)),
+            ("p95_ms", r(self.service.latency.p95, 2)),
+            (
+                "steady_commands",
+                or_null(steady, &|p| json!(p.drive.commands)),
+            ),
+            (
+                "steady_achieved_per_s",
+                or_null(steady, &|p| r(p.drive.rate(), 1)),
+            ),
+            ("steady_p50_ms", or_null(steady, &|p| r(p.latency.p50, 2))),
+            ("steady_p95_ms", or_null(steady, &|p| r(p.latency.p95, 2))),
+            ("dead_lettered", json!(self.dead_lettered)),
+        ];
+        let body: Vec<String> = fields
+            .iter()
+            .map(|(k, v)| format!("{}:{v}", Value::from(*k)))
+            .collect();
+        format!("{{{}}}", body.join(","))
+    }
+}
+
+fn p_rate(p: &Phase) -> f64 {
+    p.target_rate.unwrap_or_else(|| p.drive.rate())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_use_the_nearest_rank() {
+        let samples: Vec<Duration> = (1..=100).map(Duration::from_millis).collect();
+        let p = Percentiles::of(&samples);
+        assert_eq!((p.p50, p.p95, p.p99, p.max), (50.0, 95.0, 99.0, 100.0));
+        assert_eq!(Percentiles::of(&[]), Percentiles::default());
+    }
+}
+
+#[cfg(test)]
+mod json_tests {
+    use super::*;
+    use crate::cli::bench::tracker::Counts;
+
+    fn phase(rate_commands: u64) -> Phase {
+        let drive = DriveResult {
+            commands: rate_commands,
+            elapsed: Duration::from_secs(1),
+            latencies: vec![Duration::from_millis(3)],
+            counts: Counts::default(),
+            max_publish_lag: Duration::ZERO,
+            nacks: 0,
+        };
+        Phase::new(drive, Usage::default(), None)
+    }
+
+    #[test]
+    fn the_json_line_starts_with_the_issue_keys_in_order() {
+        let report = Report {
+            instances: 1,
+            prefetch: 500,
+            in_flight: 2000,
+            baseline: BaselineResult {
+                messages: 100,
+                bytes: 180,
+                publish_elapsed: Duration::from_millis(50),
+                elapsed: Duration::from_millis(100),
+                nacks: 0,
+            },
+            baseline_usage: Usage::default(),
+            service: phase(600),
+            steady: Ok(phase(300)),
+            peak_rss_mb: vec![20.0, 30.5],
+            dead_lettered: 0,
+        };
+        let line = report.json_line();
+        assert!(
+            line.starts_with(r#"{"baseline_msgs_per_s":1000.0,"commands_per_s":600.0,"ratio":0.6,"p50_ms":3.0,"p99_ms":3.0,"steady_rate":300.0,"steady_p99_ms":3.0,"peak_rss_mb":30.5,"#),
+            "{line}"
+        );
+        let parsed: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(parsed["instances"], 1);
+    }
+}
