@@ -227,22 +227,34 @@ async fn progress(
     p: &ProgressCommand,
     ctx: &ApplyContext,
 ) -> Result<CommandResult, ApplyError> {
-    let (run, last_sequence) = runs::lock_in_scope(conn, p.run_id, p.scope)
-        .await?
-        .ok_or_else(|| {
-            Rejection::new(
-                ErrorCode::RunNotFound,
-                format!(
-                    "run {} not found in workspace {} tenant {}",
-                    p.run_id,
-                    p.scope.workspace_id,
-                    p.scope
-                        .tenant_id
-                        .map_or("null".to_owned(), |t| t.to_string())
-                ),
-            )
-        })?;
-    buf.know_sequence(run.id, last_sequence);
+    let not_found = || {
+        Rejection::new(
+            ErrorCode::RunNotFound,
+            format!(
+                "run {} not found in workspace {} tenant {}",
+                p.run_id,
+                p.scope.workspace_id,
+                p.scope
+                    .tenant_id
+                    .map_or("null".to_owned(), |t| t.to_string())
+            ),
+        )
+    };
+    // The batch locked and cached its runs up front; a miss (a run created in this very batch)
+    // asks the database, under the same scope rule.
+    let run = match buf.run(p.run_id) {
+        Some(run) => run.clone(),
+        None => {
+            let (run, last_sequence) = runs::lock_in_scope(conn, p.run_id, p.scope)
+                .await?
+                .ok_or_else(not_found)?;
+            buf.adopt(run.clone(), last_sequence);
+            run
+        }
+    };
+    if run.workspace_id != p.scope.workspace_id || run.tenant_id != p.scope.tenant_id {
+        return Err(not_found().into());
+    }
     let (state, stale) = match run.state().transition(p.status, p.outcome) {
         Ok(Transition::Apply(next)) => (next, false),
         Ok(Transition::NoOp) => (run.state(), false),
@@ -302,17 +314,23 @@ pub async fn save_run_progress(
     };
     // A no-change report on an active run is still a heartbeat for the stale-run reaper.
     let saved = if event_type.is_some() || (run.is_active() && !outcome.stale) {
-        let failures = Value::Array(outcome.failures.iter().map(Failure::to_json).collect());
-        runs::save_progress(
-            conn,
-            run.id,
-            runs::RunChanges {
-                state: outcome.state,
-                summary_counts: &counts_json,
-                new_failures: &failures,
-            },
-        )
-        .await?
+        let now = buf.now(conn).await?;
+        let mut saved = run;
+        saved.status = outcome.state.status;
+        saved.outcome = outcome.state.outcome;
+        saved.summary_counts = counts_json;
+        if let Value::Array(entries) = &mut saved.failure_summary {
+            entries.extend(outcome.failures.iter().map(Failure::to_json));
+        }
+        if saved.status == RunStatus::Running && saved.started_at.is_none() {
+            saved.started_at = Some(now);
+        }
+        if saved.status == RunStatus::Completed && saved.completed_at.is_none() {
+            saved.completed_at = Some(now);
+        }
+        saved.updated_at = now;
+        buf.store_run(saved.clone());
+        saved
     } else {
         run
     };
@@ -356,6 +374,8 @@ pub async fn complete_as_failed(
         _ => return Ok(None),
     };
     let counts = SummaryCounts::from_stored(&run.summary_counts);
+    let last_sequence = crate::store::events::last_sequence(conn, run.id).await?;
+    buf.adopt(run.clone(), last_sequence);
     let outcome = ProgressOutcome {
         state,
         counts,

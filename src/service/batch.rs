@@ -30,8 +30,8 @@ pub async fn apply_in_one_transaction(
     ctx: &ApplyContext,
 ) -> Result<Vec<BatchItem>, ApplyError> {
     let mut tx = pool.begin().await?;
-    lock_in_order(&mut tx, commands).await?;
     let mut buf = TxBuffer::default();
+    lock_in_order(&mut tx, &mut buf, commands).await?;
     let ids = commands
         .iter()
         .filter_map(|c| c.command_id.clone())
@@ -51,8 +51,12 @@ pub async fn apply_in_one_transaction(
 }
 
 /// Takes the batch's identity locks (transaction-scoped advisory locks keyed by the identity
-/// hash) and run row locks, each in ascending order.
-async fn lock_in_order(conn: &mut PgConnection, commands: &[&Command]) -> Result<(), sqlx::Error> {
+/// hash) and run row locks, each in ascending order; the locked runs are cached in `buf`.
+async fn lock_in_order(
+    conn: &mut PgConnection,
+    buf: &mut TxBuffer,
+    commands: &[&Command],
+) -> Result<(), sqlx::Error> {
     let mut identities: Vec<i64> = Vec::new();
     let mut runs: Vec<i64> = Vec::new();
     for command in commands {
@@ -73,10 +77,9 @@ async fn lock_in_order(conn: &mut PgConnection, commands: &[&Command]) -> Result
             .await?;
     }
     if !runs.is_empty() {
-        sqlx::query("SELECT id FROM operation_runs WHERE id = ANY($1) ORDER BY id FOR UPDATE")
-            .bind(&runs)
-            .execute(&mut *conn)
-            .await?;
+        runs.sort_unstable();
+        runs.dedup();
+        buf.lock_runs(conn, &runs).await?;
     }
     Ok(())
 }

@@ -8,11 +8,12 @@
 
 use std::collections::HashMap;
 
+use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 
 use crate::domain::{OperationRun, Rejection, RunEvent, RunScope};
 use crate::store::inbox::{self, InboxRow, ProcessedCommand};
-use crate::store::{events, jobs};
+use crate::store::{events, jobs, runs};
 
 /// Per-transaction state; create one per transaction attempt and [`TxBuffer::flush`] it before
 /// commit.
@@ -24,6 +25,9 @@ pub struct TxBuffer {
     inbox_rows: Vec<InboxRow>,
     events: Vec<(RunEvent, i64, Option<i64>)>,
     jobs: Vec<OperationRun>,
+    runs: HashMap<i64, OperationRun>,
+    dirty: Vec<i64>,
+    now: Option<DateTime<Utc>>,
 }
 
 impl TxBuffer {
@@ -118,8 +122,59 @@ impl TxBuffer {
         self.jobs.push(run);
     }
 
-    /// Writes the buffered events, jobs and inbox rows: one statement each.
+    /// Locks runs `ids` (ascending id order, the global lock order) and caches them with the
+    /// last sequence of their events, so progress commands on them need no round trip.
+    pub async fn lock_runs(
+        &mut self,
+        conn: &mut PgConnection,
+        ids: &[i64],
+    ) -> Result<(), sqlx::Error> {
+        let (locked, now) = runs::lock_many(conn, ids).await?;
+        self.now.get_or_insert(now);
+        for (run, last_sequence) in locked {
+            self.adopt(run, last_sequence);
+        }
+        Ok(())
+    }
+
+    /// Caches a run the transaction has locked, with the last sequence of its events.
+    pub fn adopt(&mut self, run: OperationRun, last_sequence: i64) {
+        self.know_sequence(run.id, last_sequence);
+        self.runs.entry(run.id).or_insert(run);
+    }
+
+    /// A cached run, as changed so far by this transaction.
+    pub fn run(&self, id: i64) -> Option<&OperationRun> {
+        self.runs.get(&id)
+    }
+
+    /// Replaces a cached run with its new values (written at flush).
+    pub fn store_run(&mut self, run: OperationRun) {
+        if !self.dirty.contains(&run.id) {
+            self.dirty.push(run.id);
+        }
+        self.runs.insert(run.id, run);
+    }
+
+    /// The transaction's timestamp (Postgres `now()`), read once.
+    pub async fn now(&mut self, conn: &mut PgConnection) -> Result<DateTime<Utc>, sqlx::Error> {
+        if let Some(now) = self.now {
+            return Ok(now);
+        }
+        let now: DateTime<Utc> = sqlx::query_scalar("SELECT now()").fetch_one(conn).await?;
+        self.now = Some(now);
+        Ok(now)
+    }
+
+    /// Writes the changed runs, buffered events, jobs and inbox rows: one statement each.
     pub async fn flush(&mut self, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+        let changed: Vec<&OperationRun> = self
+            .dirty
+            .iter()
+            .filter_map(|id| self.runs.get(id))
+            .collect();
+        runs::save_many(conn, &changed).await?;
+        self.dirty.clear();
         events::insert_many(conn, &self.events).await?;
         jobs::insert_many(conn, &self.jobs).await?;
         inbox::record_many(conn, &self.inbox_rows).await?;

@@ -6,7 +6,7 @@ use serde_json::Value;
 use sqlx::postgres::PgRow;
 use sqlx::{FromRow, PgConnection, PgExecutor, Row};
 
-use crate::domain::{DispatchCommand, OperationRun, RunScope, RunState, RunStatus};
+use crate::domain::{DispatchCommand, OperationRun, RunScope, RunStatus};
 
 impl<'r> FromRow<'r, PgRow> for OperationRun {
     fn from_row(row: &'r PgRow) -> Result<Self, sqlx::Error> {
@@ -115,43 +115,62 @@ pub async fn lock_in_scope(
         .transpose()
 }
 
-/// The new values of a run after a progress command.
-#[derive(Debug, Clone)]
-pub struct RunChanges<'a> {
-    /// The state to store (unchanged when the command changed no state).
-    pub state: RunState,
-    /// The full summary counts to store.
-    pub summary_counts: &'a Value,
-    /// Failure entries to append.
-    pub new_failures: &'a Value,
+/// Locks runs `ids` in ascending id order (the global lock order of batches) and returns them
+/// with the last sequence of their events, and the transaction's `now()`.
+pub async fn lock_many(
+    conn: &mut PgConnection,
+    ids: &[i64],
+) -> Result<(Vec<(OperationRun, i64)>, DateTime<Utc>), sqlx::Error> {
+    let rows: Vec<PgRow> = sqlx::query(
+        "SELECT r.*, (SELECT coalesce(max(e.sequence), 0) FROM operation_run_events e WHERE e.run_id = r.id) AS last_sequence
+         FROM operation_runs r WHERE r.id = ANY($1) ORDER BY r.id FOR UPDATE OF r",
+    )
+    .bind(ids)
+    .fetch_all(&mut *conn)
+    .await?;
+    let now: DateTime<Utc> = sqlx::query_scalar("SELECT now()").fetch_one(conn).await?;
+    let runs = rows
+        .iter()
+        .map(|row| Ok((OperationRun::from_row(row)?, row.try_get("last_sequence")?)))
+        .collect::<Result<_, sqlx::Error>>()?;
+    Ok((runs, now))
 }
 
-/// Saves progress on a locked run and returns the updated row. Entering `running` stamps
-/// `started_at`, entering `completed` stamps `completed_at`; every save touches `updated_at`.
-pub async fn save_progress(
-    conn: &mut PgConnection,
-    run_id: i64,
-    changes: RunChanges<'_>,
-) -> Result<OperationRun, sqlx::Error> {
-    sqlx::query_as(
-        "UPDATE operation_runs SET
-             status = $2,
-             outcome = $3,
-             summary_counts = $4,
-             failure_summary = failure_summary || $5,
-             started_at = CASE WHEN $2 = 'running' AND started_at IS NULL THEN now() ELSE started_at END,
-             completed_at = CASE WHEN $2 = 'completed' AND completed_at IS NULL THEN now() ELSE completed_at END,
-             updated_at = now()
-         WHERE id = $1
-         RETURNING *",
+/// Writes the status, outcome, counts, failures and timestamps of locked runs, one statement for
+/// all of them.
+pub async fn save_many(conn: &mut PgConnection, runs: &[&OperationRun]) -> Result<(), sqlx::Error> {
+    if runs.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<i64> = runs.iter().map(|r| r.id).collect();
+    let statuses: Vec<&str> = runs.iter().map(|r| r.status.as_str()).collect();
+    let outcomes: Vec<&str> = runs.iter().map(|r| r.outcome.as_str()).collect();
+    let counts: Vec<&Value> = runs.iter().map(|r| &r.summary_counts).collect();
+    let failures: Vec<&Value> = runs.iter().map(|r| &r.failure_summary).collect();
+    let started: Vec<Option<DateTime<Utc>>> = runs.iter().map(|r| r.started_at).collect();
+    let completed: Vec<Option<DateTime<Utc>>> = runs.iter().map(|r| r.completed_at).collect();
+    let updated: Vec<DateTime<Utc>> = runs.iter().map(|r| r.updated_at).collect();
+    sqlx::query(
+        "UPDATE operation_runs r SET
+             status = u.status, outcome = u.outcome, summary_counts = u.summary_counts,
+             failure_summary = u.failure_summary, started_at = u.started_at,
+             completed_at = u.completed_at, updated_at = u.updated_at
+         FROM unnest($1::bigint[], $2::text[], $3::text[], $4::jsonb[], $5::jsonb[],
+                     $6::timestamptz[], $7::timestamptz[], $8::timestamptz[])
+              AS u(id, status, outcome, summary_counts, failure_summary, started_at, completed_at, updated_at)
+         WHERE r.id = u.id",
     )
-    .bind(run_id)
-    .bind(changes.state.status.as_str())
-    .bind(changes.state.outcome.as_str())
-    .bind(changes.summary_counts)
-    .bind(changes.new_failures)
-    .fetch_one(conn)
-    .await
+    .bind(ids)
+    .bind(statuses)
+    .bind(outcomes)
+    .bind(counts)
+    .bind(failures)
+    .bind(started)
+    .bind(completed)
+    .bind(updated)
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 /// One run by id.
