@@ -163,7 +163,9 @@ async fn dispatch(
     let scope_ok = match buf.checked_scope(d.scope, d.user_id) {
         Some(known) => known,
         None => {
-            let checked = store::scope::check(conn, d.scope, d.user_id).await?;
+            let checked = store::scope::check_many(conn, &[(d.scope, d.user_id)])
+                .await?
+                .remove(0);
             buf.remember_scope(d.scope, d.user_id, checked.clone());
             checked
         }
@@ -171,7 +173,8 @@ async fn dispatch(
     scope_ok?;
     // Insert-or-find, retried: between our conflict and our read the active run may complete.
     for _ in 0..3 {
-        if let Some(run) = runs::insert_queued(conn, d).await? {
+        let found = runs::insert_or_find_active(conn, d).await?;
+        if let Some((run, true)) = found {
             buf.know_sequence(run.id, 0);
             record_event(conn, buf, RunEventType::Queued, &run, ctx).await?;
             if ctx.hand_off_jobs {
@@ -179,6 +182,9 @@ async fn dispatch(
             }
             link_backup_schedule_run(conn, &run).await?;
             return Ok(dispatch_result(&run, false));
+        }
+        if let Some((run, false)) = found {
+            return Ok(dispatch_result(&run, true));
         }
         if let Some(run) =
             runs::find_active_by_identity(&mut *conn, d.scope, d.identity_hash.as_str()).await?

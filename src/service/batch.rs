@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::apply::{apply_command, ApplyContext, ApplyError, CommandResult};
 use super::tx_buffer::TxBuffer;
-use crate::domain::{Command, CommandAction, ErrorCode, Rejection};
+use crate::domain::{Command, CommandAction, ErrorCode, Rejection, RunScope};
 use crate::retry::retry_transient;
 
 /// The fate of one command of a batch.
@@ -37,6 +37,7 @@ pub async fn apply_in_one_transaction(
         .filter_map(|c| c.command_id.clone())
         .collect();
     buf.prefetch_inbox(&mut tx, ids).await?;
+    check_scopes(&mut tx, &mut buf, commands).await?;
     let mut results = Vec::with_capacity(commands.len());
     for command in commands {
         match apply_command(&mut tx, &mut buf, command, ctx).await {
@@ -80,6 +81,30 @@ async fn lock_in_order(
         runs.sort_unstable();
         runs.dedup();
         buf.lock_runs(conn, &runs).await?;
+    }
+    Ok(())
+}
+
+/// Checks every distinct dispatch scope of the batch in one round trip.
+async fn check_scopes(
+    conn: &mut PgConnection,
+    buf: &mut TxBuffer,
+    commands: &[&Command],
+) -> Result<(), sqlx::Error> {
+    let mut scopes: Vec<(RunScope, Option<i64>)> = Vec::new();
+    for command in commands {
+        if let CommandAction::Dispatch(d) = &command.action {
+            if !scopes.contains(&(d.scope, d.user_id)) {
+                scopes.push((d.scope, d.user_id));
+            }
+        }
+    }
+    if scopes.is_empty() {
+        return Ok(());
+    }
+    let checked = crate::store::scope::check_many(conn, &scopes).await?;
+    for ((scope, user), result) in scopes.into_iter().zip(checked) {
+        buf.remember_scope(scope, user, result);
     }
     Ok(())
 }

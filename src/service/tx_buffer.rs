@@ -12,8 +12,9 @@ use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 
 use crate::domain::{OperationRun, Rejection, RunEvent, RunScope};
+use crate::store::batch_write::{self, BatchWrite};
 use crate::store::inbox::{self, InboxRow, ProcessedCommand};
-use crate::store::{events, jobs, runs};
+use crate::store::{events, runs};
 
 /// Per-transaction state; create one per transaction attempt and [`TxBuffer::flush`] it before
 /// commit.
@@ -166,18 +167,20 @@ impl TxBuffer {
         Ok(now)
     }
 
-    /// Writes the changed runs, buffered events, jobs and inbox rows: one statement each.
+    /// Writes the changed runs, buffered events, jobs and inbox rows, in one statement.
     pub async fn flush(&mut self, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
-        let changed: Vec<&OperationRun> = self
-            .dirty
-            .iter()
-            .filter_map(|id| self.runs.get(id))
-            .collect();
-        runs::save_many(conn, &changed).await?;
+        let write = BatchWrite {
+            runs: self
+                .dirty
+                .iter()
+                .filter_map(|id| self.runs.get(id))
+                .collect(),
+            events: &self.events,
+            jobs: &self.jobs,
+            inbox: &self.inbox_rows,
+        };
+        batch_write::write(conn, &write).await?;
         self.dirty.clear();
-        events::insert_many(conn, &self.events).await?;
-        jobs::insert_many(conn, &self.jobs).await?;
-        inbox::record_many(conn, &self.inbox_rows).await?;
         self.events.clear();
         self.jobs.clear();
         self.inbox_rows.clear();

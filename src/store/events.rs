@@ -5,8 +5,6 @@ use serde_json::Value;
 use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
 
-use crate::domain::RunEvent;
-
 /// An event as stored.
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct StoredEvent {
@@ -42,44 +40,6 @@ pub async fn last_sequence(conn: &mut PgConnection, run_id: i64) -> Result<i64, 
     .bind(run_id)
     .fetch_one(conn)
     .await
-}
-
-/// Records `events` (each with the workspace and tenant of its run) in one statement, in order:
-/// their positions follow the slice, so per-run order follows `sequence`.
-pub async fn insert_many(
-    conn: &mut PgConnection,
-    events: &[(RunEvent, i64, Option<i64>)],
-) -> Result<(), sqlx::Error> {
-    if events.is_empty() {
-        return Ok(());
-    }
-    let ids: Vec<Uuid> = events.iter().map(|(e, _, _)| e.id).collect();
-    let runs: Vec<i64> = events.iter().map(|(e, _, _)| e.run_id).collect();
-    let sequences: Vec<i64> = events.iter().map(|(e, _, _)| e.sequence).collect();
-    let types: Vec<&str> = events
-        .iter()
-        .map(|(e, _, _)| e.event_type.as_str())
-        .collect();
-    let workspaces: Vec<i64> = events.iter().map(|(_, w, _)| *w).collect();
-    let tenants: Vec<Option<i64>> = events.iter().map(|(_, _, t)| *t).collect();
-    let documents: Vec<&Value> = events.iter().map(|(e, _, _)| &e.cloud_event).collect();
-    sqlx::query(
-        "INSERT INTO operation_run_events (id, run_id, sequence, type, workspace_id, tenant_id, cloud_event)
-         SELECT id, run_id, sequence, type, workspace_id, tenant_id, cloud_event
-         FROM unnest($1::uuid[], $2::bigint[], $3::bigint[], $4::text[], $5::bigint[], $6::bigint[], $7::jsonb[])
-              WITH ORDINALITY AS e(id, run_id, sequence, type, workspace_id, tenant_id, cloud_event, n)
-         ORDER BY n",
-    )
-    .bind(ids)
-    .bind(runs)
-    .bind(sequences)
-    .bind(types)
-    .bind(workspaces)
-    .bind(tenants)
-    .bind(documents)
-    .execute(conn)
-    .await?;
-    Ok(())
 }
 
 /// Up to `limit` unpublished events, in position order.

@@ -45,27 +45,3 @@ pub struct InboxRow {
     /// What it produced.
     pub result: Value,
 }
-
-/// Records many applied commands in one statement.
-pub async fn record_many(conn: &mut PgConnection, rows: &[InboxRow]) -> Result<(), sqlx::Error> {
-    if rows.is_empty() {
-        return Ok(());
-    }
-    let ids: Vec<&str> = rows.iter().map(|r| r.command_id.as_str()).collect();
-    let kinds: Vec<&str> = rows.iter().map(|r| r.kind).collect();
-    let hashes: Vec<&str> = rows.iter().map(|r| r.body_hash.as_str()).collect();
-    let runs: Vec<Option<i64>> = rows.iter().map(|r| r.run_id).collect();
-    let results: Vec<&Value> = rows.iter().map(|r| &r.result).collect();
-    sqlx::query(
-        "INSERT INTO processed_commands (command_id, kind, body_hash, run_id, result)
-         SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::jsonb[])",
-    )
-    .bind(ids)
-    .bind(kinds)
-    .bind(hashes)
-    .bind(runs)
-    .bind(results)
-    .execute(conn)
-    .await?;
-    Ok(())
-}

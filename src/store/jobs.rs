@@ -30,29 +30,6 @@ pub fn job_body(run: &OperationRun) -> Value {
     })
 }
 
-/// Records the jobs of new runs, in the transaction that created them, in one statement.
-pub async fn insert_many(
-    conn: &mut PgConnection,
-    runs: &[OperationRun],
-) -> Result<(), sqlx::Error> {
-    if runs.is_empty() {
-        return Ok(());
-    }
-    let ids: Vec<i64> = runs.iter().map(|r| r.id).collect();
-    let types: Vec<&str> = runs.iter().map(|r| r.run_type.as_str()).collect();
-    let bodies: Vec<Value> = runs.iter().map(job_body).collect();
-    sqlx::query(
-        "INSERT INTO operation_run_jobs (run_id, type, body)
-         SELECT * FROM unnest($1::bigint[], $2::text[], $3::jsonb[])",
-    )
-    .bind(ids)
-    .bind(types)
-    .bind(bodies)
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
 /// Up to `limit` unpublished jobs, in outbox order.
 pub async fn unpublished(
     conn: &mut PgConnection,

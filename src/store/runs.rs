@@ -41,28 +41,33 @@ impl<'r> FromRow<'r, PgRow> for OperationRun {
     }
 }
 
-/// Inserts a queued run unless an active run of the same identity exists; `None` then.
-///
-/// The ON CONFLICT target names the partial unique index of the run's scope, so two consumers
-/// racing on one identity cannot both insert: the loser waits for the winner's commit and
-/// conflicts.
-pub async fn insert_queued(
+/// Inserts a queued run or finds the active run of its identity, in one round trip:
+/// `(run, inserted)`. `None` when the conflicting run committed after this statement's snapshot
+/// was taken (then [`find_active_by_identity`], in a new statement, sees it).
+pub async fn insert_or_find_active(
     conn: &mut PgConnection,
     dispatch: &DispatchCommand,
-) -> Result<Option<OperationRun>, sqlx::Error> {
+) -> Result<Option<(OperationRun, bool)>, sqlx::Error> {
     let conflict_target = if dispatch.scope.tenant_id.is_some() {
         "(tenant_id, run_identity_hash) WHERE tenant_id IS NOT NULL AND status IN ('queued', 'running')"
     } else {
         "(workspace_id, run_identity_hash) WHERE tenant_id IS NULL AND status IN ('queued', 'running')"
     };
     let sql = format!(
-        "INSERT INTO operation_runs
-             (workspace_id, tenant_id, user_id, initiator_name, type, run_identity_hash, context)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)
-         ON CONFLICT {conflict_target} DO NOTHING
-         RETURNING *"
+        "WITH inserted AS (
+             INSERT INTO operation_runs
+                 (workspace_id, tenant_id, user_id, initiator_name, type, run_identity_hash, context)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)
+             ON CONFLICT {conflict_target} DO NOTHING
+             RETURNING *)
+         SELECT *, true AS inserted FROM inserted
+         UNION ALL
+         SELECT *, false AS inserted FROM operation_runs
+         WHERE workspace_id = $1 AND tenant_id IS NOT DISTINCT FROM $2
+           AND run_identity_hash = $6 AND status IN ('queued', 'running')
+           AND NOT EXISTS (SELECT 1 FROM inserted)"
     );
-    sqlx::query_as(&sql)
+    let row: Option<PgRow> = sqlx::query(&sql)
         .bind(dispatch.scope.workspace_id)
         .bind(dispatch.scope.tenant_id)
         .bind(dispatch.user_id)
@@ -71,7 +76,9 @@ pub async fn insert_queued(
         .bind(dispatch.identity_hash.as_str())
         .bind(Value::Object(dispatch.context.clone()))
         .fetch_optional(conn)
-        .await
+        .await?;
+    row.map(|row| Ok((OperationRun::from_row(&row)?, row.try_get("inserted")?)))
+        .transpose()
 }
 
 /// The active run of an identity in a scope, if any.
@@ -134,43 +141,6 @@ pub async fn lock_many(
         .map(|row| Ok((OperationRun::from_row(row)?, row.try_get("last_sequence")?)))
         .collect::<Result<_, sqlx::Error>>()?;
     Ok((runs, now))
-}
-
-/// Writes the status, outcome, counts, failures and timestamps of locked runs, one statement for
-/// all of them.
-pub async fn save_many(conn: &mut PgConnection, runs: &[&OperationRun]) -> Result<(), sqlx::Error> {
-    if runs.is_empty() {
-        return Ok(());
-    }
-    let ids: Vec<i64> = runs.iter().map(|r| r.id).collect();
-    let statuses: Vec<&str> = runs.iter().map(|r| r.status.as_str()).collect();
-    let outcomes: Vec<&str> = runs.iter().map(|r| r.outcome.as_str()).collect();
-    let counts: Vec<&Value> = runs.iter().map(|r| &r.summary_counts).collect();
-    let failures: Vec<&Value> = runs.iter().map(|r| &r.failure_summary).collect();
-    let started: Vec<Option<DateTime<Utc>>> = runs.iter().map(|r| r.started_at).collect();
-    let completed: Vec<Option<DateTime<Utc>>> = runs.iter().map(|r| r.completed_at).collect();
-    let updated: Vec<DateTime<Utc>> = runs.iter().map(|r| r.updated_at).collect();
-    sqlx::query(
-        "UPDATE operation_runs r SET
-             status = u.status, outcome = u.outcome, summary_counts = u.summary_counts,
-             failure_summary = u.failure_summary, started_at = u.started_at,
-             completed_at = u.completed_at, updated_at = u.updated_at
-         FROM unnest($1::bigint[], $2::text[], $3::text[], $4::jsonb[], $5::jsonb[],
-                     $6::timestamptz[], $7::timestamptz[], $8::timestamptz[])
-              AS u(id, status, outcome, summary_counts, failure_summary, started_at, completed_at, updated_at)
-         WHERE r.id = u.id",
-    )
-    .bind(ids)
-    .bind(statuses)
-    .bind(outcomes)
-    .bind(counts)
-    .bind(failures)
-    .bind(started)
-    .bind(completed)
-    .bind(updated)
-    .execute(conn)
-    .await?;
-    Ok(())
 }
 
 /// One run by id.

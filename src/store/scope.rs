@@ -1,58 +1,83 @@
-//! Checks that a dispatch's workspace, tenant and user exist and fit together, in one round trip,
-//! before anything is written (so a refusal never aborts the surrounding transaction).
+//! Checks that dispatches' workspaces, tenants and users exist and fit together, for a whole
+//! batch in one round trip, before anything is written (so a refusal never aborts the
+//! surrounding transaction).
 
 use sqlx::PgConnection;
 
 use crate::domain::{ErrorCode, Rejection, RunScope};
 
-/// `Ok(Ok(()))` when the scope is valid, `Ok(Err(rejection))` when it is not.
-pub async fn check(
+/// For each `(scope, user)`, `Ok(())` when valid or the rejection, in input order.
+pub async fn check_many(
     conn: &mut PgConnection,
+    scopes: &[(RunScope, Option<i64>)],
+) -> Result<Vec<Result<(), Rejection>>, sqlx::Error> {
+    let rows: Vec<(bool, Option<i64>, bool)> = sqlx::query_as(
+        "SELECT EXISTS (SELECT 1 FROM workspaces w WHERE w.id = s.workspace_id),
+                (SELECT t.workspace_id FROM tenants t WHERE t.id = s.tenant_id),
+                s.user_id IS NULL OR EXISTS (SELECT 1 FROM users u WHERE u.id = s.user_id)
+         FROM unnest($1::bigint[], $2::bigint[], $3::bigint[]) WITH ORDINALITY AS s(workspace_id, tenant_id, user_id, n)
+         ORDER BY s.n",
+    )
+    .bind(scopes.iter().map(|(s, _)| s.workspace_id).collect::<Vec<i64>>())
+    .bind(scopes.iter().map(|(s, _)| s.tenant_id).collect::<Vec<Option<i64>>>())
+    .bind(scopes.iter().map(|(_, u)| *u).collect::<Vec<Option<i64>>>())
+    .fetch_all(conn)
+    .await?;
+    Ok(scopes
+        .iter()
+        .zip(rows)
+        .map(
+            |((scope, user), (workspace_exists, tenant_workspace, user_exists))| {
+                judge(
+                    *scope,
+                    *user,
+                    workspace_exists,
+                    tenant_workspace,
+                    user_exists,
+                )
+            },
+        )
+        .collect())
+}
+
+fn judge(
     scope: RunScope,
     user_id: Option<i64>,
-) -> Result<Result<(), Rejection>, sqlx::Error> {
-    let (workspace_exists, tenant_workspace, user_exists): (bool, Option<i64>, bool) =
-        sqlx::query_as(
-            "SELECT EXISTS (SELECT 1 FROM workspaces WHERE id = $1),
-                (SELECT workspace_id FROM tenants WHERE id = $2),
-                $3::bigint IS NULL OR EXISTS (SELECT 1 FROM users WHERE id = $3)",
-        )
-        .bind(scope.workspace_id)
-        .bind(scope.tenant_id)
-        .bind(user_id)
-        .fetch_one(conn)
-        .await?;
+    workspace_exists: bool,
+    tenant_workspace: Option<i64>,
+    user_exists: bool,
+) -> Result<(), Rejection> {
     if !workspace_exists {
-        return Ok(Err(Rejection::new(
+        return Err(Rejection::new(
             ErrorCode::UnknownWorkspace,
             format!("workspace {} does not exist", scope.workspace_id),
-        )));
+        ));
     }
     if let Some(tenant_id) = scope.tenant_id {
         match tenant_workspace {
             None => {
-                return Ok(Err(Rejection::new(
+                return Err(Rejection::new(
                     ErrorCode::UnknownTenant,
                     format!("tenant {tenant_id} does not exist"),
-                )))
+                ))
             }
             Some(ws) if ws != scope.workspace_id => {
-                return Ok(Err(Rejection::new(
+                return Err(Rejection::new(
                     ErrorCode::TenantNotInWorkspace,
                     format!(
                         "tenant {tenant_id} does not belong to workspace {}",
                         scope.workspace_id
                     ),
-                )))
+                ))
             }
             Some(_) => {}
         }
     }
     if !user_exists {
-        return Ok(Err(Rejection::new(
+        return Err(Rejection::new(
             ErrorCode::UnknownUser,
             format!("user {} does not exist", user_id.unwrap_or_default()),
-        )));
+        ));
     }
-    Ok(Ok(()))
+    Ok(())
 }

@@ -1,0 +1,153 @@
+//! The end-of-transaction writes of a batch, in one statement: the changed runs, the new events
+//! (event outbox), the new jobs (job outbox) and the inbox rows. Data-modifying CTEs run them
+//! together; none reads another's rows, and every array may be empty.
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use super::inbox::InboxRow;
+use super::jobs::job_body;
+use crate::domain::{OperationRun, RunEvent};
+
+/// What a transaction writes at its end.
+#[derive(Debug, Default)]
+pub struct BatchWrite<'a> {
+    /// Runs whose status, outcome, counts, failures or timestamps changed.
+    pub runs: Vec<&'a OperationRun>,
+    /// New events, with the workspace and tenant of their run, in order (positions follow it).
+    pub events: &'a [(RunEvent, i64, Option<i64>)],
+    /// New runs whose job is handed off.
+    pub jobs: &'a [OperationRun],
+    /// Applied commands.
+    pub inbox: &'a [InboxRow],
+}
+
+const SQL: &str = "
+WITH changed_runs AS (
+    UPDATE operation_runs r SET
+        status = u.status, outcome = u.outcome, summary_counts = u.summary_counts,
+        failure_summary = u.failure_summary, started_at = u.started_at,
+        completed_at = u.completed_at, updated_at = u.updated_at
+    FROM unnest($1::bigint[], $2::text[], $3::text[], $4::jsonb[], $5::jsonb[],
+                $6::timestamptz[], $7::timestamptz[], $8::timestamptz[])
+         AS u(id, status, outcome, summary_counts, failure_summary, started_at, completed_at, updated_at)
+    WHERE r.id = u.id
+    RETURNING 1
+), new_events AS (
+    INSERT INTO operation_run_events (id, run_id, sequence, type, workspace_id, tenant_id, cloud_event)
+    SELECT id, run_id, sequence, type, workspace_id, tenant_id, cloud_event
+    FROM unnest($9::uuid[], $10::bigint[], $11::bigint[], $12::text[], $13::bigint[], $14::bigint[], $15::jsonb[])
+         WITH ORDINALITY AS e(id, run_id, sequence, type, workspace_id, tenant_id, cloud_event, n)
+    ORDER BY n
+    RETURNING 1
+), new_jobs AS (
+    INSERT INTO operation_run_jobs (run_id, type, body)
+    SELECT * FROM unnest($16::bigint[], $17::text[], $18::jsonb[])
+    RETURNING 1
+)
+INSERT INTO processed_commands (command_id, kind, body_hash, run_id, result)
+SELECT * FROM unnest($19::text[], $20::text[], $21::text[], $22::bigint[], $23::jsonb[])";
+
+/// Writes everything in `write` with one round trip.
+pub async fn write(conn: &mut PgConnection, write: &BatchWrite<'_>) -> Result<(), sqlx::Error> {
+    let (runs, events, jobs, inbox) = (&write.runs, write.events, write.jobs, write.inbox);
+    if runs.is_empty() && events.is_empty() && jobs.is_empty() && inbox.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(SQL)
+        .bind(runs.iter().map(|r| r.id).collect::<Vec<i64>>())
+        .bind(
+            runs.iter()
+                .map(|r| r.status.as_str())
+                .collect::<Vec<&str>>(),
+        )
+        .bind(
+            runs.iter()
+                .map(|r| r.outcome.as_str())
+                .collect::<Vec<&str>>(),
+        )
+        .bind(
+            runs.iter()
+                .map(|r| &r.summary_counts)
+                .collect::<Vec<&Value>>(),
+        )
+        .bind(
+            runs.iter()
+                .map(|r| &r.failure_summary)
+                .collect::<Vec<&Value>>(),
+        )
+        .bind(
+            runs.iter()
+                .map(|r| r.started_at)
+                .collect::<Vec<Option<DateTime<Utc>>>>(),
+        )
+        .bind(
+            runs.iter()
+                .map(|r| r.completed_at)
+                .collect::<Vec<Option<DateTime<Utc>>>>(),
+        )
+        .bind(
+            runs.iter()
+                .map(|r| r.updated_at)
+                .collect::<Vec<DateTime<Utc>>>(),
+        )
+        .bind(events.iter().map(|(e, _, _)| e.id).collect::<Vec<Uuid>>())
+        .bind(
+            events
+                .iter()
+                .map(|(e, _, _)| e.run_id)
+                .collect::<Vec<i64>>(),
+        )
+        .bind(
+            events
+                .iter()
+                .map(|(e, _, _)| e.sequence)
+                .collect::<Vec<i64>>(),
+        )
+        .bind(
+            events
+                .iter()
+                .map(|(e, _, _)| e.event_type.as_str())
+                .collect::<Vec<&str>>(),
+        )
+        .bind(events.iter().map(|(_, w, _)| *w).collect::<Vec<i64>>())
+        .bind(
+            events
+                .iter()
+                .map(|(_, _, t)| *t)
+                .collect::<Vec<Option<i64>>>(),
+        )
+        .bind(
+            events
+                .iter()
+                .map(|(e, _, _)| &e.cloud_event)
+                .collect::<Vec<&Value>>(),
+        )
+        .bind(jobs.iter().map(|r| r.id).collect::<Vec<i64>>())
+        .bind(
+            jobs.iter()
+                .map(|r| r.run_type.as_str())
+                .collect::<Vec<&str>>(),
+        )
+        .bind(jobs.iter().map(job_body).collect::<Vec<Value>>())
+        .bind(
+            inbox
+                .iter()
+                .map(|r| r.command_id.as_str())
+                .collect::<Vec<&str>>(),
+        )
+        .bind(inbox.iter().map(|r| r.kind).collect::<Vec<&str>>())
+        .bind(
+            inbox
+                .iter()
+                .map(|r| r.body_hash.as_str())
+                .collect::<Vec<&str>>(),
+        )
+        .bind(inbox.iter().map(|r| r.run_id).collect::<Vec<Option<i64>>>())
+        .bind(inbox.iter().map(|r| &r.result).collect::<Vec<&Value>>())
+        .execute(conn)
+        .await?;
+    Ok(())
+}
