@@ -60,6 +60,11 @@ pub struct ServeSettings {
     #[arg(long, env = "OPRUN_BATCH_SIZE", default_value_t = 200)]
     pub batch_size: usize,
 
+    /// Concurrent transactions a batch is split into (by run and identity, so one run's commands
+    /// stay in order); each takes a database connection.
+    #[arg(long, env = "OPRUN_LANES", default_value_t = 4)]
+    pub lanes: usize,
+
     /// How long a batch waits for more commands after its first, in milliseconds.
     #[arg(long, env = "OPRUN_BATCH_WINDOW_MS", default_value_t = 5)]
     pub batch_window_ms: u64,
@@ -120,6 +125,7 @@ impl Default for ServeSettings {
         Self {
             prefetch: 500,
             batch_size: 200,
+            lanes: 4,
             batch_window_ms: 5,
             metrics_addr: "off".into(),
             stale_factor: 3.0,

@@ -51,6 +51,49 @@ pub async fn apply_in_one_transaction(
     Ok(results)
 }
 
+/// Applies `commands` in up to `lanes` concurrent transactions and returns the results in input
+/// order. A command goes to the lane of the run it reports on, or of its identity (dispatch), so
+/// the commands of one run keep their order; lanes lock disjoint runs and identities, so they
+/// neither wait for nor deadlock with each other. `None` when shut down first.
+pub async fn apply_in_lanes(
+    pool: &PgPool,
+    commands: &[&Command],
+    ctx: &ApplyContext,
+    lanes: usize,
+    shutdown: &CancellationToken,
+) -> Option<Vec<BatchItem>> {
+    if lanes <= 1 || commands.len() < 2 {
+        return apply_batch(pool, commands, ctx, shutdown).await;
+    }
+    let lane_of: Vec<usize> = commands.iter().map(|c| lane_key(c) % lanes).collect();
+    let mut groups: Vec<Vec<&Command>> = vec![Vec::new(); lanes];
+    for (command, lane) in commands.iter().zip(&lane_of) {
+        groups[*lane].push(command);
+    }
+    let applied =
+        futures_util::future::join_all(groups.iter().map(|g| apply_batch(pool, g, ctx, shutdown)))
+            .await;
+    let mut results: Vec<_> = applied
+        .into_iter()
+        .map(|r| r.map(Vec::into_iter))
+        .collect::<Option<Vec<_>>>()?;
+    Some(
+        lane_of
+            .iter()
+            .map(|lane| results[*lane].next().expect("one result per command"))
+            .collect(),
+    )
+}
+
+fn lane_key(command: &Command) -> usize {
+    match &command.action {
+        CommandAction::Dispatch(d) => {
+            identity_lock_key(d.identity_hash.as_str()).unsigned_abs() as usize
+        }
+        CommandAction::Progress(p) => p.run_id.unsigned_abs() as usize,
+    }
+}
+
 /// Takes the batch's identity locks (transaction-scoped advisory locks keyed by the identity
 /// hash) and run row locks, each in ascending order; the locked runs are cached in `buf`.
 async fn lock_in_order(

@@ -9,7 +9,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use super::apply::CommandResult;
-use super::batch::apply_batch;
+use super::batch::apply_in_lanes;
 use super::Service;
 use crate::broker::dead_letter::dead_letter_properties;
 use crate::broker::publisher::{confirm_all, ConfirmPublisher, Pending};
@@ -46,7 +46,10 @@ pub async fn handle_deliveries(
         })
         .collect();
     let commands: Vec<&Command> = decoded.iter().filter_map(|c| c.as_ref().ok()).collect();
-    let Some(applied) = apply_batch(&service.pool, &commands, &service.ctx, shutdown).await else {
+    let lanes = service.settings.lanes;
+    let Some(applied) =
+        apply_in_lanes(&service.pool, &commands, &service.ctx, lanes, shutdown).await
+    else {
         return Ok(BatchSettlement::Interrupted);
     };
     let mut applied = applied.into_iter();

@@ -62,7 +62,7 @@ pub struct Service {
     /// The probes' state.
     pub health: Arc<Health>,
     config: Config,
-    settings: ServeSettings,
+    pub(crate) settings: ServeSettings,
 }
 
 impl Service {

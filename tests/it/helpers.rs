@@ -68,6 +68,7 @@ pub fn test_settings() -> ServeSettings {
         relay_idle_ms: 50,
         reaper_interval_secs: 0,
         db_connections: 3,
+        lanes: 2,
         shutdown_timeout_secs: 5,
         ..ServeSettings::default()
     }
