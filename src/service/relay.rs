@@ -102,10 +102,10 @@ pub async fn publish_events(
 ) -> Result<(), BrokerError> {
     let mut pending = Vec::with_capacity(events.len());
     for event in events {
-        let body = serde_json::to_vec(&event.cloud_event).expect("JSON values serialise");
+        let body = event.cloud_event.as_bytes();
         pending.push(
             publisher
-                .start(exchange, routing_key, &body, event_properties(event), false)
+                .start(exchange, routing_key, body, event_properties(event), false)
                 .await?,
         );
     }

@@ -1,9 +1,12 @@
 //! `operation_run_events`: the event outbox and the history of every run's events.
 
 use chrono::{DateTime, Utc};
-use serde_json::Value;
 use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
+
+/// The columns of [`StoredEvent`]; the document comes as text, to be published without parsing.
+const EVENT_COLUMNS: &str = "position, id, run_id, sequence, type, workspace_id, tenant_id, \
+     cloud_event::text AS cloud_event, created_at, published_at";
 
 /// An event as stored.
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
@@ -23,8 +26,8 @@ pub struct StoredEvent {
     pub workspace_id: i64,
     /// The run's tenant.
     pub tenant_id: Option<i64>,
-    /// The CloudEvents document.
-    pub cloud_event: Value,
+    /// The CloudEvents document as JSON text: published as it is, never parsed again.
+    pub cloud_event: String,
     /// When it was recorded.
     pub created_at: DateTime<Utc>,
     /// When the broker confirmed it; `None` while in the outbox.
@@ -47,9 +50,9 @@ pub async fn unpublished(
     conn: &mut PgConnection,
     limit: i64,
 ) -> Result<Vec<StoredEvent>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT * FROM operation_run_events WHERE published_at IS NULL ORDER BY position LIMIT $1",
-    )
+    sqlx::query_as(&format!(
+        "SELECT {EVENT_COLUMNS} FROM operation_run_events WHERE published_at IS NULL ORDER BY position LIMIT $1"
+    ))
     .bind(limit)
     .fetch_all(conn)
     .await
@@ -69,10 +72,12 @@ pub async fn for_run(
     executor: impl PgExecutor<'_>,
     run_id: i64,
 ) -> Result<Vec<StoredEvent>, sqlx::Error> {
-    sqlx::query_as("SELECT * FROM operation_run_events WHERE run_id = $1 ORDER BY sequence")
-        .bind(run_id)
-        .fetch_all(executor)
-        .await
+    sqlx::query_as(&format!(
+        "SELECT {EVENT_COLUMNS} FROM operation_run_events WHERE run_id = $1 ORDER BY sequence"
+    ))
+    .bind(run_id)
+    .fetch_all(executor)
+    .await
 }
 
 /// Events recorded at or after `since`, in position order (per-run order holds), after position
@@ -83,9 +88,9 @@ pub async fn since(
     after: i64,
     limit: i64,
 ) -> Result<Vec<StoredEvent>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT * FROM operation_run_events WHERE created_at >= $1 AND position > $2 ORDER BY position LIMIT $3",
-    )
+    sqlx::query_as(&format!(
+        "SELECT {EVENT_COLUMNS} FROM operation_run_events WHERE created_at >= $1 AND position > $2 ORDER BY position LIMIT $3"
+    ))
     .bind(since)
     .bind(after)
     .bind(limit)
