@@ -275,6 +275,54 @@ impl Topology {
     }
 }
 
+/// Declares a durable quorum queue `queue` and binds it to `exchange` with each of `keys`: a
+/// subscriber's or an executor's own queue (the exchange must exist).
+pub async fn declare_bound_queue(
+    channel: &Channel,
+    queue: &str,
+    exchange: &str,
+    keys: &[&str],
+) -> Result<(), BrokerError> {
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString(LongString::from("quorum")),
+    );
+    let options = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    channel.queue_declare(queue.into(), options, args).await?;
+    for key in keys {
+        channel
+            .queue_bind(
+                queue.into(),
+                exchange.into(),
+                (*key).into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+    }
+    Ok(())
+}
+
+/// Declares a durable exchange of `kind` (idempotent).
+pub async fn declare_exchange(
+    channel: &Channel,
+    exchange: &str,
+    kind: ExchangeKind,
+) -> Result<(), BrokerError> {
+    let options = ExchangeDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    channel
+        .exchange_declare(exchange.into(), kind, options, FieldTable::default())
+        .await?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

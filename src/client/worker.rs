@@ -9,17 +9,15 @@ use std::future::Future;
 use std::sync::Arc;
 
 use futures_util::StreamExt;
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
-    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
-};
-use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
+use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ExchangeKind};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use super::producer::{ClientError, Producer, RunRef};
 use crate::broker::connection::connect;
+use crate::broker::topology::{declare_bound_queue, declare_exchange};
 use crate::broker::Topology;
 use crate::domain::{RunOutcome, RunStatus};
 
@@ -84,54 +82,21 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// Connects, declares durable quorum queue `queue` bound to `N.jobs` for each of `types`.
+    /// Connects, declares durable quorum queue `N.worker.<name>` bound to `N.jobs` for each of
+    /// `types`. The namespace prefix keeps two namespaces on one broker from sharing a queue.
     pub async fn start(
         amqp_url: &str,
         namespace: &str,
-        queue: &str,
+        name: &str,
         types: &[&str],
         prefetch: u16,
     ) -> Result<Self, ClientError> {
         let topology = Topology::new(namespace)?;
+        let queue = &Self::queue_name(namespace, name);
         let connection = connect(amqp_url, "oprun worker").await?;
         let channel = connection.create_channel().await?;
-        channel
-            .exchange_declare(
-                topology.jobs_exchange().into(),
-                ExchangeKind::Topic,
-                ExchangeDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
-        let mut args = FieldTable::default();
-        args.insert(
-            "x-queue-type".into(),
-            AMQPValue::LongString(LongString::from("quorum")),
-        );
-        channel
-            .queue_declare(
-                queue.into(),
-                QueueDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                args,
-            )
-            .await?;
-        for t in types {
-            channel
-                .queue_bind(
-                    queue.into(),
-                    topology.jobs_exchange().into(),
-                    (*t).into(),
-                    QueueBindOptions::default(),
-                    FieldTable::default(),
-                )
-                .await?;
-        }
+        declare_exchange(&channel, &topology.jobs_exchange(), ExchangeKind::Topic).await?;
+        declare_bound_queue(&channel, queue, &topology.jobs_exchange(), types).await?;
         channel
             .basic_qos(prefetch, BasicQosOptions::default())
             .await?;

@@ -101,25 +101,26 @@ pub async fn find_active_by_identity(
 
 /// Locks run `run_id` for update, but only if it belongs to `scope`: a run of another workspace
 /// or tenant is as absent as a run that does not exist. Returns the run with the last sequence
-/// number of its events (read under the lock, in the same round trip).
+/// number of its events.
 pub async fn lock_in_scope(
     conn: &mut PgConnection,
     run_id: i64,
     scope: RunScope,
 ) -> Result<Option<(OperationRun, i64)>, sqlx::Error> {
-    let row: Option<PgRow> = sqlx::query(
-        "SELECT r.*, (SELECT coalesce(max(e.sequence), 0) FROM operation_run_events e WHERE e.run_id = r.id) AS last_sequence
-         FROM operation_runs r
-         WHERE r.id = $1 AND r.workspace_id = $2 AND r.tenant_id IS NOT DISTINCT FROM $3
-         FOR UPDATE OF r",
+    let run: Option<OperationRun> = sqlx::query_as(
+        "SELECT * FROM operation_runs
+         WHERE id = $1 AND workspace_id = $2 AND tenant_id IS NOT DISTINCT FROM $3
+         FOR UPDATE",
     )
     .bind(run_id)
     .bind(scope.workspace_id)
     .bind(scope.tenant_id)
-    .fetch_optional(conn)
+    .fetch_optional(&mut *conn)
     .await?;
-    row.map(|row| Ok((OperationRun::from_row(&row)?, row.try_get("last_sequence")?)))
-        .transpose()
+    let Some(run) = run else { return Ok(None) };
+    let (_, last) = last_sequences(conn, &[run.id]).await?;
+    let seq = last.get(&run.id).copied().unwrap_or(0);
+    Ok(Some((run, seq)))
 }
 
 /// Locks runs `ids` in ascending id order (the global lock order of batches) and returns them
@@ -128,19 +129,40 @@ pub async fn lock_many(
     conn: &mut PgConnection,
     ids: &[i64],
 ) -> Result<(Vec<(OperationRun, i64)>, DateTime<Utc>), sqlx::Error> {
-    let rows: Vec<PgRow> = sqlx::query(
-        "SELECT r.*, (SELECT coalesce(max(e.sequence), 0) FROM operation_run_events e WHERE e.run_id = r.id) AS last_sequence
-         FROM operation_runs r WHERE r.id = ANY($1) ORDER BY r.id FOR UPDATE OF r",
+    let runs: Vec<OperationRun> =
+        sqlx::query_as("SELECT * FROM operation_runs WHERE id = ANY($1) ORDER BY id FOR UPDATE")
+            .bind(ids)
+            .fetch_all(&mut *conn)
+            .await?;
+    let (now, last) = last_sequences(conn, ids).await?;
+    let runs = runs
+        .into_iter()
+        .map(|run| {
+            let seq = last.get(&run.id).copied().unwrap_or(0);
+            (run, seq)
+        })
+        .collect();
+    Ok((runs, now))
+}
+
+/// The last event sequence of each of `ids` (absent: no events), and the transaction's `now()`.
+///
+/// This must be its own statement, *after* the row locks: a `SELECT … FOR UPDATE` that waited
+/// for another transaction re-reads the locked row, but any subquery in it still sees the
+/// snapshot taken before the wait, and would miss the events that transaction just committed.
+async fn last_sequences(
+    conn: &mut PgConnection,
+    ids: &[i64],
+) -> Result<(DateTime<Utc>, std::collections::HashMap<i64, i64>), sqlx::Error> {
+    let (now, runs, lasts): (DateTime<Utc>, Vec<i64>, Vec<i64>) = sqlx::query_as(
+        "SELECT now(), coalesce(array_agg(s.run_id), '{}'), coalesce(array_agg(s.last), '{}')
+         FROM (SELECT run_id, max(sequence) AS last FROM operation_run_events
+               WHERE run_id = ANY($1) GROUP BY run_id) s",
     )
     .bind(ids)
-    .fetch_all(&mut *conn)
+    .fetch_one(conn)
     .await?;
-    let now: DateTime<Utc> = sqlx::query_scalar("SELECT now()").fetch_one(conn).await?;
-    let runs = rows
-        .iter()
-        .map(|row| Ok((OperationRun::from_row(row)?, row.try_get("last_sequence")?)))
-        .collect::<Result<_, sqlx::Error>>()?;
-    Ok((runs, now))
+    Ok((now, runs.into_iter().zip(lasts).collect()))
 }
 
 /// One run by id.

@@ -121,3 +121,90 @@ async fn a_command_applied_meanwhile_by_another_consumer_is_replayed_not_refused
         Err(rejection) => panic!("refused (would be dead-lettered): {rejection:?}"),
     }
 }
+
+/// Two consumers reporting on one run at once: the second waits for the first's row lock and
+/// must then number its event after the first's, not reuse the number it would have seen
+/// before the wait.
+#[sqlx::test]
+async fn a_progress_command_that_waited_for_a_runs_lock_numbers_its_event_after_the_first(
+    pool: sqlx::PgPool,
+) {
+    use operation_runs::domain::decode_command;
+    use operation_runs::service::apply::{apply_command, ApplyContext, Disposition};
+    use operation_runs::service::batch::apply_batch;
+    use operation_runs::service::tx_buffer::TxBuffer;
+    use tokio_util::sync::CancellationToken;
+
+    crate::helpers::seed_scopes(&pool).await;
+    let ctx = ApplyContext {
+        event_source: "/test".into(),
+        hand_off_jobs: false,
+    };
+    let dispatch = decode_command(
+        dispatch("policy.sync", 1, Some(10), json!({"policy_id": 9}))
+            .to_string()
+            .as_bytes(),
+        None,
+    )
+    .unwrap();
+    let created = apply_batch(&pool, &[&dispatch], &ctx, &CancellationToken::new())
+        .await
+        .unwrap();
+    let run_id = created[0].as_ref().unwrap().run_id.unwrap();
+    let increment = |n: i64| {
+        let body = crate::helpers::progress(
+            "increment_summary_counts",
+            run_id,
+            json!({"counts": {"items": n}}),
+        );
+        decode_command(body.to_string().as_bytes(), None).unwrap()
+    };
+    let (first_command, second_command) = (increment(1), increment(2));
+
+    let mut first = pool.begin().await.unwrap();
+    let mut buf = TxBuffer::default();
+    buf.lock_runs(&mut first, &[run_id]).await.unwrap();
+    apply_command(&mut first, &mut buf, &first_command, &ctx)
+        .await
+        .unwrap();
+    buf.flush(&mut first).await.unwrap();
+    let second = tokio::spawn({
+        let (pool, ctx) = (pool.clone(), ctx.clone());
+        async move { apply_batch(&pool, &[&second_command], &ctx, &CancellationToken::new()).await }
+    });
+    crate::helpers::wait_until("the second consumer to wait for the run's lock", || {
+        let pool = pool.clone();
+        async move {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_locks WHERE NOT granted
+                 AND pid IN (SELECT pid FROM pg_stat_activity WHERE datname = current_database())",
+            )
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            (waiting > 0).then_some(())
+        }
+    })
+    .await;
+    first.commit().await.unwrap();
+    let results = second.await.unwrap().expect("not shut down");
+    match &results[0] {
+        Ok(r) => assert_eq!(r.disposition, Disposition::Applied),
+        Err(rejection) => panic!("refused (would be dead-lettered): {rejection:?}"),
+    }
+    let sequences: Vec<i64> = sqlx::query_scalar(
+        "SELECT sequence FROM operation_run_events WHERE run_id = $1 ORDER BY sequence",
+    )
+    .bind(run_id)
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(sequences, [1, 2, 3]);
+    let counts: serde_json::Value =
+        sqlx::query_scalar("SELECT summary_counts FROM operation_runs WHERE id = $1")
+            .bind(run_id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(counts, json!({"items": 3}));
+}

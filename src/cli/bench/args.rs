@@ -1,9 +1,10 @@
 //! `oprun bench`'s flags and the order of its phases.
 
+use crate::broker::topology::declare_bound_queue;
 use std::time::{Duration, Instant};
 
-use lapin::options::{QueueBindOptions, QueueDeclareOptions};
-use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::options::QueueDeclareOptions;
+use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
 
 use super::baseline;
@@ -242,29 +243,6 @@ async fn clean_up(config: &Config, sandbox: &Sandbox) {
 
 /// Declares the bench's subscriber queue (quorum, like a durable subscriber's) on `N.events`.
 async fn subscribe(channel: &Channel, queue: &str, exchange: &str) -> Result<(), CliError> {
-    let mut args = FieldTable::default();
-    args.insert(
-        "x-queue-type".into(),
-        AMQPValue::LongString(LongString::from("quorum")),
-    );
-    channel
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            args,
-        )
-        .await?;
-    channel
-        .queue_bind(
-            queue.into(),
-            exchange.into(),
-            "".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    declare_bound_queue(channel, queue, exchange, &[""]).await?;
     Ok(())
 }

@@ -10,6 +10,7 @@
 //! baseline is not handicapped. Published − acked is bounded like the service phase's in-flight
 //! bound. The rate is `messages` / (last ack − first publish).
 
+use crate::broker::topology::{declare_bound_queue, declare_exchange};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,9 +18,9 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    ConfirmSelectOptions,
 };
-use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ExchangeKind, PublisherConfirm};
 use tokio::sync::{mpsc, Semaphore};
 
@@ -168,41 +169,8 @@ async fn declare(
     queue: &str,
     key: &str,
 ) -> Result<(), CliError> {
-    channel
-        .exchange_declare(
-            exchange.into(),
-            kind,
-            ExchangeDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    let mut args = FieldTable::default();
-    args.insert(
-        "x-queue-type".into(),
-        AMQPValue::LongString(LongString::from("quorum")),
-    );
-    channel
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            args,
-        )
-        .await?;
-    channel
-        .queue_bind(
-            queue.into(),
-            exchange.into(),
-            key.into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    declare_exchange(channel, exchange, kind).await?;
+    declare_bound_queue(channel, queue, exchange, &[key]).await?;
     Ok(())
 }
 

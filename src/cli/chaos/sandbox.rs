@@ -2,10 +2,10 @@
 //! namespace `chaos_<id>` (the service's topology plus the subscriber's queue), and a directory
 //! for the service logs. Removed at the end of a clean run; kept, and shown, otherwise.
 
+use crate::broker::topology::declare_bound_queue;
 use std::path::PathBuf;
 
-use lapin::options::{QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions};
-use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::options::QueueDeleteOptions;
 use sqlx::PgPool;
 
 use super::workload::{tenant_workspace, FIRST_TENANT, TENANTS, USERS, WORKSPACES};
@@ -76,27 +76,13 @@ impl Sandbox {
         let connection = connect(&self.amqp_url, "oprun chaos setup").await?;
         let channel = connection.create_channel().await?;
         self.topology.declare(&channel).await?;
-        let mut arguments = FieldTable::default();
-        arguments.insert(
-            "x-queue-type".into(),
-            AMQPValue::LongString(LongString::from("quorum")),
-        );
-        let durable = QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
-        };
-        channel
-            .queue_declare(self.subscriber_queue.as_str().into(), durable, arguments)
-            .await?;
-        channel
-            .queue_bind(
-                self.subscriber_queue.as_str().into(),
-                self.topology.events_exchange().into(),
-                "".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
+        declare_bound_queue(
+            &channel,
+            &self.subscriber_queue,
+            &self.topology.events_exchange(),
+            &[""],
+        )
+        .await?;
         let _ = connection.close(200, "set up".into()).await;
         Ok(())
     }
