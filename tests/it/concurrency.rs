@@ -99,20 +99,7 @@ async fn a_command_applied_meanwhile_by_another_consumer_is_replayed_not_refused
         let (pool, command, ctx) = (pool.clone(), command.clone(), ctx.clone());
         async move { apply_batch(&pool, &[&command], &ctx, &CancellationToken::new()).await }
     });
-    crate::helpers::wait_until("the second consumer to wait for the first", || {
-        let pool = pool.clone();
-        async move {
-            let waiting: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM pg_locks WHERE NOT granted
-                 AND pid IN (SELECT pid FROM pg_stat_activity WHERE datname = current_database())",
-            )
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-            (waiting > 0).then_some(())
-        }
-    })
-    .await;
+    wait_for_a_lock_wait(&pool).await;
     first.commit().await.unwrap();
 
     let results = second.await.unwrap().expect("not shut down");
@@ -172,20 +159,7 @@ async fn a_progress_command_that_waited_for_a_runs_lock_numbers_its_event_after_
         let (pool, ctx) = (pool.clone(), ctx.clone());
         async move { apply_batch(&pool, &[&second_command], &ctx, &CancellationToken::new()).await }
     });
-    crate::helpers::wait_until("the second consumer to wait for the run's lock", || {
-        let pool = pool.clone();
-        async move {
-            let waiting: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM pg_locks WHERE NOT granted
-                 AND pid IN (SELECT pid FROM pg_stat_activity WHERE datname = current_database())",
-            )
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-            (waiting > 0).then_some(())
-        }
-    })
-    .await;
+    wait_for_a_lock_wait(&pool).await;
     first.commit().await.unwrap();
     let results = second.await.unwrap().expect("not shut down");
     match &results[0] {
@@ -207,4 +181,23 @@ async fn a_progress_command_that_waited_for_a_runs_lock_numbers_its_event_after_
             .await
             .unwrap();
     assert_eq!(counts, json!({"items": 3}));
+}
+
+/// Waits until a session of this test's database waits for a lock (the second consumer is
+/// blocked behind the first).
+async fn wait_for_a_lock_wait(pool: &sqlx::PgPool) {
+    crate::helpers::wait_until("a session to wait for a lock", || {
+        let pool = pool.clone();
+        async move {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_locks WHERE NOT granted
+                 AND pid IN (SELECT pid FROM pg_stat_activity WHERE datname = current_database())",
+            )
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            (waiting > 0).then_some(())
+        }
+    })
+    .await;
 }
