@@ -9,35 +9,9 @@ use crate::helpers::{dispatch, json_properties, TestApp};
 /// Publishes `body` asking for a reply on a fresh queue, and returns the reply.
 async fn dispatch_with_reply(app: &TestApp, body: &Value) -> Value {
     use futures_util::StreamExt;
-    use lapin::options::{BasicConsumeOptions, QueueDeclareOptions};
-    use lapin::types::FieldTable;
-    let channel = app.connection.create_channel().await.unwrap();
-    let q = channel
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    let mut replies = channel
-        .basic_consume(
-            q.name().clone(),
-            "".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    let (_channel, queue, mut replies) = app.temporary_queue(None).await;
     let properties: BasicProperties = json_properties()
-        .with_reply_to(q.name().clone())
+        .with_reply_to(queue.as_str().into())
         .with_correlation_id("corr-1".into());
     app.publish_raw("dispatch", &serde_json::to_vec(body).unwrap(), properties)
         .await;

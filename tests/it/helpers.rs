@@ -224,44 +224,53 @@ impl TestApp {
             .unwrap();
     }
 
-    /// Binds a fresh exclusive queue to the events exchange: a subscriber.
-    pub async fn subscribe_events(&self) -> Subscriber {
+    /// A fresh exclusive, auto-deleted queue with a no-ack consumer on it, bound to `exchange`
+    /// when given: a subscriber's queue, or a reply queue.
+    pub async fn temporary_queue(&self, exchange: Option<&str>) -> (Channel, String, Consumer) {
         let channel = self.connection.create_channel().await.unwrap();
+        let options = QueueDeclareOptions {
+            exclusive: true,
+            auto_delete: true,
+            ..Default::default()
+        };
         let queue = channel
-            .queue_declare(
-                "".into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
+            .queue_declare("".into(), options, FieldTable::default())
             .await
             .unwrap();
         let name = queue.name().as_str().to_owned();
-        channel
-            .queue_bind(
-                name.as_str().into(),
-                self.topology.events_exchange().into(),
-                "".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
+        if let Some(exchange) = exchange {
+            channel
+                .queue_bind(
+                    name.as_str().into(),
+                    exchange.into(),
+                    "".into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .unwrap();
+        }
+        let consume = BasicConsumeOptions {
+            no_ack: true,
+            ..Default::default()
+        };
         let consumer = channel
             .basic_consume(
                 name.as_str().into(),
                 "".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..Default::default()
-                },
+                consume,
                 FieldTable::default(),
             )
             .await
             .unwrap();
+        (channel, name, consumer)
+    }
+
+    /// Binds a fresh exclusive queue to the events exchange: a subscriber.
+    pub async fn subscribe_events(&self) -> Subscriber {
+        let (channel, _, consumer) = self
+            .temporary_queue(Some(&self.topology.events_exchange()))
+            .await;
         Subscriber {
             _channel: channel,
             consumer,
