@@ -1,8 +1,9 @@
 //! Publishing with publisher confirms on a dedicated channel: a message counts as sent only when
 //! the broker has acked it.
 
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::{BasicProperties, Channel, Connection};
+use lapin::options::{BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Connection, Consumer};
 use lapin::{Confirmation, PublisherConfirm};
 
 use super::BrokerError;
@@ -100,6 +101,26 @@ impl Pending {
             }),
         }
     }
+}
+
+/// RabbitMQ's direct reply-to pseudo-queue: set it as `reply_to` on a channel that consumes it.
+pub const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
+
+/// Starts consuming direct replies (no-ack, as RabbitMQ requires) on `channel`; publish requests
+/// with `reply_to = DIRECT_REPLY_TO` from the same channel.
+pub async fn consume_direct_replies(channel: &Channel) -> Result<Consumer, BrokerError> {
+    let options = BasicConsumeOptions {
+        no_ack: true,
+        ..Default::default()
+    };
+    Ok(channel
+        .basic_consume(
+            DIRECT_REPLY_TO.into(),
+            "".into(),
+            options,
+            FieldTable::default(),
+        )
+        .await?)
 }
 
 /// Waits for all `pending` confirms, in order.

@@ -9,18 +9,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use lapin::options::BasicConsumeOptions;
-use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection};
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
 
 use crate::broker::connection::connect;
-use crate::broker::publisher::{ConfirmPublisher, Confirmed};
+use crate::broker::publisher::{
+    consume_direct_replies, ConfirmPublisher, Confirmed, DIRECT_REPLY_TO,
+};
 use crate::broker::{BrokerError, Topology};
 use crate::domain::{RunOutcome, RunStatus};
-
-const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
 
 /// Why a command could not be sent or answered.
 #[derive(Debug, thiserror::Error)]
@@ -128,18 +126,7 @@ impl Producer {
         let connection = connect(amqp_url, "oprun producer").await?;
         let publisher = ConfirmPublisher::open(&connection).await?;
         // Direct reply-to: consume the pseudo-queue (no-ack) on the channel we publish from.
-        let mut replies = publisher
-            .channel()
-            .basic_consume(
-                DIRECT_REPLY_TO.into(),
-                "".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
+        let mut replies = consume_direct_replies(publisher.channel()).await?;
         let waiters: Waiters = Arc::default();
         let routing = waiters.clone();
         tokio::spawn(async move {

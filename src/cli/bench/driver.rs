@@ -20,10 +20,10 @@ use super::pipeline::Pipeline;
 use super::tracker::{AfterReply, Counts, EventKind, Reply, Tracker};
 use super::workload::RunPlan;
 use crate::broker::headers::{get_i64, get_str};
+use crate::broker::publisher::{consume_direct_replies, DIRECT_REPLY_TO};
 use crate::broker::Topology;
 use crate::cli::CliError;
 
-const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
 /// Unconfirmed publishes the bench keeps in flight.
 const CONFIRM_WINDOW: u32 = 1_000;
 /// With nothing received for this long, the workload is declared stalled.
@@ -97,18 +97,7 @@ pub async fn drive(
 ) -> Result<DriveResult, CliError> {
     let pipeline = Pipeline::open(connection, CONFIRM_WINDOW).await?;
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let replies = pipeline
-        .channel()
-        .basic_consume(
-            DIRECT_REPLY_TO.into(),
-            "".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
+    let replies = consume_direct_replies(pipeline.channel()).await?;
     tokio::spawn(forward_replies(replies, tx.clone()));
     let events_channel = connection.create_channel().await?;
     let events_tag = format!("bench-events-{}", uuid::Uuid::new_v4().simple());
