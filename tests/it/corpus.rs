@@ -4,7 +4,7 @@
 use serde_json::{json, Value};
 use sqlx::PgPool;
 
-use crate::helpers::{dispatch, header, json_properties, progress, wait_for_active_run, TestApp};
+use crate::helpers::{dispatch, header, progress, wait_for_active_run, TestApp};
 
 const CORPUS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/corpus");
 
@@ -37,20 +37,14 @@ async fn every_corpus_message_is_dead_lettered_with_its_code_and_good_ones_still
         messages.len() >= 40,
         "the corpus holds at least 40 messages"
     );
-    let mut good = 0;
-    for (i, m) in messages.iter().enumerate() {
+    let bodies = messages.iter().enumerate().map(|(i, m)| {
         let raw = std::fs::read(format!("{CORPUS}/{}", m["file"].as_str().unwrap())).unwrap();
-        let body = replace(&raw, b"__RUN_ID__", run_id.to_string().as_bytes());
-        app.publish_raw(&format!("corpus.{i}"), &body, json_properties())
-            .await;
-        app.publish(&progress(
-            "increment_summary_counts",
-            run_id,
-            json!({"counts": {"total": 1}}),
-        ))
-        .await;
-        good += 1;
-    }
+        (
+            format!("corpus.{i}"),
+            replace(&raw, b"__RUN_ID__", run_id.to_string().as_bytes()),
+        )
+    });
+    let good = app.publish_interleaved_with_good(run_id, bodies).await;
 
     let letters = app.take_dead_letters(messages.len()).await;
     let mut wrong = Vec::new();

@@ -277,13 +277,7 @@ async fn replies_are_never_sent_into_the_services_own_queues(pool: PgPool) {
     app.wait_for_count("SELECT count(*) FROM processed_commands", 1)
         .await;
     // A marker command after it: once applied, any reply would already be in the queue.
-    app.publish(&dispatch(
-        "policy.sync",
-        1,
-        Some(10),
-        json!({"policy_id": 8}),
-    ))
-    .await;
+    app.dispatch_policy(8).await;
     app.wait_for_count("SELECT count(*) FROM processed_commands", 2)
         .await;
     assert_eq!(app.queue_depth(&app.topology.commands_queue()).await, 0);

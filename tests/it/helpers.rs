@@ -101,8 +101,8 @@ impl TestApp {
         .await
     }
 
-    /// Dispatches a `policy.sync` run of workspace 1 / tenant 10 and returns its id once created.
-    pub async fn create_policy_run(&self, policy_id: i64) -> i64 {
+    /// Publishes a `policy.sync` dispatch of workspace 1 / tenant 10.
+    pub async fn dispatch_policy(&self, policy_id: i64) {
         self.publish(&dispatch(
             "policy.sync",
             1,
@@ -110,7 +110,34 @@ impl TestApp {
             json!({ "policy_id": policy_id }),
         ))
         .await;
+    }
+
+    /// Dispatches a `policy.sync` run of workspace 1 / tenant 10 and returns its id once created.
+    pub async fn create_policy_run(&self, policy_id: i64) -> i64 {
+        self.dispatch_policy(policy_id).await;
         wait_for_active_run(self, "policy.sync").await
+    }
+
+    /// Publishes each `(routing key, body)` raw, followed by a good command (`total` + 1 on
+    /// `run_id`), and returns how many good ones it sent.
+    pub async fn publish_interleaved_with_good(
+        &self,
+        run_id: i64,
+        bad: impl IntoIterator<Item = (String, Vec<u8>)>,
+    ) -> u64 {
+        let mut good = 0;
+        for (routing_key, body) in bad {
+            self.publish_raw(&routing_key, &body, json_properties())
+                .await;
+            self.publish(&progress(
+                "increment_summary_counts",
+                run_id,
+                json!({"counts": {"total": 1}}),
+            ))
+            .await;
+            good += 1;
+        }
+        good
     }
 
     /// Seeds scopes, declares a fresh namespace and starts one service instance.

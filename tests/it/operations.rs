@@ -41,20 +41,8 @@ async fn a_stale_run_is_reaped_once_even_with_two_instances(
     let mut app = TestApp::without_service(pool(2)).await;
     let mut settings = test_settings();
     app.start_instance(pool(3), settings.clone()).await;
-    app.publish(&dispatch(
-        "policy.sync",
-        1,
-        Some(10),
-        json!({"policy_id": 1}),
-    ))
-    .await;
-    app.publish(&dispatch(
-        "policy.sync",
-        1,
-        Some(10),
-        json!({"policy_id": 2}),
-    ))
-    .await;
+    app.dispatch_policy(1).await;
+    app.dispatch_policy(2).await;
     app.wait_for_count("SELECT count(*) FROM operation_runs", 2)
         .await;
     let stale = wait_for_active_run(&app, "policy.sync").await;
@@ -407,20 +395,8 @@ async fn the_metrics_endpoint_shows_the_counters_moving(pool: PgPool) {
     .await;
     let before = http_get(addr, "/metrics").await;
     assert!(!before.contains("kind=\"dispatch\",result=\"applied\""));
-    app.publish(&dispatch(
-        "policy.sync",
-        1,
-        Some(10),
-        json!({"policy_id": 1}),
-    ))
-    .await;
-    app.publish(&dispatch(
-        "policy.sync",
-        1,
-        Some(10),
-        json!({"policy_id": 1}),
-    ))
-    .await;
+    app.dispatch_policy(1).await;
+    app.dispatch_policy(1).await;
     app.publish(&dispatch(
         "policy.sync",
         1,

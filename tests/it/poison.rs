@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde_json::json;
 use sqlx::PgPool;
 
-use crate::helpers::{dispatch, header, json_properties, progress, wait_for_active_run, TestApp};
+use crate::helpers::{dispatch, header, progress, wait_for_active_run, TestApp};
 
 #[sqlx::test]
 async fn every_kind_of_poison_message_is_dead_lettered_with_its_code(pool: PgPool) {
@@ -58,19 +58,12 @@ async fn every_kind_of_poison_message_is_dead_lettered_with_its_code(pool: PgPoo
     ];
 
     app.publish(&reused).await;
-    let mut good = 0;
-    for (i, (_, body)) in poison.iter().enumerate() {
-        app.publish_raw(&format!("poison.{i}"), body, json_properties())
-            .await;
-        // A good command between every two bad ones.
-        app.publish(&progress(
-            "increment_summary_counts",
-            run_id,
-            json!({"counts": {"total": 1}}),
-        ))
-        .await;
-        good += 1;
-    }
+    // A good command between every two bad ones.
+    let bodies = poison
+        .iter()
+        .enumerate()
+        .map(|(i, (_, body))| (format!("poison.{i}"), body.clone()));
+    let good = app.publish_interleaved_with_good(run_id, bodies).await;
 
     let letters = app.take_dead_letters(poison.len()).await;
     let mut got: BTreeMap<String, String> = BTreeMap::new();
