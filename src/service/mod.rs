@@ -13,7 +13,7 @@ pub mod tx_buffer;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
 use tokio::sync::Notify;
@@ -26,7 +26,7 @@ use crate::broker::consumer::CommandConsumer;
 use crate::broker::publisher::ConfirmPublisher;
 use crate::broker::{BrokerError, Topology};
 use crate::config::{Config, ServeSettings};
-use crate::retry::{backoff, retry_transient};
+use crate::retry::{retry_transient, ReconnectBackoff};
 use crate::store::{self, StoreError};
 use apply::ApplyContext;
 use handler::{handle_deliveries, BatchSettlement};
@@ -113,17 +113,30 @@ impl Service {
 
     /// Runs until `shutdown`: connects (and reconnects, with backoff) to the broker, consumes,
     /// relays and reaps. Returns after in-flight work is settled and the outbox flushed.
+    ///
+    /// The reconnect backoff starts again after a healthy period: a connection that consumed for
+    /// at least [`crate::retry::HEALTHY_AFTER`] before it failed is retried after 100–200 ms,
+    /// whatever outages came before it.
     pub async fn run(&self, shutdown: CancellationToken) {
         let reaper = tokio::spawn(self.clone().reap_forever(shutdown.clone()));
         let probe = tokio::spawn(self.clone().probe_database(shutdown.clone()));
-        let mut delays = backoff();
+        let mut reconnect = ReconnectBackoff::new();
         loop {
+            let attempt_started = Instant::now();
             match self.run_connected(&shutdown).await {
                 Ok(()) => break,
                 Err(e) => {
+                    // Healthy means it got as far as consuming (the flag is still up: nothing
+                    // lowers it on the error path before this line) and stayed up long enough.
+                    let consumed = self.health.consumer_running.load(Ordering::Relaxed);
+                    let healthy_for = if consumed {
+                        attempt_started.elapsed()
+                    } else {
+                        Duration::ZERO
+                    };
                     self.set_consumer_running(false);
                     self.metrics.add("oprun_reconnects_total", String::new(), 1);
-                    let delay = delays.next().unwrap_or(Duration::from_secs(10));
+                    let delay = reconnect.on_failure(healthy_for);
                     tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "broker connection lost, reconnecting");
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
