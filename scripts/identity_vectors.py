@@ -7,7 +7,9 @@ This is an independent implementation (Python standard library only) of
         {"type": T, "workspace_id": W, "tenant_id": T-or-null,
          "identity": {each identity key of the type: its value from context}}
 
-with `scheduled_for` first normalised to its UTC minute (`YYYY-MM-DDTHH:MM:00Z`).
+with each identity value first put in its normal form: `scheduled_for` becomes its UTC minute
+(`YYYY-MM-DDTHH:MM:00Z`) and an integer becomes its decimal string (see `normalise_identity_value`).
+Like the service, it refuses a body with a repeated object key or a NUL character in any string.
 
 For every vector below it computes the canonical JSON and the hash, checks them against
 `oprun identity-hash --explain` (the Rust implementation), checks the vectors that must share
@@ -65,13 +67,21 @@ RULE = (
     "<its value from context>}}. Identity keys per type: "
     + "; ".join(f"{t}: {', '.join(keys)}" for t, keys in IDENTITY_KEYS.items())
     + ". Other context keys are ignored. An identity key that is missing or null is an error "
-    "(missing_identity_key). workspace_id (required) and tenant_id are positive integers written without fraction or exponent. scheduled_for must be an RFC 3339 timestamp string and is replaced by "
-    "its UTC minute, formatted YYYY-MM-DDTHH:MM:00Z (seconds and fractions dropped, offset applied), "
-    "before hashing; anything else is an error (invalid_identity_value). JCS: object keys sorted by "
+    "(missing_identity_key). workspace_id (required) and tenant_id are positive integers written without fraction or exponent. "
+    "Each identity value is put in its normal form before hashing: scheduled_for must be an RFC 3339 timestamp string and is replaced by "
+    "its UTC minute, formatted YYYY-MM-DDTHH:MM:00Z (seconds and fractions dropped, offset applied); "
+    "anything else is an error (invalid_identity_value). Every other identity value that is a JSON number is replaced by its "
+    "decimal string when it is an integer: an integer literal (no fraction, no exponent; any size, every digit kept; -0 -> \"0\") "
+    "becomes its digits (77 -> \"77\", -5 -> \"-5\", 123456789012345678901234567890 -> \"123456789012345678901234567890\"), "
+    "and a number with a fraction or exponent whose value is an integer of magnitude at most 2^53-1 becomes the same "
+    "(1.0 -> \"1\", 7.7e1 -> \"77\", -0.0 -> \"0\"); other numbers (1.5, 1e21) stay numbers. Strings are unchanged, so \"77\" "
+    "equals 77 while \"077\", \"+77\" and \" 77\" do not. Only the top-level identity values are normalised: numbers inside "
+    "an object or array value (a selection) keep JCS number rules. JCS: object keys sorted by "
     "UTF-16 code units, no whitespace, every number is an IEEE 754 double printed as ECMAScript "
     "Number.prototype.toString prints it (so 1.0 -> 1, 1e3 -> 1000, -0.0 -> 0, 1e21 -> 1e+21, "
     "integers above 2^53 are rounded to the nearest double), strings escape only '\"', '\\\\' and "
-    "U+0000..U+001F (as \\b \\t \\n \\f \\r or \\u00xx with lowercase hex), everything else as UTF-8."
+    "U+0001..U+001F (as \\b \\t \\n \\f \\r or \\u00xx with lowercase hex), everything else as UTF-8. "
+    "A command with a repeated object key (duplicate_key) or a U+0000 in any string (invalid_string) is refused."
 )
 
 DESCRIPTION = (
@@ -140,6 +150,22 @@ def scope_id(command: dict, name: str, required: bool):
     return value
 
 
+MAX_SAFE_INTEGER = 2**53 - 1
+
+
+def normalise_identity_value(value):
+    """A top-level identity value (other than scheduled_for) in its normal form: an integer as its
+    decimal string. Numbers inside objects and arrays, strings and literals are unchanged."""
+    if not isinstance(value, Num):
+        return value
+    if INTEGER_LITERAL.match(value.text):
+        return str(int(value.text))  # exact at any size; "-0" -> "0"
+    x = float(value)
+    if x.is_integer() and abs(x) <= MAX_SAFE_INTEGER:
+        return str(int(x))
+    return value
+
+
 def identity_document(command: dict) -> dict:
     """The document that is canonicalised and hashed (numbers still as parsed Num)."""
     run_type = command["type"]
@@ -151,7 +177,7 @@ def identity_document(command: dict) -> dict:
         value = context.get(key)
         if value is None:
             raise IdentityError(f"context.{key} is required by type {run_type}")
-        identity[key] = normalise_scheduled_for(value) if key == "scheduled_for" else value
+        identity[key] = normalise_scheduled_for(value) if key == "scheduled_for" else normalise_identity_value(value)
     return {
         "type": run_type,
         "workspace_id": scope_id(command, "workspace_id", True),
@@ -187,8 +213,32 @@ class Num:
 
 
 def loads(text: str):
-    """JSON parsing that keeps number literals as Num."""
-    return json.loads(text, parse_int=Num, parse_float=Num, parse_constant=_reject_constant)
+    """JSON parsing that keeps number literals as Num and, as the service does, refuses a repeated
+    key in any object and U+0000 in any string."""
+    value = json.loads(text, parse_int=Num, parse_float=Num, parse_constant=_reject_constant, object_pairs_hook=_unique_keys)
+    _refuse_nul(value)
+    return value
+
+
+def _unique_keys(pairs):
+    out = {}
+    for k, v in pairs:
+        if k in out:
+            raise IdentityError(f"duplicate_key: key {k[:64]!r} appears more than once in one object")
+        out[k] = v
+    return out
+
+
+def _refuse_nul(value) -> None:
+    if isinstance(value, str) and "\0" in value:
+        raise IdentityError("invalid_string: a string contains U+0000")
+    if isinstance(value, list):
+        for v in value:
+            _refuse_nul(v)
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _refuse_nul(k)
+            _refuse_nul(v)
 
 
 def _reject_constant(name: str):
@@ -324,6 +374,19 @@ def self_test() -> None:
     for s, out in [("a\u007fb", '"a\u007fb"'), ("\u2028", '"\u2028"'), ("/", '"/"'), ("\u0000\u001f", '"\\u0000\\u001f"')]:
         assert jcs_string(s) == out, (s, jcs_string(s), out)
     assert normalise_scheduled_for("2026-03-01T11:00:59.999+01:00") == "2026-03-01T10:00:00Z"
+    for text, out in [("77", "77"), ("-5", "-5"), ("-0", "0"), ("1.0", "1"), ("7.7e1", "77"), ("-0.0", "0"),
+                      ("123456789012345678901234567890", "123456789012345678901234567890"),
+                      ("9007199254740991.0", "9007199254740991")]:
+        assert normalise_identity_value(Num(text)) == out, (text, normalise_identity_value(Num(text)), out)
+    for text in ["1.5", "1e21", "9007199254740992.0"]:
+        assert isinstance(normalise_identity_value(Num(text)), Num), text
+    assert normalise_identity_value("077") == "077"
+    for bad in ['{"a": 1, "a": 2}', '{"x": [{"b": 1, "\\u0062": 2}]}', '{"a": "x\\u0000"}', '{"k\\u0000": 1}']:
+        try:
+            loads(bad)
+        except IdentityError:
+            continue
+        raise AssertionError(f"accepted {bad!r}")
     assert normalise_scheduled_for("2026-03-01T00:10:00+02:00") == "2026-02-28T22:10:00Z"
     assert normalise_scheduled_for("2024-02-29T23:45:10-05:30") == "2024-03-01T05:15:00Z"
     for bad in ["2026-03-01 10:00:05Z", "2026-03-01T10:00:05", "2026-02-30T10:00:05Z", "\uff12026-03-01T10:00:05Z"]:
@@ -461,9 +524,9 @@ VECTORS: list[tuple[str, str, str | None, str]] = [
     ),
     (
         "directory_role_definitions_sync_escapes",
-        r'{"kind": "dispatch", "workspace_id": 5, "tenant_id": 6, "type": "directory_role_definitions.sync", "context": {"provider_connection_id": "line1\nline2\ttab\r\u0007bell\u0000nul\u001f \"quoted\" back\\slash \/solidus \u007f del \u2028 ls \b\f"}}',
+        r'{"kind": "dispatch", "workspace_id": 5, "tenant_id": 6, "type": "directory_role_definitions.sync", "context": {"provider_connection_id": "line1\nline2\ttab\r\u0007bell\u0001soh\u001f \"quoted\" back\\slash \/solidus \u007f del \u2028 ls \b\f"}}',
         None,
-        "String escapes: only \", \\ and U+0000..U+001F are escaped (\\b \\t \\n \\f \\r, else \\u00xx lowercase); / and U+007F and U+2028 are not.",
+        "String escapes: only \", \\ and U+0001..U+001F are escaped (\\b \\t \\n \\f \\r, else \\u00xx lowercase); / and U+007F and U+2028 are not. (U+0000 is refused: invalid_string.)",
     ),
     (
         "backup_set_add_policies_unicode_keys",
@@ -481,13 +544,13 @@ VECTORS: list[tuple[str, str, str | None, str]] = [
         "backup_schedule_run_now",
         r'{"kind": "dispatch", "workspace_id": 7, "tenant_id": 8, "type": "backup_schedule.run_now", "context": {"backup_schedule_id": 42}}',
         None,
-        "Integer identity value.",
+        "Integer identity value: hashed as its decimal string \"42\".",
     ),
     (
         "backup_schedule_run_now_string_id",
         r'{"kind": "dispatch", "workspace_id": 7, "tenant_id": 8, "type": "backup_schedule.run_now", "context": {"backup_schedule_id": "42"}}',
-        None,
-        "The string \"42\" is not the number 42: the hash differs.",
+        "backup_schedule_run_now",
+        "The string \"42\" is the integer 42 (an integer id and its decimal string are one identity).",
     ),
     (
         "backup_schedule_retry",
@@ -547,7 +610,121 @@ VECTORS: list[tuple[str, str, str | None, str]] = [
         "restore_execute_extra_context",
         r'{"kind": "dispatch", "workspace_id": 1, "tenant_id": null, "type": "restore.execute", "context": {"restore_run_id": 5.0, "target": {"tenant": 9}, "items": ["a", "b"], "scheduled_for": "2026-01-01T00:00:00Z", "selection": "ignored"}}',
         "restore_execute",
-        "Extra keys (including keys that are identity keys of other types) are ignored; 5.0 is 5.",
+        "Extra keys (including keys that are identity keys of other types) are ignored; 5.0 is 5 (both hash as \"5\").",
+    ),
+    (
+        "backup_schedule_run_now_77",
+        r'{"kind": "dispatch", "workspace_id": 7, "tenant_id": 8, "type": "backup_schedule.run_now", "context": {"backup_schedule_id": 77}}',
+        None,
+        "An integer id (the issue's case: PHP form input sends \"77\").",
+    ),
+    (
+        "backup_schedule_run_now_77_string",
+        r'{"kind": "dispatch", "workspace_id": 7, "tenant_id": 8, "type": "backup_schedule.run_now", "context": {"backup_schedule_id": "77"}}',
+        "backup_schedule_run_now_77",
+        "Its decimal string: the same identity.",
+    ),
+    (
+        "backup_schedule_run_now_77_fraction",
+        r'{"kind": "dispatch", "workspace_id": 7, "tenant_id": 8, "type": "backup_schedule.run_now", "context": {"backup_schedule_id": 77.0}}',
+        "backup_schedule_run_now_77",
+        "77.0 (and 7.7e1) is an integer within 2^53: the same identity.",
+    ),
+    (
+        "backup_schedule_run_now_077_string",
+        r'{"kind": "dispatch", "workspace_id": 7, "tenant_id": 8, "type": "backup_schedule.run_now", "context": {"backup_schedule_id": "077"}}',
+        None,
+        "\"077\" is not a canonical decimal integer: a string unlike 77 (so are \"+77\" and \" 77\").",
+    ),
+    (
+        "backup_schedule_run_now_negative",
+        r'{"kind": "dispatch", "workspace_id": 7, "tenant_id": 8, "type": "backup_schedule.run_now", "context": {"backup_schedule_id": -5}}',
+        None,
+        "A negative integer is its decimal string with the sign, \"-5\".",
+    ),
+    (
+        "backup_schedule_run_now_negative_string",
+        r'{"kind": "dispatch", "workspace_id": 7, "tenant_id": 8, "type": "backup_schedule.run_now", "context": {"backup_schedule_id": "-5"}}',
+        "backup_schedule_run_now_negative",
+        "\"-5\" equals -5.",
+    ),
+    (
+        "restore_execute_2_pow_53_plus_1",
+        r'{"kind": "dispatch", "workspace_id": 1, "type": "restore.execute", "context": {"restore_run_id": 9007199254740993}}',
+        None,
+        "2^53+1: a double would round it to 9007199254740992; as an integer it keeps every digit, \"9007199254740993\".",
+    ),
+    (
+        "restore_execute_2_pow_53_plus_1_string",
+        r'{"kind": "dispatch", "workspace_id": 1, "type": "restore.execute", "context": {"restore_run_id": "9007199254740993"}}',
+        "restore_execute_2_pow_53_plus_1",
+        "Its decimal string: the same identity.",
+    ),
+    (
+        "restore_execute_2_pow_53",
+        r'{"kind": "dispatch", "workspace_id": 1, "type": "restore.execute", "context": {"restore_run_id": 9007199254740992}}',
+        None,
+        "2^53 is another id than 2^53+1, although the two are the same double.",
+    ),
+    (
+        "restore_execute_20_digits",
+        r'{"kind": "dispatch", "workspace_id": 1, "type": "restore.execute", "context": {"restore_run_id": 18446744073709551615}}',
+        None,
+        "A 20-digit integer (2^64-1) keeps every digit.",
+    ),
+    (
+        "restore_execute_20_digits_string",
+        r'{"kind": "dispatch", "workspace_id": 1, "type": "restore.execute", "context": {"restore_run_id": "18446744073709551615"}}',
+        "restore_execute_20_digits",
+        "Its decimal string: the same identity.",
+    ),
+    (
+        "restore_execute_30_digits",
+        r'{"kind": "dispatch", "workspace_id": 1, "type": "restore.execute", "context": {"restore_run_id": 123456789012345678901234567890}}',
+        None,
+        "An integer beyond 64 bits keeps every digit too (read from the text; a JSON parser that turns it into a double cannot reproduce this vector: send such ids as strings).",
+    ),
+    (
+        "restore_execute_30_digits_string",
+        r'{"kind": "dispatch", "workspace_id": 1, "type": "restore.execute", "context": {"restore_run_id": "123456789012345678901234567890"}}',
+        "restore_execute_30_digits",
+        "Its decimal string: the same identity.",
+    ),
+    (
+        "policy_sync_one_point_zero",
+        r'{"kind": "dispatch", "workspace_id": 1, "tenant_id": 2, "type": "policy.sync", "context": {"policy_id": 1.0}}',
+        None,
+        "1.0 is the integer 1 (JCS would print 1), hashed as \"1\".",
+    ),
+    (
+        "policy_sync_one_string",
+        r'{"kind": "dispatch", "workspace_id": 1, "tenant_id": 2, "type": "policy.sync", "context": {"policy_id": "1"}}',
+        "policy_sync_one_point_zero",
+        "\"1\" equals 1.0 (and 1).",
+    ),
+    (
+        "policy_sync_fraction_stays_a_number",
+        r'{"kind": "dispatch", "workspace_id": 1, "tenant_id": 2, "type": "policy.sync", "context": {"policy_id": 1.50}}',
+        None,
+        "A number that is not an integer keeps JCS rules: 1.50 -> 1.5, unlike the string \"1.5\".",
+    ),
+    (
+        "policy_sync_large_double_stays_a_number",
+        r'{"kind": "dispatch", "workspace_id": 1, "tenant_id": 2, "type": "policy.sync", "context": {"policy_id": 1e21}}',
+        None,
+        "A number with an exponent beyond 2^53-1 is not taken as an exact integer: JCS prints 1e+21.",
+    ),
+    (
+        "inventory_sync_nested_numbers_not_normalised",
+        r'{"kind": "dispatch", "workspace_id": 10, "tenant_id": 20, "type": "inventory.sync", "context": {"selection": {"ids": [1, 2]}}}',
+        None,
+        "Only top-level identity values are normalised: numbers inside a selection keep JCS rules.",
+    ),
+    (
+        "inventory_sync_nested_strings_differ",
+        r'{"kind": "dispatch", "workspace_id": 10, "tenant_id": 20, "type": "inventory.sync", "context": {"selection": {"ids": ["1", "2"]}}}',
+        None,
+        "... so strings inside a selection differ from numbers there.",
     ),
 ]
 

@@ -108,6 +108,23 @@ cases = [
     ("complete-without-outcome", p("update_run", status="completed"), "invalid_transition"),
     ("outcome-while-running", p("update_run", status="running", outcome="succeeded"), "invalid_transition"),
     ("command-id-reused-with-another-body", p("increment_summary_counts", command_id="corpus-reused", counts={"items": 99}), "command_id_conflict"),
+    # repeated keys (written as bytes: a Python dict cannot hold two equal keys); last-wins would
+    # turn the first into a workspace-scoped run
+    ("duplicate-tenant-id-last-null", b'{"kind": "dispatch", "workspace_id": 1, "tenant_id": 10, "type": "policy.sync", "context": {"policy_id": "p"}, "tenant_id": null}', "duplicate_key"),
+    ("duplicate-kind", b'{"kind": "update_run", "kind": "dispatch", "workspace_id": 1, "tenant_id": 10, "type": "policy.sync", "context": {"policy_id": "p"}}', "duplicate_key"),
+    ("duplicate-key-escaped-spelling", b'{"kind": "dispatch", "workspace_id": 1, "tenant_id": 10, "tenant\\u005fid": 11, "type": "policy.sync", "context": {"policy_id": "p"}}', "duplicate_key"),
+    ("duplicate-identity-key-in-context", b'{"kind": "dispatch", "workspace_id": 1, "tenant_id": 10, "type": "policy.sync", "context": {"policy_id": "p", "policy_id": "q"}}', "duplicate_key"),
+    ("duplicate-key-deep-in-context", b'{"kind": "dispatch", "workspace_id": 1, "tenant_id": 10, "type": "policy.sync", "context": {"policy_id": "p", "a": [{"b": {"c": 1, "c": 1}}]}}', "duplicate_key"),
+    ("duplicate-count-key", b'{"kind": "increment_summary_counts", "command_id": "corpus-dup-count", "run_id": __RUN_ID__, "workspace_id": 1, "tenant_id": 10, "counts": {"items": 1, "items": 1000}}', "duplicate_key"),
+    ("duplicate-failure-field", b'{"kind": "append_failures", "command_id": "corpus-dup-failure", "run_id": __RUN_ID__, "workspace_id": 1, "tenant_id": 10, "failures": [{"code": "x", "message": "y", "message": "z"}]}', "duplicate_key"),
+    # NUL characters (Postgres text and jsonb cannot store them)
+    ("nul-in-context-value", d(context={"policy_id": "p", "note": "a\u0000b"}), "invalid_string"),
+    ("nul-in-context-key", d(context={"policy_id": "p", "no\u0000te": 1}), "invalid_string"),
+    ("nul-in-identity-value", d(context={"policy_id": "p\u0000"}), "invalid_string"),
+    ("nul-in-initiator-name", d(initiator_name="Ada\u0000"), "invalid_string"),
+    ("nul-in-command-id", p("update_run", command_id="corpus-\u0000", status="running"), "invalid_string"),
+    ("nul-in-failure-message", p("append_failures", failures=[{"code": "x", "message": "bad\u0000byte"}]), "invalid_string"),
+    ("nul-in-kind", {"kind": "dispatch\u0000"}, "invalid_string"),
 ]
 
 def main():

@@ -9,9 +9,10 @@ use sha2::{Digest, Sha256};
 
 use super::error::{ErrorCode, Rejection};
 use super::failure::Failure;
-use super::identity::{normalise_context, RunIdentityHash};
+use super::identity::{integer_literal_digits, normalise_context, RunIdentityHash};
 use super::operation_type::OperationRunType;
 use super::status::{RunOutcome, RunStatus};
+use super::strict_json::{self, StrictJsonError};
 use super::summary_counts::SummaryCounts;
 
 /// Largest accepted body, in bytes (256 KiB).
@@ -203,13 +204,16 @@ pub fn decode_command(body: &[u8], message_id: Option<&str>) -> Result<Command, 
             format!("body is not valid UTF-8: {e}"),
         )
     })?;
-    let value: Value = serde_json::from_str(text).map_err(|e| {
-        if e.to_string().contains("recursion limit") {
-            Rejection::new(
-                ErrorCode::ContextTooDeep,
-                "body nests deeper than 128 levels",
-            )
-        } else {
+    let value = strict_json::parse(text).map_err(|e| match e {
+        StrictJsonError::DuplicateKey(_) => Rejection::new(ErrorCode::DuplicateKey, e.to_string()),
+        StrictJsonError::NulCharacter { .. } => {
+            Rejection::new(ErrorCode::InvalidString, e.to_string())
+        }
+        StrictJsonError::Syntax(_) if e.is_recursion_limit() => Rejection::new(
+            ErrorCode::ContextTooDeep,
+            "body nests deeper than 128 levels",
+        ),
+        StrictJsonError::Syntax(e) => {
             Rejection::new(ErrorCode::InvalidJson, format!("body is not JSON: {e}"))
         }
     })?;
@@ -259,7 +263,7 @@ pub fn decode_command(body: &[u8], message_id: Option<&str>) -> Result<Command, 
         ));
     }
     let action = match kind {
-        CommandKind::Dispatch => CommandAction::Dispatch(decode_dispatch(&fields)?),
+        CommandKind::Dispatch => CommandAction::Dispatch(decode_dispatch(&fields, text)?),
         _ => CommandAction::Progress(decode_progress(kind, &fields)?),
     };
     let canonical = serde_json_canonicalizer::to_vec(&object).map_err(|e| {
@@ -276,7 +280,7 @@ pub fn decode_command(body: &[u8], message_id: Option<&str>) -> Result<Command, 
     })
 }
 
-fn decode_dispatch(fields: &Fields) -> Result<DispatchCommand, Rejection> {
+fn decode_dispatch(fields: &Fields, text: &str) -> Result<DispatchCommand, Rejection> {
     let workspace_id = fields
         .id("workspace_id")?
         .ok_or_else(|| missing("workspace_id"))?;
@@ -309,6 +313,7 @@ fn decode_dispatch(fields: &Fields) -> Result<DispatchCommand, Rejection> {
             "initiator_name is longer than {MAX_ID_CHARS} characters"
         )));
     }
+    keep_exact_integers(run_type, &mut context, text);
     normalise_context(run_type, &mut context)?;
     let identity_hash = RunIdentityHash::compute(run_type, workspace_id, tenant_id, &context)?;
     Ok(DispatchCommand {
@@ -373,6 +378,30 @@ fn decode_progress(kind: CommandKind, fields: &Fields) -> Result<ProgressCommand
         counts,
         failures,
     })
+}
+
+/// `Value` holds an integer literal beyond 64 bits as a double, which loses digits. An identity
+/// value must keep every digit (the identity rule hashes an integer as its decimal string), so such
+/// a top-level identity value is replaced by its exact decimal string, read from the body text:
+/// that string is both what is hashed and what is stored (a number that size could not be stored
+/// exactly anyway). Every other value keeps the form it was sent in.
+fn keep_exact_integers(run_type: OperationRunType, context: &mut Map<String, Value>, text: &str) {
+    let lossy = |v: &Value| matches!(v, Value::Number(n) if !n.is_i64() && !n.is_u64());
+    let keys = run_type.catalog().identity_keys;
+    if !keys.iter().any(|k| context.get(*k).is_some_and(lossy)) {
+        return; // the common case: no second look at the text
+    }
+    let Some(raw) = strict_json::raw_context_values(text) else {
+        return;
+    };
+    for key in keys {
+        if !context.get(*key).is_some_and(lossy) {
+            continue;
+        }
+        if let Some(digits) = raw.get(*key).and_then(|r| integer_literal_digits(r)) {
+            context.insert((*key).to_owned(), Value::String(digits));
+        }
+    }
 }
 
 /// Typed access to the body's fields, with rejections that name the field.
@@ -506,6 +535,124 @@ mod tests {
         for (body, code) in cases {
             assert_eq!(code_of(&body), code, "{}", String::from_utf8_lossy(&body));
         }
+    }
+
+    fn rejection_of(body: &str) -> Rejection {
+        decode_command(body.as_bytes(), Some("m")).unwrap_err()
+    }
+
+    #[test]
+    fn a_repeated_top_level_tenant_id_is_refused_not_last_wins() {
+        // Last-wins would make this a workspace-scoped run (tenant_id null).
+        let body = r#"{"kind": "dispatch", "workspace_id": 1, "tenant_id": 10, "type": "policy.sync", "context": {"policy_id": "p"}, "tenant_id": null}"#;
+        let r = rejection_of(body);
+        assert_eq!(r.code, ErrorCode::DuplicateKey);
+        assert!(r.message.contains("\"tenant_id\""), "{}", r.message);
+    }
+
+    #[test]
+    fn a_repeated_key_inside_context_counts_or_failures_is_refused() {
+        for (body, key) in [
+            (
+                r#"{"kind": "dispatch", "workspace_id": 1, "type": "policy.sync", "context": {"policy_id": "p", "policy_id": "q"}}"#,
+                "policy_id",
+            ),
+            (
+                r#"{"kind": "dispatch", "workspace_id": 1, "type": "policy.sync", "context": {"policy_id": "p", "a": {"b": [{"c": 1, "c": 1}]}}}"#,
+                "c",
+            ),
+            (
+                r#"{"kind": "increment_summary_counts", "command_id": "x", "run_id": 1, "workspace_id": 1, "tenant_id": null, "counts": {"items": 1, "items": 2}}"#,
+                "items",
+            ),
+            (
+                r#"{"kind": "append_failures", "command_id": "x", "run_id": 1, "workspace_id": 1, "tenant_id": null, "failures": [{"code": "a", "message": "b", "message": "c"}]}"#,
+                "message",
+            ),
+            (
+                r#"{"kind": "dispatch", "kind": "dispatch", "workspace_id": 1, "type": "policy.sync", "context": {"policy_id": "p"}}"#,
+                "kind",
+            ),
+        ] {
+            let r = rejection_of(body);
+            assert_eq!(r.code, ErrorCode::DuplicateKey, "{body}");
+            assert!(r.message.contains(&format!("{key:?}")), "{}", r.message);
+        }
+    }
+
+    #[test]
+    fn a_nul_character_anywhere_is_refused_at_decode() {
+        for body in [
+            // in a context value
+            r#"{"kind": "dispatch", "workspace_id": 1, "type": "policy.sync", "context": {"policy_id": "p", "note": "a\u0000b"}}"#,
+            // in a context key
+            r#"{"kind": "dispatch", "workspace_id": 1, "type": "policy.sync", "context": {"policy_id": "p", "n\u0000te": 1}}"#,
+            // in an identity value
+            r#"{"kind": "dispatch", "workspace_id": 1, "type": "policy.sync", "context": {"policy_id": "\u0000"}}"#,
+            // in initiator_name
+            r#"{"kind": "dispatch", "workspace_id": 1, "initiator_name": "Ada\u0000", "type": "policy.sync", "context": {"policy_id": "p"}}"#,
+            // in a failure message
+            r#"{"kind": "append_failures", "command_id": "x", "run_id": 1, "workspace_id": 1, "tenant_id": null, "failures": [{"code": "a", "message": "b\u0000"}]}"#,
+            // in the command id
+            r#"{"kind": "update_run", "command_id": "x\u0000", "run_id": 1, "workspace_id": 1, "tenant_id": null, "status": "running"}"#,
+        ] {
+            let r = rejection_of(body);
+            assert_eq!(r.code, ErrorCode::InvalidString, "{body}");
+            assert!(r.message.contains("U+0000"), "{}", r.message);
+        }
+    }
+
+    #[test]
+    fn an_identity_integer_beyond_64_bits_keeps_every_digit() {
+        let dispatch = |id: &str| {
+            let body = format!(
+                r#"{{"kind": "dispatch", "workspace_id": 1, "type": "restore.execute", "context": {{"restore_run_id": {id}, "other": 123456789012345678901234567890}}}}"#
+            );
+            match decode_command(body.as_bytes(), None).unwrap().action {
+                CommandAction::Dispatch(d) => d,
+                CommandAction::Progress(_) => panic!(),
+            }
+        };
+        let literal = dispatch("123456789012345678901234567890");
+        let string = dispatch(r#""123456789012345678901234567890""#);
+        let next = dispatch("123456789012345678901234567891");
+        assert_eq!(literal.identity_hash, string.identity_hash);
+        assert_ne!(
+            literal.identity_hash, next.identity_hash,
+            "equal as doubles, different ids"
+        );
+        assert_eq!(
+            literal.context["restore_run_id"],
+            json!("123456789012345678901234567890")
+        );
+        assert!(
+            literal.context["other"].is_f64(),
+            "only identity values are rewritten"
+        );
+        // A fraction or exponent is a number, not an integer literal: JCS rules.
+        let exp = dispatch("1.2345678901234568e29");
+        assert_ne!(exp.identity_hash, literal.identity_hash);
+        assert!(exp.context["restore_run_id"].is_f64());
+    }
+
+    #[test]
+    fn an_integer_id_is_stored_as_sent_and_hashed_as_its_decimal_string() {
+        let dispatch = |id: Value| {
+            let body = json!({"kind": "dispatch", "workspace_id": 1, "tenant_id": 2, "type": "backup_schedule.run_now", "context": {"backup_schedule_id": id}});
+            match decode_command(body.to_string().as_bytes(), None)
+                .unwrap()
+                .action
+            {
+                CommandAction::Dispatch(d) => d,
+                CommandAction::Progress(_) => panic!(),
+            }
+        };
+        let number = dispatch(json!(77));
+        let string = dispatch(json!("77"));
+        assert_eq!(number.identity_hash, string.identity_hash);
+        assert_eq!(number.context["backup_schedule_id"], json!(77));
+        assert_eq!(string.context["backup_schedule_id"], json!("77"));
+        assert_ne!(dispatch(json!("077")).identity_hash, number.identity_hash);
     }
 
     #[test]

@@ -14,6 +14,10 @@ pub enum ErrorCode {
     InvalidJson,
     /// The body is JSON but not an object.
     NotAnObject,
+    /// An object in the body holds the same key twice (last-wins would silently drop a value).
+    DuplicateKey,
+    /// A string (key or value) holds U+0000, which Postgres `text`/`jsonb` cannot store.
+    InvalidString,
     /// A field is missing, has the wrong type, or is not part of the contract.
     InvalidField,
     /// `kind` is not one of the command kinds.
@@ -56,11 +60,13 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in documentation order.
-    pub const ALL: [ErrorCode; 23] = [
+    pub const ALL: [ErrorCode; 25] = [
         Self::MessageTooLarge,
         Self::InvalidUtf8,
         Self::InvalidJson,
         Self::NotAnObject,
+        Self::DuplicateKey,
+        Self::InvalidString,
         Self::InvalidField,
         Self::UnknownKind,
         Self::UnknownType,
@@ -89,6 +95,8 @@ impl ErrorCode {
             Self::InvalidUtf8 => "invalid_utf8",
             Self::InvalidJson => "invalid_json",
             Self::NotAnObject => "not_an_object",
+            Self::DuplicateKey => "duplicate_key",
+            Self::InvalidString => "invalid_string",
             Self::InvalidField => "invalid_field",
             Self::UnknownKind => "unknown_kind",
             Self::UnknownType => "unknown_type",

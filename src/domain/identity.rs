@@ -4,6 +4,11 @@
 //! `run_identity_hash` = lowercase hex SHA-256 of the RFC 8785 (JCS) canonical JSON of
 //! `{"type", "workspace_id", "tenant_id", "identity": {identity key: context value}}`.
 //! JCS fixes key order, whitespace and number formatting, so producers in any language agree.
+//!
+//! Before that, each identity value is put in its normal form (see [`normalise_identity_value`]):
+//! `scheduled_for` becomes its UTC minute, and an integer becomes its decimal string, so that
+//! `77`, `77.0` and `"77"` are one identity (PHP form input arrives as strings) and an integer
+//! beyond 2^53 keeps every digit instead of being rounded to a double by JCS.
 
 use std::fmt;
 
@@ -16,6 +21,9 @@ use super::operation_type::OperationRunType;
 
 /// The identity key whose value is normalised to its UTC minute before hashing.
 const SCHEDULED_FOR: &str = "scheduled_for";
+
+/// 2^53 − 1, JavaScript's `Number.MAX_SAFE_INTEGER`: every integer up to it is exact as a double.
+const MAX_SAFE_INTEGER: f64 = 9_007_199_254_740_991.0;
 
 /// A run identity hash: exactly 64 lowercase hex characters.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -107,12 +115,53 @@ fn identity_value(
         Some(v) => v,
     };
     if key != SCHEDULED_FOR {
-        return Ok(value.clone());
+        return Ok(normalise_identity_value(value));
     }
     let text = value.as_str().ok_or_else(|| invalid_scheduled_for(value))?;
     Ok(Value::String(
         normalise_to_minute(text).ok_or_else(|| invalid_scheduled_for(value))?,
     ))
+}
+
+/// The normal form of a top-level identity value (other than `scheduled_for`), what is hashed:
+///
+/// - a JSON integer (any size: the decoder has already turned an integer literal beyond 64 bits
+///   into its exact decimal string) becomes its decimal string: `77` → `"77"`, `-5` → `"-5"`;
+/// - a number written with a fraction or exponent whose value is an integer within ±(2^53 − 1)
+///   becomes the same decimal string: `77.0`, `7.7e1` → `"77"`, `-0.0` → `"0"`;
+/// - every other value is unchanged: strings (so `"77"` equals `77` while `"077"`, `"+77"` and
+///   `" 77"` do not), other numbers (JCS prints them), booleans, and objects and arrays, whose
+///   inner values are not normalised.
+pub fn normalise_identity_value(value: &Value) -> Value {
+    let Value::Number(n) = value else {
+        return value.clone();
+    };
+    if let Some(i) = n.as_i64() {
+        return Value::String(i.to_string());
+    }
+    if let Some(u) = n.as_u64() {
+        return Value::String(u.to_string());
+    }
+    match n.as_f64() {
+        // In range, `as` is exact; `-0.0 as i64` is 0.
+        Some(f) if f.fract() == 0.0 && f.abs() <= MAX_SAFE_INTEGER => {
+            Value::String((f as i64).to_string())
+        }
+        _ => value.clone(),
+    }
+}
+
+/// The decimal digits of a JSON integer literal (`-?(0|[1-9][0-9]*)`, no fraction or exponent),
+/// with `-0` written `0`; `None` for any other JSON text.
+pub fn integer_literal_digits(raw: &str) -> Option<String> {
+    let digits = raw.strip_prefix('-').unwrap_or(raw);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    if digits.bytes().all(|b| b == b'0') {
+        return Some("0".to_owned());
+    }
+    Some(raw.to_owned())
 }
 
 fn invalid_scheduled_for(value: &Value) -> Rejection {
@@ -204,6 +253,84 @@ mod tests {
     }
 
     #[test]
+    fn an_integer_and_its_decimal_string_are_one_identity() {
+        let t = OperationRunType::BackupScheduleRunNow;
+        let hash = |v: Value| {
+            RunIdentityHash::compute(t, 1, Some(2), &ctx(json!({ "backup_schedule_id": v })))
+                .unwrap()
+        };
+        let same = [
+            (json!(77), json!("77")),
+            (json!(77), json!(77.0)),
+            (json!(77), json!(7.7e1)),
+            (json!(-5), json!("-5")),
+            (json!(1.0), json!("1")),
+            (json!(-0.0), json!("0")),
+            (json!(0), json!("0")),
+            (json!(9_007_199_254_740_991.0), json!("9007199254740991")),
+            (json!(9_007_199_254_740_993_u64), json!("9007199254740993")),
+            (json!(u64::MAX), json!("18446744073709551615")),
+            (json!(i64::MIN), json!("-9223372036854775808")),
+        ];
+        for (a, b) in same {
+            assert_eq!(hash(a.clone()), hash(b.clone()), "{a} and {b}");
+        }
+        let different = [
+            (json!(77), json!("077")),
+            (json!(77), json!("+77")),
+            (json!(77), json!(" 77")),
+            (json!(0), json!("-0")),
+            (json!(1.5), json!("1.5")),
+            // Integers a double cannot hold are never rounded into each other.
+            (
+                json!(9_007_199_254_740_993_u64),
+                json!(9_007_199_254_740_992_u64),
+            ),
+            // A double beyond 2^53 stays a JCS number: it is not an exact integer.
+            (json!(1e21), json!("1000000000000000000000")),
+            (json!(true), json!("true")),
+        ];
+        for (a, b) in different {
+            assert_ne!(hash(a.clone()), hash(b.clone()), "{a} and {b}");
+        }
+        let canonical =
+            canonical_identity_json(t, 1, None, &ctx(json!({"backup_schedule_id": 77}))).unwrap();
+        assert_eq!(
+            canonical,
+            r#"{"identity":{"backup_schedule_id":"77"},"tenant_id":null,"type":"backup_schedule.run_now","workspace_id":1}"#
+        );
+    }
+
+    #[test]
+    fn only_top_level_identity_values_are_normalised_and_the_context_keeps_its_types() {
+        let t = OperationRunType::InventorySync;
+        let nested = |v: Value| {
+            RunIdentityHash::compute(t, 1, None, &ctx(json!({"selection": {"ids": [v]}}))).unwrap()
+        };
+        assert_ne!(nested(json!(1)), nested(json!("1")));
+        assert_eq!(nested(json!(1)), nested(json!(1.0)), "JCS prints both as 1");
+        let r = OperationRunType::BackupScheduleScheduled;
+        let mut stored =
+            ctx(json!({"backup_schedule_id": 7, "scheduled_for": "2026-03-01T10:00:05Z"}));
+        normalise_context(r, &mut stored).unwrap();
+        assert_eq!(stored["backup_schedule_id"], json!(7), "stored as sent");
+    }
+
+    #[test]
+    fn integer_literals_are_read_digit_for_digit() {
+        assert_eq!(
+            integer_literal_digits("123456789012345678901234567890").as_deref(),
+            Some("123456789012345678901234567890")
+        );
+        assert_eq!(integer_literal_digits("-12").as_deref(), Some("-12"));
+        assert_eq!(integer_literal_digits("-0").as_deref(), Some("0"));
+        assert_eq!(integer_literal_digits("0").as_deref(), Some("0"));
+        for not in ["1.0", "1e3", "-", "", "\"1\"", "1 ", "true", "--1"] {
+            assert_eq!(integer_literal_digits(not), None, "{not}");
+        }
+    }
+
+    #[test]
     fn missing_or_null_identity_keys_are_refused() {
         let t = OperationRunType::BackupScheduleRetry;
         for c in [
@@ -230,7 +357,7 @@ mod tests {
         let canonical = canonical_identity_json(t, 1, None, &c).unwrap();
         assert_eq!(
             canonical,
-            r#"{"identity":{"restore_run_id":5},"tenant_id":null,"type":"restore.execute","workspace_id":1}"#
+            r#"{"identity":{"restore_run_id":"5"},"tenant_id":null,"type":"restore.execute","workspace_id":1}"#
         );
         let h = RunIdentityHash::compute(t, 1, None, &c).unwrap();
         assert_eq!(

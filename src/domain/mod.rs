@@ -8,6 +8,7 @@ pub mod identity;
 pub mod operation_run;
 pub mod operation_type;
 pub mod status;
+pub mod strict_json;
 pub mod summary_counts;
 
 pub use command::{

@@ -8,6 +8,7 @@ mod concurrency;
 mod corpus;
 mod dispatch;
 mod hardening_edges;
+mod hardening_decode;
 mod lifecycle;
 mod operations;
 mod poison;

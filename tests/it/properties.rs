@@ -1,5 +1,5 @@
 //! Property tests of the decoder and validator: any bytes and any JSON give either a valid
-//! command or a typed rejection, never a panic.
+//! command or a typed rejection, never a panic; a repeated key or a NUL anywhere is refused.
 
 use operation_runs::domain::{decode_command, CommandAction, ErrorCode};
 use proptest::prelude::*;
@@ -78,6 +78,117 @@ fn mutated_command() -> impl Strategy<Value = Value> {
     })
 }
 
+/// Every string of `value` (keys and values) and every object, by a path of keys and indices.
+#[derive(Debug, Clone, PartialEq)]
+enum Step {
+    Key(String),
+    Index(usize),
+}
+
+fn objects(value: &Value, path: &mut Vec<Step>, out: &mut Vec<Vec<Step>>) {
+    match value {
+        Value::Object(o) => {
+            if !o.is_empty() {
+                out.push(path.clone());
+            }
+            for (k, v) in o {
+                path.push(Step::Key(k.clone()));
+                objects(v, path, out);
+                path.pop();
+            }
+        }
+        Value::Array(a) => {
+            for (i, v) in a.iter().enumerate() {
+                path.push(Step::Index(i));
+                objects(v, path, out);
+                path.pop();
+            }
+        }
+        _ => {}
+    }
+}
+
+/// `value` as JSON text, the object at `at` writing its key number `key` a second time with `dup`.
+fn write_with_duplicate(value: &Value, at: &[Step], key: usize, dup: &Value, out: &mut String) {
+    match value {
+        Value::Object(o) => {
+            out.push('{');
+            for (i, (k, v)) in o.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Value::from(k.as_str()).to_string());
+                out.push(':');
+                match at.split_first() {
+                    Some((Step::Key(next), rest)) if next == k => {
+                        write_with_duplicate(v, rest, key, dup, out)
+                    }
+                    _ => out.push_str(&v.to_string()),
+                }
+            }
+            if at.is_empty() {
+                let k = o.keys().nth(key % o.len()).unwrap();
+                out.push_str(&format!(",{}:{}", Value::from(k.as_str()), dup));
+            }
+            out.push('}');
+        }
+        Value::Array(a) => {
+            out.push('[');
+            for (i, v) in a.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                match at.split_first() {
+                    Some((Step::Index(next), rest)) if *next == i => {
+                        write_with_duplicate(v, rest, key, dup, out)
+                    }
+                    _ => out.push_str(&v.to_string()),
+                }
+            }
+            out.push(']');
+        }
+        other => out.push_str(&other.to_string()),
+    }
+}
+
+/// `value` with a NUL inserted into its `n`-th string (keys and values, in walk order), if any.
+fn with_nul(value: &Value, n: &mut usize) -> Value {
+    let poison = |s: &str, n: &mut usize| {
+        let hit = *n == 0;
+        *n = n.wrapping_sub(1);
+        if hit {
+            let at = s.chars().count() / 2;
+            let (a, b): (String, String) =
+                (s.chars().take(at).collect(), s.chars().skip(at).collect());
+            format!("{a}\0{b}")
+        } else {
+            s.to_owned()
+        }
+    };
+    match value {
+        Value::String(s) => Value::String(poison(s, n)),
+        Value::Array(a) => Value::Array(a.iter().map(|v| with_nul(v, n)).collect()),
+        Value::Object(o) => Value::Object(
+            o.iter()
+                .map(|(k, v)| {
+                    let k = poison(k, n);
+                    (k, with_nul(v, n))
+                })
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+fn count_strings(value: &Value) -> usize {
+    match value {
+        Value::String(_) => 1,
+        Value::Array(a) => a.iter().map(count_strings).sum(),
+        Value::Object(o) => o.len() + o.values().map(count_strings).sum::<usize>(),
+        _ => 0,
+    }
+}
+
 fn check(bytes: &[u8]) {
     match decode_command(bytes, Some("message-id")) {
         Ok(command) => {
@@ -110,5 +221,35 @@ proptest! {
     #[test]
     fn mutated_commands_decode_or_get_a_typed_rejection(body in mutated_command()) {
         check(body.to_string().as_bytes());
+    }
+
+    #[test]
+    fn a_key_written_twice_anywhere_is_refused(
+        body in mutated_command(),
+        which in any::<prop::sample::Index>(),
+        key in any::<usize>(),
+        dup in arb_json(),
+    ) {
+        let mut found = Vec::new();
+        objects(&body, &mut Vec::new(), &mut found);
+        let at = which.get(&found);
+        let mut text = String::new();
+        write_with_duplicate(&body, at, key, &dup, &mut text);
+        let rejection = decode_command(text.as_bytes(), Some("m")).unwrap_err();
+        // A NUL generated inside a string before the repeated key is found first.
+        if text.contains("\\u0000") {
+            prop_assert!(matches!(rejection.code, ErrorCode::DuplicateKey | ErrorCode::InvalidString));
+        } else {
+            prop_assert_eq!(rejection.code, ErrorCode::DuplicateKey, "{}", text);
+        }
+    }
+
+    #[test]
+    fn a_nul_in_any_string_is_refused(body in mutated_command(), which in any::<prop::sample::Index>()) {
+        let strings = count_strings(&body);
+        prop_assume!(strings > 0);
+        let poisoned = with_nul(&body, &mut which.index(strings));
+        let rejection = decode_command(poisoned.to_string().as_bytes(), Some("m")).unwrap_err();
+        prop_assert_eq!(rejection.code, ErrorCode::InvalidString, "{}", poisoned);
     }
 }
