@@ -134,10 +134,15 @@ impl Failure {
     }
 }
 
+/// True when `code` is a valid failure `code` or `reason_code` (`[A-Za-z0-9_.-]{1,128}`).
+pub fn is_valid_code(code: &str) -> bool {
+    CODE.is_match(code)
+}
+
 fn checked_code(value: Option<&Value>, field: &str) -> Result<Option<String>, Rejection> {
     match value {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) if CODE.is_match(s) => Ok(Some(s.clone())),
+        Some(Value::String(s)) if is_valid_code(s) => Ok(Some(s.clone())),
         Some(other) => Err(invalid(format!(
             "failure.{field} must match [A-Za-z0-9_.-]{{1,{MAX_FAILURE_CODE_CHARS}}}, got {}",
             other.to_string().chars().take(80).collect::<String>()
