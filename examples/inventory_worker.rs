@@ -28,7 +28,8 @@
 //!
 //! Environment: `AMQP_URL` (default `amqp://guest:guest@localhost:5672/%2f`), `OPRUN_NAMESPACE`
 //! (default `operation_runs`), `RUST_LOG` (default `info`). Ctrl-C (SIGINT) stops it after the
-//! job in hand is completed and acknowledged.
+//! job in hand is completed and acknowledged (or, if the service does not answer, leaves that job
+//! unacked for redelivery). A lost broker connection is re-established with backoff.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -218,7 +219,8 @@ fn context_u64(context: &Value, key: &str) -> Result<Option<u64>, Value> {
 }
 
 /// A progress report that could not be published fails the job with that reason. (If the broker
-/// is gone, completing the run fails too: the worker stops and the job is redelivered.)
+/// is gone, the completion cannot be sent either: the worker reconnects and the job is
+/// redelivered, so the run is not completed with this failure.)
 fn reported(result: Result<(), ClientError>) -> Result<(), Value> {
     result.map_err(|e| {
         tracing::warn!(error = %e, "cannot report progress");

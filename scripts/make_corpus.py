@@ -84,8 +84,8 @@ cases = [
     ("count-key-unknown", p("increment_summary_counts", counts={"bananas": 1}), "invalid_summary_key"),
     ("update-count-key-unknown", p("update_run", summary_counts={"Total": 1}), "invalid_summary_key"),
     # failures
-    ("failure-code-uppercase", p("append_failures", failures=[{"code": "Graph.Error", "message": "x"}]), "invalid_failure"),
-    ("failure-code-too-long", p("append_failures", failures=[{"code": "a" * 65, "message": "x"}]), "invalid_failure"),
+    ("failure-code-punctuation", p("append_failures", failures=[{"code": "Graph/Error!", "message": "x"}]), "invalid_failure"),
+    ("failure-code-too-long", p("append_failures", failures=[{"code": "a" * 129, "message": "x"}]), "invalid_failure"),
     ("failure-code-spaces", p("append_failures", failures=[{"code": "bad code", "message": "x"}]), "invalid_failure"),
     ("failure-without-message", p("append_failures", failures=[{"code": "x"}]), "invalid_failure"),
     ("failure-extra-field", p("append_failures", failures=[{"code": "x", "message": "y", "stack": "..."}]), "invalid_failure"),

@@ -122,8 +122,18 @@ pub struct Producer {
 impl Producer {
     /// Connects to `amqp_url` for namespace `namespace`.
     pub async fn connect(amqp_url: &str, namespace: &str) -> Result<Self, ClientError> {
+        Self::connect_named(amqp_url, namespace, "oprun producer").await
+    }
+
+    /// Like [`Producer::connect`], naming the connection `connection_name` (shown by the
+    /// management UI and `rabbitmqctl list_connections`), so an operator can tell instances apart.
+    pub async fn connect_named(
+        amqp_url: &str,
+        namespace: &str,
+        connection_name: &str,
+    ) -> Result<Self, ClientError> {
         let topology = Topology::new(namespace)?;
-        let connection = connect(amqp_url, "oprun producer").await?;
+        let connection = connect(amqp_url, connection_name).await?;
         let publisher = ConfirmPublisher::open(&connection).await?;
         // Direct reply-to: consume the pseudo-queue (no-ack) on the channel we publish from.
         let mut replies = consume_direct_replies(publisher.channel()).await?;
@@ -248,21 +258,14 @@ impl Producer {
         summary_counts: Option<Value>,
         failures: Option<Value>,
     ) -> Result<String, ClientError> {
-        let mut body = progress_body("update_run", run);
-        if let Some(s) = status {
-            body["status"] = json!(s.as_str());
-        }
-        if let Some(o) = outcome {
-            body["outcome"] = json!(o.as_str());
-        }
-        if let Some(c) = summary_counts {
-            body["summary_counts"] = c;
-        }
-        if let Some(f) = failures {
-            body["failures"] = f;
-        }
+        let body = update_run_body(run, status, outcome, summary_counts, failures);
         self.send(&body).await?;
         Ok(body["command_id"].as_str().unwrap_or_default().to_owned())
+    }
+
+    /// True while the connection is open (the broker did not close it, nor did we).
+    pub fn is_connected(&self) -> bool {
+        self.connection.status().connected()
     }
 
     /// `increment_summary_counts`. Returns the command id.
@@ -293,6 +296,32 @@ impl Producer {
     pub async fn close(&self) {
         let _ = self.connection.close(200, "bye".into()).await;
     }
+}
+
+/// The body of an `update_run` command with a fresh command id. Send it with
+/// [`Producer::send`] or [`Producer::send_and_wait`]; sending the same body again (same command
+/// id) is applied once, and a waiting sender gets the first result again.
+pub fn update_run_body(
+    run: RunRef,
+    status: Option<RunStatus>,
+    outcome: Option<RunOutcome>,
+    summary_counts: Option<Value>,
+    failures: Option<Value>,
+) -> Value {
+    let mut body = progress_body("update_run", run);
+    if let Some(s) = status {
+        body["status"] = json!(s.as_str());
+    }
+    if let Some(o) = outcome {
+        body["outcome"] = json!(o.as_str());
+    }
+    if let Some(c) = summary_counts {
+        body["summary_counts"] = c;
+    }
+    if let Some(f) = failures {
+        body["failures"] = f;
+    }
+    body
 }
 
 fn progress_body(kind: &str, run: RunRef) -> Value {

@@ -1,25 +1,62 @@
 //! The worker library for executors: receive the jobs of chosen types from a durable queue of
 //! your own, run a handler, and report start, counts, failures and completion as commands.
 //!
-//! A job is acked only after the completion command is confirmed by the broker, so a crash
-//! mid-job redelivers it (the tracker dedupes the repeated commands by id, and a repeated
-//! start on a running run is a no-op).
+//! What it promises, and why:
+//! - **A job is acked only after the service applied its completion.** The start and the
+//!   completion are sent with direct reply-to, and the worker waits for the service's reply (the
+//!   command committed), not only for the broker's confirm. So a crash or a broker fault before
+//!   that redelivers the job; and a redelivered job whose run is already completed (the start's
+//!   reply says so) is acked without running the handler again.
+//! - **A refused completion never strands its run.** When the service refuses the completion
+//!   (say the handler's failures do not fit the schema), the worker completes the run `failed`
+//!   with one failure it can always send, `worker.completion_refused`, whose `reason_code` is the
+//!   refusal's code and whose message is `"<code>: <message>"` (sanitised, cut to the message
+//!   limit). A refused start gets the same treatment (`worker.start_refused`), and so does a job
+//!   that does not decode but names its run (`worker.invalid_job`). Only if that completion is
+//!   refused too (the run is unknown in that scope, or already completed with another outcome)
+//!   is the job acked with an error log: a refusal is deterministic, so requeueing would loop.
+//! - **No reply is not an answer.** When the service does not reply within the reply timeout
+//!   (down, or backlogged), the same command (same command id, so the service applies it once
+//!   and replies its first result again) is sent again with backoff until a reply arrives or the
+//!   worker shuts down; the job stays unacked meanwhile.
+//! - **Broker faults are survived.** When the broker closes the connection or cancels the
+//!   consumer, the worker reconnects with backoff (100 ms doubling to 10 s, with jitter; reset
+//!   after a healthy minute), re-declares its queue and consumes again; the job in hand is
+//!   redelivered by the broker.
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
+use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ExchangeKind};
-use serde_json::Value;
+use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
-use super::producer::{ClientError, Producer, RunRef};
+use super::producer::{update_run_body, ClientError, Producer, RunRef};
 use crate::broker::connection::connect;
 use crate::broker::topology::{declare_bound_queue, declare_exchange};
-use crate::broker::Topology;
+use crate::broker::{BrokerError, Topology};
+use crate::domain::failure::{is_valid_code, sanitise_message};
 use crate::domain::{RunOutcome, RunStatus};
+use crate::retry::backoff;
+
+/// How long the worker waits for the service's reply to a start or completion before sending
+/// it again, unless [`Worker::with_reply_timeout`] says otherwise.
+pub const DEFAULT_REPLY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A connection that lasted this long was healthy: the reconnect backoff starts over after it.
+const HEALTHY_SESSION: Duration = Duration::from_secs(60);
+
+/// The failure code of a run whose completion the service refused.
+pub const COMPLETION_REFUSED: &str = "worker.completion_refused";
+/// The failure code of a run whose start the service refused.
+pub const START_REFUSED: &str = "worker.start_refused";
+/// The failure code of a run whose job did not decode.
+pub const INVALID_JOB: &str = "worker.invalid_job";
 
 /// The work of one queued run, as handed off on `N.jobs`.
 #[derive(Debug, Clone, PartialEq, serde::Deserialize)]
@@ -48,6 +85,14 @@ impl Job {
     }
 }
 
+/// The run of a job that does not decode as a [`Job`], when it can still be told.
+#[derive(serde::Deserialize)]
+struct JobRun {
+    run_id: i64,
+    workspace_id: i64,
+    tenant_id: Option<i64>,
+}
+
 /// What a handler may report while it works.
 #[derive(Clone)]
 pub struct JobContext {
@@ -56,7 +101,7 @@ pub struct JobContext {
 }
 
 impl JobContext {
-    /// Adds to the run's summary counts.
+    /// Adds to the run's summary counts (confirmed by the broker; no reply awaited).
     pub async fn increment(&self, counts: Value) -> Result<(), ClientError> {
         self.producer
             .increment_summary_counts(self.run, counts)
@@ -64,7 +109,8 @@ impl JobContext {
             .map(drop)
     }
 
-    /// Appends failures (`[{code, message, reason_code?, item?}]`).
+    /// Appends failures (`[{code, message, reason_code?, item?}]`; confirmed by the broker, no
+    /// reply awaited).
     pub async fn fail_items(&self, failures: Value) -> Result<(), ClientError> {
         self.producer
             .append_failures(self.run, failures)
@@ -73,17 +119,57 @@ impl JobContext {
     }
 }
 
-/// A consumer of jobs.
-pub struct Worker {
-    connection: Connection,
+/// One connection's worth of worker: the consuming channel and the producer it reports with.
+#[derive(Clone)]
+struct Session {
+    connection: Arc<Connection>,
     channel: Channel,
     producer: Arc<Producer>,
+}
+
+impl Session {
+    async fn close(&self) {
+        self.producer.close().await;
+        let _ = self.connection.close(200, "bye".into()).await;
+    }
+}
+
+/// What the service said to a start or completion.
+enum Answer {
+    /// Applied (or applied before): the reply body.
+    Applied(Value),
+    /// Refused, with the refusal's code and message.
+    Refused { code: String, message: String },
+    /// Shutdown came first.
+    Interrupted,
+}
+
+/// What becomes of a delivered job.
+enum Settle {
+    /// Done with it: ack.
+    Ack,
+    /// Not a job at all: drop it (reject without requeue).
+    Reject,
+    /// Shutdown interrupted it: leave it unacked, the broker redelivers it.
+    Leave,
+}
+
+/// A consumer of jobs.
+pub struct Worker {
+    amqp_url: String,
+    topology: Topology,
     queue: String,
+    types: Vec<String>,
+    prefetch: u16,
+    connection_name: String,
+    reply_timeout: Duration,
+    session: Mutex<Option<Session>>,
 }
 
 impl Worker {
     /// Connects, declares durable quorum queue `N.worker.<name>` bound to `N.jobs` for each of
     /// `types`. The namespace prefix keeps two namespaces on one broker from sharing a queue.
+    /// Fails if the broker cannot be reached now; once started, [`Worker::run`] reconnects.
     pub async fn start(
         amqp_url: &str,
         namespace: &str,
@@ -92,21 +178,25 @@ impl Worker {
         prefetch: u16,
     ) -> Result<Self, ClientError> {
         let topology = Topology::new(namespace)?;
-        let queue = &Self::queue_name(namespace, name);
-        let connection = connect(amqp_url, "oprun worker").await?;
-        let channel = connection.create_channel().await?;
-        declare_exchange(&channel, &topology.jobs_exchange(), ExchangeKind::Topic).await?;
-        declare_bound_queue(&channel, queue, &topology.jobs_exchange(), types).await?;
-        channel
-            .basic_qos(prefetch, BasicQosOptions::default())
-            .await?;
-        let producer = Arc::new(Producer::connect(amqp_url, namespace).await?);
-        Ok(Self {
-            connection,
-            channel,
-            producer,
-            queue: queue.to_owned(),
-        })
+        let queue = Self::queue_name(namespace, name);
+        let worker = Self {
+            amqp_url: amqp_url.to_owned(),
+            topology,
+            connection_name: format!("oprun worker {queue} {}", uuid::Uuid::new_v4()),
+            queue,
+            types: types.iter().map(|t| (*t).to_owned()).collect(),
+            prefetch,
+            reply_timeout: DEFAULT_REPLY_TIMEOUT,
+            session: Mutex::new(None),
+        };
+        worker.session().await?;
+        Ok(worker)
+    }
+
+    /// Sets how long to wait for the service's reply before sending a start or completion again.
+    pub fn with_reply_timeout(mut self, timeout: Duration) -> Self {
+        self.reply_timeout = timeout;
+        self
     }
 
     /// The queue a worker named `name` consumes: `N.worker.<name>`.
@@ -114,9 +204,18 @@ impl Worker {
         format!("{namespace}.worker.{name}")
     }
 
-    /// Handles jobs until `shutdown`: reports `running`, runs `handler`, reports completion with
-    /// the outcome it returns (`Err(failures)` completes as `failed` with those failures), then
-    /// acks the job.
+    /// The name of this worker's consuming connection, unique per instance (the management UI
+    /// and `rabbitmqctl list_connections` show it); its producer connection is this plus
+    /// `" producer"`.
+    pub fn connection_name(&self) -> &str {
+        &self.connection_name
+    }
+
+    /// Handles jobs until `shutdown`: reports `running` and waits for the reply, runs `handler`,
+    /// reports completion with the outcome it returns (`Err(failures)` completes as `failed`
+    /// with those failures) and waits for the reply, then acks the job. Broker faults are
+    /// retried (reconnect with backoff), so this returns only at shutdown, leaving a job whose
+    /// completion was not yet applied unacked (the broker redelivers it).
     pub async fn run<F, Fut>(
         &self,
         handler: F,
@@ -126,7 +225,39 @@ impl Worker {
         F: Fn(Job, JobContext) -> Fut,
         Fut: Future<Output = Result<RunOutcome, Value>>,
     {
-        let mut jobs = self
+        let mut delays = backoff();
+        loop {
+            let began = Instant::now();
+            let error = match self.run_session(&handler, &shutdown).await {
+                Ok(()) => return Ok(()),
+                Err(e) => e,
+            };
+            // Closing the connection hands any unacked job back to the queue.
+            self.drop_session().await;
+            if began.elapsed() >= HEALTHY_SESSION {
+                delays = backoff();
+            }
+            let delay = delays.next().unwrap_or(Duration::from_secs(10));
+            tracing::warn!(error = %error, queue = %self.queue, retry_in_ms = delay.as_millis() as u64, "worker lost the broker, reconnecting");
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = shutdown.cancelled() => return Ok(()),
+            }
+        }
+    }
+
+    /// One connection's life: consume until shutdown (`Ok`) or a broker fault (`Err`).
+    async fn run_session<F, Fut>(
+        &self,
+        handler: &F,
+        shutdown: &CancellationToken,
+    ) -> Result<(), ClientError>
+    where
+        F: Fn(Job, JobContext) -> Fut,
+        Fut: Future<Output = Result<RunOutcome, Value>>,
+    {
+        let session = self.session().await?;
+        let mut jobs = session
             .channel
             .basic_consume(
                 self.queue.as_str().into(),
@@ -135,53 +266,260 @@ impl Worker {
                 FieldTable::default(),
             )
             .await?;
+        tracing::info!(queue = %self.queue, "consuming jobs");
         loop {
             let next = tokio::select! {
                 n = jobs.next() => n,
-                _ = shutdown.cancelled() => break,
+                _ = shutdown.cancelled() => return Ok(()),
             };
-            let Some(delivery) = next else { break };
-            let delivery = delivery?;
-            let Ok(job) = serde_json::from_slice::<Job>(&delivery.data) else {
-                tracing::error!("undecodable job, rejecting it");
-                delivery
-                    .acker
-                    .nack(BasicNackOptions {
+            let delivery = match next {
+                Some(delivery) => delivery?,
+                None => {
+                    return Err(BrokerError::Stopped(
+                        "the broker cancelled the job consumer".into(),
+                    )
+                    .into())
+                }
+            };
+            if !session.producer.is_connected() {
+                return Err(BrokerError::Stopped("the producer connection closed".into()).into());
+            }
+            match self.handle(&session, &delivery, handler, shutdown).await? {
+                Settle::Ack => {
+                    delivery.acker.ack(BasicAckOptions::default()).await?;
+                }
+                Settle::Reject => {
+                    let options = BasicNackOptions {
                         requeue: false,
                         ..Default::default()
-                    })
-                    .await?;
-                continue;
-            };
-            let run = job.run_ref();
-            self.producer
-                .update_run(run, Some(RunStatus::Running), None, None, None)
-                .await?;
-            let ctx = JobContext {
-                producer: self.producer.clone(),
-                run,
-            };
-            let (outcome, failures) = match handler(job, ctx).await {
-                Ok(outcome) => (outcome, None),
-                Err(failures) => (RunOutcome::Failed, Some(failures)),
-            };
-            self.producer
-                .update_run(
-                    run,
-                    Some(RunStatus::Completed),
-                    Some(outcome),
-                    None,
-                    failures,
-                )
-                .await?;
-            delivery.acker.ack(BasicAckOptions::default()).await?;
+                    };
+                    delivery.acker.nack(options).await?;
+                }
+                Settle::Leave => return Ok(()),
+            }
         }
-        Ok(())
+    }
+
+    /// One job: start, handler, completion, each answered by the service.
+    async fn handle<F, Fut>(
+        &self,
+        session: &Session,
+        delivery: &Delivery,
+        handler: &F,
+        shutdown: &CancellationToken,
+    ) -> Result<Settle, ClientError>
+    where
+        F: Fn(Job, JobContext) -> Fut,
+        Fut: Future<Output = Result<RunOutcome, Value>>,
+    {
+        let producer = &session.producer;
+        let job = match serde_json::from_slice::<Job>(&delivery.data) {
+            Ok(job) => job,
+            Err(e) => {
+                let Ok(run) = serde_json::from_slice::<JobRun>(&delivery.data) else {
+                    tracing::error!(error = %e, queue = %self.queue, "undecodable job without a run, rejecting it");
+                    return Ok(Settle::Reject);
+                };
+                let run = RunRef {
+                    run_id: run.run_id,
+                    workspace_id: run.workspace_id,
+                    tenant_id: run.tenant_id,
+                };
+                tracing::error!(error = %e, run_id = run.run_id, "undecodable job, failing its run");
+                let why = format!("the job does not decode: {e}");
+                return self
+                    .fail_run(producer, run, INVALID_JOB, None, &why, shutdown)
+                    .await;
+            }
+        };
+        let run = job.run_ref();
+        let start = update_run_body(run, Some(RunStatus::Running), None, None, None);
+        match self.request(producer, &start, shutdown).await? {
+            Answer::Interrupted => return Ok(Settle::Leave),
+            Answer::Applied(reply) if reply["status"] == "completed" => {
+                // A redelivered job whose completion was applied before the ack got lost.
+                tracing::info!(
+                    run_id = run.run_id,
+                    "the run is already completed; acking its job"
+                );
+                return Ok(Settle::Ack);
+            }
+            Answer::Applied(_) => {}
+            Answer::Refused { code, message } if code == "run_not_found" => {
+                tracing::error!(run_id = run.run_id, %message, "the job's run does not exist in its scope; acking it");
+                return Ok(Settle::Ack);
+            }
+            Answer::Refused { code, message } => {
+                return self
+                    .fail_run(
+                        producer,
+                        run,
+                        START_REFUSED,
+                        Some(&code),
+                        &message,
+                        shutdown,
+                    )
+                    .await;
+            }
+        }
+        let ctx = JobContext {
+            producer: producer.clone(),
+            run,
+        };
+        let (outcome, failures) = match handler(job, ctx).await {
+            Ok(outcome) => (outcome, None),
+            Err(failures) => (RunOutcome::Failed, Some(failures)),
+        };
+        let completion = update_run_body(
+            run,
+            Some(RunStatus::Completed),
+            Some(outcome),
+            None,
+            failures,
+        );
+        match self.request(producer, &completion, shutdown).await? {
+            Answer::Interrupted => Ok(Settle::Leave),
+            Answer::Applied(_) => Ok(Settle::Ack),
+            Answer::Refused { code, message } => {
+                self.fail_run(
+                    producer,
+                    run,
+                    COMPLETION_REFUSED,
+                    Some(&code),
+                    &message,
+                    shutdown,
+                )
+                .await
+            }
+        }
+    }
+
+    /// Completes `run` as `failed` with one failure the service accepts: `failure_code`, the
+    /// refusal's code as `reason_code`, and `"<refusal code>: <message>"` cleaned of control
+    /// characters, sanitised and cut to the message limit.
+    async fn fail_run(
+        &self,
+        producer: &Producer,
+        run: RunRef,
+        failure_code: &str,
+        refusal_code: Option<&str>,
+        message: &str,
+        shutdown: &CancellationToken,
+    ) -> Result<Settle, ClientError> {
+        let text = match refusal_code {
+            Some(code) => format!("{code}: {message}"),
+            None => message.to_owned(),
+        };
+        let printable: String = text
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect();
+        let mut failure = json!({"code": failure_code, "message": sanitise_message(&printable)});
+        if let Some(code) = refusal_code.filter(|c| is_valid_code(c)) {
+            failure["reason_code"] = json!(code);
+        }
+        tracing::warn!(run_id = run.run_id, code = failure_code, message = %printable, "completing the run as failed");
+        let body = update_run_body(
+            run,
+            Some(RunStatus::Completed),
+            Some(RunOutcome::Failed),
+            None,
+            Some(json!([failure])),
+        );
+        match self.request(producer, &body, shutdown).await? {
+            Answer::Interrupted => Ok(Settle::Leave),
+            Answer::Applied(_) => Ok(Settle::Ack),
+            Answer::Refused { code, message } => {
+                // Deterministic: the run is unknown in that scope, or completed with another
+                // outcome. Requeueing would refuse again forever; the service dead-lettered it.
+                tracing::error!(run_id = run.run_id, %code, %message, "failing the run was refused too; acking its job");
+                Ok(Settle::Ack)
+            }
+        }
+    }
+
+    /// Sends `body` and waits for the service's answer; on no reply, sends it again (same
+    /// command id) with backoff until one comes or `shutdown`. A broker error is returned.
+    async fn request(
+        &self,
+        producer: &Producer,
+        body: &Value,
+        shutdown: &CancellationToken,
+    ) -> Result<Answer, ClientError> {
+        let mut delays = backoff();
+        loop {
+            let sent = tokio::select! {
+                r = producer.send_and_wait(body, self.reply_timeout) => r,
+                _ = shutdown.cancelled() => return Ok(Answer::Interrupted),
+            };
+            match sent {
+                Ok(reply) => return Ok(Answer::Applied(reply)),
+                Err(ClientError::Rejected { code, message }) => {
+                    return Ok(Answer::Refused { code, message })
+                }
+                Err(ClientError::Timeout(_)) => {
+                    let delay = delays.next().unwrap_or(Duration::from_secs(10));
+                    tracing::warn!(
+                        command_id = body["command_id"].as_str().unwrap_or_default(),
+                        retry_in_ms = delay.as_millis() as u64,
+                        "no reply from the service, sending the command again"
+                    );
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = shutdown.cancelled() => return Ok(Answer::Interrupted),
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// The current session, opening one (connect, declare, qos) if there is none.
+    async fn session(&self) -> Result<Session, ClientError> {
+        if let Some(session) = self.session.lock().unwrap().clone() {
+            return Ok(session);
+        }
+        let connection = connect(&self.amqp_url, &self.connection_name).await?;
+        let opened = self.open_on(&connection).await;
+        if opened.is_err() {
+            let _ = connection.close(320, "setup failed".into()).await;
+        }
+        let (channel, producer) = opened?;
+        let session = Session {
+            connection: Arc::new(connection),
+            channel,
+            producer: Arc::new(producer),
+        };
+        *self.session.lock().unwrap() = Some(session.clone());
+        Ok(session)
+    }
+
+    /// Declares the queue on a new channel of `connection` and connects the producer.
+    async fn open_on(&self, connection: &Connection) -> Result<(Channel, Producer), ClientError> {
+        let channel = connection.create_channel().await?;
+        let jobs = self.topology.jobs_exchange();
+        let types: Vec<&str> = self.types.iter().map(String::as_str).collect();
+        declare_exchange(&channel, &jobs, ExchangeKind::Topic).await?;
+        declare_bound_queue(&channel, &self.queue, &jobs, &types).await?;
+        channel
+            .basic_qos(self.prefetch, BasicQosOptions::default())
+            .await?;
+        let producer_name = format!("{} producer", self.connection_name);
+        let producer =
+            Producer::connect_named(&self.amqp_url, self.topology.namespace(), &producer_name)
+                .await?;
+        Ok((channel, producer))
+    }
+
+    async fn drop_session(&self) {
+        let session = self.session.lock().unwrap().take();
+        if let Some(session) = session {
+            session.close().await;
+        }
     }
 
     /// Closes the connections.
     pub async fn close(&self) {
-        self.producer.close().await;
-        let _ = self.connection.close(200, "bye".into()).await;
+        self.drop_session().await;
     }
 }

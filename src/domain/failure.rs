@@ -16,10 +16,18 @@ use super::error::{ErrorCode, Rejection};
 pub const MAX_FAILURE_MESSAGE_CHARS: usize = 1000;
 /// Most failures one command may append.
 pub const MAX_FAILURES_PER_COMMAND: usize = 100;
+/// Longest failure `code` and `reason_code`, in characters.
+pub const MAX_FAILURE_CODE_CHARS: usize = 128;
 
 const REDACTED: &str = "[REDACTED]";
 
-static CODE: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"^[a-z0-9_.]{1,64}$").unwrap());
+/// What providers send as error codes (`Graph.Throttled`, `Request_ResourceNotFound`,
+/// `HTTP-429`): ASCII letters of either case, digits, `_`, `.` and `-`, 1 to
+/// [`MAX_FAILURE_CODE_CHARS`] of them. No spaces or other punctuation, so a code stays one token
+/// in logs, metrics labels and URLs.
+static CODE: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(&format!(r"^[A-Za-z0-9_.\-]{{1,{MAX_FAILURE_CODE_CHARS}}}$")).unwrap()
+});
 static BEARER: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9\-._~+/]+=*").unwrap());
 static JWT: LazyLock<Regex> = LazyLock::new(|| {
@@ -46,7 +54,7 @@ pub fn sanitise_message(message: &str) -> String {
 /// One entry of a run's failure summary.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Failure {
-    /// Machine-readable code, `[a-z0-9_.]{1,64}`.
+    /// Machine-readable code, `[A-Za-z0-9_.-]{1,128}`.
     pub code: String,
     /// Sanitised human message.
     pub message: String,
@@ -126,12 +134,17 @@ impl Failure {
     }
 }
 
+/// True when `code` is a valid failure `code` or `reason_code` (`[A-Za-z0-9_.-]{1,128}`).
+pub fn is_valid_code(code: &str) -> bool {
+    CODE.is_match(code)
+}
+
 fn checked_code(value: Option<&Value>, field: &str) -> Result<Option<String>, Rejection> {
     match value {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) if CODE.is_match(s) => Ok(Some(s.clone())),
+        Some(Value::String(s)) if is_valid_code(s) => Ok(Some(s.clone())),
         Some(other) => Err(invalid(format!(
-            "failure.{field} must match [a-z0-9_.]{{1,64}}, got {}",
+            "failure.{field} must match [A-Za-z0-9_.-]{{1,{MAX_FAILURE_CODE_CHARS}}}, got {}",
             other.to_string().chars().take(80).collect::<String>()
         ))),
     }
@@ -186,6 +199,25 @@ mod tests {
     }
 
     #[test]
+    fn provider_style_codes_are_accepted() {
+        let longest = "A".repeat(MAX_FAILURE_CODE_CHARS);
+        for code in [
+            "Graph.Throttled",
+            "Request_ResourceNotFound",
+            "HTTP-429",
+            "graph.throttled",
+            "0",
+            longest.as_str(),
+        ] {
+            let parsed =
+                Failure::parse(&json!({"code": code, "message": "x", "reason_code": code}))
+                    .unwrap_or_else(|e| panic!("{code}: {e:?}"));
+            assert_eq!(parsed.code, code);
+            assert_eq!(parsed.reason_code.as_deref(), Some(code));
+        }
+    }
+
+    #[test]
     fn failure_entries_are_validated() {
         let ok = Failure::parse(
             &json!({"code": "graph.throttled", "message": "slow down", "item": "dev-1"}),
@@ -198,10 +230,13 @@ mod tests {
         for bad in [
             json!({"code": "Bad Code", "message": "x"}),
             json!({"code": "", "message": "x"}),
-            json!({"code": "a".repeat(65), "message": "x"}),
+            json!({"code": "a".repeat(MAX_FAILURE_CODE_CHARS + 1), "message": "x"}),
+            json!({"code": "Not Valid!", "message": "x"}),
+            json!({"code": "graph/throttled", "message": "x"}),
+            json!({"code": "Graph\u{0}", "message": "x"}),
             json!({"code": "ok", "message": 3}),
             json!({"code": "ok", "message": "x", "extra": 1}),
-            json!({"code": "ok", "message": "x", "reason_code": "NOPE"}),
+            json!({"code": "ok", "message": "x", "reason_code": "NO PE"}),
             json!("just text"),
         ] {
             assert_eq!(

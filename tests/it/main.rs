@@ -9,6 +9,7 @@ mod corpus;
 mod dispatch;
 mod hardening_edges;
 mod hardening_decode;
+mod hardening_worker;
 mod lifecycle;
 mod operations;
 mod poison;
