@@ -542,3 +542,24 @@ impl OutboxRelay {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_nacked_job_waits_the_base_delay_doubling_up_to_the_cap() {
+        let settings = RelaySettings {
+            batch_size: 500,
+            job_publish_attempts: 8,
+            job_retry_base: Duration::from_secs(1),
+        };
+        let delays: Vec<u64> = (1..=8)
+            .map(|a| settings.job_retry_delay(a).as_secs())
+            .collect();
+        assert_eq!(delays, [1, 2, 4, 8, 16, 32, 60, 60]);
+        // Seven waits before the eighth (last) attempt: the documented "about two minutes".
+        assert_eq!(delays[..7].iter().sum::<u64>(), 123);
+        assert_eq!(settings.job_retry_delay(1000), MAX_JOB_RETRY_DELAY);
+    }
+}
