@@ -132,6 +132,46 @@ async fn a_refused_job_is_retried_then_fails_its_run_without_republishing_events
     app.shutdown().await;
 }
 
+#[sqlx::test]
+async fn a_relay_channel_closed_by_the_broker_is_reopened_without_stopping_commands(pool: PgPool) {
+    let settings = ServeSettings {
+        hand_off_jobs: true,
+        ..test_settings()
+    };
+    let app = TestApp::spawn_with(pool, settings).await;
+    let mut subscriber = app.subscribe_events().await;
+    // Publishing a job to a deleted exchange makes the broker close the relay's channel.
+    let channel = app.connection.create_channel().await.unwrap();
+    channel
+        .exchange_delete(
+            app.topology.jobs_exchange().as_str().into(),
+            lapin::options::ExchangeDeleteOptions::default(),
+        )
+        .await
+        .unwrap();
+    app.dispatch_policy(1).await;
+    // The relay reopens its channel and re-declares N.jobs; with no executor bound, the job is
+    // unroutable and the run fails, as dispatchOrFail says.
+    app.wait_for_count(
+        "SELECT count(*) FROM operation_runs
+         WHERE failure_summary @> '[{\"code\": \"dispatch.unroutable\"}]'",
+        1,
+    )
+    .await;
+    let events = subscriber.next_events(2).await;
+    assert_eq!(events[1].0["type"], json!("operation_run.completed"));
+    app.dispatch_policy(2).await;
+    app.wait_for_count("SELECT count(*) FROM processed_commands", 2)
+        .await;
+    let metrics = app.service().metrics.clone();
+    assert_eq!(
+        metrics.counter("oprun_reconnects_total", ""),
+        0,
+        "the command consumer's connection was never torn down"
+    );
+    app.shutdown().await;
+}
+
 /// Replaces `N.commands.dlq` with a classic queue bound to nothing: dead letters come back
 /// unroutable, and the service cannot re-declare the real DLQ over it.
 async fn block_the_dlq(app: &TestApp) -> lapin::Channel {
