@@ -43,7 +43,12 @@ impl ReplyGuard {
     /// delivers only to the channel that asked), or a queue matching the pattern that is not one
     /// of the service's own queues (even a careless pattern never reaches `N.commands`).
     pub fn allows(&self, reply_to: &str) -> bool {
-        if reply_to.starts_with(DIRECT_REPLY_TO) {
+        // The pseudo-queue itself, or the `amq.rabbitmq.reply-to.<token>` form the broker
+        // rewrites it to (clients cannot declare `amq.*` queues, so neither is a real queue).
+        let direct = reply_to
+            .strip_prefix(DIRECT_REPLY_TO)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'));
+        if direct {
             return true;
         }
         self.matcher.is_match(reply_to) && !self.own_queues.iter().any(|q| q == reply_to)
@@ -73,6 +78,7 @@ mod tests {
             "billing-queue",
             "",
             "xacme.reply.y",
+            "amq.rabbitmq.reply-tox",
         ] {
             assert!(!g.allows(refused), "{refused}");
         }
