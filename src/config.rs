@@ -100,7 +100,30 @@ pub struct ServeSettings {
     /// Hand each new run's job to executors on `N.jobs` (dispatchOrFail).
     #[arg(long, env = "OPRUN_HAND_OFF_JOBS", default_value_t = true, action = clap::ArgAction::Set)]
     pub hand_off_jobs: bool,
+
+    /// Publishes of one job the broker may nack (an executor queue refusing it) before its run
+    /// is failed with `dispatch.rejected`. Retries wait `--job-retry-base-ms`, doubling, at
+    /// most 60 s: with the defaults a run fails about two minutes after its first refusal.
+    #[arg(long, env = "OPRUN_JOB_PUBLISH_ATTEMPTS", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub job_publish_attempts: u32,
+
+    /// First delay, in milliseconds, before a nacked job is published again (doubles per
+    /// attempt, capped at 60 s).
+    #[arg(long, env = "OPRUN_JOB_RETRY_BASE_MS", default_value_t = 1000)]
+    pub job_retry_base_ms: u64,
+
+    /// Queues replies may be sent to, besides RabbitMQ direct reply-to: a glob where `*` is any
+    /// run of characters and `{namespace}` is the namespace. Any other `reply_to` gets no reply.
+    #[arg(
+        long,
+        env = "OPRUN_REPLY_QUEUE_PATTERN",
+        default_value = DEFAULT_REPLY_QUEUE_PATTERN
+    )]
+    pub reply_queue_pattern: String,
 }
+
+/// The default `--reply-queue-pattern`: `N.reply.*`.
+pub const DEFAULT_REPLY_QUEUE_PATTERN: &str = "{namespace}.reply.*";
 
 impl ServeSettings {
     /// The batch window.
@@ -135,6 +158,9 @@ impl Default for ServeSettings {
             db_connections: 8,
             shutdown_timeout_secs: 30,
             hand_off_jobs: true,
+            job_publish_attempts: 8,
+            job_retry_base_ms: 1000,
+            reply_queue_pattern: DEFAULT_REPLY_QUEUE_PATTERN.into(),
         }
     }
 }

@@ -1,5 +1,7 @@
-//! Broker errors. All of them are treated as transient by the service: it reconnects with
-//! backoff, and unacked commands are redelivered.
+//! Broker errors. None is a reason to drop a command: a lost connection makes the service
+//! reconnect with backoff (unacked commands are redelivered); nacks and channels closed by the
+//! broker are handled where the publish happened (the outbox relay reopens its channel, a batch
+//! waits for its dead letters) without tearing down the consumer.
 
 /// An error on the AMQP side.
 #[derive(Debug, thiserror::Error)]

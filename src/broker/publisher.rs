@@ -123,6 +123,29 @@ pub async fn consume_direct_replies(channel: &Channel) -> Result<Consumer, Broke
         .await?)
 }
 
+/// Waits for every `pending` confirm, in order, and reports each one on its own: a nack
+/// ([`BrokerError::Nacked`]) or a failed channel does not hide the confirms that did arrive, so a
+/// caller can record what the broker took and retry only the rest. A confirm that has not
+/// arrived by `deadline` is reported as [`BrokerError::Stopped`] (the channel should be
+/// replaced: its fate is unknown).
+pub async fn confirm_each(
+    pending: Vec<Pending>,
+    deadline: tokio::time::Instant,
+) -> Vec<Result<Confirmed, BrokerError>> {
+    let mut out = Vec::with_capacity(pending.len());
+    for p in pending {
+        out.push(
+            match tokio::time::timeout_at(deadline, p.confirmed()).await {
+                Ok(result) => result,
+                Err(_) => Err(BrokerError::Stopped(
+                    "the broker did not confirm a publish in time".into(),
+                )),
+            },
+        );
+    }
+    out
+}
+
 /// Waits for all `pending` confirms, in order.
 pub async fn confirm_all(pending: Vec<Pending>) -> Result<Vec<Confirmed>, BrokerError> {
     let mut out = Vec::with_capacity(pending.len());

@@ -1,10 +1,17 @@
 //! One batch of deliveries, start to finish: decode, apply in one transaction, then reply and
 //! dead-letter with confirms. The caller acks the batch only after this returns.
+//!
+//! Dead letters are published `mandatory`: when one comes back (no queue bound to `N.dlx`: the
+//! DLQ was unbound or deleted) or is nacked, nothing of the batch is acked. The batch waits with
+//! backoff, `/readyz` reports not ready, and before each retry the service re-declares its
+//! topology (which re-creates and re-binds the DLQ). A refused command is never acked before its
+//! dead letter is safely stored.
 
-use std::time::Instant;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use lapin::message::Delivery;
-use lapin::BasicProperties;
+use lapin::{BasicProperties, Connection};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -12,9 +19,14 @@ use super::apply::CommandResult;
 use super::batch::apply_in_lanes;
 use super::Service;
 use crate::broker::dead_letter::dead_letter_properties;
-use crate::broker::publisher::{confirm_all, ConfirmPublisher, Pending};
+use crate::broker::publisher::{confirm_each, ConfirmPublisher, Confirmed};
 use crate::broker::BrokerError;
-use crate::domain::{decode_command, Command, Rejection};
+use crate::domain::command::MAX_COMMAND_BYTES;
+use crate::domain::{decode_command, Command, CommandKind, Rejection};
+
+/// How long a batch waits for the confirms of its dead letters and replies before it replaces
+/// the channel and publishes the unconfirmed ones again.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How a batch ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,10 +37,23 @@ pub enum BatchSettlement {
     Interrupted,
 }
 
-/// Processes `deliveries` and publishes their replies and dead letters through `publisher`.
+/// A publish the batch needs before it may be acked.
+struct Outgoing<'a> {
+    exchange: String,
+    routing_key: &'a str,
+    body: std::borrow::Cow<'a, [u8]>,
+    properties: BasicProperties,
+    /// A dead letter (mandatory; must be stored) rather than a reply (best effort once confirmed
+    /// or nacked: a reply queue that refuses it is the requester's problem).
+    dead_letter: bool,
+}
+
+/// Processes `deliveries` and publishes their replies and dead letters through `publisher`
+/// (replaced on `connection` when the broker closes it). An error means the connection is lost.
 pub async fn handle_deliveries(
     service: &Service,
-    publisher: &ConfirmPublisher,
+    connection: &Connection,
+    publisher: &mut ConfirmPublisher,
     deliveries: &[Delivery],
     shutdown: &CancellationToken,
 ) -> Result<BatchSettlement, BrokerError> {
@@ -53,7 +78,7 @@ pub async fn handle_deliveries(
         return Ok(BatchSettlement::Interrupted);
     };
     let mut applied = applied.into_iter();
-    let mut pending = Vec::new();
+    let mut outgoing = Vec::new();
     for (delivery, decoded) in deliveries.iter().zip(&decoded) {
         let outcome = match decoded {
             Ok(_) => applied.next().expect("one result per decoded command"),
@@ -61,9 +86,16 @@ pub async fn handle_deliveries(
         };
         let command = decoded.as_ref().ok();
         log_outcome(service, delivery, command, &outcome);
-        settle(service, publisher, delivery, &outcome, &mut pending).await?;
+        settle(service, delivery, &outcome, &mut outgoing);
     }
-    confirm_all(pending).await?;
+    let settled = publish_until_settled(service, connection, publisher, &outgoing, shutdown).await;
+    service
+        .health
+        .dead_letters_blocked
+        .store(false, Ordering::Relaxed);
+    if !settled? {
+        return Ok(BatchSettlement::Interrupted);
+    }
     let per_command = received.elapsed();
     for _ in deliveries {
         service.metrics.observe_latency(per_command);
@@ -71,63 +103,211 @@ pub async fn handle_deliveries(
     Ok(BatchSettlement::AckThrough(last.delivery_tag))
 }
 
-/// Starts the publishes a processed delivery needs: its dead letter when refused, its reply when
-/// the producer asked for one.
-async fn settle(
+/// The publishes a processed delivery needs: its dead letter when refused, its reply when the
+/// producer asked for one at an allowed address.
+fn settle<'a>(
     service: &Service,
-    publisher: &ConfirmPublisher,
-    delivery: &Delivery,
+    delivery: &'a Delivery,
     outcome: &Result<CommandResult, Rejection>,
-    pending: &mut Vec<Pending>,
-) -> Result<(), BrokerError> {
+    outgoing: &mut Vec<Outgoing<'a>>,
+) {
     let reply_body = match outcome {
         Ok(result) => result.reply.clone(),
         Err(rejection) => {
-            let properties = dead_letter_properties(
-                &delivery.properties,
-                delivery.routing_key.as_str(),
-                rejection,
-            );
-            let dlx = service.topology.dead_letter_exchange();
-            pending.push(
-                publisher
-                    .start(
-                        &dlx,
-                        delivery.routing_key.as_str(),
-                        &delivery.data,
-                        properties,
-                        false,
-                    )
-                    .await?,
-            );
+            outgoing.push(Outgoing {
+                exchange: service.topology.dead_letter_exchange(),
+                routing_key: delivery.routing_key.as_str(),
+                body: delivery.data.as_slice().into(),
+                properties: dead_letter_properties(
+                    &delivery.properties,
+                    delivery.routing_key.as_str(),
+                    rejection,
+                ),
+                dead_letter: true,
+            });
             json!({"error": {"code": rejection.code.as_str(), "message": rejection.message}})
         }
     };
     let props = &delivery.properties;
     if let (Some(reply_to), Some(correlation_id)) = (props.reply_to(), props.correlation_id()) {
-        // Replies go through the default exchange, which can reach any queue by name: never
-        // into the namespace's own queues, where a reply would pose as a command or dead letter.
-        if reply_to
-            .as_str()
-            .starts_with(&format!("{}.", service.topology.namespace()))
-        {
+        // Replies go through the default exchange, which can reach any queue by name: only to
+        // direct reply-to and the configured reply queues (the command itself still applies).
+        if !service.reply_guard.allows(reply_to.as_str()) {
+            service
+                .metrics
+                .add("oprun_replies_refused_total", String::new(), 1);
             tracing::warn!(
                 reply_to = reply_to.as_str(),
-                "refusing to reply into a queue of the service's own topology"
+                allowed = service.reply_guard.pattern(),
+                "refusing to reply: reply_to is neither direct reply-to nor a reply queue"
             );
-            return Ok(());
+            return;
         }
         let properties = BasicProperties::default()
             .with_content_type("application/json".into())
             .with_correlation_id(correlation_id.clone());
-        let body = serde_json::to_vec(&reply_body).expect("JSON values serialise");
-        pending.push(
-            publisher
-                .start("", reply_to.as_str(), &body, properties, false)
-                .await?,
-        );
+        outgoing.push(Outgoing {
+            exchange: String::new(),
+            routing_key: reply_to.as_str(),
+            body: serde_json::to_vec(&reply_body)
+                .expect("JSON values serialise")
+                .into(),
+            properties,
+            dead_letter: false,
+        });
     }
-    Ok(())
+}
+
+/// Publishes `outgoing` until every dead letter is stored and every reply answered by the
+/// broker. Between attempts (with backoff) the service is not ready, the channel is replaced if
+/// it failed, and the topology is re-declared. `Ok(false)` when shutdown came first; an error
+/// when the connection is lost (the batch is redelivered after reconnecting).
+async fn publish_until_settled(
+    service: &Service,
+    connection: &Connection,
+    publisher: &mut ConfirmPublisher,
+    outgoing: &[Outgoing<'_>],
+    shutdown: &CancellationToken,
+) -> Result<bool, BrokerError> {
+    let mut todo: Vec<&Outgoing> = outgoing.iter().collect();
+    let mut delays = crate::retry::backoff();
+    loop {
+        let attempt = publish_once(publisher, &todo).await;
+        if attempt.failed.is_empty() {
+            return Ok(true);
+        }
+        service
+            .health
+            .dead_letters_blocked
+            .store(true, Ordering::Relaxed);
+        service
+            .metrics
+            .add("oprun_dead_letter_retries_total", String::new(), 1);
+        let delay = delays.next().unwrap_or(Duration::from_secs(10));
+        tracing::warn!(
+            unsettled = attempt.failed.len(),
+            retry_in_ms = delay.as_millis() as u64,
+            "dead letters could not be stored (is the DLQ unbound or deleted?); the batch waits unacked"
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.cancelled() => return Ok(false),
+        }
+        if !connection.status().connected() {
+            return Err(BrokerError::Stopped(
+                "the connection closed while dead letters waited".into(),
+            ));
+        }
+        if attempt.channel_failed || !publisher.channel().status().connected() {
+            if publisher.channel().status().connected() {
+                let _ = publisher.channel().close(200, "replaced".into()).await;
+            }
+            match ConfirmPublisher::open(connection).await {
+                Ok(fresh) => *publisher = fresh,
+                Err(e) => {
+                    tracing::warn!(error = %e, "reopening the publishing channel failed");
+                    continue;
+                }
+            }
+        }
+        if let Err(e) = super::redeclare_topology(connection, &service.topology).await {
+            tracing::warn!(error = %e, "re-declaring the topology failed");
+        }
+        todo = attempt.failed;
+    }
+}
+
+/// What one publishing attempt left undone.
+struct Attempt<'o, 'a> {
+    /// Dead letters returned, nacked or unconfirmed; replies unconfirmed.
+    failed: Vec<&'o Outgoing<'a>>,
+    /// The channel failed or stopped confirming: replace it.
+    channel_failed: bool,
+}
+
+async fn publish_once<'o, 'a>(
+    publisher: &ConfirmPublisher,
+    todo: &[&'o Outgoing<'a>],
+) -> Attempt<'o, 'a> {
+    let mut started = Vec::with_capacity(todo.len());
+    let mut channel_failed = false;
+    for o in todo {
+        match publisher
+            .start(
+                &o.exchange,
+                o.routing_key,
+                &o.body,
+                o.properties.clone(),
+                o.dead_letter,
+            )
+            .await
+        {
+            Ok(pending) => started.push(pending),
+            Err(e) => {
+                tracing::warn!(error = %e, "publishing failed");
+                channel_failed = true;
+                break;
+            }
+        }
+    }
+    let started_count = started.len();
+    let deadline = tokio::time::Instant::now() + CONFIRM_TIMEOUT;
+    let confirms = confirm_each(started, deadline).await;
+    let mut failed: Vec<&Outgoing> = Vec::new();
+    for (o, result) in todo.iter().zip(confirms) {
+        match result {
+            Ok(Confirmed::Delivered) => {}
+            Ok(Confirmed::Returned) => {
+                tracing::warn!(
+                    exchange = o.exchange,
+                    "a dead letter was returned: no queue is bound to the dead-letter exchange"
+                );
+                failed.push(o);
+            }
+            Err(BrokerError::Nacked { .. }) if !o.dead_letter => {
+                tracing::warn!(
+                    reply_to = o.routing_key,
+                    "the broker nacked a reply; it is dropped"
+                );
+            }
+            Err(e @ BrokerError::Nacked { .. }) => {
+                tracing::warn!(error = %e, "the broker nacked a dead letter");
+                failed.push(o);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "a publish was not confirmed");
+                channel_failed = true;
+                failed.push(o);
+            }
+        }
+    }
+    // Those never started (the channel failed first) are still to do.
+    failed.extend(todo[started_count..].iter().copied());
+    Attempt {
+        failed,
+        channel_failed,
+    }
+}
+
+/// The metrics label of a delivery's kind: the decoded command's, else the `kind` field of a
+/// body that is JSON but was refused at decode (unknown type, missing identity key, …) when it
+/// names one of the four kinds, else `undecodable`. The label set stays bounded.
+fn kind_label(delivery: &Delivery, command: Option<&Command>) -> &'static str {
+    #[derive(serde::Deserialize)]
+    struct KindOnly {
+        kind: Option<String>,
+    }
+    if let Some(command) = command {
+        return command.kind.as_str();
+    }
+    if delivery.data.len() > MAX_COMMAND_BYTES {
+        return "undecodable";
+    }
+    serde_json::from_slice::<KindOnly>(&delivery.data)
+        .ok()
+        .and_then(|k| k.kind)
+        .and_then(|k| CommandKind::parse(&k))
+        .map_or("undecodable", CommandKind::as_str)
 }
 
 fn log_outcome(
@@ -136,7 +316,7 @@ fn log_outcome(
     command: Option<&Command>,
     outcome: &Result<CommandResult, Rejection>,
 ) {
-    let kind = command.map_or("undecodable", |c| c.kind.as_str());
+    let kind = kind_label(delivery, command);
     let command_id = command.and_then(|c| c.command_id.clone()).or_else(|| {
         delivery
             .properties

@@ -18,11 +18,18 @@ pub struct Health {
     pub database_ok: AtomicBool,
     /// The broker connection and the consumer are up.
     pub consumer_running: AtomicBool,
+    /// A dead letter (or reply) of the batch in hand could not be published (the DLQ is unbound
+    /// or deleted, the broker nacks): the batch waits unacked and the service is not ready.
+    pub dead_letters_blocked: AtomicBool,
 }
 
 impl Health {
-    fn ready(&self) -> bool {
-        self.database_ok.load(Ordering::Relaxed) && self.consumer_running.load(Ordering::Relaxed)
+    /// What `/readyz` reports: the database answers, the consumer runs, and no batch waits
+    /// for its dead letters.
+    pub fn ready(&self) -> bool {
+        self.database_ok.load(Ordering::Relaxed)
+            && self.consumer_running.load(Ordering::Relaxed)
+            && !self.dead_letters_blocked.load(Ordering::Relaxed)
     }
 }
 

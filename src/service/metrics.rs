@@ -27,7 +27,7 @@ struct Histogram {
 }
 
 /// Metric names and help texts.
-const HELP: [(&str, &str, &str); 8] = [
+const HELP: [(&str, &str, &str); 11] = [
     (
         "oprun_commands_total",
         "counter",
@@ -36,7 +36,22 @@ const HELP: [(&str, &str, &str); 8] = [
     (
         "oprun_relay_published_total",
         "counter",
-        "Messages the outbox relay published, by kind (event, job, unroutable).",
+        "Messages the outbox relay settled, by kind (event, job, unroutable, rejected).",
+    ),
+    (
+        "oprun_relay_nacked_total",
+        "counter",
+        "Publishes of the outbox relay the broker nacked, by kind (event, job).",
+    ),
+    (
+        "oprun_replies_refused_total",
+        "counter",
+        "Replies not sent because reply_to is neither direct reply-to nor a reply queue.",
+    ),
+    (
+        "oprun_dead_letter_retries_total",
+        "counter",
+        "Times a batch waited because a dead letter or reply could not be published.",
     ),
     (
         "oprun_reaped_runs_total",

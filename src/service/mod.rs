@@ -9,6 +9,7 @@ pub mod health;
 pub mod metrics;
 pub mod reaper;
 pub mod relay;
+pub mod reply_guard;
 pub mod tx_buffer;
 
 use std::sync::atomic::Ordering;
@@ -32,7 +33,8 @@ use apply::ApplyContext;
 use handler::{handle_deliveries, BatchSettlement};
 use health::Health;
 use metrics::Metrics;
-use relay::OutboxRelay;
+use relay::{OutboxRelay, RelaySettings};
+use reply_guard::ReplyGuard;
 
 /// Why `serve` could not run at all.
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +63,8 @@ pub struct Service {
     pub metrics: Arc<Metrics>,
     /// The probes' state.
     pub health: Arc<Health>,
+    /// Where replies may be sent.
+    pub reply_guard: ReplyGuard,
     config: Config,
     pub(crate) settings: ServeSettings,
 }
@@ -103,6 +107,7 @@ impl Service {
                 event_source: format!("/operation-runs/{}", topology.namespace()),
                 hand_off_jobs: settings.hand_off_jobs,
             },
+            reply_guard: ReplyGuard::new(&settings.reply_queue_pattern, &topology),
             topology,
             metrics: Arc::new(Metrics::default()),
             health: Arc::new(Health::default()),
@@ -173,16 +178,14 @@ impl Service {
         connection: &Connection,
         shutdown: &CancellationToken,
     ) -> Result<(), BrokerError> {
-        let setup = connection.create_channel().await?;
-        self.topology.declare(&setup).await?;
-        let _ = setup.close(200, "declared".into()).await;
-        let publisher = ConfirmPublisher::open(connection).await?;
+        redeclare_topology(connection, &self.topology).await?;
+        let mut publisher = ConfirmPublisher::open(connection).await?;
         let relay = OutboxRelay::new(
             self.pool.clone(),
             ConfirmPublisher::open(connection).await?,
             self.topology.clone(),
             self.ctx.clone(),
-            self.settings.relay_batch,
+            self.relay_settings(),
             self.metrics.clone(),
         );
         let tag = format!("oprun-{}", uuid::Uuid::new_v4());
@@ -195,8 +198,10 @@ impl Service {
         let wake = Arc::new(Notify::new());
         let stop_relay = CancellationToken::new();
         let idle = Duration::from_millis(self.settings.relay_idle_ms);
-        let consuming = self.consume(&mut consumer, &publisher, &wake, shutdown);
-        let relaying = relay.run(wake.clone(), idle, stop_relay.clone());
+        let consuming = self.consume(connection, &mut consumer, &mut publisher, &wake, shutdown);
+        // The relay handles its own broker faults (nacks, a closed channel); it ends only when
+        // the connection is lost, which stops the consumer anyway.
+        let relaying = relay.run(connection, wake.clone(), idle, stop_relay.clone());
         tokio::pin!(relaying);
         let consumed = tokio::select! {
             r = consuming => r,
@@ -225,11 +230,21 @@ impl Service {
         Ok(())
     }
 
+    /// What the outbox relay is told by the settings.
+    fn relay_settings(&self) -> RelaySettings {
+        RelaySettings {
+            batch_size: self.settings.relay_batch,
+            job_publish_attempts: self.settings.job_publish_attempts,
+            job_retry_base: Duration::from_millis(self.settings.job_retry_base_ms),
+        }
+    }
+
     /// The consume loop: batch, handle, ack, wake the relay.
     async fn consume(
         &self,
+        connection: &Connection,
         consumer: &mut CommandConsumer,
-        publisher: &ConfirmPublisher,
+        publisher: &mut ConfirmPublisher,
         wake: &Notify,
         shutdown: &CancellationToken,
     ) -> Result<(), BrokerError> {
@@ -238,7 +253,7 @@ impl Service {
             .next_batch(self.settings.batch_size, window, shutdown)
             .await?
         {
-            match handle_deliveries(self, publisher, &batch, shutdown).await? {
+            match handle_deliveries(self, connection, publisher, &batch, shutdown).await? {
                 BatchSettlement::AckThrough(tag) => consumer.ack_through(tag).await?,
                 BatchSettlement::Interrupted => return Ok(()),
             }
@@ -295,6 +310,21 @@ impl Service {
             }
         }
     }
+}
+
+/// Declares the namespace's topology on a channel of its own (a failed declaration closes only
+/// that channel): at start, and again whenever a publish shows part of it is missing (an
+/// unroutable dead letter, a deleted exchange).
+pub(crate) async fn redeclare_topology(
+    connection: &Connection,
+    topology: &Topology,
+) -> Result<(), BrokerError> {
+    let setup = connection.create_channel().await?;
+    let declared = topology.declare(&setup).await;
+    if setup.status().connected() {
+        let _ = setup.close(200, "declared".into()).await;
+    }
+    declared
 }
 
 /// `oprun serve`: prepares the service, starts the probes endpoint, and runs until `shutdown`.

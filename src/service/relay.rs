@@ -1,16 +1,26 @@
 //! The outbox relay: publishes recorded events to `N.events` and jobs to `N.jobs` with publisher
 //! confirms, then stamps them published.
 //!
-//! One relay at a time holds a transaction-scoped advisory lock, so with several instances the
-//! per-run order of events survives (a second instance never publishes event n+1 while the
-//! first is still publishing n). A crash between confirm and commit republishes: delivery is at
-//! least once, and the event id lets subscribers dedupe.
+//! Events and jobs are relayed independently, each in a transaction of its own that holds a
+//! transaction-scoped advisory lock (one key for events, one for jobs): with several instances
+//! one relay publishes events at a time, so the per-run order of events survives (a second
+//! instance never publishes event n+1 while the first is still publishing n), and one publishes
+//! jobs, so a job is not handed off twice. A job failure never holds events back, nor the
+//! reverse.
+//!
+//! Every publish is settled on its own: what the broker confirmed is stamped published even
+//! when a later publish of the round is nacked or the channel fails, so it is never published
+//! again. A nacked event stays in the outbox and is retried after a backoff. A nacked job (an
+//! executor queue refusing it, e.g. `x-overflow: reject-publish`) is retried with a per-job
+//! backoff and, after `--job-publish-attempts`, its run is failed with `dispatch.rejected`.
+//! A crash between confirm and commit republishes: delivery is at least once, and the event id
+//! lets subscribers dedupe.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::BasicProperties;
+use lapin::{BasicProperties, Connection};
 use sqlx::PgPool;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -19,15 +29,26 @@ use super::apply::{complete_as_failed, ApplyContext, ApplyError};
 use super::metrics::Metrics;
 use super::tx_buffer::TxBuffer;
 use crate::broker::headers::opt_i64;
-use crate::broker::publisher::{confirm_all, ConfirmPublisher, Confirmed};
+use crate::broker::publisher::{confirm_all, confirm_each, ConfirmPublisher, Confirmed};
 use crate::broker::{BrokerError, Topology};
 use crate::domain::event::CLOUDEVENTS_CONTENT_TYPE;
 use crate::domain::Failure;
 use crate::store::events::{self, StoredEvent};
 use crate::store::{jobs, runs};
 
-/// Key of the advisory lock that elects the active relay of a database.
-const RELAY_LOCK_KEY: i64 = 0x6f70_7275_6e01;
+/// Key of the advisory lock that elects the active event relay of a database.
+const EVENT_RELAY_LOCK_KEY: i64 = 0x6f70_7275_6e01;
+/// Key of the advisory lock that elects the active job relay of a database.
+const JOB_RELAY_LOCK_KEY: i64 = 0x6f70_7275_6e02;
+/// Longest wait between two publishes of a nacked job.
+pub const MAX_JOB_RETRY_DELAY: Duration = Duration::from_secs(60);
+/// How long a round waits for the broker's confirms before it gives the channel up (the
+/// confirmed publishes are kept; the channel is replaced).
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
+/// The failure code of a run whose job the broker kept refusing.
+pub const DISPATCH_REJECTED: &str = "dispatch.rejected";
+/// The failure code of a run whose job no executor queue is bound for.
+pub const DISPATCH_UNROUTABLE: &str = "dispatch.unroutable";
 
 /// Why a relay round failed (it is retried on the next round).
 #[derive(Debug, thiserror::Error)]
@@ -43,31 +64,116 @@ pub enum RelayError {
     Apply(#[from] ApplyError),
 }
 
-/// What one round published.
+/// What one round did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RelayReport {
     /// Events published.
     pub events: usize,
+    /// Events the broker nacked (left in the outbox, retried after a backoff).
+    pub events_nacked: usize,
     /// Jobs published.
     pub jobs: usize,
     /// Jobs no executor queue was bound for (their runs were failed).
     pub unroutable: usize,
+    /// Jobs the broker nacked that will be tried again later.
+    pub jobs_retried: usize,
+    /// Jobs nacked `--job-publish-attempts` times (their runs were failed).
+    pub rejected: usize,
 }
 
 impl RelayReport {
-    fn is_empty(&self) -> bool {
-        self.events == 0 && self.jobs == 0
+    /// Whether the round settled anything (published, or failed a run): if so, more may wait.
+    pub fn progressed(&self) -> bool {
+        self.events + self.jobs + self.unroutable + self.rejected > 0
+    }
+}
+
+/// How the relay works: its batch and the bound on nacked job publishes.
+#[derive(Debug, Clone)]
+pub struct RelaySettings {
+    /// Most events, and most jobs, per round.
+    pub batch_size: i64,
+    /// Publishes of one job the broker may nack before its run fails `dispatch.rejected`.
+    pub job_publish_attempts: u32,
+    /// Delay after the first nack of a job; doubles per attempt, at most [`MAX_JOB_RETRY_DELAY`].
+    pub job_retry_base: Duration,
+}
+
+impl RelaySettings {
+    /// The delay before attempt `attempts + 1` of a job nacked `attempts` times.
+    pub fn job_retry_delay(&self, attempts: u32) -> Duration {
+        let factor = 2u32.saturating_pow(attempts.saturating_sub(1));
+        self.job_retry_base
+            .saturating_mul(factor)
+            .min(MAX_JOB_RETRY_DELAY)
     }
 }
 
 /// Publishes the outboxes of one database.
 pub struct OutboxRelay {
     pool: PgPool,
-    publisher: ConfirmPublisher,
+    publisher: std::sync::Mutex<ConfirmPublisher>,
     topology: Topology,
     ctx: ApplyContext,
-    batch_size: i64,
+    settings: RelaySettings,
     metrics: Arc<Metrics>,
+}
+
+/// How each publish of a round ended, and the first channel failure if any.
+struct Settled<'a, T> {
+    /// Items whose publish the broker answered: confirmed (delivered or returned) or nacked.
+    outcomes: Vec<(&'a T, Result<Confirmed, BrokerError>)>,
+    /// The first failure that is not a nack (closed channel, confirm timeout): the items without
+    /// an outcome stay in the outbox, and the channel is replaced after the round commits.
+    channel_error: Option<BrokerError>,
+}
+
+/// One message of a round.
+struct Outgoing<'b> {
+    routing_key: &'b str,
+    body: std::borrow::Cow<'b, [u8]>,
+    properties: BasicProperties,
+}
+
+/// Publishes one message per item (pipelined, in order) to `exchange` and waits for every
+/// confirm, reporting each on its own.
+async fn publish_and_settle<'a, T>(
+    publisher: &ConfirmPublisher,
+    exchange: &str,
+    mandatory: bool,
+    items: &'a [T],
+    message: impl Fn(&'a T) -> Outgoing<'a>,
+) -> Settled<'a, T> {
+    let mut started = Vec::with_capacity(items.len());
+    let mut channel_error = None;
+    for item in items {
+        let m = message(item);
+        match publisher
+            .start(exchange, m.routing_key, &m.body, m.properties, mandatory)
+            .await
+        {
+            Ok(pending) => started.push(pending),
+            Err(e) => {
+                channel_error = Some(e);
+                break;
+            }
+        }
+    }
+    let deadline = tokio::time::Instant::now() + CONFIRM_TIMEOUT;
+    let confirms = confirm_each(started, deadline).await;
+    let mut outcomes = Vec::with_capacity(confirms.len());
+    for (item, result) in items.iter().zip(confirms) {
+        match result {
+            Err(e) if !matches!(e, BrokerError::Nacked { .. }) => {
+                channel_error.get_or_insert(e);
+            }
+            answered => outcomes.push((item, answered)),
+        }
+    }
+    Settled {
+        outcomes,
+        channel_error,
+    }
 }
 
 /// The AMQP properties of an event.
@@ -113,94 +219,170 @@ pub async fn publish_events(
     Ok(())
 }
 
+/// The AMQP properties of a job.
+fn job_properties(job: &jobs::StoredJob) -> BasicProperties {
+    let mut headers = FieldTable::default();
+    headers.insert("run_id".into(), AMQPValue::LongLongInt(job.run_id));
+    BasicProperties::default()
+        .with_content_type("application/json".into())
+        .with_message_id(format!("job-{}", job.run_id).into())
+        .with_delivery_mode(2)
+        .with_headers(headers)
+}
+
+/// Takes the transaction-scoped relay lock `key`; `false` when another instance holds it.
+async fn lead(conn: &mut sqlx::PgConnection, key: i64) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
+        .bind(key)
+        .fetch_one(conn)
+        .await
+}
+
 impl OutboxRelay {
-    /// A relay publishing through `publisher`, `batch_size` rows per round at most.
+    /// A relay publishing through `publisher`.
     pub fn new(
         pool: PgPool,
         publisher: ConfirmPublisher,
         topology: Topology,
         ctx: ApplyContext,
-        batch_size: i64,
+        settings: RelaySettings,
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             pool,
-            publisher,
+            publisher: std::sync::Mutex::new(publisher),
             topology,
             ctx,
-            batch_size,
+            settings,
             metrics,
         }
     }
 
-    /// One round: publish up to a batch of events and a batch of jobs. Returns what it did; an
-    /// empty report when another instance holds the relay lock or nothing waits.
+    fn publisher(&self) -> ConfirmPublisher {
+        self.publisher.lock().expect("not poisoned").clone()
+    }
+
+    /// One round: a batch of events, then, independently, a batch of due jobs. Returns what it
+    /// did (an empty report when another instance holds the relay locks or nothing waits).
+    /// What was confirmed is recorded even when the round then fails.
     pub async fn relay_once(&self) -> Result<RelayReport, RelayError> {
-        let mut tx = self.pool.begin().await?;
-        let leader: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
-            .bind(RELAY_LOCK_KEY)
-            .fetch_one(&mut *tx)
-            .await?;
-        if !leader {
-            return Ok(RelayReport::default());
-        }
         let mut report = RelayReport::default();
+        let events = self.relay_events(&mut report).await;
+        let jobs = self.relay_jobs(&mut report).await;
+        self.record(report);
+        events?;
+        jobs?;
+        Ok(report)
+    }
 
-        let pending_events = events::unpublished(&mut tx, self.batch_size).await?;
-        if !pending_events.is_empty() {
-            publish_events(
-                &self.publisher,
-                &self.topology.events_exchange(),
-                "",
-                &pending_events,
-            )
-            .await?;
-            let positions: Vec<i64> = pending_events.iter().map(|e| e.position).collect();
-            events::mark_published(&mut tx, &positions).await?;
-            report.events = pending_events.len();
+    /// Publishes a batch of events; stamps each confirmed one.
+    async fn relay_events(&self, report: &mut RelayReport) -> Result<(), RelayError> {
+        let mut tx = self.pool.begin().await?;
+        if !lead(&mut tx, EVENT_RELAY_LOCK_KEY).await? {
+            return Ok(());
         }
-
-        let pending_jobs = jobs::unpublished(&mut tx, self.batch_size).await?;
-        if !pending_jobs.is_empty() {
-            let mut pending = Vec::with_capacity(pending_jobs.len());
-            for job in &pending_jobs {
-                let body = serde_json::to_vec(&job.body).expect("JSON values serialise");
-                let mut headers = FieldTable::default();
-                headers.insert("run_id".into(), AMQPValue::LongLongInt(job.run_id));
-                let properties = BasicProperties::default()
-                    .with_content_type("application/json".into())
-                    .with_message_id(format!("job-{}", job.run_id).into())
-                    .with_delivery_mode(2)
-                    .with_headers(headers);
-                pending.push(
-                    self.publisher
-                        .start(
-                            &self.topology.jobs_exchange(),
-                            &job.run_type,
-                            &body,
-                            properties,
-                            true,
-                        )
-                        .await?,
-                );
-            }
-            let confirmations = confirm_all(pending).await?;
-            let mut buf = TxBuffer::default();
-            for (job, confirmed) in pending_jobs.iter().zip(confirmations) {
-                if confirmed == Confirmed::Returned {
-                    self.fail_unroutable(&mut tx, &mut buf, job).await?;
-                    report.unroutable += 1;
-                } else {
-                    report.jobs += 1;
+        let pending = events::unpublished(&mut tx, self.settings.batch_size).await?;
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let publisher = self.publisher();
+        let settled = publish_and_settle(
+            &publisher,
+            &self.topology.events_exchange(),
+            false,
+            &pending,
+            |event: &StoredEvent| Outgoing {
+                routing_key: "",
+                body: event.cloud_event.as_bytes().into(),
+                properties: event_properties(event),
+            },
+        )
+        .await;
+        let mut confirmed = Vec::with_capacity(settled.outcomes.len());
+        for (event, outcome) in &settled.outcomes {
+            match outcome {
+                Ok(_) => confirmed.push(event.position),
+                Err(e) => {
+                    report.events_nacked += 1;
+                    tracing::warn!(event_id = %event.id, run_id = event.run_id, error = %e, "the broker nacked an event; it stays in the outbox");
                 }
             }
-            buf.flush(&mut tx).await?;
-            let positions: Vec<i64> = pending_jobs.iter().map(|j| j.position).collect();
-            jobs::mark_published(&mut tx, &positions).await?;
         }
+        events::mark_published(&mut tx, &confirmed).await?;
         tx.commit().await?;
-        self.record(report);
-        Ok(report)
+        report.events += confirmed.len();
+        match settled.channel_error {
+            Some(e) => Err(e.into()),
+            None => Ok(()),
+        }
+    }
+
+    /// Publishes a batch of due jobs: a confirmed one is stamped, an unroutable one fails its
+    /// run (`dispatch.unroutable`), a nacked one waits for its next attempt or, past the bound,
+    /// fails its run (`dispatch.rejected`).
+    async fn relay_jobs(&self, report: &mut RelayReport) -> Result<(), RelayError> {
+        let mut tx = self.pool.begin().await?;
+        if !lead(&mut tx, JOB_RELAY_LOCK_KEY).await? {
+            return Ok(());
+        }
+        let pending = jobs::unpublished(&mut tx, self.settings.batch_size).await?;
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let publisher = self.publisher();
+        let settled = publish_and_settle(
+            &publisher,
+            &self.topology.jobs_exchange(),
+            true,
+            &pending,
+            |job: &jobs::StoredJob| Outgoing {
+                routing_key: &job.run_type,
+                body: serde_json::to_vec(&job.body)
+                    .expect("JSON values serialise")
+                    .into(),
+                properties: job_properties(job),
+            },
+        )
+        .await;
+        let mut buf = TxBuffer::default();
+        let mut handed_off = Vec::with_capacity(settled.outcomes.len());
+        let mut retries = Vec::new();
+        for (job, outcome) in &settled.outcomes {
+            match outcome {
+                Ok(Confirmed::Delivered) => report.jobs += 1,
+                Ok(Confirmed::Returned) => {
+                    self.fail_unroutable(&mut tx, &mut buf, job).await?;
+                    report.unroutable += 1;
+                }
+                Err(e) => {
+                    let attempts = job.attempts.max(0) as u32 + 1;
+                    if attempts >= self.settings.job_publish_attempts {
+                        self.fail_rejected(&mut tx, &mut buf, job, attempts).await?;
+                        report.rejected += 1;
+                    } else {
+                        let delay = self.settings.job_retry_delay(attempts);
+                        tracing::warn!(run_id = job.run_id, r#type = %job.run_type, attempts, retry_in_ms = delay.as_millis() as u64, "the broker refused a job; retrying later");
+                        retries.push(jobs::JobRetry {
+                            position: job.position,
+                            attempts: attempts as i32,
+                            delay_ms: delay.as_millis() as i64,
+                            error: e.to_string(),
+                        });
+                        report.jobs_retried += 1;
+                        continue;
+                    }
+                }
+            }
+            handed_off.push(job.position);
+        }
+        buf.flush(&mut tx).await?;
+        jobs::mark_published(&mut tx, &handed_off).await?;
+        jobs::schedule_retries(&mut tx, &retries).await?;
+        tx.commit().await?;
+        match settled.channel_error {
+            Some(e) => Err(e.into()),
+            None => Ok(()),
+        }
     }
 
     /// dispatchOrFail: a run whose job no executor can receive is failed at once instead of
@@ -212,58 +394,98 @@ impl OutboxRelay {
         job: &jobs::StoredJob,
     ) -> Result<(), RelayError> {
         tracing::warn!(run_id = job.run_id, r#type = %job.run_type, "no executor queue is bound for this type: failing the run");
+        let message = format!(
+            "no executor queue is bound to {} for type {}",
+            self.topology.jobs_exchange(),
+            job.run_type
+        );
+        self.fail_run(conn, buf, job, Failure::new(DISPATCH_UNROUTABLE, &message))
+            .await
+    }
+
+    /// dispatchOrFail: a run whose job the broker kept refusing (an executor queue full with
+    /// `reject-publish`, …) is failed after the bound instead of staying queued forever.
+    async fn fail_rejected(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        buf: &mut TxBuffer,
+        job: &jobs::StoredJob,
+        attempts: u32,
+    ) -> Result<(), RelayError> {
+        tracing::warn!(run_id = job.run_id, r#type = %job.run_type, attempts, "the broker kept refusing this job: failing the run");
+        let message = format!(
+            "the broker refused the job on {} for type {} {attempts} times",
+            self.topology.jobs_exchange(),
+            job.run_type
+        );
+        self.fail_run(conn, buf, job, Failure::new(DISPATCH_REJECTED, &message))
+            .await
+    }
+
+    async fn fail_run(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        buf: &mut TxBuffer,
+        job: &jobs::StoredJob,
+        failure: Failure,
+    ) -> Result<(), RelayError> {
         let Some(run) = runs::lock_by_id(&mut *conn, job.run_id).await? else {
             return Ok(());
         };
-        let failure = Failure::new(
-            "dispatch.unroutable",
-            &format!(
-                "no executor queue is bound to {} for type {}",
-                self.topology.jobs_exchange(),
-                job.run_type
-            ),
-        );
         complete_as_failed(conn, buf, run, failure, &self.ctx).await?;
         Ok(())
     }
 
     fn record(&self, report: RelayReport) {
-        for (kind, n) in [
-            ("event", report.events),
-            ("job", report.jobs),
-            ("unroutable", report.unroutable),
+        for (name, kind, n) in [
+            ("oprun_relay_published_total", "event", report.events),
+            ("oprun_relay_published_total", "job", report.jobs),
+            (
+                "oprun_relay_published_total",
+                "unroutable",
+                report.unroutable,
+            ),
+            ("oprun_relay_published_total", "rejected", report.rejected),
+            ("oprun_relay_nacked_total", "event", report.events_nacked),
+            (
+                "oprun_relay_nacked_total",
+                "job",
+                report.jobs_retried + report.rejected,
+            ),
         ] {
             if n > 0 {
-                self.metrics.add(
-                    "oprun_relay_published_total",
-                    format!("kind=\"{kind}\""),
-                    n as u64,
-                );
+                self.metrics.add(name, format!("kind=\"{kind}\""), n as u64);
             }
         }
     }
 
-    /// Publishes until the outboxes are empty (used at shutdown). Errors end the flush.
+    /// Publishes until a round settles nothing (used at shutdown). Errors end the flush; jobs
+    /// waiting for a retry delay are left to the next start.
     pub async fn flush(&self) -> Result<(), RelayError> {
-        while !self.relay_once().await?.is_empty() {}
+        while self.relay_once().await?.progressed() {}
         Ok(())
     }
 
-    /// Runs rounds until `shutdown`: immediately after `wake` is notified (a commit wrote events),
-    /// else every `idle`. A failed round is logged and retried with backoff; a broker failure
-    /// ends the loop so that the service reconnects.
+    /// Runs rounds until `shutdown`: immediately again while rounds make progress, else after
+    /// `wake` is notified (a commit wrote events) or every `idle`. A failed round, or one whose
+    /// events were nacked, is retried with backoff. A broker failure replaces the relay's
+    /// channel (and re-declares the topology) on `connection`: it never stops the command
+    /// consumer. Only the loss of the connection itself ends the loop, so that the service
+    /// reconnects.
     pub async fn run(
         &self,
+        connection: &Connection,
         wake: Arc<Notify>,
         idle: Duration,
         shutdown: CancellationToken,
     ) -> Result<(), RelayError> {
         let mut delays = crate::retry::backoff();
         loop {
-            match self.relay_once().await {
-                Ok(report) => {
+            let round = self.relay_once().await;
+            let delay = match &round {
+                Ok(report) if report.events_nacked == 0 => {
                     delays = crate::retry::backoff();
-                    if report.is_empty() {
+                    if !report.progressed() {
                         self.update_backlog().await;
                         tokio::select! {
                             _ = wake.notified() => {}
@@ -271,17 +493,45 @@ impl OutboxRelay {
                             _ = shutdown.cancelled() => return Ok(()),
                         }
                     }
+                    continue;
                 }
-                Err(RelayError::Broker(e)) => return Err(RelayError::Broker(e)),
+                Ok(_) => delays.next().unwrap_or(Duration::from_secs(10)),
                 Err(e) => {
                     let delay = delays.next().unwrap_or(Duration::from_secs(10));
                     tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "outbox relay round failed");
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
-                        _ = shutdown.cancelled() => return Ok(()),
-                    }
+                    delay
                 }
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = shutdown.cancelled() => return Ok(()),
             }
+            if let Err(RelayError::Broker(e)) = round {
+                if !connection.status().connected() {
+                    return Err(RelayError::Broker(e));
+                }
+                self.reopen(connection).await;
+            }
+        }
+    }
+
+    /// Replaces the relay's channel (the broker closed it, or it stopped confirming) and
+    /// re-declares the topology, in case an exchange was deleted. Failures are logged; the next
+    /// round tries again.
+    async fn reopen(&self, connection: &Connection) {
+        let old = self.publisher();
+        if old.channel().status().connected() {
+            let _ = old.channel().close(200, "replaced".into()).await;
+        }
+        if let Err(e) = super::redeclare_topology(connection, &self.topology).await {
+            tracing::warn!(error = %e, "re-declaring the topology failed");
+        }
+        match ConfirmPublisher::open(connection).await {
+            Ok(publisher) => {
+                *self.publisher.lock().expect("not poisoned") = publisher;
+                tracing::info!("outbox relay channel reopened");
+            }
+            Err(e) => tracing::warn!(error = %e, "reopening the outbox relay channel failed"),
         }
     }
 
@@ -290,5 +540,26 @@ impl OutboxRelay {
             self.metrics.set("oprun_outbox_backlog", count as f64);
             self.metrics.set("oprun_outbox_oldest_age_seconds", age);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_nacked_job_waits_the_base_delay_doubling_up_to_the_cap() {
+        let settings = RelaySettings {
+            batch_size: 500,
+            job_publish_attempts: 8,
+            job_retry_base: Duration::from_secs(1),
+        };
+        let delays: Vec<u64> = (1..=8)
+            .map(|a| settings.job_retry_delay(a).as_secs())
+            .collect();
+        assert_eq!(delays, [1, 2, 4, 8, 16, 32, 60, 60]);
+        // Seven waits before the eighth (last) attempt: the documented "about two minutes".
+        assert_eq!(delays[..7].iter().sum::<u64>(), 123);
+        assert_eq!(settings.job_retry_delay(1000), MAX_JOB_RETRY_DELAY);
     }
 }

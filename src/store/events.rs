@@ -58,8 +58,11 @@ pub async fn unpublished(
     .await
 }
 
-/// Stamps events as published.
+/// Stamps events as published (each one the broker confirmed; the others stay in the outbox).
 pub async fn mark_published(conn: &mut PgConnection, positions: &[i64]) -> Result<(), sqlx::Error> {
+    if positions.is_empty() {
+        return Ok(());
+    }
     sqlx::query("UPDATE operation_run_events SET published_at = now() WHERE position = ANY($1)")
         .bind(positions)
         .execute(conn)

@@ -4,12 +4,12 @@ use lapin::BasicProperties;
 use serde_json::{json, Value};
 use sqlx::PgPool;
 
-use crate::helpers::{dispatch, json_properties, TestApp};
+use crate::helpers::{dispatch, json_properties, reply_queue, TestApp};
 
 /// Publishes `body` asking for a reply on a fresh queue, and returns the reply.
 async fn dispatch_with_reply(app: &TestApp, body: &Value) -> Value {
     use futures_util::StreamExt;
-    let (_channel, queue, mut replies) = app.temporary_queue(None).await;
+    let (_channel, queue, mut replies) = reply_queue(app).await;
     let properties: BasicProperties = json_properties()
         .with_reply_to(queue.as_str().into())
         .with_correlation_id("corr-1".into());

@@ -506,3 +506,38 @@ pub async fn wait_for_active_run(app: &TestApp, run_type: &str) -> i64 {
 pub fn header(properties: &BasicProperties, key: &str) -> Option<String> {
     operation_runs::broker::headers::get_str(properties.headers().as_ref(), key)
 }
+
+/// A fresh exclusive reply queue named `N.reply.<random>` (the service replies only to direct
+/// reply-to and to queues matching `--reply-queue-pattern`, default `N.reply.*`), with a no-ack
+/// consumer on it.
+pub async fn reply_queue(app: &TestApp) -> (Channel, String, Consumer) {
+    let channel = app.connection.create_channel().await.unwrap();
+    let name = format!(
+        "{}.reply.{}",
+        app.topology.namespace(),
+        uuid::Uuid::new_v4().simple()
+    );
+    let options = QueueDeclareOptions {
+        exclusive: true,
+        auto_delete: true,
+        ..Default::default()
+    };
+    channel
+        .queue_declare(name.as_str().into(), options, FieldTable::default())
+        .await
+        .unwrap();
+    let consume = BasicConsumeOptions {
+        no_ack: true,
+        ..Default::default()
+    };
+    let consumer = channel
+        .basic_consume(
+            name.as_str().into(),
+            "".into(),
+            consume,
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    (channel, name, consumer)
+}

@@ -10,6 +10,7 @@ mod dispatch;
 mod hardening_edges;
 mod hardening_decode;
 mod hardening_worker;
+mod hardening_relay;
 mod lifecycle;
 mod operations;
 mod poison;
