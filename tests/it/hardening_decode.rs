@@ -8,7 +8,7 @@ use lapin::BasicProperties;
 use serde_json::{json, Value};
 use sqlx::PgPool;
 
-use crate::helpers::{dispatch, header, json_properties, progress, TestApp, DEADLINE};
+use crate::helpers::{dispatch, header, json_properties, progress, reply_queue, TestApp, DEADLINE};
 
 #[sqlx::test]
 async fn duplicate_keys_and_nul_characters_are_dead_lettered_and_change_nothing(pool: PgPool) {
@@ -70,7 +70,7 @@ async fn duplicate_keys_and_nul_characters_are_dead_lettered_and_change_nothing(
 
 /// Publishes `body` asking for a reply on a fresh queue, and returns the reply.
 async fn dispatch_with_reply(app: &TestApp, body: &Value) -> Value {
-    let (_channel, queue, mut replies) = app.temporary_queue(None).await;
+    let (_channel, queue, mut replies) = reply_queue(app).await;
     let properties: BasicProperties = json_properties()
         .with_reply_to(queue.as_str().into())
         .with_correlation_id("hardening".into());
