@@ -100,6 +100,11 @@ pub struct ServeSettings {
     /// Hand each new run's job to executors on `N.jobs` (dispatchOrFail).
     #[arg(long, env = "OPRUN_HAND_OFF_JOBS", default_value_t = true, action = clap::ArgAction::Set)]
     pub hand_off_jobs: bool,
+
+    /// Most queued or running runs one tenant may have; a dispatch that would create one more is
+    /// refused with `tenant_quota_exceeded` (a deduplicated dispatch is not). 0 = unlimited.
+    #[arg(long, env = "OPRUN_MAX_ACTIVE_RUNS_PER_TENANT", default_value_t = 1000)]
+    pub max_active_runs_per_tenant: u64,
 }
 
 impl ServeSettings {
@@ -135,6 +140,7 @@ impl Default for ServeSettings {
             db_connections: 8,
             shutdown_timeout_secs: 30,
             hand_off_jobs: true,
+            max_active_runs_per_tenant: 1000,
         }
     }
 }

@@ -7,6 +7,7 @@ mod cli;
 mod concurrency;
 mod corpus;
 mod dispatch;
+mod hardening_dedupe;
 mod lifecycle;
 mod operations;
 mod poison;
