@@ -181,6 +181,8 @@ impl TxBuffer {
             return Ok(());
         }
         runs::lock_tenant_quotas(conn, &tenants).await?;
+        // A statement of its own, after the locks: a count in the locking statement would use the
+        // snapshot taken before a wait, and miss the runs the previous holder just committed.
         let counts = runs::count_active_by_tenant(conn, &tenants).await?;
         for tenant in tenants {
             self.tenant_active

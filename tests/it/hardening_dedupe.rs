@@ -281,7 +281,9 @@ async fn failure_summary_is_capped_and_every_event_stays_under_64_kib(pool: PgPo
                 let code = codes[n % codes.len()];
                 *sent.entry(code).or_default() += 1;
                 order.push(format!("item-{n}"));
-                json!({"code": code, "message": format!("{n}: {}", "m".repeat(200)), "item": format!("item-{n}")})
+                // Random hex: entries that do not compress, so the stored summary lives in TOAST.
+                let noise: String = (0..6).map(|_| uuid::Uuid::new_v4().simple().to_string()).collect();
+                json!({"code": code, "message": format!("{n}: {noise}"), "item": format!("item-{n}")})
             })
             .collect();
         app.publish(&progress(
@@ -342,6 +344,35 @@ async fn failure_summary_is_capped_and_every_event_stays_under_64_kib(pool: PgPo
             .unwrap()
             .len(),
         MAX_STORED_FAILURES
+    );
+
+    // Appending to a full summary does not rewrite it: one transaction per append, and the
+    // table's TOAST (where the ~25 KB summary lives) does not grow with them.
+    let toast_bytes = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT pg_relation_size(reltoastrelid) FROM pg_class WHERE relname = 'operation_runs'",
+        )
+        .fetch_one(&app.pool)
+        .await
+        .unwrap()
+    };
+    let before = toast_bytes().await;
+    for k in 1..=30 {
+        app.publish(&progress(
+            "append_failures",
+            run_id,
+            json!({"failures": [{"code": "late.one", "message": "late"}]}),
+        ))
+        .await;
+        app.wait_for_run(run_id, "the late failure", |r| {
+            r.failure_overflow["late.one"] == k
+        })
+        .await;
+    }
+    let grown = toast_bytes().await - before;
+    assert!(
+        grown < 64 * 1024,
+        "TOAST grew by {grown} bytes over 30 appends"
     );
     app.shutdown().await;
 }
