@@ -99,7 +99,7 @@ cases = [
     # scope and existence (need the database)
     ("workspace-unknown", d(workspace_id=9999, tenant_id=None), "unknown_workspace"),
     ("tenant-unknown", d(tenant_id=9999), "unknown_tenant"),
-    ("tenant-of-another-workspace", d(tenant_id=20), "tenant_not_in_workspace"),
+    ("tenant-of-another-workspace", d(tenant_id=20), "unknown_tenant"),
     ("user-unknown", d(user_id=9999), "unknown_user"),
     ("scope-mismatch-tenant", p("update_run", tenant_id=11, status="running"), "run_not_found"),
     ("scope-mismatch-workspace", p("update_run", workspace_id=2, tenant_id=20, status="running"), "run_not_found"),

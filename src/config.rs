@@ -120,6 +120,10 @@ pub struct ServeSettings {
         default_value = DEFAULT_REPLY_QUEUE_PATTERN
     )]
     pub reply_queue_pattern: String,
+    /// Most queued or running runs one tenant may have; a dispatch that would create one more is
+    /// refused with `tenant_quota_exceeded` (a deduplicated dispatch is not). 0 = unlimited.
+    #[arg(long, env = "OPRUN_MAX_ACTIVE_RUNS_PER_TENANT", default_value_t = 1000)]
+    pub max_active_runs_per_tenant: u64,
 }
 
 /// The default `--reply-queue-pattern`: `N.reply.*`.
@@ -161,6 +165,7 @@ impl Default for ServeSettings {
             job_publish_attempts: 8,
             job_retry_base_ms: 1000,
             reply_queue_pattern: DEFAULT_REPLY_QUEUE_PATTERN.into(),
+            max_active_runs_per_tenant: 1000,
         }
     }
 }

@@ -148,6 +148,7 @@ impl RunsCommand {
                     let ctx = ApplyContext {
                         event_source: format!("/operation-runs/{}", config.namespace),
                         hand_off_jobs: false,
+                        max_active_runs_per_tenant: 0,
                     };
                     let mut total = 0;
                     loop {

@@ -30,6 +30,9 @@ pub enum ErrorCode {
     InvalidIdentityValue,
     /// The context nests deeper than [`crate::domain::command::MAX_CONTEXT_DEPTH`].
     ContextTooDeep,
+    /// The context's JSON is larger than [`crate::domain::event_size::MAX_CONTEXT_BYTES`] (every
+    /// event carries it).
+    ContextTooLarge,
     /// A progress command without `command_id` (body field or AMQP `message_id`).
     MissingCommandId,
     /// A summary count key outside the registry.
@@ -40,10 +43,9 @@ pub enum ErrorCode {
     InvalidFailure,
     /// The workspace does not exist.
     UnknownWorkspace,
-    /// The tenant does not exist.
+    /// The tenant does not exist in the command's workspace (whether it exists in another one is
+    /// not told, so producers cannot probe other workspaces' tenant ids).
     UnknownTenant,
-    /// The tenant belongs to another workspace.
-    TenantNotInWorkspace,
     /// The user does not exist.
     UnknownUser,
     /// No run with that id exists in the command's workspace and tenant.
@@ -52,6 +54,9 @@ pub enum ErrorCode {
     InvalidTransition,
     /// The command id was already used by a command with a different body.
     CommandIdConflict,
+    /// The dispatch would create a run over the tenant's quota of active runs
+    /// (`--max-active-runs-per-tenant`).
+    TenantQuotaExceeded,
     /// The broker dead-lettered the message after too many redeliveries.
     DeliveryLimitExceeded,
     /// The database refused the command's effect for a reason the validation did not foresee.
@@ -60,7 +65,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in documentation order.
-    pub const ALL: [ErrorCode; 25] = [
+    pub const ALL: [ErrorCode; 26] = [
         Self::MessageTooLarge,
         Self::InvalidUtf8,
         Self::InvalidJson,
@@ -73,17 +78,18 @@ impl ErrorCode {
         Self::MissingIdentityKey,
         Self::InvalidIdentityValue,
         Self::ContextTooDeep,
+        Self::ContextTooLarge,
         Self::MissingCommandId,
         Self::InvalidSummaryKey,
         Self::InvalidSummaryValue,
         Self::InvalidFailure,
         Self::UnknownWorkspace,
         Self::UnknownTenant,
-        Self::TenantNotInWorkspace,
         Self::UnknownUser,
         Self::RunNotFound,
         Self::InvalidTransition,
         Self::CommandIdConflict,
+        Self::TenantQuotaExceeded,
         Self::DeliveryLimitExceeded,
         Self::DatabaseRejected,
     ];
@@ -103,17 +109,18 @@ impl ErrorCode {
             Self::MissingIdentityKey => "missing_identity_key",
             Self::InvalidIdentityValue => "invalid_identity_value",
             Self::ContextTooDeep => "context_too_deep",
+            Self::ContextTooLarge => "context_too_large",
             Self::MissingCommandId => "missing_command_id",
             Self::InvalidSummaryKey => "invalid_summary_key",
             Self::InvalidSummaryValue => "invalid_summary_value",
             Self::InvalidFailure => "invalid_failure",
             Self::UnknownWorkspace => "unknown_workspace",
             Self::UnknownTenant => "unknown_tenant",
-            Self::TenantNotInWorkspace => "tenant_not_in_workspace",
             Self::UnknownUser => "unknown_user",
             Self::RunNotFound => "run_not_found",
             Self::InvalidTransition => "invalid_transition",
             Self::CommandIdConflict => "command_id_conflict",
+            Self::TenantQuotaExceeded => "tenant_quota_exceeded",
             Self::DeliveryLimitExceeded => "delivery_limit_exceeded",
             Self::DatabaseRejected => "database_rejected",
         }

@@ -3,7 +3,9 @@
 pub mod command;
 pub mod error;
 pub mod event;
+pub mod event_size;
 pub mod failure;
+pub mod failure_cap;
 pub mod identity;
 pub mod operation_run;
 pub mod operation_type;
@@ -19,6 +21,6 @@ pub use event::{RunEvent, RunEventType};
 pub use failure::{sanitise_message, Failure};
 pub use identity::RunIdentityHash;
 pub use operation_run::OperationRun;
-pub use operation_type::{CatalogEntry, OperationRunType, OPERATION_CATALOG};
+pub use operation_type::{CatalogEntry, DedupeWindow, OperationRunType, OPERATION_CATALOG};
 pub use status::{RunOutcome, RunState, RunStatus, Transition, TransitionError};
 pub use summary_counts::SummaryCounts;

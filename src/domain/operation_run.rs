@@ -32,8 +32,12 @@ pub struct OperationRun {
     pub run_identity_hash: String,
     /// Summary counts object.
     pub summary_counts: Value,
-    /// Failure entries array.
+    /// Failure entries array: the first ones only, up to the cap of
+    /// [`crate::domain::failure_cap`].
     pub failure_summary: Value,
+    /// Failures past the cap, counted per code (`{"code": n}`; codes past their own cap under
+    /// `"*"`). Empty while nothing overflowed.
+    pub failure_overflow: Value,
     /// The dispatch context, identity values normalised.
     pub context: Value,
     /// When it started running.

@@ -1,5 +1,6 @@
 //! The operation type registry and its catalog: which types exist, what people call them, how long
-//! they are expected to take, and which context keys make up a run's identity.
+//! they are expected to take, which context keys make up a run's identity, and how long that
+//! identity stays taken (the dedupe window).
 
 use std::fmt;
 use std::str::FromStr;
@@ -30,6 +31,35 @@ pub enum OperationRunType {
     RestoreExecute,
 }
 
+/// How long a run's identity stays taken, i.e. how long a dispatch of the same identity returns
+/// that run (`"deduplicated": true`) instead of creating a new one. Enforced by partial unique
+/// indexes on `operation_runs` (see the migrations), not only by a lookup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DedupeWindow {
+    /// While the run is queued or running; completion frees the identity (a later dispatch
+    /// creates a new run).
+    Active,
+    /// Forever: an identity has at most one run, ever (e.g. one scheduled fire per schedule and
+    /// minute, even after that run completed).
+    Forever,
+}
+
+impl DedupeWindow {
+    /// The stored form (`operation_runs.dedupe_window`) and the README's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Forever => "forever",
+        }
+    }
+}
+
+impl fmt::Display for DedupeWindow {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// What the catalog knows about one type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CatalogEntry {
@@ -43,6 +73,8 @@ pub struct CatalogEntry {
     pub identity_keys: &'static [&'static str],
     /// How long a run of this type is expected to take; the stale-run reaper scales it.
     pub expected_duration: Duration,
+    /// How long a run's identity stays taken.
+    pub dedupe_window: DedupeWindow,
 }
 
 const fn minutes(m: u64) -> Duration {
@@ -99,7 +131,8 @@ pub const OPERATION_CATALOG: [CatalogEntry; 9] = [
         "Backup (scheduled)",
         &["backup_schedule_id", "scheduled_for"],
         30,
-    ),
+    )
+    .forever(),
     entry(
         OperationRunType::BackupSetAddPolicies,
         "backup_set.add_policies",
@@ -129,6 +162,17 @@ const fn entry(
         label,
         identity_keys,
         expected_duration: minutes(expected_minutes),
+        dedupe_window: DedupeWindow::Active,
+    }
+}
+
+impl CatalogEntry {
+    /// The same entry with the `forever` dedupe window.
+    const fn forever(self) -> Self {
+        Self {
+            dedupe_window: DedupeWindow::Forever,
+            ..self
+        }
     }
 }
 
@@ -197,5 +241,17 @@ mod tests {
         let e = OperationRunType::BackupScheduleScheduled.catalog();
         assert_eq!(e.identity_keys, ["backup_schedule_id", "scheduled_for"]);
         assert_eq!(e.expected_duration, Duration::from_secs(1800));
+    }
+
+    #[test]
+    fn only_scheduled_backups_are_deduplicated_forever() {
+        for e in OPERATION_CATALOG {
+            let expected = if e.run_type == OperationRunType::BackupScheduleScheduled {
+                DedupeWindow::Forever
+            } else {
+                DedupeWindow::Active
+            };
+            assert_eq!(e.dedupe_window, expected, "{}", e.name);
+        }
     }
 }

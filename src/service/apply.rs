@@ -7,11 +7,15 @@ use serde_json::{json, Value};
 use sqlx::PgConnection;
 
 use super::tx_buffer::TxBuffer;
+use crate::domain::event_size::{check_context_size, MAX_EVENT_BYTES};
+use crate::domain::failure_cap::{append_capped, fold_into_overflow, serialized_len};
 use crate::domain::{
-    Command, CommandAction, DispatchCommand, ErrorCode, Failure, OperationRun, ProgressCommand,
-    Rejection, RunEvent, RunEventType, RunState, RunStatus, SummaryCounts, Transition,
+    Command, CommandAction, DispatchCommand, ErrorCode, Failure, OperationRun, OperationRunType,
+    ProgressCommand, Rejection, RunEvent, RunEventType, RunState, RunStatus, SummaryCounts,
+    Transition,
 };
 use crate::store::inbox::InboxRow;
+use crate::store::legacy::LinkRefusal;
 use crate::store::{self, legacy, runs};
 
 /// What applying a command did, for replies, logs and metrics.
@@ -110,6 +114,8 @@ pub struct ApplyContext {
     pub event_source: String,
     /// Whether a new run's job is put in the job outbox (the hand-off to executors).
     pub hand_off_jobs: bool,
+    /// Most active (queued or running) runs per tenant; 0 = unlimited.
+    pub max_active_runs_per_tenant: u64,
 }
 
 /// Applies `command` in the caller's transaction; `buf` carries what earlier commands of the
@@ -171,28 +177,83 @@ async fn dispatch(
         }
     };
     scope_ok?;
+    check_context_size(&d.context)?;
+    let window = d.run_type.catalog().dedupe_window;
+    if let Some(active) = tenant_active_runs(conn, buf, d, ctx).await? {
+        let limit = ctx.max_active_runs_per_tenant;
+        if active >= limit {
+            // At the quota only a run that already holds the identity can answer: a duplicate
+            // is deduplicated as usual, anything that would create a run is refused.
+            let held =
+                runs::find_by_identity(&mut *conn, d.scope, d.identity_hash.as_str(), window)
+                    .await?;
+            return match held {
+                Some(run) => Ok(dispatch_result(&run, true)),
+                None => Err(Rejection::new(
+                    ErrorCode::TenantQuotaExceeded,
+                    format!(
+                        "tenant {} has {active} queued or running runs, the limit is {limit}",
+                        d.scope.tenant_id.unwrap_or_default()
+                    ),
+                )
+                .into()),
+            };
+        }
+    }
     // Insert-or-find, retried: between our conflict and our read the active run may complete.
     for _ in 0..3 {
-        let found = runs::insert_or_find_active(conn, d).await?;
-        if let Some((run, true)) = found {
+        let found = runs::insert_or_find(conn, d).await?;
+        if let Some((mut run, true)) = found {
+            if let Some(tenant) = run.tenant_id {
+                buf.count_tenant_active(tenant, 1);
+            }
             buf.know_sequence(run.id, 0);
+            if let Some(refused) = link_backup_schedule_run(conn, &run).await? {
+                // The refusal is part of the run from its first event on.
+                let appended = append_capped(
+                    &mut run.failure_summary,
+                    &mut run.failure_overflow,
+                    &[refused],
+                );
+                buf.store_run(run.clone(), appended.summary_changed);
+            }
             record_event(conn, buf, RunEventType::Queued, &run, ctx).await?;
             if ctx.hand_off_jobs {
                 buf.push_job(run.clone());
             }
-            link_backup_schedule_run(conn, &run).await?;
             return Ok(dispatch_result(&run, false));
         }
         if let Some((run, false)) = found {
             return Ok(dispatch_result(&run, true));
         }
         if let Some(run) =
-            runs::find_active_by_identity(&mut *conn, d.scope, d.identity_hash.as_str()).await?
+            runs::find_by_identity(&mut *conn, d.scope, d.identity_hash.as_str(), window).await?
         {
             return Ok(dispatch_result(&run, true));
         }
     }
     Err(ApplyError::Contended)
+}
+
+/// The active runs of the dispatch's tenant, when the tenant quota applies to it. The batch
+/// took the tenant's quota lock up front (in the global lock order); a dispatch applied outside
+/// a batch takes it here.
+async fn tenant_active_runs(
+    conn: &mut PgConnection,
+    buf: &mut TxBuffer,
+    d: &DispatchCommand,
+    ctx: &ApplyContext,
+) -> Result<Option<u64>, sqlx::Error> {
+    let Some(tenant) = d.scope.tenant_id else {
+        return Ok(None);
+    };
+    if ctx.max_active_runs_per_tenant == 0 {
+        return Ok(None);
+    }
+    if buf.tenant_active(tenant).is_none() {
+        buf.lock_tenants(conn, &[tenant]).await?;
+    }
+    Ok(Some(buf.tenant_active(tenant).unwrap_or(0).max(0) as u64))
 }
 
 fn dispatch_result(run: &OperationRun, deduplicated: bool) -> CommandResult {
@@ -212,19 +273,67 @@ fn dispatch_result(run: &OperationRun, deduplicated: bool) -> CommandResult {
     }
 }
 
-/// A retry of a scheduled backup points at its legacy schedule run; link it to the new run.
+/// The failure code recorded on a run whose legacy link was refused.
+pub const LEGACY_LINK_REFUSED: &str = "legacy_link.refused";
+
+/// A `backup_schedule.*` run whose context names a legacy `backup_schedule_runs` row
+/// (`backup_schedule_run_id`) takes over that row's redirect, if the row is of the run's tenant
+/// and schedule and not linked yet. Other types never link (the key is just context to them).
+/// A refused link is returned as a failure entry for the run, saying why.
 async fn link_backup_schedule_run(
     conn: &mut PgConnection,
     run: &OperationRun,
-) -> Result<(), sqlx::Error> {
-    let legacy_id = run
-        .context
-        .get("backup_schedule_run_id")
-        .and_then(Value::as_i64);
-    if let (Some(legacy_id), Some(tenant_id)) = (legacy_id, run.tenant_id) {
-        legacy::link_backup_schedule_run(conn, legacy_id, tenant_id, run.id).await?;
+) -> Result<Option<Failure>, sqlx::Error> {
+    let backup_type = matches!(
+        OperationRunType::parse(&run.run_type),
+        Ok(OperationRunType::BackupScheduleRunNow
+            | OperationRunType::BackupScheduleRetry
+            | OperationRunType::BackupScheduleScheduled)
+    );
+    let Some(legacy_value) = run.context.get("backup_schedule_run_id") else {
+        return Ok(None);
+    };
+    if !backup_type || legacy_value.is_null() {
+        return Ok(None);
     }
-    Ok(())
+    let refused = |why: String| {
+        Some(Failure::new(
+            LEGACY_LINK_REFUSED,
+            &format!("backup_schedule_runs row {legacy_value} not linked: {why}"),
+        ))
+    };
+    let Some(legacy_id) = id_value(legacy_value) else {
+        return Ok(refused(
+            "backup_schedule_run_id is not an integer id".into(),
+        ));
+    };
+    let Some(tenant_id) = run.tenant_id else {
+        return Ok(refused("a workspace-scoped run has no tenant".into()));
+    };
+    let Some(schedule_id) = run.context.get("backup_schedule_id").and_then(id_value) else {
+        return Ok(refused("the run has no integer backup_schedule_id".into()));
+    };
+    let linked =
+        legacy::link_backup_schedule_run(conn, legacy_id, tenant_id, schedule_id, run.id).await?;
+    Ok(match linked {
+        Ok(()) => None,
+        Err(LinkRefusal::NotInTenant) => refused(format!("no such row in tenant {tenant_id}")),
+        Err(LinkRefusal::OtherSchedule { backup_schedule_id }) => refused(format!(
+            "the row belongs to backup schedule {backup_schedule_id}, the run to {schedule_id}"
+        )),
+        Err(LinkRefusal::AlreadyLinked { operation_run_id }) => refused(format!(
+            "the row already redirects to run {operation_run_id}"
+        )),
+    })
+}
+
+/// An id given as a JSON integer or as its decimal string (forms producers send).
+fn id_value(value: &Value) -> Option<i64> {
+    match value {
+        Value::Number(n) => n.as_i64(),
+        Value::String(s) => s.parse().ok(),
+        _ => None,
+    }
 }
 
 async fn progress(
@@ -319,15 +428,18 @@ pub async fn save_run_progress(
         (None, false) => Disposition::Unchanged,
     };
     // A no-change report on an active run is still a heartbeat for the stale-run reaper.
-    let saved = if event_type.is_some() || (run.is_active() && !outcome.stale) {
+    let run_was_active = run.is_active();
+    let saved = if event_type.is_some() || (run_was_active && !outcome.stale) {
         let now = buf.now(conn).await?;
         let mut saved = run;
         saved.status = outcome.state.status;
         saved.outcome = outcome.state.outcome;
         saved.summary_counts = counts_json;
-        if let Value::Array(entries) = &mut saved.failure_summary {
-            entries.extend(outcome.failures.iter().map(Failure::to_json));
-        }
+        let appended = append_capped(
+            &mut saved.failure_summary,
+            &mut saved.failure_overflow,
+            &outcome.failures,
+        );
         if saved.status == RunStatus::Running && saved.started_at.is_none() {
             saved.started_at = Some(now);
         }
@@ -335,7 +447,12 @@ pub async fn save_run_progress(
             saved.completed_at = Some(now);
         }
         saved.updated_at = now;
-        buf.store_run(saved.clone());
+        if let (Some(tenant), true) = (saved.tenant_id, run_was_active) {
+            if !saved.is_active() {
+                buf.count_tenant_active(tenant, -1);
+            }
+        }
+        buf.store_run(saved.clone(), appended.summary_changed);
         saved
     } else {
         run
@@ -358,7 +475,18 @@ async fn record_event(
     ctx: &ApplyContext,
 ) -> Result<(), sqlx::Error> {
     let sequence = buf.next_sequence(conn, run.id).await?;
-    let event = RunEvent::new(event_type, run, sequence, &ctx.event_source, Utc::now());
+    let mut event = RunEvent::new(event_type, run, sequence, &ctx.event_source, Utc::now());
+    if serialized_len(&event.cloud_event) > MAX_EVENT_BYTES {
+        // The bounds of `domain::event_size` add up to less than this, so it cannot happen; if
+        // it ever does, the event still goes out, with the failure entries only counted.
+        tracing::error!(
+            run_id = run.id,
+            "event over {MAX_EVENT_BYTES} bytes: failure entries counted only"
+        );
+        let mut slim = run.clone();
+        fold_into_overflow(&mut slim.failure_summary, &mut slim.failure_overflow);
+        event = RunEvent::new(event_type, &slim, sequence, &ctx.event_source, Utc::now());
+    }
     buf.push_event(event, run);
     Ok(())
 }

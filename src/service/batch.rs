@@ -31,7 +31,7 @@ pub async fn apply_in_one_transaction(
 ) -> Result<Vec<BatchItem>, ApplyError> {
     let mut tx = pool.begin().await?;
     let mut buf = TxBuffer::default();
-    lock_in_order(&mut tx, &mut buf, commands).await?;
+    lock_in_order(&mut tx, &mut buf, commands, ctx).await?;
     let ids = commands
         .iter()
         .filter_map(|c| c.command_id.clone())
@@ -65,7 +65,7 @@ pub async fn apply_in_lanes(
     if lanes <= 1 || commands.len() < 2 {
         return apply_batch(pool, commands, ctx, shutdown).await;
     }
-    let lane_of: Vec<usize> = commands.iter().map(|c| lane_key(c) % lanes).collect();
+    let lane_of: Vec<usize> = commands.iter().map(|c| lane_key(c, ctx) % lanes).collect();
     let mut groups: Vec<Vec<&Command>> = vec![Vec::new(); lanes];
     for (command, lane) in commands.iter().zip(&lane_of) {
         groups[*lane].push(command);
@@ -85,28 +85,37 @@ pub async fn apply_in_lanes(
     )
 }
 
-fn lane_key(command: &Command) -> usize {
+/// The lane of a command: its run, or its identity; with the tenant quota on, a tenant's
+/// dispatches share one lane, since they serialise on the tenant's quota lock anyway (in
+/// different lanes they would only wait for each other's commits).
+fn lane_key(command: &Command, ctx: &ApplyContext) -> usize {
     match &command.action {
-        CommandAction::Dispatch(d) => {
-            identity_lock_key(d.identity_hash.as_str()).unsigned_abs() as usize
-        }
+        CommandAction::Dispatch(d) => match d.scope.tenant_id {
+            Some(tenant) if ctx.max_active_runs_per_tenant > 0 => tenant.unsigned_abs() as usize,
+            _ => identity_lock_key(d.identity_hash.as_str()).unsigned_abs() as usize,
+        },
         CommandAction::Progress(p) => p.run_id.unsigned_abs() as usize,
     }
 }
 
 /// Takes the batch's identity locks (transaction-scoped advisory locks keyed by the identity
-/// hash) and run row locks, each in ascending order; the locked runs are cached in `buf`.
+/// hash), then, with the tenant quota on, the quota locks of the dispatches' tenants (counting
+/// their active runs), then the run row locks, each class in ascending order; the locked runs
+/// and the counts are cached in `buf`.
 async fn lock_in_order(
     conn: &mut PgConnection,
     buf: &mut TxBuffer,
     commands: &[&Command],
+    ctx: &ApplyContext,
 ) -> Result<(), sqlx::Error> {
     let mut identities: Vec<i64> = Vec::new();
+    let mut tenants: Vec<i64> = Vec::new();
     let mut runs: Vec<i64> = Vec::new();
     for command in commands {
         match &command.action {
             CommandAction::Dispatch(d) => {
-                identities.push(identity_lock_key(d.identity_hash.as_str()))
+                identities.push(identity_lock_key(d.identity_hash.as_str()));
+                tenants.extend(d.scope.tenant_id);
             }
             CommandAction::Progress(p) => runs.push(p.run_id),
         }
@@ -119,6 +128,11 @@ async fn lock_in_order(
             .bind(&identities)
             .execute(&mut *conn)
             .await?;
+    }
+    if ctx.max_active_runs_per_tenant > 0 && !tenants.is_empty() {
+        tenants.sort_unstable();
+        tenants.dedup();
+        buf.lock_tenants(conn, &tenants).await?;
     }
     if !runs.is_empty() {
         runs.sort_unstable();

@@ -106,6 +106,7 @@ impl Service {
             ctx: ApplyContext {
                 event_source: format!("/operation-runs/{}", topology.namespace()),
                 hand_off_jobs: settings.hand_off_jobs,
+                max_active_runs_per_tenant: settings.max_active_runs_per_tenant,
             },
             reply_guard: ReplyGuard::new(&settings.reply_queue_pattern, &topology),
             topology,

@@ -6,7 +6,7 @@
 //! checked, a run's last event sequence), and writes the inbox rows, events and jobs with one
 //! multi-row statement each, just before commit.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
@@ -28,6 +28,8 @@ pub struct TxBuffer {
     jobs: Vec<OperationRun>,
     runs: HashMap<i64, OperationRun>,
     dirty: Vec<i64>,
+    summary_dirty: HashSet<i64>,
+    tenant_active: HashMap<i64, i64>,
     now: Option<DateTime<Utc>>,
 }
 
@@ -149,12 +151,57 @@ impl TxBuffer {
         self.runs.get(&id)
     }
 
-    /// Replaces a cached run with its new values (written at flush).
-    pub fn store_run(&mut self, run: OperationRun) {
+    /// Replaces a cached run with its new values (written at flush); `summary_changed` says
+    /// whether its `failure_summary` entries changed (only then is the array written).
+    pub fn store_run(&mut self, run: OperationRun, summary_changed: bool) {
         if !self.dirty.contains(&run.id) {
             self.dirty.push(run.id);
         }
+        if summary_changed {
+            self.summary_dirty.insert(run.id);
+        }
         self.runs.insert(run.id, run);
+    }
+
+    /// Takes the per-tenant quota locks of `tenants` (ascending, after the identity locks: the
+    /// global lock order) and counts their active runs. While the lock is held no other
+    /// transaction creates a run of the tenant, so the count stays exact (completions elsewhere
+    /// only lower it).
+    pub async fn lock_tenants(
+        &mut self,
+        conn: &mut PgConnection,
+        tenants: &[i64],
+    ) -> Result<(), sqlx::Error> {
+        let tenants: Vec<i64> = tenants
+            .iter()
+            .copied()
+            .filter(|t| !self.tenant_active.contains_key(t))
+            .collect();
+        if tenants.is_empty() {
+            return Ok(());
+        }
+        runs::lock_tenant_quotas(conn, &tenants).await?;
+        // A statement of its own, after the locks: a count in the locking statement would use the
+        // snapshot taken before a wait, and miss the runs the previous holder just committed.
+        let counts = runs::count_active_by_tenant(conn, &tenants).await?;
+        for tenant in tenants {
+            self.tenant_active
+                .insert(tenant, counts.get(&tenant).copied().unwrap_or(0));
+        }
+        Ok(())
+    }
+
+    /// Active runs of a tenant locked with [`TxBuffer::lock_tenants`], counting this
+    /// transaction's own changes.
+    pub fn tenant_active(&self, tenant_id: i64) -> Option<i64> {
+        self.tenant_active.get(&tenant_id).copied()
+    }
+
+    /// Records that this transaction made a run of `tenant_id` active (+1) or completed one (−1).
+    pub fn count_tenant_active(&mut self, tenant_id: i64, delta: i64) {
+        if let Some(n) = self.tenant_active.get_mut(&tenant_id) {
+            *n += delta;
+        }
     }
 
     /// The transaction's timestamp (Postgres `now()`), read once.
@@ -173,7 +220,10 @@ impl TxBuffer {
             runs: self
                 .dirty
                 .iter()
-                .filter_map(|id| self.runs.get(id))
+                .filter_map(|id| {
+                    let run = self.runs.get(id)?;
+                    Some((run, self.summary_dirty.contains(id)))
+                })
                 .collect(),
             events: &self.events,
             jobs: &self.jobs,
@@ -181,6 +231,7 @@ impl TxBuffer {
         };
         batch_write::write(conn, &write).await?;
         self.dirty.clear();
+        self.summary_dirty.clear();
         self.events.clear();
         self.jobs.clear();
         self.inbox_rows.clear();

@@ -14,8 +14,11 @@ use crate::domain::{OperationRun, RunEvent};
 /// What a transaction writes at its end.
 #[derive(Debug, Default)]
 pub struct BatchWrite<'a> {
-    /// Runs whose status, outcome, counts, failures or timestamps changed.
-    pub runs: Vec<&'a OperationRun>,
+    /// Runs whose status, outcome, counts, failures or timestamps changed, each with whether its
+    /// `failure_summary` entries changed: only then is the array written. An unchanged array is
+    /// left as stored (`coalesce` keeps the row's own TOAST pointer), so progress on a run with a
+    /// full summary never rewrites it; see [`crate::domain::failure_cap`].
+    pub runs: Vec<(&'a OperationRun, bool)>,
     /// New events, with the workspace and tenant of their run, in order (positions follow it).
     pub events: &'a [(RunEvent, i64, Option<i64>)],
     /// New runs whose job is handed off.
@@ -28,11 +31,13 @@ const SQL: &str = "
 WITH changed_runs AS (
     UPDATE operation_runs r SET
         status = u.status, outcome = u.outcome, summary_counts = u.summary_counts,
-        failure_summary = u.failure_summary, started_at = u.started_at,
+        failure_summary = coalesce(u.failure_summary, r.failure_summary),
+        failure_overflow = u.failure_overflow, started_at = u.started_at,
         completed_at = u.completed_at, updated_at = u.updated_at
     FROM unnest($1::bigint[], $2::text[], $3::text[], $4::jsonb[], $5::jsonb[],
-                $6::timestamptz[], $7::timestamptz[], $8::timestamptz[])
-         AS u(id, status, outcome, summary_counts, failure_summary, started_at, completed_at, updated_at)
+                $6::timestamptz[], $7::timestamptz[], $8::timestamptz[], $24::jsonb[])
+         AS u(id, status, outcome, summary_counts, failure_summary, started_at, completed_at,
+              updated_at, failure_overflow)
     WHERE r.id = u.id
     RETURNING 1
 ), new_events AS (
@@ -57,40 +62,40 @@ pub async fn write(conn: &mut PgConnection, write: &BatchWrite<'_>) -> Result<()
         return Ok(());
     }
     sqlx::query(SQL)
-        .bind(runs.iter().map(|r| r.id).collect::<Vec<i64>>())
+        .bind(runs.iter().map(|(r, _)| r.id).collect::<Vec<i64>>())
         .bind(
             runs.iter()
-                .map(|r| r.status.as_str())
+                .map(|(r, _)| r.status.as_str())
                 .collect::<Vec<&str>>(),
         )
         .bind(
             runs.iter()
-                .map(|r| r.outcome.as_str())
+                .map(|(r, _)| r.outcome.as_str())
                 .collect::<Vec<&str>>(),
         )
         .bind(
             runs.iter()
-                .map(|r| &r.summary_counts)
+                .map(|(r, _)| &r.summary_counts)
                 .collect::<Vec<&Value>>(),
         )
         .bind(
             runs.iter()
-                .map(|r| &r.failure_summary)
-                .collect::<Vec<&Value>>(),
+                .map(|(r, changed)| changed.then_some(&r.failure_summary))
+                .collect::<Vec<Option<&Value>>>(),
         )
         .bind(
             runs.iter()
-                .map(|r| r.started_at)
+                .map(|(r, _)| r.started_at)
                 .collect::<Vec<Option<DateTime<Utc>>>>(),
         )
         .bind(
             runs.iter()
-                .map(|r| r.completed_at)
+                .map(|(r, _)| r.completed_at)
                 .collect::<Vec<Option<DateTime<Utc>>>>(),
         )
         .bind(
             runs.iter()
-                .map(|r| r.updated_at)
+                .map(|(r, _)| r.updated_at)
                 .collect::<Vec<DateTime<Utc>>>(),
         )
         .bind(events.iter().map(|(e, _, _)| e.id).collect::<Vec<Uuid>>())
@@ -147,6 +152,11 @@ pub async fn write(conn: &mut PgConnection, write: &BatchWrite<'_>) -> Result<()
         )
         .bind(inbox.iter().map(|r| r.run_id).collect::<Vec<Option<i64>>>())
         .bind(inbox.iter().map(|r| &r.result).collect::<Vec<&Value>>())
+        .bind(
+            runs.iter()
+                .map(|(r, _)| &r.failure_overflow)
+                .collect::<Vec<&Value>>(),
+        )
         .execute(conn)
         .await?;
     Ok(())

@@ -81,22 +81,62 @@ pub async fn find(
     }))
 }
 
-/// Links backup schedule run `legacy_id` to `run_id` when it belongs to `tenant_id` and is not
-/// linked yet. Returns whether a row was linked.
+/// Why a legacy backup schedule run was not linked to a new run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkRefusal {
+    /// No such row in the run's tenant (a row of another tenant reads the same, so a producer
+    /// learns nothing about other tenants' history).
+    NotInTenant,
+    /// The row belongs to another schedule than the run's `backup_schedule_id`.
+    OtherSchedule {
+        /// The row's schedule.
+        backup_schedule_id: i64,
+    },
+    /// The row already redirects to a run (the first link wins).
+    AlreadyLinked {
+        /// The run it redirects to.
+        operation_run_id: i64,
+    },
+}
+
+/// Links backup schedule run `legacy_id` to `run_id` when it belongs to `tenant_id` and to
+/// schedule `backup_schedule_id` and is not linked yet; otherwise says why not.
 pub async fn link_backup_schedule_run(
     conn: &mut PgConnection,
     legacy_id: i64,
     tenant_id: i64,
+    backup_schedule_id: i64,
     run_id: i64,
-) -> Result<bool, sqlx::Error> {
+) -> Result<Result<(), LinkRefusal>, sqlx::Error> {
     let done = sqlx::query(
-        "UPDATE backup_schedule_runs SET operation_run_id = $3
-         WHERE id = $1 AND tenant_id = $2 AND operation_run_id IS NULL",
+        "UPDATE backup_schedule_runs SET operation_run_id = $4
+         WHERE id = $1 AND tenant_id = $2 AND backup_schedule_id = $3 AND operation_run_id IS NULL",
     )
     .bind(legacy_id)
     .bind(tenant_id)
+    .bind(backup_schedule_id)
     .bind(run_id)
-    .execute(conn)
+    .execute(&mut *conn)
     .await?;
-    Ok(done.rows_affected() == 1)
+    if done.rows_affected() == 1 {
+        return Ok(Ok(()));
+    }
+    // Refused: a second statement (rare path) reads why, after any concurrent link committed.
+    let row: Option<(i64, Option<i64>)> = sqlx::query_as(
+        "SELECT backup_schedule_id, operation_run_id FROM backup_schedule_runs
+         WHERE id = $1 AND tenant_id = $2",
+    )
+    .bind(legacy_id)
+    .bind(tenant_id)
+    .fetch_optional(conn)
+    .await?;
+    Ok(Err(match row {
+        None => LinkRefusal::NotInTenant,
+        Some((schedule, _)) if schedule != backup_schedule_id => LinkRefusal::OtherSchedule {
+            backup_schedule_id: schedule,
+        },
+        Some((_, linked)) => LinkRefusal::AlreadyLinked {
+            operation_run_id: linked.unwrap_or_default(),
+        },
+    }))
 }

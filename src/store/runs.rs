@@ -1,12 +1,16 @@
 //! `operation_runs`: inserting queued runs (deduplicated by the partial unique indexes), locking a
-//! run inside its scope, saving progress, and reading runs for the CLI.
+//! run inside its scope, saving progress, and reading runs for the CLI. Every lookup by identity
+//! is an index probe on one of the partial unique indexes (`tests/it/hardening_dedupe.rs` checks
+//! the plans).
+
+use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::postgres::PgRow;
 use sqlx::{FromRow, PgConnection, PgExecutor, Row};
 
-use crate::domain::{DispatchCommand, OperationRun, RunScope, RunStatus};
+use crate::domain::{DedupeWindow, DispatchCommand, OperationRun, RunScope, RunStatus};
 
 impl<'r> FromRow<'r, PgRow> for OperationRun {
     fn from_row(row: &'r PgRow) -> Result<Self, sqlx::Error> {
@@ -32,6 +36,7 @@ impl<'r> FromRow<'r, PgRow> for OperationRun {
             run_identity_hash: row.try_get("run_identity_hash")?,
             summary_counts: row.try_get("summary_counts")?,
             failure_summary: row.try_get("failure_summary")?,
+            failure_overflow: row.try_get("failure_overflow")?,
             context: row.try_get("context")?,
             started_at: row.try_get("started_at")?,
             completed_at: row.try_get("completed_at")?,
@@ -41,32 +46,82 @@ impl<'r> FromRow<'r, PgRow> for OperationRun {
     }
 }
 
-/// Inserts a queued run or finds the active run of its identity, in one round trip:
-/// `(run, inserted)`. `None` when the conflicting run committed after this statement's snapshot
-/// was taken (then [`find_active_by_identity`], in a new statement, sees it).
-pub async fn insert_or_find_active(
-    conn: &mut PgConnection,
-    dispatch: &DispatchCommand,
-) -> Result<Option<(OperationRun, bool)>, sqlx::Error> {
-    let conflict_target = if dispatch.scope.tenant_id.is_some() {
-        "(tenant_id, run_identity_hash) WHERE tenant_id IS NOT NULL AND status IN ('queued', 'running')"
-    } else {
-        "(workspace_id, run_identity_hash) WHERE tenant_id IS NULL AND status IN ('queued', 'running')"
-    };
-    let sql = format!(
+/// The SQL of [`insert_or_find`] for a scope (tenant or workspace) and dedupe window: public so
+/// that the plan test can `EXPLAIN` exactly what runs. Parameters: `$1` workspace, `$2` tenant,
+/// `$3` user, `$4` initiator, `$5` type, `$6` identity hash, `$7` context, `$8` window.
+///
+/// Both the conflict target and the lookup name one partial unique index's columns and imply its
+/// predicate, so each is an index probe: `tenant_id IS NOT DISTINCT FROM $2` would not be (it
+/// matches NULL too, so the planner cannot prove a partial index's predicate from it).
+pub fn insert_or_find_sql(tenant_scoped: bool, window: DedupeWindow) -> String {
+    let (columns, scope) = scope_sql(tenant_scoped, "$1", "$2");
+    let window = window_sql(window);
+    format!(
         "WITH inserted AS (
              INSERT INTO operation_runs
-                 (workspace_id, tenant_id, user_id, initiator_name, type, run_identity_hash, context)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)
-             ON CONFLICT {conflict_target} DO NOTHING
+                 (workspace_id, tenant_id, user_id, initiator_name, type, run_identity_hash, context,
+                  dedupe_window)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+             ON CONFLICT {columns} {window} DO NOTHING
              RETURNING *)
          SELECT *, true AS inserted FROM inserted
          UNION ALL
          SELECT *, false AS inserted FROM operation_runs
-         WHERE workspace_id = $1 AND tenant_id IS NOT DISTINCT FROM $2
-           AND run_identity_hash = $6 AND status IN ('queued', 'running')
+         WHERE {scope} AND run_identity_hash = $6 AND {window}
            AND NOT EXISTS (SELECT 1 FROM inserted)"
-    );
+    )
+}
+
+/// The SQL of [`find_by_identity`] (public for the plan test). Parameters: `$1` workspace, `$2`
+/// tenant, `$3` identity hash.
+pub fn find_by_identity_sql(tenant_scoped: bool, window: DedupeWindow) -> String {
+    let (_, scope) = scope_sql(tenant_scoped, "$1", "$2");
+    let window = window_sql(window);
+    format!(
+        "SELECT * FROM operation_runs
+         WHERE {scope} AND run_identity_hash = $3 AND {window}"
+    )
+}
+
+/// The scope part of a conflict target (columns and predicate, to be followed by the window
+/// predicate), and a predicate selecting the scope that implies the indexes' scope predicate. A
+/// tenant belongs to one workspace (composite foreign key) and the identity hash covers the
+/// workspace too, so the workspace condition of the tenant case only restates what the index
+/// already guarantees.
+fn scope_sql(tenant_scoped: bool, workspace: &str, tenant: &str) -> (String, String) {
+    if tenant_scoped {
+        (
+            "(tenant_id, run_identity_hash) WHERE tenant_id IS NOT NULL AND".to_owned(),
+            format!("tenant_id = {tenant}::bigint AND workspace_id = {workspace}"),
+        )
+    } else {
+        (
+            "(workspace_id, run_identity_hash) WHERE tenant_id IS NULL AND".to_owned(),
+            format!(
+                "workspace_id = {workspace} AND tenant_id IS NULL AND {tenant}::bigint IS NULL"
+            ),
+        )
+    }
+}
+
+/// The predicate of the unique indexes of a dedupe window.
+fn window_sql(window: DedupeWindow) -> &'static str {
+    match window {
+        DedupeWindow::Active => "status IN ('queued', 'running')",
+        DedupeWindow::Forever => "dedupe_window = 'forever'",
+    }
+}
+
+/// Inserts a queued run or finds the run that holds its identity (the active one, or with the
+/// `forever` window any run), in one round trip: `(run, inserted)`. `None` when the conflicting
+/// run committed after this statement's snapshot was taken (then [`find_by_identity`], in a new
+/// statement, sees it).
+pub async fn insert_or_find(
+    conn: &mut PgConnection,
+    dispatch: &DispatchCommand,
+) -> Result<Option<(OperationRun, bool)>, sqlx::Error> {
+    let window = dispatch.run_type.catalog().dedupe_window;
+    let sql = insert_or_find_sql(dispatch.scope.tenant_id.is_some(), window);
     let row: Option<PgRow> = sqlx::query(&sql)
         .bind(dispatch.scope.workspace_id)
         .bind(dispatch.scope.tenant_id)
@@ -75,28 +130,68 @@ pub async fn insert_or_find_active(
         .bind(dispatch.run_type.as_str())
         .bind(dispatch.identity_hash.as_str())
         .bind(Value::Object(dispatch.context.clone()))
+        .bind(window.as_str())
         .fetch_optional(conn)
         .await?;
     row.map(|row| Ok((OperationRun::from_row(&row)?, row.try_get("inserted")?)))
         .transpose()
 }
 
-/// The active run of an identity in a scope, if any.
-pub async fn find_active_by_identity(
+/// The run that holds an identity in a scope under `window`, if any.
+pub async fn find_by_identity(
     executor: impl PgExecutor<'_>,
     scope: RunScope,
     identity_hash: &str,
+    window: DedupeWindow,
 ) -> Result<Option<OperationRun>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT * FROM operation_runs
-         WHERE workspace_id = $1 AND tenant_id IS NOT DISTINCT FROM $2
-           AND run_identity_hash = $3 AND status IN ('queued', 'running')",
+    sqlx::query_as(&find_by_identity_sql(scope.tenant_id.is_some(), window))
+        .bind(scope.workspace_id)
+        .bind(scope.tenant_id)
+        .bind(identity_hash)
+        .fetch_optional(executor)
+        .await
+}
+
+/// The SQL of [`count_active_by_tenant`] (public for the plan test): an index-only scan of the
+/// active tenant identity index.
+pub const COUNT_ACTIVE_BY_TENANT_SQL: &str = "SELECT t.id, count(r.tenant_id)
+     FROM unnest($1::bigint[]) AS t(id)
+     LEFT JOIN operation_runs r ON r.tenant_id = t.id AND r.status IN ('queued', 'running')
+     GROUP BY t.id";
+
+/// Takes the per-tenant quota locks of `tenants`: transaction advisory locks in the two-key
+/// space `(QUOTA_LOCK_CLASS, hashtext(tenant))`, which never collides with the one-key identity
+/// locks of a batch. They are taken in ascending key order (two tenants may share a key; that
+/// only makes them wait for each other), so two transactions never wait for each other in a
+/// cycle.
+pub async fn lock_tenant_quotas(
+    conn: &mut PgConnection,
+    tenants: &[i64],
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "SELECT pg_advisory_xact_lock($1, k)
+         FROM (SELECT DISTINCT hashtext(t::text) AS k FROM unnest($2::bigint[]) AS t ORDER BY k) s",
     )
-    .bind(scope.workspace_id)
-    .bind(scope.tenant_id)
-    .bind(identity_hash)
-    .fetch_optional(executor)
-    .await
+    .bind(QUOTA_LOCK_CLASS)
+    .bind(tenants)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The first key of the tenant quota locks (`'quot'` in ASCII).
+pub const QUOTA_LOCK_CLASS: i32 = 0x71756f74;
+
+/// How many queued or running runs each of `tenants` has (the per-tenant quota).
+pub async fn count_active_by_tenant(
+    conn: &mut PgConnection,
+    tenants: &[i64],
+) -> Result<HashMap<i64, i64>, sqlx::Error> {
+    let rows: Vec<(i64, i64)> = sqlx::query_as(COUNT_ACTIVE_BY_TENANT_SQL)
+        .bind(tenants)
+        .fetch_all(conn)
+        .await?;
+    Ok(rows.into_iter().collect())
 }
 
 /// Locks run `run_id` for update, but only if it belongs to `scope`: a run of another workspace

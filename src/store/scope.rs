@@ -53,24 +53,18 @@ fn judge(
             format!("workspace {} does not exist", scope.workspace_id),
         ));
     }
+    // A tenant of another workspace is refused exactly like a tenant that does not exist (same
+    // code, same message): telling them apart would let a producer probe other workspaces'
+    // tenant ids.
     if let Some(tenant_id) = scope.tenant_id {
-        match tenant_workspace {
-            None => {
-                return Err(Rejection::new(
-                    ErrorCode::UnknownTenant,
-                    format!("tenant {tenant_id} does not exist"),
-                ))
-            }
-            Some(ws) if ws != scope.workspace_id => {
-                return Err(Rejection::new(
-                    ErrorCode::TenantNotInWorkspace,
-                    format!(
-                        "tenant {tenant_id} does not belong to workspace {}",
-                        scope.workspace_id
-                    ),
-                ))
-            }
-            Some(_) => {}
+        if tenant_workspace != Some(scope.workspace_id) {
+            return Err(Rejection::new(
+                ErrorCode::UnknownTenant,
+                format!(
+                    "tenant {tenant_id} does not exist in workspace {}",
+                    scope.workspace_id
+                ),
+            ));
         }
     }
     if !user_exists {
@@ -80,4 +74,22 @@ fn judge(
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tenant_of_another_workspace_reads_exactly_like_a_missing_one() {
+        let scope = RunScope {
+            workspace_id: 1,
+            tenant_id: Some(20),
+        };
+        let elsewhere = judge(scope, None, true, Some(2), true).unwrap_err();
+        let missing = judge(scope, None, true, None, true).unwrap_err();
+        assert_eq!(elsewhere, missing);
+        assert_eq!(elsewhere.code, ErrorCode::UnknownTenant);
+        judge(scope, None, true, Some(1), true).unwrap();
+    }
 }

@@ -86,6 +86,7 @@ async fn a_command_applied_meanwhile_by_another_consumer_is_replayed_not_refused
     let ctx = ApplyContext {
         event_source: "/test".into(),
         hand_off_jobs: false,
+        max_active_runs_per_tenant: 0,
     };
     // The first consumer applies it and has not committed yet...
     let mut first = pool.begin().await.unwrap();
@@ -126,6 +127,7 @@ async fn a_progress_command_that_waited_for_a_runs_lock_numbers_its_event_after_
     let ctx = ApplyContext {
         event_source: "/test".into(),
         hand_off_jobs: false,
+        max_active_runs_per_tenant: 0,
     };
     let dispatch = decode_command(
         dispatch("policy.sync", 1, Some(10), json!({"policy_id": 9}))

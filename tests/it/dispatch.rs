@@ -256,7 +256,7 @@ async fn a_refused_dispatch_replies_with_its_error(pool: PgPool) {
         &dispatch("policy.sync", 1, Some(20), json!({"policy_id": 1})),
     )
     .await;
-    assert_eq!(reply["error"]["code"], "tenant_not_in_workspace");
+    assert_eq!(reply["error"]["code"], "unknown_tenant");
     assert!(reply["error"]["message"]
         .as_str()
         .unwrap()

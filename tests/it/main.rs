@@ -11,6 +11,7 @@ mod hardening_decode;
 mod hardening_edges;
 mod hardening_relay;
 mod hardening_worker;
+mod hardening_dedupe;
 mod lifecycle;
 mod operations;
 mod poison;

@@ -41,7 +41,7 @@ async fn every_kind_of_poison_message_is_dead_lettered_with_its_code(pool: PgPoo
         ("missing_identity_key", dispatch("policy.sync", 1, Some(10), json!({"other": 1})).to_string().into_bytes()),
         ("unknown_workspace", dispatch("policy.sync", 99, None, json!({"policy_id": 1})).to_string().into_bytes()),
         ("unknown_tenant", dispatch("policy.sync", 1, Some(99), json!({"policy_id": 1})).to_string().into_bytes()),
-        ("tenant_not_in_workspace", dispatch("policy.sync", 1, Some(20), json!({"policy_id": 1})).to_string().into_bytes()),
+        ("unknown_tenant", dispatch("policy.sync", 1, Some(20), json!({"policy_id": 1})).to_string().into_bytes()),
         ("invalid_summary_value", progress("increment_summary_counts", run_id, json!({"counts": {"total": -3}})).to_string().into_bytes()),
         ("invalid_summary_key", progress("increment_summary_counts", run_id, json!({"counts": {"bananas": 3}})).to_string().into_bytes()),
         ("invalid_failure", progress("append_failures", run_id, json!({"failures": [{"code": "Not Valid!", "message": "x"}]})).to_string().into_bytes()),

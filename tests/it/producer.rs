@@ -46,7 +46,7 @@ async fn dispatch_and_wait_returns_the_run_and_then_the_same_run_deduplicated(po
         .dispatch_and_wait(&refused, Duration::from_secs(20))
         .await
     {
-        Err(ClientError::Rejected { code, .. }) => assert_eq!(code, "tenant_not_in_workspace"),
+        Err(ClientError::Rejected { code, .. }) => assert_eq!(code, "unknown_tenant"),
         other => panic!("expected a rejection, got {other:?}"),
     }
     producer.close().await;

@@ -69,6 +69,8 @@ async fn operation_runs_has_the_contract_columns_and_defaults(pool: PgPool) {
         ("completed_at", "timestamp with time zone", "YES"),
         ("created_at", "timestamp with time zone", "NO"),
         ("updated_at", "timestamp with time zone", "NO"),
+        ("dedupe_window", "text", "NO"),
+        ("failure_overflow", "jsonb", "NO"),
     ];
     assert_eq!(columns.len(), expected.len(), "{columns:?}");
     for (name, ty, nullable) in expected {
@@ -121,6 +123,12 @@ async fn the_contract_indexes_exist_with_their_predicates(pool: PgPool) {
     let workspace = def("operation_runs_active_workspace_identity_idx");
     assert!(workspace.starts_with("CREATE UNIQUE INDEX"), "{workspace}");
     assert!(workspace.contains("(workspace_id, run_identity_hash) WHERE ((tenant_id IS NULL) AND (status = ANY (ARRAY['queued'::text, 'running'::text])))"), "{workspace}");
+    let tenant = def("operation_runs_forever_tenant_identity_idx");
+    assert!(tenant.starts_with("CREATE UNIQUE INDEX"), "{tenant}");
+    assert!(tenant.contains("(tenant_id, run_identity_hash) WHERE ((tenant_id IS NOT NULL) AND (dedupe_window = 'forever'::text))"), "{tenant}");
+    let workspace = def("operation_runs_forever_workspace_identity_idx");
+    assert!(workspace.starts_with("CREATE UNIQUE INDEX"), "{workspace}");
+    assert!(workspace.contains("(workspace_id, run_identity_hash) WHERE ((tenant_id IS NULL) AND (dedupe_window = 'forever'::text))"), "{workspace}");
 }
 
 #[sqlx::test]
