@@ -1,35 +1,9 @@
 //! Dispatch: a run per identity, deduplicated while active, replies and queued events.
 
-use lapin::BasicProperties;
 use serde_json::{json, Value};
 use sqlx::PgPool;
 
-use crate::helpers::{dispatch, json_properties, reply_queue, TestApp};
-
-/// Publishes `body` asking for a reply on a fresh queue, and returns the reply.
-async fn dispatch_with_reply(app: &TestApp, body: &Value) -> Value {
-    use futures_util::StreamExt;
-    let (_channel, queue, mut replies) = reply_queue(app).await;
-    let properties: BasicProperties = json_properties()
-        .with_reply_to(queue.as_str().into())
-        .with_correlation_id("corr-1".into());
-    app.publish_raw("dispatch", &serde_json::to_vec(body).unwrap(), properties)
-        .await;
-    let reply = tokio::time::timeout(crate::helpers::DEADLINE, replies.next())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    assert_eq!(
-        reply
-            .properties
-            .correlation_id()
-            .as_ref()
-            .map(|c| c.as_str()),
-        Some("corr-1")
-    );
-    serde_json::from_slice(&reply.data).unwrap()
-}
+use crate::helpers::{dispatch, dispatch_with_reply, json_properties, TestApp};
 
 #[sqlx::test]
 async fn a_dispatch_creates_a_queued_run_an_event_and_a_reply(pool: PgPool) {

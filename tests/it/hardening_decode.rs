@@ -3,12 +3,10 @@
 
 use std::collections::BTreeMap;
 
-use futures_util::StreamExt;
-use lapin::BasicProperties;
 use serde_json::{json, Value};
 use sqlx::PgPool;
 
-use crate::helpers::{dispatch, header, json_properties, progress, reply_queue, TestApp, DEADLINE};
+use crate::helpers::{dispatch, dispatch_with_reply, header, json_properties, progress, TestApp};
 
 #[sqlx::test]
 async fn duplicate_keys_and_nul_characters_are_dead_lettered_and_change_nothing(pool: PgPool) {
@@ -66,22 +64,6 @@ async fn duplicate_keys_and_nul_characters_are_dead_lettered_and_change_nothing(
         "no failure was appended to the run"
     );
     app.shutdown().await;
-}
-
-/// Publishes `body` asking for a reply on a fresh queue, and returns the reply.
-async fn dispatch_with_reply(app: &TestApp, body: &Value) -> Value {
-    let (_channel, queue, mut replies) = reply_queue(app).await;
-    let properties: BasicProperties = json_properties()
-        .with_reply_to(queue.as_str().into())
-        .with_correlation_id("hardening".into());
-    app.publish_raw("dispatch", body.to_string().as_bytes(), properties)
-        .await;
-    let reply = tokio::time::timeout(DEADLINE, replies.next())
-        .await
-        .expect("a reply in time")
-        .unwrap()
-        .unwrap();
-    serde_json::from_slice(&reply.data).unwrap()
 }
 
 #[sqlx::test]

@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use lapin::BasicProperties;
 use operation_runs::domain::event_size::{MAX_CONTEXT_BYTES, MAX_EVENT_BYTES};
 use operation_runs::domain::failure_cap::{MAX_STORED_FAILURES, MAX_STORED_FAILURE_BYTES};
 use operation_runs::domain::DedupeWindow;
@@ -15,24 +14,9 @@ use serde_json::{json, Value};
 use sqlx::PgPool;
 
 use crate::helpers::{
-    dispatch, header, json_properties, progress, test_settings, TestApp, DEADLINE,
+    dispatch, dispatch_with_reply, header, json_properties, progress, test_settings, TestApp,
+    DEADLINE,
 };
-
-/// Publishes `body` asking for a reply on a fresh queue, and returns the reply.
-async fn dispatch_with_reply(app: &TestApp, body: &Value) -> Value {
-    let (_channel, queue, mut replies) = app.temporary_queue(None).await;
-    let properties: BasicProperties = json_properties()
-        .with_reply_to(queue.as_str().into())
-        .with_correlation_id("corr".into());
-    app.publish_raw("dispatch", &serde_json::to_vec(body).unwrap(), properties)
-        .await;
-    let reply = tokio::time::timeout(DEADLINE, replies.next())
-        .await
-        .expect("a reply in time")
-        .unwrap()
-        .unwrap();
-    serde_json::from_slice(&reply.data).unwrap()
-}
 
 /// Completes run `run_id` (of `tenant`, workspace 1) as failed and waits for it.
 async fn complete_failed(app: &TestApp, run_id: i64, tenant: Option<i64>) {

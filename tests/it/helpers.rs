@@ -541,3 +541,29 @@ pub async fn reply_queue(app: &TestApp) -> (Channel, String, Consumer) {
         .unwrap();
     (channel, name, consumer)
 }
+
+/// Publishes the dispatch `body` asking for a reply on a fresh `N.reply.*` queue (the only queues,
+/// besides direct reply-to, the service replies to), checks the reply's correlation id and returns
+/// the reply body.
+pub async fn dispatch_with_reply(app: &TestApp, body: &Value) -> Value {
+    let (_channel, queue, mut replies) = reply_queue(app).await;
+    let properties: BasicProperties = json_properties()
+        .with_reply_to(queue.as_str().into())
+        .with_correlation_id("corr-1".into());
+    app.publish_raw("dispatch", &serde_json::to_vec(body).unwrap(), properties)
+        .await;
+    let reply = tokio::time::timeout(DEADLINE, replies.next())
+        .await
+        .expect("a reply in time")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        reply
+            .properties
+            .correlation_id()
+            .as_ref()
+            .map(|c| c.as_str()),
+        Some("corr-1")
+    );
+    serde_json::from_slice(&reply.data).unwrap()
+}
