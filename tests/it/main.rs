@@ -5,6 +5,7 @@ mod helpers;
 
 mod cli;
 mod concurrency;
+mod contract;
 mod corpus;
 mod dispatch;
 mod lifecycle;
