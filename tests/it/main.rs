@@ -4,6 +4,7 @@
 mod helpers;
 
 mod cli;
+mod clients;
 mod concurrency;
 mod contract;
 mod corpus;
