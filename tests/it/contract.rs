@@ -537,3 +537,44 @@ async fn what_the_service_emits_validates_against_reply_event_and_job_schemas(po
     }
     app.shutdown().await;
 }
+
+#[test]
+fn the_asyncapi_document_references_every_schema_and_names_the_topology() {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/topology/asyncapi.yaml"
+    ))
+    .unwrap();
+    assert!(text.contains("\nasyncapi: 3.0.0\n"));
+    let referenced: BTreeSet<String> = text
+        .split("'./schemas/")
+        .skip(1)
+        .map(|rest| rest.split(".json'").next().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        referenced,
+        set(SCHEMA_NAMES),
+        "schemas referenced by asyncapi.yaml"
+    );
+    // The addresses are the topology's names (namespace "n" spelt as the parameter).
+    let t = operation_runs::broker::Topology::new("n").unwrap();
+    for (channel, name) in [
+        ("commands", t.commands_exchange()),
+        ("events", t.events_exchange()),
+        ("jobs", t.jobs_exchange()),
+        ("deadLetters", t.dead_letter_queue()),
+    ] {
+        let address = name.replacen("n.", "{namespace}.", 1);
+        assert!(
+            text.contains(&format!("  {channel}:\n    address: '{address}'")),
+            "channel {channel} at {address}"
+        );
+    }
+    for kind in CommandKind::ALL {
+        assert!(
+            text.contains(&format!("cc: [{}]", kind.as_str())),
+            "an operation for routing key {}",
+            kind.as_str()
+        );
+    }
+}
