@@ -119,3 +119,50 @@ async fn the_example_scripts_dispatch_report_progress_complete_and_receive_their
     );
     app.shutdown().await;
 }
+
+/// `oprun catalog --format php` writes files PHP loads, with every type of the registry.
+#[tokio::test]
+async fn the_php_catalog_output_is_valid_php_with_every_type() {
+    let dir = std::env::temp_dir().join(format!("oprun-catalog-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_oprun"))
+        .args(["catalog", "--format", "php", "--out-dir"])
+        .arg(&dir)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let script = format!(
+        "require '{0}/OperationRunType.php'; require '{0}/OperationCatalog.php';
+         foreach (App\\Support\\OperationRunType::cases() as $t) {{
+             echo $t->value, '|', App\\Support\\OperationCatalog::label($t), '|',
+                  implode(',', App\\Support\\OperationCatalog::identityKeys($t)), '|',
+                  App\\Support\\OperationCatalog::expectedDurationSeconds($t), \"\\n\";
+         }}",
+        dir.display()
+    );
+    let output = tokio::process::Command::new(program("OPRUN_PHP", "php"))
+        .args(["-r", &script])
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let expected: String = operation_runs::domain::OPERATION_CATALOG
+        .iter()
+        .map(|e| {
+            format!(
+                "{}|{}|{}|{}\n",
+                e.name,
+                e.label,
+                e.identity_keys.join(","),
+                e.expected_duration.as_secs()
+            )
+        })
+        .collect();
+    assert_eq!(stdout, expected);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
