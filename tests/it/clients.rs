@@ -36,6 +36,8 @@ async fn run_against(app: &TestApp, program: &str, args: &[&str]) -> String {
         .env("OPRUN_OTHER_TENANT_ID", "11")
         .env("PYTHONPATH", format!("{ROOT}/clients/python"))
         .env("PYTHONDONTWRITEBYTECODE", "1")
+        // For the Python client's check of its catalog copy against `oprun catalog`.
+        .env("OPRUN_BIN", env!("CARGO_BIN_EXE_oprun"))
         .kill_on_drop(true);
     let output = tokio::time::timeout(CHILD_DEADLINE, command.output())
         .await

@@ -1,11 +1,13 @@
 """identity_hash agrees with every vector in tests/vectors/run_identity_hash.json (no broker)."""
 
 import json
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from operation_runs_client import IdentityError, canonical_identity, identity_hash
+from operation_runs_client import IDENTITY_KEYS, IdentityError, canonical_identity, identity_hash
 from operation_runs_client.identity import jcs
 
 VECTORS = json.loads((Path(__file__).resolve().parents[3] / "tests" / "vectors" / "run_identity_hash.json").read_text())["vectors"]
@@ -53,3 +55,9 @@ def test_errors_carry_the_services_code(command, code):
     with pytest.raises(IdentityError) as e:
         identity_hash(command)
     assert e.value.code == code
+
+
+@pytest.mark.skipif("OPRUN_BIN" not in os.environ, reason="needs OPRUN_BIN (set by tests/it/clients.rs)")
+def test_the_catalog_copy_is_the_registry():
+    out = subprocess.run([os.environ["OPRUN_BIN"], "catalog", "--format", "json"], check=True, capture_output=True, text=True).stdout
+    assert IDENTITY_KEYS == {t["type"]: t["identity_keys"] for t in json.loads(out)["types"]}
