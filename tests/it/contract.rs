@@ -41,12 +41,15 @@ const SCHEMA_NAMES: [&str; 8] = [
 ];
 
 /// The rules a JSON Schema cannot state, by the reason code the service gives when they break.
-/// A bad corpus message with one of these codes may pass its schema (and must: otherwise the
-/// excuse is stale and the schema should have caught it).
+/// A bad corpus message with one of these codes may pass its schema, and each listed rule the
+/// code knows must be exercised by one that does (otherwise the excuse is stale).
 /// (`invalid_transition` is partly expressible: completion without an outcome and an outcome
 /// without completion are in update_run.json; completing a completed run with another outcome
 /// depends on history, and the corpus has no such message.)
-const NOT_EXPRESSIBLE: [(&str, &str); 9] = [
+///
+/// Codes the code does not know yet (issue 9 adds them) are listed ahead and only checked once
+/// `ErrorCode::ALL` has them.
+const NOT_EXPRESSIBLE: [(&str, &str); 12] = [
     (
         "message_too_large",
         "the body is at most 256 KiB of bytes (a size of the message, not of a JSON value)",
@@ -76,6 +79,18 @@ const NOT_EXPRESSIBLE: [(&str, &str); 9] = [
     (
         "command_id_conflict",
         "a command id is never reused with another body (history)",
+    ),
+    (
+        "duplicate_key",
+        "no object has a key twice (a schema sees the parsed, last-wins value)",
+    ),
+    (
+        "invalid_string",
+        "no string holds U+0000, anywhere in the body including context",
+    ),
+    (
+        "tenant_quota_exceeded",
+        "a tenant has at most N active runs (a database fact)",
     ),
 ];
 
@@ -341,14 +356,17 @@ fn every_good_corpus_message_passes_its_schema_and_every_bad_one_fails_or_names_
                 excused_seen.insert(code);
             }
             (true, None) => wrong.push(format!("{file} ({code}) passes {schema}.json")),
-            (false, Some(rule)) => wrong.push(format!(
-                "{file} ({code}) fails {schema}.json although the rule is listed as not expressible: {rule}"
-            )),
+            // A message may also break an expressible rule; the schema catching it is fine.
+            (false, Some(_)) => {}
         }
     }
     assert!(wrong.is_empty(), "{wrong:#?}");
     // The list is not stale: every excused rule is one the corpus exercises.
-    let listed: BTreeSet<&str> = excused.keys().copied().collect();
+    let listed: BTreeSet<&str> = excused
+        .keys()
+        .copied()
+        .filter(|code| ErrorCode::parse(code).is_some())
+        .collect();
     let unused: Vec<_> = listed.difference(&excused_seen).collect();
     assert!(
         unused.is_empty(),
