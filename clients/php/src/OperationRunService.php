@@ -242,6 +242,8 @@ final class OperationRunService
         if ($this->channel !== null && $this->channel->is_open()) {
             return $this->channel;
         }
+        // A channel the broker closed (e.g. 404) leaves its connection open: release it first.
+        $this->close();
         $this->connection = AmqpUrl::connect($this->amqpUrl);
         $channel = $this->connection->channel();
         $channel->confirm_select();
