@@ -19,7 +19,7 @@ Usage (from the repository root):
 
     cargo build && python3 scripts/identity_vectors.py            # check and write the file
     python3 scripts/identity_vectors.py --check                   # check; fail if the file differs
-    python3 scripts/identity_vectors.py --no-oprun                # Python only (no cross-check)
+    python3 scripts/identity_vectors.py --no-oprun                # no hash cross-check (the catalog still comes from oprun)
     OPRUN_BIN=/path/to/oprun python3 scripts/identity_vectors.py  # another binary
 
 Exit status: 0 when everything agrees, 1 on any disagreement (the file is still written, from the
@@ -48,17 +48,20 @@ OUTPUT = ROOT / "tests" / "vectors" / "run_identity_hash.json"
 # The identity rule
 # --------------------------------------------------------------------------------------------
 
-IDENTITY_KEYS = {
-    "inventory.sync": ["selection"],
-    "entra_group.sync": ["selection_key"],
-    "directory_role_definitions.sync": ["provider_connection_id"],
-    "policy.sync": ["policy_id"],
-    "backup_schedule.run_now": ["backup_schedule_id"],
-    "backup_schedule.retry": ["backup_schedule_id", "backup_schedule_run_id"],
-    "backup_schedule.scheduled": ["backup_schedule_id", "scheduled_for"],
-    "backup_set.add_policies": ["backup_set_id", "selection"],
-    "restore.execute": ["restore_run_id"],
-}
+def _load_catalog() -> dict[str, list[str]]:
+    """The identity keys per type, from the registry itself (`oprun catalog --format json`), so
+    this script holds no copy of the catalog that could drift. The binary is $OPRUN_BIN, else
+    target/debug/oprun (`cargo build` first)."""
+    binary = os.environ.get("OPRUN_BIN", str(ROOT / "target" / "debug" / "oprun"))
+    try:
+        out = subprocess.run([binary, "catalog", "--format", "json"], check=True, capture_output=True, text=True).stdout
+    except (OSError, subprocess.CalledProcessError) as e:
+        print(f"error: cannot read the catalog from `{binary} catalog --format json` ({e}); run `cargo build` or set OPRUN_BIN", file=sys.stderr)
+        sys.exit(2)
+    return {t["type"]: t["identity_keys"] for t in json.loads(out)["types"]}
+
+
+IDENTITY_KEYS = _load_catalog()
 
 RULE = (
     "run_identity_hash = lowercase hex SHA-256 of the UTF-8 bytes of the RFC 8785 (JCS) canonical "

@@ -2,6 +2,7 @@
 //! line before exiting non-zero.
 
 pub mod bench;
+pub mod catalog;
 pub mod chaos;
 pub mod dispatch;
 pub mod dlq;
@@ -76,6 +77,8 @@ enum Command {
     /// Resolve legacy history rows to their canonical runs.
     #[command(subcommand)]
     Legacy(legacy::LegacyCommand),
+    /// Print the operation type catalog (json, php or markdown).
+    Catalog(catalog::CatalogArgs),
     /// Read a dispatch command (JSON) on stdin and print its run identity hash.
     IdentityHash(identity::IdentityHashArgs),
     /// Print, apply or remove the broker topology.
@@ -114,6 +117,7 @@ impl Cli {
             Command::Runs(c) => c.run(config).await,
             Command::Legacy(c) => c.run(config).await,
             Command::IdentityHash(a) => a.run(),
+            Command::Catalog(a) => a.run(),
             Command::Topology(c) => c.run(config).await,
             Command::Dispatch(a) => a.run(config).await,
             Command::Dlq(c) => c.run(config).await,

@@ -4,7 +4,9 @@
 mod helpers;
 
 mod cli;
+mod clients;
 mod concurrency;
+mod contract;
 mod corpus;
 mod dispatch;
 mod hardening_decode;

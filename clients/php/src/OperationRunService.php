@@ -1,0 +1,279 @@
+<?php
+
+declare(strict_types=1);
+
+namespace OperationRuns;
+
+use PhpAmqpLib\Channel\AMQPChannel;
+use PhpAmqpLib\Connection\AbstractConnection;
+use PhpAmqpLib\Exception\AMQPProtocolChannelException;
+use PhpAmqpLib\Exception\AMQPTimeoutException;
+use PhpAmqpLib\Message\AMQPMessage;
+
+/**
+ * Sends commands to the operation-runs service and waits for its replies.
+ *
+ * Every command is published to exchange `N.commands` with routing key = its kind, with publisher
+ * confirms and `mandatory` (an undeclared topology is an error, never a silent drop), as a
+ * persistent `application/json` message whose `message_id` is the command id; the reply comes
+ * through RabbitMQ direct reply-to (`amq.rabbitmq.reply-to`). Command ids are UUIDs generated
+ * here unless given; resending the same id is applied at most once by the service.
+ *
+ * One instance holds one connection and one channel: use it from one process (one PHP worker).
+ */
+final class OperationRunService
+{
+    public const DIRECT_REPLY_TO = 'amq.rabbitmq.reply-to';
+    public const DEFAULT_TIMEOUT = 30.0;
+
+    private ?AbstractConnection $connection = null;
+    private ?AMQPChannel $channel = null;
+    /** @var array<string, array<string, mixed>> replies by correlation id */
+    private array $replies = [];
+    private bool $returned = false;
+    private string $awaiting = '';
+    private bool $nacked = false;
+
+    public function __construct(
+        private readonly string $amqpUrl,
+        private readonly string $namespace = 'operation_runs',
+    ) {
+    }
+
+    /**
+     * Dispatches a run of `$type` and returns the run (new or the active one of its identity).
+     *
+     * @param array<string, mixed> $context the type's identity keys and anything else to keep
+     * @param array{userId?: int, initiatorName?: string, commandId?: string, timeout?: float} $options
+     * @throws CommandRefused when the service refuses it (getErrorCode(): e.g. `missing_identity_key`)
+     * @throws CommandNotAnswered when the broker cannot route it or no reply comes in time
+     */
+    public function dispatchOrFail(
+        string $type,
+        int $workspaceId,
+        ?int $tenantId,
+        array $context,
+        array $options = [],
+    ): DispatchResult {
+        $commandId = $options['commandId'] ?? self::newCommandId();
+        $body = [
+            'kind' => 'dispatch',
+            'command_id' => $commandId,
+            'workspace_id' => $workspaceId,
+            'tenant_id' => $tenantId,
+            'type' => $type,
+            'context' => self::object($context),
+        ];
+        if (isset($options['userId'])) {
+            $body['user_id'] = (int) $options['userId'];
+        }
+        if (isset($options['initiatorName'])) {
+            $body['initiator_name'] = (string) $options['initiatorName'];
+        }
+        $reply = $this->request($body, (float) ($options['timeout'] ?? self::DEFAULT_TIMEOUT));
+        return DispatchResult::fromReply($reply, $commandId);
+    }
+
+    /**
+     * A state change (`status`: running|completed, `outcome`: succeeded|partially_succeeded|failed|
+     * blocked), with optional `summary_counts` increments and `failures`, in one transaction.
+     *
+     * @param array{status?: string, outcome?: string, summary_counts?: array<string, int>, failures?: list<array<string, mixed>>} $changes
+     * @param array{commandId?: string, timeout?: float} $options
+     * @return array{run_id: int, status: string, outcome: string}
+     */
+    public function updateRun(int $runId, int $workspaceId, ?int $tenantId, array $changes, array $options = []): array
+    {
+        $allowed = ['status', 'outcome', 'summary_counts', 'failures'];
+        $unknown = array_diff(array_keys($changes), $allowed);
+        if ($unknown !== []) {
+            throw new \InvalidArgumentException('unknown change(s): ' . implode(', ', $unknown));
+        }
+        if (isset($changes['summary_counts'])) {
+            $changes['summary_counts'] = self::object($changes['summary_counts']);
+        }
+        return $this->progress('update_run', $runId, $workspaceId, $tenantId, $changes, $options);
+    }
+
+    /**
+     * Appends failure entries (`code`, `message`, optional `reason_code`, `item`; at most 100).
+     *
+     * @param list<array<string, mixed>> $failures
+     * @param array{commandId?: string, timeout?: float} $options
+     * @return array{run_id: int, status: string, outcome: string}
+     */
+    public function appendFailures(int $runId, int $workspaceId, ?int $tenantId, array $failures, array $options = []): array
+    {
+        return $this->progress('append_failures', $runId, $workspaceId, $tenantId, ['failures' => array_values($failures)], $options);
+    }
+
+    /**
+     * Adds to summary counts (keys total processed succeeded failed skipped created updated
+     * deleted items; non-negative integers).
+     *
+     * @param array<string, int> $counts
+     * @param array{commandId?: string, timeout?: float} $options
+     * @return array{run_id: int, status: string, outcome: string}
+     */
+    public function incrementSummaryCounts(int $runId, int $workspaceId, ?int $tenantId, array $counts, array $options = []): array
+    {
+        return $this->progress('increment_summary_counts', $runId, $workspaceId, $tenantId, ['counts' => self::object($counts)], $options);
+    }
+
+    /** Closes the channel and the connection (also done on destruction). */
+    public function close(): void
+    {
+        try {
+            $this->channel?->close();
+            $this->connection?->close();
+        } catch (\Throwable) {
+            // Closing a broken connection: nothing left to release.
+        }
+        $this->channel = null;
+        $this->connection = null;
+    }
+
+    public function __destruct()
+    {
+        $this->close();
+    }
+
+    /** A new command id (UUID v4). */
+    public static function newCommandId(): string
+    {
+        $bytes = random_bytes(16);
+        $bytes[6] = chr((ord($bytes[6]) & 0x0f) | 0x40);
+        $bytes[8] = chr((ord($bytes[8]) & 0x3f) | 0x80);
+        return vsprintf('%s%s-%s-%s-%s-%s%s%s', str_split(bin2hex($bytes), 4));
+    }
+
+    /**
+     * @param array<string, mixed> $fields
+     * @param array{commandId?: string, timeout?: float} $options
+     * @return array<string, mixed>
+     */
+    private function progress(string $kind, int $runId, int $workspaceId, ?int $tenantId, array $fields, array $options): array
+    {
+        $body = [
+            'kind' => $kind,
+            'command_id' => $options['commandId'] ?? self::newCommandId(),
+            'run_id' => $runId,
+            'workspace_id' => $workspaceId,
+            // Always present: null marks a workspace-scoped run.
+            'tenant_id' => $tenantId,
+        ] + $fields;
+        return $this->request($body, (float) ($options['timeout'] ?? self::DEFAULT_TIMEOUT));
+    }
+
+    /**
+     * Publishes `$body` (confirmed, mandatory) and waits for its reply.
+     *
+     * @param array<string, mixed> $body
+     * @return array<string, mixed>
+     */
+    private function request(array $body, float $timeout): array
+    {
+        $channel = $this->channel();
+        $commandId = (string) $body['command_id'];
+        $correlationId = self::newCommandId();
+        $message = new AMQPMessage(
+            json_encode($body, JSON_THROW_ON_ERROR | JSON_UNESCAPED_SLASHES | JSON_UNESCAPED_UNICODE | JSON_PRESERVE_ZERO_FRACTION),
+            [
+                'content_type' => 'application/json',
+                'delivery_mode' => AMQPMessage::DELIVERY_MODE_PERSISTENT,
+                'message_id' => $commandId,
+                'correlation_id' => $correlationId,
+                'reply_to' => self::DIRECT_REPLY_TO,
+            ],
+        );
+        $this->returned = false;
+        $this->nacked = false;
+        $this->awaiting = $correlationId;
+        $this->replies = [];
+        try {
+            $channel->basic_publish($message, $this->namespace . '.commands', (string) $body['kind'], true);
+            $channel->wait_for_pending_acks_returns($timeout);
+        } catch (AMQPProtocolChannelException $e) {
+            // The broker closed the channel: 404 when the exchange does not exist at all.
+            $this->channel = null;
+            if ($e->getCode() === 404) {
+                throw new CommandNotAnswered(
+                    CommandNotAnswered::UNROUTABLE,
+                    $commandId,
+                    "command {$commandId} is unroutable: exchange {$this->namespace}.commands does not exist",
+                );
+            }
+            throw $e;
+        } catch (AMQPTimeoutException) {
+            throw new CommandNotAnswered(CommandNotAnswered::TIMEOUT, $commandId, "no publisher confirm for command {$commandId} within {$timeout} s");
+        }
+        if ($this->returned) {
+            throw new CommandNotAnswered(
+                CommandNotAnswered::UNROUTABLE,
+                $commandId,
+                "command {$commandId} is unroutable: is the topology of namespace {$this->namespace} declared?",
+            );
+        }
+        if ($this->nacked) {
+            throw new CommandNotAnswered(CommandNotAnswered::NACKED, $commandId, "the broker refused command {$commandId} (nack)");
+        }
+        $deadline = microtime(true) + $timeout;
+        while (!isset($this->replies[$correlationId])) {
+            $left = $deadline - microtime(true);
+            if ($left <= 0) {
+                throw new CommandNotAnswered(CommandNotAnswered::TIMEOUT, $commandId, "no reply to command {$commandId} within {$timeout} s");
+            }
+            try {
+                $channel->wait(null, false, $left);
+            } catch (AMQPTimeoutException) {
+                // Loop: the deadline decides.
+            }
+        }
+        $reply = $this->replies[$correlationId];
+        unset($this->replies[$correlationId]);
+        if (isset($reply['error'])) {
+            throw new CommandRefused((string) ($reply['error']['code'] ?? 'unknown'), (string) ($reply['error']['message'] ?? ''));
+        }
+        return $reply;
+    }
+
+    private function channel(): AMQPChannel
+    {
+        if ($this->channel !== null && $this->channel->is_open()) {
+            return $this->channel;
+        }
+        // A channel the broker closed (e.g. 404) leaves its connection open: release it first.
+        $this->close();
+        $this->connection = AmqpUrl::connect($this->amqpUrl);
+        $channel = $this->connection->channel();
+        $channel->confirm_select();
+        $channel->set_ack_handler(function (): void {
+        });
+        $channel->set_nack_handler(function (): void {
+            $this->nacked = true;
+        });
+        $channel->set_return_listener(function (): void {
+            $this->returned = true;
+        });
+        // Direct reply-to: consume the pseudo-queue (no-ack) before publishing from this channel.
+        $channel->basic_consume(self::DIRECT_REPLY_TO, '', false, true, false, false, function (AMQPMessage $reply): void {
+            $correlationId = $reply->has('correlation_id') ? (string) $reply->get('correlation_id') : '';
+            // Keep only the reply awaited now: a late reply to a timed-out request is dropped.
+            if ($correlationId !== $this->awaiting) {
+                return;
+            }
+            $this->replies[$correlationId] = json_decode($reply->getBody(), true, 512, JSON_THROW_ON_ERROR | JSON_BIGINT_AS_STRING);
+        });
+        return $this->channel = $channel;
+    }
+
+    /**
+     * An associative array as a JSON object, even when empty (PHP encodes [] as a list).
+     *
+     * @param array<string, mixed> $value
+     */
+    private static function object(array $value): array|\stdClass
+    {
+        return $value === [] ? new \stdClass() : $value;
+    }
+}

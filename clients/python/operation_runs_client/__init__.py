@@ -1,0 +1,19 @@
+"""Python client for the operation-runs service (RabbitMQ, pika).
+
+    from operation_runs_client import Client, CommandRefused, identity_hash
+"""
+
+from .client import Client
+from .errors import CommandNotAnswered, CommandRefused, OperationRunsError
+from .identity import IDENTITY_KEYS, IdentityError, canonical_identity, identity_hash
+
+__all__ = [
+    "Client",
+    "CommandNotAnswered",
+    "CommandRefused",
+    "OperationRunsError",
+    "IDENTITY_KEYS",
+    "IdentityError",
+    "canonical_identity",
+    "identity_hash",
+]
