@@ -1,7 +1,6 @@
 //! The `oprun` commands, one file per group. Each returns a [`CliError`] that `main` prints as one
 //! line before exiting non-zero.
 
-pub mod bench;
 pub mod chaos;
 pub mod dispatch;
 pub mod dlq;
@@ -89,8 +88,6 @@ enum Command {
     /// Re-send stored events.
     #[command(subcommand)]
     Events(events::EventsCommand),
-    /// Measure the service against the broker's own limit (see README, Performance).
-    Bench(bench::BenchArgs),
     /// Fault-injection run: kills, broker and database restarts; checks nothing is lost.
     Chaos(chaos::ChaosArgs),
 }
@@ -118,7 +115,6 @@ impl Cli {
             Command::Dispatch(a) => a.run(config).await,
             Command::Dlq(c) => c.run(config).await,
             Command::Events(c) => c.run(config).await,
-            Command::Bench(a) => a.run(config).await,
             Command::Chaos(a) => a.run(config).await,
         }
     }
