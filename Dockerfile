@@ -1,6 +1,7 @@
 # syntax=docker/dockerfile:1
 
-# operation-runs: the `oprun` service and the example `inventory_worker` executor.
+# operation-runs: the `oprun` service and the example `inventory_worker` executor (the lab,
+# `oprun-lab`, is a development tool and is neither built nor shipped here).
 #
 #   docker build -t operation-runs .
 #   docker run --rm -e DATABASE_URL=... -e AMQP_URL=... -p 9187:9187 operation-runs
@@ -20,7 +21,7 @@ COPY . .
 RUN --mount=type=cache,id=oprun-cargo-registry,target=/usr/local/cargo/registry \
     --mount=type=cache,id=oprun-cargo-git,target=/usr/local/cargo/git \
     --mount=type=cache,id=oprun-target,target=/build/target \
-    cargo build --release --locked --bins --example inventory_worker \
+    cargo build --release --locked -p operation-runs --bin oprun --example inventory_worker \
  && install -D -m 0755 target/release/oprun /out/oprun \
  && install -D -m 0755 target/release/examples/inventory_worker /out/inventory_worker
 

@@ -1,7 +1,6 @@
 //! The `oprun` commands, one file per group. Each returns a [`CliError`] that `main` prints as one
 //! line before exiting non-zero.
 
-pub mod bench;
 pub mod catalog;
 pub mod chaos;
 pub mod dispatch;
@@ -92,8 +91,6 @@ enum Command {
     /// Re-send stored events.
     #[command(subcommand)]
     Events(events::EventsCommand),
-    /// Measure the service against the broker's own limit (see README, Performance).
-    Bench(bench::BenchArgs),
     /// Fault-injection run: kills, broker and database restarts; checks nothing is lost.
     Chaos(chaos::ChaosArgs),
 }
@@ -122,7 +119,6 @@ impl Cli {
             Command::Dispatch(a) => a.run(config).await,
             Command::Dlq(c) => c.run(config).await,
             Command::Events(c) => c.run(config).await,
-            Command::Bench(a) => a.run(config).await,
             Command::Chaos(a) => a.run(config).await,
         }
     }

@@ -333,7 +333,7 @@ mod tests {
 #[cfg(test)]
 mod json_tests {
     use super::*;
-    use crate::cli::bench::tracker::Counts;
+    use crate::bench::tracker::Counts;
 
     fn phase(rate_commands: u64) -> Phase {
         let drive = DriveResult {

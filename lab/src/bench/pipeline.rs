@@ -10,7 +10,7 @@ use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Channel, Connection};
 use tokio::sync::Semaphore;
 
-use crate::cli::CliError;
+use crate::LabError;
 
 /// A confirm-mode channel with a bounded window of unconfirmed publishes.
 pub struct Pipeline {
@@ -22,7 +22,7 @@ pub struct Pipeline {
 
 impl Pipeline {
     /// Opens a channel on `connection` in confirm mode, allowing `window` unconfirmed publishes.
-    pub async fn open(connection: &Connection, window: u32) -> Result<Self, CliError> {
+    pub async fn open(connection: &Connection, window: u32) -> Result<Self, LabError> {
         let channel = connection.create_channel().await?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
@@ -48,7 +48,7 @@ impl Pipeline {
         routing_key: &str,
         body: &[u8],
         properties: BasicProperties,
-    ) -> Result<Instant, CliError> {
+    ) -> Result<Instant, LabError> {
         let permit = self
             .window
             .clone()

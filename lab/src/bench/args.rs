@@ -1,6 +1,6 @@
-//! `oprun bench`'s flags and the order of its phases.
+//! `oprun-lab bench`'s flags and the order of its phases.
 
-use crate::broker::topology::declare_bound_queue;
+use operation_runs::broker::topology::declare_bound_queue;
 use std::time::{Duration, Instant};
 
 use lapin::options::QueueDeclareOptions;
@@ -14,14 +14,14 @@ use super::report::{Phase, Report};
 use super::sandbox::Sandbox;
 use super::usage;
 use super::workload;
-use crate::broker::connection::connect;
-use crate::cli::CliError;
-use crate::config::Config;
+use crate::{LabError, OprunBinary};
+use operation_runs::broker::connection::connect;
+use operation_runs::config::Config;
 
 /// How long clean-up keeps retrying.
 const CLEAN_UP_DEADLINE: Duration = Duration::from_secs(60);
 
-/// Arguments of `oprun bench`.
+/// Arguments of `oprun-lab bench`.
 ///
 /// Defaults: 20,000 commands (about 3,100 runs; the whole bench takes one to two minutes on a
 /// 2-core machine), one instance, the steady phase at half the measured rate for at most
@@ -54,14 +54,14 @@ pub struct BenchArgs {
 
 impl BenchArgs {
     /// Runs the bench: prints the table on stdout, then the JSON line as the last line.
-    pub async fn run(self, config: &Config) -> Result<(), CliError> {
+    pub async fn run(self, config: &Config, oprun: &OprunBinary) -> Result<(), LabError> {
         if self.commands == 0 || self.instances == 0 {
-            return Err(CliError::Invalid(
+            return Err(LabError::Invalid(
                 "--commands and --instances must be positive".into(),
             ));
         }
         if self.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
-            return Err(CliError::Invalid("--rate must be positive".into()));
+            return Err(LabError::Invalid("--rate must be positive".into()));
         }
         let connection = connect(&config.amqp_url, "oprun bench").await?;
         let admin = connection.create_channel().await?;
@@ -70,7 +70,9 @@ impl BenchArgs {
             "bench: database and namespace {} ({} commands, {} instance(s))",
             sandbox.name, self.commands, self.instances
         );
-        let measured = self.phases(config, &connection, &admin, &mut sandbox).await;
+        let measured = self
+            .phases(config, oprun, &connection, &admin, &mut sandbox)
+            .await;
         let _ = connection.close(200, "bench done".into()).await;
         if self.keep {
             eprintln!("bench: kept database and namespace {}", sandbox.name);
@@ -86,10 +88,11 @@ impl BenchArgs {
     async fn phases(
         &self,
         config: &Config,
+        oprun: &OprunBinary,
         connection: &Connection,
         admin: &Channel,
         sandbox: &mut Sandbox,
-    ) -> Result<Report, CliError> {
+    ) -> Result<Report, LabError> {
         let in_flight = self
             .in_flight
             .unwrap_or(4 * u64::from(self.tunables.prefetch) * self.instances as u64);
@@ -113,6 +116,7 @@ impl BenchArgs {
         let events_queue = sandbox.own_queue("events");
         subscribe(admin, &events_queue, &sandbox.topology.events_exchange()).await?;
         let instances = Instances::start(
+            oprun,
             self.instances,
             config,
             &sandbox.database_url,
@@ -190,7 +194,7 @@ impl BenchArgs {
         events_queue: &str,
         pids: &[u32],
         rate: f64,
-    ) -> Result<Phase, CliError> {
+    ) -> Result<Phase, LabError> {
         let budget = (rate * self.steady_secs as f64) as usize;
         let plans = workload::plan("steady", self.commands.min(budget).max(1));
         eprintln!(
@@ -242,7 +246,7 @@ async fn clean_up(config: &Config, sandbox: &Sandbox) {
 }
 
 /// Declares the bench's subscriber queue (quorum, like a durable subscriber's) on `N.events`.
-async fn subscribe(channel: &Channel, queue: &str, exchange: &str) -> Result<(), CliError> {
+async fn subscribe(channel: &Channel, queue: &str, exchange: &str) -> Result<(), LabError> {
     declare_bound_queue(channel, queue, exchange, &[""]).await?;
     Ok(())
 }

@@ -10,7 +10,7 @@
 //! baseline is not handicapped. Published − acked is bounded like the service phase's in-flight
 //! bound. The rate is `messages` / (last ack − first publish).
 
-use crate::broker::topology::{declare_bound_queue, declare_exchange};
+use operation_runs::broker::topology::{declare_bound_queue, declare_exchange};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,8 +26,8 @@ use tokio::sync::{mpsc, Semaphore};
 
 use super::pipeline::Pipeline;
 use super::sandbox::Sandbox;
-use crate::broker::connection::connect;
-use crate::cli::CliError;
+use crate::LabError;
+use operation_runs::broker::connection::connect;
 
 /// Acks are sent at least every this many confirmed deliveries under load.
 const ACK_EVERY: u64 = 100;
@@ -70,7 +70,7 @@ pub async fn run(
     bytes: usize,
     prefetch: u16,
     in_flight: u64,
-) -> Result<BaselineResult, CliError> {
+) -> Result<BaselineResult, LabError> {
     let input = sandbox.own_queue("baseline.in");
     let input_exchange = sandbox.own_exchange("baseline.in");
     let output = sandbox.own_queue("baseline.out");
@@ -138,15 +138,15 @@ pub async fn run(
                 .await?;
             first.get_or_insert(at);
         }
-        Ok::<Instant, CliError>(pipeline.drain().await)
+        Ok::<Instant, LabError>(pipeline.drain().await)
     };
     let confirmed_all = tokio::time::timeout(DEADLINE, publishing)
         .await
-        .map_err(|_| CliError::Invalid("the baseline publisher timed out".into()))??;
+        .map_err(|_| LabError::Invalid("the baseline publisher timed out".into()))??;
     let last_ack = tokio::time::timeout(DEADLINE, done_rx)
         .await
-        .map_err(|_| CliError::Invalid("the baseline consumer timed out".into()))?
-        .map_err(|_| CliError::Invalid("the baseline consumer failed".into()))?;
+        .map_err(|_| LabError::Invalid("the baseline consumer timed out".into()))?
+        .map_err(|_| LabError::Invalid("the baseline consumer failed".into()))?;
     let _ = tokio::time::timeout(Duration::from_secs(10), drain).await;
     consumer.abort();
     let _ = drain_channel.close(200, "done".into()).await;
@@ -168,7 +168,7 @@ async fn declare(
     kind: ExchangeKind,
     queue: &str,
     key: &str,
-) -> Result<(), CliError> {
+) -> Result<(), LabError> {
     declare_exchange(channel, exchange, kind).await?;
     declare_bound_queue(channel, queue, exchange, &[key]).await?;
     Ok(())
@@ -187,7 +187,7 @@ async fn spawn_consumer(
     credit: Arc<Semaphore>,
     nacks: Arc<AtomicU64>,
     done: tokio::sync::oneshot::Sender<Instant>,
-) -> Result<tokio::task::JoinHandle<()>, CliError> {
+) -> Result<tokio::task::JoinHandle<()>, LabError> {
     let consuming = connection.create_channel().await?;
     consuming
         .basic_qos(prefetch, BasicQosOptions::default())

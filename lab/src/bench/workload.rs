@@ -184,7 +184,7 @@ fn template(step: Step, kind: &'static str, scope: &Value, fields: Value) -> Pro
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{decode_command, CommandAction, CommandKind};
+    use operation_runs::domain::{decode_command, CommandAction, CommandKind};
 
     #[test]
     fn every_planned_body_is_a_valid_command() {

@@ -17,33 +17,9 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
+use operation_runs::domain::RunEventType;
+
 use super::workload::{Step, INCREMENTS_PER_RUN};
-
-/// The event types, from the `event_type` header.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EventKind {
-    /// `operation_run.queued`
-    Queued,
-    /// `operation_run.started`
-    Started,
-    /// `operation_run.progressed`
-    Progressed,
-    /// `operation_run.completed`
-    Completed,
-}
-
-impl EventKind {
-    /// Parses the header value.
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "operation_run.queued" => Some(Self::Queued),
-            "operation_run.started" => Some(Self::Started),
-            "operation_run.progressed" => Some(Self::Progressed),
-            "operation_run.completed" => Some(Self::Completed),
-            _ => None,
-        }
-    }
-}
 
 /// What the service answered to a dispatch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,7 +90,7 @@ pub struct Counts {
 pub struct Tracker {
     runs: Vec<RunTrack>,
     owners: HashMap<i64, (Owner, Instant)>,
-    early: HashMap<i64, Vec<(EventKind, Instant)>>,
+    early: HashMap<i64, Vec<(RunEventType, Instant)>>,
     dispatches_expected: u64,
     queued_awaited: u64,
     open_runs: usize,
@@ -207,7 +183,7 @@ impl Tracker {
     }
 
     /// An event of `kind` about `run_id` arrived at `at`.
-    pub fn event(&mut self, run_id: i64, kind: EventKind, at: Instant) {
+    pub fn event(&mut self, run_id: i64, kind: RunEventType, at: Instant) {
         let Some(&(owner, dispatch_sent)) = self.owners.get(&run_id) else {
             // A `queued` event can overtake the reply that tells us whose run it is.
             self.early.entry(run_id).or_default().push((kind, at));
@@ -215,7 +191,7 @@ impl Tracker {
         };
         self.counts.events += 1;
         self.last_activity = Some(self.last_activity.map_or(at, |l| l.max(at)));
-        if kind == EventKind::Queued {
+        if kind == RunEventType::Queued {
             self.queued_awaited = self.queued_awaited.saturating_sub(1);
             self.latencies
                 .push(at.saturating_duration_since(dispatch_sent));
@@ -224,16 +200,16 @@ impl Tracker {
         let Owner::Planned(run) = owner else { return };
         let r = &mut self.runs[run];
         let sent = match kind {
-            EventKind::Started => r.start_sent,
-            EventKind::Progressed => {
+            RunEventType::Started => r.start_sent,
+            RunEventType::Progressed => {
                 r.progressed_seen += 1;
                 r.increments_sent.pop_front()
             }
-            EventKind::Completed => {
+            RunEventType::Completed => {
                 r.completed_seen = true;
                 r.complete_sent
             }
-            EventKind::Queued => unreachable!("handled above"),
+            RunEventType::Queued => unreachable!("handled above"),
         };
         r.progress_events += 1;
         if let Some(sent) = sent {
@@ -330,14 +306,14 @@ mod tests {
             t.replied(0, 1, Reply::Deduplicated(7), ms(t0, 5)),
             AfterReply::Nothing
         );
-        t.event(7, EventKind::Queued, ms(t0, 10));
+        t.event(7, RunEventType::Queued, ms(t0, 10));
         publish_progress(&mut t, 0, ms(t0, 10));
-        t.event(7, EventKind::Started, ms(t0, 20));
+        t.event(7, RunEventType::Started, ms(t0, 20));
         for _ in 0..INCREMENTS_PER_RUN {
             assert!(!t.finished());
-            t.event(7, EventKind::Progressed, ms(t0, 20));
+            t.event(7, RunEventType::Progressed, ms(t0, 20));
         }
-        t.event(7, EventKind::Completed, ms(t0, 30));
+        t.event(7, RunEventType::Completed, ms(t0, 30));
         assert!(t.finished());
         assert_eq!(t.in_flight(), 0);
         assert_eq!(t.counts().no_event, 0);
@@ -353,7 +329,7 @@ mod tests {
         let t0 = Instant::now();
         let mut t = Tracker::new([1]);
         t.dispatched(0, 0, t0);
-        t.event(9, EventKind::Queued, ms(t0, 4));
+        t.event(9, RunEventType::Queued, ms(t0, 4));
         t.replied(0, 0, Reply::Created(9), ms(t0, 6));
         assert_eq!(t.counts().events, 1);
         assert_eq!(t.into_latencies(), vec![Duration::from_millis(4)]);
@@ -365,11 +341,11 @@ mod tests {
         let mut t = Tracker::new([1]);
         t.dispatched(0, 0, t0);
         t.replied(0, 0, Reply::Created(3), ms(t0, 1));
-        t.event(3, EventKind::Queued, ms(t0, 2));
+        t.event(3, RunEventType::Queued, ms(t0, 2));
         publish_progress(&mut t, 0, ms(t0, 2));
-        t.event(3, EventKind::Completed, ms(t0, 5));
+        t.event(3, RunEventType::Completed, ms(t0, 5));
         for _ in 0..INCREMENTS_PER_RUN {
-            t.event(3, EventKind::Progressed, ms(t0, 6));
+            t.event(3, RunEventType::Progressed, ms(t0, 6));
         }
         assert!(t.finished());
         assert_eq!(t.counts().no_event, 1);
@@ -387,15 +363,15 @@ mod tests {
             t.replied(0, 1, Reply::Created(2), ms(t0, 1)),
             AfterReply::Nothing
         );
-        t.event(1, EventKind::Queued, ms(t0, 2));
+        t.event(1, RunEventType::Queued, ms(t0, 2));
         publish_progress(&mut t, 0, ms(t0, 2));
-        t.event(1, EventKind::Started, ms(t0, 3));
+        t.event(1, RunEventType::Started, ms(t0, 3));
         for _ in 0..INCREMENTS_PER_RUN {
-            t.event(1, EventKind::Progressed, ms(t0, 3));
+            t.event(1, RunEventType::Progressed, ms(t0, 3));
         }
-        t.event(1, EventKind::Completed, ms(t0, 3));
+        t.event(1, RunEventType::Completed, ms(t0, 3));
         assert!(!t.finished(), "run 2's queued event is still awaited");
-        t.event(2, EventKind::Queued, ms(t0, 4));
+        t.event(2, RunEventType::Queued, ms(t0, 4));
         assert!(t.finished());
         assert_eq!(t.counts().extra_runs, 1);
     }

@@ -7,9 +7,9 @@ use lapin::Channel;
 use sqlx::{Connection, PgConnection, PgPool};
 
 use super::workload::{TENANTS_PER_WORKSPACE, WORKSPACES};
-use crate::broker::Topology;
-use crate::cli::CliError;
-use crate::config::Config;
+use crate::LabError;
+use operation_runs::broker::Topology;
+use operation_runs::config::Config;
 
 /// A database and a namespace of the bench's own.
 pub struct Sandbox {
@@ -28,15 +28,15 @@ pub struct Sandbox {
 
 impl Sandbox {
     /// Creates, migrates and seeds the database; declares the topology through `channel`.
-    pub async fn create(config: &Config, channel: &Channel) -> Result<Self, CliError> {
+    pub async fn create(config: &Config, channel: &Channel) -> Result<Self, LabError> {
         let name = format!(
             "oprun_bench_{}",
             &uuid::Uuid::new_v4().simple().to_string()[..12]
         );
         let database_url = with_path(&config.database_url, &name)?;
         let maintenance_url = with_path(&config.database_url, "postgres")?;
-        crate::store::migrate(&database_url).await?;
-        let pool = crate::store::connect_lazy(&database_url, 2)?;
+        operation_runs::store::migrate(&database_url).await?;
+        let pool = operation_runs::store::connect_lazy(&database_url, 2)?;
         seed(&pool).await?;
         let topology = Topology::new(&name)?;
         topology.declare(channel).await?;
@@ -68,8 +68,8 @@ impl Sandbox {
 
     /// Deletes the topology, the bench's own queues and exchanges, and the database. Best
     /// effort: every step is tried, the first failure is returned; repeating it is harmless.
-    pub async fn destroy(&self, channel: &Channel) -> Result<(), CliError> {
-        let mut first: Option<CliError> = None;
+    pub async fn destroy(&self, channel: &Channel) -> Result<(), LabError> {
+        let mut first: Option<LabError> = None;
         for q in &self.extra_queues {
             if let Err(e) = channel
                 .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
@@ -110,15 +110,15 @@ impl Sandbox {
 }
 
 /// `base` with its path (the database name) replaced by `database`.
-fn with_path(base: &str, database: &str) -> Result<String, CliError> {
+fn with_path(base: &str, database: &str) -> Result<String, LabError> {
     let mut url = url::Url::parse(base)
-        .map_err(|e| CliError::Invalid(format!("--database-url is not a URL: {e}")))?;
+        .map_err(|e| LabError::Invalid(format!("--database-url is not a URL: {e}")))?;
     url.set_path(database);
     Ok(url.to_string())
 }
 
 /// Workspaces `1..=4`, ten tenants each (`101..=140`), and user 1: the scopes the workload uses.
-async fn seed(pool: &PgPool) -> Result<(), CliError> {
+async fn seed(pool: &PgPool) -> Result<(), LabError> {
     sqlx::query(
         "INSERT INTO workspaces (id, name) SELECT w, 'bench ' || w FROM generate_series(1, $1) w",
     )

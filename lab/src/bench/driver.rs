@@ -17,12 +17,13 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 
 use super::pipeline::Pipeline;
-use super::tracker::{AfterReply, Counts, EventKind, Reply, Tracker};
+use super::tracker::{AfterReply, Counts, Reply, Tracker};
 use super::workload::RunPlan;
-use crate::broker::headers::{get_i64, get_str};
-use crate::broker::publisher::{consume_direct_replies, DIRECT_REPLY_TO};
-use crate::broker::Topology;
-use crate::cli::CliError;
+use crate::LabError;
+use operation_runs::broker::headers::{get_i64, get_str};
+use operation_runs::broker::publisher::{consume_direct_replies, DIRECT_REPLY_TO};
+use operation_runs::broker::Topology;
+use operation_runs::domain::RunEventType;
 
 /// Unconfirmed publishes the bench keeps in flight.
 const CONFIRM_WINDOW: u32 = 1_000;
@@ -74,7 +75,7 @@ enum Incoming {
     },
     Event {
         run_id: i64,
-        kind: EventKind,
+        kind: RunEventType,
         at: Instant,
     },
 }
@@ -94,7 +95,7 @@ pub async fn drive(
     events_queue: &str,
     plans: &[RunPlan],
     pace: Pace,
-) -> Result<DriveResult, CliError> {
+) -> Result<DriveResult, LabError> {
     let pipeline = Pipeline::open(connection, CONFIRM_WINDOW).await?;
     let (tx, mut rx) = mpsc::unbounded_channel();
     let replies = consume_direct_replies(pipeline.channel()).await?;
@@ -179,11 +180,11 @@ pub async fn drive(
                     last_received = Instant::now();
                     receive(m, &mut tracker, &mut ready);
                 }
-                None => return Err(CliError::Invalid("the bench lost its broker consumers (did the broker restart?)".into())),
+                None => return Err(LabError::Invalid("the bench lost its broker consumers (did the broker restart?)".into())),
             },
             _ = tokio::time::sleep_until(wake.into()) => {
                 if Instant::now() >= stall_at {
-                    return Err(CliError::Invalid(format!(
+                    return Err(LabError::Invalid(format!(
                         "the workload stalled (nothing received for {}s): {}",
                         STALL.as_secs(),
                         tracker.missing()
@@ -291,7 +292,7 @@ async fn forward_events(mut events: lapin::Consumer, tx: mpsc::UnboundedSender<I
         let at = Instant::now();
         let headers = d.properties.headers().as_ref();
         let run_id = get_i64(headers, "run_id");
-        let kind = get_str(headers, "event_type").and_then(|k| EventKind::parse(&k));
+        let kind = get_str(headers, "event_type").and_then(|k| RunEventType::parse(&k));
         if let (Some(run_id), Some(kind)) = (run_id, kind) {
             if tx.send(Incoming::Event { run_id, kind, at }).is_err() {
                 return;

@@ -1,4 +1,4 @@
-//! The service under test: `oprun serve` as child processes of this very binary, so that its
+//! The service under test: `oprun serve` as child processes of the `oprun` binary under test, so that its
 //! memory and CPU are its own and measurable from `/proc`.
 
 use std::process::Stdio;
@@ -9,9 +9,9 @@ use lapin::types::FieldTable;
 use lapin::Channel;
 use tokio::process::{Child, Command};
 
-use crate::broker::Topology;
-use crate::cli::CliError;
-use crate::config::Config;
+use crate::{LabError, OprunBinary};
+use operation_runs::broker::Topology;
+use operation_runs::config::Config;
 
 /// How long the instances may take to start consuming.
 const START_DEADLINE: Duration = Duration::from_secs(60);
@@ -47,17 +47,18 @@ impl Instances {
     /// Starts `count` instances on the bench database and namespace and waits until each
     /// consumes the commands queue.
     pub async fn start(
+        oprun: &OprunBinary,
         count: usize,
         config: &Config,
         database_url: &str,
         topology: &Topology,
         tunables: &ServeTunables,
         channel: &Channel,
-    ) -> Result<Self, CliError> {
-        let exe = std::env::current_exe()?;
+    ) -> Result<Self, LabError> {
+        let exe = oprun.path();
         let mut children = Vec::with_capacity(count);
         for _ in 0..count {
-            let child = Command::new(&exe)
+            let child = Command::new(exe)
                 .arg("serve")
                 .args(["--metrics-addr", "off"])
                 .args(["--hand-off-jobs", "false"])
@@ -89,12 +90,12 @@ impl Instances {
         count: u32,
         topology: &Topology,
         channel: &Channel,
-    ) -> Result<(), CliError> {
+    ) -> Result<(), LabError> {
         let deadline = Instant::now() + START_DEADLINE;
         loop {
             for child in &mut self.children {
                 if let Some(status) = child.try_wait()? {
-                    return Err(CliError::Invalid(format!(
+                    return Err(LabError::Invalid(format!(
                         "an oprun serve instance exited at start: {status}"
                     )));
                 }
@@ -113,7 +114,7 @@ impl Instances {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                return Err(CliError::Invalid(format!(
+                return Err(LabError::Invalid(format!(
                     "{} of {count} oprun serve instances consuming after {}s",
                     queue.consumer_count(),
                     START_DEADLINE.as_secs()

@@ -1,0 +1,56 @@
+//! `oprun-lab`: the benchmark and the fault-injection run of operation-runs. They drive the
+//! product's `oprun` binary as child processes and use only the product's public library API;
+//! nothing here ships in the product or its image.
+
+mod bench;
+mod error;
+mod oprun;
+
+use clap::{Parser, Subcommand};
+use operation_runs::config::Config;
+use tracing_subscriber::EnvFilter;
+
+pub use error::LabError;
+pub use oprun::OprunBinary;
+
+/// `oprun-lab`: measure operation-runs and try to break it.
+#[derive(Debug, Parser)]
+#[command(name = "oprun-lab", version, about)]
+struct Lab {
+    #[command(flatten)]
+    config: Config,
+    /// The `oprun` binary under test (default: the one built beside `oprun-lab`).
+    #[arg(long, global = true)]
+    oprun: Option<std::path::PathBuf>,
+    #[command(subcommand)]
+    command: LabCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum LabCommand {
+    /// Measure the service against the broker's own limit (see README, Performance).
+    Bench(bench::BenchArgs),
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let filter = EnvFilter::try_from_env("OPRUN_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let lab = Lab::parse();
+    let result = match OprunBinary::locate(lab.oprun) {
+        Ok(oprun) => match lab.command {
+            LabCommand::Bench(args) => args.run(&lab.config, &oprun).await,
+        },
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
