@@ -123,11 +123,7 @@ async fn lock_in_order(
     identities.sort_unstable();
     identities.dedup();
     if !identities.is_empty() {
-        // unnest yields the array in order, so the locks are taken in ascending key order.
-        sqlx::query("SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k")
-            .bind(&identities)
-            .execute(&mut *conn)
-            .await?;
+        crate::store::locks::lock_keys_in_order(conn, &identities).await?;
     }
     if ctx.max_active_runs_per_tenant > 0 && !tenants.is_empty() {
         tenants.sort_unstable();

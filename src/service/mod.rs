@@ -303,7 +303,7 @@ impl Service {
 
     async fn probe_database(self, shutdown: CancellationToken) {
         loop {
-            let ok = sqlx::query("SELECT 1").execute(&self.pool).await.is_ok();
+            let ok = crate::store::locks::ping(&self.pool).await;
             self.health.database_ok.store(ok, Ordering::Relaxed);
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_secs(2)) => {}

@@ -232,10 +232,7 @@ fn job_properties(job: &jobs::StoredJob) -> BasicProperties {
 
 /// Takes the transaction-scoped relay lock `key`; `false` when another instance holds it.
 async fn lead(conn: &mut sqlx::PgConnection, key: i64) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
-        .bind(key)
-        .fetch_one(conn)
-        .await
+    crate::store::locks::try_lock_key(conn, key).await
 }
 
 impl OutboxRelay {

@@ -209,7 +209,7 @@ impl TxBuffer {
         if let Some(now) = self.now {
             return Ok(now);
         }
-        let now: DateTime<Utc> = sqlx::query_scalar("SELECT now()").fetch_one(conn).await?;
+        let now = crate::store::locks::transaction_now(conn).await?;
         self.now = Some(now);
         Ok(now)
     }

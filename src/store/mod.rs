@@ -8,6 +8,7 @@ pub mod events;
 pub mod inbox;
 pub mod jobs;
 pub mod legacy;
+pub mod locks;
 pub mod runs;
 pub mod scope;
 
