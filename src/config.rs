@@ -170,6 +170,45 @@ impl Default for ServeSettings {
     }
 }
 
+/// Passwords of the namespace's least-privilege users (`oprun topology users`). Environment only
+/// in practice (a flag would show in `ps`); the values are never printed by `--help` or `Debug`.
+#[derive(Clone, Default, clap::Args)]
+pub struct UserPasswords {
+    /// Password of `N.producer`.
+    #[arg(long, env = "OPRUN_PRODUCER_PASSWORD", hide_env_values = true)]
+    pub producer_password: Option<String>,
+    /// Password of `N.service`.
+    #[arg(long, env = "OPRUN_SERVICE_PASSWORD", hide_env_values = true)]
+    pub service_password: Option<String>,
+    /// Password of `N.subscriber`.
+    #[arg(long, env = "OPRUN_SUBSCRIBER_PASSWORD", hide_env_values = true)]
+    pub subscriber_password: Option<String>,
+}
+
+impl UserPasswords {
+    /// The password configured through `env` (one of the three variables), if set and not empty.
+    pub fn by_env(&self, env: &str) -> Option<&str> {
+        let value = match env {
+            "OPRUN_PRODUCER_PASSWORD" => &self.producer_password,
+            "OPRUN_SERVICE_PASSWORD" => &self.service_password,
+            "OPRUN_SUBSCRIBER_PASSWORD" => &self.subscriber_password,
+            _ => &None,
+        };
+        value.as_deref().filter(|p| !p.is_empty())
+    }
+}
+
+impl fmt::Debug for UserPasswords {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let shown = |p: &Option<String>| p.as_ref().map(|_| "***");
+        f.debug_struct("UserPasswords")
+            .field("producer_password", &shown(&self.producer_password))
+            .field("service_password", &shown(&self.service_password))
+            .field("subscriber_password", &shown(&self.subscriber_password))
+            .finish()
+    }
+}
+
 /// Replaces the password of a URL with `***` (for logs and Debug).
 pub fn redact_url(url: &str) -> String {
     match url::Url::parse(url) {

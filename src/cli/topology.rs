@@ -7,7 +7,7 @@ use super::CliError;
 use crate::broker::connection::connect;
 use crate::broker::permissions::{namespace_users, UserPermissions};
 use crate::broker::Topology;
-use crate::config::Config;
+use crate::config::{Config, UserPasswords};
 
 /// `oprun topology …`
 #[derive(Debug, clap::Subcommand)]
@@ -29,6 +29,8 @@ pub enum TopologyCommand {
         /// The rabbitmqctl executable.
         #[arg(long, default_value = "rabbitmqctl")]
         rabbitmqctl: String,
+        #[command(flatten)]
+        passwords: UserPasswords,
     },
     /// Delete every queue and exchange of the namespace, messages included.
     Delete {
@@ -60,6 +62,7 @@ impl TopologyCommand {
                 print,
                 delete,
                 rabbitmqctl,
+                passwords,
             } => {
                 for user in namespace_users(topology.namespace()) {
                     if print {
@@ -68,7 +71,7 @@ impl TopologyCommand {
                         let _ = run_ctl(&rabbitmqctl, &["delete_user", &user.user], None);
                         println!("user {} deleted", user.user);
                     } else {
-                        create_user(&rabbitmqctl, &user)?;
+                        create_user(&rabbitmqctl, &user, &passwords)?;
                         println!("user {} ready", user.user);
                     }
                 }
@@ -88,16 +91,17 @@ impl TopologyCommand {
 }
 
 /// Creates (or updates the password of) `user` and sets its permissions on vhost `/`.
-fn create_user(rabbitmqctl: &str, user: &UserPermissions) -> Result<(), CliError> {
-    let password = std::env::var(user.password_env)
-        .ok()
-        .filter(|p| !p.is_empty())
-        .ok_or_else(|| {
-            CliError::Invalid(format!(
-                "{} is not set: refusing to create {} without a password",
-                user.password_env, user.user
-            ))
-        })?;
+fn create_user(
+    rabbitmqctl: &str,
+    user: &UserPermissions,
+    passwords: &UserPasswords,
+) -> Result<(), CliError> {
+    let password = passwords.by_env(user.password_env).ok_or_else(|| {
+        CliError::Invalid(format!(
+            "{} is not set: refusing to create {} without a password",
+            user.password_env, user.user
+        ))
+    })?;
     // The password goes through stdin, never the command line (visible in `ps`).
     if run_ctl(rabbitmqctl, &["add_user", &user.user], Some(&password)).is_err() {
         run_ctl(
