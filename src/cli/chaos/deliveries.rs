@@ -9,7 +9,8 @@
 //! extra copy is excused only by a disruption:
 //!
 //! - whose window, from [`BEFORE`] before it began to [`AFTER`] after it ended, holds the
-//!   arrival of the copy before it;
+//!   arrival of the copy before it (a broker restart ends when the subscriber consumes again:
+//!   copies enqueued before the restart arrive only then, see [`until_resubscribed`]);
 //! - that has not excused another copy of the same event (one disruption, one extra copy);
 //! - that has not used up its budget: one relay round of events ([`RELAY_BATCH`]) for a kill or
 //!   a database restart, plus the subscriber's prefetch ([`SUBSCRIBER_PREFETCH`]) for a broker
@@ -65,6 +66,20 @@ impl Disruption {
         match self.kind {
             DisruptionKind::Kill | DisruptionKind::DatabaseRestart => RELAY_BATCH,
             DisruptionKind::BrokerRestart => RELAY_BATCH + SUBSCRIBER_PREFETCH,
+        }
+    }
+}
+
+/// Extends each broker restart to the first time the subscriber consumed again after it began
+/// (`consuming_since`: when each of its connections started consuming): its reconnection
+/// backoff may outlast the restart by several seconds.
+pub fn until_resubscribed(disruptions: &mut [Disruption], consuming_since: &[Instant]) {
+    for d in disruptions
+        .iter_mut()
+        .filter(|d| d.kind == DisruptionKind::BrokerRestart)
+    {
+        if let Some(back) = consuming_since.iter().filter(|t| **t >= d.start).min() {
+            d.end = d.end.max(*back);
         }
     }
 }
@@ -197,6 +212,22 @@ mod tests {
         let times: Vec<f64> = (0..30).map(|k| 15.0 + 15.0 * k as f64).collect();
         let seen = arrivals(base, &[("flooded", &times)]);
         assert_eq!(attribute(&seen, &[kill]).unexcused, 1);
+    }
+
+    #[test]
+    fn a_broker_restart_lasts_until_the_subscriber_consumes_again() {
+        let base = Instant::now();
+        let mut disruptions = [
+            disruption(base, DisruptionKind::BrokerRestart, 100.0, 105.0),
+            disruption(base, DisruptionKind::Kill, 50.0, 50.0),
+        ];
+        // Enqueued before the restart, first received when the subscriber came back at 125 s.
+        let seen = arrivals(base, &[("e", &[126.0, 127.0])]);
+        assert_eq!(attribute(&seen, &disruptions).unexcused, 1);
+        until_resubscribed(&mut disruptions, &[secs(base, 0.0), secs(base, 125.0)]);
+        assert_eq!(disruptions[0].end, secs(base, 125.0));
+        assert_eq!(disruptions[1].end, secs(base, 50.0), "only broker restarts");
+        assert_eq!(attribute(&seen, &disruptions).unexcused, 0);
     }
 
     #[test]

@@ -174,7 +174,7 @@ impl<'a> Run<'a> {
         let until = self.deadline.min(Instant::now() + HAND_OFF_WAIT);
         if !executors::wait_for_hand_offs(pool, until).await {
             self.problems.push(format!(
-                "jobs were still waiting to be handed off {HAND_OFF_WAIT:?} after the rejecting queue was gone"
+                "jobs were still waiting to be handed off {HAND_OFF_WAIT:?} after the dispatches (and the rejecting queue) were done"
             ));
         }
         let by_identity = read_with_retry("reading the runs", self.deadline, || {

@@ -279,8 +279,14 @@ async fn execute(
     let (findings, mut problems) = result?;
     let log = std::mem::take(&mut *fault_log.lock().expect("not poisoned"));
     let duplicates = {
+        let mut disruptions = log.disruptions.clone();
+        let since = subscriber_arrivals
+            .consuming_since
+            .lock()
+            .expect("not poisoned");
+        deliveries::until_resubscribed(&mut disruptions, &since);
         let arrivals = subscriber_arrivals.arrivals.lock().expect("not poisoned");
-        deliveries::attribute(&arrivals, &log.disruptions)
+        deliveries::attribute(&arrivals, &disruptions)
     };
     let largest_event = subscriber_arrivals
         .largest_body

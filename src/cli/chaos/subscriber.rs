@@ -36,6 +36,8 @@ pub struct Received {
     pub without_id: AtomicU64,
     /// Connections lost and re-established.
     pub reconnects: AtomicU64,
+    /// When each connection started consuming.
+    pub consuming_since: Mutex<Vec<Instant>>,
 }
 
 impl Received {
@@ -139,6 +141,11 @@ async fn consume(
         )
         .await?;
     *connected = true;
+    received
+        .consuming_since
+        .lock()
+        .expect("not poisoned")
+        .push(Instant::now());
     while let Some(delivery) = consumer.next().await {
         let delivery = delivery?;
         received.deliveries.fetch_add(1, Ordering::Relaxed);
