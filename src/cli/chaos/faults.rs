@@ -274,7 +274,8 @@ async fn strike(
                 eprintln!("chaos: {report}");
                 let mut log = log.lock().expect("not poisoned");
                 log.problems.extend(report.problems());
-                log.background -= 1;
+                // The log may have been taken already at the end of the run.
+                log.background = log.background.saturating_sub(1);
             });
             Ok(())
         }

@@ -100,7 +100,11 @@ pub async fn hold_idle(
     let started = Instant::now();
     let until = started + hold;
     let mut held = JoinSet::new();
-    for _ in 0..connections {
+    for k in 0..connections {
+        if Instant::now() >= until || stop.is_cancelled() {
+            report.refused += connections - k;
+            break;
+        }
         match tokio::time::timeout(ATTEMPT_TIMEOUT, TcpStream::connect(addr)).await {
             Ok(Ok(stream)) => {
                 report.opened += 1;
