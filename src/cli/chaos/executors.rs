@@ -157,3 +157,78 @@ pub fn closed_as_allowed(closed: &ClosedByService) -> bool {
         && closed.codes.len() == 1
         && HAND_OFF_FAILURE_CODES.contains(&closed.codes[0].as_str())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::publisher::{ConfirmPublisher, Confirmed};
+    use crate::broker::topology::declare_bound_queue;
+    use lapin::BasicProperties;
+
+    /// Against the real broker: while the rejecting queue is bound, the broker nacks a second
+    /// job of the rejected type (the first fills it) although the executor queue still takes
+    /// it; other types are confirmed; once it is deleted, jobs of the type are confirmed again.
+    #[tokio::test]
+    async fn the_rejecting_queue_makes_the_broker_nack_jobs_of_its_type_until_it_is_deleted() {
+        let url = std::env::var("AMQP_URL").expect("AMQP_URL (see .cargo/config.toml)");
+        let id = &uuid::Uuid::new_v4().simple().to_string()[..10];
+        let topology = Topology::new(&format!("chaos_test_{id}")).unwrap();
+        let (executor, rejecting) = (
+            format!("{}.chaos.executor", topology.namespace()),
+            format!("{}.chaos.rejecting", topology.namespace()),
+        );
+        let connection = connect(&url, "chaos executors test").await.unwrap();
+        let channel = connection.create_channel().await.unwrap();
+        topology.declare(&channel).await.unwrap();
+        declare_bound_queue(&channel, &executor, &topology.jobs_exchange(), &["#"])
+            .await
+            .unwrap();
+        bind_rejecting_queue(&url, &topology, &rejecting)
+            .await
+            .unwrap();
+
+        let publisher = ConfirmPublisher::open(&connection).await.unwrap();
+        let job = |run_type: &'static str| {
+            let (publisher, exchange) = (publisher.clone(), topology.jobs_exchange());
+            async move {
+                let properties = BasicProperties::default().with_delivery_mode(2);
+                publisher
+                    .publish(&exchange, run_type, b"{}", properties, true)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+        };
+        let rejected = REJECTED_TYPE.as_str();
+        assert_eq!(
+            job(rejected).await,
+            Ok(Confirmed::Delivered),
+            "fills the queue"
+        );
+        assert!(job(rejected).await.is_err(), "refused: nacked");
+        assert_eq!(job("policy.sync").await, Ok(Confirmed::Delivered));
+        delete_rejecting_queue(&url, &rejecting, Instant::now() + Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert_eq!(job(rejected).await, Ok(Confirmed::Delivered));
+        let depth = channel
+            .queue_declare(
+                executor.as_str().into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap()
+            .message_count();
+        assert_eq!(depth, 4, "the nacked job reached the executor queue too");
+
+        channel
+            .queue_delete(executor.as_str().into(), QueueDeleteOptions::default())
+            .await
+            .unwrap();
+        topology.delete(&channel).await.unwrap();
+        let _ = connection.close(200, "done".into()).await;
+    }
+}

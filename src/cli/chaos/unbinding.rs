@@ -68,3 +68,50 @@ pub async fn unbind_dead_letters(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::publisher::{ConfirmPublisher, Confirmed};
+    use lapin::BasicProperties;
+
+    /// Against the real broker: a mandatory dead letter comes back while the queue is unbound,
+    /// and is routed once it is bound again.
+    #[tokio::test]
+    async fn the_dead_letter_queue_is_unroutable_for_the_stretch_and_bound_again_after() {
+        let url = std::env::var("AMQP_URL").expect("AMQP_URL (see .cargo/config.toml)");
+        let id = &uuid::Uuid::new_v4().simple().to_string()[..10];
+        let topology = Topology::new(&format!("chaos_test_{id}")).unwrap();
+        let connection = connect(&url, "chaos unbinding test").await.unwrap();
+        let channel = connection.create_channel().await.unwrap();
+        topology.declare(&channel).await.unwrap();
+        let publisher = ConfirmPublisher::open(&connection).await.unwrap();
+        let dead_letter = || {
+            let (publisher, exchange) = (publisher.clone(), topology.dead_letter_exchange());
+            async move {
+                publisher
+                    .publish(&exchange, "", b"{}", BasicProperties::default(), true)
+                    .await
+                    .unwrap()
+            }
+        };
+        assert_eq!(dead_letter().await, Confirmed::Delivered);
+        let stretch = tokio::spawn({
+            let (url, topology) = (url.clone(), topology.clone());
+            async move { unbind_dead_letters(&url, &topology, Duration::from_secs(2)).await }
+        });
+        let unbound_until = Instant::now() + Duration::from_secs(10);
+        while dead_letter().await != Confirmed::Returned {
+            assert!(
+                Instant::now() < unbound_until,
+                "the queue was never unbound"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        stretch.await.unwrap().unwrap();
+        assert_eq!(dead_letter().await, Confirmed::Delivered);
+
+        topology.delete(&channel).await.unwrap();
+        let _ = connection.close(200, "done".into()).await;
+    }
+}
