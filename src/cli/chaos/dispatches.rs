@@ -1,7 +1,8 @@
 //! Phase 1 wording: the identities and their dispatches. Duplicates keep the identity values
 //! and change everything else they may: key order (at every depth, see
 //! [`super::shuffled_json`]), non-identity context, `scheduled_for` in another time zone,
-//! `tenant_id: null` or absent, optional fields.
+//! `tenant_id: null` or absent, optional fields. Identities of [`REJECTED_TYPE`] are
+//! dispatched once each (see there why).
 
 use chrono::{DateTime, Duration, FixedOffset, SecondsFormat, Utc};
 use rand::rngs::StdRng;
@@ -10,7 +11,9 @@ use rand::Rng;
 use serde_json::{json, Map, Value};
 
 use super::shuffled_json::to_shuffled_string;
-use super::workload::{tenant_workspace, Identity, FIRST_TENANT, TENANTS, USERS, WORKSPACES};
+use super::workload::{
+    tenant_workspace, Identity, FIRST_TENANT, REJECTED_TYPE, TENANTS, USERS, WORKSPACES,
+};
 use crate::domain::{OperationRunType, RunIdentityHash};
 
 /// The contexts of an identity's dispatches: the first, then its duplicates (about 30% of all
@@ -19,17 +22,21 @@ pub(super) fn dispatch_contexts(
     i: usize,
     rng: &mut StdRng,
 ) -> (OperationRunType, Vec<Map<String, Value>>) {
-    let duplicates = match rng.random_range(0..100) {
+    let mut duplicates = match rng.random_range(0..100) {
         0..70 => 0,
         70..88 => 1,
         88..96 => 2,
         _ => 3,
     };
     let kind = match rng.random_range(0..100) {
-        0..55 => OperationRunType::InventorySync,
-        55..85 => OperationRunType::PolicySync,
-        _ => OperationRunType::BackupScheduleScheduled,
+        0..50 => OperationRunType::InventorySync,
+        50..78 => OperationRunType::PolicySync,
+        78..92 => OperationRunType::BackupScheduleScheduled,
+        _ => REJECTED_TYPE,
     };
+    if kind == REJECTED_TYPE {
+        duplicates = 0;
+    }
     let type_count = rng.random_range(1..=4);
     let types: Vec<&str> = ["policy", "app", "device", "group"]
         .choose_multiple(rng, type_count)
@@ -63,6 +70,10 @@ pub(super) fn dispatch_contexts(
                 OperationRunType::PolicySync => json!({
                     "policy_id": policy_id,
                     "reason": *["drift", "manual", "assignment_changed"].choose(rng).expect("not empty"),
+                }),
+                t if t == REJECTED_TYPE => json!({
+                    "selection_key": format!("groups-{i:05}"),
+                    "page_size": rng.random_range(50..500),
                 }),
                 _ => json!({
                     "backup_schedule_id": i,

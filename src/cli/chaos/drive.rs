@@ -1,16 +1,20 @@
-//! Driving the workload: phase 1 publishes the dispatches and waits for them, then resolves
-//! each identity's run from the database (replies die with a killed service; the identity
-//! hash does not); phase 2 publishes the runs' progress. Publishing is paced by the service's
-//! progress. Then quiescence, and the checks.
+//! Driving the workload: phase 1 publishes the dispatches (with the `reject-jobs` injection, an
+//! executor queue refuses one type's jobs meanwhile, see [`super::executors`]) and waits for
+//! them and for every job to be handed off, then resolves each identity's run from the database
+//! (replies die with a killed service; the identity hash does not) and notes the runs the
+//! service already completed itself; phase 2 publishes the progress of the others. Publishing is
+//! paced by the service's progress. Then quiescence, and the checks.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::time::Duration;
 
 use rand::rngs::StdRng;
 use tokio::time::Instant;
 
-use super::check::{self, Findings};
+use super::check::{self, AfterDispatch, Findings};
+use super::executors::{self, ClosedByService};
+use super::injections::{Injection, Injections};
 use super::progress::Progress;
 use super::publisher::ReliablePublisher;
 use super::quiescence::{self, BrokerProbe, Expected};
@@ -24,11 +28,25 @@ use crate::config::Config;
 const DISPATCH_WAIT: Duration = Duration::from_secs(240);
 /// Reads after the deadline still get this long (the database may be coming back).
 const READ_GRACE: Duration = Duration::from_secs(60);
+/// Every job gets at most this long, after the rejecting queue is gone, to be handed off (the
+/// service retries refused ones with backoff).
+const HAND_OFF_WAIT: Duration = Duration::from_secs(120);
 /// Fresh commands published but not yet processed, at most: enough to keep the service busy,
 /// few enough that faults strike while commands are still being published.
 const AHEAD: u64 = 2000;
 /// Messages published between two looks at the service's progress.
 const CHUNK: usize = 250;
+
+/// What the flags set beyond the workload.
+#[derive(Debug, Clone, Copy)]
+pub struct Setting<'a> {
+    /// The injections of issue 9 that are on.
+    pub injections: &'a Injections,
+    /// How long the rejecting executor queue stays (with `reject-jobs`).
+    pub reject_for: Duration,
+    /// Everything, checks included, must be done by then.
+    pub deadline: Instant,
+}
 
 /// Each identity's run, as found after the dispatches.
 #[derive(Debug, Default)]
@@ -37,6 +55,18 @@ struct Resolved {
     run_ids: Vec<Option<i64>>,
     /// Identities with more than one run.
     duplicates: HashSet<usize>,
+    /// Identities whose run the service completed itself before phase 2.
+    closed: HashMap<usize, ClosedByService>,
+}
+
+impl Resolved {
+    fn after_dispatch(&self) -> AfterDispatch<'_> {
+        AfterDispatch {
+            run_ids: &self.run_ids,
+            duplicates: &self.duplicates,
+            closed: &self.closed,
+        }
+    }
 }
 
 /// The state of one run while it drives the workload.
@@ -47,6 +77,9 @@ pub struct Run<'a> {
     progress: &'a Progress,
     received: &'a Received,
     deadline: Instant,
+    injections: &'a Injections,
+    /// How long the rejecting executor queue stays.
+    reject_for: Duration,
     /// Fresh (first-time) command ids published so far, both phases.
     sent_fresh: u64,
     /// What went wrong without stopping the run.
@@ -54,14 +87,14 @@ pub struct Run<'a> {
 }
 
 impl<'a> Run<'a> {
-    /// A run of `workload` in `sandbox`, to be done by `deadline`.
+    /// A run of `workload` in `sandbox`, as `setting` says.
     pub fn new(
         config: &'a Config,
         sandbox: &'a Sandbox,
         workload: &'a Workload,
         progress: &'a Progress,
         received: &'a Received,
-        deadline: Instant,
+        setting: Setting<'a>,
     ) -> Self {
         Self {
             config,
@@ -69,7 +102,9 @@ impl<'a> Run<'a> {
             workload,
             progress,
             received,
-            deadline,
+            deadline: setting.deadline,
+            injections: setting.injections,
+            reject_for: setting.reject_for,
             sent_fresh: 0,
             problems: Vec::new(),
         }
@@ -109,6 +144,19 @@ impl<'a> Run<'a> {
     ) -> Result<Resolved, CliError> {
         let messages = self.workload.dispatch_messages(rng);
         eprintln!("chaos: phase 1: {} dispatch messages", messages.len());
+        let rejecting = self.injections.has(Injection::RejectJobs);
+        let amqp_url = &self.config.amqp_url;
+        let rejecting_queue = &self.sandbox.rejecting_queue;
+        let reject_until = Instant::now() + self.reject_for;
+        if rejecting {
+            executors::bind_rejecting_queue(amqp_url, &self.sandbox.topology, rejecting_queue)
+                .await?;
+            eprintln!(
+                "chaos: {rejecting_queue} refuses {} jobs for {} s",
+                super::workload::REJECTED_TYPE,
+                self.reject_for.as_secs()
+            );
+        }
         self.publish(publisher, &messages).await?;
         let wanted = self.workload.dispatches.len() as i64;
         let until = self.deadline.min(Instant::now() + DISPATCH_WAIT);
@@ -117,7 +165,18 @@ impl<'a> Run<'a> {
                 "not every dispatch was processed within {DISPATCH_WAIT:?}"
             ));
         }
+        if rejecting {
+            tokio::time::sleep_until(reject_until.min(self.deadline)).await;
+            executors::delete_rejecting_queue(amqp_url, rejecting_queue, self.deadline).await?;
+            eprintln!("chaos: {rejecting_queue} deleted");
+        }
         let pool = &self.sandbox.pool;
+        let until = self.deadline.min(Instant::now() + HAND_OFF_WAIT);
+        if !executors::wait_for_hand_offs(pool, until).await {
+            self.problems.push(format!(
+                "jobs were still waiting to be handed off {HAND_OFF_WAIT:?} after the dispatches (and the rejecting queue) were done"
+            ));
+        }
         let by_identity = read_with_retry("reading the runs", self.deadline, || {
             check::runs_by_identity(pool)
         })
@@ -135,6 +194,32 @@ impl<'a> Run<'a> {
             }
             resolved.run_ids.push(runs.first().copied());
         }
+        let completed = read_with_retry("reading the completed runs", self.deadline, || {
+            executors::completed_runs(pool)
+        })
+        .await?;
+        for (i, run_id) in resolved.run_ids.iter().enumerate() {
+            if let Some(closed) = run_id.and_then(|id| completed.get(&id)) {
+                resolved.closed.insert(i, closed.clone());
+            }
+        }
+        if !resolved.closed.is_empty() || rejecting {
+            let mut codes: HashMap<String, usize> = HashMap::new();
+            for closed in resolved.closed.values() {
+                *codes.entry(closed.codes.join("+")).or_default() += 1;
+            }
+            let of_type = self
+                .workload
+                .identities
+                .iter()
+                .filter(|i| i.run_type == super::workload::REJECTED_TYPE)
+                .count();
+            eprintln!(
+                "chaos: {} runs completed by the service before any progress ({codes:?}); {of_type} runs of {} in all; they get no progress",
+                resolved.closed.len(),
+                super::workload::REJECTED_TYPE
+            );
+        }
         eprintln!(
             "chaos: phase 1 done: {} runs for {} identities ({} with more than one run)",
             by_identity.values().map(Vec::len).sum::<usize>(),
@@ -151,7 +236,13 @@ impl<'a> Run<'a> {
         resolved: &Resolved,
         rng: &mut StdRng,
     ) -> Result<(), CliError> {
-        let messages = self.workload.progress_messages(&resolved.run_ids, rng);
+        let open: Vec<Option<i64>> = resolved
+            .run_ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| id.filter(|_| !resolved.closed.contains_key(&i)))
+            .collect();
+        let messages = self.workload.progress_messages(&open, rng);
         eprintln!("chaos: phase 2: {} progress messages", messages.len());
         self.publish(publisher, &messages).await
     }
@@ -163,13 +254,14 @@ impl<'a> Run<'a> {
         faults_left: impl Fn() -> usize,
     ) -> Result<Findings, CliError> {
         let pool = &self.sandbox.pool;
+        let after = resolved.after_dispatch();
         let published_steps: usize = self
             .workload
             .runs
             .iter()
-            .zip(&resolved.run_ids)
-            .filter(|(_, id)| id.is_some())
-            .map(|(r, _)| r.steps.len())
+            .enumerate()
+            .filter(|(i, _)| after.progress_sent(*i))
+            .map(|(_, r)| r.steps.len())
             .sum();
         let expected = Expected {
             inbox: (self.workload.dispatches.len() + published_steps) as u64,
@@ -210,14 +302,7 @@ impl<'a> Run<'a> {
         };
         probe.close().await;
         read_with_retry("checking", read_until, || {
-            check::evaluate(
-                pool,
-                self.workload,
-                &resolved.run_ids,
-                &resolved.duplicates,
-                &dead_letters,
-                self.received,
-            )
+            check::evaluate(pool, self.workload, after, &dead_letters, self.received)
         })
         .await
     }

@@ -7,6 +7,12 @@
 //! a short pause; RabbitMQ (`stop_app`/`start_app`) and PostgreSQL are each restarted once,
 //! down for one to four seconds. Faults are spread over 4%..85% of the workload, so each
 //! lands on a service with work in hand.
+//!
+//! Issue 9 adds, each when its injection is on: the dead-letter queue unbound for five to ten
+//! seconds (at 25%..50%), and [`idle::CONNECTIONS`] idle connections to the primary's
+//! `/metrics` address (at 20%..45%, held in the background for up to [`idle::HOLD`]).
+//! Every SIGKILL and restart is logged as a [`Disruption`], to which duplicate deliveries
+//! may be attributed (see [`super::deliveries`]).
 
 use std::fmt;
 use std::sync::{Arc, Mutex};
@@ -14,11 +20,17 @@ use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::Rng;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::deliveries::{Disruption, DisruptionKind};
 use super::fleet::{Fleet, Role};
+use super::idle;
 use super::infra::Infra;
+use super::injections::{Injection, Injections};
 use super::progress::Progress;
+use super::unbinding::unbind_dead_letters;
+use crate::broker::Topology;
 
 /// How often the fleet is checked for instances that died on their own.
 const WATCH: Duration = Duration::from_millis(250);
@@ -36,12 +48,26 @@ pub enum Fault {
     RestartBroker,
     /// Stop PostgreSQL, the pause, start it.
     RestartDatabase,
+    /// Unbind `N.commands.dlq` from `N.dlx`, the pause, bind it again.
+    UnbindDeadLetters,
+    /// Open idle connections to the primary's `/metrics` address and hold them (background).
+    IdleConnections,
 }
 
 impl Fault {
     /// True for the faults that SIGKILL an instance.
     pub fn is_kill(self) -> bool {
         matches!(self, Fault::KillPrimary | Fault::KillSecond)
+    }
+
+    /// The disruption it is, if duplicate deliveries may be attributed to it.
+    fn disruption(self) -> Option<DisruptionKind> {
+        match self {
+            Fault::KillPrimary | Fault::KillSecond => Some(DisruptionKind::Kill),
+            Fault::RestartBroker => Some(DisruptionKind::BrokerRestart),
+            Fault::RestartDatabase => Some(DisruptionKind::DatabaseRestart),
+            _ => None,
+        }
     }
 }
 
@@ -65,12 +91,22 @@ impl fmt::Display for PlannedFault {
             Fault::KillSecond => write!(f, "SIGKILL the second instance"),
             Fault::RestartBroker => write!(f, "restart RabbitMQ (down {ms} ms)"),
             Fault::RestartDatabase => write!(f, "restart PostgreSQL (down {ms} ms)"),
+            Fault::UnbindDeadLetters => {
+                write!(f, "unbind the dead-letter queue for {ms} ms")
+            }
+            Fault::IdleConnections => write!(
+                f,
+                "hold {} idle connections to the primary's /metrics for up to {} s",
+                idle::CONNECTIONS,
+                idle::HOLD.as_secs()
+            ),
         }
     }
 }
 
-/// The fault plan drawn from `rng`, in the order the faults strike.
-pub fn plan(rng: &mut StdRng) -> Vec<PlannedFault> {
+/// The fault plan drawn from `rng` (with the faults `injections` ask for), in the order the
+/// faults strike.
+pub fn plan(rng: &mut StdRng, injections: &Injections) -> Vec<PlannedFault> {
     let mut pause =
         |min_ms: u64, max_ms: u64| Duration::from_millis(rng.random_range(min_ms..=max_ms));
     let pauses = [
@@ -88,14 +124,22 @@ pub fn plan(rng: &mut StdRng) -> Vec<PlannedFault> {
         (0.62..0.85, Fault::KillPrimary, pauses[2]),
         (0.20..0.80, Fault::RestartBroker, pauses[3]),
         (0.20..0.80, Fault::RestartDatabase, pauses[4]),
-    ]
-    .into_iter()
-    .map(|(range, fault, pause)| PlannedFault {
-        at: rng.random_range(range),
-        fault,
-        pause,
-    })
-    .collect::<Vec<_>>();
+    ];
+    if injections.has(Injection::DlqUnbind) {
+        let pause = Duration::from_millis(rng.random_range(5000..=10_000));
+        faults.push((0.25..0.50, Fault::UnbindDeadLetters, pause));
+    }
+    if injections.has(Injection::IdleConnections) {
+        faults.push((0.20..0.45, Fault::IdleConnections, Duration::ZERO));
+    }
+    let mut faults = faults
+        .into_iter()
+        .map(|(range, fault, pause)| PlannedFault {
+            at: rng.random_range(range),
+            fault,
+            pause,
+        })
+        .collect::<Vec<_>>();
     faults.sort_by(|a, b| a.at.total_cmp(&b.at));
     faults
 }
@@ -109,8 +153,22 @@ pub struct FaultLog {
     pub broker_restarts: u32,
     /// PostgreSQL restarts that completed.
     pub db_restarts: u32,
-    /// Faults that could not be injected, instances that died on their own.
+    /// Faults that could not be injected, instances that died on their own, what the idle
+    /// connections showed.
     pub problems: Vec<String>,
+    /// Every SIGKILL and restart, with its times.
+    pub disruptions: Vec<Disruption>,
+    /// Background injections (the idle connections) still running.
+    pub background: usize,
+}
+
+/// Where the broker-side injections strike.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The broker.
+    pub amqp_url: String,
+    /// The run's namespace.
+    pub topology: Topology,
 }
 
 /// Injects `plan` as `progress` reaches each fault, and keeps the primary running (restarting
@@ -119,6 +177,7 @@ pub async fn inject(
     plan: Vec<PlannedFault>,
     fleet: Arc<tokio::sync::Mutex<Fleet>>,
     infra: Arc<Infra>,
+    target: Target,
     progress: Progress,
     log: Arc<Mutex<FaultLog>>,
     stop: CancellationToken,
@@ -137,9 +196,17 @@ pub async fn inject(
             n + 1,
             progress.fraction() * 100.0
         );
-        let result = strike(planned, &fleet, &infra).await;
+        let began = Instant::now();
+        let result = strike(planned, &fleet, &infra, &target, &log, &stop).await;
         let mut entry = log.lock().expect("not poisoned");
         entry.injected += 1;
+        if let (Ok(()), Some(kind)) = (&result, planned.fault.disruption()) {
+            entry.disruptions.push(Disruption {
+                kind,
+                start: began,
+                end: Instant::now(),
+            });
+        }
         match (result, planned.fault) {
             (Ok(()), Fault::RestartBroker) => entry.broker_restarts += 1,
             (Ok(()), Fault::RestartDatabase) => entry.db_restarts += 1,
@@ -165,6 +232,9 @@ async fn strike(
     planned: PlannedFault,
     fleet: &tokio::sync::Mutex<Fleet>,
     infra: &Infra,
+    target: &Target,
+    log: &Arc<Mutex<FaultLog>>,
+    stop: &CancellationToken,
 ) -> Result<(), String> {
     match planned.fault {
         Fault::KillPrimary => {
@@ -192,6 +262,23 @@ async fn strike(
         },
         Fault::RestartBroker => infra.restart_broker(planned.pause).await,
         Fault::RestartDatabase => infra.restart_database(planned.pause).await,
+        Fault::UnbindDeadLetters => {
+            unbind_dead_letters(&target.amqp_url, &target.topology, planned.pause).await
+        }
+        Fault::IdleConnections => {
+            let addr = fleet.lock().await.metrics_addr(Role::Primary);
+            log.lock().expect("not poisoned").background += 1;
+            let (log, stop) = (log.clone(), stop.clone());
+            tokio::spawn(async move {
+                let report = idle::hold_idle(addr, idle::CONNECTIONS, idle::HOLD, stop).await;
+                eprintln!("chaos: {report}");
+                let mut log = log.lock().expect("not poisoned");
+                log.problems.extend(report.problems());
+                // The log may have been taken already at the end of the run.
+                log.background = log.background.saturating_sub(1);
+            });
+            Ok(())
+        }
     }
 }
 
@@ -219,7 +306,7 @@ mod tests {
     #[test]
     fn the_plan_has_three_primary_kills_a_second_instance_and_both_restarts_in_order() {
         for seed in 0..50 {
-            let plan = plan(&mut StdRng::seed_from_u64(seed));
+            let plan = plan(&mut StdRng::seed_from_u64(seed), &Injections::all());
             let count = |f: Fault| plan.iter().filter(|p| p.fault == f).count();
             assert_eq!(count(Fault::KillPrimary), 3);
             assert_eq!(count(Fault::RestartBroker), 1);
@@ -228,6 +315,10 @@ mod tests {
             assert!(at(Fault::StartSecond) < at(Fault::KillSecond));
             assert!(plan.windows(2).all(|w| w[0].at <= w[1].at));
             assert!(plan.iter().all(|p| (0.04..0.85).contains(&p.at)));
+            assert_eq!(count(Fault::UnbindDeadLetters), 1);
+            assert_eq!(count(Fault::IdleConnections), 1);
+            let none = super::plan(&mut StdRng::seed_from_u64(seed), &Injections::none());
+            assert_eq!(none.len(), plan.len() - 2);
         }
     }
 }

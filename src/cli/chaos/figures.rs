@@ -1,5 +1,5 @@
 //! The closing line: `chaos: commands=N kills=K broker_restarts=B db_restarts=D lost=0
-//! double_applied=0 duplicate_runs=0 missing_events=0 seconds=S`.
+//! double_applied=0 duplicate_runs=0 missing_events=0 duplicate_deliveries=0 seconds=S`.
 
 use std::fmt;
 
@@ -22,17 +22,22 @@ pub struct Figures {
     pub duplicate_runs: u64,
     /// See [`super::check::Findings`].
     pub missing_events: u64,
+    /// Event ids received more than once without a SIGKILL or restart to explain it (see
+    /// [`super::deliveries`]).
+    pub duplicate_deliveries: u64,
     /// Wall time of the run.
     pub seconds: u64,
 }
 
 impl Figures {
-    /// True when nothing was lost, applied twice, duplicated or missed.
+    /// True when nothing was lost, applied twice, duplicated, missed or delivered twice
+    /// without cause.
     pub fn all_zero(&self) -> bool {
         self.lost == 0
             && self.double_applied == 0
             && self.duplicate_runs == 0
             && self.missing_events == 0
+            && self.duplicate_deliveries == 0
     }
 }
 
@@ -40,7 +45,7 @@ impl fmt::Display for Figures {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "chaos: commands={} kills={} broker_restarts={} db_restarts={} lost={} double_applied={} duplicate_runs={} missing_events={} seconds={}",
+            "chaos: commands={} kills={} broker_restarts={} db_restarts={} lost={} double_applied={} duplicate_runs={} missing_events={} duplicate_deliveries={} seconds={}",
             self.commands,
             self.kills,
             self.broker_restarts,
@@ -49,6 +54,7 @@ impl fmt::Display for Figures {
             self.double_applied,
             self.duplicate_runs,
             self.missing_events,
+            self.duplicate_deliveries,
             self.seconds
         )
     }
@@ -69,13 +75,23 @@ mod tests {
             double_applied: 0,
             duplicate_runs: 0,
             missing_events: 0,
+            duplicate_deliveries: 0,
             seconds: 118,
         };
         assert_eq!(
             figures.to_string(),
-            "chaos: commands=20007 kills=4 broker_restarts=1 db_restarts=1 lost=0 double_applied=0 duplicate_runs=0 missing_events=0 seconds=118"
+            "chaos: commands=20007 kills=4 broker_restarts=1 db_restarts=1 lost=0 double_applied=0 duplicate_runs=0 missing_events=0 duplicate_deliveries=0 seconds=118"
         );
         assert!(figures.all_zero());
-        assert!(!Figures { lost: 1, ..figures }.all_zero());
+        assert!(!Figures {
+            lost: 1,
+            ..figures.clone()
+        }
+        .all_zero());
+        assert!(!Figures {
+            duplicate_deliveries: 1,
+            ..figures
+        }
+        .all_zero());
     }
 }

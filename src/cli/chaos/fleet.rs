@@ -1,23 +1,20 @@
 //! The service under test: `oprun serve` child processes (this very binary), each with its own
 //! log file. A primary instance runs throughout (killed and restarted); a second one joins for
 //! a stretch. An instance that exits without being killed is a finding, not a fault.
+//!
+//! Jobs are handed off (an executor queue takes them all, see [`super::sandbox`]), and each role
+//! serves `/metrics` on a port of its own, the same across restarts.
 
 use std::fs::File;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use tokio::process::{Child, Command};
 
-/// `serve` with what a chaos run does not need turned off.
-const SERVE_ARGS: [&str; 7] = [
-    "serve",
-    "--metrics-addr",
-    "off",
-    "--hand-off-jobs",
-    "false",
-    "--reaper-interval-secs",
-    "0",
-];
+/// `serve` without the reaper (a run waiting for its progress is not stale here); the
+/// `--metrics-addr` of each role is added.
+const SERVE_ARGS: [&str; 3] = ["serve", "--reaper-interval-secs", "0"];
 
 /// Which instance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,6 +37,7 @@ pub struct Fleet {
     log_dir: PathBuf,
     primary: Option<Instance>,
     second: Option<Instance>,
+    metrics: [SocketAddr; 2],
     started: u32,
     /// SIGKILLs sent.
     pub kills: u32,
@@ -49,15 +47,21 @@ pub struct Fleet {
 
 impl Fleet {
     /// A fleet of `exe serve` against `database_url`, `amqp_url` and `namespace`, logging to
-    /// files in `log_dir`.
+    /// files in `log_dir`; each role's `/metrics` port is one the system has free now.
     pub fn new(
         exe: PathBuf,
         database_url: &str,
         amqp_url: &str,
         namespace: &str,
         log_dir: &Path,
-    ) -> Self {
-        Self {
+    ) -> std::io::Result<Self> {
+        // Both held at once, so the two ports differ.
+        let listeners = [
+            TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?,
+            TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?,
+        ];
+        let metrics = [listeners[0].local_addr()?, listeners[1].local_addr()?];
+        Ok(Self {
             exe,
             env: vec![
                 ("DATABASE_URL", database_url.to_owned()),
@@ -68,9 +72,18 @@ impl Fleet {
             log_dir: log_dir.to_owned(),
             primary: None,
             second: None,
+            metrics,
             started: 0,
             kills: 0,
             unexpected_exits: Vec::new(),
+        })
+    }
+
+    /// The `/metrics` address of `role`'s instances.
+    pub fn metrics_addr(&self, role: Role) -> SocketAddr {
+        match role {
+            Role::Primary => self.metrics[0],
+            Role::Second => self.metrics[1],
         }
     }
 
@@ -91,6 +104,8 @@ impl Fleet {
         let log = File::create(self.log_dir.join(format!("{name}.log")))?;
         let child = Command::new(&self.exe)
             .args(SERVE_ARGS)
+            .arg("--metrics-addr")
+            .arg(self.metrics_addr(role).to_string())
             .envs(self.env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)

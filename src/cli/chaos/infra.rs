@@ -92,6 +92,17 @@ impl Infra {
         Some(self.restart_broker(Duration::ZERO).await.map(|()| true))
     }
 
+    /// The broker's `max_message_size` in bytes, `None` when it cannot be asked.
+    pub async fn max_message_size(&self) -> Option<u64> {
+        let answer = tool_output(
+            "rabbitmqctl",
+            &["eval", "application:get_env(rabbit, max_message_size)."],
+        )
+        .await
+        .ok()?;
+        parse_env_integer(&answer)
+    }
+
     async fn start_broker(&self) -> Result<(), String> {
         run_tool("rabbitmqctl", &["start_app"]).await?;
         run_tool("rabbitmqctl", &["await_startup", "--timeout", "60"]).await?;
@@ -136,6 +147,17 @@ impl Drop for Infra {
     }
 }
 
+/// The integer of an Erlang `{ok,N}` answer.
+fn parse_env_integer(answer: &str) -> Option<u64> {
+    answer
+        .trim()
+        .strip_prefix("{ok,")?
+        .strip_suffix('}')?
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// Runs an administration tool; its output only matters when it fails.
 async fn run_tool(program: &str, args: &[&str]) -> Result<(), String> {
     tool_output(program, args).await.map(drop)
@@ -161,5 +183,16 @@ async fn tool_output(program: &str, args: &[&str]) -> Result<String, String> {
             String::from_utf8_lossy(&out.stdout).trim(),
             String::from_utf8_lossy(&out.stderr).trim()
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_brokers_answer_for_max_message_size_is_read() {
+        assert_eq!(parse_env_integer("{ok,134217728}\n"), Some(134_217_728));
+        assert_eq!(parse_env_integer("undefined\n"), None);
     }
 }

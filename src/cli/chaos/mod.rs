@@ -1,7 +1,8 @@
-//! `oprun chaos`: the fault-injection run (issue 5). Against the local broker and database, in a
-//! namespace and database of its own, it publishes a seeded workload while killing the service,
-//! restarting the broker and the database and running a second instance, then checks that
-//! nothing was lost, applied twice, duplicated or left unpublished.
+//! `oprun chaos`: the fault-injection run (issues 5 and 9). Against the local broker and
+//! database, in a namespace and database of its own, it publishes a seeded workload while
+//! killing the service, restarting the broker and the database, running a second instance and
+//! injecting hostile input and operator mistakes, then checks that nothing was lost, applied
+//! twice, duplicated, left unpublished or delivered twice without cause.
 //!
 //! Reading order:
 //!
@@ -18,16 +19,24 @@
 //!   broker restart (at-least-once in both directions).
 //! - [`progress`]: how far the service has got, which paces publishing and the faults.
 //! - [`quiescence`]: waiting until everything has settled, with a deadline.
-//! - [`check`]: the checks behind the closing figures.
+//! - [`check`]: the checks behind the closing figures; [`deliveries`]: which duplicate
+//!   deliveries a disruption explains.
+//! - Issue 9's injections, each switchable ([`injections`]): [`executors`] (a queue refusing
+//!   one type's jobs), [`unbinding`] (the DLQ unbound), [`idle`] (idle HTTP connections); the
+//!   bursts of bad messages and the failure flood are part of the workload.
 
 pub mod bad_messages;
 pub mod check;
+pub mod deliveries;
 pub mod dispatches;
 pub mod drive;
+pub mod executors;
 pub mod faults;
 pub mod figures;
 pub mod fleet;
+pub mod idle;
 pub mod infra;
+pub mod injections;
 pub mod progress;
 pub mod publisher;
 pub mod quiescence;
@@ -36,6 +45,7 @@ pub mod scenario;
 pub mod shuffled_json;
 pub mod steps;
 pub mod subscriber;
+pub mod unbinding;
 pub mod workload;
 
 pub use scenario::ChaosArgs;

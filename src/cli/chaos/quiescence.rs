@@ -207,10 +207,10 @@ async fn open_conditions(
         .await
     {
         Ok(stored) => {
-            let seen = received.ids.lock().expect("not poisoned");
+            let seen = received.arrivals.lock().expect("not poisoned");
             let unseen = stored
                 .iter()
-                .filter(|id| !seen.contains(&id.to_string()))
+                .filter(|id| !seen.contains_key(&id.to_string()))
                 .count();
             if unseen > 0 {
                 open.push(format!(

@@ -1,6 +1,7 @@
 //! The run's own world: a fresh database `oprun_chaos_<id>` (migrated, scopes seeded), a fresh
-//! namespace `chaos_<id>` (the service's topology plus the subscriber's queue), and a directory
-//! for the service logs. Removed at the end of a clean run; kept, and shown, otherwise.
+//! namespace `chaos_<id>` (the service's topology plus the subscriber's queue and an executor
+//! queue taking every job), and a directory for the service logs. Removed at the end of a clean
+//! run; kept, and shown, otherwise.
 
 use crate::broker::topology::declare_bound_queue;
 use std::path::PathBuf;
@@ -25,6 +26,11 @@ pub struct Sandbox {
     pub topology: Topology,
     /// `N.chaos.subscriber`: the subscriber's queue, bound to `N.events`.
     pub subscriber_queue: String,
+    /// `N.chaos.executor`: bound to `N.jobs` with `#` for the whole run, so every job is
+    /// routable (nobody consumes it; it is deleted with the namespace).
+    pub executor_queue: String,
+    /// `N.chaos.rejecting`: the executor queue that refuses publishes for a while.
+    pub rejecting_queue: String,
     /// Where the service instances log.
     pub log_dir: PathBuf,
     database_name: String,
@@ -51,6 +57,8 @@ impl Sandbox {
             pool: store::connect_lazy(&database_url, 4)?,
             database_url,
             subscriber_queue: format!("{}.chaos.subscriber", topology.namespace()),
+            executor_queue: format!("{}.chaos.executor", topology.namespace()),
+            rejecting_queue: format!("{}.chaos.rejecting", topology.namespace()),
             topology,
             log_dir: std::env::temp_dir().join(format!("oprun-chaos-{id}")),
             database_name,
@@ -83,6 +91,13 @@ impl Sandbox {
             &[""],
         )
         .await?;
+        declare_bound_queue(
+            &channel,
+            &self.executor_queue,
+            &self.topology.jobs_exchange(),
+            &["#"],
+        )
+        .await?;
         let _ = connection.close(200, "set up".into()).await;
         Ok(())
     }
@@ -90,12 +105,13 @@ impl Sandbox {
     /// Where everything is, for a human.
     pub fn describe(&self) -> String {
         format!(
-            "database {} namespace {} (queues {}, {}, {}) logs {}",
+            "database {} namespace {} (queues {}, {}, {}, {}) logs {}",
             redact_url(&self.database_url),
             self.topology.namespace(),
             self.topology.commands_queue(),
             self.topology.dead_letter_queue(),
             self.subscriber_queue,
+            self.executor_queue,
             self.log_dir.display()
         )
     }
@@ -117,12 +133,16 @@ impl Sandbox {
     async fn remove_namespace(&self) -> Result<(), CliError> {
         let connection = connect(&self.amqp_url, "oprun chaos teardown").await?;
         let channel = connection.create_channel().await?;
-        channel
-            .queue_delete(
-                self.subscriber_queue.as_str().into(),
-                QueueDeleteOptions::default(),
-            )
-            .await?;
+        // Deleting a queue that does not exist (the rejecting one, usually) succeeds.
+        for queue in [
+            &self.subscriber_queue,
+            &self.executor_queue,
+            &self.rejecting_queue,
+        ] {
+            channel
+                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                .await?;
+        }
         self.topology.delete(&channel).await?;
         let _ = connection.close(200, "torn down".into()).await;
         Ok(())

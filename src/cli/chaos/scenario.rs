@@ -12,11 +12,13 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::check::Findings;
-use super::drive::Run;
-use super::faults::{self, FaultLog};
+use super::deliveries;
+use super::drive::{Run, Setting};
+use super::faults::{self, FaultLog, Target};
 use super::figures::Figures;
 use super::fleet::{Fleet, Role};
 use super::infra::Infra;
+use super::injections::{Injection, Injections};
 use super::progress::Progress;
 use super::sandbox::Sandbox;
 use super::subscriber::{Received, Subscriber};
@@ -45,6 +47,15 @@ pub struct ChaosArgs {
     /// Keep the database and the namespace afterwards (they are always kept when a check fails).
     #[arg(long)]
     pub keep: bool,
+
+    /// Injections of issue 9 to leave out, comma-separated (all are on by default).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub without: Vec<Injection>,
+
+    /// Seconds the rejecting executor queue stays bound (`reject-jobs`); runs whose job is
+    /// refused longer than the service's retry bound are failed `dispatch.rejected`.
+    #[arg(long, default_value_t = 30)]
+    pub reject_jobs_secs: u64,
 }
 
 impl ChaosArgs {
@@ -53,11 +64,29 @@ impl ChaosArgs {
         let started = Instant::now();
         let deadline = started + BUDGET;
         let seed = self.seed.unwrap_or_else(rand::random);
+        // Dropped last: whatever happens below, the broker and the database end up running.
+        let infra = Arc::new(Infra::detect());
+        let mut without = self.without.clone();
+        if let Some(limit) = infra.max_message_size().await {
+            if limit <= super::bad_messages::OVERSIZED_BYTES as u64
+                && !without.contains(&Injection::Oversized)
+            {
+                eprintln!(
+                    "chaos: the broker refuses messages over {limit} bytes: the oversized burst ({} bytes each) is left out",
+                    super::bad_messages::OVERSIZED_BYTES
+                );
+                without.push(Injection::Oversized);
+            }
+        }
+        let injections = Injections::without(&without);
         let mut rng = StdRng::seed_from_u64(seed);
-        let workload = Workload::generate(self.commands, &mut rng);
-        let plan = faults::plan(&mut StdRng::seed_from_u64(seed ^ FAULT_SEED_SALT));
+        let workload = Workload::generate(self.commands, &injections, &mut rng);
+        let plan = faults::plan(
+            &mut StdRng::seed_from_u64(seed ^ FAULT_SEED_SALT),
+            &injections,
+        );
         eprintln!(
-            "chaos: seed {seed} (rerun with --seed {seed}); {} commands: {} dispatches of {} identities, {} progress, {} bad",
+            "chaos: seed {seed} (rerun with --seed {seed}); {} commands: {} dispatches of {} identities, {} progress, {} bad; injections: {injections}",
             workload.command_count(),
             workload.dispatches.len(),
             workload.identities.len(),
@@ -65,8 +94,6 @@ impl ChaosArgs {
             workload.bad.len()
         );
 
-        // Dropped last: whatever happens below, the broker and the database end up running.
-        let infra = Arc::new(Infra::detect());
         if let Some(Err(e)) = infra.heal_broker().await {
             return Err(CliError::Invalid(format!(
                 "chaos: cannot repair RabbitMQ: {e}"
@@ -74,10 +101,12 @@ impl ChaosArgs {
         }
         let sandbox = Sandbox::create(config).await?;
         eprintln!("chaos: sandbox: {}", sandbox.describe());
-        let outcome = execute(
-            config, &sandbox, &workload, plan, &infra, &mut rng, deadline,
-        )
-        .await;
+        let setting = Setting {
+            injections: &injections,
+            reject_for: Duration::from_secs(self.reject_jobs_secs),
+            deadline,
+        };
+        let outcome = execute(config, &sandbox, &workload, plan, &infra, &mut rng, setting).await;
         let outcome = match outcome {
             Ok(outcome) => outcome,
             Err(e) => {
@@ -94,8 +123,22 @@ impl ChaosArgs {
             double_applied: outcome.findings.double_applied,
             duplicate_runs: outcome.findings.duplicate_runs,
             missing_events: outcome.findings.missing_events,
+            duplicate_deliveries: outcome.duplicates.unexcused,
             seconds: 0,
         };
+        eprintln!(
+            "chaos: {} event id(s) received more than once, {} not explained by a SIGKILL or a restart; largest event {} bytes",
+            outcome.duplicates.received_more_than_once,
+            outcome.duplicates.unexcused,
+            outcome.largest_event
+        );
+        if !outcome.duplicates.examples.is_empty() {
+            eprintln!(
+                "chaos: finding: {} event id(s) delivered more than once without a disruption to explain it, e.g. {}",
+                outcome.duplicates.unexcused,
+                outcome.duplicates.examples.join("; ")
+            );
+        }
         for line in &outcome.findings.notes {
             eprintln!("chaos: finding: {line}");
         }
@@ -128,6 +171,10 @@ impl ChaosArgs {
 /// What a run found and did.
 struct Outcome {
     findings: Findings,
+    /// Duplicate deliveries and how many no disruption explains.
+    duplicates: deliveries::Duplicates,
+    /// The largest event body the subscriber received.
+    largest_event: u64,
     /// Failures outside the figures: faults not injected, instances that died on their own,
     /// a quiescence that never came, the broker or the database not back.
     problems: Vec<String>,
@@ -145,7 +192,7 @@ async fn execute(
     plan: Vec<faults::PlannedFault>,
     infra: &Arc<Infra>,
     rng: &mut StdRng,
-    deadline: Instant,
+    setting: Setting<'_>,
 ) -> Result<Outcome, CliError> {
     let fleet = Arc::new(tokio::sync::Mutex::new(Fleet::new(
         std::env::current_exe()?,
@@ -153,7 +200,7 @@ async fn execute(
         &config.amqp_url,
         sandbox.topology.namespace(),
         &sandbox.log_dir,
-    )));
+    )?));
     let subscriber = Subscriber::spawn(&config.amqp_url, &sandbox.subscriber_queue);
     let stop = CancellationToken::new();
     let progress = Progress::new(workload.good_count());
@@ -169,10 +216,15 @@ async fn execute(
     let result = match started_primary {
         Err(e) => Err(CliError::Io(e)),
         Ok(_) => {
+            let target = Target {
+                amqp_url: config.amqp_url.clone(),
+                topology: sandbox.topology.clone(),
+            };
             let injector = tokio::spawn(faults::inject(
                 plan,
                 fleet.clone(),
                 infra.clone(),
+                target,
                 progress.clone(),
                 fault_log.clone(),
                 stop.clone(),
@@ -189,9 +241,13 @@ async fn execute(
                 workload,
                 &progress,
                 &subscriber.received,
-                deadline,
+                setting,
             );
-            let faults_left = || plan_len - fault_log.lock().expect("not poisoned").injected;
+            // Background injections (idle connections held) count as faults still to come.
+            let faults_left = || {
+                let log = fault_log.lock().expect("not poisoned");
+                plan_len - log.injected + log.background
+            };
             let result = tokio::select! {
                 r = run.drive(rng, faults_left) => r,
                 _ = interrupted.cancelled() => Err(CliError::Invalid("chaos: interrupted".into())),
@@ -208,6 +264,7 @@ async fn execute(
     let _ = poller.await;
     let mut fleet = fleet.lock().await;
     fleet.stop_all().await;
+    let subscriber_arrivals = subscriber.received.clone();
     subscriber.stop().await;
     let restored = infra.ensure_up().await;
     // Leave the broker able to declare the service's queues, for whoever comes next.
@@ -221,6 +278,19 @@ async fn execute(
 
     let (findings, mut problems) = result?;
     let log = std::mem::take(&mut *fault_log.lock().expect("not poisoned"));
+    let duplicates = {
+        let mut disruptions = log.disruptions.clone();
+        let since = subscriber_arrivals
+            .consuming_since
+            .lock()
+            .expect("not poisoned");
+        deliveries::until_resubscribed(&mut disruptions, &since);
+        let arrivals = subscriber_arrivals.arrivals.lock().expect("not poisoned");
+        deliveries::attribute(&arrivals, &disruptions)
+    };
+    let largest_event = subscriber_arrivals
+        .largest_body
+        .load(std::sync::atomic::Ordering::Relaxed);
     problems.extend(log.problems);
     problems.extend(fleet.unexpected_exits.iter().cloned());
     problems.extend(findings.problems.iter().cloned());
@@ -235,6 +305,8 @@ async fn execute(
     }
     Ok(Outcome {
         findings,
+        duplicates,
+        largest_event,
         problems,
         kills: fleet.kills,
         broker_restarts: log.broker_restarts,

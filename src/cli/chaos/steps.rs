@@ -16,6 +16,12 @@ use crate::domain::RunOutcome;
 
 /// Share of runs that also get a start report after their completion.
 const LATE_START: f64 = 0.1;
+/// `append_failures` commands of the failure flood (issue 9 item 2).
+pub const FLOOD_COMMANDS: usize = 300;
+/// Failure entries in each of them.
+pub const FLOOD_ENTRIES: usize = 50;
+/// Characters of each flood entry's message (about 1 KB, within the 1,000-character cut).
+const FLOOD_MESSAGE_CHARS: usize = 990;
 
 /// The message of `step` for run `run_id` of `identity`, keys in random order.
 pub(super) fn progress_message(
@@ -137,7 +143,46 @@ pub(super) fn plan_run(i: usize, rng: &mut StdRng) -> PlannedRun {
             }
         })
         .collect();
-    PlannedRun { steps }
+    PlannedRun {
+        steps,
+        flood: false,
+    }
+}
+
+/// Turns run `i` into the failure flood: [`FLOOD_COMMANDS`] `append_failures` of
+/// [`FLOOD_ENTRIES`] entries each right after its start (about 16 MB of failures for one run),
+/// command ids renumbered so they stay `p-{i}-{position}`.
+pub(super) fn add_failure_flood(i: usize, run: &mut PlannedRun) {
+    let flood = (0..FLOOD_COMMANDS).map(|k| {
+        let failures = (0..FLOOD_ENTRIES)
+            .map(|j| {
+                let item = format!("flood-{i}-{k}#{j}");
+                let mut message = format!("item {item} could not be processed: ");
+                let pad = FLOOD_MESSAGE_CHARS.saturating_sub(message.len());
+                message.push_str(&"throttled by the provider; ".repeat(pad / 27 + 1)[..pad]);
+                PlannedFailure {
+                    code: "graph.throttled",
+                    message,
+                    item,
+                }
+            })
+            .collect();
+        Step {
+            command_id: String::new(),
+            action: StepAction::AppendFailures(failures),
+            twice: false,
+        }
+    });
+    let start = run
+        .steps
+        .iter()
+        .position(|s| matches!(s.action, StepAction::Start));
+    let at = start.map_or(0, |s| s + 1);
+    run.steps.splice(at..at, flood);
+    for (s, step) in run.steps.iter_mut().enumerate() {
+        step.command_id = format!("p-{i}-{s}");
+    }
+    run.flood = true;
 }
 
 fn random_counts(rng: &mut StdRng) -> Counts {

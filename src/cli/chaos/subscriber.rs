@@ -1,9 +1,10 @@
 //! The event subscriber: consumes `N.chaos.subscriber` (a durable quorum queue bound to
 //! `N.events` before the first command, so it survives the broker restart and misses nothing)
-//! and remembers every event id it received. Manual acks after recording: a delivery cut off
-//! by the restart comes back. On any error it reconnects with backoff and resumes.
+//! and remembers every event id it received, with the time of each delivery (for
+//! `duplicate_deliveries`, see [`super::deliveries`]). Manual acks after recording: a delivery
+//! cut off by the restart comes back. On any error it reconnects with backoff and resumes.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -12,6 +13,7 @@ use futures_util::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::connection::connect;
@@ -19,25 +21,34 @@ use crate::broker::BrokerError;
 use crate::retry::backoff;
 
 /// Deliveries the broker may send ahead of our acks.
-const PREFETCH: u16 = 1000;
+pub const PREFETCH: u16 = 1000;
 
 /// What the subscriber has received so far.
 #[derive(Debug, Default)]
 pub struct Received {
-    /// Distinct event ids (AMQP `message_id`).
-    pub ids: Mutex<HashSet<String>>,
+    /// Every event id (AMQP `message_id`) received, with the time of each delivery in order.
+    pub arrivals: Mutex<HashMap<String, Vec<Instant>>>,
+    /// The largest event body received, in bytes.
+    pub largest_body: AtomicU64,
     /// Deliveries, redeliveries and duplicates included.
     pub deliveries: AtomicU64,
     /// Deliveries without a `message_id`.
     pub without_id: AtomicU64,
     /// Connections lost and re-established.
     pub reconnects: AtomicU64,
+    /// When each connection started consuming.
+    pub consuming_since: Mutex<Vec<Instant>>,
 }
 
 impl Received {
     /// How many distinct events arrived.
     pub fn distinct(&self) -> usize {
-        self.ids.lock().expect("not poisoned").len()
+        self.arrivals.lock().expect("not poisoned").len()
+    }
+
+    /// True when event `id` arrived at least once.
+    pub fn has(&self, id: &str) -> bool {
+        self.arrivals.lock().expect("not poisoned").contains_key(id)
     }
 }
 
@@ -130,16 +141,26 @@ async fn consume(
         )
         .await?;
     *connected = true;
+    received
+        .consuming_since
+        .lock()
+        .expect("not poisoned")
+        .push(Instant::now());
     while let Some(delivery) = consumer.next().await {
         let delivery = delivery?;
         received.deliveries.fetch_add(1, Ordering::Relaxed);
+        received
+            .largest_body
+            .fetch_max(delivery.data.len() as u64, Ordering::Relaxed);
         match delivery.properties.message_id() {
             Some(id) => {
                 received
-                    .ids
+                    .arrivals
                     .lock()
                     .expect("not poisoned")
-                    .insert(id.to_string());
+                    .entry(id.to_string())
+                    .or_default()
+                    .push(Instant::now());
             }
             None => {
                 received.without_id.fetch_add(1, Ordering::Relaxed);
