@@ -3,8 +3,10 @@
 //! nothing here ships in the product or its image.
 
 mod bench;
+mod chaos;
 mod error;
 mod oprun;
+mod private;
 
 use clap::{Parser, Subcommand};
 use operation_runs::config::Config;
@@ -30,6 +32,9 @@ struct Lab {
 enum LabCommand {
     /// Measure the service against the broker's own limit (see README, Performance).
     Bench(bench::BenchArgs),
+    /// Fault-injection run on a private broker and database of its own: kills, broker and
+    /// database restarts, hostile input; checks nothing is lost.
+    Chaos(chaos::ChaosArgs),
 }
 
 #[tokio::main]
@@ -43,6 +48,7 @@ async fn main() -> std::process::ExitCode {
     let result = match OprunBinary::locate(lab.oprun) {
         Ok(oprun) => match lab.command {
             LabCommand::Bench(args) => args.run(&lab.config, &oprun).await,
+            LabCommand::Chaos(args) => args.run(&lab.config, &oprun).await,
         },
         Err(e) => Err(e),
     };

@@ -2,7 +2,6 @@
 //! line before exiting non-zero.
 
 pub mod catalog;
-pub mod chaos;
 pub mod dispatch;
 pub mod dlq;
 pub mod events;
@@ -91,8 +90,6 @@ enum Command {
     /// Re-send stored events.
     #[command(subcommand)]
     Events(events::EventsCommand),
-    /// Fault-injection run: kills, broker and database restarts; checks nothing is lost.
-    Chaos(chaos::ChaosArgs),
 }
 
 impl Cli {
@@ -119,7 +116,6 @@ impl Cli {
             Command::Dispatch(a) => a.run(config).await,
             Command::Dlq(c) => c.run(config).await,
             Command::Events(c) => c.run(config).await,
-            Command::Chaos(a) => a.run(config).await,
         }
     }
 }

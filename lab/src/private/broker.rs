@@ -9,6 +9,8 @@ use crate::LabError;
 
 /// The server script run directly (the `/usr/sbin` wrapper insists on the system node's paths).
 const SERVER: &str = "/usr/lib/rabbitmq/bin/rabbitmq-server";
+/// How long a new node may take to boot (a loaded 2-core machine needs about twenty seconds).
+const BOOT_DEADLINE: Duration = Duration::from_secs(120);
 
 /// A RabbitMQ node of the lab's own; stopped and removed when dropped.
 #[derive(Debug)]
@@ -21,8 +23,9 @@ pub struct PrivateBroker {
 }
 
 impl PrivateBroker {
-    /// Starts a node and waits until it accepts connections.
-    pub async fn start() -> Result<Self, LabError> {
+    /// Starts a node with `settings` (rabbitmq.conf lines; listeners are its own) and waits
+    /// until it accepts connections.
+    pub async fn start(settings: &str) -> Result<Self, LabError> {
         let dir = temp_folder("oprun-lab-rabbitmq-")?;
         let amqp_port = free_port()?;
         let dist_port = loop {
@@ -47,7 +50,12 @@ impl PrivateBroker {
         std::fs::write(
             broker.dir.join("rabbitmq.conf"),
             format!(
-                "listeners.tcp.1 = 127.0.0.1:{amqp_port}\nloopback_users = none\n"
+                "listeners.tcp.1 = 127.0.0.1:{amqp_port}\nloopback_users = none\n{}\n",
+                settings
+                    .lines()
+                    .filter(|l| !l.trim_start().starts_with("listeners."))
+                    .collect::<Vec<_>>()
+                    .join("\n")
             ),
         )?;
         std::fs::write(broker.dir.join("enabled_plugins"), "[].\n")?;
@@ -60,18 +68,21 @@ impl PrivateBroker {
         tool::run(broker.user, &broker.env(), SERVER, &["-detached"])
             .await
             .map_err(LabError::Failed)?;
-        broker.await_startup().await?;
-        Ok(broker)
+        // `-detached` returns before the node has registered with epmd, and `await_startup`
+        // gives up at once on a node it cannot see: ask again until it answers.
+        let deadline = tokio::time::Instant::now() + BOOT_DEADLINE;
+        loop {
+            match broker.await_startup().await {
+                Ok(()) => return Ok(broker),
+                Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
+                Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+            }
+        }
     }
 
     /// `amqp://guest:guest@127.0.0.1:PORT/%2f`.
     pub fn amqp_url(&self) -> String {
         format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.amqp_port)
-    }
-
-    /// The Erlang node name (`rabbitmqctl -n`).
-    pub fn node(&self) -> &str {
-        &self.node
     }
 
     /// `rabbitmqctl -n NODE args…`.
@@ -106,7 +117,10 @@ impl PrivateBroker {
             ("RABBITMQ_DIST_PORT", self.dist_port.to_string()),
             ("RABBITMQ_CONFIG_FILE", self.path("rabbitmq.conf")),
             ("RABBITMQ_CONF_ENV_FILE", self.path("rabbitmq-env.conf")),
-            ("RABBITMQ_ENABLED_PLUGINS_FILE", self.path("enabled_plugins")),
+            (
+                "RABBITMQ_ENABLED_PLUGINS_FILE",
+                self.path("enabled_plugins"),
+            ),
             ("RABBITMQ_MNESIA_BASE", self.path("mnesia")),
             ("RABBITMQ_LOG_BASE", self.path("log")),
             ("ERL_EPMD_ADDRESS", "127.0.0.1".to_owned()),

@@ -62,14 +62,26 @@ impl PrivateDatabase {
         let log = self.path("server.log");
         self.tool(
             "pg_ctl",
-            &["-D", &self.path("data"), "-l", &log, "-o", &options, "-w", "start"],
+            &[
+                "-D",
+                &self.path("data"),
+                "-l",
+                &log,
+                "-o",
+                &options,
+                "-w",
+                "start",
+            ],
         )
         .await
     }
 
     async fn stop_server(&self) -> Result<(), LabError> {
-        self.tool("pg_ctl", &["-D", &self.path("data"), "-m", "fast", "-w", "stop"])
-            .await
+        self.tool(
+            "pg_ctl",
+            &["-D", &self.path("data"), "-m", "fast", "-w", "stop"],
+        )
+        .await
     }
 
     async fn tool(&self, name: &str, args: &[&str]) -> Result<(), LabError> {

@@ -3,18 +3,18 @@
 //! queue taking every job), and a directory for the service logs. Removed at the end of a clean
 //! run; kept, and shown, otherwise.
 
-use crate::broker::topology::declare_bound_queue;
+use operation_runs::broker::topology::declare_bound_queue;
 use std::path::PathBuf;
 
 use lapin::options::QueueDeleteOptions;
 use sqlx::PgPool;
 
 use super::workload::{tenant_workspace, FIRST_TENANT, TENANTS, USERS, WORKSPACES};
-use crate::broker::connection::connect;
-use crate::broker::Topology;
-use crate::cli::CliError;
-use crate::config::{redact_url, Config};
-use crate::store;
+use crate::LabError;
+use operation_runs::broker::connection::connect;
+use operation_runs::broker::Topology;
+use operation_runs::config::{redact_url, Config};
+use operation_runs::store;
 
 /// The database, namespace and log directory of one chaos run.
 pub struct Sandbox {
@@ -42,11 +42,11 @@ impl Sandbox {
     /// Creates the database, seeds it, declares the namespace and binds the subscriber queue
     /// (before any command is published, so it misses no event). What a failure leaves
     /// half-built is removed again.
-    pub async fn create(config: &Config) -> Result<Self, CliError> {
+    pub async fn create(config: &Config) -> Result<Self, LabError> {
         let id = &uuid::Uuid::new_v4().simple().to_string()[..10];
         let database_name = format!("oprun_chaos_{id}");
         let mut url = url::Url::parse(&config.database_url)
-            .map_err(|e| CliError::Invalid(format!("--database-url: {e}")))?;
+            .map_err(|e| LabError::Invalid(format!("--database-url: {e}")))?;
         url.set_path(&database_name);
         let database_url = url.to_string();
         // Dropping needs a connection to another database of the server: the maintenance one.
@@ -77,7 +77,7 @@ impl Sandbox {
         }
     }
 
-    async fn set_up(&self) -> Result<(), CliError> {
+    async fn set_up(&self) -> Result<(), LabError> {
         std::fs::create_dir_all(&self.log_dir)?;
         store::migrate(&self.database_url).await?;
         seed_scopes(&self.pool).await?;
@@ -118,7 +118,7 @@ impl Sandbox {
 
     /// Deletes the namespace's queues and exchanges, drops the database (closing whatever is
     /// still connected to it) and removes the logs; whatever does not exist is skipped.
-    pub async fn remove(self) -> Result<(), CliError> {
+    pub async fn remove(self) -> Result<(), LabError> {
         // Each part is tried even when another fails; the first failure is returned.
         let broker = self.remove_namespace().await;
         self.pool.close().await;
@@ -130,7 +130,7 @@ impl Sandbox {
         broker.and(database).and(logs)
     }
 
-    async fn remove_namespace(&self) -> Result<(), CliError> {
+    async fn remove_namespace(&self) -> Result<(), LabError> {
         let connection = connect(&self.amqp_url, "oprun chaos teardown").await?;
         let channel = connection.create_channel().await?;
         // Deleting a queue that does not exist (the rejecting one, usually) succeeds.
@@ -148,7 +148,7 @@ impl Sandbox {
         Ok(())
     }
 
-    async fn drop_database(&self) -> Result<(), CliError> {
+    async fn drop_database(&self) -> Result<(), LabError> {
         let admin = store::connect_lazy(&self.admin_url, 1)?;
         let dropped = sqlx::query(&format!(
             "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",

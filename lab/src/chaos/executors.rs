@@ -19,8 +19,8 @@ use sqlx::PgPool;
 use tokio::time::Instant;
 
 use super::workload::REJECTED_TYPE;
-use crate::broker::connection::connect;
-use crate::broker::{BrokerError, Topology};
+use operation_runs::broker::connection::connect;
+use operation_runs::broker::{BrokerError, Topology};
 
 /// Messages the rejecting queue takes before it refuses.
 const REJECTING_MAX_LENGTH: i64 = 1;
@@ -161,9 +161,9 @@ pub fn closed_as_allowed(closed: &ClosedByService) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::broker::publisher::{ConfirmPublisher, Confirmed};
-    use crate::broker::topology::declare_bound_queue;
     use lapin::BasicProperties;
+    use operation_runs::broker::publisher::{ConfirmPublisher, Confirmed};
+    use operation_runs::broker::topology::declare_bound_queue;
 
     /// Against the real broker: while the rejecting queue is bound, the broker nacks a second
     /// job of the rejected type (the first fills it) although the executor queue still takes

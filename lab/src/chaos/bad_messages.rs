@@ -9,7 +9,7 @@ use serde_json::json;
 use super::injections::{Injection, Injections};
 use super::shuffled_json::to_shuffled_string;
 use super::workload::{tenant_workspace, BadMessage, Message, FIRST_TENANT, TENANTS};
-use crate::domain::command::MAX_COMMAND_BYTES;
+use operation_runs::domain::command::MAX_COMMAND_BYTES;
 
 /// Invalid JSON bodies (accounted by their `message_id`).
 const BAD_JSON: usize = 20;

@@ -21,8 +21,8 @@ use super::quiescence::{self, BrokerProbe, Expected};
 use super::sandbox::Sandbox;
 use super::subscriber::Received;
 use super::workload::{Message, Workload};
-use crate::cli::CliError;
-use crate::config::Config;
+use crate::LabError;
+use operation_runs::config::Config;
 
 /// The dispatches get at most this long to be processed before phase 2 starts regardless.
 const DISPATCH_WAIT: Duration = Duration::from_secs(240);
@@ -120,7 +120,7 @@ impl<'a> Run<'a> {
         &mut self,
         rng: &mut StdRng,
         faults_left: impl Fn() -> usize,
-    ) -> Result<Findings, CliError> {
+    ) -> Result<Findings, LabError> {
         let mut publisher = ReliablePublisher::new(
             &self.config.amqp_url,
             self.sandbox.topology.commands_exchange(),
@@ -141,7 +141,7 @@ impl<'a> Run<'a> {
         &mut self,
         publisher: &mut ReliablePublisher,
         rng: &mut StdRng,
-    ) -> Result<Resolved, CliError> {
+    ) -> Result<Resolved, LabError> {
         let messages = self.workload.dispatch_messages(rng);
         eprintln!("chaos: phase 1: {} dispatch messages", messages.len());
         let rejecting = self.injections.has(Injection::RejectJobs);
@@ -235,7 +235,7 @@ impl<'a> Run<'a> {
         publisher: &mut ReliablePublisher,
         resolved: &Resolved,
         rng: &mut StdRng,
-    ) -> Result<(), CliError> {
+    ) -> Result<(), LabError> {
         let open: Vec<Option<i64>> = resolved
             .run_ids
             .iter()
@@ -252,7 +252,7 @@ impl<'a> Run<'a> {
         &mut self,
         resolved: &Resolved,
         faults_left: impl Fn() -> usize,
-    ) -> Result<Findings, CliError> {
+    ) -> Result<Findings, LabError> {
         let pool = &self.sandbox.pool;
         let after = resolved.after_dispatch();
         let published_steps: usize = self
@@ -313,14 +313,14 @@ impl<'a> Run<'a> {
         &mut self,
         publisher: &mut ReliablePublisher,
         messages: &[Message],
-    ) -> Result<(), CliError> {
+    ) -> Result<(), LabError> {
         for chunk in messages.chunks(CHUNK) {
             if !self
                 .progress
                 .wait_for_room(self.sent_fresh, AHEAD, self.deadline)
                 .await
             {
-                return Err(CliError::Invalid(format!(
+                return Err(LabError::Invalid(format!(
                     "chaos: the service stopped making progress ({} of {} fresh commands processed at the deadline)",
                     self.progress.processed(),
                     self.sent_fresh
@@ -329,7 +329,7 @@ impl<'a> Run<'a> {
             publisher
                 .publish_all(chunk, self.deadline)
                 .await
-                .map_err(CliError::Invalid)?;
+                .map_err(LabError::Invalid)?;
             self.sent_fresh += chunk.iter().filter(|m| m.fresh).count() as u64;
         }
         Ok(())
@@ -355,7 +355,7 @@ impl<'a> Run<'a> {
 }
 
 /// Retries a database read (the database may be restarting) until `until`.
-async fn read_with_retry<T, F, Fut>(what: &str, until: Instant, mut read: F) -> Result<T, CliError>
+async fn read_with_retry<T, F, Fut>(what: &str, until: Instant, mut read: F) -> Result<T, LabError>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, sqlx::Error>>,

@@ -30,7 +30,7 @@ use super::infra::Infra;
 use super::injections::{Injection, Injections};
 use super::progress::Progress;
 use super::unbinding::unbind_dead_letters;
-use crate::broker::Topology;
+use operation_runs::broker::Topology;
 
 /// How often the fleet is checked for instances that died on their own.
 const WATCH: Duration = Duration::from_millis(250);

@@ -24,7 +24,7 @@ use super::bad_messages::bad_messages;
 use super::dispatches::{dispatch_body, dispatch_contexts, identity_for};
 use super::injections::{Injection, Injections};
 use super::steps::{add_failure_flood, plan_run, progress_message};
-use crate::domain::{OperationRunType, RunIdentityHash, RunOutcome};
+use operation_runs::domain::{OperationRunType, RunIdentityHash, RunOutcome};
 
 /// The run type whose jobs the rejecting executor queue refuses (`--without reject-jobs` keeps
 /// the type, without the queue). Its identities are dispatched once each: a run the service
@@ -84,7 +84,8 @@ pub struct Identity {
 /// One dispatch command of an identity, already worded.
 #[derive(Debug, Clone)]
 pub struct PlannedDispatch {
-    /// Index into [`Workload::identities`].
+    /// Index into [`Workload::identities`] (the tests check the plan against it).
+    #[cfg_attr(not(test), allow(dead_code))]
     pub identity: usize,
     /// Its command id.
     pub command_id: String,
@@ -384,7 +385,7 @@ fn with_copies(items: Vec<(Message, bool)>, rng: &mut StdRng) -> Vec<Message> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{decode_command, CommandAction, ErrorCode};
+    use operation_runs::domain::{decode_command, CommandAction, ErrorCode};
     use rand::SeedableRng;
     use std::collections::{HashMap, HashSet};
 
@@ -396,7 +397,7 @@ mod tests {
     fn the_plan_has_the_requested_size_and_about_30_percent_duplicate_dispatches() {
         let w = workload(1);
         // The failure flood's commands come on top.
-        let flood = crate::cli::chaos::steps::FLOOD_COMMANDS as u64;
+        let flood = crate::chaos::steps::FLOOD_COMMANDS as u64;
         assert!(w.command_count() >= 3000 + flood && w.command_count() < 3020 + flood);
         let duplicates = w.dispatches.len() - w.identities.len();
         let share = duplicates as f64 / w.dispatches.len() as f64;
@@ -478,7 +479,7 @@ mod tests {
             .iter()
             .filter(|s| matches!(&s.action, StepAction::AppendFailures(f) if f.len() == 50))
             .count();
-        assert_eq!(appends, crate::cli::chaos::steps::FLOOD_COMMANDS);
+        assert_eq!(appends, crate::chaos::steps::FLOOD_COMMANDS);
         // Only second copies (which trail their originals) may come between a block's messages.
         let fresh: Vec<&Message> = messages
             .iter()
@@ -505,7 +506,7 @@ mod tests {
             .iter()
             .find(|m| m.message_id == "bad-big-0")
             .unwrap();
-        assert!(big.body.len() > crate::domain::command::MAX_COMMAND_BYTES);
+        assert!(big.body.len() > operation_runs::domain::command::MAX_COMMAND_BYTES);
         let mut per_identity: HashMap<usize, usize> = HashMap::new();
         for d in &w.dispatches {
             *per_identity.entry(d.identity).or_default() += 1;

@@ -10,10 +10,10 @@ use lapin::{BasicProperties, Connection};
 use tokio::time::Instant;
 
 use super::workload::Message;
-use crate::broker::connection::connect;
-use crate::broker::publisher::{ConfirmPublisher, Confirmed, Pending};
-use crate::broker::BrokerError;
-use crate::retry::backoff;
+use operation_runs::broker::connection::connect;
+use operation_runs::broker::publisher::{ConfirmPublisher, Confirmed, Pending};
+use operation_runs::broker::BrokerError;
+use operation_runs::retry::backoff;
 
 /// Unconfirmed publishes allowed in flight.
 const WINDOW: usize = 200;

@@ -16,9 +16,9 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::connection::connect;
-use crate::broker::BrokerError;
-use crate::retry::backoff;
+use operation_runs::broker::connection::connect;
+use operation_runs::broker::BrokerError;
+use operation_runs::retry::backoff;
 
 /// Deliveries the broker may send ahead of our acks.
 pub const PREFETCH: u16 = 1000;
@@ -44,11 +44,6 @@ impl Received {
     /// How many distinct events arrived.
     pub fn distinct(&self) -> usize {
         self.arrivals.lock().expect("not poisoned").len()
-    }
-
-    /// True when event `id` arrived at least once.
-    pub fn has(&self, id: &str) -> bool {
-        self.arrivals.lock().expect("not poisoned").contains_key(id)
     }
 }
 

@@ -13,9 +13,9 @@ use sqlx::PgPool;
 use tokio::time::Instant;
 
 use super::subscriber::Received;
-use crate::broker::connection::connect;
-use crate::broker::dlq::DeadLetterQueue;
-use crate::broker::{BrokerError, Topology};
+use operation_runs::broker::connection::connect;
+use operation_runs::broker::dlq::DeadLetterQueue;
+use operation_runs::broker::{BrokerError, Topology};
 
 /// How often the conditions are evaluated.
 const POLL: Duration = Duration::from_millis(500);

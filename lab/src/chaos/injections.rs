@@ -71,6 +71,7 @@ impl Injections {
     }
 
     /// None of them (the crash faults only, as before issue 9).
+    #[cfg(test)]
     pub fn none() -> Self {
         Self(BTreeSet::new())
     }

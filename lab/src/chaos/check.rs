@@ -26,7 +26,7 @@ use super::executors::{closed_as_allowed, failure_codes, ClosedByService, HAND_O
 use super::quiescence::DeadLetterSeen;
 use super::subscriber::Received;
 use super::workload::{PlannedRun, Workload};
-use crate::domain::RunStatus;
+use operation_runs::domain::RunStatus;
 
 /// Examples shown per kind of finding.
 const EXAMPLES: usize = 5;
@@ -490,8 +490,8 @@ fn note(findings: &mut Findings, items: &[impl AsRef<str>], what: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::chaos::injections::Injections;
-    use crate::cli::chaos::workload::REJECTED_TYPE;
+    use crate::chaos::injections::Injections;
+    use crate::chaos::workload::REJECTED_TYPE;
     use rand::rngs::StdRng;
     use rand::SeedableRng;
     use serde_json::json;

@@ -14,7 +14,7 @@ use super::shuffled_json::to_shuffled_string;
 use super::workload::{
     tenant_workspace, Identity, FIRST_TENANT, REJECTED_TYPE, TENANTS, USERS, WORKSPACES,
 };
-use crate::domain::{OperationRunType, RunIdentityHash};
+use operation_runs::domain::{OperationRunType, RunIdentityHash};
 
 /// The contexts of an identity's dispatches: the first, then its duplicates (about 30% of all
 /// dispatches), each with the same identity values but other extras.

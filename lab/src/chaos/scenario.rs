@@ -23,8 +23,8 @@ use super::progress::Progress;
 use super::sandbox::Sandbox;
 use super::subscriber::{Received, Subscriber};
 use super::workload::Workload;
-use crate::cli::CliError;
-use crate::config::Config;
+use crate::{LabError, OprunBinary};
+use operation_runs::config::Config;
 
 /// Everything, checks included, must be done by then: CI allows ten minutes.
 const BUDGET: Duration = Duration::from_secs(540);
@@ -60,12 +60,19 @@ pub struct ChaosArgs {
 
 impl ChaosArgs {
     /// Runs the whole scenario; `Err` when any figure is not 0 or the run itself failed.
-    pub async fn run(self, config: &Config) -> Result<(), CliError> {
+    pub async fn run(self, config: &Config, oprun: &OprunBinary) -> Result<(), LabError> {
         let started = Instant::now();
-        let deadline = started + BUDGET;
         let seed = self.seed.unwrap_or_else(rand::random);
-        // Dropped last: whatever happens below, the broker and the database end up running.
-        let infra = Arc::new(Infra::detect());
+        // The run breaks its own broker and database, never the machine's: dropped last, so
+        // they are stopped and removed whatever happens below.
+        eprintln!("chaos: starting a private RabbitMQ node and PostgreSQL cluster");
+        let infra = Arc::new(Infra::start().await?);
+        let mut config = config.clone();
+        config.amqp_url = infra.amqp_url();
+        config.database_url = infra.database_url("postgres");
+        let config = &config;
+        // The budget counts from here: starting the private services is not the run.
+        let deadline = Instant::now() + BUDGET;
         let mut without = self.without.clone();
         if let Some(limit) = infra.max_message_size().await {
             if limit <= super::bad_messages::OVERSIZED_BYTES as u64
@@ -95,7 +102,7 @@ impl ChaosArgs {
         );
 
         if let Some(Err(e)) = infra.heal_broker().await {
-            return Err(CliError::Invalid(format!(
+            return Err(LabError::Invalid(format!(
                 "chaos: cannot repair RabbitMQ: {e}"
             )));
         }
@@ -106,7 +113,10 @@ impl ChaosArgs {
             reject_for: Duration::from_secs(self.reject_jobs_secs),
             deadline,
         };
-        let outcome = execute(config, &sandbox, &workload, plan, &infra, &mut rng, setting).await;
+        let outcome = execute(
+            config, oprun, &sandbox, &workload, plan, &infra, &mut rng, setting,
+        )
+        .await;
         let outcome = match outcome {
             Ok(outcome) => outcome,
             Err(e) => {
@@ -159,7 +169,7 @@ impl ChaosArgs {
         if clean {
             Ok(())
         } else {
-            Err(CliError::Invalid(format!(
+            Err(LabError::Invalid(format!(
                 "chaos: the run failed ({} finding(s), {} problem(s)); see the lines above",
                 outcome.findings.notes.len(),
                 outcome.problems.len()
@@ -185,17 +195,19 @@ struct Outcome {
 
 /// Starts the service, the subscriber and the faults, drives the workload and checks; stops
 /// everything it started and brings the broker and the database back, whatever happened.
+#[allow(clippy::too_many_arguments)]
 async fn execute(
     config: &Config,
+    oprun: &OprunBinary,
     sandbox: &Sandbox,
     workload: &Workload,
     plan: Vec<faults::PlannedFault>,
     infra: &Arc<Infra>,
     rng: &mut StdRng,
     setting: Setting<'_>,
-) -> Result<Outcome, CliError> {
+) -> Result<Outcome, LabError> {
     let fleet = Arc::new(tokio::sync::Mutex::new(Fleet::new(
-        std::env::current_exe()?,
+        oprun.path().to_path_buf(),
         &sandbox.database_url,
         &config.amqp_url,
         sandbox.topology.namespace(),
@@ -210,11 +222,11 @@ async fn execute(
     let plan_len = plan.len();
     // From here on SIGINT and SIGTERM end the run through the clean-up below.
     let interrupted = CancellationToken::new();
-    tokio::spawn(crate::cli::cancel_on_signal(interrupted.clone()));
+    tokio::spawn(operation_runs::cli::cancel_on_signal(interrupted.clone()));
 
     let started_primary = fleet.lock().await.start(Role::Primary);
     let result = match started_primary {
-        Err(e) => Err(CliError::Io(e)),
+        Err(e) => Err(LabError::Io(e)),
         Ok(_) => {
             let target = Target {
                 amqp_url: config.amqp_url.clone(),
@@ -250,7 +262,7 @@ async fn execute(
             };
             let result = tokio::select! {
                 r = run.drive(rng, faults_left) => r,
-                _ = interrupted.cancelled() => Err(CliError::Invalid("chaos: interrupted".into())),
+                _ = interrupted.cancelled() => Err(LabError::Invalid("chaos: interrupted".into())),
             };
             let result = result.map(|f| (f, run.take_problems()));
             // The injector finishes the fault in hand (a restart is completed, not abandoned).

@@ -11,8 +11,8 @@ use super::shuffled_json::to_shuffled_string;
 use super::workload::{
     Counts, Identity, Message, PlannedFailure, PlannedRun, Step, StepAction, TWICE,
 };
-use crate::domain::summary_counts::SUMMARY_COUNT_KEYS;
-use crate::domain::RunOutcome;
+use operation_runs::domain::summary_counts::SUMMARY_COUNT_KEYS;
+use operation_runs::domain::RunOutcome;
 
 /// Share of runs that also get a start report after their completion.
 const LATE_START: f64 = 0.1;

@@ -9,8 +9,8 @@ use lapin::options::QueueBindOptions;
 use lapin::types::FieldTable;
 use tokio::time::Instant;
 
-use crate::broker::connection::connect;
-use crate::broker::{BrokerError, Topology};
+use operation_runs::broker::connection::connect;
+use operation_runs::broker::{BrokerError, Topology};
 
 /// How long binding again is retried (the broker may be restarting).
 const REBIND_FOR: Duration = Duration::from_secs(120);
@@ -72,8 +72,8 @@ pub async fn unbind_dead_letters(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::broker::publisher::{ConfirmPublisher, Confirmed};
     use lapin::BasicProperties;
+    use operation_runs::broker::publisher::{ConfirmPublisher, Confirmed};
 
     /// Against the real broker: a mandatory dead letter comes back while the queue is unbound,
     /// and is routed once it is bound again.
