@@ -73,6 +73,18 @@ pub struct ServeSettings {
     #[arg(long, env = "OPRUN_METRICS_ADDR", default_value = "127.0.0.1:9187")]
     pub metrics_addr: String,
 
+    /// Milliseconds an HTTP client may take to send a request's headers (every listener).
+    #[arg(long, env = "OPRUN_HTTP_HEADER_TIMEOUT_MS", default_value_t = 10_000)]
+    pub http_header_timeout_ms: u64,
+
+    /// Milliseconds after which an HTTP connection with no traffic either way is closed.
+    #[arg(long, env = "OPRUN_HTTP_IDLE_TIMEOUT_MS", default_value_t = 20_000)]
+    pub http_idle_timeout_ms: u64,
+
+    /// Most HTTP connections open at once, per listener; at the cap the listener stops accepting.
+    #[arg(long, env = "OPRUN_HTTP_MAX_CONNECTIONS", default_value_t = 512)]
+    pub http_max_connections: usize,
+
     /// A run with no change for longer than its expected duration × this factor is reaped.
     #[arg(long, env = "OPRUN_STALE_FACTOR", default_value_t = 3.0)]
     pub stale_factor: f64,
@@ -118,6 +130,15 @@ impl ServeSettings {
             .map(Some)
             .map_err(|e| format!("--metrics-addr {:?}: {e}", self.metrics_addr))
     }
+
+    /// The bounds of every HTTP listener.
+    pub fn http_limits(&self) -> crate::http::server::HttpLimits {
+        crate::http::server::HttpLimits {
+            header_read_timeout: Duration::from_millis(self.http_header_timeout_ms.max(1)),
+            idle_timeout: Duration::from_millis(self.http_idle_timeout_ms.max(1)),
+            max_connections: self.http_max_connections.max(1),
+        }
+    }
 }
 
 impl Default for ServeSettings {
@@ -128,6 +149,9 @@ impl Default for ServeSettings {
             lanes: 4,
             batch_window_ms: 5,
             metrics_addr: "off".into(),
+            http_header_timeout_ms: 10_000,
+            http_idle_timeout_ms: 20_000,
+            http_max_connections: 512,
             stale_factor: 3.0,
             reaper_interval_secs: 30,
             relay_idle_ms: 250,

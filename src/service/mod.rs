@@ -294,13 +294,15 @@ pub async fn serve(
         return Ok(());
     };
     if let Some(addr) = settings.metrics_socket().map_err(ServeError::Config)? {
-        let bound = health::spawn(
+        let bound = health::spawn_with(
             addr,
             service.health.clone(),
             service.metrics.clone(),
+            settings.http_limits(),
             shutdown.clone(),
         )
-        .await?;
+        .await?
+        .addr;
         tracing::info!(%bound, "health and metrics endpoint listening");
     }
     service.run(shutdown).await;

@@ -7,6 +7,7 @@ mod cli;
 mod concurrency;
 mod corpus;
 mod dispatch;
+mod hardening_http;
 mod lifecycle;
 mod operations;
 mod poison;
