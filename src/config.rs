@@ -109,6 +109,10 @@ pub struct ServeSettings {
     #[arg(long, env = "OPRUN_SHUTDOWN_TIMEOUT_SECS", default_value_t = 30)]
     pub shutdown_timeout_secs: u64,
 
+    /// The run viewer (HTTP API and pages).
+    #[command(flatten)]
+    pub viewer: ViewerSettings,
+
     /// Hand each new run's job to executors on `N.jobs` (dispatchOrFail).
     #[arg(long, env = "OPRUN_HAND_OFF_JOBS", default_value_t = true, action = clap::ArgAction::Set)]
     pub hand_off_jobs: bool,
@@ -159,7 +163,46 @@ impl Default for ServeSettings {
             db_connections: 8,
             shutdown_timeout_secs: 30,
             hand_off_jobs: true,
+            viewer: ViewerSettings {
+                http_addr: "off".into(),
+                api_secret: None,
+            },
         }
+    }
+}
+
+/// Where the run viewer listens and how its tokens are signed (`serve` and `token`).
+#[derive(Clone, clap::Args)]
+pub struct ViewerSettings {
+    /// Address of the run viewer (JSON API and pages; `off` to disable).
+    #[arg(long, env = "OPRUN_HTTP_ADDR", default_value = "127.0.0.1:8080")]
+    pub http_addr: String,
+
+    /// HS256 secret of the viewer's tokens (at least 32 bytes); when absent, a random one is
+    /// created once and kept in the database.
+    #[arg(long, env = "OPRUN_API_SECRET", hide_env_values = true)]
+    pub api_secret: Option<String>,
+}
+
+impl ViewerSettings {
+    /// The viewer's address, or `None` when disabled.
+    pub fn socket(&self) -> Result<Option<SocketAddr>, String> {
+        if self.http_addr == "off" {
+            return Ok(None);
+        }
+        self.http_addr
+            .parse()
+            .map(Some)
+            .map_err(|e| format!("--http-addr {:?}: {e}", self.http_addr))
+    }
+}
+
+impl fmt::Debug for ViewerSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ViewerSettings")
+            .field("http_addr", &self.http_addr)
+            .field("api_secret", &self.api_secret.as_ref().map(|_| "***"))
+            .finish()
     }
 }
 

@@ -10,6 +10,7 @@ pub mod identity;
 pub mod legacy;
 pub mod output;
 pub mod runs;
+pub mod token;
 pub mod topology;
 
 use clap::{Parser, Subcommand};
@@ -93,6 +94,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Fault-injection run: kills, broker and database restarts; checks nothing is lost.
     Chaos(chaos::ChaosArgs),
+    /// Print a run viewer token and its link.
+    Token(token::TokenArgs),
 }
 
 impl Cli {
@@ -120,6 +123,7 @@ impl Cli {
             Command::Events(c) => c.run(config).await,
             Command::Bench(a) => a.run(config).await,
             Command::Chaos(a) => a.run(config).await,
+            Command::Token(a) => a.run(config).await,
         }
     }
 }

@@ -10,6 +10,7 @@ pub mod jobs;
 pub mod legacy;
 pub mod runs;
 pub mod scope;
+pub mod viewer;
 
 use std::time::Duration;
 

@@ -16,3 +16,4 @@ mod properties;
 mod restart;
 mod schema;
 mod security;
+mod viewer_api;

@@ -9,9 +9,11 @@ use std::process::Stdio;
 use tokio::process::{Child, Command};
 
 /// `serve` with what a chaos run does not need turned off.
-const SERVE_ARGS: [&str; 7] = [
+const SERVE_ARGS: [&str; 9] = [
     "serve",
     "--metrics-addr",
+    "off",
+    "--http-addr",
     "off",
     "--hand-off-jobs",
     "false",
