@@ -17,3 +17,4 @@ mod restart;
 mod schema;
 mod security;
 mod viewer_api;
+mod viewer_browser;

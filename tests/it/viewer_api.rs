@@ -17,15 +17,15 @@ use crate::helpers::{progress, seed_scopes, TestApp, DEADLINE};
 
 const SECRET: &str = "viewer-test-secret-of-at-least-32-bytes";
 
-struct Viewer {
-    base: String,
+pub(crate) struct Viewer {
+    pub(crate) base: String,
     keys: TokenKeys,
     http: reqwest::Client,
     stop: CancellationToken,
 }
 
 impl Viewer {
-    async fn spawn(pool: PgPool) -> Self {
+    pub(crate) async fn spawn(pool: PgPool) -> Self {
         let keys = TokenKeys::new(SECRET).unwrap();
         let stop = CancellationToken::new();
         let server = operation_runs::http::viewer::spawn(
@@ -52,7 +52,7 @@ impl Viewer {
         }
     }
 
-    fn token(&self, workspace_id: i64, tenant_ids: Option<Vec<i64>>) -> String {
+    pub(crate) fn token(&self, workspace_id: i64, tenant_ids: Option<Vec<i64>>) -> String {
         self.keys.issue(&Claims {
             workspace_id,
             tenant_ids,
