@@ -886,3 +886,84 @@ async fn oprun_token_prints_a_token_and_a_link_signed_with_the_stored_secret(
         .unwrap();
     assert_eq!(stored, 1);
 }
+
+/// The newcomer's path: `oprun serve` (no secret configured) serves the viewer, a run is
+/// dispatched, `oprun token --workspace 1` prints a link, and that link shows the run.
+#[sqlx::test]
+async fn serve_shows_a_dispatched_run_through_the_link_oprun_token_prints(
+    _o: sqlx::postgres::PgPoolOptions,
+    connect: sqlx::postgres::PgConnectOptions,
+) {
+    let db = connect.get_database().unwrap().to_owned();
+    let app = TestApp::without_service(
+        sqlx::postgres::PgPoolOptions::new()
+            .max_connections(2)
+            .connect_lazy_with(connect),
+    )
+    .await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let _serve = tokio::process::Command::new(env!("CARGO_BIN_EXE_oprun"))
+        .args(["serve", "--metrics-addr", "off", "--http-addr", &addr])
+        .args(["--hand-off-jobs", "false", "--reaper-interval-secs", "0"])
+        .env("DATABASE_URL", crate::helpers::database_url_for(&db))
+        .env("OPRUN_NAMESPACE", app.topology.namespace())
+        .env_remove("OPRUN_API_SECRET")
+        .env("OPRUN_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let run_id = app.create_policy_run(3).await;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_oprun"))
+        .args(["token", "--workspace", "1", "--http-addr", &addr])
+        .env("DATABASE_URL", crate::helpers::database_url_for(&db))
+        .env_remove("OPRUN_API_SECRET")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let link = stdout.lines().nth(1).unwrap().to_owned();
+    assert!(
+        link.starts_with(&format!("http://{addr}/runs?token=")),
+        "{link}"
+    );
+
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(DEADLINE)
+        .build()
+        .unwrap();
+    let signed_in = crate::helpers::wait_until("the viewer to listen", || {
+        let (http, link) = (http.clone(), link.clone());
+        async move { http.get(&link).send().await.ok() }
+    })
+    .await;
+    assert!(
+        signed_in.status().is_redirection(),
+        "{}",
+        signed_in.status()
+    );
+    let cookie = signed_in.headers()[SET_COOKIE].to_str().unwrap();
+    let (cookie, _) = cookie.split_once(';').unwrap();
+    let list = http
+        .get(format!("http://{addr}/runs"))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(list.status(), StatusCode::OK);
+    assert!(list
+        .text()
+        .await
+        .unwrap()
+        .contains(&format!("href=\"/runs/{run_id}\"")));
+    app.shutdown().await;
+}
