@@ -17,4 +17,5 @@ mod restart;
 mod schema;
 mod security;
 mod viewer_api;
+mod viewer_bench;
 mod viewer_browser;
