@@ -81,10 +81,14 @@ pub async fn related(pool: &PgPool, run: &OperationRun) -> Result<Vec<Value>, sq
 pub async fn detail(pool: &PgPool, run: &OperationRun) -> Result<Value, sqlx::Error> {
     let mut out = run.to_json();
     out["label"] = json!(type_label(&run.run_type));
-    out["related"] = Value::Array(related(pool, run).await?);
-    out["legacy"] = Value::Array(
+    // Two independent reads on two pool connections: one round trip of latency, not two.
+    let (related, legacy) = tokio::try_join!(
+        related(pool, run),
         viewer::legacy_rows_for_run(pool, run.id)
-            .await?
+    )?;
+    out["related"] = Value::Array(related);
+    out["legacy"] = Value::Array(
+        legacy
             .into_iter()
             .map(|(table, row)| {
                 let mut m = Map::new();
