@@ -73,6 +73,18 @@ pub struct ServeSettings {
     #[arg(long, env = "OPRUN_METRICS_ADDR", default_value = "127.0.0.1:9187")]
     pub metrics_addr: String,
 
+    /// Milliseconds an HTTP client may take to send a request's headers (every listener).
+    #[arg(long, env = "OPRUN_HTTP_HEADER_TIMEOUT_MS", default_value_t = 10_000)]
+    pub http_header_timeout_ms: u64,
+
+    /// Milliseconds after which an HTTP connection with no traffic either way is closed.
+    #[arg(long, env = "OPRUN_HTTP_IDLE_TIMEOUT_MS", default_value_t = 20_000)]
+    pub http_idle_timeout_ms: u64,
+
+    /// Most HTTP connections open at once, per listener; at the cap the listener stops accepting.
+    #[arg(long, env = "OPRUN_HTTP_MAX_CONNECTIONS", default_value_t = 512)]
+    pub http_max_connections: usize,
+
     /// A run with no change for longer than its expected duration × this factor is reaped.
     #[arg(long, env = "OPRUN_STALE_FACTOR", default_value_t = 3.0)]
     pub stale_factor: f64,
@@ -96,6 +108,10 @@ pub struct ServeSettings {
     /// Seconds to finish in-flight work and flush the outbox after SIGTERM/SIGINT.
     #[arg(long, env = "OPRUN_SHUTDOWN_TIMEOUT_SECS", default_value_t = 30)]
     pub shutdown_timeout_secs: u64,
+
+    /// The run viewer (HTTP API and pages).
+    #[command(flatten)]
+    pub viewer: ViewerSettings,
 
     /// Hand each new run's job to executors on `N.jobs` (dispatchOrFail).
     #[arg(long, env = "OPRUN_HAND_OFF_JOBS", default_value_t = true, action = clap::ArgAction::Set)]
@@ -145,6 +161,15 @@ impl ServeSettings {
             .map(Some)
             .map_err(|e| format!("--metrics-addr {:?}: {e}", self.metrics_addr))
     }
+
+    /// The bounds of every HTTP listener.
+    pub fn http_limits(&self) -> crate::http::server::HttpLimits {
+        crate::http::server::HttpLimits {
+            header_read_timeout: Duration::from_millis(self.http_header_timeout_ms.max(1)),
+            idle_timeout: Duration::from_millis(self.http_idle_timeout_ms.max(1)),
+            max_connections: self.http_max_connections.max(1),
+        }
+    }
 }
 
 impl Default for ServeSettings {
@@ -155,6 +180,9 @@ impl Default for ServeSettings {
             lanes: 4,
             batch_window_ms: 5,
             metrics_addr: "off".into(),
+            http_header_timeout_ms: 10_000,
+            http_idle_timeout_ms: 20_000,
+            http_max_connections: 512,
             stale_factor: 3.0,
             reaper_interval_secs: 30,
             relay_idle_ms: 250,
@@ -166,6 +194,10 @@ impl Default for ServeSettings {
             job_retry_base_ms: 1000,
             reply_queue_pattern: DEFAULT_REPLY_QUEUE_PATTERN.into(),
             max_active_runs_per_tenant: 1000,
+            viewer: ViewerSettings {
+                http_addr: "off".into(),
+                api_secret: None,
+            },
         }
     }
 }
@@ -205,6 +237,41 @@ impl fmt::Debug for UserPasswords {
             .field("producer_password", &shown(&self.producer_password))
             .field("service_password", &shown(&self.service_password))
             .field("subscriber_password", &shown(&self.subscriber_password))
+            .finish()
+    }
+}
+
+/// Where the run viewer listens and how its tokens are signed (`serve` and `token`).
+#[derive(Clone, clap::Args)]
+pub struct ViewerSettings {
+    /// Address of the run viewer (JSON API and pages; `off` to disable).
+    #[arg(long, env = "OPRUN_HTTP_ADDR", default_value = "127.0.0.1:8080")]
+    pub http_addr: String,
+
+    /// HS256 secret of the viewer's tokens (at least 32 bytes); when absent, a random one is
+    /// created once and kept in the database.
+    #[arg(long, env = "OPRUN_API_SECRET", hide_env_values = true)]
+    pub api_secret: Option<String>,
+}
+
+impl ViewerSettings {
+    /// The viewer's address, or `None` when disabled.
+    pub fn socket(&self) -> Result<Option<SocketAddr>, String> {
+        if self.http_addr == "off" {
+            return Ok(None);
+        }
+        self.http_addr
+            .parse()
+            .map(Some)
+            .map_err(|e| format!("--http-addr {:?}: {e}", self.http_addr))
+    }
+}
+
+impl fmt::Debug for ViewerSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ViewerSettings")
+            .field("http_addr", &self.http_addr)
+            .field("api_secret", &self.api_secret.as_ref().map(|_| "***"))
             .finish()
     }
 }

@@ -11,6 +11,7 @@
 //! - [`store`]: the Postgres side. Functions take the caller's transaction.
 //! - [`broker`]: the AMQP side (lapin): topology, consumer, confirmed publishing, dead letters.
 //! - [`service`]: `oprun serve`, which joins the two: one batch of commands is one transaction.
+//! - [`http`]: the HTTP server (probes, metrics) with its timeouts and connection cap.
 //! - [`client`]: the producer library and the worker for executors.
 //! - [`cli`]: the `oprun` commands.
 //! - [`config`] and [`retry`]: configuration and backoff, shared by all.
@@ -20,6 +21,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod domain;
+pub mod http;
 pub mod retry;
 pub mod service;
 pub mod store;

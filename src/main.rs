@@ -18,6 +18,12 @@ async fn main() -> std::process::ExitCode {
     } else {
         builder.init();
     }
+    // Idle sockets, the pool and the broker all take descriptors; the soft limit (often 1024)
+    // is the one that bites, so take what the hard limit allows.
+    match operation_runs::http::server::raise_open_file_limit() {
+        Ok(limit) => tracing::debug!(limit, "open-file limit raised to the hard limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+    }
     match Cli::parse().run().await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

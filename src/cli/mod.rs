@@ -9,6 +9,7 @@ pub mod identity;
 pub mod legacy;
 pub mod output;
 pub mod runs;
+pub mod token;
 pub mod topology;
 
 use clap::{Parser, Subcommand};
@@ -90,6 +91,8 @@ enum Command {
     /// Re-send stored events.
     #[command(subcommand)]
     Events(events::EventsCommand),
+    /// Print a run viewer token and its link.
+    Token(token::TokenArgs),
 }
 
 impl Cli {
@@ -116,6 +119,7 @@ impl Cli {
             Command::Dispatch(a) => a.run(config).await,
             Command::Dlq(c) => c.run(config).await,
             Command::Events(c) => c.run(config).await,
+            Command::Token(a) => a.run(config).await,
         }
     }
 }

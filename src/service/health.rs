@@ -1,15 +1,19 @@
-//! `/healthz`, `/readyz` and `/metrics` over plain HTTP/1.1. Three fixed GET routes do not need a
-//! web framework; this keeps the dependency tree and the attack surface small.
+//! `/healthz`, `/readyz` and `/metrics`: an axum router on the shared HTTP server
+//! ([`crate::http::server`]), which bounds header reads, idle connections and open connections.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
 use tokio_util::sync::CancellationToken;
 
 use super::metrics::Metrics;
+use crate::http::server::{self, HttpLimits, HttpServer};
 
 /// What the probes report.
 #[derive(Debug, Default)]
@@ -33,53 +37,55 @@ impl Health {
     }
 }
 
-/// Binds `addr` and serves the probes until `shutdown`. Returns the bound address (port 0 picks
-/// a free one).
+/// Binds `addr` and serves the probes until `shutdown`, with the default [`HttpLimits`].
+/// Returns the bound address (port 0 picks a free one).
 pub async fn spawn(
     addr: SocketAddr,
     health: Arc<Health>,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) -> std::io::Result<SocketAddr> {
-    let listener = TcpListener::bind(addr).await?;
-    let bound = listener.local_addr()?;
-    tokio::spawn(async move {
-        loop {
-            let accepted = tokio::select! {
-                a = listener.accept() => a,
-                _ = shutdown.cancelled() => return,
-            };
-            if let Ok((stream, _)) = accepted {
-                let (health, metrics) = (health.clone(), metrics.clone());
-                tokio::spawn(async move {
-                    let _ = answer(stream, &health, &metrics).await;
-                });
-            }
-        }
-    });
-    Ok(bound)
+    Ok(
+        spawn_with(addr, health, metrics, HttpLimits::default(), shutdown)
+            .await?
+            .addr,
+    )
 }
 
-async fn answer(mut stream: TcpStream, health: &Health, metrics: &Metrics) -> std::io::Result<()> {
-    let mut buf = [0u8; 1024];
-    let n = stream.read(&mut buf).await?;
-    let request = String::from_utf8_lossy(&buf[..n]);
-    let path = request.split_whitespace().nth(1).unwrap_or("/");
-    let (status, content_type, body) = match path {
-        "/healthz" => ("200 OK", "text/plain", "ok\n".to_owned()),
-        "/readyz" if health.ready() => ("200 OK", "text/plain", "ready\n".to_owned()),
-        "/readyz" => (
-            "503 Service Unavailable",
-            "text/plain",
-            "not ready\n".to_owned(),
-        ),
-        "/metrics" => ("200 OK", "text/plain; version=0.0.4", metrics.render()),
-        _ => ("404 Not Found", "text/plain", "not found\n".to_owned()),
-    };
-    let response = format!(
-        "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(response.as_bytes()).await?;
-    stream.shutdown().await
+/// Binds `addr` and serves the probes with `limits` until `shutdown`.
+pub async fn spawn_with(
+    addr: SocketAddr,
+    health: Arc<Health>,
+    metrics: Arc<Metrics>,
+    limits: HttpLimits,
+    shutdown: CancellationToken,
+) -> std::io::Result<HttpServer> {
+    server::spawn(addr, router(health, metrics), limits, shutdown).await
+}
+
+/// The probes' routes.
+pub fn router(health: Arc<Health>, metrics: Arc<Metrics>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(render_metrics))
+        .with_state((health, metrics))
+        .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") })
+}
+
+type ProbeState = State<(Arc<Health>, Arc<Metrics>)>;
+
+async fn readyz(State((health, _)): ProbeState) -> impl IntoResponse {
+    if health.ready() {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+    }
+}
+
+async fn render_metrics(State((_, metrics)): ProbeState) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        metrics.render(),
+    )
 }

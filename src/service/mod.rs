@@ -338,16 +338,46 @@ pub async fn serve(
         return Ok(());
     };
     if let Some(addr) = settings.metrics_socket().map_err(ServeError::Config)? {
-        let bound = health::spawn(
+        let bound = health::spawn_with(
             addr,
             service.health.clone(),
             service.metrics.clone(),
+            settings.http_limits(),
             shutdown.clone(),
         )
-        .await?;
+        .await?
+        .addr;
         tracing::info!(%bound, "health and metrics endpoint listening");
+    }
+    if let Some(addr) = settings.viewer.socket().map_err(ServeError::Config)? {
+        let keys = viewer_keys(&service.pool, settings.viewer.api_secret.as_deref()).await?;
+        let bound = crate::http::viewer::spawn(
+            addr,
+            service.pool.clone(),
+            keys,
+            settings.http_limits(),
+            shutdown.clone(),
+        )
+        .await?
+        .addr;
+        tracing::info!(%bound, "run viewer listening: `oprun token --workspace ID` prints a link");
     }
     service.run(shutdown).await;
     service.pool.close().await;
     Ok(())
+}
+
+/// The viewer's signing keys: from the configured secret, or the one kept in the database
+/// (created now if this is the first start).
+pub async fn viewer_keys(
+    pool: &PgPool,
+    configured: Option<&str>,
+) -> Result<crate::http::auth::TokenKeys, ServeError> {
+    let secret = match configured {
+        Some(s) => s.to_owned(),
+        None => store::viewer::api_secret(pool, &crate::http::auth::random_secret())
+            .await
+            .map_err(StoreError::from)?,
+    };
+    crate::http::auth::TokenKeys::new(&secret).map_err(|e| ServeError::Config(e.to_string()))
 }

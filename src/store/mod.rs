@@ -11,6 +11,7 @@ pub mod legacy;
 pub mod locks;
 pub mod runs;
 pub mod scope;
+pub mod viewer;
 
 use std::time::Duration;
 

@@ -17,6 +17,8 @@ fn spawn_serve(database: &str, namespace: &str) -> Child {
             "serve",
             "--metrics-addr",
             "off",
+            "--http-addr",
+            "off",
             "--batch-size",
             "20",
             "--relay-idle-ms",

@@ -200,7 +200,7 @@ async fn credentials_in_urls_never_reach_the_logs(
     db_url.set_username("postgres").unwrap();
     db_url.set_password(Some("pg-Sup3rS3cret")).unwrap(); // trust auth: accepted and ignored
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_oprun"))
-        .args(["serve", "--metrics-addr", "off"])
+        .args(["serve", "--metrics-addr", "off", "--http-addr", "off"])
         .env("DATABASE_URL", db_url.as_str())
         .env(
             "AMQP_URL",

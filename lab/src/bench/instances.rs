@@ -61,6 +61,7 @@ impl Instances {
             let child = Command::new(exe)
                 .arg("serve")
                 .args(["--metrics-addr", "off"])
+                .args(["--http-addr", "off"])
                 .args(["--hand-off-jobs", "false"])
                 .args(["--reaper-interval-secs", "0"])
                 .args(["--prefetch", &tunables.prefetch.to_string()])

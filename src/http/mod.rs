@@ -1,0 +1,12 @@
+//! HTTP: the server infrastructure every listener of the process shares (timeouts, connection
+//! cap), and the run viewer (JSON API, live events, pages) served by `oprun serve`.
+
+pub mod api;
+pub mod auth;
+pub mod error;
+pub mod html;
+pub mod live;
+pub mod pages;
+pub mod read_model;
+pub mod server;
+pub mod viewer;

@@ -1,0 +1,969 @@
+//! Issue 11: the run viewer over real HTTP: tokens of several scopes, the list with keyset
+//! paging, the run detail, events, live SSE, legacy redirects, the catalog, the pages' sign-in
+//! and escaping, and the list's plans on 100,000 rows.
+
+use std::time::Duration;
+
+use operation_runs::http::auth::{Claims, TokenKeys};
+use operation_runs::http::server::HttpLimits;
+use operation_runs::store::viewer::{explain_list_runs, RunListFilter, ViewerScope};
+use reqwest::header::{HeaderMap, LOCATION, SET_COOKIE};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::helpers::{progress, seed_scopes, TestApp, DEADLINE};
+
+const SECRET: &str = "viewer-test-secret-of-at-least-32-bytes";
+
+pub(crate) struct Viewer {
+    pub(crate) base: String,
+    keys: TokenKeys,
+    http: reqwest::Client,
+    stop: CancellationToken,
+}
+
+impl Viewer {
+    pub(crate) async fn spawn(pool: PgPool) -> Self {
+        let keys = TokenKeys::new(SECRET).unwrap();
+        let stop = CancellationToken::new();
+        let server = operation_runs::http::viewer::spawn(
+            "127.0.0.1:0".parse().unwrap(),
+            pool,
+            keys.clone(),
+            HttpLimits {
+                idle_timeout: Duration::from_secs(3),
+                ..HttpLimits::default()
+            },
+            stop.clone(),
+        )
+        .await
+        .unwrap();
+        Self {
+            base: format!("http://{}", server.addr),
+            keys,
+            http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .timeout(DEADLINE)
+                .build()
+                .unwrap(),
+            stop,
+        }
+    }
+
+    pub(crate) fn token(&self, workspace_id: i64, tenant_ids: Option<Vec<i64>>) -> String {
+        self.keys.issue(&Claims {
+            workspace_id,
+            tenant_ids,
+            exp: now() + 3600,
+            sub: Some("tests".into()),
+        })
+    }
+
+    async fn get(&self, path: &str, token: Option<&str>) -> (StatusCode, HeaderMap, String) {
+        let mut request = self.http.get(format!("{}{path}", self.base));
+        if let Some(t) = token {
+            request = request.bearer_auth(t);
+        }
+        let response = request.send().await.unwrap();
+        let (status, headers) = (response.status(), response.headers().clone());
+        (status, headers, response.text().await.unwrap())
+    }
+
+    async fn json(&self, path: &str, token: &str) -> (StatusCode, Value) {
+        let (status, _, body) = self.get(path, Some(token)).await;
+        (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+    }
+}
+
+impl Drop for Viewer {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+fn now() -> u64 {
+    chrono::Utc::now().timestamp() as u64
+}
+
+fn b64(bytes: &[u8]) -> String {
+    // Unpadded base64url, as JWTs use.
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | (*b as u32) << (16 - 8 * i));
+        for i in 0..=chunk.len() {
+            out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+/// Inserts a run directly (the read API does not care how it was made); returns its id.
+async fn insert_run(
+    pool: &PgPool,
+    workspace: i64,
+    tenant: Option<i64>,
+    run_type: &str,
+    (status, outcome): (&str, &str),
+    minutes_ago: i64,
+    extra: Value,
+) -> i64 {
+    sqlx::query_scalar(
+        "INSERT INTO operation_runs (workspace_id, tenant_id, type, status, outcome, run_identity_hash,
+                                     context, summary_counts, initiator_name, created_at)
+         VALUES ($1, $2, $3, $4, $5, md5(random()::text) || md5(random()::text),
+                 coalesce($6->'context', '{}'), coalesce($6->'counts', '{}'), $6->>'initiator',
+                 now() - make_interval(mins => $7::int))
+         RETURNING id",
+    )
+    .bind(workspace)
+    .bind(tenant)
+    .bind(run_type)
+    .bind(status)
+    .bind(outcome)
+    .bind(extra)
+    .bind(minutes_ago as i32)
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+fn error_code(body: &Value) -> &str {
+    body["error"]["code"].as_str().unwrap_or("<none>")
+}
+
+#[sqlx::test]
+async fn every_token_sees_its_scope_and_nothing_else(pool: PgPool) {
+    seed_scopes(&pool).await;
+    let t10 = insert_run(
+        &pool,
+        1,
+        Some(10),
+        "policy.sync",
+        ("queued", "pending"),
+        4,
+        json!({}),
+    )
+    .await;
+    let t11 = insert_run(
+        &pool,
+        1,
+        Some(11),
+        "policy.sync",
+        ("queued", "pending"),
+        3,
+        json!({}),
+    )
+    .await;
+    let ws1 = insert_run(
+        &pool,
+        1,
+        None,
+        "directory_role_definitions.sync",
+        ("queued", "pending"),
+        2,
+        json!({}),
+    )
+    .await;
+    let t20 = insert_run(
+        &pool,
+        2,
+        Some(20),
+        "policy.sync",
+        ("queued", "pending"),
+        1,
+        json!({}),
+    )
+    .await;
+    let viewer = Viewer::spawn(pool).await;
+    let ids = |body: &Value| -> Vec<i64> {
+        body["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["id"].as_i64().unwrap())
+            .collect()
+    };
+
+    // The whole workspace: its three runs, newest first; not workspace 2's.
+    let whole = viewer.token(1, None);
+    let (status, body) = viewer.json("/v1/runs", &whole).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(ids(&body), vec![ws1, t11, t10]);
+    assert_eq!(body["next_cursor"], Value::Null);
+    for id in [t10, t11, ws1] {
+        assert_eq!(
+            viewer.json(&format!("/v1/runs/{id}"), &whole).await.0,
+            StatusCode::OK
+        );
+    }
+
+    // A tenant subset: that tenant's runs only, no workspace-scoped run.
+    let only10 = viewer.token(1, Some(vec![10]));
+    assert_eq!(ids(&viewer.json("/v1/runs", &only10).await.1), vec![t10]);
+    assert_eq!(
+        ids(&viewer.json("/v1/runs?tenant_id=11", &only10).await.1),
+        Vec::<i64>::new()
+    );
+
+    // Outside the scope is indistinguishable from absent.
+    let (_, absent) = viewer.json("/v1/runs/999999", &whole).await;
+    for (token, id) in [
+        (&only10, t11),
+        (&only10, ws1),
+        (&whole, t20),
+        (&viewer.token(2, None), t10),
+    ] {
+        let (status, body) = viewer.json(&format!("/v1/runs/{id}"), token).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(body, absent);
+        for sub in ["events", "live"] {
+            let (status, _) = viewer.json(&format!("/v1/runs/{id}/{sub}"), token).await;
+            assert_eq!(status, StatusCode::NOT_FOUND, "{sub}");
+        }
+    }
+    assert_eq!(error_code(&absent), "not_found");
+
+    // Missing, malformed, expired, foreign, unsigned: 401.
+    let (status, _, body) = viewer.get("/v1/runs", None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        error_code(&serde_json::from_str(&body).unwrap()),
+        "missing_token"
+    );
+    let expired = viewer.keys.issue(&Claims {
+        workspace_id: 1,
+        tenant_ids: None,
+        exp: now() - 600,
+        sub: None,
+    });
+    let foreign = TokenKeys::new("another-secret-that-is-also-32-bytes-long")
+        .unwrap()
+        .issue(&Claims {
+            workspace_id: 1,
+            tenant_ids: None,
+            exp: now() + 600,
+            sub: None,
+        });
+    let claims = format!(r#"{{"workspace_id":1,"exp":{}}}"#, now() + 600);
+    let alg_none = format!(
+        "{}.{}.",
+        b64(br#"{"alg":"none","typ":"JWT"}"#),
+        b64(claims.as_bytes())
+    );
+    let no_exp = format!(
+        "{}.{}.{}",
+        b64(br#"{"alg":"HS256","typ":"JWT"}"#),
+        b64(br#"{"workspace_id":1}"#),
+        "sig"
+    );
+    for (token, code) in [
+        (expired.as_str(), "expired_token"),
+        (foreign.as_str(), "invalid_token"),
+        (alg_none.as_str(), "invalid_token"),
+        (no_exp.as_str(), "invalid_token"),
+        ("not-a-token", "invalid_token"),
+    ] {
+        let (status, body) = viewer.json("/v1/runs", token).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{token}");
+        assert_eq!(error_code(&body), code, "{token}: {body}");
+        let (status, _) = viewer.json(&format!("/v1/runs/{t10}"), token).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
+}
+
+#[sqlx::test]
+async fn the_list_pages_by_cursor_and_filters(pool: PgPool) {
+    seed_scopes(&pool).await;
+    let mut expected = Vec::new();
+    for i in 0..7 {
+        let (status, outcome) = if i % 2 == 0 {
+            ("completed", "failed")
+        } else {
+            ("running", "pending")
+        };
+        expected.push(
+            insert_run(
+                &pool,
+                1,
+                Some(10),
+                "policy.sync",
+                (status, outcome),
+                100 - i,
+                json!({}),
+            )
+            .await,
+        );
+    }
+    // Two runs with the same creation time: the cursor breaks the tie by id.
+    sqlx::query("UPDATE operation_runs SET created_at = (SELECT created_at FROM operation_runs WHERE id = $1) WHERE id = $2")
+        .bind(expected[3])
+        .bind(expected[4])
+        .execute(&pool)
+        .await
+        .unwrap();
+    let inventory = insert_run(
+        &pool,
+        1,
+        Some(11),
+        "inventory.sync",
+        ("queued", "pending"),
+        200,
+        json!({}),
+    )
+    .await;
+    let viewer = Viewer::spawn(pool).await;
+    let token = viewer.token(1, None);
+
+    let mut seen = Vec::new();
+    let mut path = "/v1/runs?limit=3".to_owned();
+    loop {
+        let (status, body) = viewer.json(&path, &token).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let page: Vec<i64> = body["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["id"].as_i64().unwrap())
+            .collect();
+        assert!(page.len() <= 3);
+        seen.extend(page);
+        match body["next_cursor"].as_str() {
+            Some(c) => path = format!("/v1/runs?limit=3&cursor={c}"),
+            None => break,
+        }
+    }
+    let mut newest_first: Vec<i64> = expected.clone();
+    newest_first.reverse();
+    // Runs 4 and 5 share a creation time: the higher id comes first, as already in this order.
+    newest_first.push(inventory);
+    assert_eq!(seen, newest_first);
+
+    let count = |body: &Value| body["runs"].as_array().unwrap().len();
+    assert_eq!(
+        count(&viewer.json("/v1/runs?status=completed", &token).await.1),
+        4
+    );
+    assert_eq!(
+        count(
+            &viewer
+                .json("/v1/runs?outcome=pending&status=running", &token)
+                .await
+                .1
+        ),
+        3
+    );
+    assert_eq!(
+        count(&viewer.json("/v1/runs?type=inventory.sync", &token).await.1),
+        1
+    );
+    assert_eq!(
+        count(&viewer.json("/v1/runs?tenant_id=11", &token).await.1),
+        1
+    );
+    let after = (chrono::Utc::now() - chrono::Duration::seconds(97 * 60 + 30)).to_rfc3339();
+    let (_, body) = viewer
+        .json(
+            &format!("/v1/runs?created_after={}", urlencode(&after)),
+            &token,
+        )
+        .await;
+    assert_eq!(count(&body), 4, "{body}");
+    let (_, body) = viewer
+        .json(
+            &format!("/v1/runs?created_before={}", urlencode(&after)),
+            &token,
+        )
+        .await;
+    assert_eq!(count(&body), 4, "{body}");
+
+    for bad in [
+        "limit=0",
+        "limit=201",
+        "status=done",
+        "outcome=ok",
+        "type=nope",
+        "tenant_id=x",
+        "created_after=yesterday",
+        "cursor=zz",
+    ] {
+        let (status, body) = viewer.json(&format!("/v1/runs?{bad}"), &token).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
+        assert_eq!(error_code(&body), "invalid_parameter", "{bad}");
+    }
+}
+
+fn urlencode(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+#[sqlx::test]
+async fn a_run_shows_label_related_links_legacy_rows_and_progress(pool: PgPool) {
+    seed_scopes(&pool).await;
+    sqlx::query(
+        "INSERT INTO restore_runs (id, tenant_id, backup_set_id) VALUES (7, 10, 1), (8, 11, 1)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let own = insert_run(&pool, 1, Some(10), "restore.execute", ("running", "pending"), 1,
+        json!({"context": {"restore_run_id": 7, "backup_set_id": 3}, "counts": {"total": 8, "processed": 2}})).await;
+    let foreign = insert_run(
+        &pool,
+        1,
+        Some(10),
+        "backup_schedule.run_now",
+        ("running", "pending"),
+        1,
+        json!({"context": {"restore_run_id": 8, "backup_schedule_id": "77"}}),
+    )
+    .await;
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query("SET LOCAL operation_runs.legacy_import = 'on'")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO backup_schedule_runs (id, backup_schedule_id, tenant_id, scheduled_for, status, operation_run_id)
+         VALUES (41, 77, 10, now(), 'completed', $1), (42, 77, 10, now(), 'failed', NULL), (43, 78, 20, now(), 'failed', NULL)",
+    )
+    .bind(foreign)
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    let viewer = Viewer::spawn(pool).await;
+    let token = viewer.token(1, None);
+
+    let (status, run) = viewer.json(&format!("/v1/runs/{own}"), &token).await;
+    assert_eq!(status, StatusCode::OK, "{run}");
+    assert_eq!(run["label"], "Restore");
+    assert_eq!(run["type"], "restore.execute");
+    assert_eq!(
+        run["progress"],
+        json!({"processed": 2, "total": 8, "percent": 25.0})
+    );
+    let related: Vec<&str> = run["related"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(related, vec!["backup_set_id", "restore_run_id"]);
+    assert_eq!(
+        run["related"][1],
+        json!({"key": "restore_run_id", "id": 7, "label": "Restore run 7"})
+    );
+    assert_eq!(run["legacy"], json!([]));
+
+    // Restore 8 belongs to tenant 11: not shown on a tenant-10 run.
+    let (_, run) = viewer.json(&format!("/v1/runs/{foreign}"), &token).await;
+    let related: Vec<&str> = run["related"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(related, vec!["backup_schedule_id"]);
+    assert_eq!(run["legacy"][0]["table"], "backup_schedule_runs");
+    assert_eq!(run["legacy"][0]["row"]["id"], 41);
+    assert_eq!(run["progress"]["percent"], Value::Null);
+
+    // Legacy redirects.
+    let (status, headers, _) = viewer
+        .get("/v1/legacy/backup_schedule_runs/41", Some(&token))
+        .await;
+    assert_eq!(status, StatusCode::PERMANENT_REDIRECT);
+    assert_eq!(headers[LOCATION], format!("/v1/runs/{foreign}").as_str());
+    let (status, body) = viewer
+        .json("/v1/legacy/backup_schedule_runs/42", &token)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(error_code(&body), "legacy_unmapped");
+    assert_eq!(body["error"]["legacy"]["id"], 42);
+    let (status, body) = viewer.json("/v1/legacy/operation_runs/1", &token).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(error_code(&body), "unknown_legacy_table");
+    // Another workspace's row, mapped or not, and a missing row: plain not_found.
+    for path in [
+        "/v1/legacy/backup_schedule_runs/43",
+        "/v1/legacy/backup_schedule_runs/999",
+    ] {
+        let (status, body) = viewer.json(path, &token).await;
+        assert_eq!(
+            (status, error_code(&body)),
+            (StatusCode::NOT_FOUND, "not_found"),
+            "{path}"
+        );
+    }
+    let (status, _) = viewer
+        .json("/v1/legacy/backup_schedule_runs/41", &viewer.token(2, None))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    // The page redirects to the run's page.
+    let (status, headers, _) = viewer
+        .get("/legacy/backup_schedule_runs/41", Some(&token))
+        .await;
+    assert!(status.is_redirection());
+    assert_eq!(headers[LOCATION], format!("/runs/{foreign}").as_str());
+
+    // The catalog.
+    let (status, catalog) = viewer.json("/v1/catalog", &token).await;
+    assert_eq!(status, StatusCode::OK);
+    let types = catalog["types"].as_array().unwrap();
+    assert_eq!(types.len(), operation_runs::domain::OPERATION_CATALOG.len());
+    assert!(types.contains(&json!({"type": "backup_schedule.retry", "label": "Backup (retry)",
+        "identity_keys": ["backup_schedule_id", "backup_schedule_run_id"], "expected_duration_seconds": 1800})));
+}
+
+/// Reads SSE frames from `response` until the stream ends: `(id, event, data)`.
+async fn read_sse(mut response: reqwest::Response) -> Vec<(i64, String, Value)> {
+    let mut text = String::new();
+    tokio::time::timeout(DEADLINE, async {
+        while let Some(chunk) = response.chunk().await.unwrap() {
+            text.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    })
+    .await
+    .expect("the live stream ends after the completion event");
+    text.split("\n\n")
+        .filter_map(|frame| {
+            let field = |name: &str| {
+                frame
+                    .lines()
+                    .find_map(|l| l.strip_prefix(&format!("{name}:")))
+                    .map(|v| v.trim_start().to_owned())
+            };
+            Some((
+                field("id")?.parse().ok()?,
+                field("event")?,
+                serde_json::from_str(&field("data")?).ok()?,
+            ))
+        })
+        .collect()
+}
+
+#[sqlx::test]
+async fn the_live_stream_follows_a_run_resumes_from_last_event_id_and_ends_at_completion(
+    pool: PgPool,
+) {
+    let app = TestApp::spawn(pool.clone()).await;
+    let viewer = Viewer::spawn(pool).await;
+    let token = viewer.token(1, Some(vec![10]));
+    let run_id = app.create_policy_run(1).await;
+    let live = viewer
+        .http
+        .get(format!("{}/v1/runs/{run_id}/live", viewer.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(live.status(), StatusCode::OK);
+    assert_eq!(live.headers()["content-type"], "text/event-stream");
+    let reading = tokio::spawn(read_sse(live));
+    app.publish(&progress(
+        "update_run",
+        run_id,
+        json!({"status": "running"}),
+    ))
+    .await;
+    for _ in 0..3 {
+        app.publish(&progress(
+            "increment_summary_counts",
+            run_id,
+            json!({"counts": {"processed": 1}}),
+        ))
+        .await;
+    }
+    app.publish(&progress(
+        "update_run",
+        run_id,
+        json!({"status": "completed", "outcome": "succeeded"}),
+    ))
+    .await;
+    let frames = reading.await.unwrap();
+    let sequences: Vec<i64> = frames.iter().map(|f| f.0).collect();
+    assert_eq!(sequences, (1..=sequences.len() as i64).collect::<Vec<_>>());
+    assert_eq!(frames[0].1, "operation_run.queued");
+    let last = frames.last().unwrap();
+    assert_eq!(last.1, "operation_run.completed");
+    assert_eq!(last.2["data"]["run"]["outcome"], "succeeded");
+    assert_eq!(last.2["data"]["sequence"], last.0);
+
+    // Resuming after event 2 sends the rest, then ends (the run is complete).
+    let resumed = viewer
+        .http
+        .get(format!("{}/v1/runs/{run_id}/live", viewer.base))
+        .bearer_auth(&token)
+        .header("last-event-id", "2")
+        .send()
+        .await
+        .unwrap();
+    let rest = read_sse(resumed).await;
+    assert_eq!(rest, frames[2..].to_vec());
+    // And after the completion event, nothing: the stream ends at once.
+    let done = viewer
+        .http
+        .get(format!("{}/v1/runs/{run_id}/live", viewer.base))
+        .bearer_auth(&token)
+        .header("last-event-id", last.0.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert!(read_sse(done).await.is_empty());
+
+    // The events endpoint gives the same history.
+    let (_, events) = viewer
+        .json(&format!("/v1/runs/{run_id}/events?after=1"), &token)
+        .await;
+    let types: Vec<&str> = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
+    let expected: Vec<&str> = frames[1..].iter().map(|f| f.1.as_str()).collect();
+    assert_eq!(types, expected);
+    app.shutdown().await;
+}
+
+#[sqlx::test]
+async fn a_token_link_signs_the_browser_in_and_pages_escape_every_value(pool: PgPool) {
+    seed_scopes(&pool).await;
+    let hostile = "<script>alert('x')</script>";
+    let id = insert_run(&pool, 1, Some(10), "policy.sync", ("running", "pending"), 1,
+        json!({"initiator": hostile, "context": {"policy_id": hostile}, "counts": {"total": 4, "processed": 1}})).await;
+    let viewer = Viewer::spawn(pool).await;
+    let token = viewer.token(1, None);
+
+    let (status, headers, _) = viewer
+        .get(&format!("/runs/{id}?token={token}&x=1"), None)
+        .await;
+    assert!(status.is_redirection(), "{status}");
+    assert_eq!(headers[LOCATION], format!("/runs/{id}?x=1").as_str());
+    let cookie = headers[SET_COOKIE].to_str().unwrap().to_owned();
+    for attribute in ["HttpOnly", "SameSite=Strict", "Path=/"] {
+        assert!(cookie.contains(attribute), "{cookie}");
+    }
+    let (name_value, _) = cookie.split_once(';').unwrap();
+
+    let page = viewer
+        .http
+        .get(format!("{}/runs/{id}", viewer.base))
+        .header("cookie", name_value)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    let csp = page.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"),
+        "{csp}"
+    );
+    let html = page.text().await.unwrap();
+    assert!(!html.contains(hostile), "unescaped value in the page");
+    assert!(html.contains("&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;"));
+    assert!(html.contains("<progress id=\"progress-bar\" max=\"100\" value=\"25\">"));
+    assert!(html.contains("data-live=\"true\""));
+
+    let list = viewer
+        .http
+        .get(format!("{}/runs", viewer.base))
+        .header("cookie", name_value)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(list.contains(&format!("href=\"/runs/{id}\"")), "{list}");
+    assert!(list.contains("min ago"));
+
+    // No token: a sign-in page, not the data; a bad token link: the same.
+    let (status, _, body) = viewer.get(&format!("/runs/{id}"), None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(!body.contains("policy.sync"));
+    let (status, headers, _) = viewer.get(&format!("/runs/{id}?token=forged"), None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(headers.get(SET_COOKIE).is_none());
+}
+
+/// Every filter combination of the page, for a whole-workspace token and a tenant-subset token,
+/// with and without a cursor, on 100,000 runs: no sequential scan, in custom and generic plans.
+#[sqlx::test]
+async fn every_list_filter_combination_is_answered_from_an_index(pool: PgPool) {
+    seed_scopes(&pool).await;
+    sqlx::query(
+        "INSERT INTO operation_runs (workspace_id, tenant_id, type, status, outcome, run_identity_hash, created_at)
+         SELECT CASE WHEN i % 4 = 3 THEN 2 ELSE 1 END,
+                (ARRAY[10, 11, NULL, 20])[i % 4 + 1],
+                (ARRAY['policy.sync', 'inventory.sync', 'entra_group.sync', 'restore.execute'])[i % 7 % 4 + 1],
+                CASE WHEN i % 50 = 0 THEN 'running' ELSE 'completed' END,
+                CASE WHEN i % 50 = 0 THEN 'pending' WHEN i % 13 = 0 THEN 'failed' ELSE 'succeeded' END,
+                md5(i::text) || md5((i + 1)::text),
+                now() - make_interval(secs => i * 60)
+         FROM generate_series(1, 100000) i",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query("ANALYZE operation_runs")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let mut conn = pool.acquire().await.unwrap();
+    let week_ago = chrono::Utc::now() - chrono::Duration::days(7);
+    let cursor = Some((chrono::Utc::now() - chrono::Duration::days(3), 50_000));
+    let filters = |tenant: Option<i64>| {
+        let base = RunListFilter::default();
+        vec![
+            base.clone(),
+            RunListFilter {
+                tenant_id: tenant,
+                ..base.clone()
+            },
+            RunListFilter {
+                run_type: Some("policy.sync".into()),
+                ..base.clone()
+            },
+            RunListFilter {
+                status: Some("running".into()),
+                ..base.clone()
+            },
+            RunListFilter {
+                outcome: Some("failed".into()),
+                ..base.clone()
+            },
+            RunListFilter {
+                status: Some("completed".into()),
+                outcome: Some("failed".into()),
+                ..base.clone()
+            },
+            RunListFilter {
+                tenant_id: tenant,
+                run_type: Some("inventory.sync".into()),
+                ..base.clone()
+            },
+            RunListFilter {
+                tenant_id: tenant,
+                status: Some("running".into()),
+                ..base.clone()
+            },
+            RunListFilter {
+                created_after: Some(week_ago),
+                ..base.clone()
+            },
+            RunListFilter {
+                created_before: Some(week_ago),
+                run_type: Some("policy.sync".into()),
+                ..base.clone()
+            },
+            RunListFilter {
+                tenant_id: tenant,
+                run_type: Some("policy.sync".into()),
+                status: Some("completed".into()),
+                outcome: Some("succeeded".into()),
+                created_after: Some(week_ago - chrono::Duration::days(30)),
+                created_before: Some(week_ago),
+            },
+        ]
+    };
+    let scopes = [
+        ViewerScope {
+            workspace_id: 1,
+            tenant_ids: None,
+        },
+        ViewerScope {
+            workspace_id: 1,
+            tenant_ids: Some(vec![10]),
+        },
+        ViewerScope {
+            workspace_id: 1,
+            tenant_ids: Some(vec![10, 11]),
+        },
+    ];
+    let mut checked = 0;
+    for mode in ["auto", "force_generic_plan"] {
+        sqlx::query(&format!("SET plan_cache_mode = {mode}"))
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+        for scope in &scopes {
+            for filter in filters(Some(10)) {
+                for after in [None, cursor] {
+                    let plan = explain_list_runs(&mut *conn, scope, &filter, after, 51)
+                        .await
+                        .unwrap();
+                    let text = plan.to_string();
+                    assert!(
+                        !text.contains("Seq Scan") && text.contains("Index"),
+                        "{mode} {scope:?} {filter:?} {after:?}: {text}"
+                    );
+                    checked += 1;
+                }
+            }
+        }
+    }
+    assert_eq!(checked, 2 * 3 * 11 * 2);
+}
+
+/// `oprun token` with no configured secret: creates the database's secret once, prints a token
+/// and the viewer link; a second token is signed with the same secret, and `serve` would verify
+/// both (it reads the same row).
+#[sqlx::test]
+async fn oprun_token_prints_a_token_and_a_link_signed_with_the_stored_secret(
+    _o: sqlx::postgres::PgPoolOptions,
+    connect: sqlx::postgres::PgConnectOptions,
+) {
+    let db = connect.get_database().unwrap().to_owned();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_oprun"))
+            .args(args)
+            .env("DATABASE_URL", crate::helpers::database_url_for(&db))
+            .env_remove("OPRUN_API_SECRET")
+            .env_remove("OPRUN_HTTP_ADDR")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let first = run(&[
+        "token",
+        "--workspace",
+        "1",
+        "--tenant",
+        "10",
+        "--tenant",
+        "11",
+        "--ttl",
+        "2h",
+        "--sub",
+        "ada",
+    ]);
+    let second = run(&["token", "--workspace", "2"]);
+    let lines: Vec<&str> = first.lines().collect();
+    assert_eq!(lines.len(), 2, "{first}");
+    assert_eq!(
+        lines[1],
+        format!("http://127.0.0.1:8080/runs?token={}", lines[0])
+    );
+
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .connect_with(connect)
+        .await
+        .unwrap();
+    let keys = operation_runs::service::viewer_keys(&pool, None)
+        .await
+        .unwrap();
+    let claims = keys.verify(lines[0]).unwrap();
+    assert_eq!(
+        (
+            claims.workspace_id,
+            claims.tenant_ids,
+            claims.sub.as_deref()
+        ),
+        (1, Some(vec![10, 11]), Some("ada"))
+    );
+    let lifetime = claims.exp as i64 - chrono::Utc::now().timestamp();
+    assert!((7100..=7200).contains(&lifetime), "{lifetime}");
+    let claims = keys.verify(second.lines().next().unwrap()).unwrap();
+    assert_eq!((claims.workspace_id, claims.tenant_ids), (2, None));
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM api_secrets")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, 1);
+}
+
+/// The newcomer's path: `oprun serve` (no secret configured) serves the viewer, a run is
+/// dispatched, `oprun token --workspace 1` prints a link, and that link shows the run.
+#[sqlx::test]
+async fn serve_shows_a_dispatched_run_through_the_link_oprun_token_prints(
+    _o: sqlx::postgres::PgPoolOptions,
+    connect: sqlx::postgres::PgConnectOptions,
+) {
+    let db = connect.get_database().unwrap().to_owned();
+    let app = TestApp::without_service(
+        sqlx::postgres::PgPoolOptions::new()
+            .max_connections(2)
+            .connect_lazy_with(connect),
+    )
+    .await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let _serve = tokio::process::Command::new(env!("CARGO_BIN_EXE_oprun"))
+        .args(["serve", "--metrics-addr", "off", "--http-addr", &addr])
+        .args(["--hand-off-jobs", "false", "--reaper-interval-secs", "0"])
+        .env("DATABASE_URL", crate::helpers::database_url_for(&db))
+        .env("OPRUN_NAMESPACE", app.topology.namespace())
+        .env_remove("OPRUN_API_SECRET")
+        .env("OPRUN_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let run_id = app.create_policy_run(3).await;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_oprun"))
+        .args(["token", "--workspace", "1", "--http-addr", &addr])
+        .env("DATABASE_URL", crate::helpers::database_url_for(&db))
+        .env_remove("OPRUN_API_SECRET")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let link = stdout.lines().nth(1).unwrap().to_owned();
+    assert!(
+        link.starts_with(&format!("http://{addr}/runs?token=")),
+        "{link}"
+    );
+
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(DEADLINE)
+        .build()
+        .unwrap();
+    let signed_in = crate::helpers::wait_until("the viewer to listen", || {
+        let (http, link) = (http.clone(), link.clone());
+        async move { http.get(&link).send().await.ok() }
+    })
+    .await;
+    assert!(
+        signed_in.status().is_redirection(),
+        "{}",
+        signed_in.status()
+    );
+    let cookie = signed_in.headers()[SET_COOKIE].to_str().unwrap();
+    let (cookie, _) = cookie.split_once(';').unwrap();
+    let list = http
+        .get(format!("http://{addr}/runs"))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(list.status(), StatusCode::OK);
+    assert!(list
+        .text()
+        .await
+        .unwrap()
+        .contains(&format!("href=\"/runs/{run_id}\"")));
+    app.shutdown().await;
+}
