@@ -12,6 +12,10 @@ use super::operation_run::OperationRun;
 /// The content type of a structured CloudEvent.
 pub const CLOUDEVENTS_CONTENT_TYPE: &str = "application/cloudevents+json";
 
+/// Every event's CloudEvents `dataschema`: the `$id` of `topology/schemas/event.json` (a stable
+/// name, not a download location; `tests/it/contract.rs` keeps the two equal).
+pub const EVENT_DATASCHEMA: &str = "https://operation-runs.example/schemas/event.json";
+
 /// What happened to a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RunEventType {
@@ -83,6 +87,7 @@ impl RunEvent {
             "subject": format!("operation_runs/{}", run.id),
             "time": time.to_rfc3339_opts(SecondsFormat::Micros, true),
             "datacontenttype": "application/json",
+            "dataschema": EVENT_DATASCHEMA,
             "data": {"run": run.to_json(), "sequence": sequence},
         });
         Self {
