@@ -8,6 +8,7 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 use super::operation_run::OperationRun;
+use super::trace_context::{TraceContext, TRACEPARENT, TRACESTATE};
 
 /// The content type of a structured CloudEvent.
 pub const CLOUDEVENTS_CONTENT_TYPE: &str = "application/cloudevents+json";
@@ -97,5 +98,17 @@ impl RunEvent {
             event_type,
             cloud_event,
         }
+    }
+
+    /// Sets the CloudEvents distributed-tracing extension attributes `traceparent` and (when
+    /// present) `tracestate`.
+    pub fn with_trace(mut self, trace: Option<&TraceContext>) -> Self {
+        if let (Some(trace), Some(doc)) = (trace, self.cloud_event.as_object_mut()) {
+            doc.insert(TRACEPARENT.into(), json!(trace.traceparent()));
+            if let Some(state) = trace.tracestate() {
+                doc.insert(TRACESTATE.into(), json!(state));
+            }
+        }
+        self
     }
 }

@@ -19,10 +19,12 @@ use super::apply::CommandResult;
 use super::batch::apply_in_lanes;
 use super::Service;
 use crate::broker::dead_letter::dead_letter_properties;
+use crate::broker::headers::string_header;
 use crate::broker::publisher::{confirm_each, ConfirmPublisher, Confirmed};
 use crate::broker::BrokerError;
 use crate::domain::command::MAX_COMMAND_BYTES;
-use crate::domain::{decode_command, Command, CommandKind, Rejection};
+use crate::domain::trace_context::{TRACEPARENT, TRACESTATE};
+use crate::domain::{decode_delivery, Command, CommandKind, DeliveryMeta, Rejection};
 
 /// How long a batch waits for the confirms of its dead letters and replies before it replaces
 /// the channel and publishes the unconfirmed ones again.
@@ -64,10 +66,13 @@ pub async fn handle_deliveries(
     let decoded: Vec<Result<Command, Rejection>> = deliveries
         .iter()
         .map(|d| {
-            decode_command(
-                &d.data,
-                d.properties.message_id().as_ref().map(|m| m.as_str()),
-            )
+            let headers = d.properties.headers().as_ref();
+            let meta = DeliveryMeta {
+                message_id: d.properties.message_id().as_ref().map(|m| m.as_str()),
+                traceparent: headers.and_then(|h| string_header(h, TRACEPARENT)),
+                tracestate: headers.and_then(|h| string_header(h, TRACESTATE)),
+            };
+            decode_delivery(&d.data, meta)
         })
         .collect();
     let commands: Vec<&Command> = decoded.iter().filter_map(|c| c.as_ref().ok()).collect();

@@ -32,6 +32,7 @@ use crate::broker::headers::opt_i64;
 use crate::broker::publisher::{confirm_all, confirm_each, ConfirmPublisher, Confirmed};
 use crate::broker::{BrokerError, Topology};
 use crate::domain::event::CLOUDEVENTS_CONTENT_TYPE;
+use crate::domain::trace_context::{TRACEPARENT, TRACESTATE};
 use crate::domain::Failure;
 use crate::store::events::{self, StoredEvent};
 use crate::store::{jobs, runs};
@@ -219,10 +220,19 @@ pub async fn publish_events(
     Ok(())
 }
 
-/// The AMQP properties of a job.
+/// The AMQP properties of a job: headers `run_id` and the run's trace context (`traceparent`,
+/// `tracestate`), so the executor's work joins the dispatcher's trace.
 fn job_properties(job: &jobs::StoredJob) -> BasicProperties {
     let mut headers = FieldTable::default();
     headers.insert("run_id".into(), AMQPValue::LongLongInt(job.run_id));
+    for (name, value) in [
+        (TRACEPARENT, &job.traceparent),
+        (TRACESTATE, &job.tracestate),
+    ] {
+        if let Some(value) = value {
+            headers.insert(name.into(), AMQPValue::LongString(value.as_str().into()));
+        }
+    }
     BasicProperties::default()
         .with_content_type("application/json".into())
         .with_message_id(format!("job-{}", job.run_id).into())

@@ -586,6 +586,7 @@ async fn what_the_service_emits_validates_against_reply_event_and_job_schemas(po
     for (event, _) in &received {
         assert_valid("event", event);
         assert_eq!(event["dataschema"], load("event")["$id"], "{event}");
+        assert!(event["traceparent"].is_string(), "{event}");
     }
     app.shutdown().await;
 }

@@ -22,3 +22,4 @@ mod properties;
 mod restart;
 mod schema;
 mod security;
+mod trace_context;
