@@ -33,7 +33,7 @@ use crate::broker::publisher::{confirm_all, confirm_each, ConfirmPublisher, Conf
 use crate::broker::{BrokerError, Topology};
 use crate::domain::event::CLOUDEVENTS_CONTENT_TYPE;
 use crate::domain::trace_context::{TRACEPARENT, TRACESTATE};
-use crate::domain::Failure;
+use crate::domain::{Failure, RunEventType};
 use crate::store::events::{self, StoredEvent};
 use crate::store::{jobs, runs};
 
@@ -321,6 +321,7 @@ impl OutboxRelay {
         events::mark_published(&mut tx, &confirmed).await?;
         tx.commit().await?;
         report.events += confirmed.len();
+        self.count_completions(&settled.outcomes);
         match settled.channel_error {
             Some(e) => Err(e.into()),
             None => Ok(()),
@@ -447,24 +448,50 @@ impl OutboxRelay {
     }
 
     fn record(&self, report: RelayReport) {
-        for (name, kind, n) in [
-            ("oprun_relay_published_total", "event", report.events),
-            ("oprun_relay_published_total", "job", report.jobs),
-            (
-                "oprun_relay_published_total",
-                "unroutable",
-                report.unroutable,
-            ),
-            ("oprun_relay_published_total", "rejected", report.rejected),
-            ("oprun_relay_nacked_total", "event", report.events_nacked),
-            (
-                "oprun_relay_nacked_total",
-                "job",
-                report.jobs_retried + report.rejected,
-            ),
+        for (kind, n) in [
+            ("event", report.events),
+            ("job", report.jobs),
+            ("unroutable", report.unroutable),
+            ("rejected", report.rejected),
         ] {
             if n > 0 {
-                self.metrics.add(name, format!("kind=\"{kind}\""), n as u64);
+                self.metrics.relay_published(kind, n as u64);
+            }
+        }
+        for (kind, n) in [
+            ("event", report.events_nacked),
+            ("job", report.jobs_retried + report.rejected),
+        ] {
+            if n > 0 {
+                self.metrics.relay_nacked(kind, n as u64);
+            }
+        }
+    }
+
+    /// Counts the runs whose `completed` event the broker confirmed (`oprun_runs_completed_total`
+    /// by type and outcome): one place that sees every completion, whether a command, the reaper
+    /// or the relay itself completed the run, and only once it is committed.
+    fn count_completions(&self, outcomes: &[(&StoredEvent, Result<Confirmed, BrokerError>)]) {
+        #[derive(serde::Deserialize)]
+        struct Completed {
+            data: CompletedData,
+        }
+        #[derive(serde::Deserialize)]
+        struct CompletedData {
+            run: CompletedRun,
+        }
+        #[derive(serde::Deserialize)]
+        struct CompletedRun {
+            r#type: String,
+            outcome: String,
+        }
+        for (event, outcome) in outcomes {
+            if outcome.is_err() || event.event_type != RunEventType::Completed.as_str() {
+                continue;
+            }
+            if let Ok(c) = serde_json::from_str::<Completed>(&event.cloud_event) {
+                self.metrics
+                    .run_completed(&c.data.run.r#type, &c.data.run.outcome);
             }
         }
     }
@@ -547,8 +574,7 @@ impl OutboxRelay {
 
     async fn update_backlog(&self) {
         if let Ok((count, age)) = events::backlog(&self.pool).await {
-            self.metrics.set("oprun_outbox_backlog", count as f64);
-            self.metrics.set("oprun_outbox_oldest_age_seconds", age);
+            self.metrics.outbox(count.max(0) as u64, age);
         }
     }
 }

@@ -356,3 +356,16 @@ pub async fn lock_by_id(
         .fetch_optional(conn)
         .await
 }
+
+/// Queued or running runs per type (types without any are absent), for the `oprun_active_runs`
+/// gauge.
+pub async fn count_active_by_type(
+    executor: impl PgExecutor<'_>,
+) -> Result<Vec<(String, i64)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT type, count(*) FROM operation_runs
+         WHERE status IN ('queued', 'running') GROUP BY type",
+    )
+    .fetch_all(executor)
+    .await
+}

@@ -15,6 +15,7 @@ mod hardening_edges;
 mod hardening_relay;
 mod hardening_worker;
 mod lifecycle;
+mod observability;
 mod operations;
 mod poison;
 mod producer;
