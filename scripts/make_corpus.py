@@ -125,6 +125,8 @@ cases = [
     ("nul-in-command-id", p("update_run", command_id="corpus-\u0000", status="running"), "invalid_string"),
     ("nul-in-failure-message", p("append_failures", failures=[{"code": "x", "message": "bad\u0000byte"}]), "invalid_string"),
     ("nul-in-kind", {"kind": "dispatch\u0000"}, "invalid_string"),
+    # a context over 16 KiB of JSON (every event carries it), in a body well under 256 KiB
+    ("context-too-large", d(context={"policy_id": "p", "blob": "x" * (16 * 1024)}), "context_too_large"),
 ]
 
 def main():

@@ -97,6 +97,11 @@ pub struct ServeSettings {
     #[arg(long, env = "OPRUN_RELAY_IDLE_MS", default_value_t = 250)]
     pub relay_idle_ms: u64,
 
+    /// Milliseconds between two polls of the metrics gauges read from the broker and the
+    /// database (DLQ depth, active runs per type); 0 disables them.
+    #[arg(long, env = "OPRUN_METRICS_POLL_MS", default_value_t = 15_000)]
+    pub metrics_poll_ms: u64,
+
     /// Most outbox rows one relay round publishes.
     #[arg(long, env = "OPRUN_RELAY_BATCH", default_value_t = 500)]
     pub relay_batch: i64,
@@ -186,6 +191,7 @@ impl Default for ServeSettings {
             stale_factor: 3.0,
             reaper_interval_secs: 30,
             relay_idle_ms: 250,
+            metrics_poll_ms: 15_000,
             relay_batch: 500,
             db_connections: 8,
             shutdown_timeout_secs: 30,

@@ -23,6 +23,15 @@ pub fn get_str(table: Option<&FieldTable>, key: &str) -> Option<String> {
     }
 }
 
+/// Borrows a header as text (long or short string), if present and valid UTF-8.
+pub fn string_header<'t>(table: &'t FieldTable, key: &str) -> Option<&'t str> {
+    match table.inner().get(key)? {
+        AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok(),
+        AMQPValue::ShortString(s) => Some(s.as_str()),
+        _ => None,
+    }
+}
+
 /// Reads a header as an integer, if present.
 pub fn get_i64(table: Option<&FieldTable>, key: &str) -> Option<i64> {
     match table?.inner().get(key)? {

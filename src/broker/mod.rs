@@ -9,6 +9,7 @@ pub mod error;
 pub mod headers;
 pub mod permissions;
 pub mod publisher;
+pub mod queue_depth;
 pub mod topology;
 
 pub use error::BrokerError;

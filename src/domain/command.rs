@@ -14,6 +14,7 @@ use super::operation_type::OperationRunType;
 use super::status::{RunOutcome, RunStatus};
 use super::strict_json::{self, StrictJsonError};
 use super::summary_counts::SummaryCounts;
+use super::trace_context::TraceContext;
 
 /// Largest accepted body, in bytes (256 KiB).
 pub const MAX_COMMAND_BYTES: usize = 256 * 1024;
@@ -166,6 +167,29 @@ pub struct Command {
     pub body_hash: String,
     /// What it asks for.
     pub action: CommandAction,
+    /// The W3C trace context of its delivery, when it carried a valid one (not part of the body
+    /// or its hash: a redelivery with another trace is the same command).
+    pub trace: Option<TraceContext>,
+}
+
+/// What a delivery carries besides its body that decoding uses: AMQP `message_id` and the
+/// `traceparent` / `tracestate` headers.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DeliveryMeta<'a> {
+    /// The AMQP `message_id` (the command id when the body has none).
+    pub message_id: Option<&'a str>,
+    /// The `traceparent` header, as sent.
+    pub traceparent: Option<&'a str>,
+    /// The `tracestate` header, as sent.
+    pub tracestate: Option<&'a str>,
+}
+
+/// Decodes a delivery: its body as [`decode_command`] does, and its trace context (an invalid
+/// `traceparent` is ignored, never a refusal).
+pub fn decode_delivery(body: &[u8], meta: DeliveryMeta<'_>) -> Result<Command, Rejection> {
+    let mut command = decode_command(body, meta.message_id)?;
+    command.trace = TraceContext::from_headers(meta.traceparent, meta.tracestate);
+    Ok(command)
 }
 
 impl Command {
@@ -277,6 +301,7 @@ pub fn decode_command(body: &[u8], message_id: Option<&str>) -> Result<Command, 
         command_id,
         body_hash: hex::encode(Sha256::digest(&canonical)),
         action,
+        trace: None,
     })
 }
 

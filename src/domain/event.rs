@@ -8,9 +8,14 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 
 use super::operation_run::OperationRun;
+use super::trace_context::{TraceContext, TRACEPARENT, TRACESTATE};
 
 /// The content type of a structured CloudEvent.
 pub const CLOUDEVENTS_CONTENT_TYPE: &str = "application/cloudevents+json";
+
+/// Every event's CloudEvents `dataschema`: the `$id` of `topology/schemas/event.json` (a stable
+/// name, not a download location; `tests/it/contract.rs` keeps the two equal).
+pub const EVENT_DATASCHEMA: &str = "https://operation-runs.example/schemas/event.json";
 
 /// What happened to a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -83,6 +88,7 @@ impl RunEvent {
             "subject": format!("operation_runs/{}", run.id),
             "time": time.to_rfc3339_opts(SecondsFormat::Micros, true),
             "datacontenttype": "application/json",
+            "dataschema": EVENT_DATASCHEMA,
             "data": {"run": run.to_json(), "sequence": sequence},
         });
         Self {
@@ -92,5 +98,17 @@ impl RunEvent {
             event_type,
             cloud_event,
         }
+    }
+
+    /// Sets the CloudEvents distributed-tracing extension attributes `traceparent` and (when
+    /// present) `tracestate`.
+    pub fn with_trace(mut self, trace: Option<&TraceContext>) -> Self {
+        if let (Some(trace), Some(doc)) = (trace, self.cloud_event.as_object_mut()) {
+            doc.insert(TRACEPARENT.into(), json!(trace.traceparent()));
+            if let Some(state) = trace.tracestate() {
+                doc.insert(TRACESTATE.into(), json!(state));
+            }
+        }
+        self
     }
 }

@@ -8,6 +8,7 @@
 //! | `failure_summary` | [`super::failure_cap::MAX_STORED_FAILURE_BYTES`] |
 //! | `failure_overflow` | [`super::failure_cap::MAX_OVERFLOW_CODES`] + 1 codes with counts |
 //! | `initiator_name`, ids, times, counts, envelope | a few KiB (200-character name, 9 count keys) |
+//! | `traceparent`, `tracestate` | 55 bytes and [`super::trace_context::MAX_TRACESTATE_BYTES`] |
 
 use serde_json::{Map, Value};
 
@@ -95,9 +96,15 @@ mod tests {
             completed_at: Some(Utc::now()),
             created_at: Utc::now(),
             updated_at: Utc::now(),
+            trace: crate::domain::TraceContext::from_headers(
+                Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+                Some(&format!("a={}", "b".repeat(510))),
+            ),
         };
+        assert!(run.trace.as_ref().unwrap().tracestate().is_some());
         let source = format!("/operation-runs/{}", "n".repeat(255));
-        let event = RunEvent::new(RunEventType::Completed, &run, i64::MAX, &source, Utc::now());
+        let event = RunEvent::new(RunEventType::Completed, &run, i64::MAX, &source, Utc::now())
+            .with_trace(run.trace.as_ref());
         let bytes = serialized_len(&event.cloud_event);
         assert!(bytes <= MAX_EVENT_BYTES, "{bytes} bytes");
     }

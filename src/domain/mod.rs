@@ -12,9 +12,11 @@ pub mod operation_type;
 pub mod status;
 pub mod strict_json;
 pub mod summary_counts;
+pub mod trace_context;
 
 pub use command::{
-    decode_command, Command, CommandAction, CommandKind, DispatchCommand, ProgressCommand, RunScope,
+    decode_command, decode_delivery, Command, CommandAction, CommandKind, DeliveryMeta,
+    DispatchCommand, ProgressCommand, RunScope,
 };
 pub use error::{ErrorCode, Rejection};
 pub use event::{RunEvent, RunEventType};
@@ -24,3 +26,4 @@ pub use operation_run::OperationRun;
 pub use operation_type::{CatalogEntry, DedupeWindow, OperationRunType, OPERATION_CATALOG};
 pub use status::{RunOutcome, RunState, RunStatus, Transition, TransitionError};
 pub use summary_counts::SummaryCounts;
+pub use trace_context::TraceContext;

@@ -5,6 +5,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::status::{RunOutcome, RunState, RunStatus};
+use super::trace_context::TraceContext;
 
 /// One row of `operation_runs`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -48,6 +49,11 @@ pub struct OperationRun {
     pub created_at: DateTime<Utc>,
     /// Last change (any progress counts as a heartbeat).
     pub updated_at: DateTime<Utc>,
+    /// The trace its dispatch carried (or started): stamped on its job and on events no command
+    /// with a trace of its own caused. Not part of the JSON form (events carry it as the
+    /// CloudEvents `traceparent` attribute instead).
+    #[serde(skip)]
+    pub trace: Option<TraceContext>,
 }
 
 fn as_wire<S: serde::Serializer, T: std::fmt::Display>(v: &T, s: S) -> Result<S::Ok, S::Error> {

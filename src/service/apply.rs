@@ -12,7 +12,7 @@ use crate::domain::failure_cap::{append_capped, fold_into_overflow, serialized_l
 use crate::domain::{
     Command, CommandAction, DispatchCommand, ErrorCode, Failure, OperationRun, OperationRunType,
     ProgressCommand, Rejection, RunEvent, RunEventType, RunState, RunStatus, SummaryCounts,
-    Transition,
+    TraceContext, Transition,
 };
 use crate::store::inbox::InboxRow;
 use crate::store::legacy::LinkRefusal;
@@ -145,8 +145,12 @@ pub async fn apply_command(
         }
     }
     let result = match &command.action {
-        CommandAction::Dispatch(d) => dispatch(conn, buf, d, ctx).await?,
-        CommandAction::Progress(p) => progress(conn, buf, p, ctx).await?,
+        CommandAction::Dispatch(d) => {
+            // A dispatch without a (valid) trace context starts a new trace.
+            let trace = command.trace.clone().unwrap_or_else(new_trace);
+            dispatch(conn, buf, d, &trace, ctx).await?
+        }
+        CommandAction::Progress(p) => progress(conn, buf, p, command.trace.as_ref(), ctx).await?,
     };
     if let Some(command_id) = &command.command_id {
         buf.record_processed(InboxRow {
@@ -164,6 +168,7 @@ async fn dispatch(
     conn: &mut PgConnection,
     buf: &mut TxBuffer,
     d: &DispatchCommand,
+    trace: &TraceContext,
     ctx: &ApplyContext,
 ) -> Result<CommandResult, ApplyError> {
     let scope_ok = match buf.checked_scope(d.scope, d.user_id) {
@@ -202,7 +207,7 @@ async fn dispatch(
     }
     // Insert-or-find, retried: between our conflict and our read the active run may complete.
     for _ in 0..3 {
-        let found = runs::insert_or_find(conn, d).await?;
+        let found = runs::insert_or_find(conn, d, trace).await?;
         if let Some((mut run, true)) = found {
             if let Some(tenant) = run.tenant_id {
                 buf.count_tenant_active(tenant, 1);
@@ -217,7 +222,7 @@ async fn dispatch(
                 );
                 buf.store_run(run.clone(), appended.summary_changed);
             }
-            record_event(conn, buf, RunEventType::Queued, &run, ctx).await?;
+            record_event(conn, buf, RunEventType::Queued, &run, None, ctx).await?;
             if ctx.hand_off_jobs {
                 buf.push_job(run.clone());
             }
@@ -340,6 +345,7 @@ async fn progress(
     conn: &mut PgConnection,
     buf: &mut TxBuffer,
     p: &ProgressCommand,
+    trace: Option<&TraceContext>,
     ctx: &ApplyContext,
 ) -> Result<CommandResult, ApplyError> {
     let not_found = || {
@@ -383,7 +389,7 @@ async fn progress(
         failures: p.failures.clone(),
         stale,
     };
-    save_run_progress(conn, buf, run, outcome, ctx).await
+    save_run_progress(conn, buf, run, outcome, trace, ctx).await
 }
 
 /// What a progress report (or the service itself: reaper, unroutable job) does to a locked run.
@@ -400,12 +406,14 @@ pub struct ProgressOutcome {
 }
 
 /// Saves `outcome` on the locked `run` and records the event it causes: `started` or `completed`
-/// when the status changed, else `progressed` when counts or failures changed, else none.
+/// when the status changed, else `progressed` when counts or failures changed, else none. The
+/// event carries `trace` (the causing command's), else the run's own.
 pub async fn save_run_progress(
     conn: &mut PgConnection,
     buf: &mut TxBuffer,
     run: OperationRun,
     outcome: ProgressOutcome,
+    trace: Option<&TraceContext>,
     ctx: &ApplyContext,
 ) -> Result<CommandResult, ApplyError> {
     let state_changed = outcome.state != run.state();
@@ -458,7 +466,7 @@ pub async fn save_run_progress(
         run
     };
     if let Some(event_type) = event_type {
-        record_event(conn, buf, event_type, &saved, ctx).await?;
+        record_event(conn, buf, event_type, &saved, trace, ctx).await?;
     }
     Ok(CommandResult {
         disposition,
@@ -467,15 +475,20 @@ pub async fn save_run_progress(
     })
 }
 
+/// Records event `event_type` of `run`, with trace context `trace` (the causing command's) or,
+/// without one, the run's own (its dispatch's).
 async fn record_event(
     conn: &mut PgConnection,
     buf: &mut TxBuffer,
     event_type: RunEventType,
     run: &OperationRun,
+    trace: Option<&TraceContext>,
     ctx: &ApplyContext,
 ) -> Result<(), sqlx::Error> {
     let sequence = buf.next_sequence(conn, run.id).await?;
-    let mut event = RunEvent::new(event_type, run, sequence, &ctx.event_source, Utc::now());
+    let trace = trace.or(run.trace.as_ref());
+    let mut event =
+        RunEvent::new(event_type, run, sequence, &ctx.event_source, Utc::now()).with_trace(trace);
     if serialized_len(&event.cloud_event) > MAX_EVENT_BYTES {
         // The bounds of `domain::event_size` add up to less than this, so it cannot happen; if
         // it ever does, the event still goes out, with the failure entries only counted.
@@ -485,7 +498,8 @@ async fn record_event(
         );
         let mut slim = run.clone();
         fold_into_overflow(&mut slim.failure_summary, &mut slim.failure_overflow);
-        event = RunEvent::new(event_type, &slim, sequence, &ctx.event_source, Utc::now());
+        event = RunEvent::new(event_type, &slim, sequence, &ctx.event_source, Utc::now())
+            .with_trace(trace);
     }
     buf.push_event(event, run);
     Ok(())
@@ -516,7 +530,23 @@ pub async fn complete_as_failed(
         failures: vec![failure],
         stale: false,
     };
-    save_run_progress(conn, buf, run, outcome, ctx)
+    save_run_progress(conn, buf, run, outcome, None, ctx)
         .await
         .map(Some)
+}
+
+/// A new trace with random ids from the operating system's generator (drawn again in the
+/// 2^-64 case of an all-zero id).
+fn new_trace() -> TraceContext {
+    loop {
+        let mut trace_id = [0u8; 16];
+        let mut parent_id = [0u8; 8];
+        getrandom::fill(&mut trace_id).expect("the operating system's random generator answers");
+        getrandom::fill(&mut parent_id).expect("the operating system's random generator answers");
+        if let Some(trace) =
+            TraceContext::new_root(u128::from_be_bytes(trace_id), u64::from_be_bytes(parent_id))
+        {
+            return trace;
+        }
+    }
 }

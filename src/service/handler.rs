@@ -15,14 +15,16 @@ use lapin::{BasicProperties, Connection};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use super::apply::CommandResult;
+use super::apply::{CommandResult, Disposition};
 use super::batch::apply_in_lanes;
 use super::Service;
 use crate::broker::dead_letter::dead_letter_properties;
+use crate::broker::headers::string_header;
 use crate::broker::publisher::{confirm_each, ConfirmPublisher, Confirmed};
 use crate::broker::BrokerError;
 use crate::domain::command::MAX_COMMAND_BYTES;
-use crate::domain::{decode_command, Command, CommandKind, Rejection};
+use crate::domain::trace_context::{TRACEPARENT, TRACESTATE};
+use crate::domain::{decode_delivery, Command, CommandKind, DeliveryMeta, Rejection};
 
 /// How long a batch waits for the confirms of its dead letters and replies before it replaces
 /// the channel and publishes the unconfirmed ones again.
@@ -64,10 +66,13 @@ pub async fn handle_deliveries(
     let decoded: Vec<Result<Command, Rejection>> = deliveries
         .iter()
         .map(|d| {
-            decode_command(
-                &d.data,
-                d.properties.message_id().as_ref().map(|m| m.as_str()),
-            )
+            let headers = d.properties.headers().as_ref();
+            let meta = DeliveryMeta {
+                message_id: d.properties.message_id().as_ref().map(|m| m.as_str()),
+                traceparent: headers.and_then(|h| string_header(h, TRACEPARENT)),
+                tracestate: headers.and_then(|h| string_header(h, TRACESTATE)),
+            };
+            decode_delivery(&d.data, meta)
         })
         .collect();
     let commands: Vec<&Command> = decoded.iter().filter_map(|c| c.as_ref().ok()).collect();
@@ -133,9 +138,7 @@ fn settle<'a>(
         // Replies go through the default exchange, which can reach any queue by name: only to
         // direct reply-to and the configured reply queues (the command itself still applies).
         if !service.reply_guard.allows(reply_to.as_str()) {
-            service
-                .metrics
-                .add("oprun_replies_refused_total", String::new(), 1);
+            service.metrics.reply_refused();
             tracing::warn!(
                 reply_to = reply_to.as_str(),
                 allowed = service.reply_guard.pattern(),
@@ -180,9 +183,7 @@ async fn publish_until_settled(
             .health
             .dead_letters_blocked
             .store(true, Ordering::Relaxed);
-        service
-            .metrics
-            .add("oprun_dead_letter_retries_total", String::new(), 1);
+        service.metrics.dead_letter_retry();
         let delay = delays.next().unwrap_or(Duration::from_secs(10));
         tracing::warn!(
             unsettled = attempt.failed.len(),
@@ -328,6 +329,13 @@ fn log_outcome(
     match outcome {
         Ok(result) => {
             service.metrics.command(kind, result.disposition.as_str());
+            if let Some(run_type) = run_type {
+                match result.disposition {
+                    Disposition::Applied => service.metrics.run_created(run_type),
+                    Disposition::Deduplicated => service.metrics.run_deduplicated(run_type),
+                    _ => {}
+                }
+            }
             tracing::debug!(
                 command_id,
                 kind,
@@ -341,6 +349,7 @@ fn log_outcome(
             service
                 .metrics
                 .command(kind, &format!("dead_lettered:{}", rejection.code));
+            service.metrics.refused(kind, rejection.code.as_str());
             tracing::warn!(
                 command_id, kind, run_id = command.and_then(|c| c.run_id()), r#type = run_type,
                 code = rejection.code.as_str(), reason = %rejection.message, "command dead-lettered"

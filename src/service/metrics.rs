@@ -1,171 +1,356 @@
-//! Service metrics in Prometheus text format: counters with labels and one latency histogram.
-//! Hand-written (a few dozen lines) rather than a metrics crate: the set is small and fixed.
+//! Service metrics on the maintained `prometheus-client` crate (OpenMetrics text exposition):
+//! commands by kind and result, runs by type and outcome, relay and broker health, and gauges
+//! polled from the broker and the database (DLQ depth, active runs per type).
+//!
+//! Counters are registered without their `_total` suffix; the encoder adds it, so the samples
+//! keep the names the README, the dashboards and the alerts use (`oprun_commands_total{…}`).
+//! Every label's values come from closed sets (kinds, results, reason codes, catalog types,
+//! outcomes, relay kinds), so the number of series is bounded.
 
-use std::collections::BTreeMap;
-use std::fmt::Write;
-use std::sync::Mutex;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// The content type of [`Metrics::render`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Upper bounds (seconds) of the processing latency histogram.
 const LATENCY_BUCKETS: [f64; 12] = [
     0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0,
 ];
 
+/// Labels of `oprun_commands_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CommandLabels {
+    kind: String,
+    result: String,
+}
+
+/// A `kind` label (relay settlements and nacks).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: String,
+}
+
+/// A run `type` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TypeLabel {
+    r#type: String,
+}
+
+/// Labels of `oprun_runs_completed_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CompletedLabels {
+    r#type: String,
+    outcome: String,
+}
+
+/// Labels of `oprun_commands_refused_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RefusedLabels {
+    kind: String,
+    code: String,
+}
+
 /// The metrics of one service process.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Metrics {
-    counters: Mutex<BTreeMap<(&'static str, String), u64>>,
-    gauges: Mutex<BTreeMap<&'static str, f64>>,
-    latency: Mutex<Histogram>,
+    registry: Registry,
+    commands: Family<CommandLabels, Counter>,
+    runs_created: Family<TypeLabel, Counter>,
+    runs_deduplicated: Family<TypeLabel, Counter>,
+    runs_completed: Family<CompletedLabels, Counter>,
+    commands_refused: Family<RefusedLabels, Counter>,
+    relay_published: Family<KindLabel, Counter>,
+    relay_nacked: Family<KindLabel, Counter>,
+    replies_refused: Counter,
+    dead_letter_retries: Counter,
+    reaped_runs: Counter,
+    reconnects: Counter,
+    outbox_backlog: Gauge<f64, AtomicU64>,
+    outbox_oldest_age: Gauge<f64, AtomicU64>,
+    consumer_running: Gauge,
+    dlq_depth: Gauge,
+    active_runs: Family<TypeLabel, Gauge>,
+    processing: Histogram,
 }
 
-#[derive(Debug, Default)]
-struct Histogram {
-    buckets: [u64; LATENCY_BUCKETS.len()],
-    count: u64,
-    sum: f64,
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let commands = Family::<CommandLabels, Counter>::default();
+        let runs_created = Family::<TypeLabel, Counter>::default();
+        let runs_deduplicated = Family::<TypeLabel, Counter>::default();
+        let runs_completed = Family::<CompletedLabels, Counter>::default();
+        let commands_refused = Family::<RefusedLabels, Counter>::default();
+        let relay_published = Family::<KindLabel, Counter>::default();
+        let relay_nacked = Family::<KindLabel, Counter>::default();
+        let replies_refused = Counter::default();
+        let dead_letter_retries = Counter::default();
+        let reaped_runs = Counter::default();
+        let reconnects = Counter::default();
+        let outbox_backlog = Gauge::<f64, AtomicU64>::default();
+        let outbox_oldest_age = Gauge::<f64, AtomicU64>::default();
+        let consumer_running = Gauge::default();
+        let dlq_depth = Gauge::default();
+        let active_runs = Family::<TypeLabel, Gauge>::default();
+        let processing = Histogram::new(LATENCY_BUCKETS);
+        // Help texts without a final period: the encoder adds one.
+        registry.register(
+            "oprun_commands",
+            "Commands consumed, by kind and result (applied, deduplicated, stale, unchanged, already_processed, dead_lettered:<code>)",
+            commands.clone(),
+        );
+        registry.register(
+            "oprun_runs_created",
+            "Runs created by dispatches, by type",
+            runs_created.clone(),
+        );
+        registry.register(
+            "oprun_runs_deduplicated",
+            "Dispatches answered with an existing run of their identity, by type",
+            runs_deduplicated.clone(),
+        );
+        registry.register(
+            "oprun_runs_completed",
+            "Runs completed, by type and outcome (succeeded, partially_succeeded, failed, blocked), reaped and unroutable runs included",
+            runs_completed.clone(),
+        );
+        registry.register(
+            "oprun_commands_refused",
+            "Commands dead-lettered, by kind and reason code",
+            commands_refused.clone(),
+        );
+        registry.register(
+            "oprun_relay_published",
+            "Messages the outbox relay settled, by kind (event, job, unroutable, rejected)",
+            relay_published.clone(),
+        );
+        registry.register(
+            "oprun_relay_nacked",
+            "Publishes of the outbox relay the broker nacked, by kind (event, job)",
+            relay_nacked.clone(),
+        );
+        registry.register(
+            "oprun_replies_refused",
+            "Replies not sent because reply_to is neither direct reply-to nor a reply queue",
+            replies_refused.clone(),
+        );
+        registry.register(
+            "oprun_dead_letter_retries",
+            "Times a batch waited because a dead letter or reply could not be published",
+            dead_letter_retries.clone(),
+        );
+        registry.register(
+            "oprun_reaped_runs",
+            "Runs completed as failed by the stale-run reaper",
+            reaped_runs.clone(),
+        );
+        registry.register(
+            "oprun_reconnects",
+            "Reconnections to the broker",
+            reconnects.clone(),
+        );
+        registry.register(
+            "oprun_outbox_backlog",
+            "Events recorded but not yet published",
+            outbox_backlog.clone(),
+        );
+        registry.register(
+            "oprun_outbox_oldest_age_seconds",
+            "Age of the oldest unpublished event: the relay lag",
+            outbox_oldest_age.clone(),
+        );
+        registry.register(
+            "oprun_consumer_running",
+            "1 while the command consumer is running",
+            consumer_running.clone(),
+        );
+        registry.register(
+            "oprun_dlq_depth",
+            "Messages in the dead-letter queue N.commands.dlq (polled)",
+            dlq_depth.clone(),
+        );
+        registry.register(
+            "oprun_active_runs",
+            "Queued or running runs, by type (polled; every catalog type, 0 included)",
+            active_runs.clone(),
+        );
+        registry.register(
+            "oprun_command_processing_seconds",
+            "Time from receiving a batch to settling it, per command",
+            processing.clone(),
+        );
+        Self {
+            registry,
+            commands,
+            runs_created,
+            runs_deduplicated,
+            runs_completed,
+            commands_refused,
+            relay_published,
+            relay_nacked,
+            replies_refused,
+            dead_letter_retries,
+            reaped_runs,
+            reconnects,
+            outbox_backlog,
+            outbox_oldest_age,
+            consumer_running,
+            dlq_depth,
+            active_runs,
+            processing,
+        }
+    }
 }
-
-/// Metric names and help texts.
-const HELP: [(&str, &str, &str); 11] = [
-    (
-        "oprun_commands_total",
-        "counter",
-        "Commands consumed, by kind and result.",
-    ),
-    (
-        "oprun_relay_published_total",
-        "counter",
-        "Messages the outbox relay settled, by kind (event, job, unroutable, rejected).",
-    ),
-    (
-        "oprun_relay_nacked_total",
-        "counter",
-        "Publishes of the outbox relay the broker nacked, by kind (event, job).",
-    ),
-    (
-        "oprun_replies_refused_total",
-        "counter",
-        "Replies not sent because reply_to is neither direct reply-to nor a reply queue.",
-    ),
-    (
-        "oprun_dead_letter_retries_total",
-        "counter",
-        "Times a batch waited because a dead letter or reply could not be published.",
-    ),
-    (
-        "oprun_reaped_runs_total",
-        "counter",
-        "Runs completed as failed by the stale-run reaper.",
-    ),
-    (
-        "oprun_reconnects_total",
-        "counter",
-        "Reconnections to the broker.",
-    ),
-    (
-        "oprun_outbox_backlog",
-        "gauge",
-        "Events recorded but not yet published.",
-    ),
-    (
-        "oprun_outbox_oldest_age_seconds",
-        "gauge",
-        "Age of the oldest unpublished event.",
-    ),
-    (
-        "oprun_consumer_running",
-        "gauge",
-        "1 while the command consumer is running.",
-    ),
-    (
-        "oprun_command_processing_seconds",
-        "histogram",
-        "Time from receiving a batch to settling it, per command.",
-    ),
-];
 
 impl Metrics {
     /// Counts one command of `kind` with `result` (applied, deduplicated, stale, …, or
     /// `dead_lettered:<code>`).
     pub fn command(&self, kind: &str, result: &str) {
-        self.add(
-            "oprun_commands_total",
-            format!("kind=\"{kind}\",result=\"{result}\""),
-            1,
-        );
+        self.commands
+            .get_or_create(&CommandLabels {
+                kind: kind.to_owned(),
+                result: result.to_owned(),
+            })
+            .inc();
     }
 
-    /// Adds `n` to a counter with a preformatted label set.
-    pub fn add(&self, name: &'static str, labels: String, n: u64) {
-        *self
-            .counters
-            .lock()
-            .unwrap()
-            .entry((name, labels))
-            .or_default() += n;
+    /// Counts a refused (dead-lettered) command of `kind` by reason `code`.
+    pub fn refused(&self, kind: &str, code: &str) {
+        self.commands_refused
+            .get_or_create(&RefusedLabels {
+                kind: kind.to_owned(),
+                code: code.to_owned(),
+            })
+            .inc();
     }
 
-    /// Sets a gauge.
-    pub fn set(&self, name: &'static str, value: f64) {
-        self.gauges.lock().unwrap().insert(name, value);
+    /// Counts a run of `run_type` created by a dispatch.
+    pub fn run_created(&self, run_type: &str) {
+        self.runs_created.get_or_create(&type_label(run_type)).inc();
+    }
+
+    /// Counts a dispatch of `run_type` answered with an existing run.
+    pub fn run_deduplicated(&self, run_type: &str) {
+        self.runs_deduplicated
+            .get_or_create(&type_label(run_type))
+            .inc();
+    }
+
+    /// Counts a run of `run_type` completed with `outcome`.
+    pub fn run_completed(&self, run_type: &str, outcome: &str) {
+        self.runs_completed
+            .get_or_create(&CompletedLabels {
+                r#type: run_type.to_owned(),
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts `n` messages the relay settled as `kind` (event, job, unroutable, rejected).
+    pub fn relay_published(&self, kind: &str, n: u64) {
+        self.relay_published
+            .get_or_create(&KindLabel {
+                kind: kind.to_owned(),
+            })
+            .inc_by(n);
+    }
+
+    /// Counts `n` relay publishes of `kind` (event, job) the broker nacked.
+    pub fn relay_nacked(&self, kind: &str, n: u64) {
+        self.relay_nacked
+            .get_or_create(&KindLabel {
+                kind: kind.to_owned(),
+            })
+            .inc_by(n);
+    }
+
+    /// Counts a reply not sent because its `reply_to` is not allowed.
+    pub fn reply_refused(&self) {
+        self.replies_refused.inc();
+    }
+
+    /// Counts a batch waiting for a dead letter or reply to be stored.
+    pub fn dead_letter_retry(&self) {
+        self.dead_letter_retries.inc();
+    }
+
+    /// Counts `n` runs the reaper completed.
+    pub fn reaped(&self, n: u64) {
+        self.reaped_runs.inc_by(n);
+    }
+
+    /// Counts a reconnection to the broker.
+    pub fn reconnected(&self) {
+        self.reconnects.inc();
+    }
+
+    /// Sets the outbox gauges: unpublished events and the age of the oldest (relay lag).
+    pub fn outbox(&self, backlog: u64, oldest_age_seconds: f64) {
+        self.outbox_backlog.set(backlog as f64);
+        self.outbox_oldest_age.set(oldest_age_seconds);
+    }
+
+    /// Sets whether the command consumer runs.
+    pub fn consumer_running(&self, running: bool) {
+        self.consumer_running.set(i64::from(running));
+    }
+
+    /// Sets the dead-letter queue's depth.
+    pub fn dlq_depth(&self, messages: u32) {
+        self.dlq_depth.set(i64::from(messages));
+    }
+
+    /// Sets the active runs per type; `counts` should name every catalog type (0 included) so
+    /// a type whose runs all completed drops to 0 rather than keeping its last value.
+    pub fn active_runs<'a>(&self, counts: impl IntoIterator<Item = (&'a str, i64)>) {
+        for (run_type, n) in counts {
+            self.active_runs.get_or_create(&type_label(run_type)).set(n);
+        }
     }
 
     /// Records one processing latency.
     pub fn observe_latency(&self, latency: Duration) {
-        let secs = latency.as_secs_f64();
-        let mut h = self.latency.lock().unwrap();
-        for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {
-            if secs <= *bound {
-                h.buckets[i] += 1;
-            }
-        }
-        h.count += 1;
-        h.sum += secs;
+        self.processing.observe(latency.as_secs_f64());
     }
 
-    /// The value of a counter (tests).
+    /// The value of a counter or gauge sample, read back from the exposition: `name` as
+    /// exposed (`oprun_commands_total`) and `labels` as written there (`kind="dispatch",…`,
+    /// empty for none); 0 when absent (tests).
     pub fn counter(&self, name: &str, labels: &str) -> u64 {
-        self.counters
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|((n, l), _)| *n == name && l == labels)
-            .map(|(_, v)| *v)
+        let sample = if labels.is_empty() {
+            format!("{name} ")
+        } else {
+            format!("{name}{{{labels}}} ")
+        };
+        self.render()
+            .lines()
+            .filter_map(|line| line.strip_prefix(&sample))
+            .filter_map(|v| v.parse::<f64>().ok())
+            .map(|v| v as u64)
             .sum()
     }
 
-    /// Everything, in Prometheus text exposition format.
+    /// Everything, in OpenMetrics text exposition format ([`CONTENT_TYPE`]; Prometheus' text
+    /// parser reads it too).
     pub fn render(&self) -> String {
         let mut out = String::new();
-        let counters = self.counters.lock().unwrap();
-        let gauges = self.gauges.lock().unwrap();
-        for (name, kind, help) in HELP {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            match kind {
-                "counter" => {
-                    for ((n, labels), v) in counters.iter().filter(|((n, _), _)| *n == name) {
-                        if labels.is_empty() {
-                            let _ = writeln!(out, "{n} {v}");
-                        } else {
-                            let _ = writeln!(out, "{n}{{{labels}}} {v}");
-                        }
-                    }
-                }
-                "gauge" => {
-                    let _ = writeln!(out, "{name} {}", gauges.get(name).copied().unwrap_or(0.0));
-                }
-                _ => {
-                    let h = self.latency.lock().unwrap();
-                    for (bound, n) in LATENCY_BUCKETS.iter().zip(h.buckets) {
-                        let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {n}");
-                    }
-                    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", h.count);
-                    let _ = writeln!(out, "{name}_sum {}\n{name}_count {}", h.sum, h.count);
-                }
-            }
-        }
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
         out
+    }
+}
+
+fn type_label(run_type: &str) -> TypeLabel {
+    TypeLabel {
+        r#type: run_type.to_owned(),
     }
 }
 
@@ -178,23 +363,52 @@ mod tests {
         let m = Metrics::default();
         m.command("dispatch", "applied");
         m.command("dispatch", "applied");
+        m.reconnected();
         m.observe_latency(Duration::from_millis(3));
         let text = m.render();
-        assert!(
-            text.contains("oprun_commands_total{kind=\"dispatch\",result=\"applied\"} 2"),
-            "{text}"
+        for line in [
+            "oprun_commands_total{kind=\"dispatch\",result=\"applied\"} 2",
+            "oprun_reconnects_total 1",
+            "oprun_command_processing_seconds_bucket{le=\"0.005\"} 1",
+            "oprun_command_processing_seconds_bucket{le=\"0.002\"} 0",
+            "oprun_command_processing_seconds_count 1",
+            "oprun_consumer_running 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line} in {text}");
+        }
+        assert_eq!(
+            m.counter(
+                "oprun_commands_total",
+                "kind=\"dispatch\",result=\"applied\""
+            ),
+            2
         );
-        assert!(
-            text.contains("oprun_command_processing_seconds_bucket{le=\"0.005\"} 1"),
-            "{text}"
-        );
-        assert!(
-            text.contains("oprun_command_processing_seconds_bucket{le=\"0.002\"} 0"),
-            "{text}"
-        );
-        assert!(
-            text.contains("oprun_command_processing_seconds_count 1"),
-            "{text}"
-        );
+        assert_eq!(m.counter("oprun_reconnects_total", ""), 1);
+    }
+
+    #[test]
+    fn run_metrics_carry_type_outcome_and_code() {
+        let m = Metrics::default();
+        m.run_created("policy.sync");
+        m.run_deduplicated("policy.sync");
+        m.run_completed("policy.sync", "failed");
+        m.refused("dispatch", "unknown_type");
+        m.dlq_depth(3);
+        m.active_runs([("policy.sync", 2), ("inventory.sync", 0)]);
+        m.outbox(4, 1.5);
+        let text = m.render();
+        for line in [
+            "oprun_runs_created_total{type=\"policy.sync\"} 1",
+            "oprun_runs_deduplicated_total{type=\"policy.sync\"} 1",
+            "oprun_runs_completed_total{type=\"policy.sync\",outcome=\"failed\"} 1",
+            "oprun_commands_refused_total{kind=\"dispatch\",code=\"unknown_type\"} 1",
+            "oprun_dlq_depth 3",
+            "oprun_active_runs{type=\"policy.sync\"} 2",
+            "oprun_active_runs{type=\"inventory.sync\"} 0",
+            "oprun_outbox_backlog 4.0",
+            "oprun_outbox_oldest_age_seconds 1.5",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line} in {text}");
+        }
     }
 }

@@ -27,6 +27,7 @@ use crate::broker::consumer::CommandConsumer;
 use crate::broker::publisher::ConfirmPublisher;
 use crate::broker::{BrokerError, Topology};
 use crate::config::{Config, ServeSettings};
+use crate::domain::OPERATION_CATALOG;
 use crate::retry::{retry_transient, ReconnectBackoff};
 use crate::store::{self, StoreError};
 use apply::ApplyContext;
@@ -141,7 +142,7 @@ impl Service {
                         Duration::ZERO
                     };
                     self.set_consumer_running(false);
-                    self.metrics.add("oprun_reconnects_total", String::new(), 1);
+                    self.metrics.reconnected();
                     let delay = reconnect.on_failure(healthy_for);
                     tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "broker connection lost, reconnecting");
                     tokio::select! {
@@ -159,8 +160,7 @@ impl Service {
         self.health
             .consumer_running
             .store(running, Ordering::Relaxed);
-        self.metrics
-            .set("oprun_consumer_running", if running { 1.0 } else { 0.0 });
+        self.metrics.consumer_running(running);
     }
 
     /// One connection's life. `Ok` means shutdown was requested and honoured. On any error the
@@ -204,12 +204,16 @@ impl Service {
         // the connection is lost, which stops the consumer anyway.
         let relaying = relay.run(connection, wake.clone(), idle, stop_relay.clone());
         tokio::pin!(relaying);
+        // Never completes: it only polls, and stops when this connection's work does.
+        let polling = self.poll_gauges(connection);
+        tokio::pin!(polling);
         let consumed = tokio::select! {
             r = consuming => r,
             r = &mut relaying => match r {
                 Ok(()) => Ok(()),
                 Err(e) => Err(BrokerError::Stopped(format!("outbox relay stopped: {e}"))),
             },
+            never = &mut polling => match never {},
         };
         consumed?;
 
@@ -229,6 +233,35 @@ impl Service {
         consumer.close().await;
         let _ = connection.close(200, "shutdown".into()).await;
         Ok(())
+    }
+
+    /// Every `--metrics-poll-ms`, sets the gauges read from outside the process: the DLQ's
+    /// depth (a passive declare on this connection) and the active runs per catalog type (one
+    /// `GROUP BY` query). A failed read keeps the last value and is logged at debug level: the
+    /// gauges are for dashboards, and the broker and database have their own health signals.
+    async fn poll_gauges(&self, connection: &Connection) -> std::convert::Infallible {
+        if self.settings.metrics_poll_ms == 0 {
+            return std::future::pending().await;
+        }
+        let every = Duration::from_millis(self.settings.metrics_poll_ms);
+        let dlq = self.topology.dead_letter_queue();
+        loop {
+            match crate::broker::queue_depth::message_count(connection, &dlq).await {
+                Ok(n) => self.metrics.dlq_depth(n),
+                Err(e) => tracing::debug!(error = %e, "reading the DLQ depth failed"),
+            }
+            match crate::store::runs::count_active_by_type(&self.pool).await {
+                Ok(active) => self.metrics.active_runs(OPERATION_CATALOG.iter().map(|e| {
+                    let n = active
+                        .iter()
+                        .find(|(t, _)| t == e.name)
+                        .map_or(0, |(_, n)| *n);
+                    (e.name, n)
+                })),
+                Err(e) => tracing::debug!(error = %e, "counting active runs failed"),
+            }
+            tokio::time::sleep(every).await;
+        }
     }
 
     /// What the outbox relay is told by the settings.
@@ -284,11 +317,7 @@ impl Service {
             .await
             {
                 Ok(reaped) if !reaped.is_empty() => {
-                    self.metrics.add(
-                        "oprun_reaped_runs_total",
-                        String::new(),
-                        reaped.len() as u64,
-                    );
+                    self.metrics.reaped(reaped.len() as u64);
                     continue;
                 }
                 Ok(_) => {}

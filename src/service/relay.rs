@@ -32,7 +32,8 @@ use crate::broker::headers::opt_i64;
 use crate::broker::publisher::{confirm_all, confirm_each, ConfirmPublisher, Confirmed};
 use crate::broker::{BrokerError, Topology};
 use crate::domain::event::CLOUDEVENTS_CONTENT_TYPE;
-use crate::domain::Failure;
+use crate::domain::trace_context::{TRACEPARENT, TRACESTATE};
+use crate::domain::{Failure, RunEventType};
 use crate::store::events::{self, StoredEvent};
 use crate::store::{jobs, runs};
 
@@ -219,10 +220,19 @@ pub async fn publish_events(
     Ok(())
 }
 
-/// The AMQP properties of a job.
+/// The AMQP properties of a job: headers `run_id` and the run's trace context (`traceparent`,
+/// `tracestate`), so the executor's work joins the dispatcher's trace.
 fn job_properties(job: &jobs::StoredJob) -> BasicProperties {
     let mut headers = FieldTable::default();
     headers.insert("run_id".into(), AMQPValue::LongLongInt(job.run_id));
+    for (name, value) in [
+        (TRACEPARENT, &job.traceparent),
+        (TRACESTATE, &job.tracestate),
+    ] {
+        if let Some(value) = value {
+            headers.insert(name.into(), AMQPValue::LongString(value.as_str().into()));
+        }
+    }
     BasicProperties::default()
         .with_content_type("application/json".into())
         .with_message_id(format!("job-{}", job.run_id).into())
@@ -308,6 +318,7 @@ impl OutboxRelay {
         events::mark_published(&mut tx, &confirmed).await?;
         tx.commit().await?;
         report.events += confirmed.len();
+        self.count_completions(&settled.outcomes);
         match settled.channel_error {
             Some(e) => Err(e.into()),
             None => Ok(()),
@@ -434,24 +445,50 @@ impl OutboxRelay {
     }
 
     fn record(&self, report: RelayReport) {
-        for (name, kind, n) in [
-            ("oprun_relay_published_total", "event", report.events),
-            ("oprun_relay_published_total", "job", report.jobs),
-            (
-                "oprun_relay_published_total",
-                "unroutable",
-                report.unroutable,
-            ),
-            ("oprun_relay_published_total", "rejected", report.rejected),
-            ("oprun_relay_nacked_total", "event", report.events_nacked),
-            (
-                "oprun_relay_nacked_total",
-                "job",
-                report.jobs_retried + report.rejected,
-            ),
+        for (kind, n) in [
+            ("event", report.events),
+            ("job", report.jobs),
+            ("unroutable", report.unroutable),
+            ("rejected", report.rejected),
         ] {
             if n > 0 {
-                self.metrics.add(name, format!("kind=\"{kind}\""), n as u64);
+                self.metrics.relay_published(kind, n as u64);
+            }
+        }
+        for (kind, n) in [
+            ("event", report.events_nacked),
+            ("job", report.jobs_retried + report.rejected),
+        ] {
+            if n > 0 {
+                self.metrics.relay_nacked(kind, n as u64);
+            }
+        }
+    }
+
+    /// Counts the runs whose `completed` event the broker confirmed (`oprun_runs_completed_total`
+    /// by type and outcome): one place that sees every completion, whether a command, the reaper
+    /// or the relay itself completed the run, and only once it is committed.
+    fn count_completions(&self, outcomes: &[(&StoredEvent, Result<Confirmed, BrokerError>)]) {
+        #[derive(serde::Deserialize)]
+        struct Completed {
+            data: CompletedData,
+        }
+        #[derive(serde::Deserialize)]
+        struct CompletedData {
+            run: CompletedRun,
+        }
+        #[derive(serde::Deserialize)]
+        struct CompletedRun {
+            r#type: String,
+            outcome: String,
+        }
+        for (event, outcome) in outcomes {
+            if outcome.is_err() || event.event_type != RunEventType::Completed.as_str() {
+                continue;
+            }
+            if let Ok(c) = serde_json::from_str::<Completed>(&event.cloud_event) {
+                self.metrics
+                    .run_completed(&c.data.run.r#type, &c.data.run.outcome);
             }
         }
     }
@@ -534,8 +571,7 @@ impl OutboxRelay {
 
     async fn update_backlog(&self) {
         if let Ok((count, age)) = events::backlog(&self.pool).await {
-            self.metrics.set("oprun_outbox_backlog", count as f64);
-            self.metrics.set("oprun_outbox_oldest_age_seconds", age);
+            self.metrics.outbox(count.max(0) as u64, age);
         }
     }
 }

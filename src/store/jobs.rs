@@ -19,6 +19,10 @@ pub struct StoredJob {
     pub body: Value,
     /// Publishes of this job the broker has nacked so far.
     pub attempts: i32,
+    /// The run's W3C `traceparent` (its dispatch's trace), sent as the job's AMQP header.
+    pub traceparent: Option<String>,
+    /// The run's W3C `tracestate`, if any.
+    pub tracestate: Option<String>,
 }
 
 /// A nacked job to try again later.
@@ -51,9 +55,10 @@ pub async fn unpublished(
     limit: i64,
 ) -> Result<Vec<StoredJob>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT position, run_id, type, body, attempts FROM operation_run_jobs
-         WHERE published_at IS NULL AND (next_attempt_at IS NULL OR next_attempt_at <= now())
-         ORDER BY position LIMIT $1",
+        "SELECT j.position, j.run_id, j.type, j.body, j.attempts, r.traceparent, r.tracestate
+         FROM operation_run_jobs j LEFT JOIN operation_runs r ON r.id = j.run_id
+         WHERE j.published_at IS NULL AND (j.next_attempt_at IS NULL OR j.next_attempt_at <= now())
+         ORDER BY j.position LIMIT $1",
     )
     .bind(limit)
     .fetch_all(conn)

@@ -10,7 +10,9 @@ use serde_json::Value;
 use sqlx::postgres::PgRow;
 use sqlx::{FromRow, PgConnection, PgExecutor, Row};
 
-use crate::domain::{DedupeWindow, DispatchCommand, OperationRun, RunScope, RunStatus};
+use crate::domain::{
+    DedupeWindow, DispatchCommand, OperationRun, RunScope, RunStatus, TraceContext,
+};
 
 impl<'r> FromRow<'r, PgRow> for OperationRun {
     fn from_row(row: &'r PgRow) -> Result<Self, sqlx::Error> {
@@ -42,13 +44,18 @@ impl<'r> FromRow<'r, PgRow> for OperationRun {
             completed_at: row.try_get("completed_at")?,
             created_at: row.try_get("created_at")?,
             updated_at: row.try_get("updated_at")?,
+            trace: TraceContext::from_stored(
+                row.try_get("traceparent")?,
+                row.try_get("tracestate")?,
+            ),
         })
     }
 }
 
 /// The SQL of [`insert_or_find`] for a scope (tenant or workspace) and dedupe window: public so
 /// that the plan test can `EXPLAIN` exactly what runs. Parameters: `$1` workspace, `$2` tenant,
-/// `$3` user, `$4` initiator, `$5` type, `$6` identity hash, `$7` context, `$8` window.
+/// `$3` user, `$4` initiator, `$5` type, `$6` identity hash, `$7` context, `$8` window, `$9`
+/// traceparent, `$10` tracestate.
 ///
 /// Both the conflict target and the lookup name one partial unique index's columns and imply its
 /// predicate, so each is an index probe: `tenant_id IS NOT DISTINCT FROM $2` would not be (it
@@ -60,8 +67,8 @@ pub fn insert_or_find_sql(tenant_scoped: bool, window: DedupeWindow) -> String {
         "WITH inserted AS (
              INSERT INTO operation_runs
                  (workspace_id, tenant_id, user_id, initiator_name, type, run_identity_hash, context,
-                  dedupe_window)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                  dedupe_window, traceparent, tracestate)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
              ON CONFLICT {columns} {window} DO NOTHING
              RETURNING *)
          SELECT *, true AS inserted FROM inserted
@@ -115,10 +122,11 @@ fn window_sql(window: DedupeWindow) -> &'static str {
 /// Inserts a queued run or finds the run that holds its identity (the active one, or with the
 /// `forever` window any run), in one round trip: `(run, inserted)`. `None` when the conflicting
 /// run committed after this statement's snapshot was taken (then [`find_by_identity`], in a new
-/// statement, sees it).
+/// statement, sees it). A new run keeps `trace`.
 pub async fn insert_or_find(
     conn: &mut PgConnection,
     dispatch: &DispatchCommand,
+    trace: &TraceContext,
 ) -> Result<Option<(OperationRun, bool)>, sqlx::Error> {
     let window = dispatch.run_type.catalog().dedupe_window;
     let sql = insert_or_find_sql(dispatch.scope.tenant_id.is_some(), window);
@@ -131,6 +139,8 @@ pub async fn insert_or_find(
         .bind(dispatch.identity_hash.as_str())
         .bind(Value::Object(dispatch.context.clone()))
         .bind(window.as_str())
+        .bind(trace.traceparent())
+        .bind(trace.tracestate())
         .fetch_optional(conn)
         .await?;
     row.map(|row| Ok((OperationRun::from_row(&row)?, row.try_get("inserted")?)))
@@ -345,4 +355,17 @@ pub async fn lock_by_id(
         .bind(run_id)
         .fetch_optional(conn)
         .await
+}
+
+/// Queued or running runs per type (types without any are absent), for the `oprun_active_runs`
+/// gauge.
+pub async fn count_active_by_type(
+    executor: impl PgExecutor<'_>,
+) -> Result<Vec<(String, i64)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT type, count(*) FROM operation_runs
+         WHERE status IN ('queued', 'running') GROUP BY type",
+    )
+    .fetch_all(executor)
+    .await
 }

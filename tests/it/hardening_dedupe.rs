@@ -201,9 +201,9 @@ async fn every_identity_lookup_is_an_index_scan_on_its_unique_index(pool: PgPool
                         &mut conn,
                         mode,
                         &runs::insert_or_find_sql(tenant_scoped, window),
-                        "bigint, bigint, bigint, text, text, text, jsonb, text",
+                        "bigint, bigint, bigint, text, text, text, jsonb, text, text, text",
                         &format!(
-                            "1, {tenant}, NULL, NULL, 'policy.sync', {hash}, '{{}}', '{}'",
+                            "1, {tenant}, NULL, NULL, 'policy.sync', {hash}, '{{}}', '{}', NULL, NULL",
                             window.as_str()
                         ),
                     )

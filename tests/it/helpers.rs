@@ -66,6 +66,7 @@ pub fn test_settings() -> ServeSettings {
     ServeSettings {
         hand_off_jobs: false,
         relay_idle_ms: 50,
+        metrics_poll_ms: 100,
         reaper_interval_secs: 0,
         db_connections: 3,
         lanes: 2,

@@ -71,6 +71,8 @@ async fn operation_runs_has_the_contract_columns_and_defaults(pool: PgPool) {
         ("updated_at", "timestamp with time zone", "NO"),
         ("dedupe_window", "text", "NO"),
         ("failure_overflow", "jsonb", "NO"),
+        ("traceparent", "text", "YES"),
+        ("tracestate", "text", "YES"),
     ];
     assert_eq!(columns.len(), expected.len(), "{columns:?}");
     for (name, ty, nullable) in expected {

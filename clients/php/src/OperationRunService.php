@@ -9,6 +9,7 @@ use PhpAmqpLib\Connection\AbstractConnection;
 use PhpAmqpLib\Exception\AMQPProtocolChannelException;
 use PhpAmqpLib\Exception\AMQPTimeoutException;
 use PhpAmqpLib\Message\AMQPMessage;
+use PhpAmqpLib\Wire\AMQPTable;
 
 /**
  * Sends commands to the operation-runs service and waits for its replies.
@@ -44,7 +45,7 @@ final class OperationRunService
      * Dispatches a run of `$type` and returns the run (new or the active one of its identity).
      *
      * @param array<string, mixed> $context the type's identity keys and anything else to keep
-     * @param array{userId?: int, initiatorName?: string, commandId?: string, timeout?: float} $options
+     * @param array{userId?: int, initiatorName?: string, commandId?: string, timeout?: float, traceparent?: string, tracestate?: string} $options
      * @throws CommandRefused when the service refuses it (getErrorCode(): e.g. `missing_identity_key`)
      * @throws CommandNotAnswered when the broker cannot route it or no reply comes in time
      */
@@ -70,7 +71,7 @@ final class OperationRunService
         if (isset($options['initiatorName'])) {
             $body['initiator_name'] = (string) $options['initiatorName'];
         }
-        $reply = $this->request($body, (float) ($options['timeout'] ?? self::DEFAULT_TIMEOUT));
+        $reply = $this->request($body, (float) ($options['timeout'] ?? self::DEFAULT_TIMEOUT), $options);
         return DispatchResult::fromReply($reply, $commandId);
     }
 
@@ -79,7 +80,7 @@ final class OperationRunService
      * blocked), with optional `summary_counts` increments and `failures`, in one transaction.
      *
      * @param array{status?: string, outcome?: string, summary_counts?: array<string, int>, failures?: list<array<string, mixed>>} $changes
-     * @param array{commandId?: string, timeout?: float} $options
+     * @param array{commandId?: string, timeout?: float, traceparent?: string, tracestate?: string} $options
      * @return array{run_id: int, status: string, outcome: string}
      */
     public function updateRun(int $runId, int $workspaceId, ?int $tenantId, array $changes, array $options = []): array
@@ -99,7 +100,7 @@ final class OperationRunService
      * Appends failure entries (`code`, `message`, optional `reason_code`, `item`; at most 100).
      *
      * @param list<array<string, mixed>> $failures
-     * @param array{commandId?: string, timeout?: float} $options
+     * @param array{commandId?: string, timeout?: float, traceparent?: string, tracestate?: string} $options
      * @return array{run_id: int, status: string, outcome: string}
      */
     public function appendFailures(int $runId, int $workspaceId, ?int $tenantId, array $failures, array $options = []): array
@@ -112,7 +113,7 @@ final class OperationRunService
      * deleted items; non-negative integers).
      *
      * @param array<string, int> $counts
-     * @param array{commandId?: string, timeout?: float} $options
+     * @param array{commandId?: string, timeout?: float, traceparent?: string, tracestate?: string} $options
      * @return array{run_id: int, status: string, outcome: string}
      */
     public function incrementSummaryCounts(int $runId, int $workspaceId, ?int $tenantId, array $counts, array $options = []): array
@@ -149,7 +150,7 @@ final class OperationRunService
 
     /**
      * @param array<string, mixed> $fields
-     * @param array{commandId?: string, timeout?: float} $options
+     * @param array{commandId?: string, timeout?: float, traceparent?: string, tracestate?: string} $options
      * @return array<string, mixed>
      */
     private function progress(string $kind, int $runId, int $workspaceId, ?int $tenantId, array $fields, array $options): array
@@ -162,16 +163,28 @@ final class OperationRunService
             // Always present: null marks a workspace-scoped run.
             'tenant_id' => $tenantId,
         ] + $fields;
-        return $this->request($body, (float) ($options['timeout'] ?? self::DEFAULT_TIMEOUT));
+        return $this->request($body, (float) ($options['timeout'] ?? self::DEFAULT_TIMEOUT), $options);
     }
 
     /**
-     * Publishes `$body` (confirmed, mandatory) and waits for its reply.
+     * A new W3C `traceparent` (version 00, random trace and parent ids, sampled), for a producer
+     * that starts the trace itself and wants to know its id. Without one, the service starts a
+     * trace for each dispatch.
+     */
+    public static function newTraceparent(): string
+    {
+        return sprintf('00-%s-%s-01', bin2hex(random_bytes(16)), bin2hex(random_bytes(8)));
+    }
+
+    /**
+     * Publishes `$body` (confirmed, mandatory) and waits for its reply. `traceparent` and
+     * `tracestate` options become AMQP headers (W3C trace context).
      *
      * @param array<string, mixed> $body
+     * @param array<string, mixed> $options
      * @return array<string, mixed>
      */
-    private function request(array $body, float $timeout): array
+    private function request(array $body, float $timeout, array $options = []): array
     {
         $channel = $this->channel();
         $commandId = (string) $body['command_id'];
@@ -186,6 +199,13 @@ final class OperationRunService
                 'reply_to' => self::DIRECT_REPLY_TO,
             ],
         );
+        if (isset($options['traceparent'])) {
+            $headers = ['traceparent' => (string) $options['traceparent']];
+            if (isset($options['tracestate'])) {
+                $headers['tracestate'] = (string) $options['tracestate'];
+            }
+            $message->set('application_headers', new AMQPTable($headers));
+        }
         $this->returned = false;
         $this->nacked = false;
         $this->awaiting = $correlationId;

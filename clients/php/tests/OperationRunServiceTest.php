@@ -87,7 +87,10 @@ final class OperationRunServiceTest extends TestCase
     public function testProgressIsAppliedAndEventsArriveInOrder(): void
     {
         $subscriber = new EventSubscriber(getenv('AMQP_URL'), getenv('OPRUN_NAMESPACE'));
-        $run = $this->service->dispatchOrFail('inventory.sync', $this->workspace, $this->tenant, ['selection' => 'php-' . bin2hex(random_bytes(6))]);
+        $trace = OperationRunService::newTraceparent();
+        $run = $this->service->dispatchOrFail('inventory.sync', $this->workspace, $this->tenant, ['selection' => 'php-' . bin2hex(random_bytes(6))], [
+            'traceparent' => $trace,
+        ]);
 
         $reply = $this->service->updateRun($run->runId, $this->workspace, $this->tenant, ['status' => 'running']);
         self::assertEquals(['run_id' => $run->runId, 'status' => 'running', 'outcome' => 'pending'], $reply);
@@ -119,6 +122,8 @@ final class OperationRunServiceTest extends TestCase
             array_column($mine, 'type'),
         );
         self::assertSame([1, 2, 3, 4, 5], array_map(static fn (array $e): int => $e['data']['sequence'], $mine));
+        // The dispatch's trace context is kept with the run and set on every event of it.
+        self::assertSame([$trace], array_values(array_unique(array_column($mine, 'traceparent'))));
         $last = end($mine)['data']['run'];
         self::assertEquals(['processed' => 2, 'total' => 2], $last['summary_counts']);
         self::assertStringNotContainsString('hunter2', json_encode($last['failure_summary']));

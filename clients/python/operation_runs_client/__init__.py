@@ -3,7 +3,7 @@
     from operation_runs_client import Client, CommandRefused, identity_hash
 """
 
-from .client import Client
+from .client import Client, new_traceparent
 from .errors import CommandNotAnswered, CommandRefused, OperationRunsError
 from .identity import IDENTITY_KEYS, IdentityError, canonical_identity, identity_hash
 
@@ -16,4 +16,5 @@ __all__ = [
     "IdentityError",
     "canonical_identity",
     "identity_hash",
+    "new_traceparent",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import secrets
 import time
 import uuid
 from typing import Any, Callable, Dict, List, Mapping, Optional
@@ -18,6 +19,12 @@ DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
 def new_command_id() -> str:
     """A fresh command id (UUID)."""
     return str(uuid.uuid4())
+
+
+def new_traceparent() -> str:
+    """A new W3C ``traceparent`` (version 00, random trace and parent ids, sampled), for a
+    producer that starts the trace itself and wants to know its id."""
+    return f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"
 
 
 class Client:
@@ -51,6 +58,8 @@ class Client:
         command_id: Optional[str] = None,
         wait: bool = True,
         timeout: float = 30,
+        traceparent: Optional[str] = None,
+        tracestate: Optional[str] = None,
     ) -> Dict[str, Any]:
         """Dispatches a run. With ``wait`` returns the reply ``{run_id, deduplicated,
         run_identity_hash, status}``; without, ``{"command_id": ...}`` once the broker confirmed."""
@@ -66,7 +75,7 @@ class Client:
             body["user_id"] = user_id
         if initiator_name is not None:
             body["initiator_name"] = initiator_name
-        return self._send(body, wait, timeout)
+        return self._send(body, wait, timeout, (traceparent, tracestate))
 
     def update_run(
         self,
@@ -81,6 +90,8 @@ class Client:
         command_id: Optional[str] = None,
         wait: bool = True,
         timeout: float = 30,
+        traceparent: Optional[str] = None,
+        tracestate: Optional[str] = None,
     ) -> Dict[str, Any]:
         """A transition (``status`` running|completed, ``outcome``) with optional count increments
         and failures, in one transaction. Returns ``{run_id, status, outcome}`` with ``wait``."""
@@ -93,7 +104,7 @@ class Client:
             fields["summary_counts"] = dict(summary_counts)
         if failures is not None:
             fields["failures"] = [dict(f) for f in failures]
-        return self._progress("update_run", run_id, workspace_id, tenant_id, fields, command_id, wait, timeout)
+        return self._progress("update_run", run_id, workspace_id, tenant_id, fields, command_id, wait, timeout, (traceparent, tracestate))
 
     def append_failures(
         self,
@@ -105,10 +116,12 @@ class Client:
         command_id: Optional[str] = None,
         wait: bool = True,
         timeout: float = 30,
+        traceparent: Optional[str] = None,
+        tracestate: Optional[str] = None,
     ) -> Dict[str, Any]:
         """Appends failure entries ``{code, message, reason_code?, item?}`` (at most 100)."""
         fields = {"failures": [dict(f) for f in failures]}
-        return self._progress("append_failures", run_id, workspace_id, tenant_id, fields, command_id, wait, timeout)
+        return self._progress("append_failures", run_id, workspace_id, tenant_id, fields, command_id, wait, timeout, (traceparent, tracestate))
 
     def increment_summary_counts(
         self,
@@ -120,11 +133,13 @@ class Client:
         command_id: Optional[str] = None,
         wait: bool = True,
         timeout: float = 30,
+        traceparent: Optional[str] = None,
+        tracestate: Optional[str] = None,
     ) -> Dict[str, Any]:
         """Adds to summary counts (keys total processed succeeded failed skipped created updated
         deleted items; non-negative integers)."""
         fields = {"counts": dict(counts)}
-        return self._progress("increment_summary_counts", run_id, workspace_id, tenant_id, fields, command_id, wait, timeout)
+        return self._progress("increment_summary_counts", run_id, workspace_id, tenant_id, fields, command_id, wait, timeout, (traceparent, tracestate))
 
     # Events -----------------------------------------------------------------------------------
 
@@ -192,7 +207,7 @@ class Client:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
-    def _progress(self, kind, run_id, workspace_id, tenant_id, fields, command_id, wait, timeout):
+    def _progress(self, kind, run_id, workspace_id, tenant_id, fields, command_id, wait, timeout, trace):
         body: Dict[str, Any] = {
             "kind": kind,
             "command_id": command_id or new_command_id(),
@@ -202,7 +217,7 @@ class Client:
             "tenant_id": tenant_id,
         }
         body.update(fields)
-        return self._send(body, wait, timeout)
+        return self._send(body, wait, timeout, trace)
 
     def _open(self):
         if self._channel is not None and self._channel.is_open:
@@ -221,16 +236,23 @@ class Client:
         if properties.correlation_id == self._awaiting:
             self._reply = json.loads(body)
 
-    def _send(self, body: Dict[str, Any], wait: bool, timeout: float) -> Dict[str, Any]:
+    def _send(self, body: Dict[str, Any], wait: bool, timeout: float, trace=(None, None)) -> Dict[str, Any]:
         channel = self._open()
         command_id = body["command_id"]
         correlation_id = new_command_id()
+        traceparent, tracestate = trace
+        headers = {}
+        if traceparent is not None:
+            headers["traceparent"] = traceparent
+            if tracestate is not None:
+                headers["tracestate"] = tracestate
         properties = pika.BasicProperties(
             content_type="application/json",
             delivery_mode=2,
             message_id=command_id,
             correlation_id=correlation_id if wait else None,
             reply_to=DIRECT_REPLY_TO if wait else None,
+            headers=headers or None,
         )
         self._awaiting, self._reply = (correlation_id if wait else None), None
         try:

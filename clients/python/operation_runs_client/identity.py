@@ -29,13 +29,6 @@ IDENTITY_KEYS: Dict[str, List[str]] = {
     "restore.execute": ["restore_run_id"],
 }
 
-#: Issue 9 (item 14) announces that an integer identity value and its decimal string hash the
-#: same (``77`` and ``"77"``): an integer is hashed as its decimal string, every digit kept.
-#: TO BE CONFIRMED against tests/vectors/run_identity_hash.json once that change is merged; the
-#: vectors of this branch still hash ``42`` and ``"42"`` differently, so the tests pick the rule
-#: the vectors show. Set to False for a service without the change.
-NORMALISE_INTEGER_IDS = True
-
 _I64_MAX = 2**63 - 1
 _RFC3339 = re.compile(
     r"^(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(\.\d+)?(?:([Zz])|([+-])(\d{2}):(\d{2}))$",
@@ -51,14 +44,13 @@ class IdentityError(ValueError):
         self.code = code
 
 
-def identity_hash(command: Dict[str, Any], *, normalise_integer_ids: Optional[bool] = None) -> str:
+def identity_hash(command: Dict[str, Any]) -> str:
     """The ``run_identity_hash`` of a dispatch command (a dict as sent on the wire)."""
-    return hashlib.sha256(canonical_identity(command, normalise_integer_ids=normalise_integer_ids).encode("utf-8")).hexdigest()
+    return hashlib.sha256(canonical_identity(command).encode("utf-8")).hexdigest()
 
 
-def canonical_identity(command: Dict[str, Any], *, normalise_integer_ids: Optional[bool] = None) -> str:
+def canonical_identity(command: Dict[str, Any]) -> str:
     """The canonical JSON text that is hashed (``oprun identity-hash --explain`` prints it too)."""
-    normalise = NORMALISE_INTEGER_IDS if normalise_integer_ids is None else normalise_integer_ids
     run_type = command.get("type")
     if run_type not in IDENTITY_KEYS:
         raise IdentityError("unknown_type", f"unknown operation type {run_type!r}")
@@ -72,7 +64,7 @@ def canonical_identity(command: Dict[str, Any], *, normalise_integer_ids: Option
             raise IdentityError("missing_identity_key", f"context.{key} is required by type {run_type}")
         if key == "scheduled_for":
             value = _minute(value)
-        elif normalise:
+        else:
             value = _normalised_id(value)
         identity[key] = value
     document = {
@@ -84,13 +76,20 @@ def canonical_identity(command: Dict[str, Any], *, normalise_integer_ids: Option
     return jcs(document)
 
 
+#: Largest magnitude of a number with a fraction or exponent that still hashes as an integer.
+_MAX_SAFE_INTEGER = 2**53 - 1
+
+
 def _normalised_id(value: Any) -> Any:
-    """An integer (also one spelt ``5.0`` or ``5e0``, within 2^53) as its decimal string."""
+    """A top-level identity integer as its decimal string (README "Integer ids"): an integer
+    literal of any size (Python's ``json`` keeps every digit), or a number with a fraction or
+    exponent (``5.0``, ``5e0``) whose value is an integer within ±(2^53−1); ``-0`` is ``"0"``.
+    Anything else (``1.5``, ``1e21``, strings, objects) is unchanged."""
     if isinstance(value, bool):
         return value
     if isinstance(value, int):
         return str(value)
-    if isinstance(value, float) and value.is_integer() and abs(value) <= 2**53:
+    if isinstance(value, float) and value.is_integer() and abs(value) <= _MAX_SAFE_INTEGER:
         return str(int(value))
     return value
 

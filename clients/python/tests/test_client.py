@@ -5,7 +5,7 @@ import uuid
 import pika
 import pytest
 
-from operation_runs_client import Client, CommandNotAnswered, CommandRefused, identity_hash
+from operation_runs_client import Client, CommandNotAnswered, CommandRefused, identity_hash, new_traceparent
 
 
 @pytest.fixture
@@ -51,7 +51,8 @@ def test_progress_and_events(client, env):
     admin.queue_declare(queue, durable=True, arguments={"x-queue-type": "quorum"})
     admin.queue_bind(queue, f"{env['namespace']}.events")
     try:
-        run = client.dispatch("inventory.sync", env["workspace"], env["tenant"], {"selection": unique()})
+        trace = new_traceparent()
+        run = client.dispatch("inventory.sync", env["workspace"], env["tenant"], {"selection": unique()}, traceparent=trace, tracestate="py=1")
         run_id = run["run_id"]
         assert client.update_run(run_id, env["workspace"], env["tenant"], status="running") == {"run_id": run_id, "status": "running", "outcome": "pending"}
         client.increment_summary_counts(run_id, env["workspace"], env["tenant"], {"total": 2, "processed": 1})
@@ -79,6 +80,8 @@ def test_progress_and_events(client, env):
         "operation_run.completed",
     ]
     assert [e["data"]["sequence"] for e in events] == [1, 2, 3, 4, 5]
+    # The dispatch's trace context is kept with the run and set on every event of it.
+    assert {(e["traceparent"], e.get("tracestate")) for e in events} == {(trace, "py=1")}
     last = events[-1]["data"]["run"]
     assert last["summary_counts"] == {"total": 2, "processed": 2}
     assert "abc.def" not in str(last["failure_summary"])

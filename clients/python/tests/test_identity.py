@@ -12,15 +12,12 @@ from operation_runs_client.identity import jcs
 
 VECTORS = json.loads((Path(__file__).resolve().parents[3] / "tests" / "vectors" / "run_identity_hash.json").read_text())["vectors"]
 BY_NAME = {v["name"]: v for v in VECTORS}
-# The vectors tell which id rule the service has: with issue 9's normalisation an integer id and
-# its decimal string hash the same (TO BE CONFIRMED after that change is merged).
-NORMALISED = BY_NAME["backup_schedule_run_now"]["run_identity_hash"] == BY_NAME["backup_schedule_run_now_string_id"]["run_identity_hash"]
 
 
 @pytest.mark.parametrize("vector", VECTORS, ids=[v["name"] for v in VECTORS])
 def test_every_vector(vector):
-    assert canonical_identity(vector["command"], normalise_integer_ids=NORMALISED) == vector["canonical"]
-    assert identity_hash(vector["command"], normalise_integer_ids=NORMALISED) == vector["run_identity_hash"]
+    assert canonical_identity(vector["command"]) == vector["canonical"]
+    assert identity_hash(vector["command"]) == vector["run_identity_hash"]
 
 
 def test_same_hash_as_links_hold():
@@ -29,13 +26,17 @@ def test_same_hash_as_links_hold():
             assert v["run_identity_hash"] == BY_NAME[v["same_hash_as"]]["run_identity_hash"]
 
 
-def test_announced_id_normalisation():
+def test_integer_ids_hash_as_their_decimal_string():
     a = {"kind": "dispatch", "workspace_id": 1, "type": "backup_schedule.run_now", "context": {"backup_schedule_id": 77}}
-    b = {**a, "context": {"backup_schedule_id": "77"}}
     big = {**a, "context": {"backup_schedule_id": 2**64 + 1}}
-    assert identity_hash(a, normalise_integer_ids=True) == identity_hash(b, normalise_integer_ids=True)
-    assert '"18446744073709551617"' in canonical_identity(big, normalise_integer_ids=True)
-    assert identity_hash(a, normalise_integer_ids=False) != identity_hash(b, normalise_integer_ids=False)
+    assert identity_hash(a) == identity_hash({**a, "context": {"backup_schedule_id": "77"}})
+    assert identity_hash(a) == identity_hash({**a, "context": {"backup_schedule_id": 77.0}})
+    assert '"18446744073709551617"' in canonical_identity(big)
+    # Within ±(2^53−1) only: 2^53 spelt with an exponent stays a number.
+    assert '"backup_schedule_id":9007199254740992' in canonical_identity({**a, "context": {"backup_schedule_id": 2.0**53}})
+    assert '"9007199254740991"' in canonical_identity({**a, "context": {"backup_schedule_id": 2.0**53 - 1}})
+    # Not "077" or nested values.
+    assert identity_hash(a) != identity_hash({**a, "context": {"backup_schedule_id": "077"}})
 
 
 def test_rfc8785_sample():
