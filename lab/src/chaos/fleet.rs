@@ -14,13 +14,7 @@ use tokio::process::{Child, Command};
 
 /// `serve` without the reaper (a run waiting for its progress is not stale here) and without
 /// the run viewer (instances share the host); the `--metrics-addr` of each role is added.
-const SERVE_ARGS: [&str; 5] = [
-    "serve",
-    "--reaper-interval-secs",
-    "0",
-    "--http-addr",
-    "off",
-];
+const SERVE_ARGS: [&str; 5] = ["serve", "--reaper-interval-secs", "0", "--http-addr", "off"];
 
 /// Which instance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
