@@ -1,0 +1,247 @@
+//! The test's side of the broker: publishing commands, temporary and reply queues, subscribers,
+//! dead letters and queue depths.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Consumer};
+use serde_json::Value;
+
+use super::{TestApp, DEADLINE};
+
+impl TestApp {
+    /// Publishes a command body (routing key = its kind) with confirms.
+    pub async fn publish(&self, body: &Value) {
+        let kind = body
+            .get("kind")
+            .and_then(Value::as_str)
+            .unwrap_or("unknown")
+            .to_owned();
+        let bytes = serde_json::to_vec(body).unwrap();
+        self.publish_raw(&kind, &bytes, json_properties()).await;
+    }
+
+    /// Publishes raw bytes to the commands exchange with confirms.
+    pub async fn publish_raw(&self, routing_key: &str, body: &[u8], properties: BasicProperties) {
+        self.publisher
+            .publish(
+                &self.topology.commands_exchange(),
+                routing_key,
+                body,
+                properties,
+                true,
+            )
+            .await
+            .unwrap();
+    }
+
+    /// A fresh exclusive, auto-deleted queue with a no-ack consumer on it, bound to `exchange`
+    /// when given: a subscriber's queue, or a reply queue.
+    pub async fn temporary_queue(&self, exchange: Option<&str>) -> (Channel, String, Consumer) {
+        let channel = self.connection.create_channel().await.unwrap();
+        let options = QueueDeclareOptions {
+            exclusive: true,
+            auto_delete: true,
+            ..Default::default()
+        };
+        let queue = channel
+            .queue_declare("".into(), options, FieldTable::default())
+            .await
+            .unwrap();
+        let name = queue.name().as_str().to_owned();
+        if let Some(exchange) = exchange {
+            channel
+                .queue_bind(
+                    name.as_str().into(),
+                    exchange.into(),
+                    "".into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .unwrap();
+        }
+        let consume = BasicConsumeOptions {
+            no_ack: true,
+            ..Default::default()
+        };
+        let consumer = channel
+            .basic_consume(
+                name.as_str().into(),
+                "".into(),
+                consume,
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        (channel, name, consumer)
+    }
+
+    /// Binds a fresh exclusive queue to the events exchange: a subscriber.
+    pub async fn subscribe_events(&self) -> Subscriber {
+        let (channel, _, consumer) = self
+            .temporary_queue(Some(&self.topology.events_exchange()))
+            .await;
+        Subscriber {
+            _channel: channel,
+            consumer,
+        }
+    }
+
+    /// Waits until the dead-letter queue holds `n` messages and takes them (acked).
+    pub async fn take_dead_letters(&self, n: usize) -> Vec<Delivery> {
+        let channel = self.connection.create_channel().await.unwrap();
+        let mut out = Vec::new();
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        while out.len() < n {
+            match channel
+                .basic_get(
+                    self.topology.dead_letter_queue().into(),
+                    BasicGetOptions { no_ack: false },
+                )
+                .await
+                .unwrap()
+            {
+                Some(m) => {
+                    m.delivery
+                        .acker
+                        .ack(BasicAckOptions::default())
+                        .await
+                        .unwrap();
+                    out.push(m.delivery);
+                }
+                None if tokio::time::Instant::now() > deadline => {
+                    panic!("expected {n} dead letters, got {}", out.len())
+                }
+                None => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+        out
+    }
+
+    /// Messages in a queue now (passive declare).
+    pub async fn queue_depth(&self, queue: &str) -> u32 {
+        let channel = self.connection.create_channel().await.unwrap();
+        let q = channel
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        q.message_count()
+    }
+}
+
+/// A subscriber queue bound to the events exchange.
+pub struct Subscriber {
+    _channel: Channel,
+    consumer: Consumer,
+}
+
+impl Subscriber {
+    /// The next `n` events (CloudEvents JSON with their AMQP properties), failing after the deadline.
+    pub async fn next_events(&mut self, n: usize) -> Vec<(Value, BasicProperties)> {
+        let mut out = Vec::new();
+        while out.len() < n {
+            let next = tokio::time::timeout(DEADLINE, self.consumer.next())
+                .await
+                .unwrap_or_else(|_| panic!("expected {n} events, got {}", out.len()));
+            let delivery = next.expect("subscriber open").unwrap();
+            out.push((
+                serde_json::from_slice(&delivery.data).unwrap(),
+                delivery.properties,
+            ));
+        }
+        out
+    }
+
+    /// Asserts that no event arrives within `quiet`.
+    pub async fn assert_quiet(&mut self, quiet: Duration) {
+        if let Ok(Some(Ok(d))) = tokio::time::timeout(quiet, self.consumer.next()).await {
+            panic!("unexpected event: {}", String::from_utf8_lossy(&d.data));
+        }
+    }
+}
+
+/// JSON, persistent.
+pub fn json_properties() -> BasicProperties {
+    BasicProperties::default()
+        .with_content_type("application/json".into())
+        .with_delivery_mode(2)
+}
+
+/// Header value as text.
+pub fn header(properties: &BasicProperties, key: &str) -> Option<String> {
+    operation_runs::broker::headers::get_str(properties.headers().as_ref(), key)
+}
+
+/// A fresh exclusive reply queue named `N.reply.<random>` (the service replies only to direct
+/// reply-to and to queues matching `--reply-queue-pattern`, default `N.reply.*`), with a no-ack
+/// consumer on it.
+pub async fn reply_queue(app: &TestApp) -> (Channel, String, Consumer) {
+    let channel = app.connection.create_channel().await.unwrap();
+    let name = format!(
+        "{}.reply.{}",
+        app.topology.namespace(),
+        uuid::Uuid::new_v4().simple()
+    );
+    let options = QueueDeclareOptions {
+        exclusive: true,
+        auto_delete: true,
+        ..Default::default()
+    };
+    channel
+        .queue_declare(name.as_str().into(), options, FieldTable::default())
+        .await
+        .unwrap();
+    let consume = BasicConsumeOptions {
+        no_ack: true,
+        ..Default::default()
+    };
+    let consumer = channel
+        .basic_consume(
+            name.as_str().into(),
+            "".into(),
+            consume,
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    (channel, name, consumer)
+}
+
+/// Publishes the dispatch `body` asking for a reply on a fresh `N.reply.*` queue (the only queues,
+/// besides direct reply-to, the service replies to), checks the reply's correlation id and returns
+/// the reply body.
+pub async fn dispatch_with_reply(app: &TestApp, body: &Value) -> Value {
+    let (_channel, queue, mut replies) = reply_queue(app).await;
+    let properties: BasicProperties = json_properties()
+        .with_reply_to(queue.as_str().into())
+        .with_correlation_id("corr-1".into());
+    app.publish_raw("dispatch", &serde_json::to_vec(body).unwrap(), properties)
+        .await;
+    let reply = tokio::time::timeout(DEADLINE, replies.next())
+        .await
+        .expect("a reply in time")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        reply
+            .properties
+            .correlation_id()
+            .as_ref()
+            .map(|c| c.as_str()),
+        Some("corr-1")
+    );
+    serde_json::from_slice(&reply.data).unwrap()
+}
