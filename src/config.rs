@@ -208,6 +208,22 @@ impl Default for ServeSettings {
     }
 }
 
+/// The default log filter: `info`, without lapin's log line per returned (unroutable) message and
+/// Postgres notices below warnings.
+pub const DEFAULT_LOG_FILTER: &str =
+    "info,lapin::returned_messages=error,sqlx::postgres::notice=warn";
+
+/// How the binary logs (to stderr).
+#[derive(Debug, Clone, clap::Args)]
+pub struct LogSettings {
+    /// Log filter, in tracing's `EnvFilter` syntax (e.g. `debug` or `info,operation_runs=debug`).
+    #[arg(long = "log", env = "OPRUN_LOG", default_value = DEFAULT_LOG_FILTER, global = true)]
+    pub filter: String,
+    /// `text` for people, `json` for one JSON object per line.
+    #[arg(long = "log-format", env = "OPRUN_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"], global = true)]
+    pub format: String,
+}
+
 /// Passwords of the namespace's least-privilege users (`oprun topology users`). Environment only
 /// in practice (a flag would show in `ps`); the values are never printed by `--help` or `Debug`.
 #[derive(Clone, Default, clap::Args)]

@@ -2,14 +2,16 @@
 
 use clap::Parser;
 use operation_runs::cli::Cli;
+use operation_runs::config::DEFAULT_LOG_FILTER;
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let filter = EnvFilter::try_from_env("OPRUN_LOG").unwrap_or_else(|_| {
-        EnvFilter::new("info,lapin::returned_messages=error,sqlx::postgres::notice=warn")
-    });
-    let json = std::env::var("OPRUN_LOG_FORMAT").is_ok_and(|f| f == "json");
+    let cli = Cli::parse();
+    let log = cli.log_settings();
+    let filter =
+        EnvFilter::try_new(&log.filter).unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER));
+    let json = log.format == "json";
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -24,7 +26,7 @@ async fn main() -> std::process::ExitCode {
         Ok(limit) => tracing::debug!(limit, "open-file limit raised to the hard limit"),
         Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
     }
-    match Cli::parse().run().await {
+    match cli.run().await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");

@@ -16,7 +16,7 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::BrokerError;
-use crate::config::{Config, ServeSettings};
+use crate::config::{Config, LogSettings, ServeSettings};
 use crate::store::StoreError;
 
 /// A failed command: one line for the operator.
@@ -48,18 +48,14 @@ impl From<sqlx::Error> for CliError {
     }
 }
 
-impl From<lapin::Error> for CliError {
-    fn from(e: lapin::Error) -> Self {
-        Self::Broker(e.into())
-    }
-}
-
 /// `oprun`: the operation-runs service and its operator tools.
 #[derive(Debug, Parser)]
 #[command(name = "oprun", version, about)]
 pub struct Cli {
     #[command(flatten)]
     config: Config,
+    #[command(flatten)]
+    log: LogSettings,
     #[command(subcommand)]
     command: Command,
 }
@@ -96,6 +92,11 @@ enum Command {
 }
 
 impl Cli {
+    /// How to log.
+    pub fn log_settings(&self) -> &LogSettings {
+        &self.log
+    }
+
     /// Runs the parsed command.
     pub async fn run(self) -> Result<(), CliError> {
         let config = &self.config;

@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 use super::CliError;
 use crate::broker::connection::connect;
 use crate::broker::permissions::{namespace_users, UserPermissions};
-use crate::broker::Topology;
+use crate::broker::{BrokerError, Topology};
 use crate::config::{Config, UserPasswords};
 
 /// `oprun topology …`
@@ -53,7 +53,12 @@ impl TopologyCommand {
             TopologyCommand::Apply => {
                 let connection = connect(&config.amqp_url, "oprun topology").await?;
                 topology
-                    .declare(&connection.create_channel().await?)
+                    .declare(
+                        &connection
+                            .create_channel()
+                            .await
+                            .map_err(BrokerError::from)?,
+                    )
                     .await?;
                 let _ = connection.close(200, "done".into()).await;
                 println!("topology {} declared", topology.namespace());
@@ -81,7 +86,14 @@ impl TopologyCommand {
                     return Err(CliError::Invalid("refusing to delete without --yes".into()));
                 }
                 let connection = connect(&config.amqp_url, "oprun topology").await?;
-                topology.delete(&connection.create_channel().await?).await?;
+                topology
+                    .delete(
+                        &connection
+                            .create_channel()
+                            .await
+                            .map_err(BrokerError::from)?,
+                    )
+                    .await?;
                 let _ = connection.close(200, "done".into()).await;
                 println!("topology {} deleted", topology.namespace());
             }
@@ -103,11 +115,11 @@ fn create_user(
         ))
     })?;
     // The password goes through stdin, never the command line (visible in `ps`).
-    if run_ctl(rabbitmqctl, &["add_user", &user.user], Some(&password)).is_err() {
+    if run_ctl(rabbitmqctl, &["add_user", &user.user], Some(password)).is_err() {
         run_ctl(
             rabbitmqctl,
             &["change_password", &user.user],
-            Some(&password),
+            Some(password),
         )?;
     }
     run_ctl(

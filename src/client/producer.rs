@@ -9,11 +9,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use lapin::{BasicProperties, Connection};
+use lapin::Connection;
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
 
 use crate::broker::connection::connect;
+use crate::broker::messages::command_properties;
 use crate::broker::publisher::{
     consume_direct_replies, ConfirmPublisher, Confirmed, DIRECT_REPLY_TO,
 };
@@ -165,20 +166,17 @@ impl Producer {
 
     /// Publishes a raw command body (routing key = its `kind`) and waits for the broker's confirm.
     pub async fn send(&self, body: &Value) -> Result<(), ClientError> {
-        self.publish(body, BasicProperties::default()).await
+        self.publish(body, None).await
     }
 
-    async fn publish(&self, body: &Value, properties: BasicProperties) -> Result<(), ClientError> {
+    /// Publishes `body` with confirms and `mandatory`; `reply` is `(reply_to, correlation_id)`.
+    async fn publish(&self, body: &Value, reply: Option<(&str, &str)>) -> Result<(), ClientError> {
         let kind = body
             .get("kind")
             .and_then(Value::as_str)
             .unwrap_or("unknown");
-        let mut properties = properties
-            .with_content_type("application/json".into())
-            .with_delivery_mode(2);
-        if let Some(id) = body.get("command_id").and_then(Value::as_str) {
-            properties = properties.with_message_id(id.into());
-        }
+        let command_id = body.get("command_id").and_then(Value::as_str);
+        let properties = command_properties(command_id, reply);
         let bytes = serde_json::to_vec(body).expect("JSON values serialise");
         let exchange = self.topology.commands_exchange();
         match self
@@ -224,10 +222,9 @@ impl Producer {
             .lock()
             .unwrap()
             .insert(correlation_id.clone(), tx);
-        let properties = BasicProperties::default()
-            .with_reply_to(DIRECT_REPLY_TO.into())
-            .with_correlation_id(correlation_id.as_str().into());
-        let sent = self.publish(body, properties).await;
+        let sent = self
+            .publish(body, Some((DIRECT_REPLY_TO, correlation_id.as_str())))
+            .await;
         let answer = match sent {
             Ok(()) => tokio::time::timeout(timeout, rx).await,
             Err(e) => {

@@ -10,8 +10,6 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use lapin::message::Delivery;
-use lapin::{BasicProperties, Connection};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -20,8 +18,9 @@ use super::batch::apply_in_lanes;
 use super::Service;
 use crate::broker::dead_letter::dead_letter_properties;
 use crate::broker::headers::string_header;
+use crate::broker::messages::reply_properties;
 use crate::broker::publisher::{confirm_each, ConfirmPublisher, Confirmed};
-use crate::broker::BrokerError;
+use crate::broker::{BasicProperties, BrokerError, Connection, Delivery};
 use crate::domain::command::MAX_COMMAND_BYTES;
 use crate::domain::trace_context::{TRACEPARENT, TRACESTATE};
 use crate::domain::{decode_delivery, Command, CommandKind, DeliveryMeta, Rejection};
@@ -146,9 +145,7 @@ fn settle<'a>(
             );
             return;
         }
-        let properties = BasicProperties::default()
-            .with_content_type("application/json".into())
-            .with_correlation_id(correlation_id.clone());
+        let properties = reply_properties(correlation_id.as_str());
         outgoing.push(Outgoing {
             exchange: String::new(),
             routing_key: reply_to.as_str(),

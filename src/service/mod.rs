@@ -20,12 +20,10 @@ use sqlx::PgPool;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use lapin::Connection;
-
 use crate::broker::connection::connect;
 use crate::broker::consumer::CommandConsumer;
 use crate::broker::publisher::ConfirmPublisher;
-use crate::broker::{BrokerError, Topology};
+use crate::broker::{BrokerError, Connection, Topology};
 use crate::config::{Config, ServeSettings};
 use crate::domain::OPERATION_CATALOG;
 use crate::retry::{retry_transient, ReconnectBackoff};

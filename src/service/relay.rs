@@ -19,8 +19,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Connection};
 use sqlx::PgPool;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -28,10 +26,8 @@ use tokio_util::sync::CancellationToken;
 use super::apply::{complete_as_failed, ApplyContext, ApplyError};
 use super::metrics::Metrics;
 use super::tx_buffer::TxBuffer;
-use crate::broker::headers::opt_i64;
 use crate::broker::publisher::{confirm_all, confirm_each, ConfirmPublisher, Confirmed};
-use crate::broker::{BrokerError, Topology};
-use crate::domain::event::CLOUDEVENTS_CONTENT_TYPE;
+use crate::broker::{messages, BasicProperties, BrokerError, Connection, Topology};
 use crate::domain::trace_context::{TRACEPARENT, TRACESTATE};
 use crate::domain::{Failure, RunEventType};
 use crate::store::events::{self, StoredEvent};
@@ -177,27 +173,17 @@ async fn publish_and_settle<'a, T>(
     }
 }
 
-/// The AMQP properties of an event.
+/// The AMQP properties of a stored event (its shape is `broker::messages`'s).
 pub fn event_properties(event: &StoredEvent) -> BasicProperties {
-    let mut headers = FieldTable::default();
-    headers.insert(
-        "event_type".into(),
-        AMQPValue::LongString(event.event_type.as_str().into()),
-    );
-    headers.insert("run_id".into(), AMQPValue::LongLongInt(event.run_id));
-    headers.insert(
-        "workspace_id".into(),
-        AMQPValue::LongLongInt(event.workspace_id),
-    );
-    headers.insert("tenant_id".into(), opt_i64(event.tenant_id));
-    headers.insert("sequence".into(), AMQPValue::LongLongInt(event.sequence));
-    BasicProperties::default()
-        .with_content_type(CLOUDEVENTS_CONTENT_TYPE.into())
-        .with_message_id(event.id.to_string().into())
-        .with_type(event.event_type.as_str().into())
-        .with_delivery_mode(2)
-        .with_timestamp(event.created_at.timestamp().max(0) as u64)
-        .with_headers(headers)
+    messages::event_properties(&messages::EventMessage {
+        id: &event.id.to_string(),
+        event_type: &event.event_type,
+        run_id: event.run_id,
+        workspace_id: event.workspace_id,
+        tenant_id: event.tenant_id,
+        sequence: event.sequence,
+        timestamp: event.created_at.timestamp().max(0) as u64,
+    })
 }
 
 /// Publishes `events` (in order, pipelined) to `exchange` and waits for every confirm.
@@ -223,21 +209,13 @@ pub async fn publish_events(
 /// The AMQP properties of a job: headers `run_id` and the run's trace context (`traceparent`,
 /// `tracestate`), so the executor's work joins the dispatcher's trace.
 fn job_properties(job: &jobs::StoredJob) -> BasicProperties {
-    let mut headers = FieldTable::default();
-    headers.insert("run_id".into(), AMQPValue::LongLongInt(job.run_id));
-    for (name, value) in [
-        (TRACEPARENT, &job.traceparent),
-        (TRACESTATE, &job.tracestate),
-    ] {
-        if let Some(value) = value {
-            headers.insert(name.into(), AMQPValue::LongString(value.as_str().into()));
-        }
-    }
-    BasicProperties::default()
-        .with_content_type("application/json".into())
-        .with_message_id(format!("job-{}", job.run_id).into())
-        .with_delivery_mode(2)
-        .with_headers(headers)
+    messages::job_properties(
+        job.run_id,
+        &[
+            (TRACEPARENT, job.traceparent.as_deref()),
+            (TRACESTATE, job.tracestate.as_deref()),
+        ],
+    )
 }
 
 /// Takes the transaction-scoped relay lock `key`; `false` when another instance holds it.
