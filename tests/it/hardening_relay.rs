@@ -13,8 +13,8 @@ use serde_json::{json, Value};
 use sqlx::PgPool;
 
 use crate::helpers::{
-    dispatch, header, json_properties, progress, reply_queue, test_settings, wait_until, TestApp,
-    DEADLINE,
+    dispatch, dispatch_with_reply, header, json_properties, progress, test_settings, wait_until,
+    TestApp,
 };
 
 /// Declares `queue` (exclusive) bound to `N.jobs` for `policy.sync`, holding one message and
@@ -332,31 +332,9 @@ async fn replies_go_only_to_direct_reply_to_and_reply_queues(pool: PgPool) {
     app.publish_raw("dispatch", &serde_json::to_vec(&body).unwrap(), to_victim)
         .await;
 
-    let (_reply_channel, queue, mut replies) = reply_queue(&app).await;
-    let to_reply_queue = json_properties()
-        .with_reply_to(queue.as_str().into())
-        .with_correlation_id("c-ok".into());
+    // A reply queue (`N.reply.*`): the reply arrives with its correlation id.
     let body = dispatch("policy.sync", 1, Some(10), json!({"policy_id": 2}));
-    app.publish_raw(
-        "dispatch",
-        &serde_json::to_vec(&body).unwrap(),
-        to_reply_queue,
-    )
-    .await;
-    let reply = tokio::time::timeout(DEADLINE, replies.next())
-        .await
-        .expect("a reply in N.reply.*")
-        .unwrap()
-        .unwrap();
-    assert_eq!(
-        reply
-            .properties
-            .correlation_id()
-            .as_ref()
-            .map(|c| c.as_str()),
-        Some("c-ok")
-    );
-    let reply: Value = serde_json::from_slice(&reply.data).unwrap();
+    let reply = dispatch_with_reply(&app, &body).await;
     assert_eq!(reply["deduplicated"], json!(false));
 
     app.wait_for_count(

@@ -4,7 +4,6 @@
 //! usual.
 
 use futures_util::StreamExt;
-use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Consumer};
 use serde_json::{json, Value};
@@ -44,38 +43,8 @@ async fn publish(app: &TestApp, body: &Value, properties: BasicProperties) {
 
 /// An executor's queue for `run_type` jobs.
 async fn jobs_of(app: &TestApp, run_type: &str) -> (Channel, Consumer) {
-    let channel = app.connection.create_channel().await.unwrap();
-    let options = QueueDeclareOptions {
-        exclusive: true,
-        auto_delete: true,
-        ..Default::default()
-    };
-    let queue = channel
-        .queue_declare("".into(), options, FieldTable::default())
-        .await
-        .unwrap();
-    channel
-        .queue_bind(
-            queue.name().as_str().into(),
-            app.topology.jobs_exchange().as_str().into(),
-            run_type.into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    let consumer = channel
-        .basic_consume(
-            queue.name().as_str().into(),
-            "".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    let jobs = app.topology.jobs_exchange();
+    let (channel, _, consumer) = app.consume_new_queue("", Some((&jobs, run_type))).await;
     (channel, consumer)
 }
 

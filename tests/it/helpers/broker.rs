@@ -43,6 +43,16 @@ impl TestApp {
     /// A fresh exclusive, auto-deleted queue with a no-ack consumer on it, bound to `exchange`
     /// when given: a subscriber's queue, or a reply queue.
     pub async fn temporary_queue(&self, exchange: Option<&str>) -> (Channel, String, Consumer) {
+        self.consume_new_queue("", exchange.map(|x| (x, ""))).await
+    }
+
+    /// Declares queue `name` (`""`: the broker names it), exclusive and auto-deleted, binds it to
+    /// `(exchange, routing key)` when given, and consumes it without acks.
+    pub async fn consume_new_queue(
+        &self,
+        name: &str,
+        binding: Option<(&str, &str)>,
+    ) -> (Channel, String, Consumer) {
         let channel = self.connection.create_channel().await.unwrap();
         let options = QueueDeclareOptions {
             exclusive: true,
@@ -50,16 +60,16 @@ impl TestApp {
             ..Default::default()
         };
         let queue = channel
-            .queue_declare("".into(), options, FieldTable::default())
+            .queue_declare(name.into(), options, FieldTable::default())
             .await
             .unwrap();
         let name = queue.name().as_str().to_owned();
-        if let Some(exchange) = exchange {
+        if let Some((exchange, routing_key)) = binding {
             channel
                 .queue_bind(
                     name.as_str().into(),
                     exchange.into(),
-                    "".into(),
+                    routing_key.into(),
                     QueueBindOptions::default(),
                     FieldTable::default(),
                 )
@@ -93,33 +103,37 @@ impl TestApp {
         }
     }
 
-    /// Waits until the dead-letter queue holds `n` messages and takes them (acked).
+    /// Waits until the dead-letter queue holds `n` messages and takes them (acked). The queue may
+    /// not exist for a while (a test deletes it and the service declares it again): a `get` the
+    /// broker refuses closes the channel, so a fresh one is opened and the wait goes on.
     pub async fn take_dead_letters(&self, n: usize) -> Vec<Delivery> {
-        let channel = self.connection.create_channel().await.unwrap();
+        let mut channel = self.connection.create_channel().await.unwrap();
         let mut out = Vec::new();
         let deadline = tokio::time::Instant::now() + DEADLINE;
         while out.len() < n {
-            match channel
+            let got = channel
                 .basic_get(
                     self.topology.dead_letter_queue().into(),
                     BasicGetOptions { no_ack: false },
                 )
-                .await
-                .unwrap()
-            {
-                Some(m) => {
+                .await;
+            match got {
+                Ok(Some(m)) => {
                     m.delivery
                         .acker
                         .ack(BasicAckOptions::default())
                         .await
                         .unwrap();
                     out.push(m.delivery);
+                    continue;
                 }
-                None if tokio::time::Instant::now() > deadline => {
-                    panic!("expected {n} dead letters, got {}", out.len())
-                }
-                None => tokio::time::sleep(Duration::from_millis(50)).await,
+                Ok(None) => {}
+                Err(_) => channel = self.connection.create_channel().await.unwrap(),
             }
+            if tokio::time::Instant::now() > deadline {
+                panic!("expected {n} dead letters, got {}", out.len())
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
         out
     }
@@ -188,36 +202,13 @@ pub fn header(properties: &BasicProperties, key: &str) -> Option<String> {
 /// A fresh exclusive reply queue named `N.reply.<random>` (the service replies only to direct
 /// reply-to and to queues matching `--reply-queue-pattern`, default `N.reply.*`), with a no-ack
 /// consumer on it.
-pub async fn reply_queue(app: &TestApp) -> (Channel, String, Consumer) {
-    let channel = app.connection.create_channel().await.unwrap();
+async fn reply_queue(app: &TestApp) -> (Channel, String, Consumer) {
     let name = format!(
         "{}.reply.{}",
         app.topology.namespace(),
         uuid::Uuid::new_v4().simple()
     );
-    let options = QueueDeclareOptions {
-        exclusive: true,
-        auto_delete: true,
-        ..Default::default()
-    };
-    channel
-        .queue_declare(name.as_str().into(), options, FieldTable::default())
-        .await
-        .unwrap();
-    let consume = BasicConsumeOptions {
-        no_ack: true,
-        ..Default::default()
-    };
-    let consumer = channel
-        .basic_consume(
-            name.as_str().into(),
-            "".into(),
-            consume,
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    (channel, name, consumer)
+    app.consume_new_queue(&name, None).await
 }
 
 /// Publishes the dispatch `body` asking for a reply on a fresh `N.reply.*` queue (the only queues,
