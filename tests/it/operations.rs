@@ -1,7 +1,6 @@
 //! Operator tools: the stale-run reaper, DLQ replay, events replay, and the metrics endpoint.
 
 use std::process::Stdio;
-use std::time::Duration;
 
 use futures_util::StreamExt;
 use lapin::options::{BasicConsumeOptions, QueueDeclareOptions};
@@ -68,7 +67,18 @@ async fn a_stale_run_is_reaped_once_even_with_two_instances(
     assert_eq!(run.outcome.as_str(), "failed");
     assert_eq!(run.failure_summary.as_array().unwrap().len(), 1);
     assert_eq!(run.failure_summary[0]["code"], "run.stale");
-    tokio::time::sleep(Duration::from_millis(1500)).await; // another reaper round on both instances
+    // Further rounds, as each instance's reaper would run them (the unit of work itself, at
+    // once and concurrently): the completed run is not stale any more, nothing else is.
+    let ctx = app.service().ctx.clone();
+    let (a, b) = tokio::join!(
+        operation_runs::service::reaper::reap_once(&app.pool, &ctx, 2.0, chrono::Utc::now()),
+        operation_runs::service::reaper::reap_once(&app.pool, &ctx, 2.0, chrono::Utc::now()),
+    );
+    assert_eq!(
+        (a.unwrap(), b.unwrap()),
+        (vec![], vec![]),
+        "nothing more to reap"
+    );
     let (completed_events, active): (i64, i64) = sqlx::query_as(
         "SELECT (SELECT count(*) FROM operation_run_events WHERE run_id = $1 AND type = 'operation_run.completed'),
                 (SELECT count(*) FROM operation_runs WHERE status <> 'completed')",
