@@ -217,10 +217,10 @@ pub const DEFAULT_LOG_FILTER: &str =
 #[derive(Debug, Clone, clap::Args)]
 pub struct LogSettings {
     /// Log filter, in tracing's `EnvFilter` syntax (e.g. `debug` or `info,operation_runs=debug`).
-    #[arg(long = "log", env = "OPRUN_LOG", default_value = DEFAULT_LOG_FILTER, global = true)]
+    #[arg(id = "log_filter", long = "log", env = "OPRUN_LOG", default_value = DEFAULT_LOG_FILTER, global = true)]
     pub filter: String,
     /// `text` for people, `json` for one JSON object per line.
-    #[arg(long = "log-format", env = "OPRUN_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"], global = true)]
+    #[arg(id = "log_format", long = "log-format", env = "OPRUN_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"], global = true)]
     pub format: String,
 }
 

@@ -146,3 +146,31 @@ pub async fn cancel_on_signal(token: CancellationToken) {
 pub(crate) fn pool(config: &Config) -> Result<sqlx::PgPool, CliError> {
     Ok(crate::store::connect_lazy(&config.database_url, 2)?)
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    use super::Cli;
+
+    #[test]
+    fn global_log_flags_do_not_shadow_the_subcommands_own_flags() {
+        Cli::command().debug_assert();
+        for args in [
+            &[
+                "oprun",
+                "--log-format",
+                "json",
+                "runs",
+                "list",
+                "--format",
+                "table",
+            ][..],
+            &["oprun", "catalog", "--format", "php"],
+            &["oprun", "dlq", "list", "--format", "json", "--log", "debug"],
+        ] {
+            let cli = Cli::try_parse_from(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+            assert!(["text", "json"].contains(&cli.log_settings().format.as_str()));
+        }
+    }
+}
