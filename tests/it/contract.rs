@@ -24,7 +24,7 @@ use operation_runs::domain::{
 use serde_json::{json, Value};
 use sqlx::PgPool;
 
-use crate::helpers::{json_properties, test_settings, TestApp, DEADLINE};
+use crate::helpers::{event_types, json_properties, test_settings, TestApp, DEADLINE};
 
 const SCHEMAS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/topology/schemas");
 const CORPUS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/corpus");
@@ -569,10 +569,7 @@ async fn what_the_service_emits_validates_against_reply_event_and_job_schemas(po
     assert_valid("reply", &refused);
 
     let received = events.next_events(5).await;
-    let types: Vec<&str> = received
-        .iter()
-        .map(|(e, _)| e["type"].as_str().unwrap())
-        .collect();
+    let types = event_types(&received);
     assert_eq!(
         types,
         [

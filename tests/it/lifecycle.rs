@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde_json::json;
 use sqlx::PgPool;
 
-use crate::helpers::{dispatch, header, progress, wait_for_active_run, TestApp};
+use crate::helpers::{dispatch, event_types, header, progress, wait_for_active_run, TestApp};
 
 #[sqlx::test]
 async fn a_full_lifecycle_yields_events_with_sequence_one_to_n_in_order(pool: PgPool) {
@@ -42,10 +42,7 @@ async fn a_full_lifecycle_yields_events_with_sequence_one_to_n_in_order(pool: Pg
     app.publish(&progress("update_run", run_id, json!({"status": "completed", "outcome": "partially_succeeded", "summary_counts": {"succeeded": 9}}))).await;
 
     let events = subscriber.next_events(6).await;
-    let types: Vec<&str> = events
-        .iter()
-        .map(|(e, _)| e["type"].as_str().unwrap())
-        .collect();
+    let types = event_types(&events);
     assert_eq!(
         types,
         [
@@ -204,10 +201,7 @@ async fn out_of_order_messages_are_stale_no_ops_or_refused_as_listed(pool: PgPoo
         Some("invalid_transition")
     );
     let events = subscriber.next_events(3).await;
-    let types: Vec<&str> = events
-        .iter()
-        .map(|(e, _)| e["type"].as_str().unwrap())
-        .collect();
+    let types = event_types(&events);
     assert_eq!(
         types,
         [

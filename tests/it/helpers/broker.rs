@@ -236,3 +236,11 @@ pub async fn dispatch_with_reply(app: &TestApp, body: &Value) -> Value {
     );
     serde_json::from_slice(&reply.data).unwrap()
 }
+
+/// The CloudEvents `type` of each event, in order.
+pub fn event_types(events: &[(Value, BasicProperties)]) -> Vec<&str> {
+    events
+        .iter()
+        .map(|(e, _)| e["type"].as_str().expect("an event has a type"))
+        .collect()
+}
