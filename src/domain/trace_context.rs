@@ -75,6 +75,16 @@ impl TraceContext {
     pub fn trace_id(&self) -> &str {
         &self.traceparent[3..35]
     }
+
+    /// The 16-hex-digit parent id: the span of the sender that caused this message.
+    pub fn parent_id(&self) -> &str {
+        &self.traceparent[36..52]
+    }
+
+    /// The trace flags byte (bit 0: the sender sampled the trace).
+    pub fn flags(&self) -> u8 {
+        u8::from_str_radix(&self.traceparent[53..55], 16).expect("validated hex")
+    }
 }
 
 impl fmt::Display for TraceContext {
@@ -134,6 +144,8 @@ mod tests {
         assert_eq!(t.traceparent(), GOOD);
         assert_eq!(t.tracestate(), Some("congo=t61rcWkgMzE"));
         assert_eq!(t.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(t.parent_id(), "00f067aa0ba902b7");
+        assert_eq!(t.flags(), 1);
     }
 
     #[test]
