@@ -259,9 +259,10 @@ impl HttpClient for ExportClient {
                 .headers_mut()
                 .insert(http::header::AUTHORIZATION, authorization.clone());
         }
-        let sent = self
-            .runtime
-            .spawn(tokio::time::timeout(EXPORT_TIMEOUT, post(request)));
+        // Built on the runtime: a timer made on the batch thread would find no runtime.
+        let sent = self.runtime.spawn(async move {
+            tokio::time::timeout(EXPORT_TIMEOUT, post(request)).await
+        });
         let failing = self.failing.clone();
         let shown_url = self.shown_url.clone();
         Box::pin(async move {

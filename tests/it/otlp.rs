@@ -275,5 +275,6 @@ async fn an_unreachable_collector_costs_no_command_and_one_warning(
         1,
         "one warning for the outage:\n{stderr}"
     );
+    assert_eq!(stderr.matches("WARN").count(), 1, "{stderr}");
     app.shutdown().await;
 }
