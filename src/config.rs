@@ -239,7 +239,10 @@ impl fmt::Debug for LogSettings {
         f.debug_struct("LogSettings")
             .field("filter", &self.filter)
             .field("format", &self.format)
-            .field("otlp_endpoint", &self.otlp_endpoint.as_deref().map(redact_url))
+            .field(
+                "otlp_endpoint",
+                &self.otlp_endpoint.as_deref().map(redact_url),
+            )
             .finish()
     }
 }

@@ -26,7 +26,9 @@ use opentelemetry::trace::{
 };
 use opentelemetry_http::{Bytes, HttpClient, HttpError, Request, Response};
 use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
-use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, SdkTracer, SdkTracerProvider};
+use opentelemetry_sdk::trace::{
+    BatchConfigBuilder, BatchSpanProcessor, SdkTracer, SdkTracerProvider,
+};
 use tracing::Subscriber;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::registry::LookupSpan;
@@ -143,7 +145,13 @@ pub fn set_remote_parent(span: &tracing::Span, trace: &TraceContext) {
         .tracestate()
         .and_then(|s| s.parse::<TraceState>().ok())
         .unwrap_or_default();
-    let parent = SpanContext::new(trace_id, span_id, TraceFlags::new(trace.flags()), true, state);
+    let parent = SpanContext::new(
+        trace_id,
+        span_id,
+        TraceFlags::new(trace.flags()),
+        true,
+        state,
+    );
     // Only fails when the span is disabled or already started: then there is nothing to parent.
     let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(parent));
 }
@@ -196,7 +204,8 @@ impl ExportTarget {
         } else {
             let user = percent_decoded(url.username());
             let password = percent_decoded(url.password().unwrap_or(""));
-            let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+            let token =
+                base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
             let mut value = http::HeaderValue::from_str(&format!("Basic {token}"))
                 .map_err(|e| invalid(e.to_string()))?;
             value.set_sensitive(true);
@@ -260,9 +269,9 @@ impl HttpClient for ExportClient {
                 .insert(http::header::AUTHORIZATION, authorization.clone());
         }
         // Built on the runtime: a timer made on the batch thread would find no runtime.
-        let sent = self.runtime.spawn(async move {
-            tokio::time::timeout(EXPORT_TIMEOUT, post(request)).await
-        });
+        let sent = self
+            .runtime
+            .spawn(async move { tokio::time::timeout(EXPORT_TIMEOUT, post(request)).await });
         let failing = self.failing.clone();
         let shown_url = self.shown_url.clone();
         Box::pin(async move {
@@ -318,7 +327,10 @@ async fn post(request: Request<Bytes>) -> Result<Response<Bytes>, HttpError> {
         .send_request(Request::from_parts(parts, Full::new(body)))
         .await?;
     let (parts, body) = response.into_parts();
-    let body = Limited::new(body, MAX_RESPONSE_BYTES).collect().await?.to_bytes();
+    let body = Limited::new(body, MAX_RESPONSE_BYTES)
+        .collect()
+        .await?
+        .to_bytes();
     Ok(Response::from_parts(parts, body))
 }
 
@@ -343,10 +355,14 @@ mod tests {
     #[test]
     fn only_plain_http_urls_with_a_host_are_accepted() {
         for bad in ["https://collector:4318", "collector:4318", "not a url"] {
-            let e = ExportTarget::parse(bad).err().unwrap_or_else(|| panic!("{bad} accepted"));
+            let e = ExportTarget::parse(bad)
+                .err()
+                .unwrap_or_else(|| panic!("{bad} accepted"));
             assert!(e.to_string().contains("--otlp-endpoint"), "{e}");
         }
-        let e = ExportTarget::parse("https://u:hunter2@collector").err().unwrap();
+        let e = ExportTarget::parse("https://u:hunter2@collector")
+            .err()
+            .unwrap();
         assert!(!e.to_string().contains("hunter2"), "{e}");
     }
 }

@@ -140,7 +140,10 @@ fn command_span(
     if span.is_disabled() {
         return span;
     }
-    match (TraceContext::from_headers(meta.traceparent, meta.tracestate), decoded) {
+    match (
+        TraceContext::from_headers(meta.traceparent, meta.tracestate),
+        decoded,
+    ) {
         (Some(incoming), _) => telemetry::set_remote_parent(&span, &incoming),
         (None, Ok(command)) if command.kind == CommandKind::Dispatch => {
             command.trace = telemetry::span_trace_context(&span);

@@ -19,8 +19,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tokio::process::Child;
 
 use crate::helpers::{
-    dispatch, dispatch_with_reply, serve_command, traced_properties, wait_until, TestApp,
-    DEADLINE,
+    dispatch, dispatch_with_reply, serve_command, traced_properties, wait_until, TestApp, DEADLINE,
 };
 
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -144,7 +143,10 @@ async fn terminate(child: Child) -> (std::process::ExitStatus, String) {
         .await
         .expect("oprun serve exits in time after SIGTERM")
         .unwrap();
-    (out.status, String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 async fn stored_traceparent(app: &TestApp, run_id: i64) -> String {
@@ -173,7 +175,9 @@ async fn command_spans_are_exported_in_the_trace_of_their_traceparent(
     )
     .await;
     let span = collector
-        .wait_for("the span of the traced dispatch", |s| s.trace_id == TRACE_ID)
+        .wait_for("the span of the traced dispatch", |s| {
+            s.trace_id == TRACE_ID
+        })
         .await;
     assert_eq!(span.parent_span_id, PRODUCER_SPAN, "{span:?}");
     assert_eq!(span.service, "operation-runs");
@@ -263,7 +267,12 @@ async fn an_unreachable_collector_costs_no_command_and_one_warning(
     for i in 0..3 {
         let reply = dispatch_with_reply(
             &app,
-            &dispatch("policy.sync", 1, Some(10), json!({"policy_id": format!("p{i}")})),
+            &dispatch(
+                "policy.sync",
+                1,
+                Some(10),
+                json!({"policy_id": format!("p{i}")}),
+            ),
         )
         .await;
         assert!(reply["run_id"].as_i64().is_some(), "{reply}");
