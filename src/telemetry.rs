@@ -11,8 +11,10 @@
 //! flushes what is queued at exit, bounded.
 //!
 //! The span of a command is a child of the command's W3C `traceparent` (the producer's span),
-//! so a collector shows one trace from the producer through the service; a dispatch without one
-//! starts its trace at the service's span, and that context is what its run keeps.
+//! and the context the service passes on (stored with the run, stamped on its events and job)
+//! names the service's span as parent, so a collector shows one trace from the producer through
+//! the service to subscribers and executors; a dispatch without one starts its trace at the
+//! service's span.
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -132,47 +134,49 @@ impl Telemetry {
     }
 }
 
-/// Makes `span` (not yet entered) a child of `trace`, the W3C context a message came with, in
-/// the exported trace. No effect when the span is disabled (no exporter).
-pub fn set_remote_parent(span: &tracing::Span, trace: &TraceContext) {
-    let (Ok(trace_id), Ok(span_id)) = (
-        TraceId::from_hex(trace.trace_id()),
-        SpanId::from_hex(trace.parent_id()),
-    ) else {
-        return;
-    };
+/// Starts `span` (not yet entered) in the exported trace and returns the context to pass on
+/// for the work it covers: with `incoming` (the W3C context the message came with) the span is
+/// its child and the context is `incoming` with the span as parent id; without, the span starts
+/// a new trace and the context names it. `None` when the span is disabled (no exporter).
+pub fn continue_trace(
+    span: &tracing::Span,
+    incoming: Option<&TraceContext>,
+) -> Option<TraceContext> {
+    if span.is_disabled() {
+        return None;
+    }
+    if let Some(parent) = incoming.and_then(remote_span_context) {
+        // Only fails when the span is disabled or already started: checked and not yet.
+        let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(parent));
+    }
+    let context = span.context();
+    let otel_span = context.span();
+    let own = otel_span.span_context();
+    if !own.is_valid() {
+        return None;
+    }
+    let span_id = u64::from_be_bytes(own.span_id().to_bytes());
+    match incoming {
+        Some(incoming) => incoming.with_parent_id(span_id),
+        None => TraceContext::new_root(u128::from_be_bytes(own.trace_id().to_bytes()), span_id),
+    }
+}
+
+/// The sender's span, as OpenTelemetry's remote parent.
+fn remote_span_context(trace: &TraceContext) -> Option<SpanContext> {
+    let trace_id = TraceId::from_hex(trace.trace_id()).ok()?;
+    let span_id = SpanId::from_hex(trace.parent_id()).ok()?;
     let state = trace
         .tracestate()
         .and_then(|s| s.parse::<TraceState>().ok())
         .unwrap_or_default();
-    let parent = SpanContext::new(
+    Some(SpanContext::new(
         trace_id,
         span_id,
         TraceFlags::new(trace.flags()),
         true,
         state,
-    );
-    // Only fails when the span is disabled or already started: then there is nothing to parent.
-    let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(parent));
-}
-
-/// The W3C context of `span` as exported (its trace id, its own id as the parent id): `None`
-/// when the span is disabled (no exporter). Starts the span's OpenTelemetry side: set its
-/// parent first.
-pub fn span_trace_context(span: &tracing::Span) -> Option<TraceContext> {
-    if span.is_disabled() {
-        return None;
-    }
-    let context = span.context();
-    let otel_span = context.span();
-    let span_context = otel_span.span_context();
-    if !span_context.is_valid() {
-        return None;
-    }
-    TraceContext::new_root(
-        u128::from_be_bytes(span_context.trace_id().to_bytes()),
-        u64::from_be_bytes(span_context.span_id().to_bytes()),
-    )
+    ))
 }
 
 /// Where the spans go, from `--otlp-endpoint`.

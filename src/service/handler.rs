@@ -114,9 +114,10 @@ pub async fn handle_deliveries(
 }
 
 /// The span of one delivery, from receipt to settlement. Disabled (free) unless the binary
-/// exports spans (`--otlp-endpoint`); then it is a child of the delivery's `traceparent`, and a
-/// dispatch without one starts its trace here: the span's context becomes its run's trace, so
-/// its events and job continue the exported trace.
+/// exports spans (`--otlp-endpoint`); then it is a child of the delivery's `traceparent`, and
+/// the command carries the context continued from it (the service's span as parent id), or, for
+/// a dispatch without one, the new trace the span starts: its run, events and job continue the
+/// exported trace. A progress command without one keeps taking its run's trace.
 fn command_span(
     service: &Service,
     delivery: &Delivery,
@@ -137,18 +138,12 @@ fn command_span(
         otel.status_code = tracing::field::Empty,
         otel.status_description = tracing::field::Empty,
     );
-    if span.is_disabled() {
-        return span;
-    }
-    match (
-        TraceContext::from_headers(meta.traceparent, meta.tracestate),
-        decoded,
-    ) {
-        (Some(incoming), _) => telemetry::set_remote_parent(&span, &incoming),
-        (None, Ok(command)) if command.kind == CommandKind::Dispatch => {
-            command.trace = telemetry::span_trace_context(&span);
+    let incoming = TraceContext::from_headers(meta.traceparent, meta.tracestate);
+    let continued = telemetry::continue_trace(&span, incoming.as_ref());
+    if let (Some(continued), Ok(command)) = (continued, decoded) {
+        if incoming.is_some() || command.kind == CommandKind::Dispatch {
+            command.trace = Some(continued);
         }
-        _ => {}
     }
     span
 }

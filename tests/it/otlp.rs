@@ -149,8 +149,9 @@ async fn terminate(child: Child) -> (std::process::ExitStatus, String) {
     )
 }
 
-async fn stored_traceparent(app: &TestApp, run_id: i64) -> String {
-    sqlx::query_scalar("SELECT traceparent FROM operation_runs WHERE id = $1")
+/// The trace context run `run_id` keeps: `traceparent`, `tracestate`.
+async fn stored_trace(app: &TestApp, run_id: i64) -> (String, Option<String>) {
+    sqlx::query_as("SELECT traceparent, tracestate FROM operation_runs WHERE id = $1")
         .bind(run_id)
         .fetch_one(&app.pool)
         .await
@@ -165,6 +166,7 @@ async fn command_spans_are_exported_in_the_trace_of_their_traceparent(
     let (collector, addr) = Collector::start().await;
     let (app, database) = app_for(connect).await;
     let serve = serve_exporting_to(&app, &database, addr, &[]);
+    let mut events = app.subscribe_events().await;
 
     // A dispatch that carries the producer's trace: the service's span is its child.
     let body = dispatch("policy.sync", 1, Some(10), json!({"policy_id": "traced"}));
@@ -187,9 +189,18 @@ async fn command_spans_are_exported_in_the_trace_of_their_traceparent(
     assert_eq!(span.attributes["messaging.system"], "rabbitmq");
     let run_id: i64 = span.attributes["oprun.run_id"].parse().unwrap();
     assert_eq!(
-        stored_traceparent(&app, run_id).await,
-        TRACEPARENT,
-        "the run keeps the producer's trace context"
+        stored_trace(&app, run_id).await,
+        (
+            format!("00-{TRACE_ID}-{}-01", span.span_id),
+            Some("congo=t61rcWkgMzE".to_owned())
+        ),
+        "the run continues the producer's trace from the service's span"
+    );
+    let (queued, _) = events.next_events(1).await.remove(0);
+    assert_eq!(
+        queued["traceparent"],
+        format!("00-{TRACE_ID}-{}-01", span.span_id),
+        "its event too: a subscriber's span is a child of the service's"
     );
 
     // A dispatch without one: the service's span is the root of a new trace, and that trace is
@@ -207,8 +218,8 @@ async fn command_spans_are_exported_in_the_trace_of_their_traceparent(
         .await;
     assert_eq!(root.parent_span_id, "", "a root span: {root:?}");
     assert_eq!(
-        stored_traceparent(&app, reply["run_id"].as_i64().unwrap()).await,
-        format!("00-{}-{}-01", root.trace_id, root.span_id)
+        stored_trace(&app, reply["run_id"].as_i64().unwrap()).await,
+        (format!("00-{}-{}-01", root.trace_id, root.span_id), None)
     );
     let (status, stderr) = terminate(serve).await;
     assert!(status.success(), "{stderr}");
@@ -236,7 +247,7 @@ async fn spans_still_queued_at_exit_are_flushed(_o: PgPoolOptions, connect: PgCo
 
     let (status, stderr) = terminate(serve).await;
     assert!(status.success(), "{stderr}");
-    let trace_id = stored_traceparent(&app, run_id).await[3..35].to_owned();
+    let trace_id = stored_trace(&app, run_id).await.0[3..35].to_owned();
     let spans = collector.spans();
     assert!(
         spans
