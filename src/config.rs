@@ -234,6 +234,15 @@ pub struct LogSettings {
     pub otlp_endpoint: Option<String>,
 }
 
+impl LogSettings {
+    /// The OTLP collector to export spans to; `None` (no export) when unset or empty.
+    pub fn otlp_endpoint(&self) -> Option<&str> {
+        self.otlp_endpoint
+            .as_deref()
+            .filter(|url| !url.trim().is_empty())
+    }
+}
+
 impl fmt::Debug for LogSettings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LogSettings")

@@ -22,7 +22,7 @@ async fn main() -> std::process::ExitCode {
         fmt.boxed()
     };
     // Off by default: without --otlp-endpoint there is no exporter at all.
-    let telemetry = match log.otlp_endpoint.as_deref().map(Telemetry::start) {
+    let telemetry = match log.otlp_endpoint().map(Telemetry::start) {
         None => None,
         Some(Ok(telemetry)) => Some(telemetry),
         Some(Err(e)) => {
