@@ -75,9 +75,12 @@ pub struct Telemetry {
 
 impl Telemetry {
     /// Starts exporting to the collector at `endpoint` (a base URL: spans go to
-    /// `<endpoint>/v1/traces`). Must be called on the Tokio runtime that will carry the export
-    /// requests. Nothing is sent until there are spans; an unreachable collector is not an
-    /// error here.
+    /// `<endpoint>/v1/traces`). Nothing is sent until there are spans; an unreachable
+    /// collector is not an error here.
+    ///
+    /// # Panics
+    ///
+    /// Outside a Tokio runtime: the export requests run on the one it is called on.
     pub fn start(endpoint: &str) -> Result<Self, TelemetryError> {
         let target = ExportTarget::parse(endpoint)?;
         let client = ExportClient {
