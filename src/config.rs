@@ -213,8 +213,8 @@ impl Default for ServeSettings {
 pub const DEFAULT_LOG_FILTER: &str =
     "info,lapin::returned_messages=error,sqlx::postgres::notice=warn";
 
-/// How the binary logs (to stderr).
-#[derive(Debug, Clone, clap::Args)]
+/// How the binary logs (to stderr), and where it exports its spans (every command).
+#[derive(Clone, clap::Args)]
 pub struct LogSettings {
     /// Log filter, in tracing's `EnvFilter` syntax (e.g. `debug` or `info,operation_runs=debug`).
     #[arg(id = "log_filter", long = "log", env = "OPRUN_LOG", default_value = DEFAULT_LOG_FILTER, global = true)]
@@ -222,6 +222,38 @@ pub struct LogSettings {
     /// `text` for people, `json` for one JSON object per line.
     #[arg(id = "log_format", long = "log-format", env = "OPRUN_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"], global = true)]
     pub format: String,
+    /// Base URL of an OTLP/HTTP collector (`http://collector:4318`): spans are POSTed as protobuf
+    /// to `<URL>/v1/traces`; credentials in the URL are sent as HTTP basic auth. Unset: no export.
+    #[arg(
+        id = "otlp_endpoint",
+        long = "otlp-endpoint",
+        env = "OPRUN_OTLP_ENDPOINT",
+        hide_env_values = true,
+        global = true
+    )]
+    pub otlp_endpoint: Option<String>,
+}
+
+impl LogSettings {
+    /// The OTLP collector to export spans to; `None` (no export) when unset or empty.
+    pub fn otlp_endpoint(&self) -> Option<&str> {
+        self.otlp_endpoint
+            .as_deref()
+            .filter(|url| !url.trim().is_empty())
+    }
+}
+
+impl fmt::Debug for LogSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LogSettings")
+            .field("filter", &self.filter)
+            .field("format", &self.format)
+            .field(
+                "otlp_endpoint",
+                &self.otlp_endpoint.as_deref().map(redact_url),
+            )
+            .finish()
+    }
 }
 
 /// Passwords of the namespace's least-privilege users (`oprun topology users`). Environment only
@@ -327,5 +359,17 @@ mod tests {
             "{shown}"
         );
         assert!(shown.contains("app:***@db"), "{shown}");
+    }
+
+    #[test]
+    fn the_otlp_endpoint_password_never_reaches_debug_output() {
+        let log = LogSettings {
+            filter: "info".into(),
+            format: "text".into(),
+            otlp_endpoint: Some("http://otel:t0ken@collector:4318".into()),
+        };
+        let shown = format!("{log:?}");
+        assert!(!shown.contains("t0ken"), "{shown}");
+        assert!(shown.contains("otel:***@collector:4318"), "{shown}");
     }
 }

@@ -14,6 +14,7 @@
 //! - [`http`]: the HTTP server (probes, metrics) with its timeouts and connection cap.
 //! - [`client`]: the producer library and the worker for executors.
 //! - [`cli`]: the `oprun` commands.
+//! - [`telemetry`]: the optional OTLP export of the service's spans (`--otlp-endpoint`).
 //! - [`config`] and [`retry`]: configuration and backoff, shared by all.
 
 pub mod broker;
@@ -25,3 +26,4 @@ pub mod http;
 pub mod retry;
 pub mod service;
 pub mod store;
+pub mod telemetry;

@@ -168,9 +168,21 @@ mod tests {
             ][..],
             &["oprun", "catalog", "--format", "php"],
             &["oprun", "dlq", "list", "--format", "json", "--log", "debug"],
+            &[
+                "oprun",
+                "--otlp-endpoint",
+                "http://collector:4318",
+                "runs",
+                "list",
+                "--format",
+                "table",
+            ],
+            &["oprun", "serve", "--otlp-endpoint", "http://collector:4318"],
         ] {
             let cli = Cli::try_parse_from(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
             assert!(["text", "json"].contains(&cli.log_settings().format.as_str()));
+            let otlp = cli.log_settings().otlp_endpoint.as_deref();
+            assert!(otlp.is_none() || otlp == Some("http://collector:4318"));
         }
     }
 }

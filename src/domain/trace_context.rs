@@ -55,6 +55,20 @@ impl TraceContext {
         })
     }
 
+    /// The context a participant passes on after handling the message in a span of its own
+    /// (W3C: the parent id becomes that span's id; trace id, flags and `tracestate` are kept).
+    /// `None` when `parent_id` is zero.
+    pub fn with_parent_id(&self, parent_id: u64) -> Option<Self> {
+        (parent_id != 0).then(|| Self {
+            traceparent: format!(
+                "00-{}-{parent_id:016x}-{:02x}",
+                self.trace_id(),
+                self.flags()
+            ),
+            tracestate: self.tracestate.clone(),
+        })
+    }
+
     /// Rebuilds a stored context (columns written from a validated one); `None` if the stored
     /// text is not a valid `traceparent`.
     pub fn from_stored(traceparent: Option<String>, tracestate: Option<String>) -> Option<Self> {
@@ -74,6 +88,16 @@ impl TraceContext {
     /// The 32-hex-digit trace id.
     pub fn trace_id(&self) -> &str {
         &self.traceparent[3..35]
+    }
+
+    /// The 16-hex-digit parent id: the span of the sender that caused this message.
+    pub fn parent_id(&self) -> &str {
+        &self.traceparent[36..52]
+    }
+
+    /// The trace flags byte (bit 0: the sender sampled the trace).
+    pub fn flags(&self) -> u8 {
+        u8::from_str_radix(&self.traceparent[53..55], 16).expect("validated hex")
     }
 }
 
@@ -134,6 +158,8 @@ mod tests {
         assert_eq!(t.traceparent(), GOOD);
         assert_eq!(t.tracestate(), Some("congo=t61rcWkgMzE"));
         assert_eq!(t.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(t.parent_id(), "00f067aa0ba902b7");
+        assert_eq!(t.flags(), 1);
     }
 
     #[test]
@@ -176,6 +202,19 @@ mod tests {
             let t = TraceContext::from_headers(Some(GOOD), Some(bad)).unwrap();
             assert_eq!(t.tracestate(), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_participant_replaces_only_the_parent_id() {
+        let unsampled = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00";
+        let t = TraceContext::from_headers(Some(unsampled), Some("congo=t61rcWkgMzE")).unwrap();
+        let next = t.with_parent_id(0xb7ad_6b71_6920_3331).unwrap();
+        assert_eq!(
+            next.traceparent(),
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-b7ad6b7169203331-00"
+        );
+        assert_eq!(next.tracestate(), Some("congo=t61rcWkgMzE"));
+        assert_eq!(t.with_parent_id(0), None);
     }
 
     #[test]

@@ -22,8 +22,9 @@ use crate::broker::messages::reply_properties;
 use crate::broker::publisher::{confirm_each, ConfirmPublisher, Confirmed};
 use crate::broker::{BasicProperties, BrokerError, Connection, Delivery};
 use crate::domain::command::MAX_COMMAND_BYTES;
-use crate::domain::trace_context::{TRACEPARENT, TRACESTATE};
+use crate::domain::trace_context::{TraceContext, TRACEPARENT, TRACESTATE};
 use crate::domain::{decode_delivery, Command, CommandKind, DeliveryMeta, Rejection};
+use crate::telemetry;
 
 /// How long a batch waits for the confirms of its dead letters and replies before it replaces
 /// the channel and publishes the unconfirmed ones again.
@@ -62,7 +63,7 @@ pub async fn handle_deliveries(
         return Ok(BatchSettlement::Interrupted);
     };
     let received = Instant::now();
-    let decoded: Vec<Result<Command, Rejection>> = deliveries
+    let (decoded, spans): (Vec<Result<Command, Rejection>>, Vec<tracing::Span>) = deliveries
         .iter()
         .map(|d| {
             let headers = d.properties.headers().as_ref();
@@ -71,9 +72,11 @@ pub async fn handle_deliveries(
                 traceparent: headers.and_then(|h| string_header(h, TRACEPARENT)),
                 tracestate: headers.and_then(|h| string_header(h, TRACESTATE)),
             };
-            decode_delivery(&d.data, meta)
+            let mut decoded = decode_delivery(&d.data, meta);
+            let span = command_span(service, d, meta, &mut decoded);
+            (decoded, span)
         })
-        .collect();
+        .unzip();
     let commands: Vec<&Command> = decoded.iter().filter_map(|c| c.as_ref().ok()).collect();
     let lanes = service.settings.lanes;
     let Some(applied) =
@@ -83,13 +86,14 @@ pub async fn handle_deliveries(
     };
     let mut applied = applied.into_iter();
     let mut outgoing = Vec::new();
-    for (delivery, decoded) in deliveries.iter().zip(&decoded) {
+    for ((delivery, decoded), span) in deliveries.iter().zip(&decoded).zip(&spans) {
         let outcome = match decoded {
             Ok(_) => applied.next().expect("one result per decoded command"),
             Err(rejection) => Err(rejection.clone()),
         };
         let command = decoded.as_ref().ok();
         log_outcome(service, delivery, command, &outcome);
+        record_outcome(span, &outcome);
         settle(service, delivery, &outcome, &mut outgoing);
     }
     let settled = publish_until_settled(service, connection, publisher, &outgoing, shutdown).await;
@@ -104,7 +108,60 @@ pub async fn handle_deliveries(
     for _ in deliveries {
         service.metrics.observe_latency(per_command);
     }
+    // The command spans end here, with their effects committed and their publishes confirmed.
+    drop(spans);
     Ok(BatchSettlement::AckThrough(last.delivery_tag))
+}
+
+/// The span of one delivery, from receipt to settlement. Disabled (free) unless the binary
+/// exports spans (`--otlp-endpoint`); then it is a child of the delivery's `traceparent`, and
+/// the command carries the context continued from it (the service's span as parent id), or, for
+/// a dispatch without one, the new trace the span starts: its run, events and job continue the
+/// exported trace. A progress command without one keeps taking its run's trace.
+fn command_span(
+    service: &Service,
+    delivery: &Delivery,
+    meta: DeliveryMeta<'_>,
+    decoded: &mut Result<Command, Rejection>,
+) -> tracing::Span {
+    let span = tracing::debug_span!(
+        "process command",
+        otel.kind = "consumer",
+        messaging.system = "rabbitmq",
+        "messaging.operation.type" = "process",
+        messaging.destination.name = %service.topology.commands_queue(),
+        messaging.rabbitmq.destination.routing_key = delivery.routing_key.as_str(),
+        messaging.message.id = meta.message_id,
+        oprun.command.kind = decoded.as_ref().ok().map(|c| c.kind.as_str()),
+        oprun.run_id = tracing::field::Empty,
+        oprun.result = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+        otel.status_description = tracing::field::Empty,
+    );
+    let incoming = TraceContext::from_headers(meta.traceparent, meta.tracestate);
+    let continued = telemetry::continue_trace(&span, incoming.as_ref());
+    if let (Some(continued), Ok(command)) = (continued, decoded) {
+        if incoming.is_some() || command.kind == CommandKind::Dispatch {
+            command.trace = Some(continued);
+        }
+    }
+    span
+}
+
+/// Puts what became of a command on its span: its run and result, an error status when it was
+/// dead-lettered.
+fn record_outcome(span: &tracing::Span, outcome: &Result<CommandResult, Rejection>) {
+    match outcome {
+        Ok(result) => {
+            span.record("oprun.run_id", result.run_id);
+            span.record("oprun.result", result.disposition.as_str());
+        }
+        Err(rejection) => {
+            span.record("oprun.result", "dead_lettered");
+            span.record("otel.status_code", "ERROR");
+            span.record("otel.status_description", rejection.code.as_str());
+        }
+    }
 }
 
 /// The publishes a processed delivery needs: its dead letter when refused, its reply when the

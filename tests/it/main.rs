@@ -18,6 +18,7 @@ mod hardening_worker;
 mod lifecycle;
 mod observability;
 mod operations;
+mod otlp;
 mod poison;
 mod producer;
 mod properties;

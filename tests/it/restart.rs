@@ -6,32 +6,15 @@ use std::time::Duration;
 
 use serde_json::json;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 
-use crate::helpers::{database_url_for, progress, TestApp};
+use crate::helpers::{progress, serve_command, TestApp};
 
 /// Starts the real binary against the test database and namespace.
 fn spawn_serve(database: &str, namespace: &str) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_oprun"))
-        .args([
-            "serve",
-            "--metrics-addr",
-            "off",
-            "--http-addr",
-            "off",
-            "--batch-size",
-            "20",
-            "--relay-idle-ms",
-            "50",
-            "--hand-off-jobs",
-            "false",
-        ])
-        .env("DATABASE_URL", database_url_for(database))
-        .env("OPRUN_NAMESPACE", namespace)
-        .env("OPRUN_LOG", "warn")
-        .stdout(Stdio::null())
+    serve_command(database, namespace)
+        .args(["--batch-size", "20"])
         .stderr(Stdio::null())
-        .kill_on_drop(true)
         .spawn()
         .expect("the oprun binary starts")
 }

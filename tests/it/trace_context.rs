@@ -4,33 +4,18 @@
 //! usual.
 
 use futures_util::StreamExt;
-use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Consumer};
 use serde_json::{json, Value};
 use sqlx::PgPool;
 
 use crate::helpers::{
-    dispatch, header, json_properties, progress, test_settings, TestApp, DEADLINE,
+    dispatch, header, json_properties, progress, test_settings, traced_properties, TestApp,
+    DEADLINE,
 };
 
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const DISPATCH_PARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 const OTHER_TRACE: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
-
-fn traced(traceparent: &str, tracestate: Option<&str>) -> BasicProperties {
-    let mut headers = FieldTable::default();
-    headers.insert(
-        ShortString::from("traceparent"),
-        AMQPValue::LongString(LongString::from(traceparent)),
-    );
-    if let Some(state) = tracestate {
-        headers.insert(
-            ShortString::from("tracestate"),
-            AMQPValue::LongString(LongString::from(state)),
-        );
-    }
-    json_properties().with_headers(headers)
-}
 
 async fn publish(app: &TestApp, body: &Value, properties: BasicProperties) {
     app.publish_raw(
@@ -89,7 +74,7 @@ async fn one_trace_id_follows_a_command_through_its_events_and_its_job(pool: PgP
     publish(
         &app,
         &body,
-        traced(DISPATCH_PARENT, Some("congo=t61rcWkgMzE")),
+        traced_properties(DISPATCH_PARENT, Some("congo=t61rcWkgMzE")),
     )
     .await;
     let (job, job_properties) = next_job(&mut jobs).await;
@@ -118,7 +103,7 @@ async fn one_trace_id_follows_a_command_through_its_events_and_its_job(pool: PgP
             run_id,
             json!({"counts": {"total": 1}}),
         ),
-        traced(OTHER_TRACE, None),
+        traced_properties(OTHER_TRACE, None),
     )
     .await;
     publish(
@@ -201,7 +186,7 @@ async fn a_dispatch_without_a_valid_traceparent_starts_a_new_trace_and_is_applie
     publish(
         &app,
         &dispatch("policy.sync", 1, Some(10), json!({"policy_id": "b"})),
-        traced(invalid, Some("vendor=x")),
+        traced_properties(invalid, Some("vendor=x")),
     )
     .await;
 

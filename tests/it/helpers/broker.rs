@@ -8,7 +8,7 @@ use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicGetOptions, QueueBindOptions, QueueDeclareOptions,
 };
-use lapin::types::FieldTable;
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Consumer};
 use serde_json::Value;
 
@@ -192,6 +192,22 @@ pub fn json_properties() -> BasicProperties {
     BasicProperties::default()
         .with_content_type("application/json".into())
         .with_delivery_mode(2)
+}
+
+/// JSON, persistent, with W3C trace context headers `traceparent` (and `tracestate`).
+pub fn traced_properties(traceparent: &str, tracestate: Option<&str>) -> BasicProperties {
+    let mut headers = FieldTable::default();
+    headers.insert(
+        ShortString::from("traceparent"),
+        AMQPValue::LongString(LongString::from(traceparent)),
+    );
+    if let Some(state) = tracestate {
+        headers.insert(
+            ShortString::from("tracestate"),
+            AMQPValue::LongString(LongString::from(state)),
+        );
+    }
+    json_properties().with_headers(headers)
 }
 
 /// Header value as text.

@@ -35,6 +35,32 @@ pub fn unique_namespace() -> String {
     )
 }
 
+/// The real `oprun serve` binary against database `database` and topology `namespace`: no
+/// probes, no viewer, no job hand-off, a fast relay, warnings and errors on stderr (piped),
+/// killed when dropped. Add arguments and spawn.
+pub fn serve_command(database: &str, namespace: &str) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_oprun"));
+    command
+        .args([
+            "serve",
+            "--metrics-addr",
+            "off",
+            "--http-addr",
+            "off",
+            "--relay-idle-ms",
+            "50",
+            "--hand-off-jobs",
+            "false",
+        ])
+        .env("DATABASE_URL", database_url_for(database))
+        .env("OPRUN_NAMESPACE", namespace)
+        .env("OPRUN_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    command
+}
+
 /// Workspaces 1 and 2; tenants 10 and 11 in workspace 1, 20 in workspace 2; user 5.
 pub async fn seed_scopes(pool: &PgPool) {
     sqlx::raw_sql(
