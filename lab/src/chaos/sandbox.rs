@@ -63,7 +63,7 @@ impl Sandbox {
             log_dir: std::env::temp_dir().join(format!("oprun-chaos-{id}")),
             database_name,
             admin_url,
-            amqp_url: config.amqp_url.clone(),
+            amqp_url: config.amqp_url_list(),
         };
         match sandbox.set_up().await {
             Ok(()) => Ok(sandbox),

@@ -68,7 +68,7 @@ impl ChaosArgs {
         eprintln!("chaos: starting a private RabbitMQ node and PostgreSQL cluster");
         let infra = Arc::new(Infra::start().await?);
         let mut config = config.clone();
-        config.amqp_url = infra.amqp_url();
+        config.amqp_url = vec![infra.amqp_url()];
         config.database_url = infra.database_url("postgres");
         let config = &config;
         // The budget counts from here: starting the private services is not the run.
@@ -209,11 +209,11 @@ async fn execute(
     let fleet = Arc::new(tokio::sync::Mutex::new(Fleet::new(
         oprun.path().to_path_buf(),
         &sandbox.database_url,
-        &config.amqp_url,
+        &config.amqp_url_list(),
         sandbox.topology.namespace(),
         &sandbox.log_dir,
     )?));
-    let subscriber = Subscriber::spawn(&config.amqp_url, &sandbox.subscriber_queue);
+    let subscriber = Subscriber::spawn(&config.amqp_url_list(), &sandbox.subscriber_queue);
     let stop = CancellationToken::new();
     let progress = Progress::new(workload.good_count());
     let poller = progress.spawn_poller(sandbox.pool.clone(), stop.clone());
@@ -229,7 +229,7 @@ async fn execute(
         Err(e) => Err(LabError::Io(e)),
         Ok(_) => {
             let target = Target {
-                amqp_url: config.amqp_url.clone(),
+                amqp_url: config.amqp_url_list(),
                 topology: sandbox.topology.clone(),
             };
             let injector = tokio::spawn(faults::inject(
