@@ -5,7 +5,8 @@
 //! The plan: a second instance joins early (during the dispatches) and is SIGKILLed later; the
 //! primary is SIGKILLed three times, once in each third of the workload, and restarted after
 //! a short pause; RabbitMQ (`stop_app`/`start_app`) and PostgreSQL are each restarted once,
-//! down for one to four seconds. Faults are spread over 4%..85% of the workload, so each
+//! down for one to four seconds. On a cluster (`--cluster`) the RabbitMQ fault is a SIGKILL of
+//! the node leading the commands queue, started again after one to four seconds. Faults are spread over 4%..85% of the workload, so each
 //! lands on a service with work in hand.
 //!
 //! Issue 9 adds, each when its injection is on: the dead-letter queue unbound for five to ten
@@ -46,6 +47,8 @@ pub enum Fault {
     KillSecond,
     /// `rabbitmqctl stop_app`, the pause, `start_app`.
     RestartBroker,
+    /// On a cluster: SIGKILL the node leading the commands queue, the pause, start it again.
+    KillBrokerNode,
     /// Stop PostgreSQL, the pause, start it.
     RestartDatabase,
     /// Unbind `N.commands.dlq` from `N.dlx`, the pause, bind it again.
@@ -64,7 +67,7 @@ impl Fault {
     fn disruption(self) -> Option<DisruptionKind> {
         match self {
             Fault::KillPrimary | Fault::KillSecond => Some(DisruptionKind::Kill),
-            Fault::RestartBroker => Some(DisruptionKind::BrokerRestart),
+            Fault::RestartBroker | Fault::KillBrokerNode => Some(DisruptionKind::BrokerRestart),
             Fault::RestartDatabase => Some(DisruptionKind::DatabaseRestart),
             _ => None,
         }
@@ -90,6 +93,10 @@ impl fmt::Display for PlannedFault {
             Fault::StartSecond => write!(f, "start a second instance"),
             Fault::KillSecond => write!(f, "SIGKILL the second instance"),
             Fault::RestartBroker => write!(f, "restart RabbitMQ (down {ms} ms)"),
+            Fault::KillBrokerNode => write!(
+                f,
+                "SIGKILL the RabbitMQ node leading the commands queue (down {ms} ms)"
+            ),
             Fault::RestartDatabase => write!(f, "restart PostgreSQL (down {ms} ms)"),
             Fault::UnbindDeadLetters => {
                 write!(f, "unbind the dead-letter queue for {ms} ms")
@@ -105,8 +112,14 @@ impl fmt::Display for PlannedFault {
 }
 
 /// The fault plan drawn from `rng` (with the faults `injections` ask for), in the order the
-/// faults strike.
-pub fn plan(rng: &mut StdRng, injections: &Injections) -> Vec<PlannedFault> {
+/// faults strike. On a `cluster` the broker fault is a SIGKILL of the commands queue's leader
+/// node instead of an application restart.
+pub fn plan(rng: &mut StdRng, injections: &Injections, cluster: bool) -> Vec<PlannedFault> {
+    let broker_fault = if cluster {
+        Fault::KillBrokerNode
+    } else {
+        Fault::RestartBroker
+    };
     let mut pause =
         |min_ms: u64, max_ms: u64| Duration::from_millis(rng.random_range(min_ms..=max_ms));
     let pauses = [
@@ -122,7 +135,7 @@ pub fn plan(rng: &mut StdRng, injections: &Injections) -> Vec<PlannedFault> {
         (0.10..0.33, Fault::KillPrimary, pauses[0]),
         (0.36..0.60, Fault::KillPrimary, pauses[1]),
         (0.62..0.85, Fault::KillPrimary, pauses[2]),
-        (0.20..0.80, Fault::RestartBroker, pauses[3]),
+        (0.20..0.80, broker_fault, pauses[3]),
         (0.20..0.80, Fault::RestartDatabase, pauses[4]),
     ];
     if injections.has(Injection::DlqUnbind) {
@@ -151,6 +164,8 @@ pub struct FaultLog {
     pub injected: usize,
     /// RabbitMQ restarts that completed.
     pub broker_restarts: u32,
+    /// Cluster nodes SIGKILLed (and started again).
+    pub broker_node_kills: u32,
     /// PostgreSQL restarts that completed.
     pub db_restarts: u32,
     /// Faults that could not be injected, instances that died on their own, what the idle
@@ -209,6 +224,7 @@ pub async fn inject(
         }
         match (result, planned.fault) {
             (Ok(()), Fault::RestartBroker) => entry.broker_restarts += 1,
+            (Ok(()), Fault::KillBrokerNode) => entry.broker_node_kills += 1,
             (Ok(()), Fault::RestartDatabase) => entry.db_restarts += 1,
             (Ok(()), _) => {}
             (Err(e), _) => {
@@ -261,6 +277,10 @@ async fn strike(
             None => Err("no second instance was running".into()),
         },
         Fault::RestartBroker => infra.restart_broker(planned.pause).await,
+        Fault::KillBrokerNode => infra
+            .kill_leader(&target.topology.commands_queue(), planned.pause)
+            .await
+            .map(drop),
         Fault::RestartDatabase => infra.restart_database(planned.pause).await,
         Fault::UnbindDeadLetters => {
             unbind_dead_letters(&target.amqp_url, &target.topology, planned.pause).await
@@ -306,7 +326,7 @@ mod tests {
     #[test]
     fn the_plan_has_three_primary_kills_a_second_instance_and_both_restarts_in_order() {
         for seed in 0..50 {
-            let plan = plan(&mut StdRng::seed_from_u64(seed), &Injections::all());
+            let plan = plan(&mut StdRng::seed_from_u64(seed), &Injections::all(), false);
             let count = |f: Fault| plan.iter().filter(|p| p.fault == f).count();
             assert_eq!(count(Fault::KillPrimary), 3);
             assert_eq!(count(Fault::RestartBroker), 1);
@@ -317,8 +337,13 @@ mod tests {
             assert!(plan.iter().all(|p| (0.04..0.85).contains(&p.at)));
             assert_eq!(count(Fault::UnbindDeadLetters), 1);
             assert_eq!(count(Fault::IdleConnections), 1);
-            let none = super::plan(&mut StdRng::seed_from_u64(seed), &Injections::none());
+            let none = super::plan(&mut StdRng::seed_from_u64(seed), &Injections::none(), false);
             assert_eq!(none.len(), plan.len() - 2);
+            let cluster = super::plan(&mut StdRng::seed_from_u64(seed), &Injections::all(), true);
+            let on_cluster = |f: Fault| cluster.iter().filter(|p| p.fault == f).count();
+            assert_eq!(on_cluster(Fault::KillBrokerNode), 1);
+            assert_eq!(on_cluster(Fault::RestartBroker), 0);
+            assert_eq!(cluster.len(), plan.len());
         }
     }
 }

@@ -164,19 +164,9 @@ impl PrivateCluster {
 
     /// Starts the nodes not running (the first before the others, which join it once).
     async fn start_all(&self, settings: &str) -> Result<(), LabError> {
-        let start = |node: &'_ RabbitNode| async move {
-            if node.is_running().await {
-                return Ok(());
-            }
-            if !node.dir().join("rabbitmq.conf").exists() {
-                node.prepare(settings).await?;
-            }
-            eprintln!("cluster: starting {}", node.name());
-            node.launch().await
-        };
         let (first, others) = self.nodes.split_first().expect("three nodes");
-        start(first).await?;
-        for started in join_all(others.iter().map(start)).await {
+        start_node(first, settings).await?;
+        for started in join_all(others.iter().map(|n| start_node(n, settings))).await {
             started?;
         }
         for node in others {
@@ -277,6 +267,18 @@ impl PrivateCluster {
         }
         lines.join("\n")
     }
+}
+
+/// Starts `node` unless it runs, writing its files first if it has none.
+async fn start_node(node: &RabbitNode, settings: &str) -> Result<(), LabError> {
+    if node.is_running().await {
+        return Ok(());
+    }
+    if !node.dir().join("rabbitmq.conf").exists() {
+        node.prepare(settings).await?;
+    }
+    eprintln!("cluster: starting {}", node.name());
+    node.launch().await
 }
 
 impl Drop for PrivateCluster {

@@ -205,6 +205,11 @@ impl RabbitNode {
             ("RABBITMQ_MNESIA_BASE", self.path("mnesia")),
             ("RABBITMQ_LOG_BASE", self.path("log")),
             ("ERL_EPMD_ADDRESS", "127.0.0.1".to_owned()),
+            // The distribution port listens on loopback only, like the AMQP port.
+            (
+                "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS",
+                "-kernel inet_dist_use_interface {127,0,0,1}".to_owned(),
+            ),
         ];
         if self.spec.cookie.is_some() {
             // Erlang reads the cookie from `$HOME/.erlang.cookie`.
