@@ -6,7 +6,7 @@
 //! primary is SIGKILLed three times, once in each third of the workload, and restarted after
 //! a short pause; RabbitMQ (`stop_app`/`start_app`) and PostgreSQL are each restarted once,
 //! down for one to four seconds. On a cluster (`--cluster`) the RabbitMQ fault is a SIGKILL of
-//! the node leading the commands queue, started again after one to four seconds. Faults are spread over 4%..85% of the workload, so each
+//! the node leading the commands queue, started again after one to four seconds (at 15%..50%). Faults are spread over 4%..85% of the workload, so each
 //! lands on a service with work in hand.
 //!
 //! Issue 9 adds, each when its injection is on: the dead-letter queue unbound for five to ten
@@ -33,6 +33,8 @@ use super::progress::Progress;
 use super::unbinding::unbind_dead_letters;
 use operation_runs::broker::Topology;
 
+/// How long the idle-connections injection waits for a (re)started primary to listen.
+const PRIMARY_LISTENS_WITHIN: Duration = Duration::from_secs(30);
 /// How often the fleet is checked for instances that died on their own.
 const WATCH: Duration = Duration::from_millis(250);
 
@@ -115,10 +117,12 @@ impl fmt::Display for PlannedFault {
 /// faults strike. On a `cluster` the broker fault is a SIGKILL of the commands queue's leader
 /// node instead of an application restart.
 pub fn plan(rng: &mut StdRng, injections: &Injections, cluster: bool) -> Vec<PlannedFault> {
-    let broker_fault = if cluster {
-        Fault::KillBrokerNode
+    // A killed node takes ten to twenty seconds to boot again, during which the injector
+    // waits: it strikes early enough for the faults after it to land on a working service.
+    let (broker_fault, broker_range) = if cluster {
+        (Fault::KillBrokerNode, 0.15..0.50)
     } else {
-        Fault::RestartBroker
+        (Fault::RestartBroker, 0.20..0.80)
     };
     let mut pause =
         |min_ms: u64, max_ms: u64| Duration::from_millis(rng.random_range(min_ms..=max_ms));
@@ -135,7 +139,7 @@ pub fn plan(rng: &mut StdRng, injections: &Injections, cluster: bool) -> Vec<Pla
         (0.10..0.33, Fault::KillPrimary, pauses[0]),
         (0.36..0.60, Fault::KillPrimary, pauses[1]),
         (0.62..0.85, Fault::KillPrimary, pauses[2]),
-        (0.20..0.80, broker_fault, pauses[3]),
+        (broker_range, broker_fault, pauses[3]),
         (0.20..0.80, Fault::RestartDatabase, pauses[4]),
     ];
     if injections.has(Injection::DlqUnbind) {
@@ -287,6 +291,13 @@ async fn strike(
         }
         Fault::IdleConnections => {
             let addr = fleet.lock().await.metrics_addr(Role::Primary);
+            // A primary restarted a moment ago may still be migrating before it listens: the
+            // injection is about connections it holds open, not about the ones it cannot take yet.
+            let listening = Instant::now() + PRIMARY_LISTENS_WITHIN;
+            while tokio::net::TcpStream::connect(addr).await.is_err() && Instant::now() < listening
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
             log.lock().expect("not poisoned").background += 1;
             let (log, stop) = (log.clone(), stop.clone());
             tokio::spawn(async move {

@@ -52,7 +52,8 @@ impl Sandbox {
         // Dropping needs a connection to another database of the server: the maintenance one.
         url.set_path("postgres");
         let admin_url = url.to_string();
-        let topology = Topology::new(&format!("chaos_{id}"))?;
+        let topology = Topology::new(&format!("chaos_{id}"))?
+            .with_quorum_group_size(config.quorum_group_size());
         let sandbox = Self {
             pool: store::connect_lazy(&database_url, 4)?,
             database_url,
