@@ -383,8 +383,9 @@ pub async fn declare_exchange(
 
 /// The group size an existing queue has, read from RabbitMQ's refusal of a redeclaration
 /// (`inequivalent arg 'x-quorum-initial-group-size' for queue 'q' in vhost '/': received the
-/// value '3' of type 'signedint' but current is none`): `Some(None)` for "none", `Some(Some(n))`
-/// for a value, `None` when the error is about something else.
+/// value '3' of type 'signedint' but current is none`, or `received '3' but current is '2'`):
+/// `Some(None)` for "none", `Some(Some(n))` for a value, `None` when the error is about
+/// something else.
 fn existing_group_size(error: &str) -> Option<Option<u16>> {
     if !error.contains("inequivalent arg 'x-quorum-initial-group-size'") {
         return None;
@@ -393,7 +394,9 @@ fn existing_group_size(error: &str) -> Option<Option<u16>> {
     if current.starts_with("none") {
         return Some(None);
     }
-    let value = current.strip_prefix("the value '")?.split('\'').next()?;
+    // "the value '2' of type 'long'" when only one side has it, "'2'" when both do.
+    let quoted = current.strip_prefix("the value ").unwrap_or(current);
+    let value = quoted.strip_prefix('\'')?.split('\'').next()?;
     value.parse().ok().map(Some)
 }
 
@@ -428,6 +431,8 @@ mod tests {
         assert_eq!(existing_group_size(none), Some(None));
         let two = "PRECONDITION_FAILED - inequivalent arg 'x-quorum-initial-group-size' for queue 'n.commands' in vhost '/': received none but current is the value '2' of type 'long'";
         assert_eq!(existing_group_size(two), Some(Some(2)));
+        let both = "PRECONDITION_FAILED - inequivalent arg 'x-quorum-initial-group-size' for queue 'n.commands' in vhost '/': received '3' but current is '2'";
+        assert_eq!(existing_group_size(both), Some(Some(2)));
         let other = "PRECONDITION_FAILED - inequivalent arg 'x-delivery-limit' for queue 'n.commands' in vhost '/': received the value '20' of type 'long' but current is none";
         assert_eq!(existing_group_size(other), None);
     }
