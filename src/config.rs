@@ -62,7 +62,9 @@ pub const DEFAULT_MAX_QUORUM_GROUP_SIZE: u16 = 3;
 impl Config {
     /// The broker's URLs (every `--amqp-url`, commas split). Errors on an empty or oversized
     /// list or a URL of another scheme.
-    pub fn amqp_urls(&self) -> Result<crate::broker::connection::AmqpUrls, crate::broker::BrokerError> {
+    pub fn amqp_urls(
+        &self,
+    ) -> Result<crate::broker::connection::AmqpUrls, crate::broker::BrokerError> {
         crate::broker::connection::AmqpUrls::parse(&self.amqp_url)
     }
 
@@ -412,7 +414,10 @@ mod tests {
             c.amqp_urls().unwrap().as_slice(),
             ["amqp://n1/%2f", "amqp://n2/%2f", "amqp://n3/%2f"]
         );
-        assert_eq!(c.amqp_url_list(), "amqp://n1/%2f,amqp://n2/%2f,amqp://n3/%2f");
+        assert_eq!(
+            c.amqp_url_list(),
+            "amqp://n1/%2f,amqp://n2/%2f,amqp://n3/%2f"
+        );
     }
 
     #[test]
@@ -421,14 +426,19 @@ mod tests {
         assert_eq!(one.quorum_group_size(), None);
         let two = parse(&["--amqp-url", "amqp://n1/%2f,amqp://n2/%2f"]);
         assert_eq!(two.quorum_group_size(), Some(2));
-        let five = parse(&["--amqp-url", "amqp://a/,amqp://b/,amqp://c/,amqp://d/,amqp://e/"]);
+        let five = parse(&[
+            "--amqp-url",
+            "amqp://a/,amqp://b/,amqp://c/,amqp://d/,amqp://e/",
+        ]);
         assert_eq!(five.quorum_group_size(), Some(3));
-        let set = parse(&["--amqp-url", "amqp://a/,amqp://b/", "--quorum-initial-group-size", "5"]);
+        let set = parse(&[
+            "--amqp-url",
+            "amqp://a/,amqp://b/",
+            "--quorum-initial-group-size",
+            "5",
+        ]);
         assert_eq!(set.quorum_group_size(), Some(5));
-        assert_eq!(
-            set.topology().unwrap().quorum_group_size(),
-            Some(5)
-        );
+        assert_eq!(set.topology().unwrap().quorum_group_size(), Some(5));
         use clap::Parser;
         assert!(Cli::try_parse_from(["oprun", "--quorum-initial-group-size", "0"]).is_err());
         assert!(Cli::try_parse_from(["oprun", "--quorum-initial-group-size", "8"]).is_err());

@@ -243,9 +243,8 @@ mod tests {
 
     #[test]
     fn every_password_is_redacted() {
-        let urls =
-            AmqpUrls::parse(["amqp://svc:hunter2@n1:5672/%2f,amqps://svc:swordfish@n2/%2f"])
-                .unwrap();
+        let urls = AmqpUrls::parse(["amqp://svc:hunter2@n1:5672/%2f,amqps://svc:swordfish@n2/%2f"])
+            .unwrap();
         for shown in [urls.to_string(), format!("{urls:?}")] {
             assert!(
                 !shown.contains("hunter2") && !shown.contains("swordfish"),
@@ -258,11 +257,7 @@ mod tests {
     #[test]
     fn urls_are_tried_from_the_start_wrapping_around() {
         let urls = AmqpUrls::parse(["amqp://n0/,amqp://n1/,amqp://n2/"]).unwrap();
-        let order = |start| {
-            urls.starting_at(start)
-                .map(|(i, _)| i)
-                .collect::<Vec<_>>()
-        };
+        let order = |start| urls.starting_at(start).map(|(i, _)| i).collect::<Vec<_>>();
         assert_eq!(order(0), [0, 1, 2]);
         assert_eq!(order(1), [1, 2, 0]);
         assert_eq!(order(2), [2, 0, 1]);
@@ -283,8 +278,10 @@ mod tests {
         // Nothing listens on port 1; the second URL is just as dead, on another port: the error
         // is the last URL's, and the cursor stays where it was (no URL answered).
         let connector = Connector::new(
-            AmqpUrls::parse(["amqp://guest:guest@127.0.0.1:1/%2f,amqp://guest:guest@127.0.0.1:2/%2f"])
-                .unwrap(),
+            AmqpUrls::parse([
+                "amqp://guest:guest@127.0.0.1:1/%2f,amqp://guest:guest@127.0.0.1:2/%2f",
+            ])
+            .unwrap(),
         );
         assert!(connector.connect("test").await.is_err());
         assert_eq!(connector.next_index(), 0);

@@ -407,10 +407,10 @@ mod tests {
     #[test]
     fn the_group_size_goes_on_both_quorum_queues_only_when_set() {
         let plain = Topology::new("n").unwrap();
-        assert!(plain
-            .queues()
+        assert!(plain.queues().iter().all(|q| q
+            .arguments
             .iter()
-            .all(|q| q.arguments.iter().all(|(k, _)| *k != "x-quorum-initial-group-size")));
+            .all(|(k, _)| *k != "x-quorum-initial-group-size")));
         let sized = plain.with_quorum_group_size(Some(3));
         for q in sized.queues() {
             assert!(

@@ -54,9 +54,12 @@ async fn a_service_and_a_producer_given_a_dead_first_url_work_through_the_second
 
 #[tokio::test]
 async fn only_dead_urls_fail_with_the_last_error() {
-    let err = connect(&format!("{DEAD},amqp://guest:secret@127.0.0.1:2/%2f"), "test")
-        .await
-        .unwrap_err();
+    let err = connect(
+        &format!("{DEAD},amqp://guest:secret@127.0.0.1:2/%2f"),
+        "test",
+    )
+    .await
+    .unwrap_err();
     assert!(!err.to_string().contains("secret"), "{err}");
 }
 

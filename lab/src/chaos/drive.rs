@@ -272,7 +272,8 @@ impl<'a> Run<'a> {
                 .map(|b| b.command_id.clone())
                 .collect(),
         };
-        let mut probe = BrokerProbe::new(&self.config.amqp_url_list(), self.sandbox.topology.clone());
+        let mut probe =
+            BrokerProbe::new(&self.config.amqp_url_list(), self.sandbox.topology.clone());
         let open = quiescence::wait(
             pool,
             &mut probe,

@@ -94,13 +94,15 @@ impl Infra {
     pub async fn restart_broker(&self, down_for: Duration) -> Result<(), String> {
         let restarted = match &self.broker {
             Broker::Single(b) => b.restart_app(down_for).await,
-            Broker::Cluster(c) => async {
-                for node in c.nodes() {
-                    node.restart_app(down_for).await?;
+            Broker::Cluster(c) => {
+                async {
+                    for node in c.nodes() {
+                        node.restart_app(down_for).await?;
+                    }
+                    Ok(())
                 }
-                Ok(())
+                .await
             }
-            .await,
         };
         restarted.map_err(|e| e.to_string())
     }
@@ -184,7 +186,10 @@ impl Infra {
                 for node in c.nodes() {
                     let alive = node.ctl(&PROBE).await.ok()?;
                     if alive.trim() != "true" {
-                        eprintln!("chaos: {} has lost rabbit_fifo_dlx_sup: restarting its app", node.name());
+                        eprintln!(
+                            "chaos: {} has lost rabbit_fifo_dlx_sup: restarting its app",
+                            node.name()
+                        );
                         if let Err(e) = node.restart_app(Duration::ZERO).await {
                             return Some(Err(e.to_string()));
                         }

@@ -99,7 +99,9 @@ impl PrivateCluster {
         let Ok(listing) = std::fs::read_to_string(dir.join("nodes")) else {
             return Ok(None);
         };
-        let cookie = std::fs::read_to_string(dir.join("cookie"))?.trim().to_owned();
+        let cookie = std::fs::read_to_string(dir.join("cookie"))?
+            .trim()
+            .to_owned();
         let nodes = listing
             .lines()
             .filter(|l| !l.trim().is_empty())
@@ -241,7 +243,11 @@ impl PrivateCluster {
         self.nodes
             .iter()
             .position(|n| n.name() == leader)
-            .ok_or_else(|| LabError::Failed(format!("{queue} is led by {leader}, not a node of this cluster")))
+            .ok_or_else(|| {
+                LabError::Failed(format!(
+                    "{queue} is led by {leader}, not a node of this cluster"
+                ))
+            })
     }
 
     /// One line per node (name, URL, running or not) and the members the cluster reports.
@@ -255,7 +261,10 @@ impl PrivateCluster {
             };
             lines.push(format!("{} {} {state}", node.name(), node.amqp_url()));
         }
-        match self.ctl_any(&["cluster_status", "--formatter", "json"]).await {
+        match self
+            .ctl_any(&["cluster_status", "--formatter", "json"])
+            .await
+        {
             Ok(json) => match members(&json) {
                 Some((disk, running)) => {
                     lines.push(format!("members: {}", disk.join(" ")));
@@ -320,9 +329,16 @@ mod tests {
 
     #[test]
     fn the_leader_is_read_from_the_listing() {
-        let listing = "a.commands\toprunc2@localhost\na.commands.dlq\toprunc1@localhost\nclassic\t\n";
-        assert_eq!(parse_leader(listing, "a.commands"), Some("oprunc2@localhost"));
-        assert_eq!(parse_leader(listing, "a.commands.dlq"), Some("oprunc1@localhost"));
+        let listing =
+            "a.commands\toprunc2@localhost\na.commands.dlq\toprunc1@localhost\nclassic\t\n";
+        assert_eq!(
+            parse_leader(listing, "a.commands"),
+            Some("oprunc2@localhost")
+        );
+        assert_eq!(
+            parse_leader(listing, "a.commands.dlq"),
+            Some("oprunc1@localhost")
+        );
         assert_eq!(parse_leader(listing, "classic"), None);
         assert_eq!(parse_leader(listing, "missing"), None);
     }

@@ -201,7 +201,10 @@ impl RabbitNode {
             ("RABBITMQ_DIST_PORT", self.spec.dist_port.to_string()),
             ("RABBITMQ_CONFIG_FILE", self.path("rabbitmq.conf")),
             ("RABBITMQ_CONF_ENV_FILE", self.path("rabbitmq-env.conf")),
-            ("RABBITMQ_ENABLED_PLUGINS_FILE", self.path("enabled_plugins")),
+            (
+                "RABBITMQ_ENABLED_PLUGINS_FILE",
+                self.path("enabled_plugins"),
+            ),
             ("RABBITMQ_MNESIA_BASE", self.path("mnesia")),
             ("RABBITMQ_LOG_BASE", self.path("log")),
             ("ERL_EPMD_ADDRESS", "127.0.0.1".to_owned()),
