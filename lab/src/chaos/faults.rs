@@ -35,6 +35,8 @@ use operation_runs::broker::Topology;
 
 /// How long the idle-connections injection waits for a (re)started primary to listen.
 const PRIMARY_LISTENS_WITHIN: Duration = Duration::from_secs(30);
+/// Longest a primary's SIGKILL waits for a hold of idle connections to end.
+const IDLE_HOLD_WAIT: Duration = Duration::from_secs(30);
 /// How often the fleet is checked for instances that died on their own.
 const WATCH: Duration = Duration::from_millis(250);
 
@@ -258,6 +260,13 @@ async fn strike(
 ) -> Result<(), String> {
     match planned.fault {
         Fault::KillPrimary => {
+            // Idle connections held against the primary measure how it treats them: killing it
+            // during the hold would end the hold with nothing measured. The service closes them
+            // within its idle timeout (20 s), which ends the hold.
+            let held_until = Instant::now() + IDLE_HOLD_WAIT;
+            while log.lock().expect("not poisoned").background > 0 && Instant::now() < held_until {
+                tokio::time::sleep(WATCH).await;
+            }
             let killed = fleet.lock().await.kill(Role::Primary).await;
             if killed.is_none() {
                 return Err("no primary was running".into());
