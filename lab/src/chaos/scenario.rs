@@ -81,7 +81,10 @@ impl ChaosArgs {
         };
         let mut config = config.clone();
         config.amqp_url = infra.amqp_urls();
-        eprintln!("chaos: broker {}", config.amqp_url.join(","));
+        eprintln!(
+            "chaos: broker {}",
+            operation_runs::broker::connection::AmqpUrls::unchecked(&config.amqp_url)
+        );
         config.database_url = infra.database_url("postgres");
         let config = &config;
         // The budget counts from here: starting the private services is not the run.
