@@ -274,9 +274,9 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_dead_first_url_is_skipped_and_remembered() {
-        // Nothing listens on port 1; the second URL is just as dead, on another port: the error
-        // is the last URL's, and the cursor stays where it was (no URL answered).
+    async fn when_no_url_answers_the_connect_fails_and_the_cursor_stays() {
+        // Nothing listens on ports 1 and 2: both are tried, the error is the last URL's, and the
+        // cursor stays where it was. (tests/it/broker_addresses.rs: a live second URL is used.)
         let connector = Connector::new(
             AmqpUrls::parse([
                 "amqp://guest:guest@127.0.0.1:1/%2f,amqp://guest:guest@127.0.0.1:2/%2f",
