@@ -19,15 +19,31 @@ pub struct Config {
     )]
     pub database_url: String,
 
-    /// AMQP URL (`amqps://` for TLS).
+    /// AMQP URL (`amqps://` for TLS). Several nodes of one cluster: repeat the flag or separate
+    /// the URLs with commas (the environment variable takes the comma form); the first that
+    /// answers is used, the next one when a connection fails.
     #[arg(
         long,
         env = "AMQP_URL",
         hide_env_values = true,
         default_value = "amqp://guest:guest@localhost:5672/%2f",
+        value_delimiter = ',',
         global = true
     )]
-    pub amqp_url: String,
+    pub amqp_url: Vec<String>,
+
+    /// Replicas of each quorum queue the service declares (`x-quorum-initial-group-size`,
+    /// 1..=7). Default: the number of `--amqp-url` nodes, at most 3, when more than one is
+    /// given; with one URL the argument is left out and RabbitMQ places a replica on every
+    /// cluster node. It only matters when a queue is created: an existing queue keeps its
+    /// members (and its declared size is adopted, see ARCHITECTURE.md, Scaling out).
+    #[arg(
+        long,
+        env = "OPRUN_QUORUM_INITIAL_GROUP_SIZE",
+        value_parser = clap::value_parser!(u16).range(1..=7),
+        global = true
+    )]
+    pub quorum_initial_group_size: Option<u16>,
 
     /// Prefix of every exchange and queue name.
     #[arg(
@@ -39,12 +55,51 @@ pub struct Config {
     pub namespace: String,
 }
 
+/// The default of `--quorum-initial-group-size` is the node count up to this: three replicas
+/// survive the loss of one node, and more replicas cost every write another round trip.
+pub const DEFAULT_MAX_QUORUM_GROUP_SIZE: u16 = 3;
+
+impl Config {
+    /// The broker's URLs (every `--amqp-url`, commas split). Errors on an empty or oversized
+    /// list or a URL of another scheme.
+    pub fn amqp_urls(
+        &self,
+    ) -> Result<crate::broker::connection::AmqpUrls, crate::broker::BrokerError> {
+        crate::broker::connection::AmqpUrls::parse(&self.amqp_url)
+    }
+
+    /// The URLs as one comma-separated string (for `AMQP_URL` of a child process, or any API
+    /// taking one `&str`), passwords included.
+    pub fn amqp_url_list(&self) -> String {
+        self.amqp_url.join(",")
+    }
+
+    /// The `x-quorum-initial-group-size` to declare: the setting, else the number of URLs (at
+    /// most [`DEFAULT_MAX_QUORUM_GROUP_SIZE`]) when there are several, else none.
+    pub fn quorum_group_size(&self) -> Option<u16> {
+        self.quorum_initial_group_size.or_else(|| {
+            let nodes = self
+                .amqp_urls()
+                .map_or(1, |urls| urls.len().min(u16::MAX as usize) as u16);
+            (nodes > 1).then(|| nodes.min(DEFAULT_MAX_QUORUM_GROUP_SIZE))
+        })
+    }
+
+    /// The topology of the namespace, with the quorum group size of [`Config::quorum_group_size`].
+    pub fn topology(&self) -> Result<crate::broker::Topology, crate::broker::BrokerError> {
+        Ok(crate::broker::Topology::new(&self.namespace)?
+            .with_quorum_group_size(self.quorum_group_size()))
+    }
+}
+
 impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let amqp: Vec<String> = self.amqp_url.iter().map(|u| redact_url(u)).collect();
         f.debug_struct("Config")
             .field("database_url", &redact_url(&self.database_url))
-            .field("amqp_url", &redact_url(&self.amqp_url))
+            .field("amqp_url", &amqp)
             .field("namespace", &self.namespace)
+            .field("quorum_initial_group_size", &self.quorum_initial_group_size)
             .finish()
     }
 }
@@ -350,15 +405,75 @@ mod tests {
     fn passwords_never_reach_debug_output() {
         let c = Config {
             database_url: "postgres://app:s3cret@db/x?sslmode=require".into(),
-            amqp_url: "amqps://svc:hunter2@mq:5671/%2f".into(),
+            amqp_url: vec![
+                "amqps://svc:hunter2@mq:5671/%2f".into(),
+                "amqps://svc:swordfish@mq2:5671/%2f".into(),
+            ],
             namespace: "n".into(),
+            quorum_initial_group_size: None,
         };
         let shown = format!("{c:?}");
         assert!(
-            !shown.contains("s3cret") && !shown.contains("hunter2"),
+            !shown.contains("s3cret") && !shown.contains("hunter2") && !shown.contains("swordfish"),
             "{shown}"
         );
         assert!(shown.contains("app:***@db"), "{shown}");
+        assert!(shown.contains("svc:***@mq2"), "{shown}");
+    }
+
+    #[derive(Debug, clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        config: Config,
+    }
+
+    fn parse(args: &[&str]) -> Config {
+        use clap::Parser;
+        let mut all = vec!["oprun"];
+        all.extend_from_slice(args);
+        Cli::try_parse_from(all).unwrap().config
+    }
+
+    #[test]
+    fn amqp_url_may_be_repeated_or_comma_separated() {
+        let c = parse(&[
+            "--amqp-url",
+            "amqp://n1/%2f,amqp://n2/%2f",
+            "--amqp-url",
+            "amqp://n3/%2f",
+        ]);
+        assert_eq!(
+            c.amqp_urls().unwrap().as_slice(),
+            ["amqp://n1/%2f", "amqp://n2/%2f", "amqp://n3/%2f"]
+        );
+        assert_eq!(
+            c.amqp_url_list(),
+            "amqp://n1/%2f,amqp://n2/%2f,amqp://n3/%2f"
+        );
+    }
+
+    #[test]
+    fn the_quorum_group_size_defaults_to_the_node_count_at_most_three() {
+        let one = parse(&["--amqp-url", "amqp://n1/%2f"]);
+        assert_eq!(one.quorum_group_size(), None);
+        let two = parse(&["--amqp-url", "amqp://n1/%2f,amqp://n2/%2f"]);
+        assert_eq!(two.quorum_group_size(), Some(2));
+        let five = parse(&[
+            "--amqp-url",
+            "amqp://a/,amqp://b/,amqp://c/,amqp://d/,amqp://e/",
+        ]);
+        assert_eq!(five.quorum_group_size(), Some(3));
+        let set = parse(&[
+            "--amqp-url",
+            "amqp://a/,amqp://b/",
+            "--quorum-initial-group-size",
+            "5",
+        ]);
+        assert_eq!(set.quorum_group_size(), Some(5));
+        assert_eq!(set.topology().unwrap().quorum_group_size(), Some(5));
+        use clap::Parser;
+        assert!(Cli::try_parse_from(["oprun", "--quorum-initial-group-size", "0"]).is_err());
+        assert!(Cli::try_parse_from(["oprun", "--quorum-initial-group-size", "8"]).is_err());
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 mod bench;
 mod chaos;
+mod cluster;
 mod error;
 mod oprun;
 mod private;
@@ -35,6 +36,8 @@ enum LabCommand {
     /// Fault-injection run on a private broker and database of its own: kills, broker and
     /// database restarts, hostile input; checks nothing is lost.
     Chaos(chaos::ChaosArgs),
+    /// A local three-node RabbitMQ cluster from the installed server (`scripts/cluster`).
+    Cluster(cluster::ClusterArgs),
 }
 
 #[tokio::main]
@@ -45,13 +48,21 @@ async fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let lab = Lab::parse();
-    let result = match OprunBinary::locate(lab.oprun) {
-        Ok(oprun) => match lab.command {
-            LabCommand::Bench(args) => args.run(&lab.config, &oprun).await,
-            LabCommand::Chaos(args) => args.run(&lab.config, &oprun).await,
+    let result = match lab.command {
+        LabCommand::Cluster(args) => args.run().await,
+        LabCommand::Bench(args) => match OprunBinary::locate(lab.oprun) {
+            Ok(oprun) => args.run(&lab.config, &oprun).await,
+            Err(e) => Err(e),
         },
-        Err(e) => Err(e),
+        LabCommand::Chaos(args) => match OprunBinary::locate(lab.oprun) {
+            Ok(oprun) => args.run(&lab.config, &oprun).await,
+            Err(e) => Err(e),
+        },
     };
+    finish(result)
+}
+
+fn finish(result: Result<(), LabError>) -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -18,6 +18,9 @@ pub enum BrokerError {
     /// The connection or a consumer stopped (the broker cancelled it, or a task using it failed).
     #[error("{0}")]
     Stopped(String),
+    /// The AMQP URL list is empty, too long or holds something else than AMQP URLs.
+    #[error("{0}")]
+    InvalidUrl(String),
     /// A namespace or queue name is not valid.
     #[error("{0}")]
     InvalidName(String),

@@ -64,6 +64,9 @@ pub struct BindingDef {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Topology {
     namespace: String,
+    /// `x-quorum-initial-group-size` of its queues; `None` leaves it to RabbitMQ (a replica
+    /// on every cluster node).
+    quorum_group_size: Option<u16>,
 }
 
 impl Topology {
@@ -81,7 +84,20 @@ impl Topology {
         }
         Ok(Self {
             namespace: namespace.to_owned(),
+            quorum_group_size: None,
         })
+    }
+
+    /// The same topology whose quorum queues are declared with `x-quorum-initial-group-size`
+    /// = `size` (`None`: the argument is left out).
+    pub fn with_quorum_group_size(mut self, size: Option<u16>) -> Self {
+        self.quorum_group_size = size;
+        self
+    }
+
+    /// The `x-quorum-initial-group-size` its queues are declared with.
+    pub fn quorum_group_size(&self) -> Option<u16> {
+        self.quorum_group_size
     }
 
     /// The namespace.
@@ -143,7 +159,10 @@ impl Topology {
 
     /// The queues.
     pub fn queues(&self) -> Vec<QueueDef> {
-        vec![
+        let group_size = self
+            .quorum_group_size
+            .map(|n| ("x-quorum-initial-group-size", ArgValue::Int(i64::from(n))));
+        let mut queues = vec![
             QueueDef {
                 name: self.commands_queue(),
                 arguments: vec![
@@ -164,7 +183,11 @@ impl Topology {
                 name: self.dead_letter_queue(),
                 arguments: vec![("x-queue-type", ArgValue::Str("quorum".into()))],
             },
-        ]
+        ];
+        for queue in &mut queues {
+            queue.arguments.extend(group_size.clone());
+        }
+        queues
     }
 
     /// The bindings.
@@ -259,6 +282,41 @@ impl Topology {
         Ok(())
     }
 
+    /// Declares everything on channels of `connection`, like [`Topology::declare`], except that
+    /// a queue which already exists with another `x-quorum-initial-group-size` is accepted as
+    /// it is: the size only places replicas when a queue is created, while RabbitMQ refuses a
+    /// redeclaration with another value (`PRECONDITION_FAILED`). Without this, upgrading from a
+    /// version that did not set it, or adding a node URL, would stop the service from starting.
+    pub async fn declare_on(&self, connection: &lapin::Connection) -> Result<(), BrokerError> {
+        let mut topology = self.clone();
+        // Each queue can force one adoption; one more round declares everything.
+        for _ in 0..=self.queues().len() {
+            let channel = connection.create_channel().await?;
+            let declared = topology.declare(&channel).await;
+            if channel.status().connected() {
+                let _ = channel.close(200, "declared".into()).await;
+            }
+            match declared {
+                Err(e) => match existing_group_size(&e.to_string()) {
+                    Some(existing) if existing != topology.quorum_group_size => {
+                        tracing::warn!(
+                            namespace = %self.namespace,
+                            configured = ?self.quorum_group_size,
+                            existing = ?existing,
+                            "a queue exists with another x-quorum-initial-group-size; keeping its size"
+                        );
+                        topology.quorum_group_size = existing;
+                    }
+                    _ => return Err(e),
+                },
+                Ok(()) => return Ok(()),
+            }
+        }
+        Err(BrokerError::Stopped(
+            "the namespace's queues disagree on x-quorum-initial-group-size".into(),
+        ))
+    }
+
     /// Deletes every queue and exchange of the namespace (tests and `oprun topology delete`).
     pub async fn delete(&self, channel: &Channel) -> Result<(), BrokerError> {
         for q in self.queues() {
@@ -323,9 +381,61 @@ pub async fn declare_exchange(
     Ok(())
 }
 
+/// The group size an existing queue has, read from RabbitMQ's refusal of a redeclaration
+/// (`inequivalent arg 'x-quorum-initial-group-size' for queue 'q' in vhost '/': received the
+/// value '3' of type 'signedint' but current is none`, or `received '3' but current is '2'`):
+/// `Some(None)` for "none", `Some(Some(n))` for a value, `None` when the error is about
+/// something else.
+fn existing_group_size(error: &str) -> Option<Option<u16>> {
+    if !error.contains("inequivalent arg 'x-quorum-initial-group-size'") {
+        return None;
+    }
+    let current = error.split("but current is ").nth(1)?;
+    if current.starts_with("none") {
+        return Some(None);
+    }
+    // "the value '2' of type 'long'" when only one side has it, "'2'" when both do.
+    let quoted = current.strip_prefix("the value ").unwrap_or(current);
+    let value = quoted.strip_prefix('\'')?.split('\'').next()?;
+    value.parse().ok().map(Some)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_group_size_goes_on_both_quorum_queues_only_when_set() {
+        let plain = Topology::new("n").unwrap();
+        assert!(plain.queues().iter().all(|q| q
+            .arguments
+            .iter()
+            .all(|(k, _)| *k != "x-quorum-initial-group-size")));
+        let sized = plain.with_quorum_group_size(Some(3));
+        for q in sized.queues() {
+            assert!(
+                q.arguments
+                    .contains(&("x-quorum-initial-group-size", ArgValue::Int(3))),
+                "{q:?}"
+            );
+        }
+        assert_eq!(
+            sized.definitions()["queues"][0]["arguments"]["x-quorum-initial-group-size"],
+            3
+        );
+    }
+
+    #[test]
+    fn the_existing_group_size_is_read_from_the_brokers_refusal() {
+        let none = "AMQP error: PRECONDITION_FAILED - inequivalent arg 'x-quorum-initial-group-size' for queue 'n.commands' in vhost '/': received the value '3' of type 'signedint' but current is none";
+        assert_eq!(existing_group_size(none), Some(None));
+        let two = "PRECONDITION_FAILED - inequivalent arg 'x-quorum-initial-group-size' for queue 'n.commands' in vhost '/': received none but current is the value '2' of type 'long'";
+        assert_eq!(existing_group_size(two), Some(Some(2)));
+        let both = "PRECONDITION_FAILED - inequivalent arg 'x-quorum-initial-group-size' for queue 'n.commands' in vhost '/': received '3' but current is '2'";
+        assert_eq!(existing_group_size(both), Some(Some(2)));
+        let other = "PRECONDITION_FAILED - inequivalent arg 'x-delivery-limit' for queue 'n.commands' in vhost '/': received the value '20' of type 'long' but current is none";
+        assert_eq!(existing_group_size(other), None);
+    }
 
     #[test]
     fn the_checked_in_definitions_are_what_the_code_declares() {

@@ -53,7 +53,7 @@ impl DispatchArgs {
             initiator_name: self.initiator,
             context,
         };
-        let producer = Producer::connect(&config.amqp_url, &config.namespace)
+        let producer = Producer::connect(&config.amqp_url_list(), &config.namespace)
             .await
             .map_err(client_error)?;
         let result = if self.wait {

@@ -55,7 +55,7 @@ impl DlqCommand {
     /// Runs the subcommand.
     pub async fn run(self, config: &Config) -> Result<(), CliError> {
         let topology = Topology::new(&config.namespace)?;
-        let connection = connect(&config.amqp_url, "oprun dlq").await?;
+        let connection = connect(&config.amqp_url_list(), "oprun dlq").await?;
         let dlq = DeadLetterQueue::open(&connection, topology).await?;
         let result = match self {
             DlqCommand::List { limit, format } => list(&dlq, limit, format).await,

@@ -39,7 +39,7 @@ impl EventsCommand {
         } = self;
         let topology = Topology::new(&config.namespace)?;
         let pool = pool(config)?;
-        let connection = connect(&config.amqp_url, "oprun events").await?;
+        let connection = connect(&config.amqp_url_list(), "oprun events").await?;
         let publisher = ConfirmPublisher::open(&connection).await?;
         let (exchange, routing_key) = match &to_queue {
             Some(q) => (String::new(), q.clone()),

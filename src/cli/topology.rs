@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 use super::CliError;
 use crate::broker::connection::connect;
 use crate::broker::permissions::{namespace_users, UserPermissions};
-use crate::broker::{BrokerError, Topology};
+use crate::broker::BrokerError;
 use crate::config::{Config, UserPasswords};
 
 /// `oprun topology …`
@@ -43,7 +43,7 @@ pub enum TopologyCommand {
 impl TopologyCommand {
     /// Runs the subcommand.
     pub async fn run(self, config: &Config) -> Result<(), CliError> {
-        let topology = Topology::new(&config.namespace)?;
+        let topology = config.topology()?;
         match self {
             TopologyCommand::Print => {
                 let text = serde_json::to_string_pretty(&topology.definitions())
@@ -51,15 +51,8 @@ impl TopologyCommand {
                 println!("{text}");
             }
             TopologyCommand::Apply => {
-                let connection = connect(&config.amqp_url, "oprun topology").await?;
-                topology
-                    .declare(
-                        &connection
-                            .create_channel()
-                            .await
-                            .map_err(BrokerError::from)?,
-                    )
-                    .await?;
+                let connection = connect(&config.amqp_url_list(), "oprun topology").await?;
+                topology.declare_on(&connection).await?;
                 let _ = connection.close(200, "done".into()).await;
                 println!("topology {} declared", topology.namespace());
             }
@@ -85,7 +78,7 @@ impl TopologyCommand {
                 if !yes {
                     return Err(CliError::Invalid("refusing to delete without --yes".into()));
                 }
-                let connection = connect(&config.amqp_url, "oprun topology").await?;
+                let connection = connect(&config.amqp_url_list(), "oprun topology").await?;
                 topology
                     .delete(
                         &connection

@@ -13,7 +13,7 @@ use lapin::Connection;
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
 
-use crate::broker::connection::connect;
+use crate::broker::connection::{AmqpUrls, Connector};
 use crate::broker::messages::command_properties;
 use crate::broker::publisher::{
     consume_direct_replies, ConfirmPublisher, Confirmed, DIRECT_REPLY_TO,
@@ -121,9 +121,20 @@ pub struct Producer {
 }
 
 impl Producer {
-    /// Connects to `amqp_url` for namespace `namespace`.
+    /// Connects to `amqp_url` for namespace `namespace`. `amqp_url` may list the nodes of a
+    /// cluster separated by commas: the first that answers is used.
     pub async fn connect(amqp_url: &str, namespace: &str) -> Result<Self, ClientError> {
         Self::connect_named(amqp_url, namespace, "oprun producer").await
+    }
+
+    /// Connects to the first of `amqp_urls` (the nodes of one cluster) that answers, moving on
+    /// to the next when a connection fails.
+    pub async fn connect_any<S: AsRef<str>>(
+        amqp_urls: &[S],
+        namespace: &str,
+    ) -> Result<Self, ClientError> {
+        let connector = Connector::new(AmqpUrls::parse(amqp_urls)?);
+        Self::connect_via(&connector, namespace, "oprun producer").await
     }
 
     /// Like [`Producer::connect`], naming the connection `connection_name` (shown by the
@@ -133,8 +144,18 @@ impl Producer {
         namespace: &str,
         connection_name: &str,
     ) -> Result<Self, ClientError> {
+        let connector = Connector::new(AmqpUrls::parse([amqp_url])?);
+        Self::connect_via(&connector, namespace, connection_name).await
+    }
+
+    /// Connects through `connector` (which remembers the node that answered).
+    pub async fn connect_via(
+        connector: &Connector,
+        namespace: &str,
+        connection_name: &str,
+    ) -> Result<Self, ClientError> {
         let topology = Topology::new(namespace)?;
-        let connection = connect(amqp_url, connection_name).await?;
+        let connection = connector.connect(connection_name).await?;
         let publisher = ConfirmPublisher::open(&connection).await?;
         // Direct reply-to: consume the pseudo-queue (no-ack) on the channel we publish from.
         let mut replies = consume_direct_replies(publisher.channel()).await?;

@@ -37,7 +37,7 @@ use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
 use super::producer::{update_run_body, ClientError, Producer, RunRef};
-use crate::broker::connection::connect;
+use crate::broker::connection::{AmqpUrls, Connector};
 use crate::broker::topology::{declare_bound_queue, declare_exchange};
 use crate::broker::{BrokerError, Topology};
 use crate::domain::failure::{is_valid_code, sanitise_message};
@@ -156,7 +156,8 @@ enum Settle {
 
 /// A consumer of jobs.
 pub struct Worker {
-    amqp_url: String,
+    /// The broker's nodes; after a lost session the next node is tried first.
+    broker: Connector,
     topology: Topology,
     queue: String,
     types: Vec<String>,
@@ -170,6 +171,8 @@ impl Worker {
     /// Connects, declares durable quorum queue `N.worker.<name>` bound to `N.jobs` for each of
     /// `types`. The namespace prefix keeps two namespaces on one broker from sharing a queue.
     /// Fails if the broker cannot be reached now; once started, [`Worker::run`] reconnects.
+    /// `amqp_url` may list the nodes of a cluster separated by commas: the first that answers
+    /// is used, and after a lost connection the next one is tried first.
     pub async fn start(
         amqp_url: &str,
         namespace: &str,
@@ -180,7 +183,7 @@ impl Worker {
         let topology = Topology::new(namespace)?;
         let queue = Self::queue_name(namespace, name);
         let worker = Self {
-            amqp_url: amqp_url.to_owned(),
+            broker: Connector::new(AmqpUrls::parse([amqp_url])?),
             topology,
             connection_name: format!("oprun worker {queue} {}", uuid::Uuid::new_v4()),
             queue,
@@ -479,7 +482,7 @@ impl Worker {
         if let Some(session) = self.session.lock().unwrap().clone() {
             return Ok(session);
         }
-        let connection = connect(&self.amqp_url, &self.connection_name).await?;
+        let connection = self.broker.connect(&self.connection_name).await?;
         let opened = self.open_on(&connection).await;
         if opened.is_err() {
             let _ = connection.close(320, "setup failed".into()).await;
@@ -506,8 +509,7 @@ impl Worker {
             .await?;
         let producer_name = format!("{} producer", self.connection_name);
         let producer =
-            Producer::connect_named(&self.amqp_url, self.topology.namespace(), &producer_name)
-                .await?;
+            Producer::connect_via(&self.broker, self.topology.namespace(), &producer_name).await?;
         Ok((channel, producer))
     }
 
@@ -515,6 +517,8 @@ impl Worker {
         let session = self.session.lock().unwrap().take();
         if let Some(session) = session {
             session.close().await;
+            // Its node may be the one that went away: the next session starts with another.
+            self.broker.rotate();
         }
     }
 

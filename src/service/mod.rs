@@ -20,7 +20,7 @@ use sqlx::PgPool;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::connection::connect;
+use crate::broker::connection::{AmqpUrls, Connector};
 use crate::broker::consumer::CommandConsumer;
 use crate::broker::publisher::ConfirmPublisher;
 use crate::broker::{BrokerError, Connection, Topology};
@@ -64,7 +64,8 @@ pub struct Service {
     pub health: Arc<Health>,
     /// Where replies may be sent.
     pub reply_guard: ReplyGuard,
-    config: Config,
+    /// The broker's nodes, and which one answered last.
+    broker: Arc<Connector>,
     pub(crate) settings: ServeSettings,
 }
 
@@ -76,8 +77,12 @@ impl Service {
         settings: &ServeSettings,
         shutdown: &CancellationToken,
     ) -> Result<Option<Self>, ServeError> {
-        let topology =
-            Topology::new(&config.namespace).map_err(|e| ServeError::Config(e.to_string()))?;
+        let topology = config
+            .topology()
+            .map_err(|e| ServeError::Config(e.to_string()))?;
+        config
+            .amqp_urls()
+            .map_err(|e| ServeError::Config(format!("--amqp-url: {e}")))?;
         let migrated = retry_transient(
             shutdown,
             "migrating the database",
@@ -111,7 +116,8 @@ impl Service {
             topology,
             metrics: Arc::new(Metrics::default()),
             health: Arc::new(Health::default()),
-            config: config.clone(),
+            // Checked by `prepare`; connecting reports whatever is wrong with them here.
+            broker: Arc::new(Connector::new(AmqpUrls::unchecked(&config.amqp_url))),
             settings: settings.clone(),
         }
     }
@@ -141,6 +147,8 @@ impl Service {
                     };
                     self.set_consumer_running(false);
                     self.metrics.reconnected();
+                    // The node may be the one that went away: start with the next one.
+                    self.broker.rotate();
                     let delay = reconnect.on_failure(healthy_for);
                     tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "broker connection lost, reconnecting");
                     tokio::select! {
@@ -164,7 +172,7 @@ impl Service {
     /// One connection's life. `Ok` means shutdown was requested and honoured. On any error the
     /// connection is closed before returning, so no channel of it keeps unacked deliveries.
     async fn run_connected(&self, shutdown: &CancellationToken) -> Result<(), BrokerError> {
-        let connection = connect(&self.config.amqp_url, "oprun serve").await?;
+        let connection = self.broker.connect("oprun serve").await?;
         let result = self.use_connection(&connection, shutdown).await;
         if result.is_err() {
             let _ = connection.close(320, "oprun reconnecting".into()).await;
@@ -347,12 +355,7 @@ pub(crate) async fn redeclare_topology(
     connection: &Connection,
     topology: &Topology,
 ) -> Result<(), BrokerError> {
-    let setup = connection.create_channel().await?;
-    let declared = topology.declare(&setup).await;
-    if setup.status().connected() {
-        let _ = setup.close(200, "declared".into()).await;
-    }
-    declared
+    topology.declare_on(connection).await
 }
 
 /// `oprun serve`: prepares the service, starts the probes endpoint, and runs until `shutdown`.

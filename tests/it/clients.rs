@@ -28,7 +28,7 @@ async fn run_against(app: &TestApp, program: &str, args: &[&str]) -> String {
     command
         .args(args)
         .current_dir(ROOT)
-        .env("AMQP_URL", &app.config.amqp_url)
+        .env("AMQP_URL", app.config.amqp_url_list())
         .env("OPRUN_NAMESPACE", app.topology.namespace())
         // seed_scopes: workspace 1 holds tenants 10 and 11; user 5.
         .env("OPRUN_WORKSPACE_ID", "1")

@@ -3,6 +3,7 @@
 
 mod helpers;
 
+mod broker_addresses;
 mod cli;
 mod clients;
 mod concurrency;

@@ -55,8 +55,9 @@ async fn each_namespace_user_can_do_its_job_and_nothing_else(
     // The service runs with its own user: consume, dead-letter, reply, publish events.
     let service_config = Config {
         database_url: String::new(),
-        amqp_url: url_for(&format!("{ns}.service"), "service-pw"),
+        amqp_url: vec![url_for(&format!("{ns}.service"), "service-pw")],
         namespace: ns.clone(),
+        quorum_initial_group_size: None,
     };
     let service = Service::new(
         pool(3),

@@ -63,7 +63,7 @@ impl BenchArgs {
         if self.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
             return Err(LabError::Invalid("--rate must be positive".into()));
         }
-        let connection = connect(&config.amqp_url, "oprun bench").await?;
+        let connection = connect(&config.amqp_url_list(), "oprun bench").await?;
         let admin = connection.create_channel().await?;
         let mut sandbox = Sandbox::create(config, &admin).await?;
         eprintln!(
@@ -102,7 +102,7 @@ impl BenchArgs {
         eprintln!("bench: baseline, {} messages of {bytes} B", self.commands);
         let before = usage::snapshot(&[], &sandbox.pool).await;
         let baseline = baseline::run(
-            &config.amqp_url,
+            &config.amqp_url_list(),
             connection,
             sandbox,
             self.commands as u64,
@@ -224,7 +224,7 @@ async fn clean_up(config: &Config, sandbox: &Sandbox) {
     let deadline = Instant::now() + CLEAN_UP_DEADLINE;
     loop {
         let attempt = async {
-            let connection = connect(&config.amqp_url, "oprun bench clean-up").await?;
+            let connection = connect(&config.amqp_url_list(), "oprun bench clean-up").await?;
             let channel = connection.create_channel().await?;
             let done = sandbox.destroy(&channel).await;
             let _ = connection.close(200, "bench done".into()).await;

@@ -70,7 +70,7 @@ impl Instances {
                 .args(["--relay-batch", &tunables.relay_batch.to_string()])
                 .args(["--db-connections", &tunables.db_connections.to_string()])
                 .env("DATABASE_URL", database_url)
-                .env("AMQP_URL", &config.amqp_url)
+                .env("AMQP_URL", config.amqp_url_list())
                 .env("OPRUN_NAMESPACE", topology.namespace())
                 .env("OPRUN_LOG", "warn")
                 .stdin(Stdio::null())

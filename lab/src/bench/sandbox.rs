@@ -38,7 +38,7 @@ impl Sandbox {
         operation_runs::store::migrate(&database_url).await?;
         let pool = operation_runs::store::connect_lazy(&database_url, 2)?;
         seed(&pool).await?;
-        let topology = Topology::new(&name)?;
+        let topology = Topology::new(&name)?.with_quorum_group_size(config.quorum_group_size());
         topology.declare(channel).await?;
         Ok(Self {
             name,

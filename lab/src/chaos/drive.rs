@@ -122,7 +122,7 @@ impl<'a> Run<'a> {
         faults_left: impl Fn() -> usize,
     ) -> Result<Findings, LabError> {
         let mut publisher = ReliablePublisher::new(
-            &self.config.amqp_url,
+            &self.config.amqp_url_list(),
             self.sandbox.topology.commands_exchange(),
         );
         let resolved = self.dispatch_phase(&mut publisher, rng).await?;
@@ -145,7 +145,7 @@ impl<'a> Run<'a> {
         let messages = self.workload.dispatch_messages(rng);
         eprintln!("chaos: phase 1: {} dispatch messages", messages.len());
         let rejecting = self.injections.has(Injection::RejectJobs);
-        let amqp_url = &self.config.amqp_url;
+        let amqp_url = &self.config.amqp_url_list();
         let rejecting_queue = &self.sandbox.rejecting_queue;
         let reject_until = Instant::now() + self.reject_for;
         if rejecting {
@@ -272,7 +272,8 @@ impl<'a> Run<'a> {
                 .map(|b| b.command_id.clone())
                 .collect(),
         };
-        let mut probe = BrokerProbe::new(&self.config.amqp_url, self.sandbox.topology.clone());
+        let mut probe =
+            BrokerProbe::new(&self.config.amqp_url_list(), self.sandbox.topology.clone());
         let open = quiescence::wait(
             pool,
             &mut probe,

@@ -5,7 +5,8 @@
 //! The plan: a second instance joins early (during the dispatches) and is SIGKILLed later; the
 //! primary is SIGKILLed three times, once in each third of the workload, and restarted after
 //! a short pause; RabbitMQ (`stop_app`/`start_app`) and PostgreSQL are each restarted once,
-//! down for one to four seconds. Faults are spread over 4%..85% of the workload, so each
+//! down for one to four seconds. On a cluster (`--cluster`) the RabbitMQ fault is a SIGKILL of
+//! the node leading the commands queue, started again after one to four seconds (at 15%..50%). Faults are spread over 4%..85% of the workload, so each
 //! lands on a service with work in hand.
 //!
 //! Issue 9 adds, each when its injection is on: the dead-letter queue unbound for five to ten
@@ -32,6 +33,10 @@ use super::progress::Progress;
 use super::unbinding::unbind_dead_letters;
 use operation_runs::broker::Topology;
 
+/// How long the idle-connections injection waits for a (re)started primary to listen.
+const PRIMARY_LISTENS_WITHIN: Duration = Duration::from_secs(30);
+/// Longest a primary's SIGKILL waits for a hold of idle connections to end.
+const IDLE_HOLD_WAIT: Duration = Duration::from_secs(30);
 /// How often the fleet is checked for instances that died on their own.
 const WATCH: Duration = Duration::from_millis(250);
 
@@ -46,6 +51,8 @@ pub enum Fault {
     KillSecond,
     /// `rabbitmqctl stop_app`, the pause, `start_app`.
     RestartBroker,
+    /// On a cluster: SIGKILL the node leading the commands queue, the pause, start it again.
+    KillBrokerNode,
     /// Stop PostgreSQL, the pause, start it.
     RestartDatabase,
     /// Unbind `N.commands.dlq` from `N.dlx`, the pause, bind it again.
@@ -64,7 +71,7 @@ impl Fault {
     fn disruption(self) -> Option<DisruptionKind> {
         match self {
             Fault::KillPrimary | Fault::KillSecond => Some(DisruptionKind::Kill),
-            Fault::RestartBroker => Some(DisruptionKind::BrokerRestart),
+            Fault::RestartBroker | Fault::KillBrokerNode => Some(DisruptionKind::BrokerRestart),
             Fault::RestartDatabase => Some(DisruptionKind::DatabaseRestart),
             _ => None,
         }
@@ -90,6 +97,10 @@ impl fmt::Display for PlannedFault {
             Fault::StartSecond => write!(f, "start a second instance"),
             Fault::KillSecond => write!(f, "SIGKILL the second instance"),
             Fault::RestartBroker => write!(f, "restart RabbitMQ (down {ms} ms)"),
+            Fault::KillBrokerNode => write!(
+                f,
+                "SIGKILL the RabbitMQ node leading the commands queue (down {ms} ms)"
+            ),
             Fault::RestartDatabase => write!(f, "restart PostgreSQL (down {ms} ms)"),
             Fault::UnbindDeadLetters => {
                 write!(f, "unbind the dead-letter queue for {ms} ms")
@@ -105,8 +116,16 @@ impl fmt::Display for PlannedFault {
 }
 
 /// The fault plan drawn from `rng` (with the faults `injections` ask for), in the order the
-/// faults strike.
-pub fn plan(rng: &mut StdRng, injections: &Injections) -> Vec<PlannedFault> {
+/// faults strike. On a `cluster` the broker fault is a SIGKILL of the commands queue's leader
+/// node instead of an application restart.
+pub fn plan(rng: &mut StdRng, injections: &Injections, cluster: bool) -> Vec<PlannedFault> {
+    // A killed node takes ten to twenty seconds to boot again, during which the injector
+    // waits: it strikes early enough for the faults after it to land on a working service.
+    let (broker_fault, broker_range) = if cluster {
+        (Fault::KillBrokerNode, 0.15..0.50)
+    } else {
+        (Fault::RestartBroker, 0.20..0.80)
+    };
     let mut pause =
         |min_ms: u64, max_ms: u64| Duration::from_millis(rng.random_range(min_ms..=max_ms));
     let pauses = [
@@ -122,7 +141,7 @@ pub fn plan(rng: &mut StdRng, injections: &Injections) -> Vec<PlannedFault> {
         (0.10..0.33, Fault::KillPrimary, pauses[0]),
         (0.36..0.60, Fault::KillPrimary, pauses[1]),
         (0.62..0.85, Fault::KillPrimary, pauses[2]),
-        (0.20..0.80, Fault::RestartBroker, pauses[3]),
+        (broker_range, broker_fault, pauses[3]),
         (0.20..0.80, Fault::RestartDatabase, pauses[4]),
     ];
     if injections.has(Injection::DlqUnbind) {
@@ -151,6 +170,8 @@ pub struct FaultLog {
     pub injected: usize,
     /// RabbitMQ restarts that completed.
     pub broker_restarts: u32,
+    /// Cluster nodes SIGKILLed (and started again).
+    pub broker_node_kills: u32,
     /// PostgreSQL restarts that completed.
     pub db_restarts: u32,
     /// Faults that could not be injected, instances that died on their own, what the idle
@@ -209,6 +230,7 @@ pub async fn inject(
         }
         match (result, planned.fault) {
             (Ok(()), Fault::RestartBroker) => entry.broker_restarts += 1,
+            (Ok(()), Fault::KillBrokerNode) => entry.broker_node_kills += 1,
             (Ok(()), Fault::RestartDatabase) => entry.db_restarts += 1,
             (Ok(()), _) => {}
             (Err(e), _) => {
@@ -238,6 +260,13 @@ async fn strike(
 ) -> Result<(), String> {
     match planned.fault {
         Fault::KillPrimary => {
+            // Idle connections held against the primary measure how it treats them: killing it
+            // during the hold would end the hold with nothing measured. The service closes them
+            // within its idle timeout (20 s), which ends the hold.
+            let held_until = Instant::now() + IDLE_HOLD_WAIT;
+            while log.lock().expect("not poisoned").background > 0 && Instant::now() < held_until {
+                tokio::time::sleep(WATCH).await;
+            }
             let killed = fleet.lock().await.kill(Role::Primary).await;
             if killed.is_none() {
                 return Err("no primary was running".into());
@@ -261,12 +290,23 @@ async fn strike(
             None => Err("no second instance was running".into()),
         },
         Fault::RestartBroker => infra.restart_broker(planned.pause).await,
+        Fault::KillBrokerNode => infra
+            .kill_leader(&target.topology.commands_queue(), planned.pause)
+            .await
+            .map(drop),
         Fault::RestartDatabase => infra.restart_database(planned.pause).await,
         Fault::UnbindDeadLetters => {
             unbind_dead_letters(&target.amqp_url, &target.topology, planned.pause).await
         }
         Fault::IdleConnections => {
             let addr = fleet.lock().await.metrics_addr(Role::Primary);
+            // A primary restarted a moment ago may still be migrating before it listens: the
+            // injection is about connections it holds open, not about the ones it cannot take yet.
+            let listening = Instant::now() + PRIMARY_LISTENS_WITHIN;
+            while tokio::net::TcpStream::connect(addr).await.is_err() && Instant::now() < listening
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
             log.lock().expect("not poisoned").background += 1;
             let (log, stop) = (log.clone(), stop.clone());
             tokio::spawn(async move {
@@ -306,7 +346,7 @@ mod tests {
     #[test]
     fn the_plan_has_three_primary_kills_a_second_instance_and_both_restarts_in_order() {
         for seed in 0..50 {
-            let plan = plan(&mut StdRng::seed_from_u64(seed), &Injections::all());
+            let plan = plan(&mut StdRng::seed_from_u64(seed), &Injections::all(), false);
             let count = |f: Fault| plan.iter().filter(|p| p.fault == f).count();
             assert_eq!(count(Fault::KillPrimary), 3);
             assert_eq!(count(Fault::RestartBroker), 1);
@@ -317,8 +357,13 @@ mod tests {
             assert!(plan.iter().all(|p| (0.04..0.85).contains(&p.at)));
             assert_eq!(count(Fault::UnbindDeadLetters), 1);
             assert_eq!(count(Fault::IdleConnections), 1);
-            let none = super::plan(&mut StdRng::seed_from_u64(seed), &Injections::none());
+            let none = super::plan(&mut StdRng::seed_from_u64(seed), &Injections::none(), false);
             assert_eq!(none.len(), plan.len() - 2);
+            let cluster = super::plan(&mut StdRng::seed_from_u64(seed), &Injections::all(), true);
+            let on_cluster = |f: Fault| cluster.iter().filter(|p| p.fault == f).count();
+            assert_eq!(on_cluster(Fault::KillBrokerNode), 1);
+            assert_eq!(on_cluster(Fault::RestartBroker), 0);
+            assert_eq!(cluster.len(), plan.len());
         }
     }
 }

@@ -1,5 +1,6 @@
 //! The closing line: `chaos: commands=N kills=K broker_restarts=B db_restarts=D lost=0
-//! double_applied=0 duplicate_runs=0 missing_events=0 duplicate_deliveries=0 seconds=S`.
+//! double_applied=0 duplicate_runs=0 missing_events=0 duplicate_deliveries=0 seconds=S`; a
+//! `--cluster` run adds `broker_node_kills=K` after `db_restarts`.
 
 use std::fmt;
 
@@ -14,6 +15,8 @@ pub struct Figures {
     pub broker_restarts: u32,
     /// PostgreSQL restarts.
     pub db_restarts: u32,
+    /// RabbitMQ cluster nodes SIGKILLed (`--cluster` runs only; not printed otherwise).
+    pub broker_node_kills: Option<u32>,
     /// See [`super::check::Findings`].
     pub lost: u64,
     /// See [`super::check::Findings`].
@@ -45,11 +48,15 @@ impl fmt::Display for Figures {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "chaos: commands={} kills={} broker_restarts={} db_restarts={} lost={} double_applied={} duplicate_runs={} missing_events={} duplicate_deliveries={} seconds={}",
-            self.commands,
-            self.kills,
-            self.broker_restarts,
-            self.db_restarts,
+            "chaos: commands={} kills={} broker_restarts={} db_restarts={} ",
+            self.commands, self.kills, self.broker_restarts, self.db_restarts,
+        )?;
+        if let Some(k) = self.broker_node_kills {
+            write!(f, "broker_node_kills={k} ")?;
+        }
+        write!(
+            f,
+            "lost={} double_applied={} duplicate_runs={} missing_events={} duplicate_deliveries={} seconds={}",
             self.lost,
             self.double_applied,
             self.duplicate_runs,
@@ -71,6 +78,7 @@ mod tests {
             kills: 4,
             broker_restarts: 1,
             db_restarts: 1,
+            broker_node_kills: None,
             lost: 0,
             double_applied: 0,
             duplicate_runs: 0,
@@ -83,6 +91,15 @@ mod tests {
             "chaos: commands=20007 kills=4 broker_restarts=1 db_restarts=1 lost=0 double_applied=0 duplicate_runs=0 missing_events=0 duplicate_deliveries=0 seconds=118"
         );
         assert!(figures.all_zero());
+        assert_eq!(
+            Figures {
+                broker_restarts: 0,
+                broker_node_kills: Some(1),
+                ..figures.clone()
+            }
+            .to_string(),
+            "chaos: commands=20007 kills=4 broker_restarts=0 db_restarts=1 broker_node_kills=1 lost=0 double_applied=0 duplicate_runs=0 missing_events=0 duplicate_deliveries=0 seconds=118"
+        );
         assert!(!Figures {
             lost: 1,
             ..figures.clone()

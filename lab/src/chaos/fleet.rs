@@ -34,6 +34,9 @@ struct Instance {
 pub struct Fleet {
     exe: PathBuf,
     env: Vec<(&'static str, String)>,
+    /// The second instance's `AMQP_URL`: the same nodes, starting with the second, so on a
+    /// cluster the two instances consume through different nodes.
+    second_amqp_url: String,
     log_dir: PathBuf,
     primary: Option<Instance>,
     second: Option<Instance>,
@@ -61,7 +64,11 @@ impl Fleet {
             TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?,
         ];
         let metrics = [listeners[0].local_addr()?, listeners[1].local_addr()?];
+        let mut nodes: Vec<&str> = amqp_url.split(',').collect();
+        let first = 1.min(nodes.len());
+        nodes.rotate_left(first);
         Ok(Self {
+            second_amqp_url: nodes.join(","),
             exe,
             env: vec![
                 ("DATABASE_URL", database_url.to_owned()),
@@ -107,6 +114,7 @@ impl Fleet {
             .arg("--metrics-addr")
             .arg(self.metrics_addr(role).to_string())
             .envs(self.env.iter().map(|(k, v)| (*k, v.as_str())))
+            .envs((role == Role::Second).then_some(("AMQP_URL", self.second_amqp_url.as_str())))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

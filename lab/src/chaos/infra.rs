@@ -1,20 +1,31 @@
 //! The broker and the database a chaos run breaks: private instances of its own
 //! ([`crate::private`]), never the machine's services. Restarts go through them; both are stopped
 //! and removed when the run ends (the `Infra` is dropped), whatever happened.
+//!
+//! With `--cluster` the broker is a three-node cluster: the one `scripts/cluster up` started if
+//! it runs (left running afterwards, every node back up), else one of the run's own. Its fault
+//! is a SIGKILL of the node leading the commands queue, restarted after a pause.
 
 use std::time::Duration;
 
-use crate::private::{PrivateBroker, PrivateDatabase};
+use crate::cluster::SHIPPED_BROKER_SETTINGS;
+use crate::private::cluster::default_dir;
+use crate::private::{PrivateBroker, PrivateCluster, PrivateDatabase};
 use crate::LabError;
 
-/// The shipped broker settings (`topology/rabbitmq.conf`): the private node runs with them, so
-/// the run meets the broker the product documents.
-const SHIPPED_BROKER_SETTINGS: &str = include_str!("../../../topology/rabbitmq.conf");
+/// The broker of a run.
+#[derive(Debug)]
+enum Broker {
+    /// One node.
+    Single(PrivateBroker),
+    /// Three nodes.
+    Cluster(PrivateCluster),
+}
 
-/// A private RabbitMQ node and PostgreSQL cluster, for one run.
+/// A private RabbitMQ node (or cluster) and PostgreSQL cluster, for one run.
 #[derive(Debug)]
 pub struct Infra {
-    broker: PrivateBroker,
+    broker: Broker,
     database: PrivateDatabase,
 }
 
@@ -26,14 +37,51 @@ impl Infra {
             PrivateDatabase::start()
         );
         Ok(Self {
-            broker: broker?,
+            broker: Broker::Single(broker?),
             database: database?,
         })
     }
 
-    /// The private broker's URL.
-    pub fn amqp_url(&self) -> String {
-        self.broker.amqp_url()
+    /// Uses the cluster of `scripts/cluster up` when all its nodes run, else starts one of the
+    /// run's own; starts the database.
+    pub async fn start_cluster() -> Result<Self, LabError> {
+        let existing = match PrivateCluster::open(&default_dir())? {
+            Some(cluster) if all_running(&cluster).await => {
+                eprintln!(
+                    "chaos: using the cluster of scripts/cluster up ({})",
+                    cluster.dir().display()
+                );
+                Some(cluster)
+            }
+            _ => None,
+        };
+        let cluster = async {
+            match existing {
+                Some(cluster) => Ok(cluster),
+                None => {
+                    eprintln!("chaos: no cluster of scripts/cluster up runs: starting three nodes of the run's own");
+                    PrivateCluster::start_temporary(SHIPPED_BROKER_SETTINGS).await
+                }
+            }
+        };
+        let (cluster, database) = tokio::join!(cluster, PrivateDatabase::start());
+        Ok(Self {
+            broker: Broker::Cluster(cluster?),
+            database: database?,
+        })
+    }
+
+    /// True when the broker is a cluster.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.broker, Broker::Cluster(_))
+    }
+
+    /// The broker's URLs (one per node).
+    pub fn amqp_urls(&self) -> Vec<String> {
+        match &self.broker {
+            Broker::Single(b) => vec![b.amqp_url()],
+            Broker::Cluster(c) => c.amqp_urls(),
+        }
     }
 
     /// The private server's URL of database `name`.
@@ -41,12 +89,45 @@ impl Infra {
         self.database.url(name)
     }
 
-    /// `rabbitmqctl stop_app`, `down_for`, `start_app`, `await_startup`.
+    /// One node: `rabbitmqctl stop_app`, `down_for`, `start_app`, `await_startup`. A cluster:
+    /// every node's app in turn (the cluster stays available throughout).
     pub async fn restart_broker(&self, down_for: Duration) -> Result<(), String> {
-        self.broker
-            .restart_app(down_for)
-            .await
-            .map_err(|e| e.to_string())
+        let restarted = match &self.broker {
+            Broker::Single(b) => b.restart_app(down_for).await,
+            Broker::Cluster(c) => {
+                async {
+                    for node in c.nodes() {
+                        node.restart_app(down_for).await?;
+                    }
+                    Ok(())
+                }
+                .await
+            }
+        };
+        restarted.map_err(|e| e.to_string())
+    }
+
+    /// SIGKILLs the node leading quorum queue `queue`, waits `down_for`, starts it again and
+    /// waits until it runs; the killed node's name. Only for a cluster.
+    pub async fn kill_leader(&self, queue: &str, down_for: Duration) -> Result<String, String> {
+        let Broker::Cluster(cluster) = &self.broker else {
+            return Err("the broker is a single node: nothing to fail over to".into());
+        };
+        let leader = cluster.leader_of(queue).await.map_err(|e| e.to_string())?;
+        let node = &cluster.nodes()[leader];
+        eprintln!("chaos: {queue} is led by {}: SIGKILL", node.name());
+        node.kill().await.map_err(|e| e.to_string())?;
+        tokio::time::sleep(down_for).await;
+        node.launch().await.map_err(|e| e.to_string())?;
+        match cluster.leader_of(queue).await {
+            Ok(now) => eprintln!(
+                "chaos: {} is back; {queue} is led by {}",
+                node.name(),
+                cluster.nodes()[now].name()
+            ),
+            Err(e) => eprintln!("chaos: {} is back; leader unknown: {e}", node.name()),
+        }
+        Ok(node.name().to_owned())
     }
 
     /// Stops PostgreSQL (fast: sessions are cut), `down_for`, starts it again.
@@ -57,16 +138,29 @@ impl Infra {
             .map_err(|e| e.to_string())
     }
 
-    /// Checks that the broker runs (a restart that failed half-way is finished here).
+    /// Checks that the broker runs (a restart that failed half-way is finished here; a killed
+    /// cluster node is started again).
     pub async fn ensure_up(&self) -> Result<(), String> {
-        if self.broker.await_startup().await.is_err() {
-            self.restart_broker(Duration::ZERO).await?;
+        match &self.broker {
+            Broker::Single(b) => {
+                if b.await_startup().await.is_err() {
+                    self.restart_broker(Duration::ZERO).await?;
+                }
+            }
+            Broker::Cluster(c) => {
+                for node in c.nodes() {
+                    if !node.is_running().await {
+                        eprintln!("chaos: {} is not running: starting it", node.name());
+                        node.launch().await.map_err(|e| e.to_string())?;
+                    }
+                }
+            }
         }
         Ok(())
     }
 
     /// Restarts the broker app if it has lost `rabbit_fifo_dlx_sup`, the supervisor of quorum
-    /// queues' at-least-once dead-lettering; true when it had to.
+    /// queues' at-least-once dead-lettering; true when it had to (on any node of a cluster).
     ///
     /// RabbitMQ 3.10 loses it for good when such a queue is deleted while the app starts (its
     /// workers crash, the supervisor reaches its restart limit and stops): from then on every
@@ -74,30 +168,58 @@ impl Infra {
     /// restarts. A broker restart of this run can be what sets it off. `None` when the broker
     /// cannot be asked.
     pub async fn heal_broker(&self) -> Option<Result<bool, String>> {
-        let alive = self
-            .broker
-            .ctl(&["eval", "is_pid(whereis(rabbit_fifo_dlx_sup))."])
-            .await
-            .ok()?;
-        if alive.trim() == "true" {
-            return Some(Ok(false));
+        const PROBE: [&str; 2] = ["eval", "is_pid(whereis(rabbit_fifo_dlx_sup))."];
+        match &self.broker {
+            Broker::Single(b) => {
+                let alive = b.ctl(&PROBE).await.ok()?;
+                if alive.trim() == "true" {
+                    return Some(Ok(false));
+                }
+                eprintln!(
+                    "chaos: RabbitMQ has lost rabbit_fifo_dlx_sup (quorum queues with at-least-once \
+                     dead-lettering cannot be declared): restarting its app"
+                );
+                Some(self.restart_broker(Duration::ZERO).await.map(|()| true))
+            }
+            Broker::Cluster(c) => {
+                let mut healed = false;
+                for node in c.nodes() {
+                    let alive = node.ctl(&PROBE).await.ok()?;
+                    if alive.trim() != "true" {
+                        eprintln!(
+                            "chaos: {} has lost rabbit_fifo_dlx_sup: restarting its app",
+                            node.name()
+                        );
+                        if let Err(e) = node.restart_app(Duration::ZERO).await {
+                            return Some(Err(e.to_string()));
+                        }
+                        healed = true;
+                    }
+                }
+                Some(Ok(healed))
+            }
         }
-        eprintln!(
-            "chaos: RabbitMQ has lost rabbit_fifo_dlx_sup (quorum queues with at-least-once \
-             dead-lettering cannot be declared): restarting its app"
-        );
-        Some(self.restart_broker(Duration::ZERO).await.map(|()| true))
     }
 
     /// The broker's `max_message_size` in bytes, `None` when it cannot be asked.
     pub async fn max_message_size(&self) -> Option<u64> {
-        let answer = self
-            .broker
-            .ctl(&["eval", "application:get_env(rabbit, max_message_size)."])
-            .await
-            .ok()?;
+        const ASK: [&str; 2] = ["eval", "application:get_env(rabbit, max_message_size)."];
+        let answer = match &self.broker {
+            Broker::Single(b) => b.ctl(&ASK).await.ok()?,
+            Broker::Cluster(c) => c.ctl_any(&ASK).await.ok()?,
+        };
         parse_env_integer(&answer)
     }
+}
+
+/// True when every node of `cluster` runs.
+async fn all_running(cluster: &PrivateCluster) -> bool {
+    for node in cluster.nodes() {
+        if !node.is_running().await {
+            return false;
+        }
+    }
+    true
 }
 
 /// The integer of an Erlang `{ok,N}` answer.

@@ -52,7 +52,8 @@ impl Sandbox {
         // Dropping needs a connection to another database of the server: the maintenance one.
         url.set_path("postgres");
         let admin_url = url.to_string();
-        let topology = Topology::new(&format!("chaos_{id}"))?;
+        let topology = Topology::new(&format!("chaos_{id}"))?
+            .with_quorum_group_size(config.quorum_group_size());
         let sandbox = Self {
             pool: store::connect_lazy(&database_url, 4)?,
             database_url,
@@ -63,7 +64,7 @@ impl Sandbox {
             log_dir: std::env::temp_dir().join(format!("oprun-chaos-{id}")),
             database_name,
             admin_url,
-            amqp_url: config.amqp_url.clone(),
+            amqp_url: config.amqp_url_list(),
         };
         match sandbox.set_up().await {
             Ok(()) => Ok(sandbox),

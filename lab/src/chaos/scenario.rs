@@ -56,6 +56,13 @@ pub struct ChaosArgs {
     /// refused longer than the service's retry bound are failed `dispatch.rejected`.
     #[arg(long, default_value_t = 30)]
     pub reject_jobs_secs: u64,
+
+    /// Run on a three-node RabbitMQ cluster (the one `scripts/cluster up` started if it runs,
+    /// else one of the run's own): the service gets every node's URL, and the broker fault is
+    /// a SIGKILL of the node leading the commands queue (`broker_node_kills=` in the closing
+    /// line) instead of an application restart.
+    #[arg(long)]
+    pub cluster: bool,
 }
 
 impl ChaosArgs {
@@ -65,10 +72,19 @@ impl ChaosArgs {
         let seed = self.seed.unwrap_or_else(rand::random);
         // The run breaks its own broker and database, never the machine's: dropped last, so
         // they are stopped and removed whatever happens below.
-        eprintln!("chaos: starting a private RabbitMQ node and PostgreSQL cluster");
-        let infra = Arc::new(Infra::start().await?);
+        let infra = if self.cluster {
+            eprintln!("chaos: a RabbitMQ cluster of three nodes and a private PostgreSQL cluster");
+            Arc::new(Infra::start_cluster().await?)
+        } else {
+            eprintln!("chaos: starting a private RabbitMQ node and PostgreSQL cluster");
+            Arc::new(Infra::start().await?)
+        };
         let mut config = config.clone();
-        config.amqp_url = infra.amqp_url();
+        config.amqp_url = infra.amqp_urls();
+        eprintln!(
+            "chaos: broker {}",
+            operation_runs::broker::connection::AmqpUrls::unchecked(&config.amqp_url)
+        );
         config.database_url = infra.database_url("postgres");
         let config = &config;
         // The budget counts from here: starting the private services is not the run.
@@ -91,6 +107,7 @@ impl ChaosArgs {
         let plan = faults::plan(
             &mut StdRng::seed_from_u64(seed ^ FAULT_SEED_SALT),
             &injections,
+            infra.is_cluster(),
         );
         eprintln!(
             "chaos: seed {seed} (rerun with --seed {seed}); {} commands: {} dispatches of {} identities, {} progress, {} bad; injections: {injections}",
@@ -129,6 +146,7 @@ impl ChaosArgs {
             kills: outcome.kills,
             broker_restarts: outcome.broker_restarts,
             db_restarts: outcome.db_restarts,
+            broker_node_kills: infra.is_cluster().then_some(outcome.broker_node_kills),
             lost: outcome.findings.lost,
             double_applied: outcome.findings.double_applied,
             duplicate_runs: outcome.findings.duplicate_runs,
@@ -191,6 +209,7 @@ struct Outcome {
     kills: u32,
     broker_restarts: u32,
     db_restarts: u32,
+    broker_node_kills: u32,
 }
 
 /// Starts the service, the subscriber and the faults, drives the workload and checks; stops
@@ -209,11 +228,11 @@ async fn execute(
     let fleet = Arc::new(tokio::sync::Mutex::new(Fleet::new(
         oprun.path().to_path_buf(),
         &sandbox.database_url,
-        &config.amqp_url,
+        &config.amqp_url_list(),
         sandbox.topology.namespace(),
         &sandbox.log_dir,
     )?));
-    let subscriber = Subscriber::spawn(&config.amqp_url, &sandbox.subscriber_queue);
+    let subscriber = Subscriber::spawn(&config.amqp_url_list(), &sandbox.subscriber_queue);
     let stop = CancellationToken::new();
     let progress = Progress::new(workload.good_count());
     let poller = progress.spawn_poller(sandbox.pool.clone(), stop.clone());
@@ -229,7 +248,7 @@ async fn execute(
         Err(e) => Err(LabError::Io(e)),
         Ok(_) => {
             let target = Target {
-                amqp_url: config.amqp_url.clone(),
+                amqp_url: config.amqp_url_list(),
                 topology: sandbox.topology.clone(),
             };
             let injector = tokio::spawn(faults::inject(
@@ -309,10 +328,15 @@ async fn execute(
     if let Err(e) = restored {
         problems.push(format!("the broker or the database is not back up: {e}"));
     }
-    if fleet.kills < planned_kills || log.broker_restarts < 1 || log.db_restarts < 1 {
+    let broker_faults = if infra.is_cluster() {
+        log.broker_node_kills
+    } else {
+        log.broker_restarts
+    };
+    if fleet.kills < planned_kills || broker_faults < 1 || log.db_restarts < 1 {
         problems.push(format!(
-            "fewer faults than planned: {} of {planned_kills} kills, {} broker and {} database restarts",
-            fleet.kills, log.broker_restarts, log.db_restarts
+            "fewer faults than planned: {} of {planned_kills} kills, {} broker restarts, {} broker node kills, {} database restarts",
+            fleet.kills, log.broker_restarts, log.broker_node_kills, log.db_restarts
         ));
     }
     Ok(Outcome {
@@ -323,6 +347,7 @@ async fn execute(
         kills: fleet.kills,
         broker_restarts: log.broker_restarts,
         db_restarts: log.db_restarts,
+        broker_node_kills: log.broker_node_kills,
     })
 }
 

@@ -5,12 +5,18 @@
 //! its own: a RabbitMQ node ([`PrivateBroker`]) and a PostgreSQL cluster ([`PrivateDatabase`]),
 //! each with its own ports, names and data directory under a temporary folder, from the binaries
 //! installed on the machine. Both are stopped and their folders removed when dropped.
+//!
+//! A run on a RabbitMQ cluster uses [`PrivateCluster`]: three nodes started the same way
+//! ([`node`] is the one place that starts a node), also behind `scripts/cluster`.
 
 mod broker;
+pub mod cluster;
 mod database;
+mod node;
 mod tool;
 
 pub use broker::PrivateBroker;
+pub use cluster::PrivateCluster;
 pub use database::PrivateDatabase;
 
 use std::net::TcpListener;

@@ -139,8 +139,9 @@ impl TestApp {
         let publisher = ConfirmPublisher::open(&connection).await.unwrap();
         let config = Config {
             database_url: String::new(),
-            amqp_url: amqp_url(),
+            amqp_url: vec![amqp_url()],
             namespace,
+            quorum_initial_group_size: None,
         };
         Self {
             pool,
