@@ -4,6 +4,7 @@
 
 pub mod apply;
 pub mod batch;
+pub mod error;
 pub mod handler;
 pub mod health;
 pub mod metrics;
