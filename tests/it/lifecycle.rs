@@ -59,6 +59,27 @@ async fn a_full_lifecycle_yields_events_with_sequence_one_to_n_in_order(pool: Pg
         .map(|(e, _)| e["data"]["sequence"].as_i64().unwrap())
         .collect();
     assert_eq!(sequences, [1, 2, 3, 4, 5, 6]);
+    // One clock: an event's time is the transaction time that stamped the change it reports.
+    let time = |v: &serde_json::Value| {
+        chrono::DateTime::parse_from_rfc3339(v.as_str().unwrap_or_default()).unwrap()
+    };
+    for (event, _) in &events {
+        let run = &event["data"]["run"];
+        assert_eq!(
+            time(&event["time"]),
+            time(&run["updated_at"]),
+            "{}",
+            event["type"]
+        );
+    }
+    assert_eq!(
+        time(&events[1].0["time"]),
+        time(&events[1].0["data"]["run"]["started_at"])
+    );
+    assert_eq!(
+        time(&events[5].0["time"]),
+        time(&events[5].0["data"]["run"]["completed_at"])
+    );
     for (event, props) in &events {
         assert_eq!(
             header(props, "event_type").as_deref(),
