@@ -14,8 +14,8 @@ use serde_json::{json, Value};
 use sqlx::PgPool;
 
 use crate::helpers::{
-    dispatch, dispatch_with_reply, header, json_properties, progress, test_settings, TestApp,
-    DEADLINE,
+    dispatch, dispatch_with_reply, header, json_properties, progress, test_settings, wait_for,
+    TestApp, DEADLINE,
 };
 
 /// Completes run `run_id` (of `tenant`, workspace 1) as failed and waits for it.
@@ -650,18 +650,20 @@ async fn duplicate_dispatch_throughput_with_1000_and_50000_active_runs(pool: PgP
         }
         let start = Instant::now();
         app.start_instance(app.pool.clone(), settings.clone()).await;
-        let deadline = Instant::now() + Duration::from_secs(300);
-        loop {
-            let done: i64 = sqlx::query_scalar("SELECT count(*) FROM processed_commands")
-                .fetch_one(&app.pool)
-                .await
-                .unwrap();
-            if done - before >= n as i64 {
-                break;
-            }
-            assert!(Instant::now() < deadline, "slow: {done}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_for(
+            "the dispatches to drain",
+            Duration::from_secs(300),
+            || async {
+                let done: i64 = sqlx::query_scalar("SELECT count(*) FROM processed_commands")
+                    .fetch_one(&app.pool)
+                    .await
+                    .unwrap();
+                (done - before >= n as i64)
+                    .then_some(())
+                    .ok_or(format!("slow: {done}"))
+            },
+        )
+        .await;
         let rate = n as f64 / start.elapsed().as_secs_f64();
         let active: i64 =
             sqlx::query_scalar("SELECT count(*) FROM operation_runs WHERE status <> 'completed'")
