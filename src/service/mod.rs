@@ -320,7 +320,7 @@ impl Service {
                     continue;
                 }
                 Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "reaper round failed"),
+                Err(e) => tracing::warn!(error = %error::cause_chain(&e), "reaper round failed"),
             }
             tokio::select! {
                 _ = tokio::time::sleep(every) => {}
