@@ -192,13 +192,25 @@ mod tests {
         Refused(ErrorCode),
     }
 
+    /// A case: name, run, requested status and outcome, count increments, failures appended,
+    /// expected result.
+    type Case = (
+        &'static str,
+        OperationRun,
+        Option<RunStatus>,
+        Option<RunOutcome>,
+        &'static str,
+        usize,
+        Expect,
+    );
+
     #[test]
     fn every_change_behaves_as_listed() {
         use Expect::*;
         use RunEventType::{Completed as CompletedEvent, Progressed, Started};
         let none = "{}";
         #[rustfmt::skip]
-        let table: Vec<(&str, OperationRun, Option<RunStatus>, Option<RunOutcome>, &str, usize, Expect)> = vec![
+        let table: Vec<Case> = vec![
             // name, run, status, outcome, count increments, failures, expected
             ("start", run(Queued, Pending, none, 0), Some(Running), None, none, 0, Saved(Running, Pending, Some(Started))),
             ("fail before start", run(Queued, Pending, none, 0), Some(Completed), Some(Failed), none, 0, Saved(Completed, Failed, Some(CompletedEvent))),

@@ -249,13 +249,16 @@ pub async fn lock_in_scope(
     Ok(Some((run, seq, now)))
 }
 
+/// A locked run and the last sequence of its events.
+pub type LockedRun = (OperationRun, i64);
+
 /// Locks runs `ids` in ascending id order (the global lock order of batches) and returns them
 /// with the last sequence of their events, and the transaction's `now()`.
 #[tracing::instrument(level = "debug", skip_all, fields(runs = ids.len()))]
 pub async fn lock_many(
     conn: &mut PgConnection,
     ids: &[i64],
-) -> Result<(Vec<(OperationRun, i64)>, DateTime<Utc>), sqlx::Error> {
+) -> Result<(Vec<LockedRun>, DateTime<Utc>), sqlx::Error> {
     let runs: Vec<OperationRun> =
         sqlx::query_as("SELECT * FROM operation_runs WHERE id = ANY($1) ORDER BY id FOR UPDATE")
             .bind(ids)
