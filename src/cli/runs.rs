@@ -84,9 +84,7 @@ impl RunsCommand {
                                "created_at": e.created_at, "published_at": e.published_at})
                     })
                     .collect();
-                let label = OperationRunType::parse(&run.run_type)
-                    .map(|t| t.catalog().label)
-                    .ok();
+                let label = run.run_type.catalog().label;
                 let links = related_links(&run.context);
                 let mut out = run.to_json();
                 out["label"] = json!(label);

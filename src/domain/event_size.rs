@@ -39,8 +39,11 @@ mod tests {
 
     use super::*;
     use crate::domain::failure::Failure;
-    use crate::domain::failure_cap::{append_capped, MAX_OVERFLOW_CODES};
-    use crate::domain::{OperationRun, RunEvent, RunEventType, RunOutcome, RunStatus};
+    use crate::domain::failure_cap::{FailureSummary, MAX_OVERFLOW_CODES};
+    use crate::domain::{
+        OperationRun, OperationRunType, RunEvent, RunEventType, RunIdentityHash, RunOutcome,
+        RunStatus, SummaryCounts,
+    };
 
     #[test]
     fn a_context_over_the_limit_is_refused() {
@@ -62,7 +65,7 @@ mod tests {
         let blob_chars = (MAX_CONTEXT_BYTES - 20) / 6;
         context.insert("blob".into(), json!(escaped.repeat(blob_chars)));
         check_context_size(&context).unwrap();
-        let (mut summary, mut overflow) = (json!([]), json!({}));
+        let mut summary = FailureSummary::default();
         let failure = |code: String| Failure {
             code,
             message: escaped.repeat(1000),
@@ -71,9 +74,9 @@ mod tests {
         };
         for i in 0..200 {
             let code = format!("{i:0>128}");
-            append_capped(&mut summary, &mut overflow, &[failure(code)]);
+            summary.append(&[failure(code)]);
         }
-        assert_eq!(overflow.as_object().unwrap().len(), MAX_OVERFLOW_CODES + 1);
+        assert_eq!(summary.overflow.len(), MAX_OVERFLOW_CODES + 1);
         let counts: Map<String, Value> = crate::domain::summary_counts::SUMMARY_COUNT_KEYS
             .iter()
             .map(|k| (k.to_string(), json!(9_007_199_254_740_991_u64)))
@@ -84,13 +87,12 @@ mod tests {
             tenant_id: Some(i64::MAX),
             user_id: Some(i64::MAX),
             initiator_name: Some(escaped.repeat(200)),
-            run_type: "directory_role_definitions.sync".into(),
+            run_type: OperationRunType::parse("directory_role_definitions.sync").unwrap(),
             status: RunStatus::Completed,
             outcome: RunOutcome::PartiallySucceeded,
-            run_identity_hash: "f".repeat(64),
-            summary_counts: Value::Object(counts),
+            run_identity_hash: RunIdentityHash::parse(&"f".repeat(64)).unwrap(),
+            summary_counts: SummaryCounts::parse(&Value::Object(counts)).unwrap(),
             failure_summary: summary,
-            failure_overflow: overflow,
             context: Value::Object(context),
             started_at: Some(Utc::now()),
             completed_at: Some(Utc::now()),

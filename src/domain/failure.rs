@@ -8,6 +8,7 @@
 use std::sync::LazyLock;
 
 use regex::Regex;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::error::{ErrorCode, Rejection};
@@ -51,16 +52,21 @@ pub fn sanitise_message(message: &str) -> String {
     s.chars().take(MAX_FAILURE_MESSAGE_CHARS).collect()
 }
 
-/// One entry of a run's failure summary.
-#[derive(Debug, Clone, PartialEq)]
+/// One entry of a run's failure summary. Its serde form is the stored one: a run read back from
+/// `operation_runs` trusts what this service sanitised before storing (no second regex pass),
+/// but still refuses an entry of another shape (see `store::runs`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Failure {
     /// Machine-readable code, `[A-Za-z0-9_.-]{1,128}`.
     pub code: String,
     /// Sanitised human message.
     pub message: String,
     /// Optional finer reason, same form as `code`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason_code: Option<String>,
     /// Optional reference to the item that failed (string, number or object).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub item: Option<Value>,
 }
 

@@ -9,7 +9,9 @@
 //! too, so the stored entries are exactly "the first ones" and a full summary is never rewritten:
 //! appending to it changes only the small overflow object, whatever the run's history.
 
-use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+
+use serde::Serialize;
 
 use super::failure::Failure;
 
@@ -23,7 +25,21 @@ pub const MAX_OVERFLOW_CODES: usize = 32;
 /// it, so it cannot be confused with one).
 pub const OTHER_CODES: &str = "*";
 
-/// What [`append_capped`] changed.
+/// A run's failure summary: the first entries (`failure_summary`) and the counts per code of
+/// those past the cap (`failure_overflow`). Serialised flattened into the run, as those two
+/// fields.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct FailureSummary {
+    /// The stored entries: the first ones only, within the caps.
+    #[serde(rename = "failure_summary")]
+    pub entries: Vec<Failure>,
+    /// Failures past the cap, counted per code (codes past their own cap under
+    /// [`OTHER_CODES`]). Empty while nothing overflowed.
+    #[serde(rename = "failure_overflow")]
+    pub overflow: BTreeMap<String, u64>,
+}
+
+/// What [`FailureSummary::append`] changed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Appended {
     /// Entries were added to `failure_summary`.
@@ -32,76 +48,59 @@ pub struct Appended {
     pub overflow_changed: bool,
 }
 
-/// Appends `failures` to a run's `summary` (a JSON array) and `overflow` (a JSON object), keeping
-/// the caps. Values of another JSON type are replaced by empty ones first.
-pub fn append_capped(summary: &mut Value, overflow: &mut Value, failures: &[Failure]) -> Appended {
-    let mut changed = Appended::default();
-    if failures.is_empty() {
-        return changed;
+impl FailureSummary {
+    /// Appends `failures`, keeping the caps: an entry is stored while nothing overflowed and it
+    /// fits in both caps; from the first one that does not, every entry is only counted.
+    pub fn append(&mut self, failures: &[Failure]) -> Appended {
+        let mut changed = Appended::default();
+        if failures.is_empty() {
+            return changed;
+        }
+        let mut bytes = serialized_len(&self.entries);
+        for failure in failures {
+            let entry_bytes = serialized_len(failure) + usize::from(!self.entries.is_empty());
+            let fits = self.overflow.is_empty()
+                && self.entries.len() < MAX_STORED_FAILURES
+                && bytes + entry_bytes <= MAX_STORED_FAILURE_BYTES;
+            if fits {
+                bytes += entry_bytes;
+                self.entries.push(failure.clone());
+                changed.summary_changed = true;
+            } else {
+                count_overflow(&mut self.overflow, &failure.code);
+                changed.overflow_changed = true;
+            }
+        }
+        changed
     }
-    if !summary.is_array() {
-        *summary = Value::Array(Vec::new());
-    }
-    if !overflow.is_object() {
-        *overflow = Value::Object(Map::new());
-    }
-    let (Value::Array(entries), Value::Object(counts)) = (summary, overflow) else {
-        unreachable!("both were just made the right type")
-    };
-    let mut bytes = serialized_len(&Value::Array(entries.clone()));
-    for failure in failures {
-        let entry = failure.to_json();
-        let entry_bytes = serialized_len(&entry) + usize::from(!entries.is_empty());
-        let fits = counts.is_empty()
-            && entries.len() < MAX_STORED_FAILURES
-            && bytes + entry_bytes <= MAX_STORED_FAILURE_BYTES;
-        if fits {
-            bytes += entry_bytes;
-            entries.push(entry);
-            changed.summary_changed = true;
-        } else {
-            count_overflow(counts, &failure.code);
-            changed.overflow_changed = true;
+
+    /// Moves every stored entry into the overflow counts (for a copy of a run that must shrink,
+    /// e.g. an event that would exceed its bound).
+    pub fn fold_into_overflow(&mut self) {
+        for entry in std::mem::take(&mut self.entries) {
+            count_overflow(&mut self.overflow, &entry.code);
         }
     }
-    changed
+
+    /// Total failures recorded: stored entries plus overflow counts.
+    pub fn total(&self) -> u64 {
+        self.entries.len() as u64 + self.overflow.values().sum::<u64>()
+    }
 }
 
-fn count_overflow(counts: &mut Map<String, Value>, code: &str) {
+fn count_overflow(counts: &mut BTreeMap<String, u64>, code: &str) {
     let named = counts.keys().filter(|k| *k != OTHER_CODES).count();
     let key = if counts.contains_key(code) || named < MAX_OVERFLOW_CODES {
         code
     } else {
         OTHER_CODES
     };
-    let n = counts.get(key).and_then(Value::as_u64).unwrap_or(0);
-    counts.insert(key.to_owned(), Value::from(n.saturating_add(1)));
-}
-
-/// Moves every stored entry of `summary` into the `overflow` counts (for a copy of a run that
-/// must shrink, e.g. an event that would exceed its bound).
-pub fn fold_into_overflow(summary: &mut Value, overflow: &mut Value) {
-    if !overflow.is_object() {
-        *overflow = Value::Object(Map::new());
-    }
-    let entries = match summary.take() {
-        Value::Array(entries) => entries,
-        _ => Vec::new(),
-    };
-    *summary = Value::Array(Vec::new());
-    if let Value::Object(counts) = overflow {
-        for entry in entries {
-            let code = entry
-                .get("code")
-                .and_then(Value::as_str)
-                .unwrap_or(OTHER_CODES);
-            count_overflow(counts, code);
-        }
-    }
+    let n = counts.entry(key.to_owned()).or_insert(0);
+    *n = n.saturating_add(1);
 }
 
 /// Length of the compact JSON form.
-pub fn serialized_len(value: &Value) -> usize {
+pub fn serialized_len<T: Serialize + ?Sized>(value: &T) -> usize {
     serde_json::to_vec(value).map_or(0, |v| v.len())
 }
 
@@ -110,6 +109,10 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    fn counts(summary: &FailureSummary) -> serde_json::Value {
+        serde_json::to_value(&summary.overflow).unwrap()
+    }
 
     fn failures(code: &str, n: usize, message_chars: usize) -> Vec<Failure> {
         (0..n)
@@ -124,15 +127,15 @@ mod tests {
 
     #[test]
     fn the_first_entries_are_kept_and_the_rest_counted_per_code() {
-        let (mut summary, mut overflow) = (json!([]), json!({}));
-        let first = append_capped(&mut summary, &mut overflow, &failures("a", 60, 10));
+        let mut summary = FailureSummary::default();
+        let first = summary.append(&failures("a", 60, 10));
         assert!(first.summary_changed && !first.overflow_changed);
-        append_capped(&mut summary, &mut overflow, &failures("b", 60, 10));
-        append_capped(&mut summary, &mut overflow, &failures("a", 5, 10));
-        assert_eq!(summary.as_array().unwrap().len(), MAX_STORED_FAILURES);
-        assert_eq!(overflow, json!({"b": 20, "a": 5}));
-        let full = summary.clone();
-        let later = append_capped(&mut summary, &mut overflow, &failures("a", 1, 1));
+        summary.append(&failures("b", 60, 10));
+        summary.append(&failures("a", 5, 10));
+        assert_eq!(summary.entries.len(), MAX_STORED_FAILURES);
+        assert_eq!(counts(&summary), json!({"b": 20, "a": 5}));
+        let full = summary.entries.clone();
+        let later = summary.append(&failures("a", 1, 1));
         assert_eq!(
             later,
             Appended {
@@ -140,39 +143,39 @@ mod tests {
                 overflow_changed: true
             }
         );
-        assert_eq!(summary, full, "a full summary is never rewritten");
+        assert_eq!(summary.entries, full, "a full summary is never rewritten");
+        assert_eq!(summary.total(), 126);
     }
 
     #[test]
     fn large_entries_are_bounded_by_bytes_and_keep_the_prefix() {
-        let (mut summary, mut overflow) = (json!([]), json!({}));
+        let mut summary = FailureSummary::default();
         for _ in 0..10 {
-            append_capped(&mut summary, &mut overflow, &failures("big", 50, 1000));
+            summary.append(&failures("big", 50, 1000));
         }
-        let kept = summary.as_array().unwrap().len();
-        assert!(serialized_len(&summary) <= MAX_STORED_FAILURE_BYTES);
+        let kept = summary.entries.len();
+        assert!(serialized_len(&summary.entries) <= MAX_STORED_FAILURE_BYTES);
         assert!(kept > 0 && kept < MAX_STORED_FAILURES, "{kept}");
-        assert_eq!(overflow, json!({"big": 500 - kept}));
+        assert_eq!(counts(&summary), json!({"big": 500 - kept}));
         // Once something overflowed, even a small entry is only counted.
-        append_capped(&mut summary, &mut overflow, &failures("small", 1, 1));
-        assert_eq!(summary.as_array().unwrap().len(), kept);
-        assert_eq!(overflow["small"], 1);
+        summary.append(&failures("small", 1, 1));
+        assert_eq!(summary.entries.len(), kept);
+        assert_eq!(summary.overflow["small"], 1);
     }
 
     #[test]
     fn distinct_overflow_codes_are_bounded_too() {
-        let (mut summary, mut overflow) = (json!([]), json!({}));
-        append_capped(&mut summary, &mut overflow, &failures("fill", 100, 1));
+        let mut summary = FailureSummary::default();
+        summary.append(&failures("fill", 100, 1));
         for i in 0..100 {
-            append_capped(
-                &mut summary,
-                &mut overflow,
-                &failures(&format!("c{i}"), 2, 1),
-            );
+            summary.append(&failures(&format!("c{i}"), 2, 1));
         }
-        let counts = overflow.as_object().unwrap();
+        let counts = &summary.overflow;
         assert_eq!(counts.len(), MAX_OVERFLOW_CODES + 1);
         assert_eq!(counts[OTHER_CODES], 2 * (100 - MAX_OVERFLOW_CODES) as u64);
         assert_eq!(counts["c0"], 2);
+        summary.fold_into_overflow();
+        assert!(summary.entries.is_empty());
+        assert_eq!(summary.total(), 300);
     }
 }

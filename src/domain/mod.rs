@@ -13,6 +13,7 @@ pub mod status;
 pub mod strict_json;
 pub mod summary_counts;
 pub mod trace_context;
+pub mod transition;
 
 pub use command::{
     decode_command, decode_delivery, Command, CommandAction, CommandKind, DeliveryMeta,
@@ -21,9 +22,11 @@ pub use command::{
 pub use error::{ErrorCode, Rejection};
 pub use event::{RunEvent, RunEventType};
 pub use failure::{sanitise_message, Failure};
+pub use failure_cap::FailureSummary;
 pub use identity::RunIdentityHash;
 pub use operation_run::OperationRun;
 pub use operation_type::{CatalogEntry, DedupeWindow, OperationRunType, OPERATION_CATALOG};
 pub use status::{RunOutcome, RunState, RunStatus, Transition, TransitionError};
 pub use summary_counts::SummaryCounts;
 pub use trace_context::TraceContext;
+pub use transition::{Refusal, RunChange};

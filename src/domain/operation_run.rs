@@ -1,10 +1,15 @@
-//! The operation run as stored in `operation_runs` and carried in events.
+//! The operation run as stored in `operation_runs` and carried in events: typed, parsed once when
+//! its row is read (`store::runs`), so the rules work on types, never on JSON or strings.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
 
+use super::failure_cap::FailureSummary;
+use super::identity::RunIdentityHash;
+use super::operation_type::OperationRunType;
 use super::status::{RunOutcome, RunState, RunStatus};
+use super::summary_counts::SummaryCounts;
 use super::trace_context::TraceContext;
 
 /// One row of `operation_runs`.
@@ -20,9 +25,9 @@ pub struct OperationRun {
     pub user_id: Option<i64>,
     /// Display name of the initiator.
     pub initiator_name: Option<String>,
-    /// The operation type's wire name.
-    #[serde(rename = "type")]
-    pub run_type: String,
+    /// The operation type (its wire name in the row and the JSON form).
+    #[serde(rename = "type", serialize_with = "as_wire")]
+    pub run_type: OperationRunType,
     /// queued | running | completed.
     #[serde(serialize_with = "as_wire")]
     pub status: RunStatus,
@@ -30,15 +35,15 @@ pub struct OperationRun {
     #[serde(serialize_with = "as_wire")]
     pub outcome: RunOutcome,
     /// The identity hash (64 hex chars).
-    pub run_identity_hash: String,
-    /// Summary counts object.
-    pub summary_counts: Value,
-    /// Failure entries array: the first ones only, up to the cap of
-    /// [`crate::domain::failure_cap`].
-    pub failure_summary: Value,
-    /// Failures past the cap, counted per code (`{"code": n}`; codes past their own cap under
-    /// `"*"`). Empty while nothing overflowed.
-    pub failure_overflow: Value,
+    #[serde(serialize_with = "as_wire")]
+    pub run_identity_hash: RunIdentityHash,
+    /// Summary counts.
+    pub summary_counts: SummaryCounts,
+    /// The failure summary: the first entries (`failure_summary`, up to the cap of
+    /// [`crate::domain::failure_cap`]) and the counts per code of the rest
+    /// (`failure_overflow`).
+    #[serde(flatten)]
+    pub failure_summary: FailureSummary,
     /// The dispatch context, identity values normalised.
     pub context: Value,
     /// When it started running.

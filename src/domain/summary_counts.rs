@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::error::{ErrorCode, Rejection};
@@ -24,7 +25,13 @@ pub const SUMMARY_COUNT_KEYS: [&str; 9] = [
 pub const MAX_SUMMARY_COUNT: u64 = (1 << 53) - 1;
 
 /// Validated summary counts (or increments of them), keyed by registered keys.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+///
+/// The serde form is the stored one, `{key: n}`: reading a stored run takes any key (a row this
+/// service wrote has registered keys only) but refuses a value that is not a non-negative
+/// integer. Counts from commands go through [`SummaryCounts::parse`], which checks the registry
+/// and the bound.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
 pub struct SummaryCounts(BTreeMap<String, u64>);
 
 impl SummaryCounts {
@@ -62,22 +69,14 @@ impl SummaryCounts {
         Ok(Self(counts))
     }
 
-    /// Reads counts stored by this service (trusted, but unknown keys are kept as they are).
-    pub fn from_stored(value: &Value) -> Self {
-        let counts = value
-            .as_object()
-            .map(|o| {
-                o.iter()
-                    .filter_map(|(k, v)| Some((k.clone(), v.as_u64()?)))
-                    .collect()
-            })
-            .unwrap_or_default();
-        Self(counts)
-    }
-
     /// True when there is nothing to add.
     pub fn is_empty(&self) -> bool {
         self.0.values().all(|v| *v == 0)
+    }
+
+    /// True when `key` is present (with any value, zero included).
+    pub fn contains(&self, key: &str) -> bool {
+        self.0.contains_key(key)
     }
 
     /// The value of `key`, zero when absent.

@@ -140,7 +140,7 @@ pub async fn list(
         .iter()
         .map(|r| {
             let mut v = r.to_json();
-            v["label"] = json!(read_model::type_label(&r.run_type));
+            v["label"] = json!(read_model::type_label(r.run_type));
             v["progress"] = read_model::progress(&r.summary_counts);
             v
         })

@@ -9,7 +9,6 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use chrono::Utc;
-use serde_json::Value;
 
 use super::api::{list_page, parse_list_query, resolve_legacy, run_in_scope};
 use super::auth::AuthError;
@@ -134,7 +133,7 @@ pub async fn list(
         body.push_str(&format!(
             "<tr><td><a href=\"/runs/{id}\">#{id}</a></td><td>{label}</td><td>{tenant}</td><td>{status}</td><td>{outcome}</td><td>{progress}</td><td>{created}</td></tr>",
             id = r.id,
-            label = escape(&read_model::type_label(&r.run_type)),
+            label = escape(read_model::type_label(r.run_type)),
             tenant = r.tenant_id.map(|t| t.to_string()).unwrap_or_else(|| "workspace".into()),
             status = badge("status", r.status.as_str()),
             outcome = badge("outcome", r.outcome.as_str()),
@@ -165,7 +164,7 @@ pub async fn list(
     Html(page("Runs", "", &body)).into_response()
 }
 
-fn pretty(v: &Value) -> String {
+fn pretty(v: &impl serde::Serialize) -> String {
     escape(&serde_json::to_string_pretty(v).unwrap_or_default())
 }
 
@@ -222,7 +221,7 @@ pub async fn show(
     ));
     body.push_str(&format!(
         "<h2>Failures</h2><pre id=\"run-failures\">{}</pre>",
-        pretty(&run.failure_summary)
+        pretty(&run.failure_summary.entries)
     ));
     body.push_str("<h2>Related</h2><ul>");
     for link in detail["related"].as_array().into_iter().flatten() {

@@ -5,20 +5,19 @@ use serde_json::{json, Map, Value};
 use sqlx::PgPool;
 
 use crate::domain::operation_run::RELATED_CONTEXT_KEYS;
-use crate::domain::{OperationRun, OperationRunType};
+use crate::domain::{OperationRun, OperationRunType, SummaryCounts};
 use crate::store::viewer;
 
-/// The label of a type, or its wire name when it is not (or no longer) in the catalog.
-pub fn type_label(run_type: &str) -> String {
-    OperationRunType::parse(run_type)
-        .map(|t| t.catalog().label.to_owned())
-        .unwrap_or_else(|_| run_type.to_owned())
+/// The label of a type (a stored run's type is always in the catalog: `store::runs` refuses a row
+/// of another).
+pub fn type_label(run_type: OperationRunType) -> &'static str {
+    run_type.catalog().label
 }
 
 /// `{processed, total, percent}`: `processed` is the `processed` count, else succeeded + failed
 /// + skipped; `percent` only when the counts carry a positive `total`.
-pub fn progress(counts: &Value) -> Value {
-    let get = |k: &str| counts.get(k).and_then(Value::as_u64);
+pub fn progress(counts: &SummaryCounts) -> Value {
+    let get = |k: &str| counts.contains(k).then(|| counts.get(k));
     let processed = get("processed").unwrap_or_else(|| {
         ["succeeded", "failed", "skipped"]
             .iter()
@@ -80,7 +79,7 @@ pub async fn related(pool: &PgPool, run: &OperationRun) -> Result<Vec<Value>, sq
 /// The whole detail of one run (already checked to be in scope).
 pub async fn detail(pool: &PgPool, run: &OperationRun) -> Result<Value, sqlx::Error> {
     let mut out = run.to_json();
-    out["label"] = json!(type_label(&run.run_type));
+    out["label"] = json!(type_label(run.run_type));
     // Two independent reads on two pool connections: one round trip of latency, not two.
     let (related, legacy) = tokio::try_join!(
         related(pool, run),
@@ -105,6 +104,10 @@ pub async fn detail(pool: &PgPool, run: &OperationRun) -> Result<Value, sqlx::Er
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn progress(counts: &Value) -> Value {
+        super::progress(&SummaryCounts::parse(counts).unwrap())
+    }
 
     #[test]
     fn progress_has_a_percent_only_with_a_total() {

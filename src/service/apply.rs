@@ -2,21 +2,24 @@
 //! the outbox rows and the inbox record. Every refusal is decided before the first write, so a
 //! refused command never spoils the transaction it shares with others in a batch.
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 use sqlx::PgConnection;
 
+pub use super::error::ApplyError;
+use super::error::Transient;
 use super::tx_buffer::TxBuffer;
 use crate::domain::event_size::{check_context_size, MAX_EVENT_BYTES};
-use crate::domain::failure_cap::{append_capped, fold_into_overflow, serialized_len};
+use crate::domain::failure_cap::serialized_len;
+use crate::domain::transition::{self, Applied, RunChange};
 use crate::domain::{
     Command, CommandAction, DispatchCommand, ErrorCode, Failure, OperationRun, OperationRunType,
-    ProgressCommand, Rejection, RunEvent, RunEventType, RunState, RunStatus, SummaryCounts,
-    TraceContext, Transition,
+    ProgressCommand, Rejection, RunEvent, RunEventType, RunOutcome, RunStatus, SummaryCounts,
+    TraceContext,
 };
 use crate::store::inbox::InboxRow;
 use crate::store::legacy::LinkRefusal;
-use crate::store::{self, legacy, runs};
+use crate::store::{legacy, runs};
 
 /// What applying a command did, for replies, logs and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -58,55 +61,6 @@ pub struct CommandResult {
     pub reply: Value,
 }
 
-/// Why a command was not applied.
-#[derive(Debug, thiserror::Error)]
-pub enum ApplyError {
-    /// The command can never succeed: dead-letter it with this reason.
-    #[error(transparent)]
-    Rejected(#[from] Rejection),
-    /// The database failed; [`store::StoreError::is_transient`] decides whether to retry.
-    #[error(transparent)]
-    Store(#[from] store::StoreError),
-    /// Concurrent dispatches kept racing on one identity; try again.
-    #[error("identity kept changing under concurrent dispatches")]
-    Contended,
-    /// Another consumer applied one of the batch's command ids while this transaction ran; the
-    /// retry finds it in the inbox and replays its result.
-    #[error("a command id was applied concurrently by another consumer: {0}")]
-    AppliedConcurrently(sqlx::Error),
-}
-
-impl From<sqlx::Error> for ApplyError {
-    fn from(e: sqlx::Error) -> Self {
-        Self::Store(e.into())
-    }
-}
-
-impl ApplyError {
-    /// True when the same command may succeed later.
-    pub fn is_transient(&self) -> bool {
-        match self {
-            Self::Rejected(_) => false,
-            Self::Store(e) => e.is_transient(),
-            Self::Contended | Self::AppliedConcurrently(_) => true,
-        }
-    }
-
-    /// Classifies an error of the end-of-transaction writes: a duplicate inbox key means the
-    /// race above, not bad data.
-    pub fn from_flush(e: sqlx::Error) -> Self {
-        let inbox_race = e
-            .as_database_error()
-            .and_then(|d| d.constraint())
-            .is_some_and(|c| c == "processed_commands_pkey");
-        if inbox_race {
-            Self::AppliedConcurrently(e)
-        } else {
-            e.into()
-        }
-    }
-}
-
 /// Settings that shape what a command writes.
 #[derive(Debug, Clone)]
 pub struct ApplyContext {
@@ -120,6 +74,11 @@ pub struct ApplyContext {
 
 /// Applies `command` in the caller's transaction; `buf` carries what earlier commands of the
 /// same transaction did and collects the rows to write before commit.
+#[tracing::instrument(
+    level = "debug",
+    skip_all,
+    fields(command_id = command.command_id.as_deref(), run_id = command.run_id())
+)]
 pub async fn apply_command(
     conn: &mut PgConnection,
     buf: &mut TxBuffer,
@@ -174,7 +133,7 @@ async fn dispatch(
     let scope_ok = match buf.checked_scope(d.scope, d.user_id) {
         Some(known) => known,
         None => {
-            let checked = store::scope::check_many(conn, &[(d.scope, d.user_id)])
+            let checked = crate::store::scope::check_many(conn, &[(d.scope, d.user_id)])
                 .await?
                 .remove(0);
             buf.remember_scope(d.scope, d.user_id, checked.clone());
@@ -213,16 +172,16 @@ async fn dispatch(
                 buf.count_tenant_active(tenant, 1);
             }
             buf.know_sequence(run.id, 0);
+            // A new run's `created_at` is the column default `now()`: the transaction's clock,
+            // known without asking.
+            buf.know_now(run.created_at);
             if let Some(refused) = link_backup_schedule_run(conn, &run).await? {
                 // The refusal is part of the run from its first event on.
-                let appended = append_capped(
-                    &mut run.failure_summary,
-                    &mut run.failure_overflow,
-                    &[refused],
-                );
+                let appended = run.failure_summary.append(&[refused]);
                 buf.store_run(run.clone(), appended.summary_changed);
             }
-            record_event(conn, buf, RunEventType::Queued, &run, None, ctx).await?;
+            let now = run.created_at;
+            record_event(conn, buf, RunEventType::Queued, &run, now, None, ctx).await?;
             if ctx.hand_off_jobs {
                 buf.push_job(run.clone());
             }
@@ -237,7 +196,7 @@ async fn dispatch(
             return Ok(dispatch_result(&run, true));
         }
     }
-    Err(ApplyError::Contended)
+    Err(ApplyError::Retry(Transient::Contended))
 }
 
 /// The active runs of the dispatch's tenant, when the tenant quota applies to it. The batch
@@ -271,7 +230,7 @@ fn dispatch_result(run: &OperationRun, deduplicated: bool) -> CommandResult {
         run_id: Some(run.id),
         reply: json!({
             "run_id": run.id,
-            "run_identity_hash": run.run_identity_hash,
+            "run_identity_hash": run.run_identity_hash.as_str(),
             "status": run.status.as_str(),
             "deduplicated": deduplicated,
         }),
@@ -290,10 +249,10 @@ async fn link_backup_schedule_run(
     run: &OperationRun,
 ) -> Result<Option<Failure>, sqlx::Error> {
     let backup_type = matches!(
-        OperationRunType::parse(&run.run_type),
-        Ok(OperationRunType::BackupScheduleRunNow
+        run.run_type,
+        OperationRunType::BackupScheduleRunNow
             | OperationRunType::BackupScheduleRetry
-            | OperationRunType::BackupScheduleScheduled)
+            | OperationRunType::BackupScheduleScheduled
     );
     let Some(legacy_value) = run.context.get("backup_schedule_run_id") else {
         return Ok(None);
@@ -366,9 +325,10 @@ async fn progress(
     let run = match buf.run(p.run_id) {
         Some(run) => run.clone(),
         None => {
-            let (run, last_sequence) = runs::lock_in_scope(conn, p.run_id, p.scope)
+            let (run, last_sequence, now) = runs::lock_in_scope(conn, p.run_id, p.scope)
                 .await?
                 .ok_or_else(not_found)?;
+            buf.know_now(now);
             buf.adopt(run.clone(), last_sequence);
             run
         }
@@ -376,119 +336,67 @@ async fn progress(
     if run.workspace_id != p.scope.workspace_id || run.tenant_id != p.scope.tenant_id {
         return Err(not_found().into());
     }
-    let (state, stale) = match run.state().transition(p.status, p.outcome) {
-        Ok(Transition::Apply(next)) => (next, false),
-        Ok(Transition::NoOp) => (run.state(), false),
-        Err(e) if e.is_stale() => (run.state(), true),
-        Err(e) => return Err(e.rejection().into()),
+    let change = RunChange {
+        status: p.status,
+        outcome: p.outcome,
+        counts: &p.counts,
+        failures: &p.failures,
     };
-    let counts = SummaryCounts::from_stored(&run.summary_counts).add(&p.counts)?;
-    let outcome = ProgressOutcome {
-        state,
-        counts,
-        failures: p.failures.clone(),
-        stale,
-    };
-    save_run_progress(conn, buf, run, outcome, trace, ctx).await
+    let now = buf.now(conn).await?;
+    let was_active = run.is_active();
+    let applied = transition::apply(run, &change, now)?;
+    save(conn, buf, applied, was_active, now, trace, ctx).await
 }
 
-/// What a progress report (or the service itself: reaper, unroutable job) does to a locked run.
-#[derive(Debug, Clone)]
-pub struct ProgressOutcome {
-    /// The state to store.
-    pub state: RunState,
-    /// The full counts to store.
-    pub counts: SummaryCounts,
-    /// Failures to append.
-    pub failures: Vec<Failure>,
-    /// The requested state was earlier than the current one (ignored).
-    pub stale: bool,
-}
-
-/// Saves `outcome` on the locked `run` and records the event it causes: `started` or `completed`
-/// when the status changed, else `progressed` when counts or failures changed, else none. The
-/// event carries `trace` (the causing command's), else the run's own.
-pub async fn save_run_progress(
+/// Stores what [`transition::apply`] decided about a locked run (when there is anything to store)
+/// and records the event it causes, stamped `now` like the run. The event carries `trace` (the
+/// causing command's), else the run's own.
+async fn save(
     conn: &mut PgConnection,
     buf: &mut TxBuffer,
-    run: OperationRun,
-    outcome: ProgressOutcome,
+    applied: Applied,
+    was_active: bool,
+    now: DateTime<Utc>,
     trace: Option<&TraceContext>,
     ctx: &ApplyContext,
 ) -> Result<CommandResult, ApplyError> {
-    let state_changed = outcome.state != run.state();
-    let counts_json = outcome.counts.to_json();
-    let data_changed = counts_json != run.summary_counts || !outcome.failures.is_empty();
-    let event_type = if state_changed {
-        match outcome.state.status {
-            RunStatus::Running => Some(RunEventType::Started),
-            RunStatus::Completed => Some(RunEventType::Completed),
-            RunStatus::Queued => None,
-        }
-    } else if data_changed {
-        Some(RunEventType::Progressed)
-    } else {
-        None
-    };
-    let disposition = match (event_type, outcome.stale) {
+    let disposition = match (applied.event, applied.stale) {
         (Some(_), _) => Disposition::Applied,
         (None, true) => Disposition::Stale,
         (None, false) => Disposition::Unchanged,
     };
-    // A no-change report on an active run is still a heartbeat for the stale-run reaper.
-    let run_was_active = run.is_active();
-    let saved = if event_type.is_some() || (run_was_active && !outcome.stale) {
-        let now = buf.now(conn).await?;
-        let mut saved = run;
-        saved.status = outcome.state.status;
-        saved.outcome = outcome.state.outcome;
-        saved.summary_counts = counts_json;
-        let appended = append_capped(
-            &mut saved.failure_summary,
-            &mut saved.failure_overflow,
-            &outcome.failures,
-        );
-        if saved.status == RunStatus::Running && saved.started_at.is_none() {
-            saved.started_at = Some(now);
+    let run = applied.run;
+    if applied.save {
+        if let (Some(tenant), true, false) = (run.tenant_id, was_active, run.is_active()) {
+            buf.count_tenant_active(tenant, -1);
         }
-        if saved.status == RunStatus::Completed && saved.completed_at.is_none() {
-            saved.completed_at = Some(now);
-        }
-        saved.updated_at = now;
-        if let (Some(tenant), true) = (saved.tenant_id, run_was_active) {
-            if !saved.is_active() {
-                buf.count_tenant_active(tenant, -1);
-            }
-        }
-        buf.store_run(saved.clone(), appended.summary_changed);
-        saved
-    } else {
-        run
-    };
-    if let Some(event_type) = event_type {
-        record_event(conn, buf, event_type, &saved, trace, ctx).await?;
+        buf.store_run(run.clone(), applied.summary_changed);
+    }
+    if let Some(event_type) = applied.event {
+        record_event(conn, buf, event_type, &run, now, trace, ctx).await?;
     }
     Ok(CommandResult {
         disposition,
-        run_id: Some(saved.id),
-        reply: json!({"run_id": saved.id, "status": saved.status.as_str(), "outcome": saved.outcome.as_str()}),
+        run_id: Some(run.id),
+        reply: json!({"run_id": run.id, "status": run.status.as_str(), "outcome": run.outcome.as_str()}),
     })
 }
 
-/// Records event `event_type` of `run`, with trace context `trace` (the causing command's) or,
-/// without one, the run's own (its dispatch's).
+/// Records event `event_type` of `run` at `now` (the clock of the change it reports), with trace
+/// context `trace` (the causing command's) or, without one, the run's own (its dispatch's).
 async fn record_event(
     conn: &mut PgConnection,
     buf: &mut TxBuffer,
     event_type: RunEventType,
     run: &OperationRun,
+    now: DateTime<Utc>,
     trace: Option<&TraceContext>,
     ctx: &ApplyContext,
 ) -> Result<(), sqlx::Error> {
     let sequence = buf.next_sequence(conn, run.id).await?;
     let trace = trace.or(run.trace.as_ref());
     let mut event =
-        RunEvent::new(event_type, run, sequence, &ctx.event_source, Utc::now()).with_trace(trace);
+        RunEvent::new(event_type, run, sequence, &ctx.event_source, now).with_trace(trace);
     if serialized_len(&event.cloud_event) > MAX_EVENT_BYTES {
         // The bounds of `domain::event_size` add up to less than this, so it cannot happen; if
         // it ever does, the event still goes out, with the failure entries only counted.
@@ -497,9 +405,9 @@ async fn record_event(
             "event over {MAX_EVENT_BYTES} bytes: failure entries counted only"
         );
         let mut slim = run.clone();
-        fold_into_overflow(&mut slim.failure_summary, &mut slim.failure_overflow);
-        event = RunEvent::new(event_type, &slim, sequence, &ctx.event_source, Utc::now())
-            .with_trace(trace);
+        slim.failure_summary.fold_into_overflow();
+        event =
+            RunEvent::new(event_type, &slim, sequence, &ctx.event_source, now).with_trace(trace);
     }
     buf.push_event(event, run);
     Ok(())
@@ -507,6 +415,7 @@ async fn record_event(
 
 /// Completes an active run with outcome `failed` and `failure`, on behalf of the service itself
 /// (unroutable job, stale run). A run that completed meanwhile is left as it is (`None`).
+#[tracing::instrument(level = "debug", skip_all, fields(run_id = run.id))]
 pub async fn complete_as_failed(
     conn: &mut PgConnection,
     buf: &mut TxBuffer,
@@ -514,23 +423,21 @@ pub async fn complete_as_failed(
     failure: Failure,
     ctx: &ApplyContext,
 ) -> Result<Option<CommandResult>, ApplyError> {
-    let state = match run.state().transition(
-        Some(RunStatus::Completed),
-        Some(crate::domain::RunOutcome::Failed),
-    ) {
-        Ok(Transition::Apply(next)) => next,
-        _ => return Ok(None),
-    };
-    let counts = SummaryCounts::from_stored(&run.summary_counts);
+    if !run.is_active() {
+        return Ok(None);
+    }
     let last_sequence = crate::store::events::last_sequence(conn, run.id).await?;
     buf.adopt(run.clone(), last_sequence);
-    let outcome = ProgressOutcome {
-        state,
-        counts,
-        failures: vec![failure],
-        stale: false,
+    let failures = [failure];
+    let change = RunChange {
+        status: Some(RunStatus::Completed),
+        outcome: Some(RunOutcome::Failed),
+        counts: &SummaryCounts::default(),
+        failures: &failures,
     };
-    save_run_progress(conn, buf, run, outcome, None, ctx)
+    let now = buf.now(conn).await?;
+    let applied = transition::apply(run, &change, now)?;
+    save(conn, buf, applied, true, now, None, ctx)
         .await
         .map(Some)
 }

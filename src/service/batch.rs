@@ -2,9 +2,8 @@
 //! command fail the others.
 //!
 //! Refusals are decided before any write (see [`super::apply`]), so they simply take their place
-//! in the result. A transient database fault retries the whole batch with backoff. An
-//! unexpected permanent database error splits the batch into single-command transactions, so
-//! only the command that causes it is dead-lettered.
+//! in the result. Any other error aborts the transaction and goes back to the caller, whose one
+//! decision (`handler::apply_batch`) retries the batch or splits it.
 //!
 //! Several instances consume one queue, so two batches may touch the same identities and runs.
 //! Each batch first takes every lock it will need, in one global order (identity locks by key,
@@ -12,18 +11,18 @@
 //! inbox only after that, so a command another consumer just applied is seen as applied.
 
 use sqlx::{PgConnection, PgPool};
-use tokio_util::sync::CancellationToken;
 
-use super::apply::{apply_command, ApplyContext, ApplyError, CommandResult};
+use super::apply::{apply_command, ApplyContext, CommandResult};
+use super::error::ApplyError;
 use super::tx_buffer::TxBuffer;
-use crate::domain::{Command, CommandAction, ErrorCode, Rejection, RunScope};
-use crate::retry::retry_transient;
+use crate::domain::{Command, CommandAction, Rejection, RunScope};
 
 /// The fate of one command of a batch.
 pub type BatchItem = Result<CommandResult, Rejection>;
 
 /// Applies `commands` in one transaction. A refused command takes its place in the result; any
 /// other error aborts the whole transaction.
+#[tracing::instrument(level = "debug", skip_all, fields(commands = commands.len()))]
 pub async fn apply_in_one_transaction(
     pool: &PgPool,
     commands: &[&Command],
@@ -42,7 +41,7 @@ pub async fn apply_in_one_transaction(
     for command in commands {
         match apply_command(&mut tx, &mut buf, command, ctx).await {
             Ok(r) => results.push(Ok(r)),
-            Err(ApplyError::Rejected(r)) => results.push(Err(r)),
+            Err(ApplyError::DeadLetter(r)) => results.push(Err(r)),
             Err(e) => return Err(e),
         }
     }
@@ -51,38 +50,37 @@ pub async fn apply_in_one_transaction(
     Ok(results)
 }
 
-/// Applies `commands` in up to `lanes` concurrent transactions and returns the results in input
-/// order. A command goes to the lane of the run it reports on, or of its identity (dispatch), so
-/// the commands of one run keep their order; lanes lock disjoint runs and identities, so they
-/// neither wait for nor deadlock with each other. `None` when shut down first.
-pub async fn apply_in_lanes(
-    pool: &PgPool,
-    commands: &[&Command],
-    ctx: &ApplyContext,
-    lanes: usize,
-    shutdown: &CancellationToken,
-) -> Option<Vec<BatchItem>> {
-    if lanes <= 1 || commands.len() < 2 {
-        return apply_batch(pool, commands, ctx, shutdown).await;
+/// A batch split into lanes, to be applied in concurrent transactions. A command goes to the
+/// lane of the run it reports on, or of its identity (dispatch), so the commands of one run keep
+/// their order; lanes lock disjoint runs and identities, so they neither wait for nor deadlock
+/// with each other.
+#[derive(Debug)]
+pub struct Lanes<'c> {
+    /// The commands of each lane, in input order.
+    pub groups: Vec<Vec<&'c Command>>,
+    lane_of: Vec<usize>,
+}
+
+impl<'c> Lanes<'c> {
+    /// Splits `commands` into `lanes` lanes (some may be empty).
+    pub fn split(commands: &[&'c Command], ctx: &ApplyContext, lanes: usize) -> Self {
+        let lanes = lanes.max(1);
+        let lane_of: Vec<usize> = commands.iter().map(|c| lane_key(c, ctx) % lanes).collect();
+        let mut groups: Vec<Vec<&Command>> = vec![Vec::new(); lanes];
+        for (command, lane) in commands.iter().zip(&lane_of) {
+            groups[*lane].push(command);
+        }
+        Self { groups, lane_of }
     }
-    let lane_of: Vec<usize> = commands.iter().map(|c| lane_key(c, ctx) % lanes).collect();
-    let mut groups: Vec<Vec<&Command>> = vec![Vec::new(); lanes];
-    for (command, lane) in commands.iter().zip(&lane_of) {
-        groups[*lane].push(command);
-    }
-    let applied =
-        futures_util::future::join_all(groups.iter().map(|g| apply_batch(pool, g, ctx, shutdown)))
-            .await;
-    let mut results: Vec<_> = applied
-        .into_iter()
-        .map(|r| r.map(Vec::into_iter))
-        .collect::<Option<Vec<_>>>()?;
-    Some(
-        lane_of
+
+    /// The results of the lanes (one list per group, in group order) back in input order.
+    pub fn merge(&self, results: Vec<Vec<BatchItem>>) -> Vec<BatchItem> {
+        let mut results: Vec<_> = results.into_iter().map(Vec::into_iter).collect();
+        self.lane_of
             .iter()
             .map(|lane| results[*lane].next().expect("one result per command"))
-            .collect(),
-    )
+            .collect()
+    }
 }
 
 /// The lane of a command: its run, or its identity; with the tenant quota on, a tenant's
@@ -166,42 +164,4 @@ async fn check_scopes(
 fn identity_lock_key(hash: &str) -> i64 {
     let prefix = hash.get(..16).unwrap_or(hash);
     u64::from_str_radix(prefix, 16).unwrap_or(0) as i64
-}
-
-/// Applies `commands`, retrying transient faults until `shutdown`; `None` when shut down first
-/// (nothing was acked, the broker will redeliver).
-pub async fn apply_batch(
-    pool: &PgPool,
-    commands: &[&Command],
-    ctx: &ApplyContext,
-    shutdown: &CancellationToken,
-) -> Option<Vec<BatchItem>> {
-    if commands.is_empty() {
-        return Some(Vec::new());
-    }
-    let attempt = retry_transient(
-        shutdown,
-        "applying a batch",
-        ApplyError::is_transient,
-        || apply_in_one_transaction(pool, commands, ctx),
-    )
-    .await?;
-    match attempt {
-        Ok(results) => Some(results),
-        Err(error) if commands.len() == 1 => {
-            tracing::error!(%error, "the database refused a command");
-            Some(vec![Err(Rejection::new(
-                ErrorCode::DatabaseRejected,
-                format!("the database refused the command: {error}"),
-            ))])
-        }
-        Err(error) => {
-            tracing::warn!(%error, size = commands.len(), "batch failed permanently, applying its commands one by one");
-            let mut results = Vec::with_capacity(commands.len());
-            for command in commands {
-                results.extend(Box::pin(apply_batch(pool, &[*command], ctx, shutdown)).await?);
-            }
-            Some(results)
-        }
-    }
 }

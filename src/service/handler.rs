@@ -1,6 +1,11 @@
 //! One batch of deliveries, start to finish: decode, apply in one transaction, then reply and
 //! dead-letter with confirms. The caller acks the batch only after this returns.
 //!
+//! This is the one place that decides what happens to a message when applying fails
+//! ([`apply_batch`] matches [`ApplyError`]): retry the batch (transient), split it (an unexpected
+//! permanent database error), or dead-letter the command with its code; each failure is logged
+//! here, once, with its cause chain.
+//!
 //! Dead letters are published `mandatory`: when one comes back (no queue bound to `N.dlx`: the
 //! DLQ was unbound or deleted) or is nacked, nothing of the batch is acked. The batch waits with
 //! backoff, `/readyz` reports not ready, and before each retry the service re-declares its
@@ -11,10 +16,12 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
+use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use super::apply::{CommandResult, Disposition};
-use super::batch::apply_in_lanes;
+use super::apply::{ApplyContext, CommandResult, Disposition};
+use super::batch::{apply_in_one_transaction, BatchItem, Lanes};
+use super::error::{cause_chain, ApplyError};
 use super::Service;
 use crate::broker::dead_letter::dead_letter_properties;
 use crate::broker::headers::string_header;
@@ -23,7 +30,7 @@ use crate::broker::publisher::{confirm_each, ConfirmPublisher, Confirmed};
 use crate::broker::{BasicProperties, BrokerError, Connection, Delivery};
 use crate::domain::command::MAX_COMMAND_BYTES;
 use crate::domain::trace_context::{TraceContext, TRACEPARENT, TRACESTATE};
-use crate::domain::{decode_delivery, Command, CommandKind, DeliveryMeta, Rejection};
+use crate::domain::{decode_delivery, Command, CommandKind, DeliveryMeta, ErrorCode, Rejection};
 use crate::telemetry;
 
 /// How long a batch waits for the confirms of its dead letters and replies before it replaces
@@ -160,6 +167,99 @@ fn record_outcome(span: &tracing::Span, outcome: &Result<CommandResult, Rejectio
             span.record("oprun.result", "dead_lettered");
             span.record("otel.status_code", "ERROR");
             span.record("otel.status_description", rejection.code.as_str());
+        }
+    }
+}
+
+/// Applies `commands` in up to `lanes` concurrent transactions (see [`Lanes`]) and returns the
+/// results in input order. `None` when shut down first (nothing was acked, the broker will
+/// redeliver).
+pub async fn apply_in_lanes(
+    pool: &PgPool,
+    commands: &[&Command],
+    ctx: &ApplyContext,
+    lanes: usize,
+    shutdown: &CancellationToken,
+) -> Option<Vec<BatchItem>> {
+    if lanes <= 1 || commands.len() < 2 {
+        return apply_batch(pool, commands, ctx, shutdown).await;
+    }
+    let lanes = Lanes::split(commands, ctx, lanes);
+    let applied = futures_util::future::join_all(
+        lanes
+            .groups
+            .iter()
+            .map(|g| apply_batch(pool, g, ctx, shutdown)),
+    )
+    .await;
+    Some(lanes.merge(applied.into_iter().collect::<Option<Vec<_>>>()?))
+}
+
+/// Applies `commands` until every one has its fate, deciding on each failure what happens to the
+/// messages: the one match of [`ApplyError`].
+///
+/// - `Retry`: the batch is tried again after a backoff, until `shutdown` (then `None`: nothing
+///   was acked, the broker will redeliver);
+/// - `Split`: the commands are applied one per transaction, so only the one causing the error is
+///   dead-lettered (`database_rejected`);
+/// - `DeadLetter`: a command refused outside its own place in the batch (refusals are normally
+///   kept in place by [`apply_in_one_transaction`]) is dead-lettered alone, after a split.
+#[tracing::instrument(level = "debug", skip_all, fields(commands = commands.len()))]
+pub async fn apply_batch(
+    pool: &PgPool,
+    commands: &[&Command],
+    ctx: &ApplyContext,
+    shutdown: &CancellationToken,
+) -> Option<Vec<BatchItem>> {
+    if commands.is_empty() {
+        return Some(Vec::new());
+    }
+    let mut delays = crate::retry::backoff();
+    loop {
+        let attempt = tokio::select! {
+            r = apply_in_one_transaction(pool, commands, ctx) => r,
+            _ = shutdown.cancelled() => return None,
+        };
+        let error = match attempt {
+            Ok(results) => return Some(results),
+            Err(error) => error,
+        };
+        match error {
+            ApplyError::Retry(_) => {
+                let delay = delays.next().unwrap_or(Duration::from_secs(10));
+                tracing::warn!(
+                    error = %cause_chain(&error),
+                    size = commands.len(),
+                    retry_in_ms = delay.as_millis() as u64,
+                    "applying a batch failed, retrying"
+                );
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.cancelled() => return None,
+                }
+            }
+            // Logged once, as the command's dead letter (`log_outcome`).
+            ApplyError::DeadLetter(rejection) if commands.len() == 1 => {
+                return Some(vec![Err(rejection)])
+            }
+            ApplyError::Split(_) if commands.len() == 1 => {
+                return Some(vec![Err(Rejection::new(
+                    ErrorCode::DatabaseRejected,
+                    format!("the database refused the command: {}", cause_chain(&error)),
+                ))])
+            }
+            ApplyError::Split(_) | ApplyError::DeadLetter(_) => {
+                tracing::warn!(
+                    error = %cause_chain(&error),
+                    size = commands.len(),
+                    "batch failed permanently, applying its commands one by one"
+                );
+                let mut results = Vec::with_capacity(commands.len());
+                for command in commands {
+                    results.extend(Box::pin(apply_batch(pool, &[*command], ctx, shutdown)).await?);
+                }
+                return Some(results);
+            }
         }
     }
 }
@@ -404,10 +504,31 @@ fn log_outcome(
                 .metrics
                 .command(kind, &format!("dead_lettered:{}", rejection.code));
             service.metrics.refused(kind, rejection.code.as_str());
-            tracing::warn!(
-                command_id, kind, run_id = command.and_then(|c| c.run_id()), r#type = run_type,
-                code = rejection.code.as_str(), reason = %rejection.message, "command dead-lettered"
-            );
+            let run_id = command.and_then(|c| c.run_id());
+            let code = rejection.code.as_str();
+            let reason = &rejection.message;
+            // The producer's mistake is a warning; the database refusing a valid command is ours.
+            if rejection.code == ErrorCode::DatabaseRejected {
+                tracing::error!(
+                    command_id,
+                    kind,
+                    run_id,
+                    r#type = run_type,
+                    code,
+                    reason,
+                    "command dead-lettered"
+                );
+            } else {
+                tracing::warn!(
+                    command_id,
+                    kind,
+                    run_id,
+                    r#type = run_type,
+                    code,
+                    reason,
+                    "command dead-lettered"
+                );
+            }
         }
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod apply;
 pub mod batch;
+pub mod error;
 pub mod handler;
 pub mod health;
 pub mod metrics;
@@ -327,7 +328,7 @@ impl Service {
                     continue;
                 }
                 Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "reaper round failed"),
+                Err(e) => tracing::warn!(error = %error::cause_chain(&e), "reaper round failed"),
             }
             tokio::select! {
                 _ = tokio::time::sleep(every) => {}

@@ -261,6 +261,7 @@ impl OutboxRelay {
     }
 
     /// Publishes a batch of events; stamps each confirmed one.
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn relay_events(&self, report: &mut RelayReport) -> Result<(), RelayError> {
         let mut tx = self.pool.begin().await?;
         if !lead(&mut tx, EVENT_RELAY_LOCK_KEY).await? {
@@ -306,6 +307,7 @@ impl OutboxRelay {
     /// Publishes a batch of due jobs: a confirmed one is stamped, an unroutable one fails its
     /// run (`dispatch.unroutable`), a nacked one waits for its next attempt or, past the bound,
     /// fails its run (`dispatch.rejected`).
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn relay_jobs(&self, report: &mut RelayReport) -> Result<(), RelayError> {
         let mut tx = self.pool.begin().await?;
         if !lead(&mut tx, JOB_RELAY_LOCK_KEY).await? {
@@ -408,6 +410,7 @@ impl OutboxRelay {
             .await
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(run_id = job.run_id))]
     async fn fail_run(
         &self,
         conn: &mut sqlx::PgConnection,

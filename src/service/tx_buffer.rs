@@ -133,7 +133,7 @@ impl TxBuffer {
         ids: &[i64],
     ) -> Result<(), sqlx::Error> {
         let (locked, now) = runs::lock_many(conn, ids).await?;
-        self.now.get_or_insert(now);
+        self.know_now(now);
         for (run, last_sequence) in locked {
             self.adopt(run, last_sequence);
         }
@@ -204,7 +204,14 @@ impl TxBuffer {
         }
     }
 
-    /// The transaction's timestamp (Postgres `now()`), read once.
+    /// Tells the buffer the transaction's `now()`, read by a statement that returned it anyway
+    /// (row locks, a new run's `created_at`), so [`TxBuffer::now`] needs no round trip.
+    pub fn know_now(&mut self, now: DateTime<Utc>) {
+        self.now.get_or_insert(now);
+    }
+
+    /// The transaction's timestamp (Postgres `now()`), read once: the one clock of every run
+    /// change and event of the transaction.
     pub async fn now(&mut self, conn: &mut PgConnection) -> Result<DateTime<Utc>, sqlx::Error> {
         if let Some(now) = self.now {
             return Ok(now);
@@ -215,6 +222,11 @@ impl TxBuffer {
     }
 
     /// Writes the changed runs, buffered events, jobs and inbox rows, in one statement.
+    #[tracing::instrument(
+        level = "debug",
+        skip_all,
+        fields(runs = self.dirty.len(), events = self.events.len(), commands = self.inbox_rows.len())
+    )]
     pub async fn flush(&mut self, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
         let write = BatchWrite {
             runs: self

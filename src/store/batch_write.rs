@@ -4,12 +4,13 @@
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
+use sqlx::types::Json;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::inbox::InboxRow;
 use super::jobs::job_body;
-use crate::domain::{OperationRun, RunEvent};
+use crate::domain::{Failure, OperationRun, RunEvent, SummaryCounts};
 
 /// What a transaction writes at its end.
 #[derive(Debug, Default)]
@@ -75,13 +76,13 @@ pub async fn write(conn: &mut PgConnection, write: &BatchWrite<'_>) -> Result<()
         )
         .bind(
             runs.iter()
-                .map(|(r, _)| &r.summary_counts)
-                .collect::<Vec<&Value>>(),
+                .map(|(r, _)| Json(&r.summary_counts))
+                .collect::<Vec<Json<&SummaryCounts>>>(),
         )
         .bind(
             runs.iter()
-                .map(|(r, changed)| changed.then_some(&r.failure_summary))
-                .collect::<Vec<Option<&Value>>>(),
+                .map(|(r, changed)| changed.then_some(Json(&r.failure_summary.entries)))
+                .collect::<Vec<Option<Json<&Vec<Failure>>>>>(),
         )
         .bind(
             runs.iter()
@@ -154,8 +155,8 @@ pub async fn write(conn: &mut PgConnection, write: &BatchWrite<'_>) -> Result<()
         .bind(inbox.iter().map(|r| &r.result).collect::<Vec<&Value>>())
         .bind(
             runs.iter()
-                .map(|(r, _)| &r.failure_overflow)
-                .collect::<Vec<&Value>>(),
+                .map(|(r, _)| Json(&r.failure_summary.overflow))
+                .collect::<Vec<Json<&std::collections::BTreeMap<String, u64>>>>(),
         )
         .execute(conn)
         .await?;

@@ -7,10 +7,43 @@ use sqlx::error::DatabaseError;
 pub enum StoreError {
     /// A query or connection failed.
     #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
+    Database(#[source] sqlx::Error),
+    /// A stored row does not parse into its domain type (a type this version does not know, a
+    /// malformed failure entry, …). Permanent: reading it again gives the same answer.
+    #[error("unreadable row, column {column}: {source}")]
+    InvalidRow {
+        /// The column that did not parse.
+        column: String,
+        /// Why.
+        source: sqlx::error::BoxDynError,
+    },
     /// Migrations failed.
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+impl From<sqlx::Error> for StoreError {
+    /// A column that did not decode (the row mappers of `store/` report every value that does
+    /// not parse into its domain type this way) is an [`StoreError::InvalidRow`].
+    fn from(e: sqlx::Error) -> Self {
+        match e {
+            sqlx::Error::ColumnDecode { index, source } => Self::InvalidRow {
+                column: index,
+                source,
+            },
+            e => Self::Database(e),
+        }
+    }
+}
+
+/// A stored value of a run that does not parse (the source of a column decode error).
+#[derive(Debug, thiserror::Error)]
+#[error("operation run {run_id}: {reason}")]
+pub struct UnparsableValue {
+    /// The run's id.
+    pub run_id: i64,
+    /// What is wrong with the value.
+    pub reason: String,
 }
 
 impl StoreError {
@@ -20,7 +53,7 @@ impl StoreError {
         match self {
             StoreError::Database(e) => is_transient_sqlx(e),
             StoreError::Migrate(sqlx::migrate::MigrateError::Execute(e)) => is_transient_sqlx(e),
-            StoreError::Migrate(_) => false,
+            StoreError::Migrate(_) | StoreError::InvalidRow { .. } => false,
         }
     }
 }

@@ -42,7 +42,7 @@ pub struct JobRetry {
 pub fn job_body(run: &OperationRun) -> Value {
     json!({
         "run_id": run.id,
-        "type": run.run_type,
+        "type": run.run_type.as_str(),
         "workspace_id": run.workspace_id,
         "tenant_id": run.tenant_id,
         "context": run.context,

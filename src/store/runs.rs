@@ -3,42 +3,61 @@
 //! is an index probe on one of the partial unique indexes (`tests/it/hardening_dedupe.rs` checks
 //! the plans).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::postgres::PgRow;
+use sqlx::types::Json;
 use sqlx::{FromRow, PgConnection, PgExecutor, Row};
 
+use super::error::UnparsableValue;
 use crate::domain::{
-    DedupeWindow, DispatchCommand, OperationRun, RunScope, RunStatus, TraceContext,
+    DedupeWindow, DispatchCommand, Failure, FailureSummary, OperationRun, OperationRunType,
+    RunIdentityHash, RunScope, RunStatus, SummaryCounts, TraceContext,
 };
 
+/// Maps a row into the typed run, parsing every value once. A value that does not parse is a
+/// column decode error naming the column and the run ([`super::StoreError::InvalidRow`] once
+/// converted), never a panic. JSON columns decode straight into their types (no intermediate
+/// `serde_json::Value`); stored failure messages are trusted as sanitised when written.
 impl<'r> FromRow<'r, PgRow> for OperationRun {
     fn from_row(row: &'r PgRow) -> Result<Self, sqlx::Error> {
-        let decode = |column: &str, e: crate::domain::Rejection| sqlx::Error::ColumnDecode {
+        let id: i64 = row.try_get("id")?;
+        let invalid = |column: &str, reason: String| sqlx::Error::ColumnDecode {
             index: column.to_owned(),
-            source: Box::new(e),
+            source: Box::new(UnparsableValue { run_id: id, reason }),
         };
+        let run_type = row.try_get::<&str, _>("type")?;
+        let hash = row.try_get::<&str, _>("run_identity_hash")?;
         Ok(Self {
-            id: row.try_get("id")?,
+            id,
             workspace_id: row.try_get("workspace_id")?,
             tenant_id: row.try_get("tenant_id")?,
             user_id: row.try_get("user_id")?,
             initiator_name: row.try_get("initiator_name")?,
-            run_type: row.try_get("type")?,
+            run_type: OperationRunType::parse(run_type).map_err(|e| invalid("type", e.message))?,
             status: row
                 .try_get::<&str, _>("status")?
                 .parse()
-                .map_err(|e| decode("status", e))?,
+                .map_err(|e: crate::domain::Rejection| invalid("status", e.message))?,
             outcome: row
                 .try_get::<&str, _>("outcome")?
                 .parse()
-                .map_err(|e| decode("outcome", e))?,
-            run_identity_hash: row.try_get("run_identity_hash")?,
-            summary_counts: row.try_get("summary_counts")?,
-            failure_summary: row.try_get("failure_summary")?,
-            failure_overflow: row.try_get("failure_overflow")?,
+                .map_err(|e: crate::domain::Rejection| invalid("outcome", e.message))?,
+            run_identity_hash: RunIdentityHash::parse(hash).ok_or_else(|| {
+                invalid(
+                    "run_identity_hash",
+                    format!("{hash:?} is not 64 lowercase hex characters"),
+                )
+            })?,
+            summary_counts: row.try_get::<Json<SummaryCounts>, _>("summary_counts")?.0,
+            failure_summary: FailureSummary {
+                entries: row.try_get::<Json<Vec<Failure>>, _>("failure_summary")?.0,
+                overflow: row
+                    .try_get::<Json<BTreeMap<String, u64>>, _>("failure_overflow")?
+                    .0,
+            },
             context: row.try_get("context")?,
             started_at: row.try_get("started_at")?,
             completed_at: row.try_get("completed_at")?,
@@ -123,6 +142,7 @@ fn window_sql(window: DedupeWindow) -> &'static str {
 /// `forever` window any run), in one round trip: `(run, inserted)`. `None` when the conflicting
 /// run committed after this statement's snapshot was taken (then [`find_by_identity`], in a new
 /// statement, sees it). A new run keeps `trace`.
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn insert_or_find(
     conn: &mut PgConnection,
     dispatch: &DispatchCommand,
@@ -206,12 +226,13 @@ pub async fn count_active_by_tenant(
 
 /// Locks run `run_id` for update, but only if it belongs to `scope`: a run of another workspace
 /// or tenant is as absent as a run that does not exist. Returns the run with the last sequence
-/// number of its events.
+/// number of its events, and the transaction's `now()`.
+#[tracing::instrument(level = "debug", skip_all, fields(run_id = run_id))]
 pub async fn lock_in_scope(
     conn: &mut PgConnection,
     run_id: i64,
     scope: RunScope,
-) -> Result<Option<(OperationRun, i64)>, sqlx::Error> {
+) -> Result<Option<(OperationRun, i64, DateTime<Utc>)>, sqlx::Error> {
     let run: Option<OperationRun> = sqlx::query_as(
         "SELECT * FROM operation_runs
          WHERE id = $1 AND workspace_id = $2 AND tenant_id IS NOT DISTINCT FROM $3
@@ -223,17 +244,21 @@ pub async fn lock_in_scope(
     .fetch_optional(&mut *conn)
     .await?;
     let Some(run) = run else { return Ok(None) };
-    let (_, last) = last_sequences(conn, &[run.id]).await?;
+    let (now, last) = last_sequences(conn, &[run.id]).await?;
     let seq = last.get(&run.id).copied().unwrap_or(0);
-    Ok(Some((run, seq)))
+    Ok(Some((run, seq, now)))
 }
+
+/// A locked run and the last sequence of its events.
+pub type LockedRun = (OperationRun, i64);
 
 /// Locks runs `ids` in ascending id order (the global lock order of batches) and returns them
 /// with the last sequence of their events, and the transaction's `now()`.
+#[tracing::instrument(level = "debug", skip_all, fields(runs = ids.len()))]
 pub async fn lock_many(
     conn: &mut PgConnection,
     ids: &[i64],
-) -> Result<(Vec<(OperationRun, i64)>, DateTime<Utc>), sqlx::Error> {
+) -> Result<(Vec<LockedRun>, DateTime<Utc>), sqlx::Error> {
     let runs: Vec<OperationRun> =
         sqlx::query_as("SELECT * FROM operation_runs WHERE id = ANY($1) ORDER BY id FOR UPDATE")
             .bind(ids)

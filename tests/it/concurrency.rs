@@ -76,7 +76,7 @@ async fn a_command_applied_meanwhile_by_another_consumer_is_replayed_not_refused
 ) {
     use operation_runs::domain::decode_command;
     use operation_runs::service::apply::{apply_command, ApplyContext, Disposition};
-    use operation_runs::service::batch::apply_batch;
+    use operation_runs::service::handler::apply_batch;
     use operation_runs::service::tx_buffer::TxBuffer;
     use tokio_util::sync::CancellationToken;
 
@@ -119,7 +119,7 @@ async fn a_progress_command_that_waited_for_a_runs_lock_numbers_its_event_after_
 ) {
     use operation_runs::domain::decode_command;
     use operation_runs::service::apply::{apply_command, ApplyContext, Disposition};
-    use operation_runs::service::batch::apply_batch;
+    use operation_runs::service::handler::apply_batch;
     use operation_runs::service::tx_buffer::TxBuffer;
     use tokio_util::sync::CancellationToken;
 

@@ -68,10 +68,10 @@ async fn every_corpus_message_is_dead_lettered_with_its_code_and_good_ones_still
     assert!(wrong.is_empty(), "{wrong:#?}");
     let run = app
         .wait_for_run(run_id, "every good command", |r| {
-            r.summary_counts["total"] == good
+            r.summary_counts.get("total") == good
         })
         .await;
-    assert_eq!(run.summary_counts["items"], 1);
+    assert_eq!(run.summary_counts.get("items"), 1);
     assert_eq!(
         run.status.as_str(),
         "queued",

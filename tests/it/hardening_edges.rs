@@ -11,7 +11,7 @@ use operation_runs::domain::command::MAX_COMMAND_BYTES;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tokio::process::{Child, Command};
 
-use crate::helpers::{database_url_for, json_properties, TestApp};
+use crate::helpers::{database_url_for, json_properties, wait_for, TestApp};
 
 /// Peak resident memory `oprun serve` may reach with default settings (README "Bounds").
 const MEMORY_BOUND_BYTES: u64 = 300_000_000;
@@ -200,22 +200,24 @@ async fn a_flood_of_maximum_size_messages_keeps_peak_memory_under_the_documented
 
     // Every one is refused by the service itself with a readable code, and dead-lettered.
     let dlq = app.topology.dead_letter_queue();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
-    loop {
-        let settled = app.queue_depth(&dlq).await;
-        if settled == flood {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{settled} of {flood} dead-lettered"
-        );
-        assert!(
-            serve.try_wait().unwrap().is_none(),
-            "the service exited during the flood"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_for(
+        "the flood to be dead-lettered",
+        Duration::from_secs(180),
+        || {
+            assert!(
+                serve.try_wait().unwrap().is_none(),
+                "the service exited during the flood"
+            );
+            let (app, dlq) = (&app, &dlq);
+            async move {
+                let settled = app.queue_depth(dlq).await;
+                (settled == flood)
+                    .then_some(())
+                    .ok_or(format!("{settled} of {flood} dead-lettered"))
+            }
+        },
+    )
+    .await;
     let peak = proc_status_bytes(pid, "VmHWM");
     let now = proc_status_bytes(pid, "VmRSS");
     serve.kill().await.unwrap();

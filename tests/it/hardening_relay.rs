@@ -120,7 +120,7 @@ async fn a_refused_job_is_retried_then_fails_its_run_without_republishing_events
     ))
     .await;
     app.wait_for_run(run_id, "the later command to apply", |r| {
-        r.summary_counts["total"] == json!(1)
+        r.summary_counts.get("total") == 1
     })
     .await;
     let metrics = app.service().metrics.clone();

@@ -165,7 +165,7 @@ async fn provider_style_failure_codes_complete_the_run_failed_with_those_codes(p
         .await;
     assert_eq!(run.outcome.as_str(), "failed");
     assert_eq!(
-        failure_codes(&run.failure_summary),
+        failure_codes(&run.to_json()["failure_summary"]),
         vec![
             (
                 "Graph.Throttled".to_owned(),
@@ -209,7 +209,8 @@ async fn a_refused_completion_still_completes_the_run_failed_with_the_reason(poo
         })
         .await;
     assert_eq!(run.outcome.as_str(), "failed");
-    let failures = run.failure_summary.as_array().unwrap();
+    let run_json = run.to_json();
+    let failures = run_json["failure_summary"].as_array().unwrap();
     assert_eq!(failures.len(), 1, "{failures:?}");
     assert_eq!(failures[0]["code"], "worker.completion_refused");
     assert_eq!(failures[0]["reason_code"], "invalid_failure");

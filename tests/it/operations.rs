@@ -65,8 +65,8 @@ async fn a_stale_run_is_reaped_once_even_with_two_instances(
         .wait_for_run(stale, "the reaper", |r| r.status.as_str() == "completed")
         .await;
     assert_eq!(run.outcome.as_str(), "failed");
-    assert_eq!(run.failure_summary.as_array().unwrap().len(), 1);
-    assert_eq!(run.failure_summary[0]["code"], "run.stale");
+    assert_eq!(run.failure_summary.entries.len(), 1);
+    assert_eq!(run.failure_summary.entries[0].code, "run.stale");
     // Further rounds, as each instance's reaper would run them (the unit of work itself, at
     // once and concurrently): the completed run is not stale any more, nothing else is.
     let ctx = app.service().ctx.clone();

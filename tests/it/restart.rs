@@ -2,13 +2,12 @@
 //! nothing and applies nothing twice.
 
 use std::process::Stdio;
-use std::time::Duration;
 
 use serde_json::json;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tokio::process::Child;
 
-use crate::helpers::{progress, serve_command, TestApp};
+use crate::helpers::{progress, serve_command, wait_until, TestApp};
 
 /// Starts the real binary against the test database and namespace.
 fn spawn_serve(database: &str, namespace: &str) -> Child {
@@ -49,7 +48,20 @@ async fn a_service_killed_mid_stream_loses_nothing_and_applies_nothing_twice(
             serve = spawn_serve(&database, &namespace);
         }
     }
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Kill the second instance once it is applying (a commit after the last publish), so that
+    // it dies mid-stream, not before it started.
+    let applied = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM processed_commands")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap()
+    };
+    let before = applied().await;
+    wait_until("the second instance to apply commands", || async {
+        let n = applied().await;
+        (n > before || n == increments + 1).then_some(())
+    })
+    .await;
     serve.kill().await.unwrap();
     let mut serve = spawn_serve(&database, &namespace);
 
@@ -60,7 +72,8 @@ async fn a_service_killed_mid_stream_loses_nothing_and_applies_nothing_twice(
         .unwrap()
         .unwrap();
     assert_eq!(
-        run.summary_counts["items"], increments,
+        run.summary_counts.get("items"),
+        increments as u64,
         "every increment counted exactly once"
     );
 

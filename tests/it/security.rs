@@ -214,14 +214,39 @@ async fn credentials_in_urls_never_reach_the_logs(
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Collect both streams until the broker's refusal was logged (by then the service connected
+    // to the database and tried the broker: both URLs went through the logger), rather than for
+    // a fixed time.
+    let logs = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let readers: Vec<_> = [
+        Box::new(child.stdout.take().unwrap()) as Box<dyn tokio::io::AsyncRead + Send + Unpin>,
+        Box::new(child.stderr.take().unwrap()),
+    ]
+    .into_iter()
+    .map(|stream| {
+        let logs = logs.clone();
+        tokio::spawn(async move {
+            use tokio::io::AsyncBufReadExt;
+            let mut lines = tokio::io::BufReader::new(stream).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let mut logs = logs.lock().unwrap();
+                logs.push_str(&line);
+                logs.push('\n');
+            }
+        })
+    })
+    .collect();
+    wait_until("the broker refusal in the logs", || {
+        let seen = logs.lock().unwrap().contains("reconnecting");
+        async move { seen.then_some(()) }
+    })
+    .await;
     child.start_kill().unwrap();
-    let out = child.wait_with_output().await.unwrap();
-    let logs = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    child.wait().await.unwrap();
+    for reader in readers {
+        reader.await.unwrap();
+    }
+    let logs = logs.lock().unwrap().clone();
     assert!(
         logs.contains("reconnecting"),
         "the broker refusal was logged: {logs}"

@@ -4,14 +4,13 @@
 //! and `chromium-driver`.
 
 use std::process::Stdio;
-use std::time::Duration;
 
 use fantoccini::{ClientBuilder, Locator};
 use serde_json::json;
 use sqlx::PgPool;
 use tokio::process::{Child, Command};
 
-use crate::helpers::{progress, wait_until, TestApp, DEADLINE};
+use crate::helpers::{progress, wait_for, wait_until, TestApp, DEADLINE};
 use crate::viewer_api::Viewer;
 
 /// chromedriver on a free port, killed when dropped.
@@ -63,18 +62,15 @@ async fn text_of(client: &fantoccini::Client, css: &str) -> String {
 
 /// Waits until the element `css` shows `expected`.
 async fn wait_for_text(client: &fantoccini::Client, css: &str, expected: &str) {
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    loop {
+    wait_for(&format!("{css} to show {expected:?}"), DEADLINE, || async {
         let text = text_of(client, css).await;
         if text.contains(expected) {
-            return;
+            Ok(())
+        } else {
+            Err(format!("{css} shows {text:?}"))
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{css} shows {text:?}, expected {expected:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await
 }
 
 #[sqlx::test]
@@ -94,7 +90,7 @@ async fn a_browser_follows_a_runs_progress_live_from_a_token_link(pool: PgPool) 
         json!({"counts": {"total": 10}}),
     ))
     .await;
-    app.wait_for_run(run_id, "the total", |r| r.summary_counts["total"] == 10)
+    app.wait_for_run(run_id, "the total", |r| r.summary_counts.get("total") == 10)
         .await;
 
     // The WebDriver client links two rustls crypto providers (ring, aws-lc-rs); pick one.

@@ -20,7 +20,7 @@ pub use spawn::{
     amqp_url, database_url_for, seed_scopes, serve_command, test_settings, unique_namespace,
     TestApp,
 };
-pub use waiting::{wait_for_active_run, wait_until};
+pub use waiting::{wait_for, wait_for_active_run, wait_until};
 
 /// How long any wait in a test may take before it fails.
 pub const DEADLINE: Duration = Duration::from_secs(20);

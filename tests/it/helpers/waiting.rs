@@ -57,13 +57,28 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
-    let deadline = tokio::time::Instant::now() + DEADLINE;
+    wait_for(what, DEADLINE, || {
+        let polled = probe();
+        async move { polled.await.ok_or_else(String::new) }
+    })
+    .await
+}
+
+/// Polls `probe` until it yields `Ok`, failing after `within` with what it last saw (its last
+/// `Err`): for conditions with a deadline of their own (floods, measurements).
+pub async fn wait_for<T, F, Fut>(what: &str, within: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
     loop {
-        if let Some(v) = probe().await {
-            return v;
-        }
+        let seen = match probe().await {
+            Ok(v) => return v,
+            Err(seen) => seen,
+        };
         if tokio::time::Instant::now() > deadline {
-            panic!("timed out waiting for {what}");
+            panic!("timed out waiting for {what} (last seen: {seen})");
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
