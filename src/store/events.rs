@@ -53,11 +53,15 @@ pub async fn unpublished(
     executor: impl PgExecutor<'_>,
     limit: i64,
 ) -> Result<Vec<StoredEvent>, sqlx::Error> {
+    // The positions first, then index probes: a join lets the planner merge-join along the
+    // events' primary key from its start, reading the whole history on every round.
     sqlx::query_as(
         "SELECT e.position, e.id, e.run_id, e.sequence, e.type, e.workspace_id, e.tenant_id,
                 e.cloud_event::text AS cloud_event, e.created_at, false AS published
-         FROM operation_run_event_outbox o JOIN operation_run_events e ON e.position = o.position
-         ORDER BY o.position LIMIT $1",
+         FROM operation_run_events e
+         WHERE e.position = ANY(ARRAY(SELECT position FROM operation_run_event_outbox
+                                      ORDER BY position LIMIT $1))
+         ORDER BY e.position",
     )
     .bind(limit)
     .fetch_all(executor)
@@ -114,8 +118,11 @@ pub async fn since(
 /// The outbox backlog: unpublished events and the age in seconds of the oldest.
 pub async fn backlog(executor: impl PgExecutor<'_>) -> Result<(i64, f64), sqlx::Error> {
     sqlx::query_as(
-        "SELECT count(*), coalesce(extract(epoch FROM now() - min(e.created_at))::float8, 0)
-         FROM operation_run_event_outbox o JOIN operation_run_events e ON e.position = o.position",
+        "SELECT count(*),
+                coalesce(extract(epoch FROM now() - (
+                    SELECT created_at FROM operation_run_events
+                    WHERE position = (SELECT min(position) FROM operation_run_event_outbox)))::float8, 0)
+         FROM operation_run_event_outbox",
     )
     .fetch_one(executor)
     .await
