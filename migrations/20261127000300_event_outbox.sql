@@ -16,3 +16,9 @@ INSERT INTO operation_run_event_outbox (position)
 SELECT position FROM operation_run_events WHERE published_at IS NULL;
 DROP INDEX operation_run_events_unpublished_idx;
 ALTER TABLE operation_run_events DROP COLUMN published_at;
+
+-- A queue table: every published event leaves a dead row. Vacuum it after every 1,000 of them,
+-- whatever its size (the default waits for 20 % of the table to be dead). `serve`'s pruner also
+-- vacuums it every --prune-interval, for databases where autovacuum is off.
+ALTER TABLE operation_run_event_outbox
+    SET (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 1000);

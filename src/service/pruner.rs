@@ -108,6 +108,21 @@ pub async fn dry_run(
     Ok(report)
 }
 
+/// Vacuums what a pass deleted from, and the event outbox (a queue table: every published event
+/// leaves a dead row), so that their space is reused even where autovacuum is off or slow to
+/// visit; with autovacuum on, this is cheap (pages already clean are skipped).
+async fn vacuum_after(pool: &PgPool, report: &PruneReport) -> Result<(), sqlx::Error> {
+    let mut tables: Vec<&'static str> = report
+        .rows
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(t, _)| t.name())
+        .collect();
+    tables.push(retention::EVENT_OUTBOX);
+    let mut conn = pool.acquire().await?;
+    retention::vacuum(&mut conn, &tables).await
+}
+
 /// `serve`'s pruner: a pass every `--prune-interval` until `shutdown` (never, when it is 0).
 /// A failed pass is logged and retried at the next interval.
 pub async fn prune_forever(pool: PgPool, settings: RetentionSettings, shutdown: CancellationToken) {
@@ -116,15 +131,19 @@ pub async fn prune_forever(pool: PgPool, settings: RetentionSettings, shutdown: 
     }
     loop {
         match prune_once(&pool, &settings, &shutdown).await {
-            Ok(report) if report.total() > 0 => {
-                let rows: Vec<String> = report
-                    .rows
-                    .iter()
-                    .map(|(t, n)| format!("{}={n}", t.name()))
-                    .collect();
-                tracing::info!(rows = %rows.join(" "), "pruned history past retention");
+            Ok(report) => {
+                if report.total() > 0 {
+                    let rows: Vec<String> = report
+                        .rows
+                        .iter()
+                        .map(|(t, n)| format!("{}={n}", t.name()))
+                        .collect();
+                    tracing::info!(rows = %rows.join(" "), "pruned history past retention");
+                }
+                if let Err(e) = vacuum_after(&pool, &report).await {
+                    tracing::warn!(error = %e, "vacuuming after pruning failed");
+                }
             }
-            Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "pruning failed; retrying at the next interval"),
         }
         tokio::select! {

@@ -163,6 +163,20 @@ pub async fn prune_batch(
     })
 }
 
+/// The narrow event outbox: every published event leaves a dead row in it.
+pub const EVENT_OUTBOX: &str = "operation_run_event_outbox";
+
+/// `VACUUM`s `tables` (names from [`Table::name`] or [`EVENT_OUTBOX`]), one statement each (VACUUM
+/// cannot run in a transaction). It takes no lock that writers wait for.
+pub async fn vacuum(conn: &mut PgConnection, tables: &[&'static str]) -> Result<(), sqlx::Error> {
+    for table in tables {
+        // A plain string is sent as a simple query, outside any transaction block.
+        let sql = format!("VACUUM {table}");
+        sqlx::Executor::execute(&mut *conn, sql.as_str()).await?;
+    }
+    Ok(())
+}
+
 /// How many rows of `table` are past `retention_secs` (what a prune would delete now).
 pub async fn count(
     executor: impl PgExecutor<'_>,
