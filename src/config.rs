@@ -200,6 +200,10 @@ pub struct ServeSettings {
     /// refused with `tenant_quota_exceeded` (a deduplicated dispatch is not). 0 = unlimited.
     #[arg(long, env = "OPRUN_MAX_ACTIVE_RUNS_PER_TENANT", default_value_t = 1000)]
     pub max_active_runs_per_tenant: u64,
+
+    /// How long history is kept, and how the background pruner works.
+    #[command(flatten)]
+    pub retention: RetentionSettings,
 }
 
 /// The default `--reply-queue-pattern`: `N.reply.*`.
@@ -255,6 +259,7 @@ impl Default for ServeSettings {
             job_retry_base_ms: 1000,
             reply_queue_pattern: DEFAULT_REPLY_QUEUE_PATTERN.into(),
             max_active_runs_per_tenant: 1000,
+            retention: RetentionSettings::default(),
             viewer: ViewerSettings {
                 http_addr: "off".into(),
                 api_secret: None,
@@ -385,6 +390,92 @@ impl fmt::Debug for ViewerSettings {
     }
 }
 
+/// The default `--inbox-retention`: how long a command id is remembered.
+pub const DEFAULT_INBOX_RETENTION: &str = "14d";
+
+/// How long history is kept (`serve`'s background pruner and `oprun prune`). Durations are a
+/// number and a unit: `ms`, `s`, `m`, `h`, `d` (`14d`, `30m`, `90s`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct RetentionSettings {
+    /// How long an applied command's inbox row is kept: a redelivery (or DLQ replay) of the
+    /// command within it has no second effect; after it, it would be applied again.
+    #[arg(long, env = "OPRUN_INBOX_RETENTION", default_value = DEFAULT_INBOX_RETENTION, value_parser = parse_duration)]
+    pub inbox_retention: Duration,
+
+    /// How long a published event is kept (an unpublished one always stays; so does the last
+    /// event of a run still active, which numbers its next one).
+    #[arg(long, env = "OPRUN_EVENT_RETENTION", default_value = "30d", value_parser = parse_duration)]
+    pub event_retention: Duration,
+
+    /// How long a published job is kept (an unpublished one always stays).
+    #[arg(long, env = "OPRUN_JOB_RETENTION", default_value = "7d", value_parser = parse_duration)]
+    pub job_retention: Duration,
+
+    /// How long a completed run is kept, with its events and job, after it completed. Unset:
+    /// runs are kept for ever (they are the history). A run with an unpublished event or job,
+    /// or whose identity is held for ever (dedupe window `forever`), is kept.
+    #[arg(long, env = "OPRUN_RUN_RETENTION", value_parser = parse_duration)]
+    pub run_retention: Option<Duration>,
+
+    /// Most rows one pruning statement deletes (each in a short transaction of its own).
+    #[arg(long, env = "OPRUN_PRUNE_BATCH", default_value_t = 1000, value_parser = clap::value_parser!(i64).range(1..=100_000))]
+    pub prune_batch: i64,
+
+    /// Pause between two pruning statements, so that pruning never competes with the pipeline
+    /// for long.
+    #[arg(long, env = "OPRUN_PRUNE_PAUSE", default_value = "50ms", value_parser = parse_duration)]
+    pub prune_pause: Duration,
+
+    /// Time between two pruning passes of `serve` (`0s` disables the background pruner).
+    #[arg(long, env = "OPRUN_PRUNE_INTERVAL", default_value = "1m", value_parser = parse_duration)]
+    pub prune_interval: Duration,
+}
+
+impl Default for RetentionSettings {
+    fn default() -> Self {
+        const DAY: u64 = 86_400;
+        Self {
+            inbox_retention: Duration::from_secs(14 * DAY),
+            event_retention: Duration::from_secs(30 * DAY),
+            job_retention: Duration::from_secs(7 * DAY),
+            run_retention: None,
+            prune_batch: 1000,
+            prune_pause: Duration::from_millis(50),
+            prune_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Parses a duration written as a whole number and a unit: `ms`, `s`, `m`, `h` or `d`
+/// (`14d`, `30m`, `250ms`). At most 100 years.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("{text:?}: missing unit (ms, s, m, h or d)"))?;
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?}: expected a whole number before the unit"))?;
+    let unit_ms: u64 = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => {
+            return Err(format!(
+                "{text:?}: unknown unit {unit:?} (ms, s, m, h or d)"
+            ))
+        }
+    };
+    const MAX_MS: u64 = 100 * 365 * 86_400_000;
+    match n.checked_mul(unit_ms) {
+        Some(ms) if ms <= MAX_MS => Ok(Duration::from_millis(ms)),
+        _ => Err(format!("{text:?}: longer than 100 years")),
+    }
+}
+
 /// Replaces the password of a URL with `***` (for logs and Debug).
 pub fn redact_url(url: &str) -> String {
     match url::Url::parse(url) {
@@ -400,6 +491,17 @@ pub fn redact_url(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_are_a_whole_number_and_a_unit() {
+        assert_eq!(parse_duration("14d"), Ok(Duration::from_secs(14 * 86_400)));
+        assert_eq!(parse_duration("30m"), Ok(Duration::from_secs(1_800)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
+        for bad in ["", "14", "d", "1.5h", "-1d", "3w", "99999999999999d"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
 
     #[test]
     fn passwords_never_reach_debug_output() {

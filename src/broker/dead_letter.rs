@@ -8,7 +8,7 @@
 //! Headers: `x-oprun-error-code`, `x-oprun-error-message`, `x-oprun-failed-at` (RFC 3339),
 //! `x-oprun-routing-key` (the original routing key, used by `oprun dlq replay`).
 
-use chrono::{SecondsFormat, Utc};
+use chrono::{DateTime, SecondsFormat, Utc};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::BasicProperties;
 
@@ -74,7 +74,51 @@ pub fn dead_letter_reason(headers: Option<&FieldTable>) -> (String, String) {
     }
 }
 
+/// When the broker dead-lettered a message (the `time` of its first `x-death` entry), for letters
+/// that carry no `x-oprun-failed-at` (the broker's own, e.g. after the delivery limit).
+pub fn broker_death_time(headers: Option<&FieldTable>) -> Option<DateTime<Utc>> {
+    let deaths = match headers?.inner().get("x-death")? {
+        AMQPValue::FieldArray(deaths) => deaths,
+        _ => return None,
+    };
+    match deaths.as_slice().first()? {
+        AMQPValue::FieldTable(death) => match death.inner().get("time")? {
+            AMQPValue::Timestamp(secs) => DateTime::from_timestamp(i64::try_from(*secs).ok()?, 0),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
 /// The original routing key of a dead letter.
 pub fn original_routing_key(headers: Option<&FieldTable>, fallback: &str) -> String {
     get_str(headers, ROUTING_KEY_HEADER).unwrap_or_else(|| fallback.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use lapin::types::FieldArray;
+
+    use super::*;
+
+    #[test]
+    fn a_broker_dead_letter_is_dated_by_its_first_x_death_time() {
+        let mut death = FieldTable::default();
+        death.insert(
+            "reason".into(),
+            AMQPValue::LongString("delivery_limit".into()),
+        );
+        death.insert("time".into(), AMQPValue::Timestamp(1_700_000_000));
+        let mut headers = FieldTable::default();
+        headers.insert(
+            "x-death".into(),
+            AMQPValue::FieldArray(FieldArray::from(vec![AMQPValue::FieldTable(death)])),
+        );
+        assert_eq!(
+            broker_death_time(Some(&headers)),
+            DateTime::from_timestamp(1_700_000_000, 0)
+        );
+        assert_eq!(broker_death_time(Some(&FieldTable::default())), None);
+        assert_eq!(broker_death_time(None), None);
+    }
 }

@@ -10,7 +10,7 @@ use lapin::Connection;
 use serde_json::{json, Value};
 
 use super::dead_letter::{
-    dead_letter_reason, original_routing_key, FAILED_AT_HEADER, REPLAYS_HEADER,
+    broker_death_time, dead_letter_reason, original_routing_key, FAILED_AT_HEADER, REPLAYS_HEADER,
 };
 use super::headers::{get_i64, get_str};
 use super::publisher::{ConfirmPublisher, Confirmed};
@@ -41,7 +41,7 @@ pub struct DeadLetter {
     pub kind: Option<String>,
     /// The command id (body field or message_id).
     pub command_id: Option<String>,
-    /// When it was refused.
+    /// When it was refused (`x-oprun-failed-at`, else the broker's `x-death` time).
     pub failed_at: Option<DateTime<Utc>>,
     /// The routing key it was first published with.
     pub routing_key: String,
@@ -69,7 +69,8 @@ impl DeadLetter {
             });
         let failed_at = get_str(headers, FAILED_AT_HEADER)
             .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
-            .map(|t| t.with_timezone(&Utc));
+            .map(|t| t.with_timezone(&Utc))
+            .or_else(|| broker_death_time(headers));
         let routing_key = original_routing_key(headers, delivery.routing_key.as_str());
         let replays = get_i64(headers, REPLAYS_HEADER).unwrap_or(0);
         Self {

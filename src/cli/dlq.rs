@@ -1,6 +1,7 @@
 //! `oprun dlq list|replay`: what is in the dead-letter queue, and putting it back.
 
 use std::io::{IsTerminal, Write};
+use std::time::Duration;
 
 use chrono::Utc;
 use serde_json::{json, Value};
@@ -10,7 +11,7 @@ use super::CliError;
 use crate::broker::connection::connect;
 use crate::broker::dlq::{DeadLetter, DeadLetterQueue};
 use crate::broker::Topology;
-use crate::config::Config;
+use crate::config::{parse_duration, Config, DEFAULT_INBOX_RETENTION};
 
 /// `oprun dlq …`
 #[derive(Debug, clap::Subcommand)]
@@ -39,6 +40,15 @@ pub enum DlqCommand {
         /// Show what would be replayed; change nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Also replay letters older than the inbox retention (or of unknown age). Their command
+        /// id may have been pruned from the inbox, so a command that was applied before it was
+        /// dead-lettered would be applied a second time.
+        #[arg(long)]
+        force: bool,
+        /// The service's inbox retention (`--inbox-retention` of `serve`): letters older than
+        /// this are refused without `--force`.
+        #[arg(long, env = "OPRUN_INBOX_RETENTION", default_value = DEFAULT_INBOX_RETENTION, value_parser = parse_duration)]
+        inbox_retention: Duration,
     },
 }
 
@@ -64,15 +74,16 @@ impl DlqCommand {
                 code,
                 kind,
                 dry_run,
+                force,
+                inbox_retention,
             } => {
-                replay(
-                    &dlq,
-                    limit.unwrap_or(usize::MAX),
-                    code.as_deref(),
-                    kind.as_deref(),
-                    dry_run,
-                )
-                .await
+                let filter = ReplayFilter {
+                    limit: limit.unwrap_or(usize::MAX),
+                    code: code.as_deref(),
+                    kind: kind.as_deref(),
+                    max_age: (!force).then_some(inbox_retention),
+                };
+                replay(&dlq, &filter, dry_run).await
             }
         };
         dlq.release().await;
@@ -101,14 +112,43 @@ async fn list(dlq: &DeadLetterQueue, limit: usize, format: Format) -> Result<(),
 struct ReplaySummary {
     replayed: usize,
     skipped: usize,
+    refused: usize,
     failed: usize,
+}
+
+/// Which letters a replay takes.
+struct ReplayFilter<'a> {
+    limit: usize,
+    code: Option<&'a str>,
+    kind: Option<&'a str>,
+    /// The inbox retention, unless `--force`: older letters (and those of unknown age) are
+    /// refused.
+    max_age: Option<Duration>,
+}
+
+/// Why a letter may not be replayed without `--force`, if it may not.
+fn too_old(letter: &DeadLetter, now: chrono::DateTime<Utc>, max_age: Duration) -> Option<String> {
+    let keep = chrono::Duration::from_std(max_age).unwrap_or(chrono::Duration::MAX);
+    match letter.failed_at {
+        None => Some(
+            "its age is unknown (no x-oprun-failed-at or x-death time): its command id may be \
+             gone from the inbox, so a replay could apply it twice; --force replays it anyway"
+                .to_owned(),
+        ),
+        Some(at) if now - at > keep => Some(format!(
+            "it was dead-lettered {} s ago, longer than the inbox retention of {} s: its command \
+             id may be gone from the inbox, so a replay could apply it twice; --force replays it \
+             anyway",
+            (now - at).num_seconds(),
+            max_age.as_secs()
+        )),
+        Some(_) => None,
+    }
 }
 
 async fn replay(
     dlq: &DeadLetterQueue,
-    limit: usize,
-    code: Option<&str>,
-    kind: Option<&str>,
+    filter: &ReplayFilter<'_>,
     dry_run: bool,
 ) -> Result<(), CliError> {
     let now = Utc::now();
@@ -117,14 +157,23 @@ async fn replay(
     // Letters that do not match stay unacked until the end, so `take` moves past them; closing
     // the channel returns them to the queue.
     let mut held: Vec<DeadLetter> = Vec::new();
-    while summary.replayed < limit {
+    while summary.replayed < filter.limit {
         let Some(letter) = dlq.take().await? else {
             break;
         };
-        let matches = code.is_none_or(|c| letter.code == c)
-            && kind.is_none_or(|k| letter.kind.as_deref() == Some(k));
+        let matches = filter.code.is_none_or(|c| letter.code == c)
+            && filter
+                .kind
+                .is_none_or(|k| letter.kind.as_deref() == Some(k));
+        let refusal = filter.max_age.and_then(|max| too_old(&letter, now, max));
         if !matches {
             summary.skipped += 1;
+        } else if let Some(reason) = refusal {
+            println!(
+                "{}",
+                json!({"refused": letter.summary(now), "reason": reason})
+            );
+            summary.refused += 1;
         } else if dry_run {
             println!("{}", json!({"would_replay": letter.summary(now)}));
             summary.replayed += 1;
@@ -135,8 +184,8 @@ async fn replay(
         }
         if progress {
             eprint!(
-                "\rreplayed {}  skipped {}  failed {}",
-                summary.replayed, summary.skipped, summary.failed
+                "\rreplayed {}  skipped {}  refused {}  failed {}",
+                summary.replayed, summary.skipped, summary.refused, summary.failed
             );
             let _ = std::io::stderr().flush();
         }
@@ -146,7 +195,8 @@ async fn replay(
         eprintln!();
     }
     let line: Value = json!({
-        "replayed": summary.replayed, "skipped": summary.skipped, "failed": summary.failed, "dry_run": dry_run,
+        "replayed": summary.replayed, "skipped": summary.skipped, "refused": summary.refused,
+        "failed": summary.failed, "dry_run": dry_run,
     });
     println!("{line}");
     Ok(())

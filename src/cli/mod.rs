@@ -8,6 +8,7 @@ pub mod events;
 pub mod identity;
 pub mod legacy;
 pub mod output;
+pub mod prune;
 pub mod runs;
 pub mod token;
 pub mod topology;
@@ -89,6 +90,8 @@ enum Command {
     Events(events::EventsCommand),
     /// Print a run viewer token and its link.
     Token(token::TokenArgs),
+    /// Delete history past its retention now (`serve` does it in the background).
+    Prune(prune::PruneArgs),
 }
 
 impl Cli {
@@ -121,6 +124,7 @@ impl Cli {
             Command::Dlq(c) => c.run(config).await,
             Command::Events(c) => c.run(config).await,
             Command::Token(a) => a.run(config).await,
+            Command::Prune(a) => a.run(config).await,
         }
     }
 }

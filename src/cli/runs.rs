@@ -81,7 +81,7 @@ impl RunsCommand {
                     .into_iter()
                     .map(|e| {
                         json!({"sequence": e.sequence, "type": e.event_type, "id": e.id,
-                               "created_at": e.created_at, "published_at": e.published_at})
+                               "created_at": e.created_at, "published": e.published})
                     })
                     .collect();
                 let label = run.run_type.catalog().label;

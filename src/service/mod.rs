@@ -1,6 +1,7 @@
 //! The tracker: `oprun serve`. Consumes commands in batches, applies each batch in one
 //! transaction, replies and dead-letters with confirms, acks; relays the outbox; reaps stale runs;
-//! reconnects after broker or database faults; shuts down cleanly on a token.
+//! prunes history past its retention; reconnects after broker or database faults; shuts down
+//! cleanly on a token.
 
 pub mod apply;
 pub mod batch;
@@ -8,6 +9,7 @@ pub mod error;
 pub mod handler;
 pub mod health;
 pub mod metrics;
+pub mod pruner;
 pub mod reaper;
 pub mod relay;
 pub mod reply_guard;
@@ -132,6 +134,11 @@ impl Service {
     pub async fn run(&self, shutdown: CancellationToken) {
         let reaper = tokio::spawn(self.clone().reap_forever(shutdown.clone()));
         let probe = tokio::spawn(self.clone().probe_database(shutdown.clone()));
+        let pruner = tokio::spawn(pruner::prune_forever(
+            self.pool.clone(),
+            self.settings.retention.clone(),
+            shutdown.clone(),
+        ));
         let mut reconnect = ReconnectBackoff::new();
         loop {
             let attempt_started = Instant::now();
@@ -160,7 +167,7 @@ impl Service {
             }
         }
         self.set_consumer_running(false);
-        let _ = tokio::join!(reaper, probe);
+        let _ = tokio::join!(reaper, probe, pruner);
     }
 
     fn set_consumer_running(&self, running: bool) {

@@ -1,12 +1,18 @@
 //! The outbox relay: publishes recorded events to `N.events` and jobs to `N.jobs` with publisher
 //! confirms, then stamps them published.
 //!
-//! Events and jobs are relayed independently, each in a transaction of its own that holds a
-//! transaction-scoped advisory lock (one key for events, one for jobs): with several instances
-//! one relay publishes events at a time, so the per-run order of events survives (a second
+//! Events and jobs are relayed independently, each led by a session-level advisory lock (one key
+//! for events, one for jobs) that the relay's own database session takes and keeps: with several
+//! instances one relay publishes events, so the per-run order of events survives (a second
 //! instance never publishes event n+1 while the first is still publishing n), and one publishes
-//! jobs, so a job is not handed off twice. A job failure never holds events back, nor the
-//! reverse.
+//! jobs, so a job is not handed off twice. The lock goes with the session (a crash, a lost
+//! connection, the relay's end), and another instance takes over at its next round. A job
+//! failure never holds events back, nor the reverse.
+//!
+//! No transaction is open while the broker confirms: a round reads its batch (one statement),
+//! publishes and waits for the confirms, then marks what was confirmed in a short statement or
+//! transaction of its own. Marking an event deletes its position from the narrow outbox table;
+//! the event row itself is never rewritten.
 //!
 //! Every publish is settled on its own: what the broker confirmed is stamped published even
 //! when a later publish of the round is nacked or the channel fails, so it is never published
@@ -106,9 +112,20 @@ impl RelaySettings {
     }
 }
 
+/// The relay's own database session, and the leadership locks it holds.
+#[derive(Default)]
+struct Session {
+    conn: Option<sqlx::PgConnection>,
+    /// Whether `conn` holds the event relay lock.
+    events: bool,
+    /// Whether `conn` holds the job relay lock.
+    jobs: bool,
+}
+
 /// Publishes the outboxes of one database.
 pub struct OutboxRelay {
     pool: PgPool,
+    session: tokio::sync::Mutex<Session>,
     publisher: std::sync::Mutex<ConfirmPublisher>,
     topology: Topology,
     ctx: ApplyContext,
@@ -218,9 +235,41 @@ fn job_properties(job: &jobs::StoredJob) -> BasicProperties {
     )
 }
 
-/// Takes the transaction-scoped relay lock `key`; `false` when another instance holds it.
-async fn lead(conn: &mut sqlx::PgConnection, key: i64) -> Result<bool, sqlx::Error> {
-    crate::store::locks::try_lock_key(conn, key).await
+/// Which relay lock a round needs.
+#[derive(Clone, Copy)]
+enum Lead {
+    Events,
+    Jobs,
+}
+
+impl Session {
+    /// The session, if it holds (or now takes) the lock of `lead`; `None` when another
+    /// instance leads. A new session is opened when there is none.
+    async fn lead(
+        &mut self,
+        pool: &PgPool,
+        lead: Lead,
+    ) -> Result<Option<&mut sqlx::PgConnection>, sqlx::Error> {
+        if self.conn.is_none() {
+            self.conn = Some(pool.acquire().await?.detach());
+            (self.events, self.jobs) = (false, false);
+        }
+        let (held, key) = match lead {
+            Lead::Events => (&mut self.events, EVENT_RELAY_LOCK_KEY),
+            Lead::Jobs => (&mut self.jobs, JOB_RELAY_LOCK_KEY),
+        };
+        let conn = self.conn.as_mut().expect("opened above");
+        if !*held {
+            *held = crate::store::locks::try_session_lock_key(conn, key).await?;
+        }
+        Ok(held.then_some(conn))
+    }
+
+    /// Drops the session after a database error: its locks go with it, and the next round
+    /// opens a new one.
+    fn reset(&mut self) {
+        *self = Session::default();
+    }
 }
 
 impl OutboxRelay {
@@ -235,6 +284,7 @@ impl OutboxRelay {
     ) -> Self {
         Self {
             pool,
+            session: tokio::sync::Mutex::default(),
             publisher: std::sync::Mutex::new(publisher),
             topology,
             ctx,
@@ -263,11 +313,23 @@ impl OutboxRelay {
     /// Publishes a batch of events; stamps each confirmed one.
     #[tracing::instrument(level = "debug", skip_all)]
     async fn relay_events(&self, report: &mut RelayReport) -> Result<(), RelayError> {
-        let mut tx = self.pool.begin().await?;
-        if !lead(&mut tx, EVENT_RELAY_LOCK_KEY).await? {
-            return Ok(());
+        let mut session = self.session.lock().await;
+        let result = self.relay_events_on(&mut session, report).await;
+        if matches!(result, Err(RelayError::Store(_))) {
+            session.reset();
         }
-        let pending = events::unpublished(&mut tx, self.settings.batch_size).await?;
+        result
+    }
+
+    async fn relay_events_on(
+        &self,
+        session: &mut Session,
+        report: &mut RelayReport,
+    ) -> Result<(), RelayError> {
+        let Some(conn) = session.lead(&self.pool, Lead::Events).await? else {
+            return Ok(());
+        };
+        let pending = events::unpublished(&mut *conn, self.settings.batch_size).await?;
         if pending.is_empty() {
             return Ok(());
         }
@@ -294,8 +356,7 @@ impl OutboxRelay {
                 }
             }
         }
-        events::mark_published(&mut tx, &confirmed).await?;
-        tx.commit().await?;
+        events::mark_published(&mut *conn, &confirmed).await?;
         report.events += confirmed.len();
         self.count_completions(&settled.outcomes);
         match settled.channel_error {
@@ -309,11 +370,23 @@ impl OutboxRelay {
     /// fails its run (`dispatch.rejected`).
     #[tracing::instrument(level = "debug", skip_all)]
     async fn relay_jobs(&self, report: &mut RelayReport) -> Result<(), RelayError> {
-        let mut tx = self.pool.begin().await?;
-        if !lead(&mut tx, JOB_RELAY_LOCK_KEY).await? {
-            return Ok(());
+        let mut session = self.session.lock().await;
+        let result = self.relay_jobs_on(&mut session, report).await;
+        if matches!(result, Err(RelayError::Store(_) | RelayError::Apply(_))) {
+            session.reset();
         }
-        let pending = jobs::unpublished(&mut tx, self.settings.batch_size).await?;
+        result
+    }
+
+    async fn relay_jobs_on(
+        &self,
+        session: &mut Session,
+        report: &mut RelayReport,
+    ) -> Result<(), RelayError> {
+        let Some(conn) = session.lead(&self.pool, Lead::Jobs).await? else {
+            return Ok(());
+        };
+        let pending = jobs::unpublished(&mut *conn, self.settings.batch_size).await?;
         if pending.is_empty() {
             return Ok(());
         }
@@ -332,6 +405,8 @@ impl OutboxRelay {
             },
         )
         .await;
+        // The confirms are in: settle them in one short transaction.
+        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
         let mut buf = TxBuffer::default();
         let mut handed_off = Vec::with_capacity(settled.outcomes.len());
         let mut retries = Vec::new();

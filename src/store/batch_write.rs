@@ -1,5 +1,5 @@
 //! The end-of-transaction writes of a batch, in one statement: the changed runs, the new events
-//! (event outbox), the new jobs (job outbox) and the inbox rows. Data-modifying CTEs run them
+//! (and their outbox positions), the new jobs (job outbox) and the inbox rows. Data-modifying CTEs run them
 //! together; none reads another's rows, and every array may be empty.
 
 use chrono::{DateTime, Utc};
@@ -47,7 +47,9 @@ WITH changed_runs AS (
     FROM unnest($9::uuid[], $10::bigint[], $11::bigint[], $12::text[], $13::bigint[], $14::bigint[], $15::jsonb[])
          WITH ORDINALITY AS e(id, run_id, sequence, type, workspace_id, tenant_id, cloud_event, n)
     ORDER BY n
-    RETURNING 1
+    RETURNING position
+), new_outbox AS (
+    INSERT INTO operation_run_event_outbox (position) SELECT position FROM new_events
 ), new_jobs AS (
     INSERT INTO operation_run_jobs (run_id, type, body)
     SELECT * FROM unnest($16::bigint[], $17::text[], $18::jsonb[])

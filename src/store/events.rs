@@ -1,12 +1,15 @@
-//! `operation_run_events`: the event outbox and the history of every run's events.
+//! `operation_run_events`: the history of every run's events, and `operation_run_event_outbox`:
+//! the positions of those the broker has not confirmed yet. An event row is written once and
+//! never updated; publishing it deletes its outbox position.
 
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
 
 /// The columns of [`StoredEvent`]; the document comes as text, to be published without parsing.
-const EVENT_COLUMNS: &str = "position, id, run_id, sequence, type, workspace_id, tenant_id, \
-     cloud_event::text AS cloud_event, created_at, published_at";
+const EVENT_COLUMNS: &str = "e.position, e.id, e.run_id, e.sequence, e.type, e.workspace_id, \
+     e.tenant_id, e.cloud_event::text AS cloud_event, e.created_at, \
+     NOT EXISTS (SELECT 1 FROM operation_run_event_outbox o WHERE o.position = e.position) AS published";
 
 /// An event as stored.
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
@@ -30,8 +33,8 @@ pub struct StoredEvent {
     pub cloud_event: String,
     /// When it was recorded.
     pub created_at: DateTime<Utc>,
-    /// When the broker confirmed it; `None` while in the outbox.
-    pub published_at: Option<DateTime<Utc>>,
+    /// Whether the broker confirmed it (false while in the outbox).
+    pub published: bool,
 }
 
 /// The last sequence number of `run_id` (0 for a run with no events). The caller holds the run's
@@ -47,25 +50,36 @@ pub async fn last_sequence(conn: &mut PgConnection, run_id: i64) -> Result<i64, 
 
 /// Up to `limit` unpublished events, in position order.
 pub async fn unpublished(
-    conn: &mut PgConnection,
+    executor: impl PgExecutor<'_>,
     limit: i64,
 ) -> Result<Vec<StoredEvent>, sqlx::Error> {
-    sqlx::query_as(&format!(
-        "SELECT {EVENT_COLUMNS} FROM operation_run_events WHERE published_at IS NULL ORDER BY position LIMIT $1"
-    ))
+    // The positions first, then index probes: a join lets the planner merge-join along the
+    // events' primary key from its start, reading the whole history on every round.
+    sqlx::query_as(
+        "SELECT e.position, e.id, e.run_id, e.sequence, e.type, e.workspace_id, e.tenant_id,
+                e.cloud_event::text AS cloud_event, e.created_at, false AS published
+         FROM operation_run_events e
+         WHERE e.position = ANY(ARRAY(SELECT position FROM operation_run_event_outbox
+                                      ORDER BY position LIMIT $1))
+         ORDER BY e.position",
+    )
     .bind(limit)
-    .fetch_all(conn)
+    .fetch_all(executor)
     .await
 }
 
-/// Stamps events as published (each one the broker confirmed; the others stay in the outbox).
-pub async fn mark_published(conn: &mut PgConnection, positions: &[i64]) -> Result<(), sqlx::Error> {
+/// Marks events as published (each one the broker confirmed; the others stay in the outbox):
+/// their positions leave the outbox, the event rows are not touched.
+pub async fn mark_published(
+    executor: impl PgExecutor<'_>,
+    positions: &[i64],
+) -> Result<(), sqlx::Error> {
     if positions.is_empty() {
         return Ok(());
     }
-    sqlx::query("UPDATE operation_run_events SET published_at = now() WHERE position = ANY($1)")
+    sqlx::query("DELETE FROM operation_run_event_outbox WHERE position = ANY($1)")
         .bind(positions)
-        .execute(conn)
+        .execute(executor)
         .await?;
     Ok(())
 }
@@ -76,7 +90,7 @@ pub async fn for_run(
     run_id: i64,
 ) -> Result<Vec<StoredEvent>, sqlx::Error> {
     sqlx::query_as(&format!(
-        "SELECT {EVENT_COLUMNS} FROM operation_run_events WHERE run_id = $1 ORDER BY sequence"
+        "SELECT {EVENT_COLUMNS} FROM operation_run_events e WHERE e.run_id = $1 ORDER BY e.sequence"
     ))
     .bind(run_id)
     .fetch_all(executor)
@@ -92,7 +106,7 @@ pub async fn since(
     limit: i64,
 ) -> Result<Vec<StoredEvent>, sqlx::Error> {
     sqlx::query_as(&format!(
-        "SELECT {EVENT_COLUMNS} FROM operation_run_events WHERE created_at >= $1 AND position > $2 ORDER BY position LIMIT $3"
+        "SELECT {EVENT_COLUMNS} FROM operation_run_events e WHERE e.created_at >= $1 AND e.position > $2 ORDER BY e.position LIMIT $3"
     ))
     .bind(since)
     .bind(after)
@@ -104,8 +118,11 @@ pub async fn since(
 /// The outbox backlog: unpublished events and the age in seconds of the oldest.
 pub async fn backlog(executor: impl PgExecutor<'_>) -> Result<(i64, f64), sqlx::Error> {
     sqlx::query_as(
-        "SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at))::float8, 0)
-         FROM operation_run_events WHERE published_at IS NULL",
+        "SELECT count(*),
+                coalesce(extract(epoch FROM now() - (
+                    SELECT created_at FROM operation_run_events
+                    WHERE position = (SELECT min(position) FROM operation_run_event_outbox)))::float8, 0)
+         FROM operation_run_event_outbox",
     )
     .fetch_one(executor)
     .await

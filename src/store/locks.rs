@@ -22,6 +22,15 @@ pub async fn try_lock_key(conn: &mut PgConnection, key: i64) -> Result<bool, sql
         .await
 }
 
+/// Tries the session-level advisory lock `key` (held until released or the session ends);
+/// `false` when another session holds it. Not re-entrant by design of the caller: take it once.
+pub async fn try_session_lock_key(conn: &mut PgConnection, key: i64) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+        .bind(key)
+        .fetch_one(conn)
+        .await
+}
+
 /// The transaction's timestamp (`now()`: the same for every statement of a transaction).
 pub async fn transaction_now(conn: &mut PgConnection) -> Result<DateTime<Utc>, sqlx::Error> {
     sqlx::query_scalar("SELECT now()").fetch_one(conn).await

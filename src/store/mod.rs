@@ -9,6 +9,7 @@ pub mod inbox;
 pub mod jobs;
 pub mod legacy;
 pub mod locks;
+pub mod retention;
 pub mod runs;
 pub mod scope;
 pub mod viewer;

@@ -24,6 +24,7 @@ mod poison;
 mod producer;
 mod properties;
 mod restart;
+mod retention;
 mod schema;
 mod security;
 mod trace_context;

@@ -16,7 +16,7 @@ use crate::helpers::{
     DEADLINE,
 };
 
-fn oprun(database: &str, namespace: &str, args: &[&str]) -> Command {
+pub(crate) fn oprun(database: &str, namespace: &str, args: &[&str]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_oprun"));
     c.args(args)
         .env("DATABASE_URL", database_url_for(database))
@@ -295,7 +295,8 @@ async fn events_replay_resends_a_runs_history_in_order(
     ))
     .await;
     app.wait_for_count(
-        "SELECT count(*) FROM operation_run_events WHERE published_at IS NOT NULL",
+        "SELECT count(*) FROM operation_run_events e WHERE NOT EXISTS
+             (SELECT 1 FROM operation_run_event_outbox o WHERE o.position = e.position)",
         4,
     )
     .await;

@@ -10,8 +10,10 @@ use lapin::{Channel, Connection};
 use super::baseline;
 use super::driver::{drive, Pace};
 use super::instances::{Instances, ServeTunables};
-use super::report::{Phase, Report};
+use super::preload;
+use super::report::{Loaded, Phase, Report};
 use super::sandbox::Sandbox;
+use super::soak;
 use super::usage;
 use super::workload;
 use crate::{LabError, OprunBinary};
@@ -48,6 +50,19 @@ pub struct BenchArgs {
     /// Keep the database and the topology at the end (for inspection).
     #[arg(long)]
     pub keep: bool,
+    /// After the steady phase, preload this many runs (with their events and inbox rows) and
+    /// run the service workload again on the loaded database: `loaded_commands_per_s` and
+    /// `loaded_ratio` (loaded ÷ empty) in the JSON line. 0: no loaded phase.
+    #[arg(long, default_value_t = 0)]
+    pub preload_runs: i64,
+    /// Of the preloaded runs, how many are active (running).
+    #[arg(long, default_value_t = 1000)]
+    pub preload_active: i64,
+    /// At the end, run the steady rate for this long (`30m`, `90s`), printing RSS, p99 and the
+    /// table sizes every minute. Without retention flags, the served `oprun` keeps inbox rows,
+    /// events and jobs for 2 minutes and prunes every 30 s, so that the sizes can level off.
+    #[arg(long, value_parser = operation_runs::config::parse_duration)]
+    pub soak: Option<Duration>,
     #[command(flatten)]
     tunables: ServeTunables,
 }
@@ -62,6 +77,11 @@ impl BenchArgs {
         }
         if self.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
             return Err(LabError::Invalid("--rate must be positive".into()));
+        }
+        if self.preload_runs < 0 || self.preload_active < 0 {
+            return Err(LabError::Invalid(
+                "--preload-runs and --preload-active must not be negative".into(),
+            ));
         }
         let connection = connect(&config.amqp_url_list(), "oprun bench").await?;
         let admin = connection.create_channel().await?;
@@ -115,13 +135,17 @@ impl BenchArgs {
 
         let events_queue = sandbox.own_queue("events");
         subscribe(admin, &events_queue, &sandbox.topology.events_exchange()).await?;
+        let mut tunables = self.tunables.clone();
+        if self.soak.is_some() {
+            tunables.short_retention_for_soak();
+        }
         let instances = Instances::start(
             oprun,
             self.instances,
             config,
             &sandbox.database_url,
             &sandbox.topology,
-            &self.tunables,
+            &tunables,
             admin,
         )
         .await?;
@@ -159,6 +183,26 @@ impl BenchArgs {
             eprintln!("bench: the steady phase failed: {e}");
         }
 
+        let loaded = if self.preload_runs > 0 {
+            Some(
+                self.loaded(connection, sandbox, &events_queue, &pids)
+                    .await?,
+            )
+        } else {
+            None
+        };
+        if let Some(duration) = self.soak {
+            soak::run(
+                connection,
+                sandbox,
+                &events_queue,
+                &instances,
+                rate,
+                duration,
+            )
+            .await?;
+        }
+
         let peak_rss_mb = instances.peak_rss_mb();
         instances.stop().await;
         let dead_lettered = admin
@@ -182,6 +226,7 @@ impl BenchArgs {
             steady,
             peak_rss_mb,
             dead_lettered,
+            loaded,
         })
     }
 }
@@ -214,6 +259,53 @@ impl BenchArgs {
         let mut steady_usage = usage::between(&before, &after);
         usage::recount_commits(&mut steady_usage, &before, &after, &sandbox.pool).await;
         Ok(Phase::new(steady, steady_usage, Some(rate)))
+    }
+}
+
+impl BenchArgs {
+    /// Preloads the database, then drives the service workload again, as fast as it goes.
+    async fn loaded(
+        &self,
+        connection: &Connection,
+        sandbox: &Sandbox,
+        events_queue: &str,
+        pids: &[u32],
+    ) -> Result<Loaded, LabError> {
+        eprintln!(
+            "bench: preloading {} runs ({} active)",
+            self.preload_runs, self.preload_active
+        );
+        let preloaded = preload::preload(
+            &sandbox.database_url,
+            self.preload_runs,
+            self.preload_active,
+        )
+        .await?;
+        let plans = workload::plan("loaded", self.commands);
+        let in_flight = self
+            .in_flight
+            .unwrap_or(4 * u64::from(self.tunables.prefetch) * self.instances as u64);
+        eprintln!(
+            "bench: loaded, {} commands in {} runs",
+            workload::total_commands(&plans),
+            plans.len()
+        );
+        let before = usage::snapshot(pids, &sandbox.pool).await;
+        let drive = drive(
+            connection,
+            &sandbox.topology,
+            events_queue,
+            &plans,
+            Pace::Max { in_flight },
+        )
+        .await?;
+        let after = usage::snapshot(pids, &sandbox.pool).await;
+        let mut loaded_usage = usage::between(&before, &after);
+        usage::recount_commits(&mut loaded_usage, &before, &after, &sandbox.pool).await;
+        Ok(Loaded {
+            preloaded,
+            phase: Phase::new(drive, loaded_usage, None),
+        })
     }
 }
 

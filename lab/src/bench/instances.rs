@@ -36,6 +36,51 @@ pub struct ServeTunables {
     /// Passed to `serve --db-connections`.
     #[arg(long, default_value_t = 8)]
     pub db_connections: u32,
+    /// Passed to `serve --inbox-retention` (default: the service's own).
+    #[arg(long)]
+    pub inbox_retention: Option<String>,
+    /// Passed to `serve --event-retention`.
+    #[arg(long)]
+    pub event_retention: Option<String>,
+    /// Passed to `serve --job-retention`.
+    #[arg(long)]
+    pub job_retention: Option<String>,
+    /// Passed to `serve --run-retention`.
+    #[arg(long)]
+    pub run_retention: Option<String>,
+    /// Passed to `serve --prune-interval`.
+    #[arg(long)]
+    pub prune_interval: Option<String>,
+}
+
+impl ServeTunables {
+    /// Short retention for a soak (where not set): 2 minutes for inbox rows, events and jobs,
+    /// a pruning pass every 30 s.
+    pub fn short_retention_for_soak(&mut self) {
+        for (setting, short) in [
+            (&mut self.inbox_retention, "2m"),
+            (&mut self.event_retention, "2m"),
+            (&mut self.job_retention, "2m"),
+            (&mut self.prune_interval, "30s"),
+        ] {
+            setting.get_or_insert_with(|| short.to_owned());
+        }
+    }
+
+    /// The retention flags to pass to `serve`.
+    fn retention_args(&self) -> Vec<String> {
+        [
+            ("--inbox-retention", &self.inbox_retention),
+            ("--event-retention", &self.event_retention),
+            ("--job-retention", &self.job_retention),
+            ("--run-retention", &self.run_retention),
+            ("--prune-interval", &self.prune_interval),
+        ]
+        .into_iter()
+        .filter_map(|(flag, value)| Some([flag.to_owned(), value.clone()?]))
+        .flatten()
+        .collect()
+    }
 }
 
 /// Running `oprun serve` processes.
@@ -69,6 +114,7 @@ impl Instances {
                 .args(["--batch-window-ms", &tunables.batch_window_ms.to_string()])
                 .args(["--relay-batch", &tunables.relay_batch.to_string()])
                 .args(["--db-connections", &tunables.db_connections.to_string()])
+                .args(tunables.retention_args())
                 .env("DATABASE_URL", database_url)
                 .env("AMQP_URL", config.amqp_url_list())
                 .env("OPRUN_NAMESPACE", topology.namespace())
@@ -158,11 +204,26 @@ impl Instances {
     }
 }
 
+impl Instances {
+    /// Resident memory (`VmRSS`) of each instance now, in MiB.
+    pub fn rss_mb(&self) -> Vec<f64> {
+        self.pids()
+            .into_iter()
+            .map(|pid| status_kib(pid, "VmRSS:").map_or(f64::NAN, |kib| kib as f64 / 1024.0))
+            .collect()
+    }
+}
+
 fn vm_hwm_kib(pid: u32) -> Option<u64> {
+    status_kib(pid, "VmHWM:")
+}
+
+/// A `kB` field of `/proc/PID/status`.
+fn status_kib(pid: u32, field: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .find_map(|l| l.strip_prefix(field))?
         .trim()
         .trim_end_matches("kB")
         .trim()

@@ -6,6 +6,10 @@
 //! 2. **service** ([`driver`]): `oprun serve` child processes ([`instances`]) consume a workload
 //!    ([`workload`]) as fast as they can; throughput, latency, CPU ([`usage`]) and memory.
 //! 3. **steady**: the same kind of workload at a fixed rate, for latency under load.
+//! 4. **loaded** (`--preload-runs N`, [`preload`]): history preloaded into the database, then the
+//!    service workload again: the cost of a command on a full database against an empty one.
+//! 5. **soak** (`--soak DURATION`, [`soak`]): the steady rate for a long time, with RSS, p99 and
+//!    table sizes every minute.
 //!
 //! [`report`] prints a table for people and, as the very last line, one JSON object for machines.
 //! [`sandbox`] owns the database and namespace; [`pipeline`] is the windowed confirm publisher
@@ -17,8 +21,10 @@ mod baseline;
 mod driver;
 mod instances;
 mod pipeline;
+mod preload;
 mod report;
 mod sandbox;
+mod soak;
 mod tracker;
 mod usage;
 mod workload;

@@ -67,6 +67,15 @@ impl Phase {
     }
 }
 
+/// The service workload again, on a database preloaded with history.
+#[derive(Debug)]
+pub struct Loaded {
+    /// What was preloaded.
+    pub preloaded: super::preload::Preloaded,
+    /// The phase on the loaded database.
+    pub phase: Phase,
+}
+
 /// Everything one `oprun bench` measured.
 #[derive(Debug)]
 pub struct Report {
@@ -88,6 +97,8 @@ pub struct Report {
     pub peak_rss_mb: Vec<f64>,
     /// Messages in the dead-letter queue at the end.
     pub dead_lettered: u32,
+    /// The loaded phase (`--preload-runs`).
+    pub loaded: Option<Loaded>,
 }
 
 impl Report {
@@ -99,6 +110,12 @@ impl Report {
     /// commands_per_s / baseline_msgs_per_s.
     pub fn ratio(&self) -> f64 {
         self.service.drive.rate() / self.baseline.rate().max(1e-9)
+    }
+
+    /// loaded_commands_per_s / commands_per_s (same workload, loaded database ÷ empty one).
+    pub fn loaded_ratio(&self) -> Option<f64> {
+        let loaded = self.loaded.as_ref()?;
+        Some(loaded.phase.drive.rate() / self.service.drive.rate().max(1e-9))
     }
 
     /// The human table and notes.
@@ -163,7 +180,16 @@ impl Report {
                 }),
                 self.steady.as_ref().ok(),
             ),
+            (
+                self.loaded.as_ref().map_or(s("loaded"), |l| {
+                    format!("loaded +{}k runs", l.preloaded.runs / 1000)
+                }),
+                self.loaded.as_ref().map(|l| &l.phase),
+            ),
         ] {
+            if name.starts_with("loaded") && p.is_none() {
+                continue;
+            }
             let Some(p) = p else {
                 line(
                     &mut out,
@@ -197,6 +223,13 @@ impl Report {
             );
         }
         out.push('\n');
+        if let (Some(l), Some(ratio)) = (&self.loaded, self.loaded_ratio()) {
+            let p = &l.preloaded;
+            out.push_str(&format!(
+                "loaded ÷ empty: {ratio:.2} (preloaded {} runs, {} active, {} events, {} inbox rows in {:.0} s)\n",
+                p.runs, p.active, p.events, p.inbox, p.seconds
+            ));
+        }
         out.push_str(&format!(
             "ratio service/baseline: {:.2}   peak RSS per instance (VmHWM, MiB): {}\n",
             self.ratio(),
@@ -305,6 +338,20 @@ impl Report {
             ("steady_p95_ms", or_null(steady, &|p| r(p.latency.p95, 2))),
             ("dead_lettered", json!(self.dead_lettered)),
         ];
+        let mut fields = fields;
+        if let Some(loaded) = &self.loaded {
+            let p = &loaded.preloaded;
+            fields.extend([
+                ("loaded_commands_per_s", r(loaded.phase.drive.rate(), 1)),
+                ("loaded_ratio", r(self.loaded_ratio().unwrap_or(0.0), 3)),
+                ("loaded_p99_ms", r(loaded.phase.latency.p99, 2)),
+                ("preload_runs", json!(p.runs)),
+                ("preload_active", json!(p.active)),
+                ("preload_events", json!(p.events)),
+                ("preload_inbox", json!(p.inbox)),
+                ("preload_seconds", r(p.seconds, 1)),
+            ]);
+        }
         let body: Vec<String> = fields
             .iter()
             .map(|(k, v)| format!("{}:{v}", Value::from(*k)))
@@ -365,6 +412,7 @@ mod json_tests {
             steady: Ok(phase(300)),
             peak_rss_mb: vec![20.0, 30.5],
             dead_lettered: 0,
+            loaded: None,
         };
         let line = report.json_line();
         assert!(

@@ -189,11 +189,9 @@ async fn open_conditions(
         }
         Err(e) => open.push(format!("cannot read the dead-letter queue: {e}")),
     }
-    match sqlx::query_scalar::<_, i64>(
-        "SELECT count(*) FROM operation_run_events WHERE published_at IS NULL",
-    )
-    .fetch_one(pool)
-    .await
+    match sqlx::query_scalar::<_, i64>("SELECT count(*) FROM operation_run_event_outbox")
+        .fetch_one(pool)
+        .await
     {
         Ok(0) => {}
         Ok(n) => open.push(format!("{n} event(s) unpublished in the outbox")),

@@ -1,0 +1,154 @@
+//! The pruner: deletes inbox rows, published events and jobs, and (with a run retention)
+//! completed runs past their retention, in small batches with a pause between them, so that
+//! pruning never blocks the pipeline. `serve` runs a pass every `--prune-interval`; `oprun prune`
+//! runs one on demand. Each batch is a short transaction holding the prune advisory lock: with
+//! several instances, one prunes at a time (see `store::retention`).
+
+use std::time::Duration;
+
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::RetentionSettings;
+use crate::store::retention::{self, Table};
+
+/// The tables a pass prunes with their retention in seconds, in pruning order (runs only when a
+/// run retention is set).
+pub fn retentions(settings: &RetentionSettings) -> Vec<(Table, f64)> {
+    Table::ALL
+        .into_iter()
+        .filter_map(|table| {
+            let keep = match table {
+                Table::Inbox => Some(settings.inbox_retention),
+                Table::Events => Some(settings.event_retention),
+                Table::Jobs => Some(settings.job_retention),
+                Table::Runs => settings.run_retention,
+            }?;
+            Some((table, keep.as_secs_f64()))
+        })
+        .collect()
+}
+
+/// Rows per table a pass deleted (or, for a dry run, would delete).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PruneReport {
+    /// `(table, rows)`, in pruning order.
+    pub rows: Vec<(Table, u64)>,
+}
+
+impl PruneReport {
+    /// Rows of every table together.
+    pub fn total(&self) -> u64 {
+        self.rows.iter().map(|(_, n)| n).sum()
+    }
+
+    /// Rows of `table` (`None`: the table was not pruned).
+    pub fn of(&self, table: Table) -> Option<u64> {
+        self.rows.iter().find(|(t, _)| *t == table).map(|(_, n)| *n)
+    }
+}
+
+/// One pass over every table: batches of `--prune-batch` rows, `--prune-pause` apart, until
+/// nothing past retention is left (or `shutdown`, between two batches).
+pub async fn prune_once(
+    pool: &PgPool,
+    settings: &RetentionSettings,
+    shutdown: &CancellationToken,
+) -> Result<PruneReport, sqlx::Error> {
+    let mut report = PruneReport::default();
+    for (table, keep_secs) in retentions(settings) {
+        let mut deleted = 0;
+        let mut after = 0;
+        loop {
+            let batch = {
+                let mut conn = pool.acquire().await?;
+                retention::prune_batch(&mut conn, table, keep_secs, settings.prune_batch, after)
+                    .await?
+            };
+            deleted += batch.deleted;
+            let more = match batch.next {
+                Some(next) => {
+                    after = next;
+                    true
+                }
+                None => batch.deleted >= settings.prune_batch as u64 && table_by_time(table),
+            };
+            if !more {
+                break;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(settings.prune_pause) => {}
+                _ = shutdown.cancelled() => break,
+            }
+        }
+        report.rows.push((table, deleted));
+        if shutdown.is_cancelled() {
+            break;
+        }
+    }
+    Ok(report)
+}
+
+/// Whether `table` is pruned through its time index (batches until one comes back short) rather
+/// than by key windows (batches until the window passes the cut-off).
+fn table_by_time(table: Table) -> bool {
+    matches!(table, Table::Inbox | Table::Events)
+}
+
+/// What a pass would delete now, per table, changing nothing.
+pub async fn dry_run(
+    pool: &PgPool,
+    settings: &RetentionSettings,
+) -> Result<PruneReport, sqlx::Error> {
+    let mut report = PruneReport::default();
+    for (table, keep_secs) in retentions(settings) {
+        let n = retention::count(pool, table, keep_secs).await?;
+        report.rows.push((table, n.max(0) as u64));
+    }
+    Ok(report)
+}
+
+/// Vacuums what a pass deleted from, and the event outbox (a queue table: every published event
+/// leaves a dead row), so that their space is reused even where autovacuum is off or slow to
+/// visit; with autovacuum on, this is cheap (pages already clean are skipped).
+async fn vacuum_after(pool: &PgPool, report: &PruneReport) -> Result<(), sqlx::Error> {
+    let mut tables: Vec<&'static str> = report
+        .rows
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(t, _)| t.name())
+        .collect();
+    tables.push(retention::EVENT_OUTBOX);
+    let mut conn = pool.acquire().await?;
+    retention::vacuum(&mut conn, &tables).await
+}
+
+/// `serve`'s pruner: a pass every `--prune-interval` until `shutdown` (never, when it is 0).
+/// A failed pass is logged and retried at the next interval.
+pub async fn prune_forever(pool: PgPool, settings: RetentionSettings, shutdown: CancellationToken) {
+    if settings.prune_interval == Duration::ZERO {
+        return;
+    }
+    loop {
+        match prune_once(&pool, &settings, &shutdown).await {
+            Ok(report) => {
+                if report.total() > 0 {
+                    let rows: Vec<String> = report
+                        .rows
+                        .iter()
+                        .map(|(t, n)| format!("{}={n}", t.name()))
+                        .collect();
+                    tracing::info!(rows = %rows.join(" "), "pruned history past retention");
+                }
+                if let Err(e) = vacuum_after(&pool, &report).await {
+                    tracing::warn!(error = %e, "vacuuming after pruning failed");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "pruning failed; retrying at the next interval"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(settings.prune_interval) => {}
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}

@@ -1,0 +1,343 @@
+//! Issue 13: retention. `oprun prune` deletes inbox rows, published events and jobs, and (with a
+//! run retention) completed runs past their keep, never an unpublished row nor the last event of
+//! an active run; `--dry-run` counts and deletes nothing; `oprun dlq replay` refuses letters older
+//! than the inbox retention unless `--force`. Rows are backdated with SQL: no waiting for time.
+
+use chrono::{Duration as Age, SecondsFormat, Utc};
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use serde_json::{json, Value};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::PgPool;
+
+use crate::helpers::{dispatch, dispatch_with_reply, json_properties, progress, TestApp};
+use crate::operations::oprun;
+
+/// Dispatches a `policy.sync` run of workspace 1 and returns its id.
+async fn new_run(app: &TestApp, policy_id: i64) -> i64 {
+    let reply = dispatch_with_reply(
+        app,
+        &dispatch(
+            "policy.sync",
+            1,
+            Some(10),
+            json!({ "policy_id": policy_id }),
+        ),
+    )
+    .await;
+    reply["run_id"].as_i64().expect("a run id in the reply")
+}
+
+async fn complete(app: &TestApp, run_id: i64) {
+    app.publish(&progress(
+        "update_run",
+        run_id,
+        json!({"status": "running"}),
+    ))
+    .await;
+    app.publish(&progress(
+        "update_run",
+        run_id,
+        json!({"status": "completed", "outcome": "succeeded"}),
+    ))
+    .await;
+    app.wait_for_run(run_id, "the run to complete", |r| {
+        r.status.as_str() == "completed"
+    })
+    .await;
+}
+
+async fn scalar(pool: &PgPool, sql: &str, run_id: i64) -> i64 {
+    sqlx::query_scalar(sql)
+        .bind(run_id)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+async fn count(pool: &PgPool, sql: &str) -> i64 {
+    sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
+}
+
+async fn execute(pool: &PgPool, sql: &str, run_id: i64) {
+    sqlx::query(sql).bind(run_id).execute(pool).await.unwrap();
+}
+
+/// Every table's row count, to see that a dry run changed nothing.
+async fn table_sizes(pool: &PgPool) -> Vec<i64> {
+    let mut sizes = Vec::new();
+    for table in [
+        "processed_commands",
+        "operation_run_events",
+        "operation_run_event_outbox",
+        "operation_run_jobs",
+        "operation_runs",
+    ] {
+        sizes.push(count(pool, &format!("SELECT count(*) FROM {table}")).await);
+    }
+    sizes
+}
+
+/// Runs `oprun` and parses its last stdout line as JSON.
+async fn oprun_json(db: &str, ns: &str, args: &[&str]) -> Value {
+    let out = oprun(db, ns, args).output().await.unwrap();
+    assert!(out.status.success(), "oprun {args:?} failed");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    serde_json::from_str(stdout.lines().last().expect("a summary line")).unwrap()
+}
+
+#[sqlx::test]
+async fn prune_deletes_only_published_rows_past_retention_and_a_dry_run_only_counts(
+    _o: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let db = connect.get_database().unwrap().to_owned();
+    let mut app = TestApp::spawn_on(&connect).await;
+    let ns = app.topology.namespace().to_owned();
+    // a: completed long ago, one event never published; b: active, all events old;
+    // c: completed just now; d: completed long ago, all published (run retention takes it).
+    let (a, b, c, d) = (
+        new_run(&app, 1).await,
+        new_run(&app, 2).await,
+        new_run(&app, 3).await,
+        new_run(&app, 4).await,
+    );
+    app.publish(&progress("update_run", b, json!({"status": "running"})))
+        .await;
+    app.wait_for_run(b, "b to run", |r| r.status.as_str() == "running")
+        .await;
+    for run in [a, c, d] {
+        complete(&app, run).await;
+    }
+    app.wait_for_count("SELECT count(*) FROM operation_run_event_outbox", 0)
+        .await;
+    app.stop_all().await;
+
+    let pool = &app.pool;
+    for run in [a, b] {
+        execute(pool, "UPDATE operation_run_events SET created_at = now() - interval '40 days' WHERE run_id = $1", run).await;
+    }
+    // Every run was created 41 days ago (ids follow creation); d also completed long ago.
+    execute(
+        pool,
+        "UPDATE operation_runs SET created_at = now() - interval '41 days' WHERE id >= $1",
+        0,
+    )
+    .await;
+    execute(
+        pool,
+        "UPDATE operation_runs SET completed_at = now() - interval '40 days' WHERE id = $1",
+        d,
+    )
+    .await;
+    execute(
+        pool,
+        "UPDATE processed_commands SET processed_at = now() - interval '20 days' WHERE run_id = $1",
+        a,
+    )
+    .await;
+    // a's first event was never confirmed.
+    execute(pool, "INSERT INTO operation_run_event_outbox SELECT position FROM operation_run_events WHERE run_id = $1 AND sequence = 1", a).await;
+    // Jobs: a's published long ago (goes), b's unpublished and old (stays), c's published now.
+    for (run, age, published) in [(a, 10, true), (b, 10, false), (c, 0, true)] {
+        sqlx::query(
+            "INSERT INTO operation_run_jobs (run_id, type, body, created_at, published_at)
+             VALUES ($1, 'policy.sync', '{}', now() - make_interval(days => $2),
+                     CASE WHEN $3 THEN now() END)",
+        )
+        .bind(run)
+        .bind(age)
+        .bind(published)
+        .execute(pool)
+        .await
+        .unwrap();
+    }
+    let events = |run| {
+        scalar(
+            pool,
+            "SELECT count(*) FROM operation_run_events WHERE run_id = $1",
+            run,
+        )
+    };
+    let (events_a, events_b, events_c) = (events(a).await, events(b).await, events(c).await);
+    assert!(events_a >= 2 && events_b >= 2, "a and b have history");
+    let inbox_a = scalar(
+        pool,
+        "SELECT count(*) FROM processed_commands WHERE run_id = $1",
+        a,
+    )
+    .await;
+    let inbox_total = count(pool, "SELECT count(*) FROM processed_commands").await;
+
+    let expected = |dry_run: bool| {
+        json!({
+            "dry_run": dry_run,
+            "operation_runs": 1,
+            "operation_run_events": (events_a - 1) + (events_b - 1),
+            "operation_run_jobs": 1,
+            "processed_commands": inbox_a,
+        })
+    };
+    let before = table_sizes(pool).await;
+    let counted = oprun_json(&db, &ns, &["prune", "--dry-run", "--run-retention", "30d"]).await;
+    assert_eq!(counted, expected(true));
+    assert_eq!(table_sizes(pool).await, before, "a dry run deletes nothing");
+
+    // Small batches: the passes must go on past the first one.
+    let pruned = oprun_json(
+        &db,
+        &ns,
+        &[
+            "prune",
+            "--run-retention",
+            "30d",
+            "--prune-batch",
+            "1",
+            "--prune-pause",
+            "0ms",
+        ],
+    )
+    .await;
+    assert_eq!(pruned, expected(false));
+
+    // a: only its unpublished event is left; b (active): only its last event, which numbers the
+    // next one; c: untouched; d: gone with its events.
+    let left = |run| async move {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT sequence FROM operation_run_events WHERE run_id = $1 ORDER BY sequence",
+        )
+        .bind(run)
+        .fetch_all(pool)
+        .await
+        .unwrap()
+    };
+    assert_eq!(left(a).await, [1]);
+    assert_eq!(left(b).await, [events_b]);
+    assert_eq!(left(c).await.len() as i64, events_c);
+    assert_eq!(left(d).await, Vec::<i64>::new());
+    assert_eq!(
+        scalar(pool, "SELECT count(*) FROM operation_runs WHERE id = $1", d).await,
+        0
+    );
+    let jobs: Vec<i64> =
+        sqlx::query_scalar("SELECT run_id FROM operation_run_jobs ORDER BY run_id")
+            .fetch_all(pool)
+            .await
+            .unwrap();
+    assert_eq!(jobs, [b, c]);
+    assert_eq!(
+        count(pool, "SELECT count(*) FROM processed_commands").await,
+        inbox_total - inbox_a
+    );
+    // Nothing is left past retention: a second pass deletes nothing.
+    let again = oprun_json(&db, &ns, &["prune", "--run-retention", "30d"]).await;
+    assert_eq!(again["operation_run_events"], 0);
+    assert_eq!(again["operation_runs"], 0);
+    // Without --run-retention runs are kept: not pruned at all.
+    let kept = oprun_json(&db, &ns, &["prune", "--dry-run"]).await;
+    assert_eq!(kept["operation_runs"], Value::Null);
+    app.shutdown().await;
+}
+
+#[sqlx::test]
+async fn the_background_pruner_of_serve_deletes_old_inbox_rows(pool: PgPool) {
+    let mut settings = crate::helpers::test_settings();
+    settings.retention.prune_interval = std::time::Duration::from_millis(50);
+    settings.retention.inbox_retention = std::time::Duration::from_secs(86_400);
+    let app = TestApp::spawn_with(pool, settings).await;
+    let run = new_run(&app, 1).await;
+    complete(&app, run).await;
+    sqlx::query("UPDATE processed_commands SET processed_at = now() - interval '2 days'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    app.wait_for_count("SELECT count(*) FROM processed_commands", 0)
+        .await;
+    // Still working: a new command is applied and remembered.
+    new_run(&app, 2).await;
+    app.wait_for_count("SELECT count(*) FROM processed_commands", 1)
+        .await;
+    app.shutdown().await;
+}
+
+/// Puts a dead letter of a valid dispatch straight into the DLQ, refused `age` ago.
+async fn old_dead_letter(app: &TestApp, age: Age) {
+    let mut headers = FieldTable::default();
+    let text = |s: &str| AMQPValue::LongString(LongString::from(s));
+    headers.insert("x-oprun-error-code".into(), text("unknown_workspace"));
+    headers.insert("x-oprun-error-message".into(), text("no such workspace"));
+    headers.insert("x-oprun-routing-key".into(), text("dispatch"));
+    headers.insert(
+        "x-oprun-failed-at".into(),
+        text(&(Utc::now() - age).to_rfc3339_opts(SecondsFormat::Millis, true)),
+    );
+    let body = dispatch("policy.sync", 1, Some(10), json!({"policy_id": 7}));
+    app.publisher
+        .publish(
+            "",
+            &app.topology.dead_letter_queue(),
+            &serde_json::to_vec(&body).unwrap(),
+            json_properties().with_headers(headers),
+            true,
+        )
+        .await
+        .unwrap();
+}
+
+#[sqlx::test]
+async fn dlq_replay_refuses_a_letter_older_than_the_inbox_retention_unless_forced(
+    _o: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let db = connect.get_database().unwrap().to_owned();
+    let app = TestApp::spawn_on(&connect).await;
+    let ns = app.topology.namespace().to_owned();
+    let dlq = app.topology.dead_letter_queue();
+    old_dead_letter(&app, Age::days(15)).await;
+
+    let out = oprun(&db, &ns, &["dlq", "replay"]).output().await.unwrap();
+    assert!(out.status.success());
+    let lines: Vec<Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let summary = lines.last().unwrap();
+    assert_eq!(
+        (&summary["replayed"], &summary["refused"]),
+        (&json!(0), &json!(1))
+    );
+    let reason = lines[0]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("inbox retention") && reason.contains("--force"),
+        "{reason}"
+    );
+    crate::helpers::wait_until("the refused letter back in the DLQ", || async {
+        (app.queue_depth(&dlq).await == 1).then_some(())
+    })
+    .await;
+
+    // A longer retention (the service's setting) lets it through; so does --force.
+    let longer = oprun_json(
+        &db,
+        &ns,
+        &["dlq", "replay", "--dry-run", "--inbox-retention", "30d"],
+    )
+    .await;
+    assert_eq!(
+        (&longer["replayed"], &longer["refused"]),
+        (&json!(1), &json!(0))
+    );
+    crate::helpers::wait_until("the dry run to leave it", || async {
+        (app.queue_depth(&dlq).await == 1).then_some(())
+    })
+    .await;
+    let forced = oprun_json(&db, &ns, &["dlq", "replay", "--force"]).await;
+    assert_eq!(
+        (&forced["replayed"], &forced["refused"]),
+        (&json!(1), &json!(0))
+    );
+    app.wait_for_count("SELECT count(*) FROM operation_runs", 1)
+        .await;
+    assert_eq!(app.queue_depth(&dlq).await, 0);
+    app.shutdown().await;
+}
