@@ -221,12 +221,16 @@ impl Service {
         // Never completes: it only polls, and stops when this connection's work does.
         let polling = self.poll_gauges(connection);
         tokio::pin!(polling);
+        let mut relay_ended = false;
         let consumed = tokio::select! {
             r = consuming => r,
-            r = &mut relaying => match r {
-                Ok(()) => Ok(()),
-                Err(e) => Err(BrokerError::Stopped(format!("outbox relay stopped: {e}"))),
-            },
+            r = &mut relaying => {
+                relay_ended = true;
+                match r {
+                    Ok(()) => Ok(()),
+                    Err(e) => Err(BrokerError::Stopped(format!("outbox relay stopped: {e}"))),
+                }
+            }
             never = &mut polling => match never {},
         };
         consumed?;
@@ -237,7 +241,15 @@ impl Service {
         let _ = consumer.cancel().await;
         stop_relay.cancel();
         let grace = Duration::from_secs(self.settings.shutdown_timeout_secs);
-        match tokio::time::timeout(grace, relay.flush()).await {
+        // The relay loop finishes its round first: a round holds the relay's session (its
+        // leadership locks), which the flush needs; a suspended round would hold it for ever.
+        let settled = async {
+            if !relay_ended {
+                let _ = (&mut relaying).await;
+            }
+            relay.flush().await
+        };
+        match tokio::time::timeout(grace, settled).await {
             Ok(Ok(())) => tracing::info!("outbox flushed"),
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "outbox flush failed; the next start publishes the rest")

@@ -131,22 +131,32 @@ fn serve_exporting_to(
         .expect("the oprun binary starts")
 }
 
-/// SIGTERM (a graceful stop), then the exit status and stderr.
-async fn terminate(child: Child) -> (std::process::ExitStatus, String) {
+/// SIGTERM (a graceful stop), then the exit status and stderr (in the panic message when the
+/// service does not exit in time: what it logged is the diagnosis).
+async fn terminate(mut child: Child) -> (std::process::ExitStatus, String) {
+    use tokio::io::AsyncReadExt;
+    let mut pipe = child.stderr.take().expect("stderr is piped");
+    let stderr = tokio::spawn(async move {
+        let mut text = String::new();
+        let _ = pipe.read_to_string(&mut text).await;
+        text
+    });
     let pid = child.id().expect("still running").to_string();
     let status = std::process::Command::new("kill")
         .args(["-TERM", &pid])
         .status()
         .unwrap();
     assert!(status.success());
-    let out = tokio::time::timeout(DEADLINE, child.wait_with_output())
-        .await
-        .expect("oprun serve exits in time after SIGTERM")
-        .unwrap();
-    (
-        out.status,
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    match tokio::time::timeout(DEADLINE, child.wait()).await {
+        Ok(status) => (status.unwrap(), stderr.await.unwrap()),
+        Err(_) => {
+            child.kill().await.unwrap();
+            panic!(
+                "oprun serve did not exit within {DEADLINE:?} after SIGTERM; it logged:\n{}",
+                stderr.await.unwrap()
+            )
+        }
+    }
 }
 
 /// The trace context run `run_id` keeps: `traceparent`, `tracestate`.
