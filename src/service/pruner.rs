@@ -108,25 +108,32 @@ pub async fn dry_run(
     Ok(report)
 }
 
-/// Vacuums what a pass deleted from, the event outbox (a queue table: every published event
-/// leaves a dead row), and the runs and jobs (updated in place: every progress command and every
-/// published job leaves a dead row version), so that their space is reused and their index scans
-/// stay short even where autovacuum is off or slow to visit; with autovacuum on, this is cheap
-/// (pages already clean are skipped). Without the runs, a 30-minute soak on a machine with
-/// autovacuum off piled up more dead run versions than live ones, and the tenant quota's count of
-/// active runs slowed the pipeline from minute 9 on.
-async fn vacuum_after(pool: &PgPool, report: &PruneReport) -> Result<(), sqlx::Error> {
+/// Vacuums what a pass deleted from and the event outbox (a queue table: every published event
+/// leaves a dead row), so that their space is reused even where autovacuum is off or slow to
+/// visit; with autovacuum on, this is cheap (pages already clean are skipped). Where autovacuum
+/// is off (`autovacuum_on` false), also the runs and jobs: they are updated in place (every
+/// progress command and every published job leaves a dead row version), and nothing else would
+/// reclaim them. Without that, a 30-minute soak on such a server piled up more dead run versions
+/// than live ones, and the tenant quota's count of active runs slowed the pipeline from minute 9.
+/// Where autovacuum runs, it paces those two tables itself.
+async fn vacuum_after(
+    pool: &PgPool,
+    report: &PruneReport,
+    autovacuum_on: bool,
+) -> Result<(), sqlx::Error> {
     let mut tables: Vec<&'static str> = report
         .rows
         .iter()
         .filter(|(_, n)| *n > 0)
         .map(|(t, _)| t.name())
         .collect();
-    for always in [
-        Table::Runs.name(),
-        Table::Jobs.name(),
-        retention::EVENT_OUTBOX,
-    ] {
+    let updated_in_place = [Table::Runs.name(), Table::Jobs.name()];
+    let extra: &[&'static str] = if autovacuum_on {
+        &[]
+    } else {
+        &updated_in_place
+    };
+    for &always in extra.iter().chain(&[retention::EVENT_OUTBOX]) {
         if !tables.contains(&always) {
             tables.push(always);
         }
@@ -141,6 +148,9 @@ pub async fn prune_forever(pool: PgPool, settings: RetentionSettings, shutdown: 
     if settings.prune_interval == Duration::ZERO {
         return;
     }
+    // Read once: a server's autovacuum setting needs a reload to change. Unknown counts as off
+    // (vacuuming a clean table costs little).
+    let autovacuum_on = retention::autovacuum_on(&pool).await.unwrap_or(false);
     loop {
         match prune_once(&pool, &settings, &shutdown).await {
             Ok(report) => {
@@ -152,7 +162,7 @@ pub async fn prune_forever(pool: PgPool, settings: RetentionSettings, shutdown: 
                         .collect();
                     tracing::info!(rows = %rows.join(" "), "pruned history past retention");
                 }
-                if let Err(e) = vacuum_after(&pool, &report).await {
+                if let Err(e) = vacuum_after(&pool, &report, autovacuum_on).await {
                     tracing::warn!(error = %e, "vacuuming after pruning failed");
                 }
             }

@@ -177,6 +177,14 @@ pub async fn vacuum(conn: &mut PgConnection, tables: &[&'static str]) -> Result<
     Ok(())
 }
 
+/// Whether the server's autovacuum launcher runs (`SHOW autovacuum`).
+pub async fn autovacuum_on(executor: impl PgExecutor<'_>) -> Result<bool, sqlx::Error> {
+    let setting: String = sqlx::query_scalar("SHOW autovacuum")
+        .fetch_one(executor)
+        .await?;
+    Ok(setting == "on")
+}
+
 /// How many rows of `table` are past `retention_secs` (what a prune would delete now).
 pub async fn count(
     executor: impl PgExecutor<'_>,
