@@ -28,7 +28,7 @@ use crate::helpers::{event_types, json_properties, test_settings, TestApp, DEADL
 
 const SCHEMAS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/topology/schemas");
 const CORPUS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/corpus");
-/// Every schema's `$id` is this prefix plus its file name (docs/decisions.md).
+/// Every schema's `$id` is this prefix plus its file name (docs/decisions/0040-schema-ids.md).
 const ID_PREFIX: &str = "https://operation-runs.example/schemas/";
 const SCHEMA_NAMES: [&str; 8] = [
     "dispatch",
