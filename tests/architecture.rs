@@ -1,7 +1,9 @@
 //! The boundaries ARCHITECTURE.md states, checked on the sources: a change that breaks one fails
 //! here with the file and line. (Comments and doc comments are ignored; string contents are not,
-//! so SQL text outside `store/` is caught too.)
+//! so SQL text outside `store/` is caught too.) Also: every relative link and `#anchor` of the
+//! documentation resolves.
 
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 /// One rule: code under `scope` (or outside it, when `outside` is set) must not contain any of
@@ -197,4 +199,337 @@ fn the_product_does_not_depend_on_the_lab_or_its_tools() {
             "the product's [dependencies] list {name}; it belongs to the lab or dev-dependencies"
         );
     }
+}
+
+/// The Markdown files whose relative links must resolve: the top-level documents, the READMEs of
+/// the lab, the topology and the clients, and everything under `docs/`.
+fn documentation_files(root: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = [
+        "README.md",
+        "ARCHITECTURE.md",
+        "CONTRIBUTING.md",
+        "lab/README.md",
+        "topology/README.md",
+    ]
+    .iter()
+    .map(|f| root.join(f))
+    .filter(|f| f.is_file())
+    .collect();
+    for client in std::fs::read_dir(root.join("clients")).unwrap() {
+        let readme = client.unwrap().path().join("README.md");
+        if readme.is_file() {
+            files.push(readme);
+        }
+    }
+    markdown_files(&root.join("docs"), &mut files);
+    files.sort();
+    files
+}
+
+fn markdown_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            markdown_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "md") {
+            out.push(path);
+        }
+    }
+}
+
+/// The lines of a Markdown text outside fenced code blocks, with their 1-based numbers.
+fn prose_lines(text: &str) -> Vec<(usize, &str)> {
+    // The open fence: its character and length (a closing one is at least as long).
+    let mut fence: Option<(char, usize)> = None;
+    let mut lines = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let trimmed = line.trim_start();
+        let marker = trimmed
+            .chars()
+            .next()
+            .filter(|&c| c == '`' || c == '~')
+            .map(|c| (c, trimmed.chars().take_while(|&d| d == c).count()))
+            .filter(|&(_, len)| len >= 3);
+        match (fence, marker) {
+            (Some((c, len)), Some((d, l))) if c == d && l >= len => fence = None,
+            (Some(_), _) => {}
+            (None, Some(opening)) => fence = Some(opening),
+            (None, None) => lines.push((n + 1, line)),
+        }
+    }
+    lines
+}
+
+/// `paragraph` without its inline code spans (a run of n backticks up to the next run of exactly
+/// n, across line ends; an unmatched run is literal text). A span's line ends are kept, so line
+/// numbers still count.
+fn without_code_spans(paragraph: &str) -> String {
+    let chars: Vec<char> = paragraph.chars().collect();
+    let run_at = |i: usize| chars[i..].iter().take_while(|&&c| c == '`').count();
+    let mut out = String::with_capacity(paragraph.len());
+    let mut i = 0;
+    while i < chars.len() {
+        if chars[i] != '`' {
+            out.push(chars[i]);
+            i += 1;
+            continue;
+        }
+        let n = run_at(i);
+        let mut j = i + n;
+        let close = loop {
+            match chars[j..].iter().position(|&c| c == '`') {
+                None => break None,
+                Some(k) => {
+                    let m = run_at(j + k);
+                    if m == n {
+                        break Some(j + k);
+                    }
+                    j += k + m;
+                }
+            }
+        };
+        match close {
+            Some(end) => {
+                out.push(' ');
+                out.extend(chars[i..end].iter().filter(|&&c| c == '\n'));
+                i = end + n;
+            }
+            None => {
+                out.extend(&chars[i..i + n]);
+                i += n;
+            }
+        }
+    }
+    out
+}
+
+/// The targets of the inline links and images (`[text](target)`, `![alt](target)`) and of the
+/// link reference definitions (`[label]: target`) of a Markdown text, outside code, with their
+/// line numbers.
+fn link_targets(text: &str) -> Vec<(usize, String)> {
+    // Paragraphs (runs of non-blank prose lines), since a code span may continue on the next line.
+    let mut paragraphs: Vec<(usize, String)> = Vec::new();
+    let mut previous = 0;
+    for (n, line) in prose_lines(text) {
+        if line.trim().is_empty() {
+            previous = 0;
+            continue;
+        }
+        match paragraphs.last_mut() {
+            Some((_, paragraph)) if previous != 0 && n == previous + 1 => {
+                paragraph.push('\n');
+                paragraph.push_str(line);
+            }
+            _ => paragraphs.push((n, line.to_owned())),
+        }
+        previous = n;
+    }
+    let mut targets = Vec::new();
+    for (first, paragraph) in paragraphs {
+        let prose = without_code_spans(&paragraph);
+        for (offset, line) in prose.lines().enumerate() {
+            line_targets(first + offset, line, &mut targets);
+        }
+    }
+    targets
+}
+
+/// The link targets of one line of prose (code spans already removed).
+fn line_targets(n: usize, prose: &str, targets: &mut Vec<(usize, String)>) {
+    let trimmed = prose.trim_start();
+    if let Some(rest) = trimmed.strip_prefix('[') {
+        if let Some((label, definition)) = rest.split_once("]:") {
+            if !label.contains(']') {
+                if let Some(target) = definition.split_whitespace().next() {
+                    targets.push((n, target.trim_matches(['<', '>']).to_owned()));
+                }
+                return;
+            }
+        }
+    }
+    let mut rest = prose;
+    while let Some(start) = rest.find("](") {
+        let after = &rest[start + 2..];
+        // The destination runs to the `)` that balances the opening one.
+        let mut depth = 0usize;
+        let end = after
+            .char_indices()
+            .find(|&(_, c)| match c {
+                '(' => {
+                    depth += 1;
+                    false
+                }
+                ')' if depth == 0 => true,
+                ')' => {
+                    depth -= 1;
+                    false
+                }
+                _ => false,
+            })
+            .map_or(after.len(), |(i, _)| i);
+        let destination = after[..end].trim();
+        let target = match destination.strip_prefix('<') {
+            Some(angled) => angled.split('>').next().unwrap_or(""),
+            // A title may follow the destination after a space.
+            None => destination.split_whitespace().next().unwrap_or(""),
+        };
+        targets.push((n, target.to_owned()));
+        rest = &after[end.min(after.len())..];
+    }
+}
+
+/// The `#anchors` GitHub gives the headings of a Markdown text: the heading's text (link
+/// targets dropped) lowercased, each space a `-`, every character other than letters, digits,
+/// `-` and `_` removed; a repeated slug gets `-1`, `-2`, … Explicit `id="…"` / `name="…"`
+/// attributes of inline HTML count too.
+fn anchors(text: &str) -> HashSet<String> {
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    let mut anchors = HashSet::new();
+    for (_, line) in prose_lines(text) {
+        for attribute in ["id=\"", "name=\""] {
+            for (i, _) in line.match_indices(attribute) {
+                let value = &line[i + attribute.len()..];
+                if let Some(end) = value.find('"') {
+                    anchors.insert(value[..end].to_owned());
+                }
+            }
+        }
+        let indent = line.len() - line.trim_start_matches(' ').len();
+        let hashes = line[indent..].chars().take_while(|&c| c == '#').count();
+        let heading = &line[indent + hashes..];
+        if indent > 3
+            || !(1..=6).contains(&hashes)
+            || !(heading.is_empty() || heading.starts_with(' '))
+        {
+            continue;
+        }
+        // A closing sequence of `#`s is not part of the text.
+        let heading = heading.trim();
+        let heading = match heading.trim_end_matches('#') {
+            shorter if shorter.is_empty() || shorter.ends_with(' ') => shorter.trim_end(),
+            _ => heading,
+        };
+        // `[text](target)` reads as `text`.
+        let mut visible = String::new();
+        let mut rest = heading;
+        while let Some(start) = rest.find("](") {
+            visible.push_str(&rest[..start]);
+            rest = rest[start + 2..]
+                .split_once(')')
+                .map_or("", |(_, after)| after);
+        }
+        visible.push_str(rest);
+        let slug: String = visible
+            .to_lowercase()
+            .chars()
+            .filter_map(|c| match c {
+                ' ' => Some('-'),
+                '-' | '_' => Some(c),
+                c if c.is_alphanumeric() => Some(c),
+                _ => None,
+            })
+            .collect();
+        let count = seen.entry(slug.clone()).or_insert(0);
+        anchors.insert(if *count == 0 {
+            slug
+        } else {
+            format!("{slug}-{count}")
+        });
+        *count += 1;
+    }
+    anchors
+}
+
+/// Every relative link of `files` (paths under `root`) whose file does not exist or whose
+/// `#anchor` names no heading of the Markdown file it points at, as `file:line: target (why)`.
+fn broken_links(root: &Path, files: &[PathBuf]) -> Vec<String> {
+    let mut broken = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(file).unwrap();
+        let relative = file
+            .strip_prefix(root)
+            .unwrap_or(file)
+            .display()
+            .to_string();
+        for (n, target) in link_targets(&text) {
+            let external = target.contains("://") || target.starts_with("mailto:");
+            if target.is_empty() || external {
+                continue;
+            }
+            let (path, anchor) = match target.split_once('#') {
+                Some((path, anchor)) => (path, Some(anchor)),
+                None => (target.as_str(), None),
+            };
+            let path = path.replace("%20", " ");
+            let resolved = if path.is_empty() {
+                file.clone()
+            } else if let Some(from_root) = path.strip_prefix('/') {
+                root.join(from_root)
+            } else {
+                file.parent().unwrap().join(&path)
+            };
+            if !resolved.exists() {
+                broken.push(format!("{relative}:{n}: {target} (no such file)"));
+                continue;
+            }
+            let Some(anchor) = anchor else { continue };
+            // A folder's page is its README; anchors of other files (source lines) are GitHub's.
+            let page = if resolved.is_dir() {
+                resolved.join("README.md")
+            } else {
+                resolved
+            };
+            if page.extension().is_some_and(|e| e == "md") && page.is_file() {
+                let headings = anchors(&std::fs::read_to_string(&page).unwrap());
+                if !headings.contains(anchor) {
+                    broken.push(format!("{relative}:{n}: {target} (no such heading)"));
+                }
+            }
+        }
+    }
+    broken
+}
+
+#[test]
+fn every_relative_link_and_anchor_in_the_docs_resolves() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let files = documentation_files(root);
+    assert!(files
+        .iter()
+        .any(|f| f.ends_with("docs/decisions/README.md")));
+    let broken = broken_links(root, &files);
+    assert!(
+        broken.is_empty(),
+        "{} broken link(s):\n{}",
+        broken.len(),
+        broken.join("\n")
+    );
+}
+
+#[test]
+fn the_link_check_finds_missing_files_and_anchors_and_ignores_code() {
+    let dir = std::env::temp_dir().join(format!("oprun-link-check-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("sub")).unwrap();
+    let other = "# Other page\n\n## Run `oprun serve` (the service)\n\n## Twice\n\n## Twice\n";
+    std::fs::write(dir.join("sub/other.md"), other).unwrap();
+    let page = "# Page: one, two\n\n\
+        [ok](sub/other.md#run-oprun-serve-the-service) [ok](#page-one-two) [ok](sub/other.md#twice-1)\n\
+        [missing file](sub/none.md) ![missing image](sub/none.png) and [missing anchor](#nowhere)\n\
+        `[in code](sub/none.md)` [external](https://example.org/none) [third twice](sub/other.md#twice-2)\n\
+        a code span `across\n[a line end](sub/none.md)` ends here\n\
+        ```\n[in a block](sub/none.md)\n```\n\
+        [label]: sub/other.md#other\n";
+    std::fs::write(dir.join("page.md"), page).unwrap();
+    let broken = broken_links(&dir, &[dir.join("page.md")]);
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(
+        broken,
+        [
+            "page.md:4: sub/none.md (no such file)",
+            "page.md:4: sub/none.png (no such file)",
+            "page.md:4: #nowhere (no such heading)",
+            "page.md:5: sub/other.md#twice-2 (no such heading)",
+            "page.md:11: sub/other.md#other (no such heading)",
+        ]
+    );
 }
