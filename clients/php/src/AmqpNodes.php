@@ -36,7 +36,7 @@ final class AmqpNodes
         for ($k = 0; $k < $n; $k++) {
             $i = ($this->start + $k) % $n;
             try {
-                $connection = AmqpUrl::connect($this->urls[$i], $this->connectionName);
+                $connection = AmqpUrl::open($this->urls[$i], $this->connectionName);
             } catch (\Throwable $e) {
                 // The library's exception is not chained: its trace holds the password.
                 $failures[] = AmqpUrl::redact($this->urls[$i]) . ' (' . AmqpUrl::describe($e) . ')';

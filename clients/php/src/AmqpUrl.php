@@ -69,8 +69,20 @@ final class AmqpUrl
         return $message === '' ? $class : "{$class}: {$message}";
     }
 
-    /** Opens a connection to one URL (a list: use {@see AmqpNodes}). */
-    public static function connect(#[\SensitiveParameter] string $url, string $connectionName = self::DEFAULT_CONNECTION_NAME): AbstractConnection
+    /**
+     * Opens a connection to the first URL of `$urls` (one, a comma-separated list or an array)
+     * that answers.
+     *
+     * @param string|list<string> $urls
+     * @throws NoNodeAnswered with a redacted message
+     */
+    public static function connect(#[\SensitiveParameter] string|array $urls, string $connectionName = self::DEFAULT_CONNECTION_NAME): AbstractConnection
+    {
+        return (new AmqpNodes($urls, $connectionName))->connect()[0];
+    }
+
+    /** @internal Opens a connection to one URL (the library's exceptions pass through). */
+    public static function open(#[\SensitiveParameter] string $url, string $connectionName): AbstractConnection
     {
         return AMQPConnectionFactory::create(self::config($url, $connectionName));
     }

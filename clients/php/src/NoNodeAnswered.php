@@ -4,7 +4,11 @@ declare(strict_types=1);
 
 namespace OperationRuns;
 
-/** @internal No URL of the list gave a connection; the message is redacted. */
+/**
+ * No URL of the list gave a connection ({@see AmqpUrl::connect()}); the message names each URL
+ * with its password redacted and why it failed. The client's calls turn it into
+ * {@see CommandNotAnswered} `connection_lost` or {@see ConnectionLost}.
+ */
 final class NoNodeAnswered extends \RuntimeException
 {
 }

@@ -92,7 +92,7 @@ final class ConnectionTest extends TestCase
             }
         } finally {
             $events->close();
-            $admin = \OperationRuns\AmqpUrl::connect(explode(',', $this->url)[0]);
+            $admin = \OperationRuns\AmqpUrl::connect($this->url);
             $admin->channel()->queue_delete($queue);
             $admin->close();
         }
