@@ -64,6 +64,26 @@ final class ConnectionTest extends TestCase
         }
     }
 
+    public function testAnIdleWorkerWhoseConnectionMissedItsHeartbeatsSendsOnAFreshOne(): void
+    {
+        $name = self::unique('php-idle');
+        $first = explode(',', $this->url)[0];
+        // A one-second heartbeat: php-amqplib answers none between calls, so the broker closes it.
+        $runs = new OperationRunService($first . (str_contains($first, '?') ? '&' : '?') . 'heartbeat=1', $this->namespace, $name);
+        try {
+            $runs->dispatchOrFail('policy.sync', $this->workspace, $this->tenant, ['policy_id' => self::unique('php')]);
+            $deadline = microtime(true) + 60;
+            while (self::connectionsNamed($name) !== []) {
+                self::assertLessThan($deadline, microtime(true), 'the broker closes the idle connection');
+                usleep(200_000);
+            }
+            $run = $runs->dispatchOrFail('policy.sync', $this->workspace, $this->tenant, ['policy_id' => self::unique('php')]);
+            self::assertSame('queued', $run->status);
+        } finally {
+            $runs->close();
+        }
+    }
+
     public function testASubscriptionWhoseConnectionIsClosedResumesOnAFreshOne(): void
     {
         $name = self::unique('php-subscriber');
