@@ -221,7 +221,7 @@ final class OperationRunService
         // applies a command id at most once and replies its first result again.
         for ($attempt = 0; $attempt < 2; $attempt++) {
             try {
-                $channel = $this->channel();
+                return $this->attempt($this->channel(), $body, $timeout, $options);
             } catch (NoNodeAnswered $e) {
                 $before = $lost !== null ? 'the connection was lost (' . AmqpUrl::describe($lost) . ') and ' : '';
                 throw new CommandNotAnswered(
@@ -229,9 +229,6 @@ final class OperationRunService
                     $commandId,
                     "command {$commandId} is not answered: {$before}{$e->getMessage()}; retry with the same command id",
                 );
-            }
-            try {
-                return $this->attempt($channel, $body, $timeout, $options);
             } catch (AMQPRuntimeException | AMQPIOException $e) {
                 // A closed connection or channel, a broken pipe, a missed heartbeat: gone.
                 $this->drop();

@@ -192,6 +192,10 @@ class Client:
         the handler returns ``False`` or after ``idle_timeout`` seconds without an event; a handler
         that raises stops the loop, its event unacked (delivered again). Delivery is at least once:
         dedupe on ``event["id"]``; order per run by ``event["data"]["sequence"]``.
+
+        A lost connection of a named queue is resumed on a fresh one (the next node first); raises
+        :class:`ConnectionLost` when no node answers, when the fresh connection is lost too before
+        an event came, or for the exclusive queue (it went with the connection).
         """
         # A lost connection is resumed on a fresh one (a named queue kept its events; those not
         # acked come again), unless it is lost again before an event came on the fresh one.
@@ -320,7 +324,7 @@ class Client:
         # applies a command id at most once and replies its first result again.
         for _attempt in range(2):
             try:
-                channel = self._open()
+                return self._attempt(self._open(), body, wait, timeout, trace)
             except NoNodeAnswered as e:
                 before = f"the connection was lost ({describe(lost)}) and " if lost is not None else ""
                 raise CommandNotAnswered(
@@ -328,8 +332,6 @@ class Client:
                     command_id,
                     f"command {command_id} is not answered: {before}{e}; retry with the same command id",
                 ) from None
-            try:
-                return self._attempt(channel, body, wait, timeout, trace)
             except Exception as e:
                 if not _lost(e):
                     raise
