@@ -6,6 +6,11 @@
 //! `OPRUN_PHPUNIT`, `OPRUN_PHP`, `OPRUN_PYTHON`); `.ci/run` installs them and pika/pytest.
 //! The Python package is imported from the working tree (`PYTHONPATH=clients/python`), so the
 //! tests never run a stale installed copy.
+//!
+//! The suites' connection tests (`ConnectionTest.php`, `test_connection.py`) drop the client's
+//! connection from the broker's side with `rabbitmqctl close_connection`, found by the
+//! client-provided connection name each test gives its client (never another test's), and use
+//! URL lists whose other nodes are closed local ports: `rabbitmqctl` must run on this host.
 
 use std::time::Duration;
 

@@ -6,6 +6,8 @@ namespace OperationRuns;
 
 use PhpAmqpLib\Channel\AMQPChannel;
 use PhpAmqpLib\Connection\AbstractConnection;
+use PhpAmqpLib\Exception\AMQPIOException;
+use PhpAmqpLib\Exception\AMQPRuntimeException;
 use PhpAmqpLib\Exception\AMQPTimeoutException;
 use PhpAmqpLib\Message\AMQPMessage;
 use PhpAmqpLib\Wire\AMQPTable;
@@ -18,31 +20,38 @@ use PhpAmqpLib\Wire\AMQPTable;
  * events while the subscriber is away; without one the broker names an exclusive queue that lives
  * as long as this object. Delivery is at least once: an event is acked when the consumer asks for
  * the next one, so dedupe on the event `id`; order per run by `data.sequence`.
+ *
+ * `$amqpUrl` is one URL, a comma-separated list or an array (the first that answers). A lost
+ * connection of a named queue is resumed on a fresh one (to the next node first); events not
+ * acked come again. {@see ConnectionLost} when it cannot be (see there).
  */
 final class EventSubscriber
 {
-    private AbstractConnection $connection;
-    private AMQPChannel $channel;
-    private string $queue;
+    private AmqpNodes $nodes;
+    /** The durable queue's name; null for an exclusive one. */
+    private ?string $named;
+    private int $node = 0;
+    private ?AbstractConnection $connection = null;
+    private ?AMQPChannel $channel = null;
+    private string $queue = '';
     /** @var list<AMQPMessage> */
     private array $buffer = [];
     private ?AMQPMessage $unacked = null;
 
-    public function __construct(string $amqpUrl, string $namespace = 'operation_runs', ?string $queue = null, int $prefetch = 100)
-    {
-        $this->connection = AmqpUrl::connect($amqpUrl);
-        $this->channel = $this->connection->channel();
-        if ($queue === null) {
-            [$this->queue] = $this->channel->queue_declare('', false, false, true, true);
-        } else {
-            $this->channel->queue_declare($queue, false, true, false, false, false, new AMQPTable(['x-queue-type' => 'quorum']));
-            $this->queue = $queue;
-        }
-        $this->channel->queue_bind($this->queue, $namespace . '.events');
-        $this->channel->basic_qos(0, $prefetch, false);
-        $this->channel->basic_consume($this->queue, '', false, false, false, false, function (AMQPMessage $m): void {
-            $this->buffer[] = $m;
-        });
+    /**
+     * @param string|list<string> $amqpUrl
+     * @throws ConnectionLost when no node of the list answers
+     */
+    public function __construct(
+        #[\SensitiveParameter] string|array $amqpUrl,
+        private readonly string $namespace = 'operation_runs',
+        ?string $queue = null,
+        private readonly int $prefetch = 100,
+        string $connectionName = AmqpUrl::DEFAULT_CONNECTION_NAME,
+    ) {
+        $this->named = $queue;
+        $this->nodes = new AmqpNodes($amqpUrl, $connectionName);
+        $this->subscribe();
     }
 
     /** The queue's name (broker-generated when none was given). */
@@ -57,27 +66,40 @@ final class EventSubscriber
      * again after close(). Stops after `$idleTimeout` seconds without an event (null: never).
      *
      * @return \Generator<int, array<string, mixed>>
+     * @throws ConnectionLost when the connection is lost and cannot be resumed
      */
     public function events(?float $idleTimeout = null): \Generator
     {
+        $resumed = false;
+        $delivered = false;
         while (true) {
-            // The consumer came back for more: the event it had is handled.
-            $this->unacked?->ack();
-            $this->unacked = null;
-            if ($this->buffer === []) {
-                try {
-                    $this->channel->wait(null, false, $idleTimeout ?? 0);
-                } catch (AMQPTimeoutException) {
-                    return;
-                }
-                continue;
-            }
-            $message = array_shift($this->buffer);
             try {
-                $event = json_decode($message->getBody(), true, 512, JSON_THROW_ON_ERROR | JSON_BIGINT_AS_STRING);
-            } catch (\JsonException) {
-                // Not an event of this service: nothing a consumer could do with it.
-                $message->nack(false);
+                // The consumer came back for more: the event it had is handled.
+                $handled = $this->unacked;
+                $this->unacked = null;
+                $handled?->ack();
+                if ($this->buffer === []) {
+                    try {
+                        $this->channel->wait(null, false, $idleTimeout ?? 0);
+                    } catch (AMQPTimeoutException) {
+                        return;
+                    }
+                    continue;
+                }
+                $message = array_shift($this->buffer);
+                $delivered = true;
+                try {
+                    $event = json_decode($message->getBody(), true, 512, JSON_THROW_ON_ERROR | JSON_BIGINT_AS_STRING);
+                } catch (\JsonException) {
+                    // Not an event of this service: nothing a consumer could do with it.
+                    $message->nack(false);
+                    continue;
+                }
+            } catch (AMQPRuntimeException | AMQPIOException $e) {
+                // Lost: resumed once; lost again before an event came on the fresh one, it ends.
+                $this->resume($e, $resumed && !$delivered);
+                $resumed = true;
+                $delivered = false;
                 continue;
             }
             $this->unacked = $message;
@@ -88,10 +110,59 @@ final class EventSubscriber
     public function close(): void
     {
         try {
-            $this->channel->close();
-            $this->connection->close();
+            $this->channel?->close();
+        } catch (\Throwable) {
+            // Already closed or broken: the connection is closed next.
+        }
+        try {
+            $this->connection?->close();
         } catch (\Throwable) {
             // Already closed or broken.
+        }
+        $this->channel = null;
+        $this->connection = null;
+    }
+
+    private function subscribe(): void
+    {
+        try {
+            [$this->connection, $this->node] = $this->nodes->connect();
+        } catch (NoNodeAnswered $e) {
+            throw new ConnectionLost("cannot subscribe to {$this->namespace}.events: {$e->getMessage()}");
+        }
+        $this->channel = $this->connection->channel();
+        if ($this->named === null) {
+            [$this->queue] = $this->channel->queue_declare('', false, false, true, true);
+        } else {
+            $this->channel->queue_declare($this->named, false, true, false, false, false, new AMQPTable(['x-queue-type' => 'quorum']));
+            $this->queue = $this->named;
+        }
+        $this->channel->queue_bind($this->queue, $this->namespace . '.events');
+        $this->channel->basic_qos(0, $this->prefetch, false);
+        $this->channel->basic_consume($this->queue, '', false, false, false, false, function (AMQPMessage $m): void {
+            $this->buffer[] = $m;
+        });
+    }
+
+    private function resume(\Throwable $lost, bool $again): void
+    {
+        // Deliveries of the lost channel cannot be acked: the broker delivers them again.
+        $this->buffer = [];
+        $this->unacked = null;
+        $this->close();
+        $this->nodes->lost($this->node);
+        $why = AmqpUrl::describe($lost);
+        if ($this->named === null) {
+            throw new ConnectionLost("the connection of the subscriber was lost ({$why}); its exclusive queue went with it");
+        }
+        if ($again) {
+            throw new ConnectionLost("the connection of the subscriber to {$this->named} was lost again before an event came ({$why})");
+        }
+        try {
+            $this->subscribe();
+        } catch (AMQPRuntimeException | AMQPIOException $e) {
+            $this->close();
+            throw new ConnectionLost("the subscription to {$this->named} could not be resumed: " . AmqpUrl::describe($e));
         }
     }
 }

@@ -6,7 +6,9 @@ namespace OperationRuns;
 
 use PhpAmqpLib\Channel\AMQPChannel;
 use PhpAmqpLib\Connection\AbstractConnection;
+use PhpAmqpLib\Exception\AMQPIOException;
 use PhpAmqpLib\Exception\AMQPProtocolChannelException;
+use PhpAmqpLib\Exception\AMQPRuntimeException;
 use PhpAmqpLib\Exception\AMQPTimeoutException;
 use PhpAmqpLib\Message\AMQPMessage;
 use PhpAmqpLib\Wire\AMQPTable;
@@ -20,6 +22,12 @@ use PhpAmqpLib\Wire\AMQPTable;
  * through RabbitMQ direct reply-to (`amq.rabbitmq.reply-to`). Command ids are UUIDs generated
  * here unless given; resending the same id is applied at most once by the service.
  *
+ * `$amqpUrl` is one URL, a comma-separated list of the nodes of a cluster (as the service's
+ * `AMQP_URL`), or an array of URLs: the first that answers is used, and after a lost connection
+ * the next one is tried first. A call whose connection is lost is sent once more on a fresh
+ * connection (the command id makes it safe); else {@see CommandNotAnswered} `connection_lost`.
+ * No error carries a password. `$connectionName` is the name the broker shows for the connection.
+ *
  * One instance holds one connection and one channel: use it from one process (one PHP worker).
  */
 final class OperationRunService
@@ -27,6 +35,8 @@ final class OperationRunService
     public const DIRECT_REPLY_TO = 'amq.rabbitmq.reply-to';
     public const DEFAULT_TIMEOUT = 30.0;
 
+    private AmqpNodes $nodes;
+    private int $node = 0;
     private ?AbstractConnection $connection = null;
     private ?AMQPChannel $channel = null;
     /** @var array<string, array<string, mixed>> replies by correlation id */
@@ -35,10 +45,16 @@ final class OperationRunService
     private string $awaiting = '';
     private bool $nacked = false;
 
+    /**
+     * @param string|list<string> $amqpUrl
+     * @throws \InvalidArgumentException an empty or oversized list, or a URL not amqp:// or amqps://
+     */
     public function __construct(
-        private readonly string $amqpUrl,
+        #[\SensitiveParameter] string|array $amqpUrl,
         private readonly string $namespace = 'operation_runs',
+        string $connectionName = AmqpUrl::DEFAULT_CONNECTION_NAME,
     ) {
+        $this->nodes = new AmqpNodes($amqpUrl, $connectionName);
     }
 
     /**
@@ -47,7 +63,8 @@ final class OperationRunService
      * @param array<string, mixed> $context the type's identity keys and anything else to keep
      * @param array{userId?: int, initiatorName?: string, commandId?: string, timeout?: float, traceparent?: string, tracestate?: string} $options
      * @throws CommandRefused when the service refuses it (getErrorCode(): e.g. `missing_identity_key`)
-     * @throws CommandNotAnswered when the broker cannot route it or no reply comes in time
+     * @throws CommandNotAnswered when the broker cannot route it, no reply comes in time, or the
+     *   connection is lost twice or cannot be had (`connection_lost`)
      */
     public function dispatchOrFail(
         string $type,
@@ -124,14 +141,26 @@ final class OperationRunService
     /** Closes the channel and the connection (also done on destruction). */
     public function close(): void
     {
+        // Each on its own: a channel that cannot close must not leave its connection's socket open.
         try {
             $this->channel?->close();
+        } catch (\Throwable) {
+            // A closed or broken channel: its connection is closed next.
+        }
+        try {
             $this->connection?->close();
         } catch (\Throwable) {
             // Closing a broken connection: nothing left to release.
         }
         $this->channel = null;
         $this->connection = null;
+    }
+
+    /** The connection is lost: release it, and start the next one with the following node. */
+    private function drop(): void
+    {
+        $this->nodes->lost($this->node);
+        $this->close();
     }
 
     public function __destruct()
@@ -186,7 +215,43 @@ final class OperationRunService
      */
     private function request(array $body, float $timeout, array $options = []): array
     {
-        $channel = $this->channel();
+        $commandId = (string) $body['command_id'];
+        $lost = null;
+        // Once, and once more on a fresh connection when the connection was lost: the service
+        // applies a command id at most once and replies its first result again.
+        for ($attempt = 0; $attempt < 2; $attempt++) {
+            try {
+                return $this->attempt($this->channel(), $body, $timeout, $options);
+            } catch (NoNodeAnswered $e) {
+                $before = $lost !== null ? 'the connection was lost (' . AmqpUrl::describe($lost) . ') and ' : '';
+                throw new CommandNotAnswered(
+                    CommandNotAnswered::CONNECTION_LOST,
+                    $commandId,
+                    "command {$commandId} is not answered: {$before}{$e->getMessage()}; retry with the same command id",
+                );
+            } catch (AMQPRuntimeException | AMQPIOException $e) {
+                // A closed connection or channel, a broken pipe, a missed heartbeat: gone.
+                $this->drop();
+                $lost = $e;
+            }
+        }
+        throw new CommandNotAnswered(
+            CommandNotAnswered::CONNECTION_LOST,
+            $commandId,
+            "command {$commandId} is not answered: the connection was lost, and again on a fresh connection ("
+                . AmqpUrl::describe($lost) . '); retry with the same command id',
+        );
+    }
+
+    /**
+     * One publish of `$body` and the wait for its reply, on `$channel`.
+     *
+     * @param array<string, mixed> $body
+     * @param array<string, mixed> $options
+     * @return array<string, mixed>
+     */
+    private function attempt(AMQPChannel $channel, array $body, float $timeout, array $options): array
+    {
         $commandId = (string) $body['command_id'];
         $correlationId = self::newCommandId();
         $message = new AMQPMessage(
@@ -264,7 +329,7 @@ final class OperationRunService
         }
         // A channel the broker closed (e.g. 404) leaves its connection open: release it first.
         $this->close();
-        $this->connection = AmqpUrl::connect($this->amqpUrl);
+        [$this->connection, $this->node] = $this->nodes->connect();
         $channel = $this->connection->channel();
         $channel->confirm_select();
         $channel->set_ack_handler(function (): void {

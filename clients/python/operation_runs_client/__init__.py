@@ -4,13 +4,14 @@
 """
 
 from .client import Client, new_traceparent
-from .errors import CommandNotAnswered, CommandRefused, OperationRunsError
+from .errors import CommandNotAnswered, CommandRefused, ConnectionLost, OperationRunsError
 from .identity import IDENTITY_KEYS, IdentityError, canonical_identity, identity_hash
 
 __all__ = [
     "Client",
     "CommandNotAnswered",
     "CommandRefused",
+    "ConnectionLost",
     "OperationRunsError",
     "IDENTITY_KEYS",
     "IdentityError",

@@ -6,14 +6,34 @@ import json
 import secrets
 import time
 import uuid
-from typing import Any, Callable, Dict, List, Mapping, Optional
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Union
 
 import pika
 import pika.exceptions
 
-from .errors import CommandNotAnswered, CommandRefused
+from .errors import CommandNotAnswered, CommandRefused, ConnectionLost
+from .urls import NoNodeAnswered, Nodes, describe
 
 DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
+#: The client-provided connection name when none is given (shown by the broker).
+DEFAULT_CONNECTION_NAME = "operation-runs-python"
+
+# What a lost connection raises from pika: a stream lost (socket closed, missed heartbeats), a
+# connection the broker closed (restart, `rabbitmqctl close_connection`), a channel of a closed
+# connection. A channel the broker closed for a reason of its own (404) is not among them.
+_LOST = (
+    pika.exceptions.AMQPConnectionError,
+    pika.exceptions.ChannelWrongStateError,
+    OSError,
+)
+
+
+def _lost(error: BaseException) -> bool:
+    """True when ``error`` means the connection is gone (a resend on a fresh one may succeed)."""
+    if isinstance(error, pika.exceptions.ChannelClosedByBroker):
+        # 320 CONNECTION_FORCED: the broker closes the connection and its channels with it.
+        return error.reply_code == 320
+    return isinstance(error, _LOST)
 
 
 def new_command_id() -> str:
@@ -34,10 +54,23 @@ class Client:
     raises :class:`CommandNotAnswered`, never a silent drop), persistent, ``application/json``,
     ``message_id`` = command id, routing key = its kind; replies come through RabbitMQ direct
     reply-to. Not thread-safe: one client per thread (pika's BlockingConnection).
+
+    ``amqp_url`` is one URL, a comma-separated list of the nodes of a cluster (as the service's
+    ``AMQP_URL``), or a sequence of URLs: the first that answers is used, and after a lost
+    connection the next one is tried first. A call whose connection is lost is sent once more on
+    a fresh connection (the command id makes it safe); errors never show a password.
+    ``connection_name`` is the client-provided name the broker shows for the connection.
     """
 
-    def __init__(self, amqp_url: str, namespace: str = "operation_runs"):
-        self._url = amqp_url
+    def __init__(
+        self,
+        amqp_url: Union[str, Iterable[str]],
+        namespace: str = "operation_runs",
+        *,
+        connection_name: str = DEFAULT_CONNECTION_NAME,
+    ):
+        self._nodes = Nodes(amqp_url, connection_name)
+        self._node = 0
         self.namespace = namespace
         self._connection: Optional[pika.BlockingConnection] = None
         self._channel = None
@@ -159,35 +192,65 @@ class Client:
         the handler returns ``False`` or after ``idle_timeout`` seconds without an event; a handler
         that raises stops the loop, its event unacked (delivered again). Delivery is at least once:
         dedupe on ``event["id"]``; order per run by ``event["data"]["sequence"]``.
+
+        A lost connection of a named queue is resumed on a fresh one (the next node first); raises
+        :class:`ConnectionLost` when no node answers, when the fresh connection is lost too before
+        an event came, or for the exclusive queue (it went with the connection).
         """
-        connection = pika.BlockingConnection(pika.URLParameters(self._url))
-        try:
-            channel = connection.channel()
-            if queue:
-                channel.queue_declare(queue, durable=True, arguments={"x-queue-type": "quorum"})
-                name = queue
-            else:
-                name = channel.queue_declare("", exclusive=True, auto_delete=True).method.queue
-            channel.queue_bind(name, f"{self.namespace}.events")
-            channel.basic_qos(prefetch_count=prefetch)
-            for method, _properties, body in channel.consume(name, inactivity_timeout=idle_timeout):
-                if method is None:
-                    return
-                try:
-                    event = json.loads(body)
-                except ValueError:
-                    # Not an event of this service; nothing a handler could do with it.
-                    channel.basic_nack(method.delivery_tag, requeue=False)
-                    continue
-                keep_going = handler(event)
-                channel.basic_ack(method.delivery_tag)
-                if keep_going is False:
-                    return
-        finally:
+        # A lost connection is resumed on a fresh one (a named queue kept its events; those not
+        # acked come again), unless it is lost again before an event came on the fresh one.
+        resumed = False
+        while True:
             try:
-                connection.close()
-            except pika.exceptions.AMQPError:
-                pass
+                connection, node = self._nodes.connect()
+            except NoNodeAnswered as e:
+                raise ConnectionLost(f"cannot subscribe to {self.namespace}.events: {e}") from None
+            delivered = in_handler = False
+            try:
+                channel = connection.channel()
+                if queue:
+                    channel.queue_declare(queue, durable=True, arguments={"x-queue-type": "quorum"})
+                    name = queue
+                else:
+                    name = channel.queue_declare("", exclusive=True, auto_delete=True).method.queue
+                channel.queue_bind(name, f"{self.namespace}.events")
+                channel.basic_qos(prefetch_count=prefetch)
+                for method, _properties, body in channel.consume(name, inactivity_timeout=idle_timeout):
+                    if method is None:
+                        return
+                    delivered = True
+                    try:
+                        event = json.loads(body)
+                    except ValueError:
+                        # Not an event of this service; nothing a handler could do with it.
+                        channel.basic_nack(method.delivery_tag, requeue=False)
+                        continue
+                    in_handler = True
+                    keep_going = handler(event)
+                    in_handler = False
+                    channel.basic_ack(method.delivery_tag)
+                    if keep_going is False:
+                        return
+            except Exception as e:
+                if in_handler or not _lost(e):
+                    raise
+                self._nodes.lost(node)
+                if not queue:
+                    raise ConnectionLost(
+                        f"the connection of the subscription was lost ({describe(e)}); its exclusive queue went with it"
+                    ) from None
+                if resumed and not delivered:
+                    raise ConnectionLost(
+                        f"the connection of the subscription to {queue} was lost again before an event came ({describe(e)})"
+                    ) from None
+                resumed = True
+            finally:
+                try:
+                    if connection.is_open:
+                        connection.close()
+                except Exception:
+                    # Closing a broken connection: nothing left to release.
+                    pass
 
     # Plumbing ---------------------------------------------------------------------------------
 
@@ -196,7 +259,8 @@ class Client:
         if self._connection is not None and self._connection.is_open:
             try:
                 self._connection.close()
-            except pika.exceptions.AMQPError:
+            except Exception:
+                # Closing a broken connection: nothing left to release.
                 pass
         self._connection = None
         self._channel = None
@@ -219,11 +283,28 @@ class Client:
         body.update(fields)
         return self._send(body, wait, timeout, trace)
 
+    def _drop(self) -> None:
+        """The connection is lost: release it (never leak a socket), and start the next
+        connection with the following node."""
+        self._nodes.lost(self._node)
+        self.close()
+
     def _open(self):
         if self._channel is not None and self._channel.is_open:
-            return self._channel
+            try:
+                # Services heartbeats after an idle spell (a BlockingConnection does so only when
+                # called) and notices a connection the broker closed meanwhile (missed
+                # heartbeats, a restart): replaced before anything is sent on it.
+                self._connection.process_data_events(time_limit=0)
+            except Exception as e:
+                if not _lost(e):
+                    raise
+                self._drop()
+            else:
+                if self._channel.is_open:
+                    return self._channel
         self.close()
-        self._connection = pika.BlockingConnection(pika.URLParameters(self._url))
+        self._connection, self._node = self._nodes.connect()
         channel = self._connection.channel()
         channel.confirm_delivery()
         # Direct reply-to: consume the pseudo-queue (no-ack) on the channel that publishes.
@@ -237,7 +318,32 @@ class Client:
             self._reply = json.loads(body)
 
     def _send(self, body: Dict[str, Any], wait: bool, timeout: float, trace=(None, None)) -> Dict[str, Any]:
-        channel = self._open()
+        command_id = body["command_id"]
+        lost: Optional[BaseException] = None
+        # Once, and once more on a fresh connection when the connection was lost: the service
+        # applies a command id at most once and replies its first result again.
+        for _attempt in range(2):
+            try:
+                return self._attempt(self._open(), body, wait, timeout, trace)
+            except NoNodeAnswered as e:
+                before = f"the connection was lost ({describe(lost)}) and " if lost is not None else ""
+                raise CommandNotAnswered(
+                    CommandNotAnswered.CONNECTION_LOST,
+                    command_id,
+                    f"command {command_id} is not answered: {before}{e}; retry with the same command id",
+                ) from None
+            except Exception as e:
+                if not _lost(e):
+                    raise
+                self._drop()
+                lost = e
+        raise CommandNotAnswered(
+            CommandNotAnswered.CONNECTION_LOST,
+            command_id,
+            f"command {command_id} is not answered: the connection was lost, and again on a fresh connection ({describe(lost)}); retry with the same command id",
+        ) from None
+
+    def _attempt(self, channel, body: Dict[str, Any], wait: bool, timeout: float, trace) -> Dict[str, Any]:
         command_id = body["command_id"]
         correlation_id = new_command_id()
         traceparent, tracestate = trace

@@ -19,10 +19,24 @@ class CommandRefused(OperationRunsError):
 
 class CommandNotAnswered(OperationRunsError):
     """No verdict: the broker could not route the command (``reason == "unroutable"``: the
-    topology is not declared), refused it (``"nacked"``), or no reply came in time
-    (``"timeout"``). The command may still be applied: retry with the same ``command_id``."""
+    topology is not declared), refused it (``"nacked"``), no reply came in time (``"timeout"``),
+    or the connection was lost and the one resend on a fresh connection failed too, or no node
+    of the URL list answered (``"connection_lost"``). The command may still be applied: retry
+    with the same ``command_id``."""
+
+    UNROUTABLE = "unroutable"
+    NACKED = "nacked"
+    TIMEOUT = "timeout"
+    CONNECTION_LOST = "connection_lost"
 
     def __init__(self, reason: str, command_id: str, message: str):
         super().__init__(message)
         self.reason = reason
         self.command_id = command_id
+
+
+class ConnectionLost(OperationRunsError):
+    """A subscription ended without its handler asking: the connection was lost and could not
+    be resumed (no node of the URL list answered, it was lost again before an event came, or the
+    queue was the exclusive one of the call, which went with the connection). Events not acked
+    are delivered again to a named queue's next subscriber."""
