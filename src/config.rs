@@ -165,6 +165,11 @@ pub struct ServeSettings {
     #[arg(long, env = "OPRUN_DB_CONNECTIONS", default_value_t = 8)]
     pub db_connections: u32,
 
+    /// Database connections of the run viewer's own pool, apart from `--db-connections`: the
+    /// viewer's reads never take a connection the pipeline needs.
+    #[arg(long, env = "OPRUN_VIEWER_DB_CONNECTIONS", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub viewer_db_connections: u32,
+
     /// Seconds to finish in-flight work and flush the outbox after SIGTERM/SIGINT.
     #[arg(long, env = "OPRUN_SHUTDOWN_TIMEOUT_SECS", default_value_t = 30)]
     pub shutdown_timeout_secs: u64,
@@ -253,6 +258,7 @@ impl Default for ServeSettings {
             metrics_poll_ms: 15_000,
             relay_batch: 500,
             db_connections: 8,
+            viewer_db_connections: 4,
             shutdown_timeout_secs: 30,
             hand_off_jobs: true,
             job_publish_attempts: 8,

@@ -3,19 +3,21 @@
 
 use std::collections::HashMap;
 
-use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
-use super::error::ApiError;
+use super::error::{ApiError, ApiPath, ApiQuery};
 use super::read_model;
 use super::viewer::{authenticate, ViewerState};
 use crate::domain::{OperationRun, OperationRunType, RunOutcome, RunStatus, OPERATION_CATALOG};
 use crate::store::legacy::{self, LegacyTable};
-use crate::store::viewer::{self as store, RunListFilter, ViewerScope};
+use crate::store::viewer::{self as store, RunListFilter, ViewerScope, PAGE_BYTES};
 
 /// Default page size of `GET /v1/runs`.
 pub const DEFAULT_LIMIT: i64 = 50;
@@ -51,7 +53,13 @@ pub fn parse_list_query(params: &HashMap<String, String>) -> Result<ListQuery, A
             .map(|v| {
                 DateTime::parse_from_rfc3339(v)
                     .map(|t| t.with_timezone(&Utc))
-                    .map_err(|_| ApiError::invalid(format!("{k} must be an RFC 3339 time")))
+                    .ok()
+                    .filter(|t| store::in_timestamptz_range(*t))
+                    .ok_or_else(|| {
+                        ApiError::invalid(format!(
+                            "{k} must be an RFC 3339 time from 4713 BC to 294276 AD"
+                        ))
+                    })
             })
             .transpose()
     };
@@ -95,57 +103,108 @@ pub fn encode_cursor(created_at: DateTime<Utc>, id: i64) -> String {
     hex::encode(format!("{}.{id}", created_at.timestamp_micros()))
 }
 
+/// A keyset position of a cursor, when it is one and PostgreSQL can hold its time (a cursor
+/// is opaque, but anyone can write one).
 fn decode_cursor(cursor: &str) -> Option<(DateTime<Utc>, i64)> {
     let text = String::from_utf8(hex::decode(cursor).ok()?).ok()?;
     let (micros, id) = text.split_once('.')?;
-    Some((
-        DateTime::from_timestamp_micros(micros.parse().ok()?)?,
-        id.parse().ok()?,
-    ))
+    let created_at = DateTime::from_timestamp_micros(micros.parse().ok()?)?;
+    store::in_timestamptz_range(created_at).then_some(())?;
+    Some((created_at, id.parse().ok()?))
 }
 
-/// One page of runs and the cursor of the next (`None` on the last page).
-pub async fn list_page(
+/// One page of runs, each rendered by `render` as it is read (into what the answer shows and
+/// its size in bytes), and the cursor of the next page (`None` on the last). A page ends at
+/// `limit` runs or once the rendered runs would pass [`PAGE_BYTES`] (always at least one), so
+/// an answer is bounded in bytes whatever the runs hold.
+pub async fn list_page<T>(
     state: &ViewerState,
     scope: &ViewerScope,
     query: &ListQuery,
-) -> Result<(Vec<OperationRun>, Option<String>), ApiError> {
-    let mut runs = store::list_runs(
+    mut render: impl FnMut(&OperationRun) -> (T, usize),
+) -> Result<(Vec<T>, Option<String>), ApiError> {
+    let (mut page, mut bytes, mut last, mut more) = (Vec::new(), 0usize, None, false);
+    store::each_listed_run(
         &state.pool,
         scope,
         &query.filter,
         query.after,
         query.limit + 1,
+        |run| {
+            if page.len() as i64 >= query.limit {
+                more = true;
+                return false;
+            }
+            let (item, size) = render(&run);
+            if !page.is_empty() && (bytes + size) as i64 > PAGE_BYTES {
+                more = true;
+                return false;
+            }
+            bytes += size;
+            last = Some((run.created_at, run.id));
+            page.push(item);
+            true
+        },
     )
     .await?;
-    let next = if runs.len() as i64 > query.limit {
-        runs.truncate(query.limit as usize);
-        runs.last().map(|r| encode_cursor(r.created_at, r.id))
-    } else {
-        None
-    };
-    Ok((runs, next))
+    let next = last
+        .filter(|_| more)
+        .map(|(created_at, id)| encode_cursor(created_at, id));
+    Ok((page, next))
+}
+
+/// `body` serialised as a JSON answer into a buffer of `capacity` bytes (its expected size),
+/// so that a large answer is written once, not regrown.
+fn json_answer(body: &impl Serialize, capacity: usize) -> Result<Response, ApiError> {
+    let mut buffer = Vec::with_capacity(capacity);
+    serde_json::to_writer(&mut buffer, body).map_err(|e| {
+        tracing::error!(error = %e, "viewer answer did not serialise");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            "the answer could not be written",
+        )
+    })?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        buffer,
+    )
+        .into_response())
 }
 
 /// `GET /v1/runs`
 pub async fn list(
     State(state): State<ViewerState>,
     headers: HeaderMap,
-    Query(params): Query<HashMap<String, String>>,
-) -> Result<Json<Value>, ApiError> {
+    ApiQuery(params): ApiQuery<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
     let claims = authenticate(&state.keys, &headers)?;
     let query = parse_list_query(&params)?;
-    let (runs, next) = list_page(&state, &claims.scope(), &query).await?;
-    let runs: Vec<Value> = runs
-        .iter()
-        .map(|r| {
-            let mut v = r.to_json();
-            v["label"] = json!(read_model::type_label(r.run_type));
-            v["progress"] = read_model::progress(&r.summary_counts);
-            v
-        })
-        .collect();
-    Ok(Json(json!({"runs": runs, "next_cursor": next})))
+    let (runs, next) = list_page(&state, &claims.scope(), &query, |r| {
+        let mut v = r.to_json();
+        v["label"] = json!(read_model::type_label(r.run_type));
+        v["progress"] = read_model::progress(&r.summary_counts);
+        let raw = serde_json::value::to_raw_value(&v).expect("a JSON value always serialises");
+        let size = raw.get().len() + 1;
+        (raw, size)
+    })
+    .await?;
+    #[derive(Serialize)]
+    struct Page {
+        runs: Vec<Box<RawValue>>,
+        next_cursor: Option<String>,
+    }
+    let capacity = runs.iter().map(|r| r.get().len() + 1).sum::<usize>() + 128;
+    json_answer(
+        &Page {
+            runs,
+            next_cursor: next,
+        },
+        capacity,
+    )
 }
 
 /// Run `id` of the path, when it is a number and the run is in scope.
@@ -164,20 +223,22 @@ pub async fn run_in_scope(
 pub async fn show(
     State(state): State<ViewerState>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Value>, ApiError> {
     let claims = authenticate(&state.keys, &headers)?;
     let run = run_in_scope(&state, &claims.scope(), &id).await?;
     Ok(Json(read_model::detail(&state.pool, &run).await?))
 }
 
-/// `GET /v1/runs/{id}/events?after=SEQ`
+/// `GET /v1/runs/{id}/events?after=SEQ`: at most [`MAX_EVENTS`] events and [`PAGE_BYTES`] of
+/// them (always at least one); `next_after` is the `after` of the next page, `null` when no
+/// more are stored.
 pub async fn events(
     State(state): State<ViewerState>,
     headers: HeaderMap,
-    Path(id): Path<String>,
-    Query(params): Query<HashMap<String, String>>,
-) -> Result<Json<Value>, ApiError> {
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(params): ApiQuery<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
     let claims = authenticate(&state.keys, &headers)?;
     let run = run_in_scope(&state, &claims.scope(), &id).await?;
     let after = match params.get("after").filter(|v| !v.is_empty()) {
@@ -186,9 +247,16 @@ pub async fn events(
             .map_err(|_| ApiError::invalid("after must be an integer"))?,
         None => 0,
     };
-    let events = store::events_after(&state.pool, run.id, after, MAX_EVENTS).await?;
-    let events: Vec<Value> = events.into_iter().map(|e| e.cloud_event).collect();
-    Ok(Json(json!({ "events": events })))
+    let page = store::events_within(&state.pool, run.id, after, MAX_EVENTS, PAGE_BYTES).await?;
+    #[derive(Serialize)]
+    struct Page {
+        events: Vec<Box<RawValue>>,
+        next_after: Option<i64>,
+    }
+    let next_after = page.events.last().map(|e| e.sequence).filter(|_| page.more);
+    let events: Vec<Box<RawValue>> = page.events.into_iter().map(|e| e.cloud_event).collect();
+    let capacity = events.iter().map(|e| e.get().len() + 1).sum::<usize>() + 64;
+    json_answer(&Page { events, next_after }, capacity)
 }
 
 /// Where legacy row `id` of `table` leads inside `scope`: the run id, or an error answer.
@@ -234,7 +302,7 @@ pub async fn resolve_legacy(
 pub async fn legacy(
     State(state): State<ViewerState>,
     headers: HeaderMap,
-    Path((table, id)): Path<(String, String)>,
+    ApiPath((table, id)): ApiPath<(String, String)>,
 ) -> Result<Response, ApiError> {
     let claims = authenticate(&state.keys, &headers)?;
     let run_id = resolve_legacy(&state, &claims.scope(), &table, &id).await?;

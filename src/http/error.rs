@@ -1,8 +1,13 @@
-//! The viewer API's error answer: `{"error": {"code": "...", "message": "..."}}` with a status.
+//! The viewer API's error answer: `{"error": {"code": "...", "message": "..."}}` with a status,
+//! and the extractors whose rejections are that answer (axum's own answer in plain text).
 
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{FromRequestParts, Path, Query};
+use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 
 use super::auth::AuthError;
@@ -43,6 +48,73 @@ impl ApiError {
     /// 400 `invalid_parameter`.
     pub fn invalid(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "invalid_parameter", message)
+    }
+
+    /// 404 `not_found` for a route that does not exist.
+    pub fn no_route() -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+    }
+
+    /// 405 `method_not_allowed` (axum adds the `Allow` header).
+    pub fn method_not_allowed() -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "this route does not accept that method",
+        )
+    }
+
+    /// The answer to an extractor's rejection: 400 `invalid_parameter` for what the client
+    /// sent, 500 `internal_error` for a route that extracts what it does not have.
+    fn rejected(status: StatusCode, text: String) -> Self {
+        if status.is_client_error() {
+            Self::new(StatusCode::BAD_REQUEST, "invalid_parameter", text)
+        } else {
+            tracing::error!(%status, text, "viewer extractor failed");
+            Self::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                "the request could not be handled",
+            )
+        }
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(r: PathRejection) -> Self {
+        Self::rejected(r.status(), r.body_text())
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(r: QueryRejection) -> Self {
+        Self::rejected(r.status(), r.body_text())
+    }
+}
+
+/// axum's [`Path`], rejected with an [`ApiError`] (a run id that is not UTF-8, say).
+#[derive(Debug)]
+pub struct ApiPath<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let Path(value) = Path::<T>::from_request_parts(parts, state).await?;
+        Ok(Self(value))
+    }
+}
+
+/// axum's [`Query`], rejected with an [`ApiError`].
+#[derive(Debug)]
+pub struct ApiQuery<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let Query(value) = Query::<T>::from_request_parts(parts, state).await?;
+        Ok(Self(value))
     }
 }
 

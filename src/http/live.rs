@@ -9,14 +9,14 @@
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::IntoResponse;
 use futures_util::stream::{self, Stream};
 
 use super::api::run_in_scope;
-use super::error::ApiError;
+use super::error::{ApiError, ApiPath, ApiQuery};
 use super::viewer::{authenticate, ViewerState};
 use crate::domain::RunEventType;
 use crate::domain::RunStatus;
@@ -29,8 +29,8 @@ const FETCH: i64 = 200;
 pub async fn live(
     State(state): State<ViewerState>,
     headers: HeaderMap,
-    Path(id): Path<String>,
-    Query(params): Query<HashMap<String, String>>,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(params): ApiQuery<HashMap<String, String>>,
 ) -> Result<impl IntoResponse, ApiError> {
     let claims = authenticate(&state.keys, &headers)?;
     let run = run_in_scope(&state, &claims.scope(), &id).await?;

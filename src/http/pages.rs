@@ -5,19 +5,25 @@
 
 use std::collections::HashMap;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
-use chrono::Utc;
+use chrono::{SecondsFormat, Utc};
+use serde::de::DeserializeOwned;
 
 use super::api::{list_page, parse_list_query, resolve_legacy, run_in_scope};
 use super::auth::AuthError;
-use super::error::ApiError;
+use super::error::{ApiError, ApiPath, ApiQuery};
 use super::html::{badge, escape, page, relative_time};
 use super::read_model;
 use super::viewer::{authenticate, ViewerState};
 use crate::domain::{RunOutcome, RunStatus, OPERATION_CATALOG};
-use crate::store::viewer as store;
+use crate::store::viewer::{self as store, TimelineWindow};
+
+/// Events on one page of a run's timeline; older and newer ones are a link away.
+pub const TIMELINE_PAGE: i64 = 100;
 
 /// The stylesheet.
 pub async fn css() -> impl IntoResponse {
@@ -45,13 +51,66 @@ pub fn unauthorized(e: &AuthError) -> (StatusCode, Html<String>) {
     (StatusCode::UNAUTHORIZED, Html(page("Sign in", "", &body)))
 }
 
-fn error_page(e: ApiError) -> Response {
+/// The error page of `e`: its status, code and message.
+pub fn error_page(e: ApiError) -> Response {
     let body = format!(
         "<h1>{}</h1><p>{}</p><p><a href=\"/runs\">All runs</a></p>",
         escape(e.code),
         escape(&e.message)
     );
     (e.status, Html(page(e.code, "", &body))).into_response()
+}
+
+/// An error answered as a page (the API's [`ApiError`] rendered by [`error_page`]).
+#[derive(Debug)]
+pub struct PageError(pub ApiError);
+
+impl IntoResponse for PageError {
+    fn into_response(self) -> Response {
+        error_page(self.0)
+    }
+}
+
+impl From<PathRejection> for PageError {
+    fn from(r: PathRejection) -> Self {
+        Self(r.into())
+    }
+}
+
+impl From<QueryRejection> for PageError {
+    fn from(r: QueryRejection) -> Self {
+        Self(r.into())
+    }
+}
+
+/// axum's `Path`, rejected with the error page.
+#[derive(Debug)]
+pub struct PagePath<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for PagePath<T> {
+    type Rejection = PageError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let ApiPath(value) = ApiPath::<T>::from_request_parts(parts, state)
+            .await
+            .map_err(PageError)?;
+        Ok(Self(value))
+    }
+}
+
+/// axum's `Query`, rejected with the error page.
+#[derive(Debug)]
+pub struct PageQuery<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for PageQuery<T> {
+    type Rejection = PageError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let ApiQuery(value) = ApiQuery::<T>::from_request_parts(parts, state)
+            .await
+            .map_err(PageError)?;
+        Ok(Self(value))
+    }
 }
 
 fn options(name: &str, values: &[(&str, &str)], selected: Option<&str>) -> String {
@@ -76,7 +135,7 @@ fn options(name: &str, values: &[(&str, &str)], selected: Option<&str>) -> Strin
 pub async fn list(
     State(state): State<ViewerState>,
     headers: HeaderMap,
-    Query(params): Query<HashMap<String, String>>,
+    PageQuery(params): PageQuery<HashMap<String, String>>,
 ) -> Response {
     let claims = match authenticate(&state.keys, &headers) {
         Ok(c) => c,
@@ -86,7 +145,14 @@ pub async fn list(
         Ok(q) => q,
         Err(e) => return error_page(e),
     };
-    let (runs, next) = match list_page(&state, &claims.scope(), &query).await {
+    let now = Utc::now();
+    let rendered = list_page(&state, &claims.scope(), &query, |r| {
+        let row = list_row(r, now);
+        let size = row.len();
+        (row, size)
+    })
+    .await;
+    let (runs, next) = match rendered {
         Ok(p) => p,
         Err(e) => return error_page(e),
     };
@@ -123,23 +189,8 @@ pub async fn list(
     ));
     body.push_str("<button type=\"submit\">Filter</button></form>");
     body.push_str("<table><thead><tr><th>Run</th><th>Type</th><th>Tenant</th><th>Status</th><th>Outcome</th><th>Progress</th><th>Created</th></tr></thead><tbody>");
-    let now = Utc::now();
-    for r in &runs {
-        let p = read_model::progress(&r.summary_counts);
-        let progress = match p["percent"].as_f64() {
-            Some(pc) => format!("{pc}%"),
-            None => p["processed"].to_string(),
-        };
-        body.push_str(&format!(
-            "<tr><td><a href=\"/runs/{id}\">#{id}</a></td><td>{label}</td><td>{tenant}</td><td>{status}</td><td>{outcome}</td><td>{progress}</td><td>{created}</td></tr>",
-            id = r.id,
-            label = escape(read_model::type_label(r.run_type)),
-            tenant = r.tenant_id.map(|t| t.to_string()).unwrap_or_else(|| "workspace".into()),
-            status = badge("status", r.status.as_str()),
-            outcome = badge("outcome", r.outcome.as_str()),
-            progress = escape(&progress),
-            created = relative_time(r.created_at, now),
-        ));
+    for row in &runs {
+        body.push_str(row);
     }
     if runs.is_empty() {
         body.push_str("<tr><td colspan=\"7\">No runs.</td></tr>");
@@ -164,15 +215,55 @@ pub async fn list(
     Html(page("Runs", "", &body)).into_response()
 }
 
+/// One row of the run list.
+fn list_row(r: &crate::domain::OperationRun, now: chrono::DateTime<Utc>) -> String {
+    let p = read_model::progress(&r.summary_counts);
+    let progress = match p["percent"].as_f64() {
+        Some(pc) => format!("{pc}%"),
+        None => p["processed"].to_string(),
+    };
+    format!(
+        "<tr><td><a href=\"/runs/{id}\">#{id}</a></td><td>{label}</td><td>{tenant}</td><td>{status}</td><td>{outcome}</td><td>{progress}</td><td>{created}</td></tr>",
+        id = r.id,
+        label = escape(read_model::type_label(r.run_type)),
+        tenant = r.tenant_id.map(|t| t.to_string()).unwrap_or_else(|| "workspace".into()),
+        status = badge("status", r.status.as_str()),
+        outcome = badge("outcome", r.outcome.as_str()),
+        progress = escape(&progress),
+        created = relative_time(r.created_at, now),
+    )
+}
+
+/// Which part of the timeline `?before=SEQ` / `?after=SEQ` asks for (neither: the newest).
+fn timeline_window(params: &HashMap<String, String>) -> Result<TimelineWindow, ApiError> {
+    let seq = |k: &str| -> Result<Option<i64>, ApiError> {
+        params
+            .get(k)
+            .filter(|v| !v.is_empty())
+            .map(|v| {
+                v.parse::<i64>()
+                    .map_err(|_| ApiError::invalid(format!("{k} must be an event sequence")))
+            })
+            .transpose()
+    };
+    Ok(match (seq("before")?, seq("after")?) {
+        (Some(_), Some(_)) => return Err(ApiError::invalid("give before or after, not both")),
+        (Some(b), None) => TimelineWindow::Before(b),
+        (None, Some(a)) => TimelineWindow::After(a),
+        (None, None) => TimelineWindow::Newest,
+    })
+}
+
 fn pretty(v: &impl serde::Serialize) -> String {
     escape(&serde_json::to_string_pretty(v).unwrap_or_default())
 }
 
-/// `GET /runs/{id}`
+/// `GET /runs/{id}` (`?before=SEQ` / `?after=SEQ`: an older or newer part of the timeline)
 pub async fn show(
     State(state): State<ViewerState>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    PagePath(id): PagePath<String>,
+    PageQuery(params): PageQuery<HashMap<String, String>>,
 ) -> Response {
     let claims = match authenticate(&state.keys, &headers) {
         Ok(c) => c,
@@ -186,9 +277,28 @@ pub async fn show(
         Ok(d) => d,
         Err(e) => return error_page(e.into()),
     };
-    let events = match store::events_after(&state.pool, run.id, 0, super::api::MAX_EVENTS).await {
+    let window = match timeline_window(&params) {
+        Ok(w) => w,
+        Err(e) => return error_page(e),
+    };
+    // One more than a page: whether there is more beyond it in the direction read.
+    let mut events = match store::timeline(&state.pool, run.id, window, TIMELINE_PAGE + 1).await {
         Ok(e) => e,
         Err(e) => return error_page(e.into()),
+    };
+    let beyond = events.len() as i64 > TIMELINE_PAGE;
+    if beyond {
+        match window {
+            TimelineWindow::After(_) => events.truncate(TIMELINE_PAGE as usize),
+            _ => {
+                events.remove(0);
+            }
+        }
+    }
+    let (older, newer) = match window {
+        TimelineWindow::Newest => (beyond, false),
+        TimelineWindow::Before(_) => (beyond, true),
+        TimelineWindow::After(_) => (!events.is_empty(), beyond),
     };
     let now = Utc::now();
     let p = &detail["progress"];
@@ -242,22 +352,34 @@ pub async fn show(
         "<h2>Context</h2><pre>{}</pre>",
         pretty(&run.context)
     ));
-    body.push_str("<h2>Timeline</h2><ol id=\"timeline\">");
+    body.push_str("<h2>Timeline</h2>");
+    let (first, last) = (
+        events.first().map(|e| e.sequence),
+        events.last().map(|e| e.sequence).unwrap_or(0),
+    );
+    let nav = timeline_nav(
+        run.id,
+        window,
+        older.then_some(first).flatten(),
+        newer.then_some(last),
+    );
+    body.push_str(&nav);
+    body.push_str("<ol id=\"timeline\">");
     for e in &events {
-        let time = e.cloud_event["time"].as_str().unwrap_or_default();
         body.push_str(&format!(
-            "<li>#{} {} · {}</li>",
-            e.sequence,
+            "<li value=\"{seq}\">#{seq} {} · {}</li>",
             escape(&e.event_type),
-            escape(time)
+            escape(&e.created_at.to_rfc3339_opts(SecondsFormat::Micros, true)),
+            seq = e.sequence,
         ));
     }
     body.push_str("</ol>");
-    let last = events.last().map(|e| e.sequence).unwrap_or(0);
+    body.push_str(&nav);
+    // Only the newest part of the timeline follows the run live.
+    let live = run.is_active() && window == TimelineWindow::Newest;
     let attrs = format!(
-        " data-run-id=\"{}\" data-live=\"{}\" data-last-sequence=\"{last}\"",
+        " data-run-id=\"{}\" data-live=\"{live}\" data-last-sequence=\"{last}\"",
         run.id,
-        run.is_active()
     );
     Html(page(
         detail["label"].as_str().unwrap_or("Run"),
@@ -267,11 +389,39 @@ pub async fn show(
     .into_response()
 }
 
+/// The links to the older and newer parts of a timeline (plain links: they work without
+/// JavaScript), and to the newest when not showing it.
+fn timeline_nav(
+    run_id: i64,
+    window: TimelineWindow,
+    older_than: Option<i64>,
+    newer_than: Option<i64>,
+) -> String {
+    let mut links = Vec::new();
+    if let Some(first) = older_than {
+        links.push(format!(
+            "<a rel=\"prev\" href=\"/runs/{run_id}?before={first}\">← Older events</a>"
+        ));
+    }
+    if let Some(last) = newer_than {
+        links.push(format!(
+            "<a rel=\"next\" href=\"/runs/{run_id}?after={last}\">Newer events →</a>"
+        ));
+    }
+    if window != TimelineWindow::Newest {
+        links.push(format!("<a href=\"/runs/{run_id}\">Newest events</a>"));
+    }
+    if links.is_empty() {
+        return String::new();
+    }
+    format!("<p class=\"timeline-nav\">{}</p>", links.join(" · "))
+}
+
 /// `GET /legacy/{table}/{id}`: to the run's page.
 pub async fn legacy(
     State(state): State<ViewerState>,
     headers: HeaderMap,
-    Path((table, id)): Path<(String, String)>,
+    PagePath((table, id)): PagePath<(String, String)>,
 ) -> Response {
     let claims = match authenticate(&state.keys, &headers) {
         Ok(c) => c,

@@ -2,20 +2,36 @@
 //! both, and the headers every answer carries.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
+use axum::http::{header, HeaderMap, HeaderValue, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 use axum::Router;
 use sqlx::PgPool;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use super::auth::{AuthError, Claims, TokenKeys};
+use super::error::ApiError;
 use super::server::{self, HttpLimits, HttpServer};
 use super::{api, live, pages};
+
+/// Most viewer answers (API and pages, live streams aside) being built or sent at once; more
+/// wait for one to finish. Each holds at most about twice [`crate::store::viewer::PAGE_BYTES`]
+/// (the page read, then its answer) until its last byte is handed to the socket, so the
+/// viewer's answers hold at most 16 × 2 MiB = 32 MiB however many clients read at once.
+pub const ANSWERS_IN_FLIGHT: usize = 16;
+
+/// How long an answer waits for one of the [`ANSWERS_IN_FLIGHT`] before it is 503
+/// `viewer_busy`.
+const ANSWER_WAIT: Duration = Duration::from_secs(10);
 
 /// The cookie a browser carries after signing in with `?token=`.
 pub const TOKEN_COOKIE: &str = "oprun_token";
@@ -28,8 +44,12 @@ pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; 
 /// What the viewer's handlers share.
 #[derive(Clone, Debug)]
 pub struct ViewerState {
-    /// The database.
+    /// The viewer's own database pool (`--viewer-db-connections`, sessions named
+    /// `oprun-viewer`), never the pipeline's: every read of the viewer, live streams included,
+    /// uses it, so no amount of reading takes a connection a command needs.
     pub pool: PgPool,
+    /// The [`ANSWERS_IN_FLIGHT`] slots of answers being built or sent.
+    pub answers: Arc<Semaphore>,
     /// Token signing keys.
     pub keys: TokenKeys,
     /// How often an idle SSE stream sends a heartbeat.
@@ -40,16 +60,18 @@ pub struct ViewerState {
     pub shutdown: CancellationToken,
 }
 
-/// Binds `addr` and serves the viewer until `shutdown`.
+/// Binds `addr` and serves the viewer until `shutdown`, reading through `viewer_pool` (the
+/// viewer's own, see [`crate::store::viewer::connect_viewer_pool`]).
 pub async fn spawn(
     addr: SocketAddr,
-    pool: PgPool,
+    viewer_pool: PgPool,
     keys: TokenKeys,
     limits: HttpLimits,
     shutdown: CancellationToken,
 ) -> std::io::Result<HttpServer> {
     let state = ViewerState {
-        pool,
+        pool: viewer_pool,
+        answers: Arc::new(Semaphore::new(ANSWERS_IN_FLIGHT)),
         keys,
         heartbeat: limits.heartbeat(),
         poll: Duration::from_millis(250),
@@ -58,7 +80,9 @@ pub async fn spawn(
     server::spawn(addr, router(state), limits, shutdown).await
 }
 
-/// Every route of the viewer.
+/// Every route of the viewer. Whatever is refused (an unknown route, a wrong method, a path
+/// or query that does not parse) is answered as the API's JSON error under `/v1/` and as the
+/// error page elsewhere.
 pub fn router(state: ViewerState) -> Router {
     let pages = Router::new()
         .route("/", get(|| async { Redirect::to("/runs") }))
@@ -66,21 +90,88 @@ pub fn router(state: ViewerState) -> Router {
         .route("/runs/{id}", get(pages::show))
         .route("/legacy/{table}/{id}", get(pages::legacy))
         .route_layer(middleware::from_fn_with_state(state.clone(), sign_in));
-    Router::new()
+    let reads = Router::new()
         .route("/v1/runs", get(api::list))
         .route("/v1/runs/{id}", get(api::show))
         .route("/v1/runs/{id}/events", get(api::events))
-        .route("/v1/runs/{id}/live", get(live::live))
         .route("/v1/legacy/{table}/{id}", get(api::legacy))
         .route("/v1/catalog", get(api::catalog))
+        .merge(pages)
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            bounded_answer,
+        ));
+    Router::new()
+        .route("/v1/runs/{id}/live", get(live::live))
         .route("/assets/viewer.css", get(pages::css))
         .route("/assets/viewer.js", get(pages::js))
-        .merge(pages)
-        .fallback(|| async {
-            super::error::ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+        .merge(reads)
+        .fallback(|uri: Uri| async move { refused(&uri, ApiError::no_route()) })
+        .method_not_allowed_fallback(|uri: Uri| async move {
+            refused(&uri, ApiError::method_not_allowed())
         })
         .layer(middleware::map_response(security_headers))
         .with_state(state)
+}
+
+/// `e` as the API's JSON error under `/v1/`, else as the error page.
+fn refused(uri: &Uri, e: ApiError) -> Response {
+    if uri.path().starts_with("/v1/") || uri.path() == "/v1" {
+        e.into_response()
+    } else {
+        pages::error_page(e)
+    }
+}
+
+/// Holds one of the [`ANSWERS_IN_FLIGHT`] slots from before the handler runs until the
+/// answer's last byte is sent (or the client goes away), so that answers held for slow
+/// clients count too.
+async fn bounded_answer(
+    State(state): State<ViewerState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let slot = tokio::time::timeout(ANSWER_WAIT, state.answers.clone().acquire_owned()).await;
+    let Ok(Ok(slot)) = slot else {
+        let busy = ApiError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "viewer_busy",
+            "the viewer is answering as many requests as it may at once; retry",
+        );
+        let mut response = refused(request.uri(), busy);
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return response;
+    };
+    let (parts, body) = next.run(request).await.into_parts();
+    Response::from_parts(parts, Body::new(WithSlot { body, _slot: slot }))
+}
+
+/// An answer's body that keeps its slot until it is sent or dropped.
+struct WithSlot {
+    body: Body,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl HttpBody for WithSlot {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
 }
 
 async fn security_headers(mut response: Response) -> Response {

@@ -401,9 +401,13 @@ pub async fn serve(
     }
     if let Some(addr) = settings.viewer.socket().map_err(ServeError::Config)? {
         let keys = viewer_keys(&service.pool, settings.viewer.api_secret.as_deref()).await?;
+        let viewer_pool = store::viewer::connect_viewer_pool(
+            &config.database_url,
+            settings.viewer_db_connections,
+        )?;
         let bound = crate::http::viewer::spawn(
             addr,
-            service.pool.clone(),
+            viewer_pool,
             keys,
             settings.http_limits(),
             shutdown.clone(),

@@ -2,12 +2,43 @@
 //! after a sequence, the legacy rows that point at a run, related restores, and the viewer's
 //! signing secret.
 
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
+use futures_util::TryStreamExt;
+use serde_json::value::RawValue;
 use serde_json::Value;
-use sqlx::{PgExecutor, Postgres, QueryBuilder};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
+use sqlx::{PgExecutor, PgPool, Postgres, QueryBuilder, Row};
 
 use crate::domain::OperationRun;
 use crate::store::legacy::LegacyTable;
+use crate::store::StoreError;
+
+/// The `application_name` of the viewer's database sessions (what `pg_stat_activity` shows).
+pub const VIEWER_APPLICATION_NAME: &str = "oprun-viewer";
+
+/// The viewer's own pool of at most `max_connections` to `database_url`, apart from the
+/// pipeline's, so that no amount of reading can take a connection a command needs. Lazy, like
+/// the pipeline's; its sessions are named [`VIEWER_APPLICATION_NAME`].
+pub fn connect_viewer_pool(database_url: &str, max_connections: u32) -> Result<PgPool, StoreError> {
+    let options: PgConnectOptions = database_url.parse().map_err(StoreError::from)?;
+    Ok(PgPoolOptions::new()
+        .max_connections(max_connections.max(1))
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_lazy_with(options.application_name(VIEWER_APPLICATION_NAME)))
+}
+
+/// Whether PostgreSQL's `timestamptz` can hold `t` (4713 BC to 294276 AD): a time outside it
+/// is a bad parameter, never a query that fails.
+pub fn in_timestamptz_range(t: DateTime<Utc>) -> bool {
+    // PostgreSQL's MIN_TIMESTAMP and END_TIMESTAMP, in microseconds since 2000-01-01.
+    const MIN_SINCE_2000: i64 = -211_813_488_000_000_000;
+    const END_SINCE_2000: i64 = 9_223_371_331_200_000_000;
+    const EPOCH_2000_SINCE_1970: i64 = 946_684_800_000_000;
+    let micros = t.timestamp_micros() as i128 - EPOCH_2000_SINCE_1970 as i128;
+    (MIN_SINCE_2000 as i128..END_SINCE_2000 as i128).contains(&micros)
+}
 
 /// What a token may see: one workspace, and when `tenant_ids` is set only those tenants' runs
 /// (never the workspace-scoped ones).
@@ -98,6 +129,27 @@ pub async fn list_runs(
         .await
 }
 
+/// The runs of [`list_runs`], handed to `take` one at a time as they arrive, until `take`
+/// returns `false`: the caller holds only what it keeps (a page bounded in bytes), never the
+/// whole result.
+pub async fn each_listed_run(
+    executor: impl PgExecutor<'_>,
+    scope: &ViewerScope,
+    filter: &RunListFilter,
+    after: Option<(DateTime<Utc>, i64)>,
+    limit: i64,
+    mut take: impl FnMut(OperationRun) -> bool,
+) -> Result<(), sqlx::Error> {
+    let mut query = list_query("", scope, filter, after, limit);
+    let mut rows = query.build_query_as::<OperationRun>().fetch(executor);
+    while let Some(run) = rows.try_next().await? {
+        if !take(run) {
+            break;
+        }
+    }
+    Ok(())
+}
+
 /// The plan (`EXPLAIN (FORMAT JSON)`) of the [`list_runs`] statement for these arguments: what
 /// the plan test checks.
 pub async fn explain_list_runs(
@@ -130,34 +182,156 @@ pub async fn get_run(
     .await
 }
 
-/// One stored event as the viewer sends it.
-#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+/// The byte budget of one page of the viewer: a run's events (their documents) or a list of runs
+/// (their JSON) add up to at most
+/// this many bytes (always at least one item). README "Run viewer".
+pub const PAGE_BYTES: i64 = 1024 * 1024;
+
+/// One stored event as the viewer sends it: the document as stored, never parsed (it is
+/// copied into the answer as it is).
+#[derive(Debug)]
 pub struct ViewerEvent {
     /// Position in the run's history, from 1.
     pub sequence: i64,
     /// CloudEvents `type`.
-    #[sqlx(rename = "type")]
     pub event_type: String,
-    /// The CloudEvents document.
-    pub cloud_event: Value,
+    /// The CloudEvents document, as JSON text.
+    pub cloud_event: Box<RawValue>,
 }
 
-/// Events of `run_id` with a sequence above `after`, in sequence order, at most `limit`.
+/// A page of a run's events, in sequence order, and whether more follow it.
+#[derive(Debug, Default)]
+pub struct EventPage {
+    /// The events.
+    pub events: Vec<ViewerEvent>,
+    /// More events follow the last one (they did not fit the page's count or bytes).
+    pub more: bool,
+}
+
+/// Events of `run_id` with a sequence above `after`, in sequence order: at most `max_events`,
+/// and no more once their documents pass `max_bytes` (the first event is always included).
+///
+/// The statement walks the `(run_id, sequence)` index one event at a time and stops at the
+/// budget, so the database reads (and sends) the page plus at most one event, whatever the
+/// run's history; that one event, read to learn that more follow, comes back without its
+/// document.
+pub async fn events_within(
+    executor: impl PgExecutor<'_>,
+    run_id: i64,
+    after: i64,
+    max_events: i64,
+    max_bytes: i64,
+) -> Result<EventPage, sqlx::Error> {
+    let rows: Vec<PgRow> = sqlx::query(
+        "WITH RECURSIVE page (n, sequence, type, doc, bytes) AS (
+             SELECT 1::bigint, sequence, type, doc, octet_length(doc)::bigint
+             FROM (SELECT sequence, type, cloud_event::text AS doc FROM operation_run_events
+                   WHERE run_id = $1 AND sequence > $2 ORDER BY sequence LIMIT 1) f
+           UNION ALL
+             SELECT p.n + 1, e.sequence, e.type, e.doc, p.bytes + octet_length(e.doc)
+             FROM page p
+             CROSS JOIN LATERAL (
+                 SELECT sequence, type, cloud_event::text AS doc FROM operation_run_events
+                 WHERE run_id = $1 AND sequence > p.sequence ORDER BY sequence LIMIT 1) e
+             WHERE p.n <= $3 AND (p.n = 1 OR p.bytes <= $4)
+         )
+         SELECT sequence, type,
+                CASE WHEN n = 1 OR (n <= $3 AND bytes <= $4) THEN doc END AS doc
+         FROM page ORDER BY sequence",
+    )
+    .bind(run_id)
+    .bind(after)
+    .bind(max_events.max(1))
+    .bind(max_bytes)
+    .fetch_all(executor)
+    .await?;
+    let mut page = EventPage::default();
+    for row in rows {
+        let Some(doc) = row.try_get::<Option<String>, _>("doc")? else {
+            page.more = true;
+            break;
+        };
+        page.events.push(ViewerEvent {
+            sequence: row.try_get("sequence")?,
+            event_type: row.try_get("type")?,
+            cloud_event: RawValue::from_string(doc).map_err(|e| sqlx::Error::ColumnDecode {
+                index: "doc".into(),
+                source: Box::new(e),
+            })?,
+        });
+    }
+    Ok(page)
+}
+
+/// Events of `run_id` with a sequence above `after`, in sequence order, at most `limit` and
+/// at most [`PAGE_BYTES`] of documents (always at least one event).
 pub async fn events_after(
     executor: impl PgExecutor<'_>,
     run_id: i64,
     after: i64,
     limit: i64,
 ) -> Result<Vec<ViewerEvent>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT sequence, type, cloud_event FROM operation_run_events
-         WHERE run_id = $1 AND sequence > $2 ORDER BY sequence LIMIT $3",
-    )
-    .bind(run_id)
-    .bind(after)
-    .bind(limit)
-    .fetch_all(executor)
-    .await
+    Ok(events_within(executor, run_id, after, limit, PAGE_BYTES)
+        .await?
+        .events)
+}
+
+/// One line of a run's timeline: what the page shows of an event, without its document.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct TimelineEntry {
+    /// Position in the run's history, from 1.
+    pub sequence: i64,
+    /// CloudEvents `type`.
+    #[sqlx(rename = "type")]
+    pub event_type: String,
+    /// When it was recorded: the CloudEvents `time` (the same transaction clock).
+    pub created_at: DateTime<Utc>,
+}
+
+/// Which part of a run's timeline to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimelineWindow {
+    /// The newest events.
+    Newest,
+    /// The events just before this sequence.
+    Before(i64),
+    /// The events just after this sequence.
+    After(i64),
+}
+
+/// At most `limit` timeline entries of `run_id` in `window`, in sequence order (the documents
+/// are not read).
+pub async fn timeline(
+    executor: impl PgExecutor<'_>,
+    run_id: i64,
+    window: TimelineWindow,
+    limit: i64,
+) -> Result<Vec<TimelineEntry>, sqlx::Error> {
+    let (sql, bound) = match window {
+        TimelineWindow::Newest => (
+            "SELECT sequence, type, created_at FROM operation_run_events
+             WHERE run_id = $1 AND sequence < $2 ORDER BY sequence DESC LIMIT $3",
+            i64::MAX,
+        ),
+        TimelineWindow::Before(s) => (
+            "SELECT sequence, type, created_at FROM operation_run_events
+             WHERE run_id = $1 AND sequence < $2 ORDER BY sequence DESC LIMIT $3",
+            s,
+        ),
+        TimelineWindow::After(s) => (
+            "SELECT sequence, type, created_at FROM operation_run_events
+             WHERE run_id = $1 AND sequence > $2 ORDER BY sequence LIMIT $3",
+            s,
+        ),
+    };
+    let mut entries: Vec<TimelineEntry> = sqlx::query_as(sql)
+        .bind(run_id)
+        .bind(bound)
+        .bind(limit)
+        .fetch_all(executor)
+        .await?;
+    entries.sort_by_key(|e| e.sequence);
+    Ok(entries)
 }
 
 /// The legacy rows that redirect to `run_id`: `(table, row)`.

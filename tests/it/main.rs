@@ -30,4 +30,5 @@ mod security;
 mod trace_context;
 mod viewer_api;
 mod viewer_bench;
+mod viewer_bounds;
 mod viewer_browser;

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::helpers::{progress, seed_scopes, TestApp, DEADLINE};
 
-const SECRET: &str = "viewer-test-secret-of-at-least-32-bytes";
+pub(crate) const SECRET: &str = "viewer-test-secret-of-at-least-32-bytes";
 
 pub(crate) struct Viewer {
     pub(crate) base: String,
@@ -61,7 +61,11 @@ impl Viewer {
         })
     }
 
-    async fn get(&self, path: &str, token: Option<&str>) -> (StatusCode, HeaderMap, String) {
+    pub(crate) async fn get(
+        &self,
+        path: &str,
+        token: Option<&str>,
+    ) -> (StatusCode, HeaderMap, String) {
         let mut request = self.http.get(format!("{}{path}", self.base));
         if let Some(t) = token {
             request = request.bearer_auth(t);
@@ -71,7 +75,7 @@ impl Viewer {
         (status, headers, response.text().await.unwrap())
     }
 
-    async fn json(&self, path: &str, token: &str) -> (StatusCode, Value) {
+    pub(crate) async fn json(&self, path: &str, token: &str) -> (StatusCode, Value) {
         let (status, _, body) = self.get(path, Some(token)).await;
         (status, serde_json::from_str(&body).unwrap_or(Value::Null))
     }
@@ -104,7 +108,7 @@ fn b64(bytes: &[u8]) -> String {
 }
 
 /// Inserts a run directly (the read API does not care how it was made); returns its id.
-async fn insert_run(
+pub(crate) async fn insert_run(
     pool: &PgPool,
     workspace: i64,
     tenant: Option<i64>,
@@ -133,7 +137,7 @@ async fn insert_run(
     .unwrap()
 }
 
-fn error_code(body: &Value) -> &str {
+pub(crate) fn error_code(body: &Value) -> &str {
     body["error"]["code"].as_str().unwrap_or("<none>")
 }
 
@@ -966,4 +970,115 @@ async fn serve_shows_a_dispatched_run_through_the_link_oprun_token_prints(
         .unwrap()
         .contains(&format!("href=\"/runs/{run_id}\"")));
     app.shutdown().await;
+}
+
+#[sqlx::test]
+async fn a_cursor_or_time_outside_postgresqls_range_is_a_bad_parameter(pool: PgPool) {
+    seed_scopes(&pool).await;
+    let viewer = Viewer::spawn(pool).await;
+    let t = viewer.token(1, None);
+    // Well-formed cursors (hex of `micros.id`) whose time PostgreSQL cannot hold: 100,000 BC
+    // is within chrono's range, not within timestamptz's.
+    let ancient = hex::encode(format!("{}.1", -3_217_000_000_000_000_000i64));
+    let (status, body) = viewer.json(&format!("/v1/runs?cursor={ancient}"), &t).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(error_code(&body), "invalid_parameter");
+    let (status, _, page) = viewer
+        .get(&format!("/runs?cursor={ancient}"), Some(&t))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(page.contains("invalid_parameter"), "{page}");
+    // The edges PostgreSQL does hold are answered.
+    let oldest = hex::encode(format!("{}.1", -210_866_803_200_000_000i64));
+    let (status, body) = viewer.json(&format!("/v1/runs?cursor={oldest}"), &t).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = viewer
+        .json(
+            "/v1/runs?created_after=0000-01-01T00:00:00Z&created_before=9999-12-31T23:59:59Z",
+            &t,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+#[sqlx::test]
+async fn every_refusal_is_the_apis_json_error_under_v1_and_the_error_page_elsewhere(pool: PgPool) {
+    seed_scopes(&pool).await;
+    let viewer = Viewer::spawn(pool).await;
+    let t = viewer.token(1, None);
+    let http = reqwest::Client::new();
+    let is_json_error = |status: StatusCode, headers: &HeaderMap, body: &str, code: &str| {
+        let content_type = headers["content-type"].to_str().unwrap().to_owned();
+        assert!(
+            content_type.starts_with("application/json"),
+            "{content_type}: {body}"
+        );
+        let v: Value = serde_json::from_str(body).unwrap();
+        assert_eq!(error_code(&v), code, "{status}: {body}");
+        assert!(v["error"]["message"].is_string(), "{body}");
+    };
+    let is_error_page = |status: StatusCode, headers: &HeaderMap, body: &str, code: &str| {
+        let content_type = headers["content-type"].to_str().unwrap().to_owned();
+        assert!(
+            content_type.starts_with("text/html"),
+            "{status} {content_type}: {body}"
+        );
+        assert!(body.contains(&format!("<h1>{code}</h1>")), "{body}");
+    };
+    for path in [
+        "/v1/runs/%FF",
+        "/v1/runs/%FF/events",
+        "/v1/runs/%FF/live",
+        "/v1/legacy/inventory_sync_runs/%C3%28",
+    ] {
+        let (status, headers, body) = viewer.get(path, Some(&t)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {body}");
+        is_json_error(status, &headers, &body, "invalid_parameter");
+    }
+    for path in ["/v1/nothing", "/v1/runs/1/nothing", "/v1"] {
+        let (status, headers, body) = viewer.get(path, Some(&t)).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
+        is_json_error(status, &headers, &body, "not_found");
+    }
+    let posted = http
+        .post(format!("{}/v1/runs", viewer.base))
+        .bearer_auth(&t)
+        .send()
+        .await
+        .unwrap();
+    let (status, headers) = (posted.status(), posted.headers().clone());
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    assert!(
+        headers.contains_key("allow"),
+        "405 names the allowed methods"
+    );
+    is_json_error(
+        status,
+        &headers,
+        &posted.text().await.unwrap(),
+        "method_not_allowed",
+    );
+
+    // Pages answer with their error page.
+    for path in ["/runs/%FF", "/legacy/inventory_sync_runs/%FF"] {
+        let (status, headers, body) = viewer.get(path, Some(&t)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path}");
+        is_error_page(status, &headers, &body, "invalid_parameter");
+    }
+    let (status, headers, body) = viewer.get("/runs/1/nothing", Some(&t)).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    is_error_page(status, &headers, &body, "not_found");
+    let posted = http
+        .post(format!("{}/runs", viewer.base))
+        .send()
+        .await
+        .unwrap();
+    let (status, headers) = (posted.status(), posted.headers().clone());
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    is_error_page(
+        status,
+        &headers,
+        &posted.text().await.unwrap(),
+        "method_not_allowed",
+    );
 }
