@@ -329,11 +329,13 @@ pub async fn count(
                 (SELECT count(*) FROM operation_run_events e
                  WHERE e.run_id IN (SELECT id FROM doomed_runs))
                 + (SELECT count(*) FROM operation_run_events e
-                   WHERE {events} AND e.run_id NOT IN (SELECT id FROM doomed_runs)),
+                   WHERE {events}
+                     AND NOT EXISTS (SELECT 1 FROM doomed_runs d WHERE d.id = e.run_id)),
                 (SELECT count(*) FROM operation_run_jobs j
                  WHERE j.run_id IN (SELECT id FROM doomed_runs))
                 + (SELECT count(*) FROM operation_run_jobs j
-                   WHERE {jobs} AND j.run_id NOT IN (SELECT id FROM doomed_runs)),
+                   WHERE {jobs}
+                     AND NOT EXISTS (SELECT 1 FROM doomed_runs d WHERE d.id = j.run_id)),
                 (SELECT count(*) FROM doomed_runs)",
         inbox = inbox_may_go("$1"),
         events = event_may_go("$2"),
