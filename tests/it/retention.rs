@@ -1,7 +1,10 @@
-//! Issue 13: retention. `oprun prune` deletes inbox rows, published events and jobs, and (with a
-//! run retention) completed runs past their keep, never an unpublished row nor the last event of
-//! an active run; `--dry-run` counts and deletes nothing; `oprun dlq replay` refuses letters older
-//! than the inbox retention unless `--force`. Rows are backdated with SQL: no waiting for time.
+//! Retention. `oprun prune` deletes inbox rows, published events and jobs, and (with a run
+//! retention) completed runs past their keep, never an unpublished row nor a run's last event
+//! (it numbers the next one, late counts included), and reports every row it deleted, a run's
+//! events and job included, as its `--dry-run` predicted; a run is never deleted while a command
+//! on it commits; the database refuses deleting an unpublished event, and the relay skips an
+//! outbox position without an event; `oprun dlq replay` refuses letters older than the inbox
+//! retention unless `--force`. Rows are backdated with SQL: no waiting for time.
 
 use chrono::{Duration as Age, SecondsFormat, Utc};
 use lapin::types::{AMQPValue, FieldTable, LongString};
