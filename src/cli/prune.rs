@@ -20,8 +20,10 @@ pub struct PruneArgs {
 }
 
 impl PruneArgs {
-    /// Runs one pass (or counts it) and prints one JSON line: `dry_run` and the rows per table
-    /// (`operation_runs` is `null` without `--run-retention`).
+    /// Runs one pass (or counts it) and prints one JSON line: `dry_run` and the rows deleted from
+    /// each table, whichever pass deleted them (a deleted run's events and job count under
+    /// `operation_run_events` and `operation_run_jobs`); `operation_runs` is `null` without
+    /// `--run-retention`. A dry run on an unchanged database prints the same numbers.
     pub async fn run(self, config: &Config) -> Result<(), CliError> {
         let pool = super::pool(config)?;
         let report = if self.dry_run {

@@ -69,6 +69,7 @@ pub struct Metrics {
     commands_refused: Family<RefusedLabels, Counter>,
     relay_published: Family<KindLabel, Counter>,
     relay_nacked: Family<KindLabel, Counter>,
+    relay_orphans: Counter,
     replies_refused: Counter,
     dead_letter_retries: Counter,
     reaped_runs: Counter,
@@ -91,6 +92,7 @@ impl Default for Metrics {
         let commands_refused = Family::<RefusedLabels, Counter>::default();
         let relay_published = Family::<KindLabel, Counter>::default();
         let relay_nacked = Family::<KindLabel, Counter>::default();
+        let relay_orphans = Counter::default();
         let replies_refused = Counter::default();
         let dead_letter_retries = Counter::default();
         let reaped_runs = Counter::default();
@@ -136,6 +138,11 @@ impl Default for Metrics {
             "oprun_relay_nacked",
             "Publishes of the outbox relay the broker nacked, by kind (event, job)",
             relay_nacked.clone(),
+        );
+        registry.register(
+            "oprun_relay_orphan_positions",
+            "Event outbox positions the relay skipped because their event was gone (deleted unpublished: lost)",
+            relay_orphans.clone(),
         );
         registry.register(
             "oprun_replies_refused",
@@ -196,6 +203,7 @@ impl Default for Metrics {
             commands_refused,
             relay_published,
             relay_nacked,
+            relay_orphans,
             replies_refused,
             dead_letter_retries,
             reaped_runs,
@@ -275,6 +283,11 @@ impl Metrics {
     /// Counts a reply not sent because its `reply_to` is not allowed.
     pub fn reply_refused(&self) {
         self.replies_refused.inc();
+    }
+
+    /// Counts `n` outbox positions the relay skipped because their event was gone.
+    pub fn relay_orphans(&self, n: u64) {
+        self.relay_orphans.inc_by(n);
     }
 
     /// Counts a batch waiting for a dead letter or reply to be stored.

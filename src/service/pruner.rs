@@ -10,7 +10,7 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::RetentionSettings;
-use crate::store::retention::{self, Table};
+use crate::store::retention::{self, Deleted, Table};
 
 /// The tables a pass prunes with their retention in seconds, in pruning order (runs only when a
 /// run retention is set).
@@ -29,22 +29,26 @@ pub fn retentions(settings: &RetentionSettings) -> Vec<(Table, f64)> {
         .collect()
 }
 
-/// Rows per table a pass deleted (or, for a dry run, would delete).
+/// Rows per table a pass deleted (or, for a dry run, would delete), cascaded rows included: a
+/// deleted run's events and job count under events and jobs.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PruneReport {
-    /// `(table, rows)`, in pruning order.
-    pub rows: Vec<(Table, u64)>,
+    /// The tables pruned (their passes ran), in pruning order.
+    pub pruned: Vec<Table>,
+    /// Rows deleted from each table.
+    pub deleted: Deleted,
 }
 
 impl PruneReport {
     /// Rows of every table together.
     pub fn total(&self) -> u64 {
-        self.rows.iter().map(|(_, n)| n).sum()
+        self.deleted.total()
     }
 
-    /// Rows of `table` (`None`: the table was not pruned).
+    /// Rows of `table` (`None`: the table was not pruned and lost no row to another pass).
     pub fn of(&self, table: Table) -> Option<u64> {
-        self.rows.iter().find(|(t, _)| *t == table).map(|(_, n)| *n)
+        let n = self.deleted.of(table);
+        (self.pruned.contains(&table) || n > 0).then_some(n)
     }
 }
 
@@ -57,7 +61,7 @@ pub async fn prune_once(
 ) -> Result<PruneReport, sqlx::Error> {
     let mut report = PruneReport::default();
     for (table, keep_secs) in retentions(settings) {
-        let mut deleted = 0;
+        report.pruned.push(table);
         let mut after = 0;
         loop {
             let batch = {
@@ -65,13 +69,15 @@ pub async fn prune_once(
                 retention::prune_batch(&mut conn, table, keep_secs, settings.prune_batch, after)
                     .await?
             };
-            deleted += batch.deleted;
+            report.deleted.add(batch.deleted);
             let more = match batch.next {
                 Some(next) => {
                     after = next;
                     true
                 }
-                None => batch.deleted >= settings.prune_batch as u64 && table_by_time(table),
+                None => {
+                    table_by_time(table) && batch.deleted.of(table) >= settings.prune_batch as u64
+                }
             };
             if !more {
                 break;
@@ -81,7 +87,6 @@ pub async fn prune_once(
                 _ = shutdown.cancelled() => break,
             }
         }
-        report.rows.push((table, deleted));
         if shutdown.is_cancelled() {
             break;
         }
@@ -95,17 +100,17 @@ fn table_by_time(table: Table) -> bool {
     matches!(table, Table::Inbox | Table::Events)
 }
 
-/// What a pass would delete now, per table, changing nothing.
+/// What a pass would delete now, per table (cascaded rows included), changing nothing: on an
+/// unchanged database, exactly what [`prune_once`] then reports.
 pub async fn dry_run(
     pool: &PgPool,
     settings: &RetentionSettings,
 ) -> Result<PruneReport, sqlx::Error> {
-    let mut report = PruneReport::default();
-    for (table, keep_secs) in retentions(settings) {
-        let n = retention::count(pool, table, keep_secs).await?;
-        report.rows.push((table, n.max(0) as u64));
-    }
-    Ok(report)
+    let retentions = retentions(settings);
+    Ok(PruneReport {
+        pruned: retentions.iter().map(|(t, _)| *t).collect(),
+        deleted: retention::count(pool, &retentions).await?,
+    })
 }
 
 /// Vacuums what a pass deleted from and the event outbox (a queue table: every published event
@@ -121,11 +126,10 @@ async fn vacuum_after(
     report: &PruneReport,
     autovacuum_on: bool,
 ) -> Result<(), sqlx::Error> {
-    let mut tables: Vec<&'static str> = report
-        .rows
-        .iter()
-        .filter(|(_, n)| *n > 0)
-        .map(|(t, _)| t.name())
+    let mut tables: Vec<&'static str> = Table::ALL
+        .into_iter()
+        .filter(|t| report.deleted.of(*t) > 0)
+        .map(Table::name)
         .collect();
     let updated_in_place = [Table::Runs.name(), Table::Jobs.name()];
     let extra: &[&'static str] = if autovacuum_on {
@@ -155,10 +159,9 @@ pub async fn prune_forever(pool: PgPool, settings: RetentionSettings, shutdown: 
         match prune_once(&pool, &settings, &shutdown).await {
             Ok(report) => {
                 if report.total() > 0 {
-                    let rows: Vec<String> = report
-                        .rows
-                        .iter()
-                        .map(|(t, n)| format!("{}={n}", t.name()))
+                    let rows: Vec<String> = Table::ALL
+                        .into_iter()
+                        .filter_map(|t| Some(format!("{}={}", t.name(), report.of(t)?)))
                         .collect();
                     tracing::info!(rows = %rows.join(" "), "pruned history past retention");
                 }

@@ -74,6 +74,8 @@ pub struct RelayReport {
     pub events: usize,
     /// Events the broker nacked (left in the outbox, retried after a backoff).
     pub events_nacked: usize,
+    /// Outbox positions without an event, skipped (deleted from the outbox: nothing to publish).
+    pub orphans: usize,
     /// Jobs published.
     pub jobs: usize,
     /// Jobs no executor queue was bound for (their runs were failed).
@@ -87,7 +89,7 @@ pub struct RelayReport {
 impl RelayReport {
     /// Whether the round settled anything (published, or failed a run): if so, more may wait.
     pub fn progressed(&self) -> bool {
-        self.events + self.jobs + self.unroutable + self.rejected > 0
+        self.events + self.orphans + self.jobs + self.unroutable + self.rejected > 0
     }
 }
 
@@ -329,7 +331,20 @@ impl OutboxRelay {
         let Some(conn) = session.lead(&self.pool, Lead::Events).await? else {
             return Ok(());
         };
-        let pending = events::unpublished(&mut *conn, self.settings.batch_size).await?;
+        let batch = events::unpublished(&mut *conn, self.settings.batch_size).await?;
+        if !batch.orphans.is_empty() {
+            // A position whose event is gone (deleted before the database refused deleting an
+            // unpublished event) has nothing to publish: skipped, never waited on, or it would
+            // hold back every event after it.
+            tracing::warn!(
+                positions = batch.orphans.len(),
+                first = batch.orphans[0],
+                "outbox positions without an event: skipped (their events were deleted unpublished)"
+            );
+            events::mark_published(&mut *conn, &batch.orphans).await?;
+            report.orphans += batch.orphans.len();
+        }
+        let pending = batch.events;
         if pending.is_empty() {
             return Ok(());
         }
@@ -510,6 +525,9 @@ impl OutboxRelay {
             if n > 0 {
                 self.metrics.relay_published(kind, n as u64);
             }
+        }
+        if report.orphans > 0 {
+            self.metrics.relay_orphans(report.orphans as u64);
         }
         for (kind, n) in [
             ("event", report.events_nacked),

@@ -48,28 +48,83 @@ pub async fn last_sequence(conn: &mut PgConnection, run_id: i64) -> Result<i64, 
     .await
 }
 
-/// Up to `limit` unpublished events, in position order.
+/// A batch of the outbox, in position order: its events, and its positions whose event is gone.
+#[derive(Debug, Default)]
+pub struct OutboxBatch {
+    /// The unpublished events, in position order.
+    pub events: Vec<StoredEvent>,
+    /// Positions without an event (left by a deletion before the database refused deleting an
+    /// event still in the outbox): nothing to publish.
+    pub orphans: Vec<i64>,
+}
+
+/// An outbox position and its event's columns (all `None`: the event is gone).
+#[derive(sqlx::FromRow)]
+struct OutboxRow {
+    outbox_position: i64,
+    id: Option<Uuid>,
+    run_id: Option<i64>,
+    sequence: Option<i64>,
+    #[sqlx(rename = "type")]
+    event_type: Option<String>,
+    workspace_id: Option<i64>,
+    tenant_id: Option<i64>,
+    cloud_event: Option<String>,
+    created_at: Option<DateTime<Utc>>,
+}
+
+/// The first `limit` positions of the outbox, with their events.
 pub async fn unpublished(
     executor: impl PgExecutor<'_>,
     limit: i64,
-) -> Result<Vec<StoredEvent>, sqlx::Error> {
-    // The positions first, then index probes: a join lets the planner merge-join along the
-    // events' primary key from its start, reading the whole history on every round.
-    sqlx::query_as(
-        "SELECT e.position, e.id, e.run_id, e.sequence, e.type, e.workspace_id, e.tenant_id,
-                e.cloud_event::text AS cloud_event, e.created_at, false AS published
-         FROM operation_run_events e
-         WHERE e.position = ANY(ARRAY(SELECT position FROM operation_run_event_outbox
-                                      ORDER BY position LIMIT $1))
-         ORDER BY e.position",
+) -> Result<OutboxBatch, sqlx::Error> {
+    // The positions first, then one index probe each (`LIMIT 1` keeps the lateral subquery from
+    // being flattened into a join, which the planner may run as a merge join along the events'
+    // primary key from its start, reading the whole history on every round).
+    let rows: Vec<OutboxRow> = sqlx::query_as(
+        "SELECT b.position AS outbox_position, e.id, e.run_id, e.sequence, e.type, e.workspace_id,
+                e.tenant_id, e.cloud_event, e.created_at
+         FROM (SELECT position FROM operation_run_event_outbox ORDER BY position LIMIT $1) b
+         LEFT JOIN LATERAL (
+             SELECT id, run_id, sequence, type, workspace_id, tenant_id,
+                    cloud_event::text AS cloud_event, created_at
+             FROM operation_run_events WHERE position = b.position LIMIT 1) e ON true
+         ORDER BY b.position",
     )
     .bind(limit)
     .fetch_all(executor)
-    .await
+    .await?;
+    let mut batch = OutboxBatch::default();
+    for row in rows {
+        let position = row.outbox_position;
+        match row.into_event() {
+            Some(event) => batch.events.push(event),
+            None => batch.orphans.push(position),
+        }
+    }
+    Ok(batch)
 }
 
-/// Marks events as published (each one the broker confirmed; the others stay in the outbox):
-/// their positions leave the outbox, the event rows are not touched.
+impl OutboxRow {
+    /// The event, if it is still there (every column but `tenant_id` is `NOT NULL`).
+    fn into_event(self) -> Option<StoredEvent> {
+        Some(StoredEvent {
+            position: self.outbox_position,
+            id: self.id?,
+            run_id: self.run_id?,
+            sequence: self.sequence?,
+            event_type: self.event_type?,
+            workspace_id: self.workspace_id?,
+            tenant_id: self.tenant_id,
+            cloud_event: self.cloud_event?,
+            created_at: self.created_at?,
+            published: false,
+        })
+    }
+}
+
+/// Marks events as published (each one the broker confirmed; the others stay in the outbox), or
+/// drops orphan positions: the positions leave the outbox, the event rows are not touched.
 pub async fn mark_published(
     executor: impl PgExecutor<'_>,
     positions: &[i64],

@@ -1,22 +1,29 @@
-//! Retention: deleting what has outlived its keep, in small batches, each statement a short
-//! transaction of its own, so that pruning never holds locks the pipeline waits for.
+//! Retention: deleting what has outlived its keep, in small batches, each a short transaction of
+//! its own, so that pruning never holds locks the pipeline waits for.
 //!
 //! What may go, per table (cut-offs are `now()` minus the retention, on the database's clock):
 //! - `processed_commands`: rows processed before the cut-off.
-//! - `operation_run_events`: published events recorded before the cut-off, of a completed run
-//!   or followed by a later event of their run (the last event of an active run numbers its
-//!   next one, so it stays). An event whose position is in the outbox never goes.
+//! - `operation_run_events`: published events recorded before the cut-off and followed by a
+//!   later event of their run. A run's last event always stays, completed run or not: the next
+//!   sequence is its sequence + 1 (a late count on a completed run is applied), so sequences
+//!   never repeat whatever was pruned. An event whose position is in the outbox never goes (the
+//!   database refuses it: see the migration `event_outbox_follows_its_event`).
 //! - `operation_run_jobs`: published (settled) jobs recorded before the cut-off.
 //! - `operation_runs` (only with a run retention): completed runs that completed before the
 //!   cut-off, with no event in the outbox and no unpublished job, whose identity is not held
-//!   for ever (dedupe window `forever`). Their events and job go with them (`ON DELETE CASCADE`).
+//!   for ever (dedupe window `forever`). Their events and job go with them, counted under their
+//!   own tables. A run is never deleted while a command on it commits: the candidates are locked
+//!   first (`FOR UPDATE SKIP LOCKED`: a run a command holds is left for the next pass), then the
+//!   condition is checked again by the deleting statement, whose snapshot is taken after the
+//!   locks, so an event committed meanwhile is seen and its run kept. (One statement could not do
+//!   both: a row lock re-reads the locked row, but not the subqueries about its events.)
 
 use sqlx::{PgConnection, PgExecutor};
 
 /// Key of the advisory lock that makes one instance at a time prune a database.
 const PRUNE_LOCK_KEY: i64 = 0x6f70_7275_6e03;
 
-/// A table retention prunes.
+/// A table retention prunes (each has a pass of its own).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Table {
     /// The inbox.
@@ -44,58 +51,103 @@ impl Table {
     }
 }
 
-/// The rows of `table` past retention (`$1`: the retention in seconds). Inbox and events are
-/// found through their time index; jobs and runs through a window of the primary key after `$3`
-/// (`$2` rows), so that a pass reads each row once even where none may go.
-fn candidates(table: Table) -> &'static str {
-    match table {
-        Table::Inbox => {
-            "SELECT command_id AS key FROM processed_commands
-             WHERE processed_at < now() - make_interval(secs => $1)
-             ORDER BY processed_at LIMIT $2"
+/// Rows deleted (or, counted by [`count`], that a pass would delete) from each table, whichever
+/// pass deleted them: a deleted run's events and job count under events and jobs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Deleted {
+    /// From `processed_commands`.
+    pub inbox: u64,
+    /// From `operation_run_events` (their own pass and their runs').
+    pub events: u64,
+    /// From `operation_run_jobs` (their own pass and their runs').
+    pub jobs: u64,
+    /// From `operation_runs`.
+    pub runs: u64,
+}
+
+impl Deleted {
+    /// Rows deleted from `table`.
+    pub fn of(&self, table: Table) -> u64 {
+        match table {
+            Table::Inbox => self.inbox,
+            Table::Events => self.events,
+            Table::Jobs => self.jobs,
+            Table::Runs => self.runs,
         }
-        Table::Events => {
-            "SELECT e.position AS key FROM operation_run_events e
-             WHERE e.created_at < now() - make_interval(secs => $1)
-               AND NOT EXISTS (SELECT 1 FROM operation_run_event_outbox o WHERE o.position = e.position)
-               AND (EXISTS (SELECT 1 FROM operation_runs r WHERE r.id = e.run_id AND r.status = 'completed')
-                    OR EXISTS (SELECT 1 FROM operation_run_events n
-                               WHERE n.run_id = e.run_id AND n.sequence > e.sequence))
-             ORDER BY e.created_at LIMIT $2"
-        }
-        Table::Jobs => {
-            "SELECT j.position AS key FROM window_rows w JOIN operation_run_jobs j ON j.position = w.key
-             WHERE j.published_at IS NOT NULL AND j.created_at < now() - make_interval(secs => $1)"
-        }
-        Table::Runs => {
-            "SELECT r.id AS key FROM window_rows w JOIN operation_runs r ON r.id = w.key
-             WHERE r.status = 'completed' AND r.dedupe_window <> 'forever'
-               AND r.completed_at < now() - make_interval(secs => $1)
-               AND NOT EXISTS (SELECT 1 FROM operation_run_events e
-                               JOIN operation_run_event_outbox o ON o.position = e.position
-                               WHERE e.run_id = r.id)
-               AND NOT EXISTS (SELECT 1 FROM operation_run_jobs j
-                               WHERE j.run_id = r.id AND j.published_at IS NULL)"
-        }
+    }
+
+    /// Rows of every table together.
+    pub fn total(&self) -> u64 {
+        self.inbox + self.events + self.jobs + self.runs
+    }
+
+    /// Adds `other`'s rows.
+    pub fn add(&mut self, other: Deleted) {
+        self.inbox += other.inbox;
+        self.events += other.events;
+        self.jobs += other.jobs;
+        self.runs += other.runs;
     }
 }
 
-/// The primary-key window of a table pruned by window (jobs, runs): the next `$2` keys after
-/// `$3`, and whether the window's last row was created before the cut-off (if not, every later
-/// row is newer: the pass is over).
-fn window(table: Table) -> Option<(&'static str, &'static str)> {
-    match table {
-        Table::Jobs => Some(("position", "operation_run_jobs")),
-        Table::Runs => Some(("id", "operation_runs")),
-        Table::Inbox | Table::Events => None,
-    }
+/// The cut-off of a retention bound as `keep` (seconds).
+fn past(column: &str, keep: &str) -> String {
+    format!("{column} < now() - make_interval(secs => {keep})")
 }
+
+/// Whether inbox row `c` may go, `keep` being the retention's parameter.
+fn inbox_may_go(keep: &str) -> String {
+    past("c.processed_at", keep)
+}
+
+/// Whether event `e` may go: published, old, and not its run's last event.
+fn event_may_go(keep: &str) -> String {
+    format!(
+        "{} AND NOT EXISTS (SELECT 1 FROM operation_run_event_outbox o WHERE o.position = e.position)
+         AND EXISTS (SELECT 1 FROM operation_run_events n
+                     WHERE n.run_id = e.run_id AND n.sequence > e.sequence)",
+        past("e.created_at", keep)
+    )
+}
+
+/// Whether job `j` may go: settled and old.
+fn job_may_go(keep: &str) -> String {
+    format!(
+        "j.published_at IS NOT NULL AND {}",
+        past("j.created_at", keep)
+    )
+}
+
+/// Whether run `r` may go (with its events and job).
+fn run_may_go(keep: &str) -> String {
+    format!(
+        "r.status = 'completed' AND r.dedupe_window <> 'forever' AND {}
+         AND NOT EXISTS (SELECT 1 FROM operation_run_events e
+                         JOIN operation_run_event_outbox o ON o.position = e.position
+                         WHERE e.run_id = r.id)
+         AND NOT EXISTS (SELECT 1 FROM operation_run_jobs j
+                         WHERE j.run_id = r.id AND j.published_at IS NULL)",
+        past("r.completed_at", keep)
+    )
+}
+
+/// The key window of a table pruned by window (jobs, runs): the next `$2` keys after `$3`, with
+/// their creation time.
+fn window_rows(key: &str, table: &str) -> String {
+    format!("SELECT {key} AS key, created_at FROM {table} WHERE {key} > $3 ORDER BY {key} LIMIT $2")
+}
+
+/// The window's last key if that row was created before the cut-off `$1` (else every later row
+/// is newer: keys follow creation, and the pass is over). Reads the CTE `window_rows`.
+const NEXT_WINDOW: &str = "(SELECT w.key FROM (SELECT key, created_at FROM window_rows
+                                                ORDER BY key DESC LIMIT 1) w
+                            WHERE w.created_at < now() - make_interval(secs => $1))";
 
 /// What one batch did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Batch {
-    /// Rows deleted.
-    pub deleted: u64,
+    /// Rows deleted, per table.
+    pub deleted: Deleted,
     /// Where the next batch of a windowed table starts; `None` when the pass is over.
     pub next: Option<i64>,
 }
@@ -114,53 +166,125 @@ pub async fn prune_batch(
     if !super::locks::try_lock_key(&mut tx, PRUNE_LOCK_KEY).await? {
         return Ok(Batch::default());
     }
-    let (deleted, next): (i64, Option<i64>) = match window(table) {
-        None => {
-            let key = match table {
-                Table::Inbox => "command_id",
-                _ => "position",
+    let batch = match table {
+        Table::Inbox | Table::Events => {
+            let (key, alias, order, may_go) = match table {
+                Table::Inbox => ("command_id", "c", "processed_at", inbox_may_go("$1")),
+                _ => ("position", "e", "created_at", event_may_go("$1")),
             };
+            let name = table.name();
             let sql = format!(
-                "WITH doomed AS ({}), gone AS (
-                     DELETE FROM {} WHERE {key} IN (SELECT key FROM doomed) RETURNING 1)
-                 SELECT count(*), NULL::bigint FROM gone",
-                candidates(table),
-                table.name()
+                "WITH doomed AS (SELECT {alias}.{key} FROM {name} {alias} WHERE {may_go}
+                                 ORDER BY {alias}.{order} LIMIT $2),
+                      gone AS (DELETE FROM {name} WHERE {key} IN (SELECT {key} FROM doomed) RETURNING 1)
+                 SELECT count(*) FROM gone"
             );
-            sqlx::query_as(&sql)
+            let n: i64 = sqlx::query_scalar(&sql)
                 .bind(retention_secs)
                 .bind(limit)
                 .fetch_one(&mut *tx)
-                .await?
+                .await?;
+            let mut deleted = Deleted::default();
+            match table {
+                Table::Inbox => deleted.inbox = count_of(n),
+                _ => deleted.events = count_of(n),
+            }
+            Batch {
+                deleted,
+                next: None,
+            }
         }
-        Some((key, name)) => {
+        Table::Jobs => {
             let sql = format!(
-                "WITH window_rows AS (
-                     SELECT {key} AS key, created_at FROM {name} WHERE {key} > $3 ORDER BY {key} LIMIT $2),
-                 doomed AS ({}),
-                 gone AS (DELETE FROM {name} WHERE {key} IN (SELECT key FROM doomed) RETURNING 1)
-                 SELECT (SELECT count(*) FROM gone),
-                        (SELECT w.key FROM (SELECT key, created_at FROM window_rows
-                                            ORDER BY key DESC LIMIT 1) w
-                         WHERE w.created_at < now() - make_interval(secs => $1))",
-                candidates(table)
+                "WITH window_rows AS ({}),
+                      doomed AS (SELECT j.position FROM window_rows w
+                                 JOIN operation_run_jobs j ON j.position = w.key WHERE {}),
+                      gone AS (DELETE FROM operation_run_jobs
+                               WHERE position IN (SELECT position FROM doomed) RETURNING 1)
+                 SELECT (SELECT count(*) FROM gone), {NEXT_WINDOW}",
+                window_rows("position", "operation_run_jobs"),
+                job_may_go("$1")
             );
-            let (deleted, last_old): (i64, Option<i64>) = sqlx::query_as(&sql)
+            let (n, next): (i64, Option<i64>) = sqlx::query_as(&sql)
                 .bind(retention_secs)
                 .bind(limit)
                 .bind(after)
                 .fetch_one(&mut *tx)
                 .await?;
-            // The pass goes on while the window's last row is older than the cut-off: keys
-            // follow creation, so past a newer row every row is newer.
-            (deleted, last_old)
+            Batch {
+                deleted: Deleted {
+                    jobs: count_of(n),
+                    ..Deleted::default()
+                },
+                next,
+            }
         }
+        Table::Runs => prune_runs(&mut tx, retention_secs, limit, after).await?,
     };
     tx.commit().await?;
+    Ok(batch)
+}
+
+/// One batch of runs, in the caller's transaction: lock the window's candidates (skipping any a
+/// command holds), then delete those that still may go, with their events and job, in a second
+/// statement (its snapshot follows the locks).
+async fn prune_runs(
+    tx: &mut PgConnection,
+    retention_secs: f64,
+    limit: i64,
+    after: i64,
+) -> Result<Batch, sqlx::Error> {
+    let lock = format!(
+        "WITH window_rows AS ({})
+         SELECT r.id FROM operation_runs r
+         WHERE r.id IN (SELECT key FROM window_rows) AND {}
+         ORDER BY r.id
+         FOR UPDATE OF r SKIP LOCKED",
+        window_rows("id", "operation_runs"),
+        run_may_go("$1")
+    );
+    let locked: Vec<i64> = sqlx::query_scalar(&lock)
+        .bind(retention_secs)
+        .bind(limit)
+        .bind(after)
+        .fetch_all(&mut *tx)
+        .await?;
+    // The events and the job are deleted here rather than by the cascade, to be counted; the
+    // cascade then finds nothing left.
+    let delete = format!(
+        "WITH window_rows AS ({}),
+              doomed AS (SELECT r.id FROM operation_runs r WHERE r.id = ANY($4) AND {}),
+              gone_events AS (DELETE FROM operation_run_events e USING doomed d
+                              WHERE e.run_id = d.id RETURNING 1),
+              gone_jobs AS (DELETE FROM operation_run_jobs j USING doomed d
+                            WHERE j.run_id = d.id RETURNING 1),
+              gone_runs AS (DELETE FROM operation_runs r USING doomed d
+                            WHERE r.id = d.id RETURNING 1)
+         SELECT (SELECT count(*) FROM gone_runs), (SELECT count(*) FROM gone_events),
+                (SELECT count(*) FROM gone_jobs), {NEXT_WINDOW}",
+        window_rows("id", "operation_runs"),
+        run_may_go("$1")
+    );
+    let (runs, events, jobs, next): (i64, i64, i64, Option<i64>) = sqlx::query_as(&delete)
+        .bind(retention_secs)
+        .bind(limit)
+        .bind(after)
+        .bind(&locked)
+        .fetch_one(&mut *tx)
+        .await?;
     Ok(Batch {
-        deleted: deleted.max(0) as u64,
-        next: next.filter(|_| window(table).is_some()),
+        deleted: Deleted {
+            runs: count_of(runs),
+            events: count_of(events),
+            jobs: count_of(jobs),
+            inbox: 0,
+        },
+        next,
     })
+}
+
+fn count_of(n: i64) -> u64 {
+    n.max(0) as u64
 }
 
 /// The narrow event outbox: every published event leaves a dead row in it.
@@ -185,25 +309,50 @@ pub async fn autovacuum_on(executor: impl PgExecutor<'_>) -> Result<bool, sqlx::
     Ok(setting == "on")
 }
 
-/// How many rows of `table` are past `retention_secs` (what a prune would delete now).
+/// What a pass with `retentions` (`(table, seconds)`, as [`prune_batch`] takes them; a table
+/// not listed is not pruned) would delete now, per table, in one snapshot and in the pass's
+/// order: the runs first, with their events and jobs, then what the other passes find left.
 pub async fn count(
     executor: impl PgExecutor<'_>,
-    table: Table,
-    retention_secs: f64,
-) -> Result<i64, sqlx::Error> {
-    let sql = match window(table) {
-        None => format!(
-            "SELECT count(*) FROM ({}) doomed",
-            candidates(table).replace("LIMIT $2", "")
-        ),
-        Some((key, name)) => format!(
-            "WITH window_rows AS (SELECT {key} AS key FROM {name})
-             SELECT count(*) FROM ({}) doomed",
-            candidates(table)
-        ),
+    retentions: &[(Table, f64)],
+) -> Result<Deleted, sqlx::Error> {
+    let keep = |table: Table| {
+        retentions
+            .iter()
+            .find(|(t, _)| *t == table)
+            .map(|(_, s)| *s)
     };
-    sqlx::query_scalar(&sql)
-        .bind(retention_secs)
+    // A NULL retention makes every cut-off comparison NULL: nothing of that table is counted.
+    let sql = format!(
+        "WITH doomed_runs AS MATERIALIZED (SELECT r.id FROM operation_runs r WHERE {runs})
+         SELECT (SELECT count(*) FROM processed_commands c WHERE {inbox}),
+                (SELECT count(*) FROM operation_run_events e
+                 WHERE e.run_id IN (SELECT id FROM doomed_runs))
+                + (SELECT count(*) FROM operation_run_events e
+                   WHERE {events}
+                     AND NOT EXISTS (SELECT 1 FROM doomed_runs d WHERE d.id = e.run_id)),
+                (SELECT count(*) FROM operation_run_jobs j
+                 WHERE j.run_id IN (SELECT id FROM doomed_runs))
+                + (SELECT count(*) FROM operation_run_jobs j
+                   WHERE {jobs}
+                     AND NOT EXISTS (SELECT 1 FROM doomed_runs d WHERE d.id = j.run_id)),
+                (SELECT count(*) FROM doomed_runs)",
+        inbox = inbox_may_go("$1"),
+        events = event_may_go("$2"),
+        jobs = job_may_go("$3"),
+        runs = run_may_go("$4"),
+    );
+    let (inbox, events, jobs, runs): (i64, i64, i64, i64) = sqlx::query_as(&sql)
+        .bind(keep(Table::Inbox))
+        .bind(keep(Table::Events))
+        .bind(keep(Table::Jobs))
+        .bind(keep(Table::Runs))
         .fetch_one(executor)
-        .await
+        .await?;
+    Ok(Deleted {
+        inbox: count_of(inbox),
+        events: count_of(events),
+        jobs: count_of(jobs),
+        runs: count_of(runs),
+    })
 }
