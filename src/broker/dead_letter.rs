@@ -6,7 +6,9 @@
 //! keeps the command unacked.
 //!
 //! Headers: `x-oprun-error-code`, `x-oprun-error-message`, `x-oprun-failed-at` (RFC 3339),
-//! `x-oprun-routing-key` (the original routing key, used by `oprun dlq replay`).
+//! `x-oprun-routing-key` (the original routing key, used by `oprun dlq replay`); a replayed
+//! command also carries `x-oprun-first-failed-at` (when it was first refused, kept across
+//! replays), which a letter of it keeps like any other original header.
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use lapin::types::{AMQPValue, FieldTable, LongString};
@@ -23,6 +25,9 @@ pub const ERROR_MESSAGE_HEADER: &str = "x-oprun-error-message";
 pub const FAILED_AT_HEADER: &str = "x-oprun-failed-at";
 /// Header: the routing key it was published with.
 pub const ROUTING_KEY_HEADER: &str = "x-oprun-routing-key";
+/// Header: when the command was first refused, set by `oprun dlq replay` and kept across
+/// replays (a letter's age; `x-oprun-failed-at` is the latest refusal).
+pub const FIRST_FAILED_AT_HEADER: &str = "x-oprun-first-failed-at";
 /// Header: how often `oprun dlq replay` has republished it.
 pub const REPLAYS_HEADER: &str = "x-oprun-replays";
 

@@ -1,23 +1,28 @@
-//! The dead-letter queue, read and replayed safely: messages are taken with manual acks, a
-//! replayed one is acked only after the broker confirms its republish, and everything not
-//! acked returns to the queue when the channel closes (also on a crash).
+//! The dead-letter queue as the inbox of the `dead_letters` table: `oprun dlq` takes what
+//! `N.commands.dlq` holds (one delivery each), the caller stores it and acks it only after the
+//! commit; listing and replay then read the table, so looking at a letter never returns it to the
+//! queue. (Returning is the only way to read a quorum queue in place over AMQP, and every return
+//! counts: RabbitMQ 3.x raises `x-delivery-count`, 4.0–4.2 the acquired count their default
+//! delivery limit of 20 is checked against, and the order changes.) A replay republishes a stored
+//! letter with confirms; the caller deletes it only after the confirm.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SecondsFormat, Utc};
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicGetOptions};
-use lapin::types::{AMQPValue, ShortString};
-use lapin::Connection;
-use serde_json::{json, Value};
+use lapin::types::{AMQPValue, LongString, ShortString};
+use lapin::{BasicProperties, Connection};
+use serde_json::Value;
 
 use super::dead_letter::{
-    broker_death_time, dead_letter_reason, original_routing_key, FAILED_AT_HEADER, REPLAYS_HEADER,
+    broker_death_time, dead_letter_reason, original_routing_key, FAILED_AT_HEADER,
+    FIRST_FAILED_AT_HEADER, REPLAYS_HEADER,
 };
 use super::headers::{get_i64, get_str};
 use super::publisher::{ConfirmPublisher, Confirmed};
 use super::{BrokerError, Topology};
 
 /// Headers that describe a failed attempt; a replay starts without them.
-const ATTEMPT_HEADERS: [&str; 9] = [
+const ATTEMPT_HEADERS: [&str; 10] = [
     "x-oprun-error-code",
     "x-oprun-error-message",
     "x-oprun-failed-at",
@@ -27,6 +32,7 @@ const ATTEMPT_HEADERS: [&str; 9] = [
     "x-first-death-queue",
     "x-first-death-reason",
     "x-delivery-count",
+    "x-acquired-count",
 ];
 
 /// One dead letter, held (unacked) by this reader.
@@ -41,12 +47,24 @@ pub struct DeadLetter {
     pub kind: Option<String>,
     /// The command id (body field or message_id).
     pub command_id: Option<String>,
-    /// When it was refused (`x-oprun-failed-at`, else the broker's `x-death` time).
+    /// When this letter was refused (`x-oprun-failed-at`, else the broker's `x-death` time).
     pub failed_at: Option<DateTime<Utc>>,
+    /// When its command was first refused (`x-oprun-first-failed-at`, kept across replays),
+    /// else `failed_at`.
+    pub first_failed_at: Option<DateTime<Utc>>,
     /// The routing key it was first published with.
     pub routing_key: String,
     /// How often it was replayed before.
     pub replays: i64,
+    /// How often the broker had delivered it before (`x-delivery-count`, or RabbitMQ 4's
+    /// `x-acquired-count`, whichever is higher).
+    pub delivery_count: i64,
+}
+
+fn rfc3339_header(headers: Option<&lapin::types::FieldTable>, key: &str) -> Option<DateTime<Utc>> {
+    get_str(headers, key)
+        .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
+        .map(|t| t.with_timezone(&Utc))
 }
 
 impl DeadLetter {
@@ -67,12 +85,14 @@ impl DeadLetter {
                     .as_ref()
                     .map(|m| m.to_string())
             });
-        let failed_at = get_str(headers, FAILED_AT_HEADER)
-            .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
-            .map(|t| t.with_timezone(&Utc))
-            .or_else(|| broker_death_time(headers));
+        let failed_at =
+            rfc3339_header(headers, FAILED_AT_HEADER).or_else(|| broker_death_time(headers));
+        let first_failed_at = rfc3339_header(headers, FIRST_FAILED_AT_HEADER).or(failed_at);
         let routing_key = original_routing_key(headers, delivery.routing_key.as_str());
         let replays = get_i64(headers, REPLAYS_HEADER).unwrap_or(0);
+        let delivery_count = get_i64(headers, "x-delivery-count")
+            .unwrap_or(0)
+            .max(get_i64(headers, "x-acquired-count").unwrap_or(0));
         Self {
             delivery,
             code,
@@ -80,25 +100,33 @@ impl DeadLetter {
             kind,
             command_id,
             failed_at,
+            first_failed_at,
             routing_key,
             replays,
+            delivery_count,
         }
     }
 
-    /// The listing form: code, message, kind, age, command id.
-    pub fn summary(&self, now: DateTime<Utc>) -> Value {
-        json!({
-            "code": self.code,
-            "message": self.message,
-            "kind": self.kind,
-            "command_id": self.command_id,
-            "failed_at": self.failed_at,
-            "age_seconds": self.failed_at.map(|t| (now - t).num_seconds()),
-            "routing_key": self.routing_key,
-            "replays": self.replays,
-            "bytes": self.delivery.data.len(),
-        })
+    /// Its properties (headers included) encoded for storage; [`DeadLetterQueue::republish`]
+    /// decodes them.
+    pub fn encoded_properties(&self) -> Vec<u8> {
+        // serde JSON of lapin's own type: every AMQP value round-trips, NULs included.
+        serde_json::to_vec(&self.delivery.properties).unwrap_or_default()
     }
+}
+
+/// A stored letter to republish.
+pub struct Republish<'a> {
+    /// The routing key it was first published with.
+    pub routing_key: &'a str,
+    /// The body.
+    pub body: &'a [u8],
+    /// Its properties as [`DeadLetter::encoded_properties`] gave them.
+    pub properties: &'a [u8],
+    /// How often it was replayed before.
+    pub replays: i64,
+    /// When its command was first refused.
+    pub first_failed_at: Option<DateTime<Utc>>,
 }
 
 /// A reader of `N.commands.dlq`.
@@ -130,16 +158,37 @@ impl DeadLetterQueue {
         Ok(got.map(|m| DeadLetter::from_delivery(m.delivery)))
     }
 
-    /// Republishes `letter` to `N.commands` with its original routing key, body and properties
-    /// (minus the failure headers, plus `x-oprun-replays`), waits for the confirm, then acks it
-    /// from the DLQ. An unroutable republish is not acked (it stays in the DLQ).
-    pub async fn replay(&self, letter: &DeadLetter) -> Result<bool, BrokerError> {
-        let mut headers = letter
-            .delivery
-            .properties
-            .headers()
-            .clone()
-            .unwrap_or_default();
+    /// Takes up to `max` letters, in queue order (held until [`DeadLetterQueue::ack_all`]).
+    pub async fn take_batch(&self, max: usize) -> Result<Vec<DeadLetter>, BrokerError> {
+        let mut letters = Vec::new();
+        while letters.len() < max {
+            match self.take().await? {
+                Some(letter) => letters.push(letter),
+                None => break,
+            }
+        }
+        Ok(letters)
+    }
+
+    /// Acks `letters` (all taken on this reader, none acked yet) with one multiple-ack.
+    pub async fn ack_all(&self, letters: &[DeadLetter]) -> Result<(), BrokerError> {
+        if let Some(last) = letters.iter().max_by_key(|l| l.delivery.delivery_tag) {
+            last.delivery
+                .acker
+                .ack(BasicAckOptions { multiple: true })
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Republishes a stored letter to `N.commands` with its original routing key, body and
+    /// properties (minus the failure headers, plus `x-oprun-replays` + 1 and
+    /// `x-oprun-first-failed-at`, so a letter it becomes again keeps its age), and waits for the
+    /// confirm. `false` when the broker returned it (unroutable): the caller keeps the letter.
+    pub async fn republish(&self, letter: &Republish<'_>) -> Result<bool, BrokerError> {
+        let properties: BasicProperties = serde_json::from_slice(letter.properties)
+            .map_err(|e| BrokerError::Stopped(format!("a stored dead letter's properties: {e}")))?;
+        let mut headers = properties.headers().clone().unwrap_or_default();
         let kept = headers
             .inner()
             .iter()
@@ -151,26 +200,25 @@ impl DeadLetterQueue {
             REPLAYS_HEADER.into(),
             AMQPValue::LongLongInt(letter.replays + 1),
         );
-        let properties = letter.delivery.properties.clone().with_headers(headers);
+        if let Some(first) = letter.first_failed_at {
+            headers.insert(
+                FIRST_FAILED_AT_HEADER.into(),
+                AMQPValue::LongString(LongString::from(
+                    first.to_rfc3339_opts(SecondsFormat::Millis, true),
+                )),
+            );
+        }
         let confirmed = self
             .publisher
             .publish(
                 &self.topology.commands_exchange(),
-                &letter.routing_key,
-                &letter.delivery.data,
-                properties,
+                letter.routing_key,
+                letter.body,
+                properties.with_headers(headers),
                 true,
             )
             .await?;
-        if confirmed == Confirmed::Returned {
-            return Ok(false);
-        }
-        letter
-            .delivery
-            .acker
-            .ack(BasicAckOptions::default())
-            .await?;
-        Ok(true)
+        Ok(confirmed != Confirmed::Returned)
     }
 
     /// Returns every held letter to the queue.

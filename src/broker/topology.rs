@@ -4,7 +4,8 @@
 //!
 //! - `N.commands`: topic exchange; producers publish with routing key = command kind.
 //! - `N.commands`: quorum queue bound with `#`, dead-lettering at-least-once to `N.dlx`.
-//! - `N.dlx`: fanout exchange; `N.commands.dlq`: quorum queue bound to it.
+//! - `N.dlx`: fanout exchange; `N.commands.dlq`: quorum queue bound to it, with a delivery
+//!   limit no letter reaches (RabbitMQ 4.0+ would otherwise drop a letter after 20).
 //! - `N.events`: fanout exchange for subscribers (who bind their own queues).
 //! - `N.jobs`: topic exchange; executors bind queues by run type.
 
@@ -20,7 +21,20 @@ use super::BrokerError;
 
 /// How often the broker redelivers a command before dead-lettering it itself (a message that
 /// crashes the service every time must not block the queue forever).
+///
+/// Never a drop: the queue dead-letters `at-least-once` (which needs `x-overflow:
+/// reject-publish`), so the broker keeps such a message in `N.commands` until `N.dlx` has
+/// routed it to a queue that confirmed it, however long the DLQ is missing.
 pub const DELIVERY_LIMIT: i64 = 20;
+
+/// `x-delivery-limit` of `N.commands.dlq`: a letter is never dropped for being delivered
+/// often. The queue has no dead-letter target, so reaching a limit would drop the letter, and
+/// RabbitMQ 4.0+ gives every quorum queue declared without one a limit of 20. `-1`, unlimited
+/// on 4.0+, is no option: RabbitMQ 3.10 accepts it and drops a message on its first return
+/// (seen on this project's broker). So the declaration is the largest 32-bit integer, the same
+/// on every version: reaching it takes 2^31 returns of one letter. (`oprun dlq` takes each
+/// letter once and acks it once stored, so its count stays at 0 or 1 in practice.)
+pub const DEAD_LETTER_DELIVERY_LIMIT: i64 = i32::MAX as i64;
 
 /// A queue argument value.
 #[derive(Debug, Clone, PartialEq)]
@@ -67,6 +81,9 @@ pub struct Topology {
     /// `x-quorum-initial-group-size` of its queues; `None` leaves it to RabbitMQ (a replica
     /// on every cluster node).
     quorum_group_size: Option<u16>,
+    /// `x-delivery-limit` of `N.commands.dlq`: [`DEAD_LETTER_DELIVERY_LIMIT`], or what an
+    /// existing queue was created with (`None`: without one).
+    dead_letter_delivery_limit: Option<i64>,
 }
 
 impl Topology {
@@ -85,6 +102,7 @@ impl Topology {
         Ok(Self {
             namespace: namespace.to_owned(),
             quorum_group_size: None,
+            dead_letter_delivery_limit: Some(DEAD_LETTER_DELIVERY_LIMIT),
         })
     }
 
@@ -181,7 +199,12 @@ impl Topology {
             },
             QueueDef {
                 name: self.dead_letter_queue(),
-                arguments: vec![("x-queue-type", ArgValue::Str("quorum".into()))],
+                arguments: std::iter::once(("x-queue-type", ArgValue::Str("quorum".into())))
+                    .chain(
+                        self.dead_letter_delivery_limit
+                            .map(|n| ("x-delivery-limit", ArgValue::Int(n))),
+                    )
+                    .collect(),
             },
         ];
         for queue in &mut queues {
@@ -283,37 +306,59 @@ impl Topology {
     }
 
     /// Declares everything on channels of `connection`, like [`Topology::declare`], except that
-    /// a queue which already exists with another `x-quorum-initial-group-size` is accepted as
-    /// it is: the size only places replicas when a queue is created, while RabbitMQ refuses a
-    /// redeclaration with another value (`PRECONDITION_FAILED`). Without this, upgrading from a
-    /// version that did not set it, or adding a node URL, would stop the service from starting.
+    /// an existing queue is accepted as it is where RabbitMQ refuses a redeclaration with other
+    /// arguments (`PRECONDITION_FAILED`) that only matter when a queue is created or that an
+    /// operator sets by policy for an existing one:
+    ///
+    /// - another `x-quorum-initial-group-size` (it only places replicas at creation): without
+    ///   this, upgrading from a version that did not set it, or adding a node URL, would stop the
+    ///   service from starting;
+    /// - a `N.commands.dlq` created without [`DEAD_LETTER_DELIVERY_LIMIT`] (before it was
+    ///   declared): kept, with a warning pointing to the README's re-creation step (Topology).
+    ///   On RabbitMQ 3.x such a queue has no limit; on 4.0+ it has the default 20.
     pub async fn declare_on(&self, connection: &lapin::Connection) -> Result<(), BrokerError> {
         let mut topology = self.clone();
-        // Each queue can force one adoption; one more round declares everything.
-        for _ in 0..=self.queues().len() {
+        // Each queue can force one adoption per argument; one more round declares everything.
+        for _ in 0..=2 * self.queues().len() {
             let channel = connection.create_channel().await?;
             let declared = topology.declare(&channel).await;
             if channel.status().connected() {
                 let _ = channel.close(200, "declared".into()).await;
             }
-            match declared {
-                Err(e) => match existing_group_size(&e.to_string()) {
-                    Some(existing) if existing != topology.quorum_group_size => {
-                        tracing::warn!(
-                            namespace = %self.namespace,
-                            configured = ?self.quorum_group_size,
-                            existing = ?existing,
-                            "a queue exists with another x-quorum-initial-group-size; keeping its size"
-                        );
-                        topology.quorum_group_size = existing;
-                    }
-                    _ => return Err(e),
-                },
-                Ok(()) => return Ok(()),
+            let Err(e) = declared else {
+                return Ok(());
+            };
+            let text = e.to_string();
+            match (
+                existing_group_size(&text),
+                existing_delivery_limit(&text, &self.dead_letter_queue()),
+            ) {
+                (Some(existing), _) if existing != topology.quorum_group_size => {
+                    tracing::warn!(
+                        namespace = %self.namespace,
+                        configured = ?self.quorum_group_size,
+                        existing = ?existing,
+                        "a queue exists with another x-quorum-initial-group-size; keeping its size"
+                    );
+                    topology.quorum_group_size = existing;
+                }
+                (_, Some(existing)) if existing != topology.dead_letter_delivery_limit => {
+                    tracing::warn!(
+                        queue = %self.dead_letter_queue(),
+                        existing = ?existing,
+                        wanted = DEAD_LETTER_DELIVERY_LIMIT,
+                        "the dead-letter queue exists with another x-delivery-limit; keeping it. \
+                         On RabbitMQ 4.0+ a queue without one drops a letter delivered 20 times: \
+                         re-create it as the README says (Topology, upgrading)"
+                    );
+                    topology.dead_letter_delivery_limit = existing;
+                }
+                _ => return Err(e),
             }
         }
         Err(BrokerError::Stopped(
-            "the namespace's queues disagree on x-quorum-initial-group-size".into(),
+            "the namespace's queues disagree on x-quorum-initial-group-size or x-delivery-limit"
+                .into(),
         ))
     }
 
@@ -400,6 +445,24 @@ fn existing_group_size(error: &str) -> Option<Option<u16>> {
     value.parse().ok().map(Some)
 }
 
+/// The `x-delivery-limit` an existing `queue` has, read from RabbitMQ's refusal of a
+/// redeclaration (`inequivalent arg 'x-delivery-limit' for queue 'q' in vhost '/': received the
+/// value '2147483647' of type 'long' but current is none`): `Some(None)` for "none",
+/// `Some(Some(n))` for a value, `None` when the error is about something else or another queue.
+fn existing_delivery_limit(error: &str, queue: &str) -> Option<Option<i64>> {
+    let about = format!("inequivalent arg 'x-delivery-limit' for queue '{queue}'");
+    if !error.contains(&about) {
+        return None;
+    }
+    let current = error.split("but current is ").nth(1)?;
+    if current.starts_with("none") {
+        return Some(None);
+    }
+    let quoted = current.strip_prefix("the value ").unwrap_or(current);
+    let value = quoted.strip_prefix('\'')?.split('\'').next()?;
+    value.parse().ok().map(Some)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -435,6 +498,55 @@ mod tests {
         assert_eq!(existing_group_size(both), Some(Some(2)));
         let other = "PRECONDITION_FAILED - inequivalent arg 'x-delivery-limit' for queue 'n.commands' in vhost '/': received the value '20' of type 'long' but current is none";
         assert_eq!(existing_group_size(other), None);
+    }
+
+    #[test]
+    fn the_existing_dead_letter_delivery_limit_is_read_from_the_brokers_refusal() {
+        let none = "PRECONDITION_FAILED - inequivalent arg 'x-delivery-limit' for queue 'n.commands.dlq' in vhost '/': received the value '2147483647' of type 'long' but current is none";
+        assert_eq!(existing_delivery_limit(none, "n.commands.dlq"), Some(None));
+        let twenty = "PRECONDITION_FAILED - inequivalent arg 'x-delivery-limit' for queue 'n.commands.dlq' in vhost '/': received '2147483647' but current is '20'";
+        assert_eq!(
+            existing_delivery_limit(twenty, "n.commands.dlq"),
+            Some(Some(20))
+        );
+        let commands = "PRECONDITION_FAILED - inequivalent arg 'x-delivery-limit' for queue 'n.commands' in vhost '/': received the value '20' of type 'long' but current is none";
+        assert_eq!(existing_delivery_limit(commands, "n.commands.dlq"), None);
+    }
+
+    #[test]
+    fn no_delivery_limit_can_drop_a_command_or_a_dead_letter() {
+        let t = Topology::new("n").unwrap();
+        let queues = t.queues();
+        let args = |name: &str| {
+            queues
+                .iter()
+                .find(|q| q.name == name)
+                .unwrap()
+                .arguments
+                .clone()
+        };
+        // The commands queue: its limit dead-letters, at least once (kept until stored).
+        let commands = args(&t.commands_queue());
+        for arg in [
+            (
+                "x-dead-letter-exchange",
+                ArgValue::Str(t.dead_letter_exchange()),
+            ),
+            (
+                "x-dead-letter-strategy",
+                ArgValue::Str("at-least-once".into()),
+            ),
+            ("x-overflow", ArgValue::Str("reject-publish".into())),
+            ("x-delivery-limit", ArgValue::Int(DELIVERY_LIMIT)),
+        ] {
+            assert!(commands.contains(&arg), "{arg:?} in {commands:?}");
+        }
+        // The DLQ: an explicit limit (overriding 4.0's default of 20) that no letter reaches.
+        let dlq = args(&t.dead_letter_queue());
+        assert!(
+            dlq.contains(&("x-delivery-limit", ArgValue::Int(i64::from(i32::MAX)))),
+            "{dlq:?}"
+        );
     }
 
     #[test]

@@ -181,7 +181,7 @@ impl Default for Metrics {
         );
         registry.register(
             "oprun_dlq_depth",
-            "Messages in the dead-letter queue N.commands.dlq (polled)",
+            "Dead letters held: messages in N.commands.dlq plus those oprun dlq moved into the dead_letters table (polled)",
             dlq_depth.clone(),
         );
         registry.register(
@@ -316,9 +316,9 @@ impl Metrics {
         self.consumer_running.set(i64::from(running));
     }
 
-    /// Sets the dead-letter queue's depth.
-    pub fn dlq_depth(&self, messages: u32) {
-        self.dlq_depth.set(i64::from(messages));
+    /// Sets the dead letters held (the queue's depth plus the stored letters).
+    pub fn dlq_depth(&self, letters: i64) {
+        self.dlq_depth.set(letters);
     }
 
     /// Sets the active runs per type; `counts` should name every catalog type (0 included) so

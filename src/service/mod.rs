@@ -134,6 +134,7 @@ impl Service {
     pub async fn run(&self, shutdown: CancellationToken) {
         let reaper = tokio::spawn(self.clone().reap_forever(shutdown.clone()));
         let probe = tokio::spawn(self.clone().probe_database(shutdown.clone()));
+        let recorder = tokio::spawn(self.clone().record_settings(shutdown.clone()));
         let pruner = tokio::spawn(pruner::prune_forever(
             self.pool.clone(),
             self.settings.retention.clone(),
@@ -167,7 +168,7 @@ impl Service {
             }
         }
         self.set_consumer_running(false);
-        let _ = tokio::join!(reaper, probe, pruner);
+        let _ = tokio::join!(reaper, probe, pruner, recorder);
     }
 
     fn set_consumer_running(&self, running: bool) {
@@ -273,7 +274,11 @@ impl Service {
         let dlq = self.topology.dead_letter_queue();
         loop {
             match crate::broker::queue_depth::message_count(connection, &dlq).await {
-                Ok(n) => self.metrics.dlq_depth(n),
+                // Letters `oprun dlq` moved into the table are still dead letters.
+                Ok(n) => match crate::store::dead_letters::count(&self.pool).await {
+                    Ok(stored) => self.metrics.dlq_depth(i64::from(n) + stored),
+                    Err(e) => tracing::debug!(error = %e, "counting stored dead letters failed"),
+                },
                 Err(e) => tracing::debug!(error = %e, "reading the DLQ depth failed"),
             }
             match crate::store::runs::count_active_by_type(&self.pool).await {
@@ -353,6 +358,26 @@ impl Service {
                 _ = tokio::time::sleep(every) => {}
                 _ = shutdown.cancelled() => return,
             }
+        }
+    }
+
+    /// Records the settings operator tools must agree with (`--inbox-retention`, read by `oprun
+    /// dlq replay`), retrying while the database is unreachable.
+    async fn record_settings(self, shutdown: CancellationToken) {
+        let retention = self.settings.retention.inbox_retention;
+        let recorded = retry_transient(
+            &shutdown,
+            "recording the inbox retention",
+            |e: &StoreError| e.is_transient(),
+            || async {
+                crate::store::settings::record_inbox_retention(&self.pool, retention)
+                    .await
+                    .map_err(StoreError::from)
+            },
+        )
+        .await;
+        if let Some(Err(e)) = recorded {
+            tracing::error!(error = %e, "recording the inbox retention failed");
         }
     }
 

@@ -3,6 +3,7 @@
 //! row and its outbox rows commit together.
 
 pub mod batch_write;
+pub mod dead_letters;
 pub mod error;
 pub mod events;
 pub mod inbox;
@@ -12,6 +13,7 @@ pub mod locks;
 pub mod retention;
 pub mod runs;
 pub mod scope;
+pub mod settings;
 pub mod viewer;
 
 use std::time::Duration;

@@ -9,7 +9,8 @@ use futures_util::StreamExt;
 use lapin::options::{QueueBindOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use operation_runs::broker::dead_letter::{
-    ERROR_CODE_HEADER, ERROR_MESSAGE_HEADER, FAILED_AT_HEADER, REPLAYS_HEADER, ROUTING_KEY_HEADER,
+    ERROR_CODE_HEADER, ERROR_MESSAGE_HEADER, FAILED_AT_HEADER, FIRST_FAILED_AT_HEADER,
+    REPLAYS_HEADER, ROUTING_KEY_HEADER,
 };
 use operation_runs::broker::publisher::{
     consume_direct_replies, ConfirmPublisher, DIRECT_REPLY_TO,
@@ -257,7 +258,8 @@ fn the_schemas_enums_and_bounds_are_the_codes_constants() {
             ERROR_MESSAGE_HEADER,
             FAILED_AT_HEADER,
             ROUTING_KEY_HEADER,
-            REPLAYS_HEADER
+            REPLAYS_HEADER,
+            FIRST_FAILED_AT_HEADER
         ])
     );
     assert_eq!(

@@ -9,6 +9,7 @@ mod clients;
 mod concurrency;
 mod contract;
 mod corpus;
+mod dead_letters;
 mod dispatch;
 mod hardening_decode;
 mod hardening_dedupe;

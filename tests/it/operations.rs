@@ -12,8 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 
 use crate::helpers::{
-    database_url_for, dispatch, header, progress, test_settings, wait_for_active_run, TestApp,
-    DEADLINE,
+    database_url_for, dispatch, progress, test_settings, wait_for_active_run, TestApp, DEADLINE,
 };
 
 pub(crate) fn oprun(database: &str, namespace: &str, args: &[&str]) -> Command {
@@ -139,11 +138,9 @@ async fn dlq_replay_with_filters_moves_exactly_the_matching_letters(
     assert!(listed
         .iter()
         .all(|l| l["code"].is_string() && l["age_seconds"].is_i64()));
-    // Held letters return to the queue when the reader's channel closes (asynchronously).
-    crate::helpers::wait_until("listing to remove nothing", || async {
-        (app.queue_depth(&app.topology.dead_letter_queue()).await == 9).then_some(())
-    })
-    .await;
+    // Listing moved them into the dead-letter table, and removed none.
+    assert_eq!(app.dead_letters_held().await, 9, "listing removed nothing");
+    app.wait_for_recorded_settings().await;
 
     let out = oprun(
         &db,
@@ -154,10 +151,11 @@ async fn dlq_replay_with_filters_moves_exactly_the_matching_letters(
     .await
     .unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("\"replayed\":3"));
-    crate::helpers::wait_until("a dry run to change nothing", || async {
-        (app.queue_depth(&app.topology.dead_letter_queue()).await == 9).then_some(())
-    })
-    .await;
+    assert_eq!(
+        app.dead_letters_held().await,
+        9,
+        "a dry run changes nothing"
+    );
 
     // The workspace now exists: the replayed dispatches will succeed.
     sqlx::query("INSERT INTO workspaces (id, name) VALUES (99, 'late')")
@@ -198,14 +196,20 @@ async fn dlq_replay_with_filters_moves_exactly_the_matching_letters(
         3,
     )
     .await;
-    crate::helpers::wait_until("6 letters left", || async {
-        (app.queue_depth(&app.topology.dead_letter_queue()).await == 6).then_some(())
-    })
-    .await;
-    let left = app.take_dead_letters(6).await;
-    let mut codes: Vec<String> = left
-        .iter()
-        .map(|d| header(&d.properties, "x-oprun-error-code").unwrap())
+    assert_eq!(app.dead_letters_held().await, 6, "6 letters left");
+    let out = oprun(&db, &ns, &["dlq", "list", "--limit", "50"])
+        .output()
+        .await
+        .unwrap();
+    let mut codes: Vec<String> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["code"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
         .collect();
     codes.sort();
     assert_eq!(
@@ -241,11 +245,12 @@ async fn a_dlq_replay_killed_midway_loses_nothing(_o: PgPoolOptions, connect: Pg
         .execute(&app.pool)
         .await
         .unwrap();
+    app.wait_for_recorded_settings().await;
 
     let mut replay = oprun(&db, &ns, &["dlq", "replay"]).spawn().unwrap();
     crate::helpers::wait_until("the replay to be midway", || async {
-        let depth = app.queue_depth(&dlq).await;
-        (depth < letters && depth > 0).then_some(())
+        let held = app.dead_letters_held().await;
+        (held < i64::from(letters) && held > 0).then_some(())
     })
     .await;
     replay.kill().await.unwrap();
@@ -264,7 +269,7 @@ async fn a_dlq_replay_killed_midway_loses_nothing(_o: PgPoolOptions, connect: Pg
         i64::from(letters),
     )
     .await;
-    assert_eq!(app.queue_depth(&dlq).await, 0);
+    assert_eq!(app.dead_letters_held().await, 0);
     app.shutdown().await;
 }
 

@@ -315,8 +315,8 @@ async fn dlq_replay_refuses_a_letter_older_than_the_inbox_retention_unless_force
     let db = connect.get_database().unwrap().to_owned();
     let app = TestApp::spawn_on(&connect).await;
     let ns = app.topology.namespace().to_owned();
-    let dlq = app.topology.dead_letter_queue();
     old_dead_letter(&app, Age::days(15)).await;
+    app.wait_for_recorded_settings().await;
 
     let out = oprun(&db, &ns, &["dlq", "replay"]).output().await.unwrap();
     assert!(out.status.success());
@@ -335,10 +335,11 @@ async fn dlq_replay_refuses_a_letter_older_than_the_inbox_retention_unless_force
         reason.contains("inbox retention") && reason.contains("--force"),
         "{reason}"
     );
-    crate::helpers::wait_until("the refused letter back in the DLQ", || async {
-        (app.queue_depth(&dlq).await == 1).then_some(())
-    })
-    .await;
+    assert_eq!(
+        app.dead_letters_held().await,
+        1,
+        "the refused letter is kept"
+    );
 
     // A longer retention (the service's setting) lets it through; so does --force.
     let longer = oprun_json(
@@ -351,10 +352,7 @@ async fn dlq_replay_refuses_a_letter_older_than_the_inbox_retention_unless_force
         (&longer["replayed"], &longer["refused"]),
         (&json!(1), &json!(0))
     );
-    crate::helpers::wait_until("the dry run to leave it", || async {
-        (app.queue_depth(&dlq).await == 1).then_some(())
-    })
-    .await;
+    assert_eq!(app.dead_letters_held().await, 1, "the dry run leaves it");
     let forced = oprun_json(&db, &ns, &["dlq", "replay", "--force"]).await;
     assert_eq!(
         (&forced["replayed"], &forced["refused"]),
@@ -362,7 +360,7 @@ async fn dlq_replay_refuses_a_letter_older_than_the_inbox_retention_unless_force
     );
     app.wait_for_count("SELECT count(*) FROM operation_runs", 1)
         .await;
-    assert_eq!(app.queue_depth(&dlq).await, 0);
+    assert_eq!(app.dead_letters_held().await, 0);
     app.shutdown().await;
 }
 

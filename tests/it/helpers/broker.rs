@@ -138,6 +138,25 @@ impl TestApp {
         out
     }
 
+    /// Dead letters held anywhere: still in `N.commands.dlq`, or moved into the `dead_letters`
+    /// table by an `oprun dlq` command.
+    pub async fn dead_letters_held(&self) -> i64 {
+        let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM dead_letters")
+            .fetch_one(&self.pool)
+            .await
+            .unwrap();
+        stored + i64::from(self.queue_depth(&self.topology.dead_letter_queue()).await)
+    }
+
+    /// Waits until a service has recorded its settings (`oprun dlq replay` reads them).
+    pub async fn wait_for_recorded_settings(&self) {
+        self.wait_for_count(
+            "SELECT count(*) FROM service_settings WHERE name = 'inbox_retention_seconds'",
+            1,
+        )
+        .await;
+    }
+
     /// Messages in a queue now (passive declare).
     pub async fn queue_depth(&self, queue: &str) -> u32 {
         let channel = self.connection.create_channel().await.unwrap();
