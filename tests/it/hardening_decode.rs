@@ -1,4 +1,4 @@
-//! Issue 9, items 6, 8 and 14 end to end: a repeated key or a NUL character is dead-lettered
+//! Decoding end to end: a repeated key or a NUL character is dead-lettered
 //! with its own code and changes nothing; an integer id and its decimal string are one identity.
 
 use std::collections::BTreeMap;

@@ -1,6 +1,6 @@
-//! Issue 9, the identity, size and quota items: the dedupe window per type (3), identity lookups
-//! that are index probes (4), bounded failure summaries and events (2), legacy links only where
-//! they belong (11), the per-tenant quota (13) and one code for foreign tenants (15).
+//! Identity, size and quota under hostile input: the dedupe window per type, identity lookups
+//! that are index probes, bounded failure summaries and events, legacy links only where they
+//! belong, the per-tenant quota and one code for foreign tenants.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -594,7 +594,7 @@ async fn a_tenant_of_another_workspace_is_refused_like_an_unknown_one(pool: PgPo
     app.shutdown().await;
 }
 
-/// Measurement for issue 9 item 4 (run once, numbers in the report; not a pass/fail test):
+/// A measurement of identity lookups (run by hand, not a pass/fail test):
 /// duplicate dispatches per second with 1,000 and then 50,000 active runs in the table.
 /// `cargo test --release --test it hardening_dedupe::duplicate_dispatch_throughput -- --ignored --nocapture`
 #[sqlx::test]

@@ -1,4 +1,4 @@
-//! Defect 9 of issue 9: idle HTTP connections must not take the service down. The probes server
+//! Idle HTTP connections must not take the service down. The probes server
 //! closes idle and slow connections, caps open connections, and the service keeps answering
 //! dispatches and probes while hundreds of idle sockets are held open.
 

@@ -1,5 +1,5 @@
-//! Issue 9, defects 1, 5, 10 and 15 (in part): the relay under a refusing executor queue, dead
-//! letters while the DLQ is missing, where replies may go, and the kind label of refusals.
+//! The relay under a refusing executor queue, dead letters while the DLQ is missing, where
+//! replies may go, and the kind label of refusals.
 
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;

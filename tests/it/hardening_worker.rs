@@ -1,4 +1,4 @@
-//! The worker under hostile input and faults (issue 9, #7): provider-style failure codes, a
+//! The worker under hostile input and faults: provider-style failure codes, a
 //! refused completion, no reply from the service, and the broker closing the worker's
 //! connections or deleting its queue. A run must never be left for the reaper.
 

@@ -1,4 +1,4 @@
-//! Issue 11: the run viewer over real HTTP: tokens of several scopes, the list with keyset
+//! The run viewer over real HTTP: tokens of several scopes, the list with keyset
 //! paging, the run detail, events, live SSE, legacy redirects, the catalog, the pages' sign-in
 //! and escaping, and the list's plans on 100,000 rows.
 

@@ -1,4 +1,4 @@
-//! Issue 11's speed benchmark (not a test: `#[ignore]`, run it with
+//! The viewer's speed benchmark (not a test: `#[ignore]`, run it with
 //! `cargo test --release --test it viewer_bench -- --ignored --nocapture`): 1,000,000 runs, the
 //! service consuming a steady stream of progress commands, then `GET /v1/runs` (with the page's
 //! filters and cursors) and `GET /v1/runs/{id}` timed one after another; prints p50/p99.

@@ -1,4 +1,4 @@
-//! Issue 11: a real browser (headless Chromium driven through chromedriver) opens a run page
+//! A real browser (headless Chromium driven through chromedriver) opens a run page
 //! with a token link, sees the progress move while progress commands arrive, and saves the
 //! screenshot (target/tmp/viewer-run.png; the README shows a copy, docs/viewer-run.png). `scripts/test` installs Debian's `chromium`
 //! and `chromium-driver`.
