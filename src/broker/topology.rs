@@ -314,7 +314,7 @@ impl Topology {
     ///   this, upgrading from a version that did not set it, or adding a node URL, would stop the
     ///   service from starting;
     /// - a `N.commands.dlq` created without [`DEAD_LETTER_DELIVERY_LIMIT`] (before it was
-    ///   declared): kept, with a warning pointing to the README's re-creation step (Topology).
+    ///   declared): kept, with a warning pointing to the re-creation step in docs/contract.md (Topology).
     ///   On RabbitMQ 3.x such a queue has no limit; on 4.0+ it has the default 20.
     pub async fn declare_on(&self, connection: &lapin::Connection) -> Result<(), BrokerError> {
         let mut topology = self.clone();
@@ -349,7 +349,7 @@ impl Topology {
                         wanted = DEAD_LETTER_DELIVERY_LIMIT,
                         "the dead-letter queue exists with another x-delivery-limit; keeping it. \
                          On RabbitMQ 4.0+ a queue without one drops a letter delivered 20 times: \
-                         re-create it as the README says (Topology, upgrading)"
+                         re-create it as docs/contract.md says (Topology, upgrading)"
                     );
                     topology.dead_letter_delivery_limit = existing;
                 }

@@ -1,5 +1,5 @@
 //! `oprun catalog`: the operation type registry as data, so that the platform's PHP enum and
-//! catalog, the README's type table and the identity cross-check are generated from the one
+//! catalog, the type table of docs/concepts.md and the identity cross-check are generated from the one
 //! registry (`domain::operation_type`) instead of being hand copies that drift.
 
 use std::fmt::Write as _;
@@ -17,7 +17,7 @@ pub enum CatalogFormat {
     Json,
     /// `App\Support\OperationRunType` (a string-backed enum) and `App\Support\OperationCatalog`.
     Php,
-    /// The README's "Operation types" table.
+    /// The type table of docs/concepts.md.
     Markdown,
 }
 
@@ -55,7 +55,7 @@ impl CatalogArgs {
     }
 }
 
-/// The dedupe window of a type (`active` or `forever`), as the README and the PHP catalog name it.
+/// The dedupe window of a type (`active` or `forever`), as the docs and the PHP catalog name it.
 fn dedupe_window(entry: &CatalogEntry) -> &'static str {
     entry.dedupe_window.as_str()
 }
@@ -81,7 +81,7 @@ pub fn catalog_json() -> Value {
     json!({ "types": types })
 }
 
-/// The README's type table.
+/// The type table of docs/concepts.md.
 pub fn markdown() -> String {
     let mut out = String::from(
         "| type | label | identity keys (from `context`) | expected duration | dedupe window |\n|---|---|---|---|---|\n",
@@ -155,11 +155,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_readme_type_table_is_the_markdown_output() {
-        let readme = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"));
+    fn the_documented_type_table_is_the_markdown_output() {
+        let readme = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/concepts.md"));
         assert!(
             readme.contains(&markdown()),
-            "README.md's type table differs from `oprun catalog --format markdown`:\n{}",
+            "docs/concepts.md's type table differs from `oprun catalog --format markdown`:\n{}",
             markdown()
         );
     }

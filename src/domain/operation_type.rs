@@ -45,7 +45,7 @@ pub enum DedupeWindow {
 }
 
 impl DedupeWindow {
-    /// The stored form (`operation_runs.dedupe_window`) and the README's name.
+    /// The stored form (`operation_runs.dedupe_window`) and the name the docs use.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Active => "active",

@@ -17,7 +17,7 @@ use super::auth::AuthError;
 pub struct ApiError {
     /// The HTTP status.
     pub status: StatusCode,
-    /// A stable code (README, "Run viewer").
+    /// A stable code (docs/viewer.md).
     pub code: &'static str,
     /// For people.
     pub message: String,

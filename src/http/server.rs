@@ -28,7 +28,7 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-/// Bounds of one listener. Every field is a documented setting (README, configuration table).
+/// Bounds of one listener. Every field is a documented setting (docs/configuration.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HttpLimits {
     /// How long a client may take to send a request's headers.

@@ -3,7 +3,7 @@
 //! polled from the broker and the database (DLQ depth, active runs per type).
 //!
 //! Counters are registered without their `_total` suffix; the encoder adds it, so the samples
-//! keep the names the README, the dashboards and the alerts use (`oprun_commands_total{…}`).
+//! keep the names docs/operations.md, the dashboards and the alerts use (`oprun_commands_total{…}`).
 //! Every label's values come from closed sets (kinds, results, reason codes, catalog types,
 //! outcomes, relay kinds), so the number of series is bounded.
 

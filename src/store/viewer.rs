@@ -184,7 +184,7 @@ pub async fn get_run(
 
 /// The byte budget of one page of the viewer: a run's events (their documents) or a list of runs
 /// (their JSON) add up to at most
-/// this many bytes (always at least one item). README "Run viewer".
+/// this many bytes (always at least one item). docs/viewer.md.
 pub const PAGE_BYTES: i64 = 1024 * 1024;
 
 /// One stored event as the viewer sends it: the document as stored, never parsed (it is

@@ -5,7 +5,7 @@ declare(strict_types=1);
 namespace OperationRuns;
 
 /**
- * The service refused the command: it was dead-lettered with a reason code (README "Dead letters
+ * The service refused the command: it was dead-lettered with a reason code (docs/contract.md, "Dead letters
  * and reason codes"), e.g. `unknown_type`, `missing_identity_key`, `run_not_found`. Retrying the
  * same command cannot succeed.
  */

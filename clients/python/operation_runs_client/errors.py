@@ -8,7 +8,7 @@ class OperationRunsError(Exception):
 
 
 class CommandRefused(OperationRunsError):
-    """The service refused the command; ``code`` is its reason code (README "Dead letters and
+    """The service refused the command; ``code`` is its reason code (docs/contract.md, "Dead letters and
     reason codes"), e.g. ``missing_identity_key``. Retrying the same command cannot succeed."""
 
     def __init__(self, code: str, message: str):

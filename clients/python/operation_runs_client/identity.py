@@ -1,4 +1,4 @@
-"""The run identity hash, as the service computes it (README "Operation types and the identity rule").
+"""The run identity hash, as the service computes it (docs/concepts.md, "Operation types and the identity rule").
 
 run_identity_hash = lowercase hex SHA-256 of the RFC 8785 (JCS) canonical JSON of
 ``{"type": T, "workspace_id": W, "tenant_id": T_or_null, "identity": {key: context[key]}}``
@@ -81,7 +81,7 @@ _MAX_SAFE_INTEGER = 2**53 - 1
 
 
 def _normalised_id(value: Any) -> Any:
-    """A top-level identity integer as its decimal string (README "Integer ids"): an integer
+    """A top-level identity integer as its decimal string (docs/concepts.md, "Integer ids"): an integer
     literal of any size (Python's ``json`` keeps every digit), or a number with a fraction or
     exponent (``5.0``, ``5e0``) whose value is an integer within ±(2^53−1); ``-0`` is ``"0"``.
     Anything else (``1.5``, ``1e21``, strings, objects) is unchanged."""
