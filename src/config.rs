@@ -9,7 +9,7 @@ use std::time::Duration;
 /// Where the database and the broker are, and which topology namespace to use.
 #[derive(Clone, clap::Args)]
 pub struct Config {
-    /// Postgres URL (`sslmode=require` etc. in the URL enables TLS).
+    /// Postgres URL; `?sslmode=require` (or `verify-full`, with `sslrootcert=`) enables TLS.
     #[arg(
         long,
         env = "DATABASE_URL",
@@ -19,9 +19,11 @@ pub struct Config {
     )]
     pub database_url: String,
 
-    /// AMQP URL (`amqps://` for TLS). Several nodes of one cluster: repeat the flag or separate
-    /// the URLs with commas (the environment variable takes the comma form); the first that
-    /// answers is used, the next one when a connection fails.
+    /// AMQP URL; `amqps://` enables TLS (rustls, system roots). The nodes of a cluster: repeat
+    /// the flag or separate the URLs with commas (the environment variable takes the comma form;
+    /// a comma in a password is `%2C`), at most 16; the first that answers is used, the next
+    /// when a connection fails (10 s connect timeout per URL), and after a lost connection the
+    /// next node is tried first. Every command and the `Producer`/`Worker` libraries take it.
     #[arg(
         long,
         env = "AMQP_URL",
@@ -36,7 +38,7 @@ pub struct Config {
     /// 1..=7). Default: the number of `--amqp-url` nodes, at most 3, when more than one is
     /// given; with one URL the argument is left out and RabbitMQ places a replica on every
     /// cluster node. It only matters when a queue is created: an existing queue keeps its
-    /// members (and its declared size is adopted, see ARCHITECTURE.md, Scaling out).
+    /// members (and its declared size is adopted, see docs/operations.md, "A RabbitMQ cluster").
     #[arg(
         long,
         env = "OPRUN_QUORUM_INITIAL_GROUP_SIZE",
@@ -165,8 +167,9 @@ pub struct ServeSettings {
     #[arg(long, env = "OPRUN_DB_CONNECTIONS", default_value_t = 8)]
     pub db_connections: u32,
 
-    /// Database connections of the run viewer's own pool, apart from `--db-connections`: the
-    /// viewer's reads never take a connection the pipeline needs.
+    /// Database connections of the run viewer's own pool (1 to 100), apart from
+    /// `--db-connections`, its sessions named `oprun-viewer`: the viewer's reads never take a
+    /// connection the pipeline needs.
     #[arg(long, env = "OPRUN_VIEWER_DB_CONNECTIONS", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub viewer_db_connections: u32,
 
@@ -182,7 +185,7 @@ pub struct ServeSettings {
     #[arg(long, env = "OPRUN_HAND_OFF_JOBS", default_value_t = true, action = clap::ArgAction::Set)]
     pub hand_off_jobs: bool,
 
-    /// Publishes of one job the broker may nack (an executor queue refusing it) before its run
+    /// Publishes of one job (1 to 100) the broker may nack (an executor queue refusing it) before its run
     /// is failed with `dispatch.rejected`. Retries wait `--job-retry-base-ms`, doubling, at
     /// most 60 s: with the defaults a run fails about two minutes after its first refusal.
     #[arg(long, env = "OPRUN_JOB_PUBLISH_ATTEMPTS", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=100))]
@@ -404,12 +407,15 @@ pub const DEFAULT_INBOX_RETENTION: &str = "14d";
 #[derive(Debug, Clone, clap::Args)]
 pub struct RetentionSettings {
     /// How long an applied command's inbox row is kept: a redelivery (or DLQ replay) of the
-    /// command within it has no second effect; after it, it would be applied again.
+    /// command within it has no second effect; after it, it would be applied again. `serve`
+    /// records it in the database at start; `dlq replay` uses the recorded value unless given,
+    /// refuses older letters without `--force`, and without either refuses to run.
     #[arg(long, env = "OPRUN_INBOX_RETENTION", default_value = DEFAULT_INBOX_RETENTION, value_parser = parse_duration)]
     pub inbox_retention: Duration,
 
-    /// How long a published event is kept (an unpublished one always stays; so does the last
-    /// event of a run still active, which numbers its next one).
+    /// How long a published event is kept. An unpublished one always stays, and so does every
+    /// run's last event, which numbers the run's next one (late counts included); it goes
+    /// with its run under `--run-retention`.
     #[arg(long, env = "OPRUN_EVENT_RETENTION", default_value = "30d", value_parser = parse_duration)]
     pub event_retention: Duration,
 
@@ -423,7 +429,8 @@ pub struct RetentionSettings {
     #[arg(long, env = "OPRUN_RUN_RETENTION", value_parser = parse_duration)]
     pub run_retention: Option<Duration>,
 
-    /// Most rows one pruning statement deletes (each in a short transaction of its own).
+    /// Most rows one pruning statement deletes (1 to 100,000), each in a short transaction of
+    /// its own.
     #[arg(long, env = "OPRUN_PRUNE_BATCH", default_value_t = 1000, value_parser = clap::value_parser!(i64).range(1..=100_000))]
     pub prune_batch: i64,
 

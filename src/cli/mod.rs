@@ -10,6 +10,7 @@ pub mod legacy;
 pub mod output;
 pub mod prune;
 pub mod runs;
+pub mod settings;
 pub mod token;
 pub mod topology;
 
@@ -92,6 +93,8 @@ enum Command {
     Token(token::TokenArgs),
     /// Delete history past its retention now (`serve` does it in the background).
     Prune(prune::PruneArgs),
+    /// Print every setting: flag, environment variable, default and meaning (markdown).
+    Config(settings::ConfigArgs),
 }
 
 impl Cli {
@@ -125,6 +128,7 @@ impl Cli {
             Command::Events(c) => c.run(config).await,
             Command::Token(a) => a.run(config).await,
             Command::Prune(a) => a.run(config).await,
+            Command::Config(a) => a.run(),
         }
     }
 }
