@@ -1,6 +1,6 @@
 //! `operation_runs`: inserting queued runs (deduplicated by the partial unique indexes), locking a
 //! run inside its scope, saving progress, and reading runs for the CLI. Every lookup by identity
-//! is an index probe on one of the partial unique indexes (`tests/it/hardening_dedupe.rs` checks
+//! is an index probe on one of the partial unique indexes (`tests/it/dedupe.rs` checks
 //! the plans).
 
 use std::collections::{BTreeMap, HashMap};

@@ -98,7 +98,7 @@ const NOT_IN_CORPUS: [(&str, &str); 3] = [
     (
         "tenant_quota_exceeded",
         "a tenant has at most --max-active-runs-per-tenant active runs (a database fact under a \
-         setting); see hardening_dedupe::a_tenant_over_its_quota_is_refused_but_duplicates_are_not",
+         setting); see dedupe::a_tenant_over_its_quota_is_refused_but_duplicates_are_not",
     ),
     (
         "delivery_limit_exceeded",

@@ -1,6 +1,6 @@
 //! A real browser (headless Chromium driven through chromedriver) opens a run page
 //! with a token link, sees the progress move while progress commands arrive, and saves the
-//! screenshot (target/tmp/viewer-run.png; the README shows a copy, docs/viewer-run.png). `scripts/test` installs Debian's `chromium`
+//! screenshot (target/tmp/viewer-run.png; docs/viewer.md shows a copy, docs/viewer-run.png). `scripts/test` installs Debian's `chromium`
 //! and `chromium-driver`.
 
 use std::process::Stdio;

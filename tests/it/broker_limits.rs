@@ -1,6 +1,6 @@
 //! Edges of the broker contract: the shipped broker limit refuses oversized messages at the door,
 //! and a flood of the largest messages the broker accepts keeps the service's peak memory under
-//! the documented bound (README "Bounds").
+//! the documented bound (docs/configuration.md, "Bounds").
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -13,7 +13,7 @@ use tokio::process::{Child, Command};
 
 use crate::helpers::{database_url_for, json_properties, wait_for, TestApp};
 
-/// Peak resident memory `oprun serve` may reach with default settings (README "Bounds").
+/// Peak resident memory `oprun serve` may reach with default settings (docs/configuration.md, "Bounds").
 const MEMORY_BOUND_BYTES: u64 = 300_000_000;
 
 /// The `max_message_size` the repository ships in `topology/rabbitmq.conf`.

@@ -596,7 +596,7 @@ async fn a_tenant_of_another_workspace_is_refused_like_an_unknown_one(pool: PgPo
 
 /// A measurement of identity lookups (run by hand, not a pass/fail test):
 /// duplicate dispatches per second with 1,000 and then 50,000 active runs in the table.
-/// `cargo test --release --test it hardening_dedupe::duplicate_dispatch_throughput -- --ignored --nocapture`
+/// `cargo test --release --test it dedupe::duplicate_dispatch_throughput -- --ignored --nocapture`
 #[sqlx::test]
 #[ignore]
 async fn duplicate_dispatch_throughput_with_1000_and_50000_active_runs(pool: PgPool) {
