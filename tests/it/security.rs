@@ -578,10 +578,12 @@ async fn oprun_token_never_prints_the_secret_on_success_or_on_error(
     let unreachable = "postgres://postgres:db-Sup3rS3cret@127.0.0.1:1/oprun";
     let unparsable = "postgres://postgres:db-Sup3rS3cret@[::1/oprun";
     let short_inline = format!("--api-secret={SHORT}");
+    let hyphen = format!("-{SECRET}");
     // (arguments, OPRUN_API_SECRET, DATABASE_URL, succeeds)
     let cases: Vec<(Vec<&str>, Option<&str>, &str, bool)> = vec![
         (vec!["--api-secret", SECRET], None, unreachable, true),
         (vec![], Some(SECRET), unreachable, true),
+        (vec!["--api-secret", &hyphen], None, unreachable, true),
         (vec![], None, &database, true),
         (vec!["--api-secret", SHORT], None, &database, false),
         (vec![], Some(SHORT), &database, false),
