@@ -105,7 +105,12 @@ pub fn choose_sign_in(
     );
     (
         StatusCode::OK,
-        [(header::CACHE_CONTROL, "no-store")],
+        [
+            (header::CACHE_CONTROL, "no-store"),
+            // So that its form's POST carries this origin in `Origin` (under `no-referrer`
+            // browsers send `Origin: null`); other sites still get no referrer.
+            (header::REFERRER_POLICY, "same-origin"),
+        ],
         Html(page("Which sign-in?", "", &body)),
     )
         .into_response()

@@ -185,10 +185,11 @@ async fn security_headers(mut response: Response) -> Response {
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
-    headers.insert(
-        header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
-    );
+    // Unless the answer chose its own (the sign-in choice page: its form's POST must carry
+    // its origin).
+    headers
+        .entry(header::REFERRER_POLICY)
+        .or_insert(HeaderValue::from_static("no-referrer"));
     response
 }
 
@@ -332,22 +333,25 @@ fn same_sign_in(a: &Claims, b: &Claims) -> bool {
     (a.workspace_id, &a.tenant_ids, &a.sub) == (b.workspace_id, &b.tenant_ids, &b.sub)
 }
 
-/// Whether the browser says this request comes from a page of this origin: `Sec-Fetch-Site`
-/// (when sent) is `same-origin`, `Origin` (when sent) names this host, and at least one of
-/// them is sent (every current browser sends `Origin` with a form's POST).
+/// Whether the browser says this request comes from a page of this origin: by fetch metadata
+/// (`Sec-Fetch-Site: same-origin`, set by the browser alone) when it sends it, else by an
+/// `Origin` naming this host. An `Origin` of another host is refused either way; `Origin:
+/// null` is what Chromium sends under `Referrer-Policy: no-referrer`, so it counts only with
+/// the fetch metadata. Neither header: refused (every current browser sends one of them with a
+/// form's POST).
 fn same_origin(headers: &HeaderMap) -> bool {
-    let fetch_site = headers.get("sec-fetch-site").map(|v| v.as_bytes());
-    if fetch_site.is_some_and(|site| site != b"same-origin") {
-        return false;
-    }
-    let origin = headers.get(header::ORIGIN).map(|v| v.to_str().ok());
-    match origin {
-        Some(origin) => {
-            let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
-            let authority = origin.and_then(|o| o.split_once("://")).map(|(_, a)| a);
-            matches!((authority, host), (Some(a), Some(h)) if a.eq_ignore_ascii_case(h))
-        }
-        None => fetch_site.is_some(),
+    let origin = headers
+        .get(header::ORIGIN)
+        .map(|v| v.to_str().unwrap_or("null"))
+        .filter(|o| *o != "null");
+    let origin_is_here = origin.map(|o| {
+        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+        let authority = o.split_once("://").map(|(_, a)| a);
+        matches!((authority, host), (Some(a), Some(h)) if a.eq_ignore_ascii_case(h))
+    });
+    match headers.get("sec-fetch-site").map(|v| v.as_bytes()) {
+        Some(site) => site == b"same-origin" && origin_is_here != Some(false),
+        None => origin_is_here == Some(true),
     }
 }
 

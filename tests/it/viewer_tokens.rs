@@ -187,6 +187,7 @@ async fn a_link_with_another_token_never_replaces_the_browsers_sign_in_by_a_get(
     assert_eq!(other.status(), StatusCode::OK);
     assert!(other.headers().get(SET_COOKIE).is_none());
     assert_eq!(other.headers()[CACHE_CONTROL], "no-store");
+    assert_eq!(other.headers()["referrer-policy"], "same-origin");
     let html = other.text().await.unwrap();
     for shown in [
         "Which sign-in?",
@@ -356,6 +357,18 @@ async fn switching_sign_in_takes_a_same_origin_post_with_the_choice_pages_proof(
             .await,
         ),
         (
+            "fetch metadata contradicted by Origin",
+            post(
+                form(),
+                browser(),
+                vec![
+                    ("sec-fetch-site", "same-origin".into()),
+                    ("origin", "http://evil.example".into()),
+                ],
+            )
+            .await,
+        ),
+        (
             "an opaque origin",
             post(form(), browser(), vec![("origin", "null".into())]).await,
         ),
@@ -425,6 +438,18 @@ async fn switching_sign_in_takes_a_same_origin_post_with_the_choice_pages_proof(
         form(),
         browser(),
         vec![("sec-fetch-site", "same-origin".into())],
+    )
+    .await;
+    assert_eq!(switched.status(), StatusCode::SEE_OTHER);
+    // What Chromium sends under `Referrer-Policy: no-referrer`: an opaque Origin, with the
+    // fetch metadata.
+    let switched = post(
+        form(),
+        browser(),
+        vec![
+            ("sec-fetch-site", "same-origin".into()),
+            ("origin", "null".into()),
+        ],
     )
     .await;
     assert_eq!(switched.status(), StatusCode::SEE_OTHER);
