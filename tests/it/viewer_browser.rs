@@ -249,6 +249,16 @@ async fn a_link_from_another_site_signs_in_at_once_and_another_bearers_link_asks
         .await
         .unwrap();
     wait_for_text(&client, "h1", "Which sign-in?").await;
+    // The link's token is not left in the address bar (nor the history).
+    wait_for("the token to leave the address bar", DEADLINE, || async {
+        let url = client.current_url().await.unwrap();
+        if url.query().is_none() && url.path() == format!("/runs/{run_id}") {
+            Ok(())
+        } else {
+            Err(url.to_string())
+        }
+    })
+    .await;
     assert!(text_of(&client, "#current-sign-in")
         .await
         .contains("tenants 10"));
