@@ -373,7 +373,13 @@ pub struct ViewerSettings {
 
     /// HS256 secret of the viewer's tokens (at least 32 bytes); when absent, a random one is
     /// created once and kept in the database.
-    #[arg(long, env = "OPRUN_API_SECRET", hide_env_values = true)]
+    // A secret may start with '-': taken as the value, never echoed back as an unknown flag.
+    #[arg(
+        long,
+        env = "OPRUN_API_SECRET",
+        hide_env_values = true,
+        allow_hyphen_values = true
+    )]
     pub api_secret: Option<String>,
 }
 

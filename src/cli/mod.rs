@@ -109,6 +109,11 @@ impl Cli {
         match self.command {
             Command::Migrate => {
                 crate::store::migrate(&config.database_url).await?;
+                // The viewer's secret, made here by the owner's role, so that `serve` running
+                // as a role that may only read it (ops/postgres/roles.sql) finds one.
+                let pool = pool(config)?;
+                crate::service::viewer_keys(&pool, None).await?;
+                pool.close().await;
                 println!("migrations applied");
                 Ok(())
             }

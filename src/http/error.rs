@@ -122,7 +122,7 @@ impl From<AuthError> for ApiError {
     fn from(e: AuthError) -> Self {
         let code = match e {
             AuthError::Missing => "missing_token",
-            AuthError::Invalid(_) => "invalid_token",
+            AuthError::Invalid(_) | AuthError::NotYetValid { .. } => "invalid_token",
             AuthError::Expired => "expired_token",
         };
         Self::new(StatusCode::UNAUTHORIZED, code, e.to_string())

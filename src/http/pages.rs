@@ -51,6 +51,71 @@ pub fn unauthorized(e: &AuthError) -> (StatusCode, Html<String>) {
     (StatusCode::UNAUTHORIZED, Html(page("Sign in", "", &body)))
 }
 
+/// The page a token link shows to a browser already signed in as someone else (or with another
+/// scope): who each sign-in is (never the tokens themselves), "stay" (the page without the
+/// link's token, on the current sign-in) and "switch" (a POST of the link's token with `proof`,
+/// see [`super::viewer::switch_sign_in`]). Not stored by caches: the form holds the token.
+pub fn choose_sign_in(
+    current: &super::auth::Claims,
+    link: &super::auth::Claims,
+    link_token: &str,
+    proof: &str,
+    target: &str,
+) -> Response {
+    let who = |c: &super::auth::Claims| c.sub.as_deref().unwrap_or("an unnamed bearer").to_owned();
+    let describe = |c: &super::auth::Claims| {
+        let tenants = match &c.tenant_ids {
+            None => "all tenants".to_owned(),
+            Some(t) if t.is_empty() => "no tenant".to_owned(),
+            Some(t) => format!(
+                "tenants {}",
+                t.iter().map(i64::to_string).collect::<Vec<_>>().join(", ")
+            ),
+        };
+        let until = chrono::DateTime::from_timestamp(c.exp.min(i64::MAX as u64) as i64, 0)
+            .map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true))
+            .unwrap_or_default();
+        format!(
+            "<strong>{}</strong> · workspace {} · {} · until {}",
+            escape(&who(c)),
+            c.workspace_id,
+            escape(&tenants),
+            escape(&until)
+        )
+    };
+    let body = format!(
+        "<h1>Which sign-in?</h1>\
+         <p>This browser is signed in as <span id=\"current-sign-in\">{}</span>.</p>\
+         <p>The link you opened signs in as <span id=\"link-sign-in\">{}</span>.</p>\
+         <p>A link never replaces a sign-in by itself: choose one.</p>\
+         <p><a id=\"stay\" href=\"{}\">Stay signed in as {}</a></p>\
+         <form id=\"switch\" method=\"post\" action=\"/sign-in\">\
+         <input type=\"hidden\" name=\"token\" value=\"{}\">\
+         <input type=\"hidden\" name=\"proof\" value=\"{}\">\
+         <input type=\"hidden\" name=\"next\" value=\"{}\">\
+         <button type=\"submit\">Switch to this link's sign-in ({})</button></form>",
+        describe(current),
+        describe(link),
+        escape(target),
+        escape(&who(current)),
+        escape(link_token),
+        escape(proof),
+        escape(target),
+        escape(&who(link)),
+    );
+    (
+        StatusCode::OK,
+        [
+            (header::CACHE_CONTROL, "no-store"),
+            // So that its form's POST carries this origin in `Origin` (under `no-referrer`
+            // browsers send `Origin: null`); other sites still get no referrer.
+            (header::REFERRER_POLICY, "same-origin"),
+        ],
+        Html(page("Which sign-in?", "", &body)),
+    )
+        .into_response()
+}
+
 /// The error page of `e`: its status, code and message.
 pub fn error_page(e: ApiError) -> Response {
     let body = format!(

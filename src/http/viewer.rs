@@ -12,7 +12,7 @@ use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Redirect, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 use sqlx::PgPool;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -105,6 +105,7 @@ pub fn router(state: ViewerState) -> Router {
         .route("/v1/runs/{id}/live", get(live::live))
         .route("/assets/viewer.css", get(pages::css))
         .route("/assets/viewer.js", get(pages::js))
+        .route("/sign-in", post(switch_sign_in))
         .merge(reads)
         .fallback(|uri: Uri| async move { refused(&uri, ApiError::no_route()) })
         .method_not_allowed_fallback(|uri: Uri| async move {
@@ -184,10 +185,11 @@ async fn security_headers(mut response: Response) -> Response {
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
-    headers.insert(
-        header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
-    );
+    // Unless the answer chose its own (the sign-in choice page: its form's POST must carry
+    // its origin).
+    headers
+        .entry(header::REFERRER_POLICY)
+        .or_insert(HeaderValue::from_static("no-referrer"));
     response
 }
 
@@ -224,9 +226,22 @@ fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
         .map(|(_, v)| v.to_owned())
 }
 
-/// Pages: `?token=…` signs the browser in (an HttpOnly, SameSite=Strict cookie) and redirects to
-/// the same URL without the token, so a "View run" link is one URL and the token does not stay
-/// in the address bar or the history.
+/// How long the "switch sign-in" form of [`sign_in`]'s choice page may be sent.
+pub const SWITCH_FORM_LIFETIME: Duration = Duration::from_secs(600);
+
+/// The largest body of the sign-in form (a token, its proof and a path).
+const SWITCH_FORM_BYTES: usize = 16 * 1024;
+
+/// Pages: `?token=…` signs the browser in (an HttpOnly, SameSite=Lax cookie, so that a "View
+/// run" link followed from another site signs in and shows the run at once; the pages only
+/// read) and redirects to the same URL without the token, so a "View run" link is one URL and
+/// the token does not stay in the address bar or the history.
+///
+/// A link never silently replaces a browser's sign-in with another one (login CSRF: someone
+/// else's link would show their data as if it were the reader's): when the cookie holds a
+/// valid token of another bearer or scope, the page names both and lets the reader choose;
+/// switching is a same-origin POST ([`switch_sign_in`]). A cookie of the same bearer and scope
+/// is renewed when the link's token lasts longer; an expired or invalid one is replaced.
 async fn sign_in(State(state): State<ViewerState>, request: Request, next: Next) -> Response {
     let uri = request.uri().clone();
     let Some(token) = query_param(&uri, "token") else {
@@ -236,9 +251,117 @@ async fn sign_in(State(state): State<ViewerState>, request: Request, next: Next)
         Ok(c) => c,
         Err(e) => return pages::unauthorized(&e).into_response(),
     };
-    let max_age = claims
-        .exp
-        .saturating_sub(chrono::Utc::now().timestamp().max(0) as u64);
+    let target = without_token(&uri);
+    let current = cookie(request.headers(), TOKEN_COOKIE);
+    let signed_in = current
+        .as_deref()
+        .and_then(|c| Some((c, state.keys.verify(c).ok()?)));
+    match signed_in {
+        Some((current, _)) if current == token => Redirect::to(&target).into_response(),
+        Some((_, current_claims)) if same_sign_in(&current_claims, &claims) => {
+            if claims.exp > current_claims.exp {
+                signed_in_to(&token, &claims, &target)
+            } else {
+                Redirect::to(&target).into_response()
+            }
+        }
+        Some((current, current_claims)) => {
+            let until = now_secs() + SWITCH_FORM_LIFETIME.as_secs();
+            let proof = state.keys.switch_proof(current, &token, until);
+            pages::choose_sign_in(&current_claims, &claims, &token, &proof, &target)
+        }
+        None => signed_in_to(&token, &claims, &target),
+    }
+}
+
+/// `POST /sign-in`: the choice page's "switch" form. Refused (403) unless the browser says the
+/// form came from this origin (`Sec-Fetch-Site`, `Origin`) and its proof was made by this
+/// server for exactly the browser's current token and the link's, within
+/// [`SWITCH_FORM_LIFETIME`]; a form another site posts carries neither (nor, SameSite=Lax, the
+/// cookie).
+pub async fn switch_sign_in(State(state): State<ViewerState>, request: Request) -> Response {
+    let refused = |code: &'static str, message: &str| {
+        pages::error_page(ApiError::new(
+            axum::http::StatusCode::FORBIDDEN,
+            code,
+            message,
+        ))
+    };
+    if !same_origin(request.headers()) {
+        return refused(
+            "cross_origin_request",
+            "the sign-in form may only be sent from this viewer's own pages",
+        );
+    }
+    let current = cookie(request.headers(), TOKEN_COOKIE).unwrap_or_default();
+    let Ok(body) = axum::body::to_bytes(request.into_body(), SWITCH_FORM_BYTES).await else {
+        return refused("invalid_sign_in_form", "the sign-in form is too large");
+    };
+    let field = |name: &str| {
+        url::form_urlencoded::parse(&body)
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.into_owned())
+    };
+    let (Some(token), Some(proof)) = (field("token"), field("proof")) else {
+        return refused(
+            "invalid_sign_in_form",
+            "the sign-in form lacks its token or its proof; open the link again",
+        );
+    };
+    if !state
+        .keys
+        .check_switch_proof(&proof, &current, &token, now_secs())
+    {
+        return refused(
+            "invalid_sign_in_form",
+            "this sign-in form has run out or was made for another browser; open the link again",
+        );
+    }
+    let claims = match state.keys.verify(&token) {
+        Ok(c) => c,
+        Err(e) => return pages::unauthorized(&e).into_response(),
+    };
+    let next = field("next")
+        .filter(|p| local_path(p))
+        .unwrap_or_else(|| "/runs".to_owned());
+    signed_in_to(&token, &claims, &next)
+}
+
+/// Whether two tokens sign in the same bearer with the same scope (then either may stand for
+/// the other: nothing the reader sees changes).
+fn same_sign_in(a: &Claims, b: &Claims) -> bool {
+    (a.workspace_id, &a.tenant_ids, &a.sub) == (b.workspace_id, &b.tenant_ids, &b.sub)
+}
+
+/// Whether the browser says this request comes from a page of this origin: by fetch metadata
+/// (`Sec-Fetch-Site: same-origin`, set by the browser alone) when it sends it, else by an
+/// `Origin` naming this host. An `Origin` of another host is refused either way; `Origin:
+/// null` is what Chromium sends under `Referrer-Policy: no-referrer`, so it counts only with
+/// the fetch metadata. Neither header: refused (every current browser sends one of them with a
+/// form's POST).
+fn same_origin(headers: &HeaderMap) -> bool {
+    let origin = headers
+        .get(header::ORIGIN)
+        .map(|v| v.to_str().unwrap_or("null"))
+        .filter(|o| *o != "null");
+    let origin_is_here = origin.map(|o| {
+        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+        let authority = o.split_once("://").map(|(_, a)| a);
+        matches!((authority, host), (Some(a), Some(h)) if a.eq_ignore_ascii_case(h))
+    });
+    match headers.get("sec-fetch-site").map(|v| v.as_bytes()) {
+        Some(site) => site == b"same-origin" && origin_is_here != Some(false),
+        None => origin_is_here == Some(true),
+    }
+}
+
+/// Whether `path` is a path on this server (so a form cannot redirect elsewhere).
+fn local_path(path: &str) -> bool {
+    path.starts_with('/') && !path.starts_with("//") && !path.starts_with("/\\")
+}
+
+/// `uri`'s path and query without the `token` parameter.
+fn without_token(uri: &Uri) -> String {
     let rest: Vec<(String, String)> =
         url::form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
             .filter(|(k, _)| k != "token")
@@ -253,13 +376,23 @@ async fn sign_in(State(state): State<ViewerState>, request: Request, next: Next)
                 .finish(),
         );
     }
+    target
+}
+
+/// A redirect (303) to `target` that stores `token` in the sign-in cookie until it expires.
+fn signed_in_to(token: &str, claims: &Claims, target: &str) -> Response {
+    let max_age = claims.exp.saturating_sub(now_secs());
     let cookie =
-        format!("{TOKEN_COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}");
-    let mut response = Redirect::to(&target).into_response();
+        format!("{TOKEN_COOKIE}={token}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age}");
+    let mut response = Redirect::to(target).into_response();
     if let Ok(v) = HeaderValue::from_str(&cookie) {
         response.headers_mut().insert(header::SET_COOKIE, v);
     }
     response
+}
+
+fn now_secs() -> u64 {
+    chrono::Utc::now().timestamp().max(0) as u64
 }
 
 /// The first value of query parameter `name`.

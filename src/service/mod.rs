@@ -454,9 +454,19 @@ pub async fn viewer_keys(
 ) -> Result<crate::http::auth::TokenKeys, ServeError> {
     let secret = match configured {
         Some(s) => s.to_owned(),
-        None => store::viewer::api_secret(pool, &crate::http::auth::random_secret())
-            .await
-            .map_err(StoreError::from)?,
+        None => match store::viewer::api_secret(pool, &crate::http::auth::random_secret()).await {
+            Ok(secret) => secret,
+            // A role that may only read the secret (ops/postgres/roles.sql) on a database
+            // where none was made yet.
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42501") => {
+                return Err(ServeError::Config(
+                    "no viewer secret is stored and this database role may not store one: \
+                     run `oprun migrate` once as the owner's role, or set --api-secret"
+                        .into(),
+                ))
+            }
+            Err(e) => return Err(StoreError::from(e).into()),
+        },
     };
     crate::http::auth::TokenKeys::new(&secret).map_err(|e| ServeError::Config(e.to_string()))
 }

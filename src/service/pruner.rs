@@ -121,10 +121,12 @@ pub async fn dry_run(
 /// reclaim them. Without that, a 30-minute soak on such a server piled up more dead run versions
 /// than live ones, and the tenant quota's count of active runs slowed the pipeline from minute 9.
 /// Where autovacuum runs, it paces those two tables itself.
+/// Only the tables in `may_vacuum` (see [`vacuumable_tables`]).
 async fn vacuum_after(
     pool: &PgPool,
     report: &PruneReport,
     autovacuum_on: bool,
+    may_vacuum: &[&'static str],
 ) -> Result<(), sqlx::Error> {
     let mut tables: Vec<&'static str> = Table::ALL
         .into_iter()
@@ -142,8 +144,41 @@ async fn vacuum_after(
             tables.push(always);
         }
     }
+    tables.retain(|t| may_vacuum.contains(t));
+    if tables.is_empty() {
+        return Ok(());
+    }
     let mut conn = pool.acquire().await?;
     retention::vacuum(&mut conn, &tables).await
+}
+
+/// The tables the pruner may vacuum: those this database role owns. A role that owns none
+/// (`oprun_service` of `ops/postgres/roles.sql`) leaves them to autovacuum, said once in a
+/// warning, rather than sending a `VACUUM` PostgreSQL skips with a warning of its own on every
+/// pass. Unknown (the check failed) counts as all: a `VACUUM` that may not run does nothing.
+async fn vacuumable_tables(pool: &PgPool, autovacuum_on: bool) -> Vec<&'static str> {
+    let all: Vec<&'static str> = Table::ALL
+        .into_iter()
+        .map(Table::name)
+        .chain([retention::EVENT_OUTBOX])
+        .collect();
+    let may = retention::vacuumable(pool, &all)
+        .await
+        .unwrap_or_else(|_| all.clone());
+    let skipped: Vec<&str> = all.iter().copied().filter(|t| !may.contains(t)).collect();
+    if !skipped.is_empty() {
+        let reclaimed_by = if autovacuum_on {
+            "autovacuum reclaims their dead rows"
+        } else {
+            "autovacuum is off: run VACUUM on them as their owner, or nothing reclaims their dead rows"
+        };
+        tracing::warn!(
+            tables = %skipped.join(" "),
+            "the pruner does not VACUUM these tables: this database role does not own them \
+             (PostgreSQL lets only a table's owner vacuum it); {reclaimed_by}"
+        );
+    }
+    may
 }
 
 /// `serve`'s pruner: a pass every `--prune-interval` until `shutdown` (never, when it is 0).
@@ -155,6 +190,7 @@ pub async fn prune_forever(pool: PgPool, settings: RetentionSettings, shutdown: 
     // Read once: a server's autovacuum setting needs a reload to change. Unknown counts as off
     // (vacuuming a clean table costs little).
     let autovacuum_on = retention::autovacuum_on(&pool).await.unwrap_or(false);
+    let may_vacuum = vacuumable_tables(&pool, autovacuum_on).await;
     loop {
         match prune_once(&pool, &settings, &shutdown).await {
             Ok(report) => {
@@ -165,7 +201,7 @@ pub async fn prune_forever(pool: PgPool, settings: RetentionSettings, shutdown: 
                         .collect();
                     tracing::info!(rows = %rows.join(" "), "pruned history past retention");
                 }
-                if let Err(e) = vacuum_after(&pool, &report, autovacuum_on).await {
+                if let Err(e) = vacuum_after(&pool, &report, autovacuum_on, &may_vacuum).await {
                     tracing::warn!(error = %e, "vacuuming after pruning failed");
                 }
             }

@@ -301,6 +301,29 @@ pub async fn vacuum(conn: &mut PgConnection, tables: &[&'static str]) -> Result<
     Ok(())
 }
 
+/// Which of `tables` this session's role may `VACUUM`: PostgreSQL lets only a table's owner
+/// (or a member of its role, a superuser, the database's owner) vacuum it; anyone else's
+/// `VACUUM` skips the table with a warning and does nothing.
+pub async fn vacuumable(
+    executor: impl PgExecutor<'_>,
+    tables: &[&'static str],
+) -> Result<Vec<&'static str>, sqlx::Error> {
+    let names: Vec<String> = sqlx::query_scalar(
+        "SELECT t FROM unnest($1::text[]) t
+         WHERE pg_has_role((SELECT relowner FROM pg_class WHERE oid = to_regclass(t)), 'USAGE')
+            OR pg_has_role((SELECT datdba FROM pg_database WHERE datname = current_database()),
+                           'USAGE')",
+    )
+    .bind(tables)
+    .fetch_all(executor)
+    .await?;
+    Ok(tables
+        .iter()
+        .copied()
+        .filter(|t| names.iter().any(|n| n == t))
+        .collect())
+}
+
 /// Whether the server's autovacuum launcher runs (`SHOW autovacuum`).
 pub async fn autovacuum_on(executor: impl PgExecutor<'_>) -> Result<bool, sqlx::Error> {
     let setting: String = sqlx::query_scalar("SHOW autovacuum")

@@ -374,11 +374,19 @@ pub async fn restore_run_of_tenant(
 }
 
 /// The viewer's signing secret: the stored one, or `candidate` stored now if there is none
-/// (concurrent starts agree on the first one written).
+/// (concurrent starts agree on the first one written). Read first, so that a role that may
+/// only read the secret (`ops/postgres/roles.sql`) gets it without trying to write.
 pub async fn api_secret(
-    executor: impl PgExecutor<'_>,
+    executor: impl PgExecutor<'_> + Copy,
     candidate: &str,
 ) -> Result<String, sqlx::Error> {
+    let stored: Option<String> =
+        sqlx::query_scalar("SELECT secret FROM api_secrets WHERE name = 'viewer'")
+            .fetch_optional(executor)
+            .await?;
+    if let Some(secret) = stored {
+        return Ok(secret);
+    }
     sqlx::query_scalar(
         "WITH ins AS (
              INSERT INTO api_secrets (name, secret) VALUES ('viewer', $1)

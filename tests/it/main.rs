@@ -32,4 +32,5 @@ mod viewer_api;
 mod viewer_bench;
 mod viewer_bounds;
 mod viewer_browser;
+mod viewer_tokens;
 mod worker;

@@ -256,3 +256,388 @@ async fn credentials_in_urls_never_reach_the_logs(
         "a password reached the logs:\n{logs}"
     );
 }
+
+/// Three roles of `ops/postgres/roles.sql` with names of their own (roles are the whole
+/// cluster's), dropped again when this is dropped, whatever the test did.
+struct DatabaseRoles {
+    owner: String,
+    service: String,
+    reader: String,
+    admin: PgConnectOptions,
+}
+
+impl DatabaseRoles {
+    /// Runs `ops/postgres/roles.sql` with unique role names on the database of `admin` (a
+    /// superuser's options), as an operator would with psql.
+    async fn apply(admin: &PgConnectOptions) -> Self {
+        let suffix = &uuid::Uuid::new_v4().simple().to_string()[..10];
+        let roles = Self {
+            owner: format!("oprun_owner_{suffix}"),
+            service: format!("oprun_service_{suffix}"),
+            reader: format!("oprun_reader_{suffix}"),
+            admin: admin.clone(),
+        };
+        let mut conn = sqlx::ConnectOptions::connect(admin).await.unwrap();
+        for (setting, name) in [
+            ("oprun.owner_role", &roles.owner),
+            ("oprun.service_role", &roles.service),
+            ("oprun.reader_role", &roles.reader),
+        ] {
+            sqlx::query("SELECT set_config($1, $2, false)")
+                .bind(setting)
+                .bind(name)
+                .execute(&mut conn)
+                .await
+                .unwrap();
+        }
+        // Twice: it is idempotent (what re-running it after an upgrade relies on).
+        for _ in 0..2 {
+            sqlx::raw_sql(include_str!("../../ops/postgres/roles.sql"))
+                .execute(&mut conn)
+                .await
+                .unwrap();
+        }
+        roles
+    }
+
+    /// The database URL of `role` on the test database.
+    fn url(&self, role: &str) -> String {
+        let mut url =
+            url::Url::parse(&database_url_for(self.admin.get_database().unwrap())).unwrap();
+        url.set_username(role).unwrap();
+        url.to_string()
+    }
+
+    async fn connect(&self, role: &str) -> sqlx::PgConnection {
+        sqlx::Connection::connect(&self.url(role)).await.unwrap()
+    }
+}
+
+impl Drop for DatabaseRoles {
+    fn drop(&mut self) {
+        let (admin, owner, service, reader) = (
+            self.admin.clone(),
+            self.owner.clone(),
+            self.service.clone(),
+            self.reader.clone(),
+        );
+        // Drop runs inside the test's runtime: clean up on a runtime of its own.
+        std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(async move {
+                    let mut conn: sqlx::PgConnection =
+                        sqlx::ConnectOptions::connect(&admin).await.unwrap();
+                    sqlx::raw_sql(&format!(
+                        "REASSIGN OWNED BY \"{owner}\" TO CURRENT_USER;
+                         DROP OWNED BY \"{owner}\", \"{service}\", \"{reader}\";
+                         DROP ROLE \"{owner}\", \"{service}\", \"{reader}\";"
+                    ))
+                    .execute(&mut conn)
+                    .await
+                    .unwrap();
+                })
+        })
+        .join()
+        .unwrap();
+    }
+}
+
+/// The SQLSTATE of `result`'s error (`None` when it succeeded).
+fn sqlstate<T>(result: Result<T, sqlx::Error>) -> Option<String> {
+    match result {
+        Ok(_) => None,
+        Err(sqlx::Error::Database(e)) => e.code().map(|c| c.into_owned()),
+        Err(e) => panic!("not a database error: {e}"),
+    }
+}
+
+/// `oprun serve` connects as the service role of `ops/postgres/roles.sql` to a database the
+/// owner's role migrated: it starts (the migration check needs no DDL), reads the viewer's
+/// secret, applies commands, relays, answers the viewer, and its pruner deletes (and leaves
+/// VACUUM, which only an owner may run, to autovacuum with one warning). That role cannot
+/// change or remove the secret, nor create anything; the reader's cannot read the secret.
+#[sqlx::test]
+async fn serve_runs_as_the_least_privileged_service_role_and_the_secret_stays_read_only(
+    _o: PgPoolOptions,
+    connect_options: PgConnectOptions,
+) {
+    let app = TestApp::without_service(
+        PgPoolOptions::new()
+            .max_connections(2)
+            .connect_lazy_with(connect_options.clone()),
+    )
+    .await;
+    let roles = DatabaseRoles::apply(&connect_options).await;
+
+    // The owner's role: migrations already applied (a no-op) and the viewer's secret made.
+    let migrated = std::process::Command::new(env!("CARGO_BIN_EXE_oprun"))
+        .arg("migrate")
+        .env("DATABASE_URL", roles.url(&roles.owner))
+        .env("OPRUN_NAMESPACE", app.topology.namespace())
+        .output()
+        .unwrap();
+    assert!(
+        migrated.status.success(),
+        "{}",
+        String::from_utf8_lossy(&migrated.stderr)
+    );
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut serve = tokio::process::Command::new(env!("CARGO_BIN_EXE_oprun"))
+        .args(["serve", "--metrics-addr", "off", "--http-addr", &addr])
+        .args(["--relay-idle-ms", "50", "--hand-off-jobs", "false"])
+        .args(["--run-retention", "1s", "--event-retention", "1s"])
+        .args(["--inbox-retention", "1s", "--prune-interval", "300ms"])
+        .env("DATABASE_URL", roles.url(&roles.service))
+        .env("OPRUN_NAMESPACE", app.topology.namespace())
+        .env_remove("OPRUN_API_SECRET")
+        .env("OPRUN_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let reader = tokio::spawn({
+        let (stream, stderr) = (serve.stderr.take().unwrap(), stderr.clone());
+        async move {
+            use tokio::io::AsyncBufReadExt;
+            let mut lines = tokio::io::BufReader::new(stream).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let mut stderr = stderr.lock().unwrap();
+                stderr.push_str(&line);
+                stderr.push('\n');
+            }
+        }
+    });
+
+    // Commands apply: a run is created; the viewer shows it through a link `oprun token`
+    // printed with the same role (it only reads the secret).
+    let run_id = app.create_policy_run(3).await;
+    let token = std::process::Command::new(env!("CARGO_BIN_EXE_oprun"))
+        .args(["token", "--workspace", "1", "--http-addr", &addr])
+        .env("DATABASE_URL", roles.url(&roles.service))
+        .env_remove("OPRUN_API_SECRET")
+        .output()
+        .unwrap();
+    assert!(
+        token.status.success(),
+        "{}",
+        String::from_utf8_lossy(&token.stderr)
+    );
+    let link = String::from_utf8(token.stdout)
+        .unwrap()
+        .lines()
+        .nth(1)
+        .unwrap()
+        .to_owned();
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(crate::helpers::DEADLINE)
+        .build()
+        .unwrap();
+    let signed_in = wait_until("the viewer to answer", || {
+        let (http, link) = (http.clone(), link.clone());
+        async move { http.get(&link).send().await.ok() }
+    })
+    .await;
+    assert!(
+        signed_in.status().is_redirection(),
+        "{}",
+        signed_in.status()
+    );
+    let cookie = signed_in.headers()["set-cookie"].to_str().unwrap();
+    let (cookie, _) = cookie.split_once(';').unwrap();
+    let list = http
+        .get(format!("http://{addr}/runs"))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(list.status(), reqwest::StatusCode::OK);
+    assert!(list
+        .text()
+        .await
+        .unwrap()
+        .contains(&format!("href=\"/runs/{run_id}\"")));
+
+    // The run completes; its events are relayed; the pruner deletes it, events and inbox rows.
+    app.publish(&crate::helpers::progress(
+        "update_run",
+        run_id,
+        json!({"status": "completed", "outcome": "succeeded"}),
+    ))
+    .await;
+    app.wait_for_count(
+        &format!("SELECT count(*) FROM operation_runs WHERE id = {run_id}"),
+        0,
+    )
+    .await;
+    app.wait_for_count("SELECT count(*) FROM processed_commands", 0)
+        .await;
+    // Two passes more at least, then: one warning about VACUUM, nothing refused.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    serve.start_kill().unwrap();
+    serve.wait().await.unwrap();
+    reader.await.unwrap();
+    let stderr = stderr.lock().unwrap().clone();
+    assert_eq!(
+        stderr
+            .matches("the pruner does not VACUUM these tables")
+            .count(),
+        1,
+        "{stderr}"
+    );
+    for refused in ["permission denied", "must be owner", "skipping"] {
+        assert!(!stderr.contains(refused), "{refused}: {stderr}");
+    }
+
+    // The service's role reads the secret and nothing more of it; it creates nothing.
+    let mut service = roles.connect(&roles.service).await;
+    let secret: String = sqlx::query_scalar("SELECT secret FROM api_secrets")
+        .fetch_one(&mut service)
+        .await
+        .unwrap();
+    for write in [
+        "UPDATE api_secrets SET secret = repeat('x', 64)".to_owned(),
+        "DELETE FROM api_secrets".to_owned(),
+        "INSERT INTO api_secrets (name, secret) VALUES ('other', repeat('x', 64))".to_owned(),
+        "TRUNCATE api_secrets".to_owned(),
+        "CREATE TABLE stolen (secret text)".to_owned(),
+        "DELETE FROM _sqlx_migrations".to_owned(),
+        "ALTER TABLE operation_runs ADD COLUMN x int".to_owned(),
+    ] {
+        assert_eq!(
+            sqlstate(sqlx::query(&write).execute(&mut service).await).as_deref(),
+            Some("42501"),
+            "the service's role may not: {write}"
+        );
+    }
+    // The reader's role reads the data, never the secret, and writes nothing.
+    let mut reader = roles.connect(&roles.reader).await;
+    let runs: i64 = sqlx::query_scalar("SELECT count(*) FROM operation_runs")
+        .fetch_one(&mut reader)
+        .await
+        .unwrap();
+    assert_eq!(runs, 0);
+    for denied in [
+        "SELECT secret FROM api_secrets",
+        "SELECT count(*) FROM api_secrets",
+        "DELETE FROM operation_runs",
+        "INSERT INTO workspaces (id, name) VALUES (9, 'x')",
+    ] {
+        assert_eq!(
+            sqlstate(sqlx::query(denied).execute(&mut reader).await).as_deref(),
+            Some("42501"),
+            "the reader's role may not: {denied}"
+        );
+    }
+    let unchanged: String = sqlx::query_scalar("SELECT secret FROM api_secrets")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(unchanged, secret);
+    drop(service);
+    drop(reader);
+    app.shutdown().await;
+    drop(roles);
+}
+
+/// `oprun token` prints a token and a link, never the secret that signs them: not on success,
+/// not in any error (a secret too short, a database URL that does not parse or does not
+/// answer, a bad flag), not in `--help`, with debug logging on.
+#[sqlx::test]
+async fn oprun_token_never_prints_the_secret_on_success_or_on_error(
+    _o: PgPoolOptions,
+    connect_options: PgConnectOptions,
+) {
+    const SECRET: &str = "tok-Sup3rS3cret-of-at-least-32-bytes-long";
+    const SHORT: &str = "short-Sup3rS3cret";
+    let database = database_url_for(connect_options.get_database().unwrap());
+    let stored: String = sqlx::query_scalar(
+        "INSERT INTO api_secrets (name, secret) VALUES ('viewer', 'stored-' || repeat('S3cret', 8))
+         RETURNING secret",
+    )
+    .fetch_one(
+        &PgPoolOptions::new()
+            .max_connections(1)
+            .connect_with(connect_options)
+            .await
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    let unreachable = "postgres://postgres:db-Sup3rS3cret@127.0.0.1:1/oprun";
+    let unparsable = "postgres://postgres:db-Sup3rS3cret@[::1/oprun";
+    let short_inline = format!("--api-secret={SHORT}");
+    let hyphen = format!("-{SECRET}");
+    // (arguments, OPRUN_API_SECRET, DATABASE_URL, succeeds)
+    let cases: Vec<(Vec<&str>, Option<&str>, &str, bool)> = vec![
+        (vec!["--api-secret", SECRET], None, unreachable, true),
+        (vec![], Some(SECRET), unreachable, true),
+        (vec!["--api-secret", &hyphen], None, unreachable, true),
+        (vec![], None, &database, true),
+        (vec!["--api-secret", SHORT], None, &database, false),
+        (vec![], Some(SHORT), &database, false),
+        (vec![&short_inline], None, &database, false),
+        (vec!["--api-secret", SECRET], None, unparsable, false),
+        (vec![], None, unreachable, false),
+        (vec![], None, unparsable, false),
+        (
+            vec!["--api-secret", SECRET, "--ttl", "soon"],
+            None,
+            &database,
+            false,
+        ),
+        (
+            vec!["--api-secret", SECRET, "--bogus"],
+            None,
+            &database,
+            false,
+        ),
+        (vec!["--api-secret"], Some(SECRET), &database, false),
+        (vec!["--help"], Some(SECRET), &database, true),
+    ];
+    for (args, env_secret, url, succeeds) in cases {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_oprun"));
+        command
+            .args(["token", "--workspace", "1"])
+            .args(&args)
+            .env("DATABASE_URL", url)
+            .env("OPRUN_LOG", "debug")
+            .env_remove("OPRUN_API_SECRET");
+        if let Some(secret) = env_secret {
+            command.env("OPRUN_API_SECRET", secret);
+        }
+        let out = command.output().unwrap();
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        let case = format!("{args:?} env {env_secret:?} url {url}");
+        assert_eq!(out.status.success(), succeeds, "{case}\n{stdout}\n{stderr}");
+        if succeeds && !args.contains(&"--help") {
+            assert!(stdout.contains("?token="), "{case}: {stdout}");
+        }
+        for secret in [
+            SECRET,
+            SHORT,
+            stored.as_str(),
+            "Sup3rS3cret",
+            "S3cretS3cret",
+        ] {
+            assert!(
+                !stdout.contains(secret) && !stderr.contains(secret),
+                "{case} printed a secret:\n{stdout}\n{stderr}"
+            );
+        }
+    }
+}

@@ -160,3 +160,151 @@ async fn a_browser_follows_a_runs_progress_live_from_a_token_link(pool: PgPool) 
     client.close().await.unwrap();
     app.shutdown().await;
 }
+
+/// A page of another site (`localhost`, while the viewer is `127.0.0.1`) holding `links`
+/// (`(id, href)`), as the platform's "View run" links are; served until the test ends.
+async fn another_site(links: Vec<(&'static str, String)>) -> String {
+    let html: String = links
+        .iter()
+        .map(|(id, href)| format!("<p><a id=\"{id}\" href=\"{href}\">View run</a></p>"))
+        .collect();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let router = axum::Router::new().route(
+        "/",
+        axum::routing::get(move || {
+            let html = html.clone();
+            async move { axum::response::Html(html) }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    format!("http://localhost:{port}/")
+}
+
+/// The platform's case: a browser with no sign-in follows a "View run" link from another site
+/// and sees the run at once (the cookie is SameSite=Lax: sent on that top-level navigation).
+/// A second link of another bearer, followed from the same site, does not replace the
+/// sign-in: the page names both; the reader switches with the page's own button.
+#[sqlx::test]
+async fn a_link_from_another_site_signs_in_at_once_and_another_bearers_link_asks_first(
+    pool: PgPool,
+) {
+    crate::helpers::seed_scopes(&pool).await;
+    let run_id = crate::viewer_api::insert_run(
+        &pool,
+        1,
+        Some(10),
+        "policy.sync",
+        ("running", "pending"),
+        1,
+        json!({}),
+    )
+    .await;
+    let viewer = Viewer::spawn(pool).await;
+    let ada = viewer.token(1, Some(vec![10]));
+    let whole = viewer.token(1, None);
+    let platform = another_site(vec![
+        ("ada", format!("{}/runs/{run_id}?token={ada}", viewer.base)),
+        (
+            "other",
+            format!("{}/runs/{run_id}?token={whole}", viewer.base),
+        ),
+    ])
+    .await;
+
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let driver = Driver::start().await;
+    let mut capabilities = serde_json::Map::new();
+    capabilities.insert(
+        "goog:chromeOptions".into(),
+        json!({"args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]}),
+    );
+    let client = ClientBuilder::rustls()
+        .unwrap()
+        .capabilities(capabilities)
+        .connect(&driver.url)
+        .await
+        .expect("a headless Chromium session");
+
+    client.goto(&platform).await.unwrap();
+    client
+        .find(Locator::Id("ada"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_for_text(&client, "h1", &format!("#{run_id}")).await;
+    let url = client.current_url().await.unwrap();
+    assert_eq!(url.path(), format!("/runs/{run_id}"));
+    assert!(url.query().is_none(), "{url}");
+
+    // Another bearer's link from the same site: asked, not switched.
+    client.goto(&platform).await.unwrap();
+    client
+        .find(Locator::Id("other"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_for_text(&client, "h1", "Which sign-in?").await;
+    // The link's token is not left in the address bar (nor the history).
+    wait_for("the token to leave the address bar", DEADLINE, || async {
+        let url = client.current_url().await.unwrap();
+        if url.query().is_none() && url.path() == format!("/runs/{run_id}") {
+            Ok(())
+        } else {
+            Err(url.to_string())
+        }
+    })
+    .await;
+    assert!(text_of(&client, "#current-sign-in")
+        .await
+        .contains("tenants 10"));
+    assert!(text_of(&client, "#link-sign-in")
+        .await
+        .contains("all tenants"));
+    // Staying keeps ada's sign-in.
+    client
+        .find(Locator::Id("stay"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_for_text(&client, "h1", &format!("#{run_id}")).await;
+
+    // Switching: the page's own form (a same-origin POST).
+    client.goto(&platform).await.unwrap();
+    client
+        .find(Locator::Id("other"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_for_text(&client, "h1", "Which sign-in?").await;
+    client
+        .find(Locator::Css("#switch button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_for_text(&client, "h1", &format!("#{run_id}")).await;
+    // Now signed in for the whole workspace: ada's link asks again.
+    client.goto(&platform).await.unwrap();
+    client
+        .find(Locator::Id("ada"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_for_text(&client, "h1", "Which sign-in?").await;
+    assert!(text_of(&client, "#current-sign-in")
+        .await
+        .contains("all tenants"));
+    client.close().await.unwrap();
+}

@@ -1,6 +1,12 @@
 // Live updates of a run page: follows /v1/runs/{id}/live (the sign-in cookie authenticates it)
 // and updates the page with textContent only, so no value from the data is ever parsed as HTML.
 "use strict";
+// The sign-in choice page: its address holds the link's token; replace it in the history by
+// the same address without it (the "stay" link's).
+(function () {
+  const stay = document.getElementById("stay");
+  if (stay && document.getElementById("switch")) history.replaceState(null, "", stay.getAttribute("href"));
+})();
 (function () {
   const body = document.body;
   const runId = body.dataset.runId;
