@@ -11,7 +11,7 @@
 //!   service completed itself before phase 2 (its job refused, see [`super::executors`]) was
 //!   sent no progress and must still be exactly that: `completed`/`failed`, no counts, its one
 //!   hand-off failure. The flooded run's counts and state are exact; of its failure entries
-//!   (the service keeps only the first ones, issue 9 item 2) each stored one must have been sent
+//!   (the service keeps only the first ones, a documented cap) each stored one must have been sent
 //!   and be stored once, and entries without an `item` (the service's own tally) are ignored.
 //! - `duplicate_runs`: identities with more than one run, after the dispatches or at the end.
 //! - `missing_events`: gaps in a run's event sequences, runs without events, and stored events
@@ -632,12 +632,12 @@ mod tests {
             assert!(bad.burst.is_some());
             bad.command_id.clone()
         };
-        // Lost while the DLQ was unbound (issue 9 item 5); applied last-wins (item 6).
+        // Lost while the DLQ was unbound; applied last-wins instead of refused.
         let unbound = burst_code("message_too_large");
         dead.retain(|d| d.command_id.as_ref() != Some(&unbound));
         let last_wins = burst_code("duplicate_key");
         dead.retain(|d| d.command_id.as_ref() != Some(&last_wins));
-        // Refused by the database instead of at decode (item 8).
+        // Refused by the database instead of at decode.
         let nul = burst_code("invalid_string");
         for letter in dead
             .iter_mut()

@@ -40,7 +40,7 @@ const CHUNK: usize = 250;
 /// What the flags set beyond the workload.
 #[derive(Debug, Clone, Copy)]
 pub struct Setting<'a> {
-    /// The injections of issue 9 that are on.
+    /// The injections that are on.
     pub injections: &'a Injections,
     /// How long the rejecting executor queue stays (with `reject-jobs`).
     pub reject_for: Duration,

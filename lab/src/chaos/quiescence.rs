@@ -108,7 +108,7 @@ impl BrokerProbe {
 
     async fn connection(&mut self) -> Result<&Connection, BrokerError> {
         if self.connection.is_none() {
-            self.connection = Some(connect(&self.amqp_url, "oprun chaos probe").await?);
+            self.connection = Some(connect(&self.amqp_url, "oprun-lab chaos probe").await?);
         }
         Ok(self.connection.as_ref().expect("just connected"))
     }

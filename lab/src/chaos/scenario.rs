@@ -33,7 +33,7 @@ const FAULT_SEED_SALT: u64 = 0x0063_6861_6f73;
 /// How often a progress line is printed.
 const REPORT_EVERY: Duration = Duration::from_secs(10);
 
-/// Arguments of `oprun chaos`.
+/// Arguments of `oprun-lab chaos`.
 #[derive(Debug, clap::Args)]
 pub struct ChaosArgs {
     /// Commands in the workload (distinct command ids, the deliberately bad ones included).
@@ -48,7 +48,7 @@ pub struct ChaosArgs {
     #[arg(long)]
     pub keep: bool,
 
-    /// Injections of issue 9 to leave out, comma-separated (all are on by default).
+    /// Injections to leave out, comma-separated (all are on by default).
     #[arg(long, value_enum, value_delimiter = ',')]
     pub without: Vec<Injection>,
 

@@ -16,7 +16,7 @@ use operation_runs::domain::RunOutcome;
 
 /// Share of runs that also get a start report after their completion.
 const LATE_START: f64 = 0.1;
-/// `append_failures` commands of the failure flood (issue 9 item 2).
+/// `append_failures` commands of the failure flood (far past the stored failures' cap).
 pub const FLOOD_COMMANDS: usize = 300;
 /// Failure entries in each of them.
 pub const FLOOD_ENTRIES: usize = 50;

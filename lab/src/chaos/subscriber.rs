@@ -122,7 +122,7 @@ async fn consume(
     received: &Received,
     connected: &mut bool,
 ) -> Result<(), BrokerError> {
-    let connection = connect(amqp_url, "oprun chaos subscriber").await?;
+    let connection = connect(amqp_url, "oprun-lab chaos subscriber").await?;
     let channel = connection.create_channel().await?;
     channel
         .basic_qos(PREFETCH, BasicQosOptions::default())

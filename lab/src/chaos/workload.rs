@@ -10,7 +10,7 @@
 //! all messages are published twice with the same command id and body. A few deliberately bad
 //! messages are mixed in; they are the only ones allowed in the dead-letter queue.
 //!
-//! Issue 9 adds: identities of [`REJECTED_TYPE`] (each dispatched once, see
+//! The injections add: identities of [`REJECTED_TYPE`] (each dispatched once, see
 //! [`super::dispatches`]), whose jobs an executor queue refuses for a while; one run flooded
 //! with failures (its steps arrive as one block); bursts of bad messages (each one block).
 
@@ -147,7 +147,7 @@ pub struct PlannedRun {
     /// The steps.
     pub steps: Vec<Step>,
     /// The run of the failure flood: its steps are published as one block, and the service may
-    /// keep only the first of its failure entries (a documented cap, issue 9 item 2).
+    /// keep only the first of its failure entries (a documented cap).
     pub flood: bool,
 }
 
@@ -440,8 +440,8 @@ mod tests {
         for m in &messages {
             let decoded = decode_command(&m.body, Some(&m.message_id));
             if let Some(code) = bad.get(m.message_id.as_str()) {
-                // `duplicate_key` and `invalid_string` come with the decoder fixes of issue 9;
-                // until this code base has them, only the codes it knows are checked here.
+                // Only the codes the decoder knows are checked here (`run_not_found` is
+                // decided later, by the database).
                 if *code != "run_not_found" && ErrorCode::parse(code).is_some() {
                     assert_eq!(
                         decoded.unwrap_err().code.as_str(),
