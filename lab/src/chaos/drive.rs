@@ -2,15 +2,20 @@
 //! executor queue refuses one type's jobs meanwhile, see [`super::executors`]) and waits for
 //! them and for every job to be handed off, then resolves each identity's run from the database
 //! (replies die with a killed service; the identity hash does not) and notes the runs the
-//! service already completed itself; phase 2 publishes the progress of the others. Publishing is
-//! paced by the service's progress. Then quiescence, and the checks.
+//! service already completed itself; phase 2 publishes the progress of the others (late
+//! progress [`LATE_DELAY`] after each run's completion, and with the `viewers` injection
+//! readers of a large run meanwhile, see [`super::viewers`]). Publishing is paced by the
+//! service's progress. Then quiescence, and the checks.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use rand::rngs::StdRng;
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use super::check::{self, AfterDispatch, Findings};
 use super::executors::{self, ClosedByService};
@@ -18,9 +23,11 @@ use super::injections::{Injection, Injections};
 use super::progress::Progress;
 use super::publisher::ReliablePublisher;
 use super::quiescence::{self, BrokerProbe, Expected};
+use super::retention::LATE_DELAY;
 use super::sandbox::Sandbox;
 use super::subscriber::Received;
-use super::workload::{Message, Workload};
+use super::viewers::{self, ViewerReport, ViewerTarget};
+use super::workload::{LateGroup, Message, Workload};
 use crate::LabError;
 use operation_runs::config::Config;
 
@@ -46,6 +53,10 @@ pub struct Setting<'a> {
     pub reject_for: Duration,
     /// Everything, checks included, must be done by then.
     pub deadline: Instant,
+    /// The service's `--run-retention`, when it deletes completed runs (`retention`).
+    pub run_retention: Option<Duration>,
+    /// The primary's run viewer and the secret of its tokens (`viewers`).
+    pub viewer: Option<(SocketAddr, &'a str)>,
 }
 
 /// Each identity's run, as found after the dispatches.
@@ -84,6 +95,20 @@ pub struct Run<'a> {
     sent_fresh: u64,
     /// What went wrong without stopping the run.
     problems: Vec<String>,
+    run_retention: Option<Duration>,
+    viewer: Option<(SocketAddr, &'a str)>,
+    /// The viewers' readers while they read, and what ends them.
+    viewers: Option<(CancellationToken, JoinHandle<ViewerReport>)>,
+    /// What the viewers' readers saw, once they are done.
+    viewer_report: Option<ViewerReport>,
+}
+
+impl Drop for Run<'_> {
+    fn drop(&mut self) {
+        if let Some((stop, _)) = &self.viewers {
+            stop.cancel();
+        }
+    }
 }
 
 impl<'a> Run<'a> {
@@ -107,7 +132,16 @@ impl<'a> Run<'a> {
             reject_for: setting.reject_for,
             sent_fresh: 0,
             problems: Vec::new(),
+            run_retention: setting.run_retention,
+            viewer: setting.viewer,
+            viewers: None,
+            viewer_report: None,
         }
+    }
+
+    /// What the viewers' readers saw (with the `viewers` injection, once the run is checked).
+    pub fn take_viewer_report(&mut self) -> Option<ViewerReport> {
+        self.viewer_report.take()
     }
 
     /// What went wrong without stopping the run (a wait that timed out).
@@ -243,8 +277,120 @@ impl<'a> Run<'a> {
             .map(|(i, id)| id.filter(|_| !resolved.closed.contains_key(&i)))
             .collect();
         let messages = self.workload.progress_messages(&open, rng);
-        eprintln!("chaos: phase 2: {} progress messages", messages.len());
-        self.publish(publisher, &messages).await
+        let late = self.workload.late_messages(&open, rng);
+        eprintln!(
+            "chaos: phase 2: {} progress messages, and {} late ones for {} completed runs",
+            messages.len(),
+            late.iter().map(|g| g.messages.len()).sum::<usize>(),
+            late.len()
+        );
+        self.start_viewers(&open);
+        self.publish_with_late(publisher, &messages, late).await
+    }
+
+    /// With the `viewers` injection, starts the readers of the large run (the flooded one, else
+    /// the one with the most steps) if it has an id.
+    fn start_viewers(&mut self, open: &[Option<i64>]) {
+        let Some((addr, secret)) = self.viewer else {
+            return;
+        };
+        let runs = &self.workload.runs;
+        let large = runs
+            .iter()
+            .position(|r| r.flood)
+            .or_else(|| (0..runs.len()).max_by_key(|i| runs[*i].steps.len()));
+        let Some((i, run_id)) = large.and_then(|i| open[i].map(|id| (i, id))) else {
+            self.problems
+                .push("viewers: the large run has no id; nothing was read".into());
+            return;
+        };
+        let identity = &self.workload.identities[i];
+        let target = match ViewerTarget::new(
+            format!("http://{addr}"),
+            secret,
+            run_id,
+            identity.workspace_id,
+            identity.tenant_id,
+        ) {
+            Ok(target) => target,
+            Err(e) => {
+                self.problems
+                    .push(format!("viewers: cannot mint a token: {e}"));
+                return;
+            }
+        };
+        eprintln!(
+            "chaos: viewers: {} pagers and {} live streams on run {run_id} ({} steps)",
+            viewers::PAGERS,
+            viewers::STREAMS,
+            runs[i].steps.len()
+        );
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(viewers::read(
+            target,
+            self.sandbox.pool.clone(),
+            stop.clone(),
+        ));
+        self.viewers = Some((stop, task));
+    }
+
+    /// Stops the viewers' readers, if they read, and keeps their report.
+    async fn stop_viewers(&mut self) {
+        let Some((stop, task)) = self.viewers.take() else {
+            return;
+        };
+        stop.cancel();
+        match task.await {
+            Ok(report) => {
+                eprintln!("chaos: {report}");
+                if !report.examples.is_empty() {
+                    eprintln!("chaos: viewers: e.g. {}", report.examples.join("; "));
+                }
+                self.problems.extend(report.problems());
+                self.viewer_report = Some(report);
+            }
+            Err(e) => self
+                .problems
+                .push(format!("viewers: the readers failed: {e}")),
+        }
+    }
+
+    /// Publishes `messages` as [`Self::publish`] does, and each late group [`LATE_DELAY`] after
+    /// the chunk with its run's completion was published (the rest at the end, when due).
+    async fn publish_with_late(
+        &mut self,
+        publisher: &mut ReliablePublisher,
+        messages: &[Message],
+        late: Vec<LateGroup>,
+    ) -> Result<(), LabError> {
+        let mut waiting: HashMap<String, Vec<Message>> =
+            late.into_iter().map(|g| (g.after, g.messages)).collect();
+        let mut due: VecDeque<(Instant, Vec<Message>)> = VecDeque::new();
+        for chunk in messages.chunks(CHUNK) {
+            let now = Instant::now();
+            let mut ready = Vec::new();
+            while due.front().is_some_and(|(at, _)| *at <= now) {
+                ready.extend(due.pop_front().expect("just looked").1);
+            }
+            if !ready.is_empty() {
+                self.publish(publisher, &ready).await?;
+            }
+            self.publish(publisher, chunk).await?;
+            let at = Instant::now() + LATE_DELAY;
+            for message in chunk.iter().filter(|m| m.fresh) {
+                if let Some(group) = waiting.remove(&message.message_id) {
+                    due.push_back((at, group));
+                }
+            }
+        }
+        // A completion never published (none should be) lets its late group go last.
+        let at = Instant::now() + LATE_DELAY;
+        due.extend(waiting.into_values().map(|group| (at, group)));
+        while let Some((at, group)) = due.pop_front() {
+            tokio::time::sleep_until(at.min(self.deadline)).await;
+            self.publish(publisher, &group).await?;
+        }
+        Ok(())
     }
 
     /// Waits for quiescence (up to the deadline), then reads the dead letters and checks.
@@ -271,6 +417,7 @@ impl<'a> Run<'a> {
                 .iter()
                 .map(|b| b.command_id.clone())
                 .collect(),
+            subscriber_queue: self.sandbox.subscriber_queue.clone(),
         };
         let mut probe =
             BrokerProbe::new(&self.config.amqp_url_list(), self.sandbox.topology.clone());
@@ -289,6 +436,7 @@ impl<'a> Run<'a> {
                 open.join("; ")
             ));
         }
+        self.stop_viewers().await;
         eprintln!("chaos: checking");
         let read_until = self.deadline.max(Instant::now() + READ_GRACE);
         let dead_letters = loop {
@@ -302,8 +450,16 @@ impl<'a> Run<'a> {
             }
         };
         probe.close().await;
+        let run_retention = self.run_retention;
         read_with_retry("checking", read_until, || {
-            check::evaluate(pool, self.workload, after, &dead_letters, self.received)
+            check::evaluate(
+                pool,
+                self.workload,
+                after,
+                &dead_letters,
+                self.received,
+                run_retention,
+            )
         })
         .await
     }
