@@ -214,6 +214,40 @@ pub async fn runs_by_identity(
     Ok(map)
 }
 
+/// The runs the subscriber received events of that are not among `rows` (deleted by run
+/// retention), as their latest event carries them: id, identity key, and for a completed one
+/// what [`super::executors::completed_runs`] would have said of it.
+pub fn deleted_runs(
+    received: &Received,
+    rows: &HashSet<i64>,
+) -> Vec<(i64, IdentityKey, Option<ClosedByService>)> {
+    let latest = received.latest.lock().expect("not poisoned");
+    let mut deleted = Vec::new();
+    for (run_id, (_, body)) in latest.iter() {
+        if rows.contains(run_id) {
+            continue;
+        }
+        let Ok(event) = serde_json::from_slice::<Value>(body) else {
+            continue;
+        };
+        let run = &event["data"]["run"];
+        let (Some(workspace_id), Some(hash)) = (
+            run["workspace_id"].as_i64(),
+            run["run_identity_hash"].as_str(),
+        ) else {
+            continue;
+        };
+        let closed = (run["status"] == RunStatus::Completed.as_str()).then(|| ClosedByService {
+            run_type: run["type"].as_str().unwrap_or("?").to_owned(),
+            codes: failure_codes(&run["failure_summary"]),
+        });
+        let key = (workspace_id, run["tenant_id"].as_i64(), hash.to_owned());
+        deleted.push((*run_id, key, closed));
+    }
+    deleted.sort_by_key(|(id, _, _)| *id);
+    deleted
+}
+
 /// What phase 1 found: `run_ids[i]` is identity `i`'s run, `duplicates` the identities that
 /// had more than one run then, `closed` those whose run the service had completed itself (they
 /// were sent no progress).
@@ -1273,5 +1307,30 @@ mod tests {
         doubled.summary_counts = json!({"total": 100_000});
         receive(&received, 2, deleted.id, 8, &event_body(&doubled));
         assert_eq!(compare(&runs, retention), (1, 0));
+    }
+
+    #[test]
+    fn a_run_deleted_before_the_identities_are_resolved_is_found_by_its_latest_event() {
+        let (workload, _, _, _) = perfect();
+        let mut runs = stored_runs(&workload);
+        runs[0].outcome = "failed".into();
+        runs[0].failure_summary = json!([{"code": "dispatch.rejected", "message": "refused"}]);
+        let received = Received::default();
+        receive(&received, 1, runs[0].id, 2, &event_body(&runs[0]));
+        receive(&received, 2, runs[1].id, 1, &event_body(&runs[1]));
+        let rows = HashSet::from([runs[1].id]);
+        let deleted = deleted_runs(&received, &rows);
+        assert_eq!(deleted.len(), 1);
+        let (id, key, closed) = &deleted[0];
+        assert_eq!(*id, runs[0].id);
+        assert_eq!(
+            key,
+            &(
+                runs[0].workspace_id,
+                runs[0].tenant_id,
+                runs[0].run_identity_hash.clone()
+            )
+        );
+        assert_eq!(closed.as_ref().unwrap().codes, ["dispatch.rejected"]);
     }
 }

@@ -27,7 +27,7 @@ use super::retention::LATE_DELAY;
 use super::sandbox::Sandbox;
 use super::subscriber::Received;
 use super::viewers::{self, ViewerReport, ViewerTarget};
-use super::workload::{LateGroup, Message, Workload};
+use super::workload::{LateGroup, Message, Workload, HELD_FOREVER_TYPE};
 use crate::LabError;
 use operation_runs::config::Config;
 
@@ -211,10 +211,19 @@ impl<'a> Run<'a> {
                 "jobs were still waiting to be handed off {HAND_OFF_WAIT:?} after the dispatches (and the rejecting queue) were done"
             ));
         }
-        let by_identity = read_with_retry("reading the runs", self.deadline, || {
+        let mut by_identity = read_with_retry("reading the runs", self.deadline, || {
             check::runs_by_identity(pool)
         })
         .await?;
+        // A run the service completed itself may be deleted by run retention already: its
+        // latest event still tells its identity and how it ended.
+        let rows: HashSet<i64> = by_identity.values().flatten().copied().collect();
+        let deleted = check::deleted_runs(self.received, &rows);
+        for (run_id, key, _) in &deleted {
+            let runs = by_identity.entry(key.clone()).or_default();
+            runs.push(*run_id);
+            runs.sort_unstable();
+        }
         let mut resolved = Resolved::default();
         for (i, identity) in self.workload.identities.iter().enumerate() {
             let key = (
@@ -228,10 +237,15 @@ impl<'a> Run<'a> {
             }
             resolved.run_ids.push(runs.first().copied());
         }
-        let completed = read_with_retry("reading the completed runs", self.deadline, || {
+        let mut completed = read_with_retry("reading the completed runs", self.deadline, || {
             executors::completed_runs(pool)
         })
         .await?;
+        completed.extend(
+            deleted
+                .into_iter()
+                .filter_map(|(run_id, _, closed)| Some((run_id, closed?))),
+        );
         for (i, run_id) in resolved.run_ids.iter().enumerate() {
             if let Some(closed) = run_id.and_then(|id| completed.get(&id)) {
                 resolved.closed.insert(i, closed.clone());
@@ -289,16 +303,19 @@ impl<'a> Run<'a> {
     }
 
     /// With the `viewers` injection, starts the readers of the large run (the flooded one, else
-    /// the one with the most steps) if it has an id.
+    /// the one held for ever with the most steps: run retention never deletes it) if it has an
+    /// id.
     fn start_viewers(&mut self, open: &[Option<i64>]) {
         let Some((addr, secret)) = self.viewer else {
             return;
         };
         let runs = &self.workload.runs;
-        let large = runs
-            .iter()
-            .position(|r| r.flood)
-            .or_else(|| (0..runs.len()).max_by_key(|i| runs[*i].steps.len()));
+        let identities = &self.workload.identities;
+        let large = runs.iter().position(|r| r.flood).or_else(|| {
+            (0..runs.len())
+                .filter(|i| open[*i].is_some() && identities[*i].run_type == HELD_FOREVER_TYPE)
+                .max_by_key(|i| runs[*i].steps.len())
+        });
         let Some((i, run_id)) = large.and_then(|i| open[i].map(|id| (i, id))) else {
             self.problems
                 .push("viewers: the large run has no id; nothing was read".into());

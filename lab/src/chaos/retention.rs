@@ -14,10 +14,11 @@ use std::time::Duration;
 
 /// `--event-retention` of the run.
 pub const EVENT_RETENTION: Duration = Duration::from_secs(2);
-/// `--run-retention` of the run: long enough that a run the service completes during the
-/// dispatches (a refused job) is still there when the identities are resolved, short enough
-/// that runs completed early in the progress phase are deleted before its end.
-pub const RUN_RETENTION: Duration = Duration::from_secs(45);
+/// `--run-retention` of the run: short enough that runs completed in the first half of the
+/// progress phase are deleted before the checks. (A run the service completes itself during
+/// the dispatches, a refused job's, may be deleted before the identities are resolved: it is
+/// then found by its latest event.)
+pub const RUN_RETENTION: Duration = Duration::from_secs(20);
 /// `--prune-interval` of the run.
 pub const PRUNE_INTERVAL: Duration = Duration::from_secs(1);
 /// How long after its run's completion was published a late command is published: two
