@@ -305,7 +305,7 @@ impl Report {
         out
     }
 
-    /// The closing JSON line: the issue's keys first, in the issue's order, then extras.
+    /// The closing JSON line: the documented keys first, in the documented order, then extras.
     /// (`serde_json` here sorts object keys, so the line is written field by field.)
     pub fn json_line(&self) -> String {
         let r = |x: f64, digits: i32| {
@@ -395,7 +395,7 @@ mod json_tests {
     }
 
     #[test]
-    fn the_json_line_starts_with_the_issue_keys_in_order() {
+    fn the_json_line_starts_with_the_documented_keys_in_order() {
         let report = Report {
             instances: 1,
             prefetch: 500,

@@ -1,5 +1,5 @@
 //! The deliberately bad messages: the only ones the dead-letter queue may hold, each with the
-//! reason it must carry. The first 50 are spread over phase 2; the bursts of issue 9 (oversized,
+//! reason it must carry. The first 50 are spread over phase 2; the bursts (oversized,
 //! NUL-bearing, duplicate-key) each arrive as one block.
 
 use rand::rngs::StdRng;
@@ -17,7 +17,7 @@ const BAD_JSON: usize = 20;
 const BAD_TYPE: usize = 20;
 /// Increments of a run that does not exist.
 const BAD_RUN: usize = 10;
-/// Messages in each burst of issue 9.
+/// Messages in each burst (oversized, NUL-bearing, duplicate-key).
 pub const BURST: usize = 20;
 /// Body size of the oversized burst: over the service's 256 KiB limit, far under the broker's
 /// default `max_message_size` (128 MiB), so it reaches the service.
@@ -99,7 +99,7 @@ fn oversized(i: usize) -> BadMessage {
 
 /// `\u0000` in a string value, in turn: a dispatch's non-identity context value, a dispatch's
 /// `initiator_name` (a text column), a failure message of a run that does not exist. Refused at
-/// decode as `invalid_string` (issue 9 item 8), before any lookup.
+/// decode as `invalid_string`, before any lookup (not refused later by the database).
 fn nul_bearing(i: usize, rng: &mut StdRng) -> BadMessage {
     let command_id = format!("bad-nul-{i}");
     let tenant = rng.random_range(FIRST_TENANT..FIRST_TENANT + TENANTS);
@@ -141,7 +141,7 @@ fn nul_bearing(i: usize, rng: &mut StdRng) -> BadMessage {
 
 /// A key twice in one object, in turn: `tenant_id` of a dispatch (last-wins would make it
 /// workspace-scoped), an identity key inside `context`, a count of a run that does not exist.
-/// Refused at decode as `duplicate_key` (issue 9 item 6). Written by hand: no JSON library
+/// Refused at decode as `duplicate_key` (never applied last-wins). Written by hand: no JSON library
 /// writes such text.
 fn duplicate_key(i: usize, rng: &mut StdRng) -> BadMessage {
     let command_id = format!("bad-dupkey-{i}");

@@ -11,14 +11,38 @@
 //!   service completed itself before phase 2 (its job refused, see [`super::executors`]) was
 //!   sent no progress and must still be exactly that: `completed`/`failed`, no counts, its one
 //!   hand-off failure. The flooded run's counts and state are exact; of its failure entries
-//!   (the service keeps only the first ones, issue 9 item 2) each stored one must have been sent
+//!   (the service keeps only the first ones, a documented cap) each stored one must have been sent
 //!   and be stored once, and entries without an `item` (the service's own tally) are ignored.
 //! - `duplicate_runs`: identities with more than one run, after the dispatches or at the end.
-//! - `missing_events`: gaps in a run's event sequences, runs without events, and stored events
-//!   the subscriber never received.
+//! - `missing_events`: per run, over every event known (stored now, or received by the
+//!   subscriber: pruned events were received before they went), each sequence number from 1 to
+//!   the highest that no event carries (a skip), each further event carrying a number another
+//!   event already carries (a restart at 1, or a repeat); runs without events; stored events
+//!   the subscriber never received; runs whose latest event does not carry their stored state
+//!   (status, outcome, counts, failures: a change whose event was lost).
+//!
+//! What the checks may assume about retention (the `retention` injection):
+//!
+//! - The inbox is kept (default window): every applied command id is still there.
+//! - Pruning removes a prefix of a run's events, never its last one, and only events already
+//!   published, so the subscriber received every event ever stored; a run's history is the
+//!   union of what is stored and what was received.
+//! - Every change of a run records an event carrying the whole run, in the same transaction,
+//!   so a run's latest received event is the run as stored at its last change. A run deleted
+//!   by run retention is checked on that event instead of its row: it may be gone only if
+//!   that event shows it `completed` at least `--run-retention` before the check; gone
+//!   otherwise, it counts under `double_applied` ("gone").
+//! - Late progress goes only to runs whose identity is held for ever (scheduled backups), which
+//!   run retention never deletes: a late command always finds its run and is applied, and its
+//!   effect and its event are expected like any other step's. A late command on a run already
+//!   deleted would be dead-lettered `run_not_found` and count as lost.
+//! - Identities are counted over rows and the latest events of deleted runs, so a duplicate run
+//!   deleted by retention still counts under `duplicate_runs`.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::PgPool;
 
@@ -49,9 +73,14 @@ pub struct Findings {
     pub notes: Vec<String>,
     /// Failures no figure counts (a dead letter with the wrong reason, an event nobody stored).
     pub problems: Vec<String>,
+    /// Runs gone from the database (deleted by run retention), checked on their latest event.
+    pub deleted_runs: u64,
+    /// Events received and no longer stored (pruned by retention, or gone with their run).
+    pub pruned_events: u64,
 }
 
-/// A stored run, as the checks read it.
+/// A stored run, as the checks read it: its row, or, once run retention deleted it, its latest
+/// received event's `data.run`.
 #[derive(Debug, sqlx::FromRow)]
 struct StoredRun {
     id: i64,
@@ -62,6 +91,109 @@ struct StoredRun {
     outcome: String,
     summary_counts: Value,
     failure_summary: Value,
+    completed_at: Option<DateTime<Utc>>,
+    /// Read from its latest event: the row is gone.
+    #[sqlx(default)]
+    from_event: bool,
+}
+
+impl StoredRun {
+    /// The run an event body carries (`data.run`), marked as read from the event.
+    fn from_event_body(body: &[u8]) -> Result<Self, String> {
+        let event: Value = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+        let run = &event["data"]["run"];
+        let text = |key: &str| {
+            run[key]
+                .as_str()
+                .map(str::to_owned)
+                .ok_or_else(|| format!("data.run.{key} is not a string"))
+        };
+        let completed_at = match &run["completed_at"] {
+            Value::Null => None,
+            v => Some(
+                serde_json::from_value(v.clone())
+                    .map_err(|e| format!("data.run.completed_at: {e}"))?,
+            ),
+        };
+        Ok(Self {
+            id: run["id"].as_i64().ok_or("data.run.id is not an integer")?,
+            workspace_id: run["workspace_id"]
+                .as_i64()
+                .ok_or("data.run.workspace_id is not an integer")?,
+            tenant_id: run["tenant_id"].as_i64(),
+            run_identity_hash: text("run_identity_hash")?,
+            status: text("status")?,
+            outcome: text("outcome")?,
+            summary_counts: run["summary_counts"].clone(),
+            failure_summary: run["failure_summary"].clone(),
+            completed_at,
+            from_event: true,
+        })
+    }
+
+    /// Its summary counts above zero.
+    fn counts(&self) -> BTreeMap<String, u64> {
+        self.summary_counts
+            .as_object()
+            .map(|o| {
+                o.iter()
+                    .filter_map(|(k, v)| Some((k.clone(), v.as_u64()?)))
+                    .filter(|(_, v)| *v > 0)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// What differs between this run and `other` in what an event must carry, if anything.
+    fn state_differs(&self, other: &StoredRun) -> Option<String> {
+        let mut why = Vec::new();
+        if (&self.status, &self.outcome) != (&other.status, &other.outcome) {
+            why.push(format!(
+                "{}/{} against {}/{}",
+                self.status, self.outcome, other.status, other.outcome
+            ));
+        }
+        if self.counts() != other.counts() {
+            why.push(format!(
+                "counts {:?} against {:?}",
+                self.counts(),
+                other.counts()
+            ));
+        }
+        if self.failure_summary != other.failure_summary {
+            let len = |v: &Value| v.as_array().map_or(0, Vec::len);
+            why.push(format!(
+                "{} failure entries against {}",
+                len(&self.failure_summary),
+                len(&other.failure_summary)
+            ));
+        }
+        (!why.is_empty()).then(|| why.join(", "))
+    }
+
+    /// Why this run, read from its event, may not be gone, if it may not: run retention deletes
+    /// only runs completed at least `run_retention` before `now`.
+    fn gone_unexplained(
+        &self,
+        run_retention: Option<Duration>,
+        now: DateTime<Utc>,
+    ) -> Option<String> {
+        let Some(retention) = run_retention else {
+            return Some("gone without run retention".into());
+        };
+        let retention = chrono::Duration::from_std(retention).expect("a short window");
+        match self.completed_at {
+            Some(at) if self.status == RunStatus::Completed.as_str() && at + retention <= now => {
+                None
+            }
+            _ => Some(format!(
+                "gone, yet its latest event shows it {} (completed at {:?}), not completed {} s ago",
+                self.status,
+                self.completed_at,
+                retention.num_seconds()
+            )),
+        }
+    }
 }
 
 /// The runs of every identity key in the database now.
@@ -80,6 +212,40 @@ pub async fn runs_by_identity(
             .push(id);
     }
     Ok(map)
+}
+
+/// The runs the subscriber received events of that are not among `rows` (deleted by run
+/// retention), as their latest event carries them: id, identity key, and for a completed one
+/// what [`super::executors::completed_runs`] would have said of it.
+pub fn deleted_runs(
+    received: &Received,
+    rows: &HashSet<i64>,
+) -> Vec<(i64, IdentityKey, Option<ClosedByService>)> {
+    let latest = received.latest.lock().expect("not poisoned");
+    let mut deleted = Vec::new();
+    for (run_id, (_, body)) in latest.iter() {
+        if rows.contains(run_id) {
+            continue;
+        }
+        let Ok(event) = serde_json::from_slice::<Value>(body) else {
+            continue;
+        };
+        let run = &event["data"]["run"];
+        let (Some(workspace_id), Some(hash)) = (
+            run["workspace_id"].as_i64(),
+            run["run_identity_hash"].as_str(),
+        ) else {
+            continue;
+        };
+        let closed = (run["status"] == RunStatus::Completed.as_str()).then(|| ClosedByService {
+            run_type: run["type"].as_str().unwrap_or("?").to_owned(),
+            codes: failure_codes(&run["failure_summary"]),
+        });
+        let key = (workspace_id, run["tenant_id"].as_i64(), hash.to_owned());
+        deleted.push((*run_id, key, closed));
+    }
+    deleted.sort_by_key(|(id, _, _)| *id);
+    deleted
 }
 
 /// What phase 1 found: `run_ids[i]` is identity `i`'s run, `duplicates` the identities that
@@ -102,13 +268,14 @@ impl AfterDispatch<'_> {
     }
 }
 
-/// Runs every check.
+/// Runs every check; `run_retention` is the service's, when it deletes completed runs.
 pub async fn evaluate(
     pool: &PgPool,
     workload: &Workload,
     after: AfterDispatch<'_>,
     dead_letters: &[DeadLetterSeen],
     received: &Received,
+    run_retention: Option<Duration>,
 ) -> Result<Findings, sqlx::Error> {
     let mut findings = Findings::default();
     let inbox: HashSet<String> = sqlx::query_scalar("SELECT command_id FROM processed_commands")
@@ -118,13 +285,24 @@ pub async fn evaluate(
         .collect();
     account(&mut findings, workload, after, &inbox, dead_letters);
 
-    let runs: Vec<StoredRun> = sqlx::query_as(
-        "SELECT id, workspace_id, tenant_id, run_identity_hash, status, outcome, summary_counts, failure_summary
+    let mut runs: Vec<StoredRun> = sqlx::query_as(
+        "SELECT id, workspace_id, tenant_id, run_identity_hash, status, outcome, summary_counts,
+                failure_summary, completed_at
          FROM operation_runs",
     )
     .fetch_all(pool)
     .await?;
-    compare_runs(&mut findings, workload, after, &inbox, &runs);
+    let now: DateTime<Utc> = sqlx::query_scalar("SELECT now()").fetch_one(pool).await?;
+    add_deleted_runs(&mut findings, &mut runs, received);
+    compare_runs(
+        &mut findings,
+        workload,
+        after,
+        &inbox,
+        &runs,
+        run_retention,
+        now,
+    );
     count_duplicates(&mut findings, workload, after.duplicates, &runs);
     check_closed(&mut findings, after);
 
@@ -246,13 +424,49 @@ fn account(
     }
 }
 
-/// `double_applied`: each run must hold exactly the effect of the distinct commands sent.
+/// Adds the runs the subscriber received events of that have no row any more (deleted by run
+/// retention), as their latest event carries them.
+fn add_deleted_runs(findings: &mut Findings, runs: &mut Vec<StoredRun>, received: &Received) {
+    let rows: HashSet<i64> = runs.iter().map(|r| r.id).collect();
+    let latest = received.latest.lock().expect("not poisoned");
+    let mut unreadable = Vec::new();
+    for (run_id, (_, body)) in latest.iter() {
+        if rows.contains(run_id) {
+            continue;
+        }
+        match StoredRun::from_event_body(body) {
+            Ok(run) if run.id == *run_id => {
+                findings.deleted_runs += 1;
+                runs.push(run);
+            }
+            Ok(run) => unreadable.push(format!("run {run_id}: its event names run {}", run.id)),
+            Err(e) => unreadable.push(format!("run {run_id}: {e}")),
+        }
+    }
+    if !unreadable.is_empty() {
+        unreadable.sort();
+        findings.problems.push(format!(
+            "{} deleted run(s) whose latest event cannot be read, e.g. {}",
+            unreadable.len(),
+            unreadable
+                .into_iter()
+                .take(EXAMPLES)
+                .collect::<Vec<_>>()
+                .join("; ")
+        ));
+    }
+}
+
+/// `double_applied`: each run must hold exactly the effect of the distinct commands sent; a
+/// run read from its latest event must also be one run retention was allowed to delete.
 fn compare_runs(
     findings: &mut Findings,
     workload: &Workload,
     after: AfterDispatch<'_>,
     inbox: &HashSet<String>,
     runs: &[StoredRun],
+    run_retention: Option<Duration>,
+    now: DateTime<Utc>,
 ) {
     let by_id: HashMap<i64, &StoredRun> = runs.iter().map(|r| (r.id, r)).collect();
     let mut differ = Vec::new();
@@ -261,9 +475,15 @@ fn compare_runs(
             continue;
         };
         let Some(stored) = by_id.get(&run_id) else {
-            differ.push(format!("run {run_id}: gone"));
+            differ.push(format!("run {run_id}: gone, and no event of it received"));
             continue;
         };
+        if stored.from_event {
+            if let Some(why) = stored.gone_unexplained(run_retention, now) {
+                differ.push(format!("run {run_id}: {why}"));
+                continue;
+            }
+        }
         if after.closed.contains_key(&i) {
             if let Some(why) = closed_run_differs(stored) {
                 differ.push(format!("run {run_id} (completed by the service): {why}"));
@@ -271,16 +491,7 @@ fn compare_runs(
             continue;
         }
         let mut why = Vec::new();
-        let counts: BTreeMap<String, u64> = stored
-            .summary_counts
-            .as_object()
-            .map(|o| {
-                o.iter()
-                    .filter_map(|(k, v)| Some((k.clone(), v.as_u64()?)))
-                    .filter(|(_, v)| *v > 0)
-                    .collect()
-            })
-            .unwrap_or_default();
+        let counts = stored.counts();
         let expected_counts = planned.expected_counts();
         if counts != expected_counts {
             why.push(format!(
@@ -427,30 +638,71 @@ fn count_duplicates(
     }
 }
 
-/// `missing_events`: sequences 1..n per run, and every stored event received.
+/// `missing_events`: per run, over the events stored and received, sequences 1..n each carried
+/// by one event; every stored event received; each run's latest event carrying its row's state.
 fn check_events(
     findings: &mut Findings,
     runs: &[StoredRun],
     events: &[(uuid::Uuid, i64, i64)],
     received: &Received,
 ) {
-    let mut sequences: HashMap<i64, Vec<i64>> = runs.iter().map(|r| (r.id, Vec::new())).collect();
-    for (_, run_id, sequence) in events {
-        sequences.entry(*run_id).or_default().push(*sequence);
+    // run → sequence → the ids of the events carrying it.
+    let mut history: HashMap<i64, BTreeMap<i64, BTreeSet<String>>> =
+        runs.iter().map(|r| (r.id, BTreeMap::new())).collect();
+    let mut highest_stored: HashMap<i64, i64> = HashMap::new();
+    for (id, run_id, sequence) in events {
+        let highest = highest_stored.entry(*run_id).or_insert(*sequence);
+        *highest = (*highest).max(*sequence);
+        history
+            .entry(*run_id)
+            .or_default()
+            .entry(*sequence)
+            .or_default()
+            .insert(id.to_string());
     }
-    let mut gaps = Vec::new();
+    let sequences = received.sequences.lock().expect("not poisoned");
+    for (id, (run_id, sequence)) in sequences.iter() {
+        history
+            .entry(*run_id)
+            .or_default()
+            .entry(*sequence)
+            .or_default()
+            .insert(id.clone());
+    }
+    let (mut skipped, mut restarted) = (Vec::new(), Vec::new());
     let mut missing_numbers = 0;
-    for (run_id, seqs) in &mut sequences {
-        seqs.sort_unstable();
-        seqs.dedup();
-        let highest = seqs.last().copied().unwrap_or(0).max(1);
-        let absent = highest - seqs.len() as i64;
+    let mut sorted: Vec<(&i64, &BTreeMap<i64, BTreeSet<String>>)> = history.iter().collect();
+    sorted.sort_by_key(|(run_id, _)| **run_id);
+    for (run_id, numbers) in sorted {
+        let highest = numbers.keys().next_back().copied().unwrap_or(0).max(1);
+        let absent = (1..=highest).filter(|n| !numbers.contains_key(n)).count() as u64;
         if absent > 0 {
-            missing_numbers += absent as u64;
-            gaps.push(format!("run {run_id}: sequences {seqs:?}"));
+            missing_numbers += absent;
+            let shown: Vec<&i64> = numbers.keys().take(20).collect();
+            skipped.push(format!("run {run_id}: sequences {shown:?}"));
+        }
+        let again: u64 = numbers.values().map(|ids| ids.len() as u64 - 1).sum();
+        if again > 0 {
+            missing_numbers += again;
+            let repeated: Vec<String> = numbers
+                .iter()
+                .filter(|(_, ids)| ids.len() > 1)
+                .map(|(n, ids)| format!("#{n} × {}", ids.len()))
+                .take(5)
+                .collect();
+            restarted.push(format!("run {run_id}: {}", repeated.join(", ")));
         }
     }
-    note(findings, &gaps, "run(s) whose event sequences are not 1..n");
+    note(
+        findings,
+        &skipped,
+        "run(s) whose event sequences skip a number (or that have no event)",
+    );
+    note(
+        findings,
+        &restarted,
+        "run(s) with two events of one sequence (numbering restarted or repeated)",
+    );
     findings.missing_events += missing_numbers;
 
     let seen = received.arrivals.lock().expect("not poisoned");
@@ -466,12 +718,53 @@ fn check_events(
         "stored event(s) the subscriber never received",
     );
     findings.missing_events += unseen.len() as u64;
-    let phantom = seen.keys().filter(|id| !stored.contains(*id)).count();
+
+    findings.pruned_events = seen.keys().filter(|id| !stored.contains(*id)).count() as u64;
+    // Pruning removes only events followed by a later one of a run that still has a row: a
+    // received event at or past its run's highest stored sequence must still be stored.
+    let rows: HashSet<i64> = runs
+        .iter()
+        .filter(|r| !r.from_event)
+        .map(|r| r.id)
+        .collect();
+    let phantom = seen
+        .keys()
+        .filter(|id| !stored.contains(*id))
+        .filter(|id| match sequences.get(*id) {
+            Some((run_id, sequence)) => {
+                rows.contains(run_id) && highest_stored.get(run_id).is_none_or(|h| sequence >= h)
+            }
+            None => true,
+        })
+        .count();
     if phantom > 0 {
         findings.problems.push(format!(
-            "the subscriber received {phantom} event(s) that are not stored"
+            "the subscriber received {phantom} event(s) that are not stored and that pruning cannot have removed"
         ));
     }
+
+    let latest = received.latest.lock().expect("not poisoned");
+    let mut stale = Vec::new();
+    for run in runs.iter().filter(|r| !r.from_event) {
+        let Some((sequence, body)) = latest.get(&run.id) else {
+            continue;
+        };
+        match StoredRun::from_event_body(body) {
+            Ok(carried) => {
+                if let Some(why) = carried.state_differs(run) {
+                    stale.push(format!("run {} (#{sequence}): {why}", run.id));
+                }
+            }
+            Err(e) => stale.push(format!("run {} (#{sequence}): unreadable: {e}", run.id)),
+        }
+    }
+    stale.sort();
+    note(
+        findings,
+        &stale,
+        "run(s) whose latest event does not carry their stored state (event against row)",
+    );
+    findings.missing_events += stale.len() as u64;
 }
 
 /// Adds "`n` `what`: first examples" when `items` is not empty.
@@ -564,9 +857,22 @@ mod tests {
                     outcome: run.outcome().as_str().into(),
                     summary_counts: json!(run.expected_counts()),
                     failure_summary: Value::Array(items),
+                    completed_at: Some(Utc::now() - chrono::Duration::minutes(5)),
+                    from_event: false,
                 }
             })
             .collect()
+    }
+
+    /// [`compare_runs`] of a service that deletes no run.
+    fn compare_without_retention(
+        findings: &mut Findings,
+        workload: &Workload,
+        after: AfterDispatch<'_>,
+        inbox: &HashSet<String>,
+        runs: &[StoredRun],
+    ) {
+        compare_runs(findings, workload, after, inbox, runs, None, Utc::now());
     }
 
     /// All figures, and the problems.
@@ -582,7 +888,7 @@ mod tests {
         let mut findings = Findings::default();
         account(&mut findings, &workload, after, &inbox, &dead);
         let runs = stored_runs(&workload);
-        compare_runs(&mut findings, &workload, after, &inbox, &runs);
+        compare_without_retention(&mut findings, &workload, after, &inbox, &runs);
         count_duplicates(&mut findings, &workload, &none, &runs);
         check_closed(&mut findings, after);
         assert_eq!(
@@ -632,12 +938,12 @@ mod tests {
             assert!(bad.burst.is_some());
             bad.command_id.clone()
         };
-        // Lost while the DLQ was unbound (issue 9 item 5); applied last-wins (item 6).
+        // Lost while the DLQ was unbound; applied last-wins instead of refused.
         let unbound = burst_code("message_too_large");
         dead.retain(|d| d.command_id.as_ref() != Some(&unbound));
         let last_wins = burst_code("duplicate_key");
         dead.retain(|d| d.command_id.as_ref() != Some(&last_wins));
-        // Refused by the database instead of at decode (item 8).
+        // Refused by the database instead of at decode.
         let nul = burst_code("invalid_string");
         for letter in dead
             .iter_mut()
@@ -670,7 +976,7 @@ mod tests {
             .collect();
         runs[0].summary_counts = json!(doubled);
         let mut findings = Findings::default();
-        compare_runs(
+        compare_without_retention(
             &mut findings,
             &workload,
             after(&run_ids, &none, &closed),
@@ -681,7 +987,7 @@ mod tests {
 
         inbox.remove(&workload.runs[0].steps[0].command_id);
         let mut findings = Findings::default();
-        compare_runs(
+        compare_without_retention(
             &mut findings,
             &workload,
             after(&run_ids, &none, &closed),
@@ -699,7 +1005,7 @@ mod tests {
         let mut runs = stored_runs(&workload);
         let compare = |runs: &[StoredRun]| {
             let mut findings = Findings::default();
-            compare_runs(
+            compare_without_retention(
                 &mut findings,
                 &workload,
                 after(&run_ids, &none, &closed),
@@ -760,7 +1066,7 @@ mod tests {
         runs[i].failure_summary = json!([{"code": "dispatch.rejected", "message": "refused"}]);
         let mut findings = Findings::default();
         account(&mut findings, &workload, after, &inbox, &dead);
-        compare_runs(&mut findings, &workload, after, &inbox, &runs);
+        compare_without_retention(&mut findings, &workload, after, &inbox, &runs);
         check_closed(&mut findings, after);
         assert_eq!(
             figures(&findings),
@@ -773,7 +1079,7 @@ mod tests {
         // Changed afterwards (a progress command applied to it): its effect differs.
         runs[i].summary_counts = json!({"total": 3});
         let mut findings = Findings::default();
-        compare_runs(&mut findings, &workload, after, &inbox, &runs);
+        compare_without_retention(&mut findings, &workload, after, &inbox, &runs);
         assert_eq!(findings.double_applied, 1, "{:?}", findings.notes);
 
         // Another type, or another code: a problem.
@@ -825,5 +1131,206 @@ mod tests {
         let mut findings = Findings::default();
         check_events(&mut findings, &runs, &events, &received);
         assert_eq!(findings.missing_events, 1 + 1 + 1, "{:?}", findings.notes);
+    }
+
+    /// The body of an event carrying `run` (only what the checks read).
+    fn event_body(run: &StoredRun) -> Vec<u8> {
+        json!({
+            "specversion": "1.0",
+            "data": {
+                "sequence": 1,
+                "run": {
+                    "id": run.id,
+                    "workspace_id": run.workspace_id,
+                    "tenant_id": run.tenant_id,
+                    "run_identity_hash": run.run_identity_hash,
+                    "status": run.status,
+                    "outcome": run.outcome,
+                    "summary_counts": run.summary_counts,
+                    "failure_summary": run.failure_summary,
+                    "failure_overflow": {},
+                    "completed_at": run.completed_at,
+                }
+            }
+        })
+        .to_string()
+        .into_bytes()
+    }
+
+    /// Run `r`'s event number `sequence`, id `n`, received with `body`.
+    fn receive(received: &Received, n: u128, run_id: i64, sequence: i64, body: &[u8]) {
+        let id = uuid::Uuid::from_u128(n).to_string();
+        received.record_event(&id, run_id, sequence, body);
+        received
+            .arrivals
+            .lock()
+            .unwrap()
+            .insert(id, vec![tokio::time::Instant::now()]);
+    }
+
+    /// Every run but `except` has one event, number 1, stored and received.
+    fn one_event_each(
+        runs: &[StoredRun],
+        except: &[i64],
+        received: &Received,
+    ) -> Vec<(uuid::Uuid, i64, i64)> {
+        runs.iter()
+            .filter(|r| !except.contains(&r.id))
+            .map(|r| {
+                let n = 1_000_000 + r.id as u128;
+                receive(received, n, r.id, 1, &event_body(r));
+                (uuid::Uuid::from_u128(n), r.id, 1)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_sequence_that_starts_again_at_one_after_the_history_was_pruned_is_missing() {
+        let (workload, _, _, _) = perfect();
+        let runs = stored_runs(&workload);
+        let received = Received::default();
+        let mut events = one_event_each(&runs, &[1], &received);
+        let body = event_body(&runs[0]);
+        // Run 1: 1, 2, 3 published and received, then pruned; a late count numbered 1 again.
+        for sequence in 1..=3 {
+            receive(&received, sequence as u128, 1, sequence, &body);
+        }
+        receive(&received, 9, 1, 1, &body);
+        events.push((uuid::Uuid::from_u128(9), 1, 1));
+        let mut findings = Findings::default();
+        check_events(&mut findings, &runs, &events, &received);
+        assert_eq!(findings.missing_events, 1, "{:?}", findings.notes);
+        assert!(
+            findings.notes.iter().any(|n| n.contains("restarted")),
+            "{:?}",
+            findings.notes
+        );
+    }
+
+    #[test]
+    fn a_pruned_history_is_not_missing_but_a_number_no_event_ever_carried_is() {
+        let (workload, _, _, _) = perfect();
+        let runs = stored_runs(&workload);
+        let received = Received::default();
+        let mut events = one_event_each(&runs, &[1, 2], &received);
+        // Run 1: 1..=5 received, 1..=3 pruned: nothing missing.
+        let body = event_body(&runs[0]);
+        for sequence in 1..=5 {
+            receive(&received, 10 + sequence as u128, 1, sequence, &body);
+        }
+        events.push((uuid::Uuid::from_u128(14), 1, 4));
+        events.push((uuid::Uuid::from_u128(15), 1, 5));
+        // Run 2: 1 and 2 received and pruned, then 4: number 3 skipped.
+        let body = event_body(&runs[1]);
+        for sequence in [1, 2, 4] {
+            receive(&received, 20 + sequence as u128, 2, sequence, &body);
+        }
+        events.push((uuid::Uuid::from_u128(24), 2, 4));
+        let mut findings = Findings::default();
+        check_events(&mut findings, &runs, &events, &received);
+        assert_eq!(findings.missing_events, 1, "{:?}", findings.notes);
+        assert!(findings.notes[0].contains("run 2"), "{:?}", findings.notes);
+        assert!(findings.problems.is_empty(), "{:?}", findings.problems);
+    }
+
+    #[test]
+    fn a_run_whose_latest_event_lacks_its_stored_state_is_missing_an_event() {
+        let (workload, _, _, _) = perfect();
+        let mut runs = stored_runs(&workload);
+        let received = Received::default();
+        let events = one_event_each(&runs, &[], &received);
+        let mut findings = Findings::default();
+        check_events(&mut findings, &runs, &events, &received);
+        assert_eq!(findings.missing_events, 0, "{:?}", findings.notes);
+
+        // A late count applied to run 1, whose event never came.
+        runs[0].summary_counts = json!({"total": 999});
+        let mut findings = Findings::default();
+        check_events(&mut findings, &runs, &events, &received);
+        assert_eq!(findings.missing_events, 1, "{:?}", findings.notes);
+    }
+
+    #[test]
+    fn a_run_deleted_by_retention_is_checked_on_its_latest_event_and_only_retention_may_delete_it()
+    {
+        let (workload, run_ids, inbox, _) = perfect();
+        let (none, closed) = (HashSet::new(), HashMap::new());
+        let after = after(&run_ids, &none, &closed);
+        let received = Received::default();
+        let mut runs = stored_runs(&workload);
+        let deleted = runs.remove(0);
+        receive(&received, 1, deleted.id, 7, &event_body(&deleted));
+        let compare = |runs: &[StoredRun], retention: Option<Duration>| {
+            let mut runs: Vec<StoredRun> = runs
+                .iter()
+                .map(|r| {
+                    StoredRun::from_event_body(&event_body(r))
+                        .map(|mut r| {
+                            r.from_event = false;
+                            r
+                        })
+                        .unwrap()
+                })
+                .collect();
+            let mut findings = Findings::default();
+            add_deleted_runs(&mut findings, &mut runs, &received);
+            compare_runs(
+                &mut findings,
+                &workload,
+                after,
+                &inbox,
+                &runs,
+                retention,
+                Utc::now(),
+            );
+            (findings.double_applied, findings.problems.len())
+        };
+        let retention = Some(Duration::from_secs(45));
+        assert_eq!(
+            compare(&runs, retention),
+            (0, 0),
+            "completed 5 minutes ago, kept 45 s"
+        );
+        assert_eq!(
+            compare(&runs, None),
+            (1, 0),
+            "no run retention deletes nothing"
+        );
+        assert_eq!(
+            compare(&runs, Some(Duration::from_secs(600))),
+            (1, 0),
+            "not due yet"
+        );
+
+        // Its latest event shows a count applied twice.
+        let mut doubled = StoredRun::from_event_body(&event_body(&deleted)).unwrap();
+        doubled.summary_counts = json!({"total": 100_000});
+        receive(&received, 2, deleted.id, 8, &event_body(&doubled));
+        assert_eq!(compare(&runs, retention), (1, 0));
+    }
+
+    #[test]
+    fn a_run_deleted_before_the_identities_are_resolved_is_found_by_its_latest_event() {
+        let (workload, _, _, _) = perfect();
+        let mut runs = stored_runs(&workload);
+        runs[0].outcome = "failed".into();
+        runs[0].failure_summary = json!([{"code": "dispatch.rejected", "message": "refused"}]);
+        let received = Received::default();
+        receive(&received, 1, runs[0].id, 2, &event_body(&runs[0]));
+        receive(&received, 2, runs[1].id, 1, &event_body(&runs[1]));
+        let rows = HashSet::from([runs[1].id]);
+        let deleted = deleted_runs(&received, &rows);
+        assert_eq!(deleted.len(), 1);
+        let (id, key, closed) = &deleted[0];
+        assert_eq!(*id, runs[0].id);
+        assert_eq!(
+            key,
+            &(
+                runs[0].workspace_id,
+                runs[0].tenant_id,
+                runs[0].run_identity_hash.clone()
+            )
+        );
+        assert_eq!(closed.as_ref().unwrap().codes, ["dispatch.rejected"]);
     }
 }

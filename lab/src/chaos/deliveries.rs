@@ -17,7 +17,8 @@
 //!   restart.
 //!
 //! An event with an extra copy no disruption excuses counts once in the figure; a relay that
-//! republishes a round over and over (issue 9 item 1) counts every event of it.
+//! republishes a round over and over (a relay that never marks what was confirmed) counts every
+//! event of it.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -206,7 +207,7 @@ mod tests {
 
     #[test]
     fn a_republishing_relay_is_not_excused_by_the_disruption_it_started_near() {
-        // The same round republished every 15 s (issue 9 item 1), once near a kill.
+        // The same round republished every 15 s, once near a kill.
         let base = Instant::now();
         let kill = disruption(base, DisruptionKind::Kill, 20.0, 20.0);
         let times: Vec<f64> = (0..30).map(|k| 15.0 + 15.0 * k as f64).collect();

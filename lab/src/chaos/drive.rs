@@ -2,15 +2,20 @@
 //! executor queue refuses one type's jobs meanwhile, see [`super::executors`]) and waits for
 //! them and for every job to be handed off, then resolves each identity's run from the database
 //! (replies die with a killed service; the identity hash does not) and notes the runs the
-//! service already completed itself; phase 2 publishes the progress of the others. Publishing is
-//! paced by the service's progress. Then quiescence, and the checks.
+//! service already completed itself; phase 2 publishes the progress of the others (late
+//! progress [`LATE_DELAY`] after each run's completion, and with the `viewers` injection
+//! readers of a large run meanwhile, see [`super::viewers`]). Publishing is paced by the
+//! service's progress. Then quiescence, and the checks.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use rand::rngs::StdRng;
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use super::check::{self, AfterDispatch, Findings};
 use super::executors::{self, ClosedByService};
@@ -18,9 +23,11 @@ use super::injections::{Injection, Injections};
 use super::progress::Progress;
 use super::publisher::ReliablePublisher;
 use super::quiescence::{self, BrokerProbe, Expected};
+use super::retention::LATE_DELAY;
 use super::sandbox::Sandbox;
 use super::subscriber::Received;
-use super::workload::{Message, Workload};
+use super::viewers::{self, ViewerReport, ViewerTarget};
+use super::workload::{LateGroup, Message, Workload, HELD_FOREVER_TYPE};
 use crate::LabError;
 use operation_runs::config::Config;
 
@@ -40,12 +47,16 @@ const CHUNK: usize = 250;
 /// What the flags set beyond the workload.
 #[derive(Debug, Clone, Copy)]
 pub struct Setting<'a> {
-    /// The injections of issue 9 that are on.
+    /// The injections that are on.
     pub injections: &'a Injections,
     /// How long the rejecting executor queue stays (with `reject-jobs`).
     pub reject_for: Duration,
     /// Everything, checks included, must be done by then.
     pub deadline: Instant,
+    /// The service's `--run-retention`, when it deletes completed runs (`retention`).
+    pub run_retention: Option<Duration>,
+    /// The primary's run viewer and the secret of its tokens (`viewers`).
+    pub viewer: Option<(SocketAddr, &'a str)>,
 }
 
 /// Each identity's run, as found after the dispatches.
@@ -84,6 +95,20 @@ pub struct Run<'a> {
     sent_fresh: u64,
     /// What went wrong without stopping the run.
     problems: Vec<String>,
+    run_retention: Option<Duration>,
+    viewer: Option<(SocketAddr, &'a str)>,
+    /// The viewers' readers while they read, and what ends them.
+    viewers: Option<(CancellationToken, JoinHandle<ViewerReport>)>,
+    /// What the viewers' readers saw, once they are done.
+    viewer_report: Option<ViewerReport>,
+}
+
+impl Drop for Run<'_> {
+    fn drop(&mut self) {
+        if let Some((stop, _)) = &self.viewers {
+            stop.cancel();
+        }
+    }
 }
 
 impl<'a> Run<'a> {
@@ -107,7 +132,16 @@ impl<'a> Run<'a> {
             reject_for: setting.reject_for,
             sent_fresh: 0,
             problems: Vec::new(),
+            run_retention: setting.run_retention,
+            viewer: setting.viewer,
+            viewers: None,
+            viewer_report: None,
         }
+    }
+
+    /// What the viewers' readers saw (with the `viewers` injection, once the run is checked).
+    pub fn take_viewer_report(&mut self) -> Option<ViewerReport> {
+        self.viewer_report.take()
     }
 
     /// What went wrong without stopping the run (a wait that timed out).
@@ -177,10 +211,19 @@ impl<'a> Run<'a> {
                 "jobs were still waiting to be handed off {HAND_OFF_WAIT:?} after the dispatches (and the rejecting queue) were done"
             ));
         }
-        let by_identity = read_with_retry("reading the runs", self.deadline, || {
+        let mut by_identity = read_with_retry("reading the runs", self.deadline, || {
             check::runs_by_identity(pool)
         })
         .await?;
+        // A run the service completed itself may be deleted by run retention already: its
+        // latest event still tells its identity and how it ended.
+        let rows: HashSet<i64> = by_identity.values().flatten().copied().collect();
+        let deleted = check::deleted_runs(self.received, &rows);
+        for (run_id, key, _) in &deleted {
+            let runs = by_identity.entry(key.clone()).or_default();
+            runs.push(*run_id);
+            runs.sort_unstable();
+        }
         let mut resolved = Resolved::default();
         for (i, identity) in self.workload.identities.iter().enumerate() {
             let key = (
@@ -194,10 +237,15 @@ impl<'a> Run<'a> {
             }
             resolved.run_ids.push(runs.first().copied());
         }
-        let completed = read_with_retry("reading the completed runs", self.deadline, || {
+        let mut completed = read_with_retry("reading the completed runs", self.deadline, || {
             executors::completed_runs(pool)
         })
         .await?;
+        completed.extend(
+            deleted
+                .into_iter()
+                .filter_map(|(run_id, _, closed)| Some((run_id, closed?))),
+        );
         for (i, run_id) in resolved.run_ids.iter().enumerate() {
             if let Some(closed) = run_id.and_then(|id| completed.get(&id)) {
                 resolved.closed.insert(i, closed.clone());
@@ -243,8 +291,123 @@ impl<'a> Run<'a> {
             .map(|(i, id)| id.filter(|_| !resolved.closed.contains_key(&i)))
             .collect();
         let messages = self.workload.progress_messages(&open, rng);
-        eprintln!("chaos: phase 2: {} progress messages", messages.len());
-        self.publish(publisher, &messages).await
+        let late = self.workload.late_messages(&open, rng);
+        eprintln!(
+            "chaos: phase 2: {} progress messages, and {} late ones for {} completed runs",
+            messages.len(),
+            late.iter().map(|g| g.messages.len()).sum::<usize>(),
+            late.len()
+        );
+        self.start_viewers(&open);
+        self.publish_with_late(publisher, &messages, late).await
+    }
+
+    /// With the `viewers` injection, starts the readers of the large run (the flooded one, else
+    /// the one held for ever with the most steps: run retention never deletes it) if it has an
+    /// id.
+    fn start_viewers(&mut self, open: &[Option<i64>]) {
+        let Some((addr, secret)) = self.viewer else {
+            return;
+        };
+        let runs = &self.workload.runs;
+        let identities = &self.workload.identities;
+        let large = runs.iter().position(|r| r.flood).or_else(|| {
+            (0..runs.len())
+                .filter(|i| open[*i].is_some() && identities[*i].run_type == HELD_FOREVER_TYPE)
+                .max_by_key(|i| runs[*i].steps.len())
+        });
+        let Some((i, run_id)) = large.and_then(|i| open[i].map(|id| (i, id))) else {
+            self.problems
+                .push("viewers: the large run has no id; nothing was read".into());
+            return;
+        };
+        let identity = &self.workload.identities[i];
+        let target = match ViewerTarget::new(
+            format!("http://{addr}"),
+            secret,
+            run_id,
+            identity.workspace_id,
+            identity.tenant_id,
+        ) {
+            Ok(target) => target,
+            Err(e) => {
+                self.problems
+                    .push(format!("viewers: cannot mint a token: {e}"));
+                return;
+            }
+        };
+        eprintln!(
+            "chaos: viewers: {} pagers and {} live streams on run {run_id} ({} steps)",
+            viewers::PAGERS,
+            viewers::STREAMS,
+            runs[i].steps.len()
+        );
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(viewers::read(
+            target,
+            self.sandbox.pool.clone(),
+            stop.clone(),
+        ));
+        self.viewers = Some((stop, task));
+    }
+
+    /// Stops the viewers' readers, if they read, and keeps their report.
+    async fn stop_viewers(&mut self) {
+        let Some((stop, task)) = self.viewers.take() else {
+            return;
+        };
+        stop.cancel();
+        match task.await {
+            Ok(report) => {
+                eprintln!("chaos: {report}");
+                if !report.examples.is_empty() {
+                    eprintln!("chaos: viewers: e.g. {}", report.examples.join("; "));
+                }
+                self.problems.extend(report.problems());
+                self.viewer_report = Some(report);
+            }
+            Err(e) => self
+                .problems
+                .push(format!("viewers: the readers failed: {e}")),
+        }
+    }
+
+    /// Publishes `messages` as [`Self::publish`] does, and each late group [`LATE_DELAY`] after
+    /// the chunk with its run's completion was published (the rest at the end, when due).
+    async fn publish_with_late(
+        &mut self,
+        publisher: &mut ReliablePublisher,
+        messages: &[Message],
+        late: Vec<LateGroup>,
+    ) -> Result<(), LabError> {
+        let mut waiting: HashMap<String, Vec<Message>> =
+            late.into_iter().map(|g| (g.after, g.messages)).collect();
+        let mut due: VecDeque<(Instant, Vec<Message>)> = VecDeque::new();
+        for chunk in messages.chunks(CHUNK) {
+            let now = Instant::now();
+            let mut ready = Vec::new();
+            while due.front().is_some_and(|(at, _)| *at <= now) {
+                ready.extend(due.pop_front().expect("just looked").1);
+            }
+            if !ready.is_empty() {
+                self.publish(publisher, &ready).await?;
+            }
+            self.publish(publisher, chunk).await?;
+            let at = Instant::now() + LATE_DELAY;
+            for message in chunk.iter().filter(|m| m.fresh) {
+                if let Some(group) = waiting.remove(&message.message_id) {
+                    due.push_back((at, group));
+                }
+            }
+        }
+        // A completion never published (none should be) lets its late group go last.
+        let at = Instant::now() + LATE_DELAY;
+        due.extend(waiting.into_values().map(|group| (at, group)));
+        while let Some((at, group)) = due.pop_front() {
+            tokio::time::sleep_until(at.min(self.deadline)).await;
+            self.publish(publisher, &group).await?;
+        }
+        Ok(())
     }
 
     /// Waits for quiescence (up to the deadline), then reads the dead letters and checks.
@@ -271,6 +434,7 @@ impl<'a> Run<'a> {
                 .iter()
                 .map(|b| b.command_id.clone())
                 .collect(),
+            subscriber_queue: self.sandbox.subscriber_queue.clone(),
         };
         let mut probe =
             BrokerProbe::new(&self.config.amqp_url_list(), self.sandbox.topology.clone());
@@ -289,6 +453,7 @@ impl<'a> Run<'a> {
                 open.join("; ")
             ));
         }
+        self.stop_viewers().await;
         eprintln!("chaos: checking");
         let read_until = self.deadline.max(Instant::now() + READ_GRACE);
         let dead_letters = loop {
@@ -302,8 +467,16 @@ impl<'a> Run<'a> {
             }
         };
         probe.close().await;
+        let run_retention = self.run_retention;
         read_with_retry("checking", read_until, || {
-            check::evaluate(pool, self.workload, after, &dead_letters, self.received)
+            check::evaluate(
+                pool,
+                self.workload,
+                after,
+                &dead_letters,
+                self.received,
+                run_retention,
+            )
         })
         .await
     }

@@ -1,4 +1,4 @@
-//! The executor side of a chaos run (issue 9): the service hands every new run's job to `N.jobs`,
+//! The executor side of a chaos run: the service hands every new run's job to `N.jobs`,
 //! where `N.chaos.executor` (see [`super::sandbox`]) takes every job for the whole run. For the
 //! `reject-jobs` injection a second queue, bound for [`REJECTED_TYPE`] only, holds one message
 //! and refuses the rest (`x-overflow: reject-publish`: the broker nacks the publish although the
@@ -35,7 +35,7 @@ pub async fn bind_rejecting_queue(
     topology: &Topology,
     queue: &str,
 ) -> Result<(), BrokerError> {
-    let connection = connect(amqp_url, "oprun chaos rejecting executor").await?;
+    let connection = connect(amqp_url, "oprun-lab chaos rejecting executor").await?;
     let channel = connection.create_channel().await?;
     let mut args = FieldTable::default();
     args.insert(
@@ -73,7 +73,7 @@ pub async fn delete_rejecting_queue(
 ) -> Result<(), BrokerError> {
     loop {
         let result = async {
-            let connection = connect(amqp_url, "oprun chaos rejecting executor").await?;
+            let connection = connect(amqp_url, "oprun-lab chaos rejecting executor").await?;
             let channel = connection.create_channel().await?;
             channel
                 .queue_delete(queue.into(), QueueDeleteOptions::default())

@@ -9,7 +9,7 @@
 //! the node leading the commands queue, started again after one to four seconds (at 15%..50%). Faults are spread over 4%..85% of the workload, so each
 //! lands on a service with work in hand.
 //!
-//! Issue 9 adds, each when its injection is on: the dead-letter queue unbound for five to ten
+//! The injections add, each when it is on: the dead-letter queue unbound for five to ten
 //! seconds (at 25%..50%), and [`idle::CONNECTIONS`] idle connections to the primary's
 //! `/metrics` address (at 20%..45%, held in the background for up to [`idle::HOLD`]).
 //! Every SIGKILL and restart is logged as a [`Disruption`], to which duplicate deliveries

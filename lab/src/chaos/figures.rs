@@ -1,6 +1,6 @@
 //! The closing line: `chaos: commands=N kills=K broker_restarts=B db_restarts=D lost=0
-//! double_applied=0 duplicate_runs=0 missing_events=0 duplicate_deliveries=0 seconds=S`; a
-//! `--cluster` run adds `broker_node_kills=K` after `db_restarts`.
+//! double_applied=0 duplicate_runs=0 missing_events=0 duplicate_deliveries=0 viewer_gaps=0
+//! seconds=S`; a `--cluster` run adds `broker_node_kills=K` after `db_restarts`.
 
 use std::fmt;
 
@@ -28,6 +28,9 @@ pub struct Figures {
     /// Event ids received more than once without a SIGKILL or restart to explain it (see
     /// [`super::deliveries`]).
     pub duplicate_deliveries: u64,
+    /// Sequences the viewers' readers got out of order or skipped while still stored (see
+    /// [`super::viewers`]; 0 without the `viewers` injection).
+    pub viewer_gaps: u64,
     /// Wall time of the run.
     pub seconds: u64,
 }
@@ -41,6 +44,7 @@ impl Figures {
             && self.duplicate_runs == 0
             && self.missing_events == 0
             && self.duplicate_deliveries == 0
+            && self.viewer_gaps == 0
     }
 }
 
@@ -56,12 +60,13 @@ impl fmt::Display for Figures {
         }
         write!(
             f,
-            "lost={} double_applied={} duplicate_runs={} missing_events={} duplicate_deliveries={} seconds={}",
+            "lost={} double_applied={} duplicate_runs={} missing_events={} duplicate_deliveries={} viewer_gaps={} seconds={}",
             self.lost,
             self.double_applied,
             self.duplicate_runs,
             self.missing_events,
             self.duplicate_deliveries,
+            self.viewer_gaps,
             self.seconds
         )
     }
@@ -84,11 +89,12 @@ mod tests {
             duplicate_runs: 0,
             missing_events: 0,
             duplicate_deliveries: 0,
+            viewer_gaps: 0,
             seconds: 118,
         };
         assert_eq!(
             figures.to_string(),
-            "chaos: commands=20007 kills=4 broker_restarts=1 db_restarts=1 lost=0 double_applied=0 duplicate_runs=0 missing_events=0 duplicate_deliveries=0 seconds=118"
+            "chaos: commands=20007 kills=4 broker_restarts=1 db_restarts=1 lost=0 double_applied=0 duplicate_runs=0 missing_events=0 duplicate_deliveries=0 viewer_gaps=0 seconds=118"
         );
         assert!(figures.all_zero());
         assert_eq!(
@@ -98,7 +104,7 @@ mod tests {
                 ..figures.clone()
             }
             .to_string(),
-            "chaos: commands=20007 kills=4 broker_restarts=0 db_restarts=1 broker_node_kills=1 lost=0 double_applied=0 duplicate_runs=0 missing_events=0 duplicate_deliveries=0 seconds=118"
+            "chaos: commands=20007 kills=4 broker_restarts=0 db_restarts=1 broker_node_kills=1 lost=0 double_applied=0 duplicate_runs=0 missing_events=0 duplicate_deliveries=0 viewer_gaps=0 seconds=118"
         );
         assert!(!Figures {
             lost: 1,
@@ -107,6 +113,11 @@ mod tests {
         .all_zero());
         assert!(!Figures {
             duplicate_deliveries: 1,
+            ..figures.clone()
+        }
+        .all_zero());
+        assert!(!Figures {
+            viewer_gaps: 1,
             ..figures
         }
         .all_zero());

@@ -3,7 +3,9 @@
 //! a stretch. An instance that exits without being killed is a finding, not a fault.
 //!
 //! Jobs are handed off (an executor queue takes them all, see [`super::sandbox`]), and each role
-//! serves `/metrics` on a port of its own, the same across restarts.
+//! serves `/metrics` on a port of its own, the same across restarts; with the `viewers`
+//! injection the primary also serves the run viewer on a port of its own, its tokens signed
+//! with a secret the run passes in the environment (never on the command line).
 
 use std::fs::File;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
@@ -12,9 +14,19 @@ use std::process::Stdio;
 
 use tokio::process::{Child, Command};
 
-/// `serve` without the reaper (a run waiting for its progress is not stale here) and without
-/// the run viewer (instances share the host); the `--metrics-addr` of each role is added.
-const SERVE_ARGS: [&str; 5] = ["serve", "--reaper-interval-secs", "0", "--http-addr", "off"];
+/// `serve` without the reaper (a run waiting for its progress is not stale here); the
+/// `--metrics-addr` and `--http-addr` of each role and [`ServeOptions::extra_args`] are added.
+const SERVE_ARGS: [&str; 3] = ["serve", "--reaper-interval-secs", "0"];
+
+/// What the injections change in every `serve` of the run.
+#[derive(Debug, Clone, Default)]
+pub struct ServeOptions {
+    /// Flags added to every instance (the `retention` injection's windows).
+    pub extra_args: Vec<String>,
+    /// With the `viewers` injection: the primary serves the run viewer, its tokens signed with
+    /// this secret (`OPRUN_API_SECRET`). The second instance never does (one viewer to read).
+    pub api_secret: Option<String>,
+}
 
 /// Which instance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,6 +53,9 @@ pub struct Fleet {
     primary: Option<Instance>,
     second: Option<Instance>,
     metrics: [SocketAddr; 2],
+    /// The primary's run viewer, when on.
+    viewer: Option<SocketAddr>,
+    extra_args: Vec<String>,
     started: u32,
     /// SIGKILLs sent.
     pub kills: u32,
@@ -50,36 +65,49 @@ pub struct Fleet {
 
 impl Fleet {
     /// A fleet of `exe serve` against `database_url`, `amqp_url` and `namespace`, logging to
-    /// files in `log_dir`; each role's `/metrics` port is one the system has free now.
+    /// files in `log_dir`, as `options` say; each role's `/metrics` port (and the primary's
+    /// viewer port) is one the system has free now.
     pub fn new(
         exe: PathBuf,
         database_url: &str,
         amqp_url: &str,
         namespace: &str,
         log_dir: &Path,
+        options: ServeOptions,
     ) -> std::io::Result<Self> {
-        // Both held at once, so the two ports differ.
+        // All held at once, so the ports differ.
         let listeners = [
+            TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?,
             TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?,
             TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?,
         ];
         let metrics = [listeners[0].local_addr()?, listeners[1].local_addr()?];
+        let viewer = match options.api_secret {
+            Some(_) => Some(listeners[2].local_addr()?),
+            None => None,
+        };
+        let mut env = vec![
+            ("DATABASE_URL", database_url.to_owned()),
+            ("AMQP_URL", amqp_url.to_owned()),
+            ("OPRUN_NAMESPACE", namespace.to_owned()),
+            ("OPRUN_LOG", "warn".to_owned()),
+        ];
+        if let Some(secret) = options.api_secret {
+            env.push(("OPRUN_API_SECRET", secret));
+        }
         let mut nodes: Vec<&str> = amqp_url.split(',').collect();
         let first = 1.min(nodes.len());
         nodes.rotate_left(first);
         Ok(Self {
             second_amqp_url: nodes.join(","),
             exe,
-            env: vec![
-                ("DATABASE_URL", database_url.to_owned()),
-                ("AMQP_URL", amqp_url.to_owned()),
-                ("OPRUN_NAMESPACE", namespace.to_owned()),
-                ("OPRUN_LOG", "warn".to_owned()),
-            ],
+            env,
             log_dir: log_dir.to_owned(),
             primary: None,
             second: None,
             metrics,
+            viewer,
+            extra_args: options.extra_args,
             started: 0,
             kills: 0,
             unexpected_exits: Vec::new(),
@@ -92,6 +120,11 @@ impl Fleet {
             Role::Primary => self.metrics[0],
             Role::Second => self.metrics[1],
         }
+    }
+
+    /// The primary's run viewer, when the `viewers` injection is on (the same across restarts).
+    pub fn viewer_addr(&self) -> Option<SocketAddr> {
+        self.viewer
     }
 
     /// Starts the instance of `role` (if it is not running); returns its name.
@@ -109,10 +142,17 @@ impl Fleet {
             self.started
         );
         let log = File::create(self.log_dir.join(format!("{name}.log")))?;
+        let http_addr = match (role, self.viewer) {
+            (Role::Primary, Some(addr)) => addr.to_string(),
+            _ => "off".to_owned(),
+        };
         let child = Command::new(&self.exe)
             .args(SERVE_ARGS)
             .arg("--metrics-addr")
             .arg(self.metrics_addr(role).to_string())
+            .arg("--http-addr")
+            .arg(http_addr)
+            .args(&self.extra_args)
             .envs(self.env.iter().map(|(k, v)| (*k, v.as_str())))
             .envs((role == Role::Second).then_some(("AMQP_URL", self.second_amqp_url.as_str())))
             .stdin(Stdio::null())

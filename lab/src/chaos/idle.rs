@@ -1,4 +1,4 @@
-//! The `idle-connections` injection (issue 9 item 9): [`CONNECTIONS`] TCP connections to the
+//! The `idle-connections` injection: [`CONNECTIONS`] TCP connections to the
 //! primary's `/metrics` address that never send a byte, held while the service works. The
 //! service must keep answering (a fresh `GET /healthz` is tried every [`PROBE_EVERY`]) and must
 //! close idle connections itself (within 30 s of accepting them; with a connection cap the

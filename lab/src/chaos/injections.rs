@@ -1,11 +1,11 @@
-//! The injections of issue 9, each switchable (`--without a,b`), all on by default: hostile
-//! input and operator mistakes, on top of the crash faults of [`super::faults`] (which always
-//! run).
+//! The injections, each switchable (`--without a,b`), all on by default: hostile input,
+//! operator mistakes, short retention, late progress and viewer readers, on top of the crash
+//! faults of [`super::faults`] (which always run).
 
 use std::collections::BTreeSet;
 use std::fmt;
 
-/// One injection of issue 9.
+/// One injection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, clap::ValueEnum)]
 pub enum Injection {
     /// An executor queue bound to `N.jobs` for one run type with `x-max-length: 1` and
@@ -23,11 +23,23 @@ pub enum Injection {
     FailureFlood,
     /// 300 idle TCP connections to the primary's `/metrics` address, held while it works.
     IdleConnections,
+    /// `serve` prunes on a short window while it works: events after
+    /// [`super::retention::EVENT_RETENTION`], completed runs after
+    /// [`super::retention::RUN_RETENTION`], a pass every [`super::retention::PRUNE_INTERVAL`].
+    Retention,
+    /// Some completed runs get `increment_summary_counts` and `append_failures` after their
+    /// completion, [`super::retention::LATE_DELAY`] later (applied: their effect and their
+    /// events are expected).
+    LateProgress,
+    /// The primary's run viewer is on: paging readers of `GET /v1/runs/{id}/events` and live
+    /// streams of `GET /v1/runs/{id}/live` on a large run during the workload, each checking
+    /// that sequences arrive increasing and without a gap (see [`super::viewers`]).
+    Viewers,
 }
 
 impl Injection {
     /// Every injection, in the order the README lists them.
-    pub const ALL: [Injection; 7] = [
+    pub const ALL: [Injection; 10] = [
         Self::RejectJobs,
         Self::DlqUnbind,
         Self::Oversized,
@@ -35,6 +47,9 @@ impl Injection {
         Self::DuplicateKeys,
         Self::FailureFlood,
         Self::IdleConnections,
+        Self::Retention,
+        Self::LateProgress,
+        Self::Viewers,
     ];
 
     /// The flag value.
@@ -47,6 +62,9 @@ impl Injection {
             Self::DuplicateKeys => "duplicate-keys",
             Self::FailureFlood => "failure-flood",
             Self::IdleConnections => "idle-connections",
+            Self::Retention => "retention",
+            Self::LateProgress => "late-progress",
+            Self::Viewers => "viewers",
         }
     }
 }
@@ -70,7 +88,7 @@ impl Injections {
         all
     }
 
-    /// None of them (the crash faults only, as before issue 9).
+    /// None of them (the crash faults only).
     #[cfg(test)]
     pub fn none() -> Self {
         Self(BTreeSet::new())
@@ -106,6 +124,6 @@ mod tests {
         let some = Injections::without(&[Injection::FailureFlood, Injection::Nul]);
         assert!(!some.has(Injection::FailureFlood) && !some.has(Injection::Nul));
         assert!(some.has(Injection::RejectJobs) && some.has(Injection::IdleConnections));
-        assert_eq!(Injections::all().to_string().split(',').count(), 7);
+        assert_eq!(Injections::all().to_string().split(',').count(), 10);
     }
 }

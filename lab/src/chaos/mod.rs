@@ -1,8 +1,10 @@
-//! `oprun chaos`: the fault-injection run (issues 5 and 9). Against the local broker and
-//! database, in a namespace and database of its own, it publishes a seeded workload while
-//! killing the service, restarting the broker and the database, running a second instance and
-//! injecting hostile input and operator mistakes, then checks that nothing was lost, applied
-//! twice, duplicated, left unpublished or delivered twice without cause.
+//! `oprun-lab chaos`: the fault-injection run. On a broker and a database of its own (private
+//! instances, see [`infra`]), in a namespace and database of its own, it publishes a seeded
+//! workload while killing the service, restarting the broker and the database, running a second
+//! instance, injecting hostile input and operator mistakes, pruning on a short window, sending
+//! progress to completed runs and reading a large run through the viewer, then checks that
+//! nothing was lost, applied twice, duplicated, left unpublished, numbered out of order or
+//! delivered twice without cause.
 //!
 //! Reading order:
 //!
@@ -21,9 +23,11 @@
 //! - [`quiescence`]: waiting until everything has settled, with a deadline.
 //! - [`check`]: the checks behind the closing figures; [`deliveries`]: which duplicate
 //!   deliveries a disruption explains.
-//! - Issue 9's injections, each switchable ([`injections`]): [`executors`] (a queue refusing
-//!   one type's jobs), [`unbinding`] (the DLQ unbound), [`idle`] (idle HTTP connections); the
-//!   bursts of bad messages and the failure flood are part of the workload.
+//! - The injections, each switchable ([`injections`]): [`executors`] (a queue refusing one
+//!   type's jobs), [`unbinding`] (the DLQ unbound), [`idle`] (idle HTTP connections),
+//!   [`retention`] (the service prunes on a short window), [`viewers`] (readers and live
+//!   streams of a large run); the bursts of bad messages, the failure flood and the late
+//!   progress on completed runs are part of the workload.
 
 pub mod bad_messages;
 pub mod check;
@@ -40,12 +44,14 @@ pub mod injections;
 pub mod progress;
 pub mod publisher;
 pub mod quiescence;
+pub mod retention;
 pub mod sandbox;
 pub mod scenario;
 pub mod shuffled_json;
 pub mod steps;
 pub mod subscriber;
 pub mod unbinding;
+pub mod viewers;
 pub mod workload;
 
 pub use scenario::ChaosArgs;

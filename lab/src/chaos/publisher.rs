@@ -131,7 +131,7 @@ impl ReliablePublisher {
         if let Some((_, publisher)) = &self.link {
             return Ok(publisher.clone());
         }
-        let connection = connect(&self.amqp_url, "oprun chaos publisher").await?;
+        let connection = connect(&self.amqp_url, "oprun-lab chaos publisher").await?;
         let publisher = ConfirmPublisher::open(&connection).await?;
         self.link = Some((connection, publisher.clone()));
         Ok(publisher)

@@ -1,6 +1,7 @@
 //! Waiting until the system has settled: every fault injected, every good command id in the
 //! inbox, every bad one dead-lettered, the commands queue drained, the outbox published, and
-//! every stored event received by the subscriber. Bounded by a deadline: when it passes, the
+//! every stored event received by the subscriber, its queue drained too (events pruned since
+//! they were published are no longer stored, but must be received all the same). Bounded by a deadline: when it passes, the
 //! conditions still open are returned and the checks report what they find.
 
 use std::collections::HashSet;
@@ -38,6 +39,8 @@ pub struct Expected {
     pub inbox: u64,
     /// Command ids the dead-letter queue must hold.
     pub dead_letters: HashSet<String>,
+    /// The subscriber's queue, which must be empty.
+    pub subscriber_queue: String,
 }
 
 /// A broker connection for looking at queues, reopened after a failure.
@@ -108,7 +111,7 @@ impl BrokerProbe {
 
     async fn connection(&mut self) -> Result<&Connection, BrokerError> {
         if self.connection.is_none() {
-            self.connection = Some(connect(&self.amqp_url, "oprun chaos probe").await?);
+            self.connection = Some(connect(&self.amqp_url, "oprun-lab chaos probe").await?);
         }
         Ok(self.connection.as_ref().expect("just connected"))
     }
@@ -199,6 +202,14 @@ async fn open_conditions(
     }
     if !open.is_empty() {
         return open;
+    }
+    match probe.depth(&expected.subscriber_queue).await {
+        Ok(0) => {}
+        Ok(n) => open.push(format!(
+            "{n} event(s) wait in {}",
+            expected.subscriber_queue
+        )),
+        Err(e) => open.push(format!("cannot look at {}: {e}", expected.subscriber_queue)),
     }
     match sqlx::query_scalar::<_, uuid::Uuid>("SELECT id FROM operation_run_events")
         .fetch_all(pool)

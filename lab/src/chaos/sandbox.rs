@@ -82,7 +82,7 @@ impl Sandbox {
         std::fs::create_dir_all(&self.log_dir)?;
         store::migrate(&self.database_url).await?;
         seed_scopes(&self.pool).await?;
-        let connection = connect(&self.amqp_url, "oprun chaos setup").await?;
+        let connection = connect(&self.amqp_url, "oprun-lab chaos setup").await?;
         let channel = connection.create_channel().await?;
         self.topology.declare(&channel).await?;
         declare_bound_queue(
@@ -132,7 +132,7 @@ impl Sandbox {
     }
 
     async fn remove_namespace(&self) -> Result<(), LabError> {
-        let connection = connect(&self.amqp_url, "oprun chaos teardown").await?;
+        let connection = connect(&self.amqp_url, "oprun-lab chaos teardown").await?;
         let channel = connection.create_channel().await?;
         // Deleting a queue that does not exist (the rejecting one, usually) succeeds.
         for queue in [

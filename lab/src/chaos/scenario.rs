@@ -16,7 +16,7 @@ use super::deliveries;
 use super::drive::{Run, Setting};
 use super::faults::{self, FaultLog, Target};
 use super::figures::Figures;
-use super::fleet::{Fleet, Role};
+use super::fleet::{Fleet, Role, ServeOptions};
 use super::infra::Infra;
 use super::injections::{Injection, Injections};
 use super::progress::Progress;
@@ -33,7 +33,7 @@ const FAULT_SEED_SALT: u64 = 0x0063_6861_6f73;
 /// How often a progress line is printed.
 const REPORT_EVERY: Duration = Duration::from_secs(10);
 
-/// Arguments of `oprun chaos`.
+/// Arguments of `oprun-lab chaos`.
 #[derive(Debug, clap::Args)]
 pub struct ChaosArgs {
     /// Commands in the workload (distinct command ids, the deliberately bad ones included).
@@ -48,7 +48,7 @@ pub struct ChaosArgs {
     #[arg(long)]
     pub keep: bool,
 
-    /// Injections of issue 9 to leave out, comma-separated (all are on by default).
+    /// Injections to leave out, comma-separated (all are on by default).
     #[arg(long, value_enum, value_delimiter = ',')]
     pub without: Vec<Injection>,
 
@@ -125,13 +125,28 @@ impl ChaosArgs {
         }
         let sandbox = Sandbox::create(config).await?;
         eprintln!("chaos: sandbox: {}", sandbox.describe());
+        let run_retention = injections
+            .has(Injection::Retention)
+            .then_some(super::retention::RUN_RETENTION);
+        let serve = ServeOptions {
+            extra_args: if injections.has(Injection::Retention) {
+                super::retention::serve_args()
+            } else {
+                Vec::new()
+            },
+            api_secret: injections
+                .has(Injection::Viewers)
+                .then(operation_runs::http::auth::random_secret),
+        };
         let setting = Setting {
             injections: &injections,
             reject_for: Duration::from_secs(self.reject_jobs_secs),
             deadline,
+            run_retention,
+            viewer: None,
         };
         let outcome = execute(
-            config, oprun, &sandbox, &workload, plan, &infra, &mut rng, setting,
+            config, oprun, &sandbox, &workload, plan, &infra, &mut rng, setting, serve,
         )
         .await;
         let outcome = match outcome {
@@ -152,8 +167,15 @@ impl ChaosArgs {
             duplicate_runs: outcome.findings.duplicate_runs,
             missing_events: outcome.findings.missing_events,
             duplicate_deliveries: outcome.duplicates.unexcused,
+            viewer_gaps: outcome.viewers.as_ref().map_or(0, |r| r.figure()),
             seconds: 0,
         };
+        if run_retention.is_some() {
+            eprintln!(
+                "chaos: retention: {} run(s) deleted (checked on their latest event), {} event(s) pruned after they were received",
+                outcome.findings.deleted_runs, outcome.findings.pruned_events
+            );
+        }
         eprintln!(
             "chaos: {} event id(s) received more than once, {} not explained by a SIGKILL or a restart; largest event {} bytes",
             outcome.duplicates.received_more_than_once,
@@ -210,6 +232,8 @@ struct Outcome {
     broker_restarts: u32,
     db_restarts: u32,
     broker_node_kills: u32,
+    /// What the viewers' readers saw (`viewers`).
+    viewers: Option<super::viewers::ViewerReport>,
 }
 
 /// Starts the service, the subscriber and the faults, drives the workload and checks; stops
@@ -223,15 +247,20 @@ async fn execute(
     plan: Vec<faults::PlannedFault>,
     infra: &Arc<Infra>,
     rng: &mut StdRng,
-    setting: Setting<'_>,
+    mut setting: Setting<'_>,
+    serve: ServeOptions,
 ) -> Result<Outcome, LabError> {
-    let fleet = Arc::new(tokio::sync::Mutex::new(Fleet::new(
+    let secret = serve.api_secret.clone();
+    let fleet = Fleet::new(
         oprun.path().to_path_buf(),
         &sandbox.database_url,
         &config.amqp_url_list(),
         sandbox.topology.namespace(),
         &sandbox.log_dir,
-    )?));
+        serve,
+    )?;
+    setting.viewer = fleet.viewer_addr().zip(secret.as_deref());
+    let fleet = Arc::new(tokio::sync::Mutex::new(fleet));
     let subscriber = Subscriber::spawn(&config.amqp_url_list(), &sandbox.subscriber_queue);
     let stop = CancellationToken::new();
     let progress = Progress::new(workload.good_count());
@@ -283,7 +312,7 @@ async fn execute(
                 r = run.drive(rng, faults_left) => r,
                 _ = interrupted.cancelled() => Err(LabError::Invalid("chaos: interrupted".into())),
             };
-            let result = result.map(|f| (f, run.take_problems()));
+            let result = result.map(|f| (f, run.take_problems(), run.take_viewer_report()));
             // The injector finishes the fault in hand (a restart is completed, not abandoned).
             stop.cancel();
             let _ = injector.await;
@@ -307,7 +336,7 @@ async fn execute(
         _ => {}
     }
 
-    let (findings, mut problems) = result?;
+    let (findings, mut problems, viewers) = result?;
     let log = std::mem::take(&mut *fault_log.lock().expect("not poisoned"));
     let duplicates = {
         let mut disruptions = log.disruptions.clone();
@@ -348,6 +377,7 @@ async fn execute(
         broker_restarts: log.broker_restarts,
         db_restarts: log.db_restarts,
         broker_node_kills: log.broker_node_kills,
+        viewers,
     })
 }
 

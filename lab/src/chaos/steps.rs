@@ -1,6 +1,7 @@
 //! Phase 2: each run's progress commands, planned (a start, 3 to 6 increments, 0 to 2 failure
-//! appends, a completion, sometimes a stale start after it) and worded for the run's id once
-//! it is known.
+//! appends, a completion, sometimes a stale start after it, and with the `late-progress`
+//! injection, for some runs held for ever, late counts and failures after all that) and worded
+//! for the run's id once it is known.
 
 use rand::rngs::StdRng;
 use rand::seq::IndexedRandom;
@@ -16,7 +17,7 @@ use operation_runs::domain::RunOutcome;
 
 /// Share of runs that also get a start report after their completion.
 const LATE_START: f64 = 0.1;
-/// `append_failures` commands of the failure flood (issue 9 item 2).
+/// `append_failures` commands of the failure flood (far past the stored failures' cap).
 pub const FLOOD_COMMANDS: usize = 300;
 /// Failure entries in each of them.
 pub const FLOOD_ENTRIES: usize = 50;
@@ -146,6 +147,27 @@ pub(super) fn plan_run(i: usize, rng: &mut StdRng) -> PlannedRun {
     PlannedRun {
         steps,
         flood: false,
+        late_from: None,
+    }
+}
+
+/// Adds 1 or 2 late commands to run `i` (after its completion and any stale start): counts
+/// and failures a slow executor reports once the run is over. They are applied (a completed run
+/// takes late counts and failures), so they are part of what the run must end up as.
+pub(super) fn add_late_progress(i: usize, run: &mut PlannedRun, rng: &mut StdRng) {
+    run.late_from = Some(run.steps.len());
+    for _ in 0..rng.random_range(1..=2) {
+        let command_id = format!("p-{i}-{}", run.steps.len());
+        let action = if rng.random_bool(0.6) {
+            StepAction::Increment(random_counts(rng))
+        } else {
+            StepAction::AppendFailures(random_failures(&command_id, rng.random_range(1..=2), rng))
+        };
+        run.steps.push(Step {
+            command_id,
+            action,
+            twice: rng.random_bool(TWICE),
+        });
     }
 }
 

@@ -1,7 +1,9 @@
 //! The event subscriber: consumes `N.chaos.subscriber` (a durable quorum queue bound to
 //! `N.events` before the first command, so it survives the broker restart and misses nothing)
 //! and remembers every event id it received, with the time of each delivery (for
-//! `duplicate_deliveries`, see [`super::deliveries`]). Manual acks after recording: a delivery
+//! `duplicate_deliveries`, see [`super::deliveries`]), the run and sequence its headers name,
+//! and each run's latest event (the whole run as of its last change: what the checks read of
+//! a run retention has deleted, see [`super::check`]). Manual acks after recording: a delivery
 //! cut off by the restart comes back. On any error it reconnects with backoff and resumes.
 
 use std::collections::HashMap;
@@ -17,11 +19,15 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use operation_runs::broker::connection::connect;
+use operation_runs::broker::headers::get_i64;
 use operation_runs::broker::BrokerError;
 use operation_runs::retry::backoff;
 
 /// Deliveries the broker may send ahead of our acks.
 pub const PREFETCH: u16 = 1000;
+/// How long the consumer may wait for a delivery before its connection is looked at, and the
+/// longest an ack may take.
+const LIVENESS: Duration = Duration::from_secs(5);
 
 /// What the subscriber has received so far.
 #[derive(Debug, Default)]
@@ -38,12 +44,31 @@ pub struct Received {
     pub reconnects: AtomicU64,
     /// When each connection started consuming.
     pub consuming_since: Mutex<Vec<Instant>>,
+    /// Every event id received, with the `run_id` and `sequence` of its headers.
+    pub sequences: Mutex<HashMap<String, (i64, i64)>>,
+    /// Per run, the highest sequence received and that event's body.
+    pub latest: Mutex<HashMap<i64, (i64, Vec<u8>)>>,
 }
 
 impl Received {
     /// How many distinct events arrived.
     pub fn distinct(&self) -> usize {
         self.arrivals.lock().expect("not poisoned").len()
+    }
+
+    /// Records event `id` of `run_id` numbered `sequence`, with its `body`.
+    pub fn record_event(&self, id: &str, run_id: i64, sequence: i64, body: &[u8]) {
+        self.sequences
+            .lock()
+            .expect("not poisoned")
+            .insert(id.to_owned(), (run_id, sequence));
+        let mut latest = self.latest.lock().expect("not poisoned");
+        match latest.get(&run_id) {
+            Some((highest, _)) if *highest >= sequence => {}
+            _ => {
+                latest.insert(run_id, (sequence, body.to_vec()));
+            }
+        }
     }
 }
 
@@ -99,7 +124,7 @@ async fn consume_forever(
         }
         let error = match result {
             Ok(()) => "the broker cancelled the consumer".to_owned(),
-            Err(e) => e.to_string(),
+            Err(e) => e,
         };
         received.reconnects.fetch_add(1, Ordering::Relaxed);
         let delay = delays.next().unwrap_or(Duration::from_secs(5));
@@ -121,12 +146,19 @@ async fn consume(
     queue: &str,
     received: &Received,
     connected: &mut bool,
-) -> Result<(), BrokerError> {
-    let connection = connect(amqp_url, "oprun chaos subscriber").await?;
-    let channel = connection.create_channel().await?;
+) -> Result<(), String> {
+    let text = |e: BrokerError| e.to_string();
+    let connection = connect(amqp_url, "oprun-lab chaos subscriber")
+        .await
+        .map_err(text)?;
+    let channel = connection
+        .create_channel()
+        .await
+        .map_err(|e| e.to_string())?;
     channel
         .basic_qos(PREFETCH, BasicQosOptions::default())
-        .await?;
+        .await
+        .map_err(|e| e.to_string())?;
     let mut consumer = channel
         .basic_consume(
             queue.into(),
@@ -134,26 +166,48 @@ async fn consume(
             BasicConsumeOptions::default(),
             FieldTable::default(),
         )
-        .await?;
+        .await
+        .map_err(|e| e.to_string())?;
     *connected = true;
     received
         .consuming_since
         .lock()
         .expect("not poisoned")
         .push(Instant::now());
-    while let Some(delivery) = consumer.next().await {
-        let delivery = delivery?;
+    loop {
+        // A connection lost during a broker restart does not always end the consumer's
+        // stream: its state is looked at while no delivery comes.
+        let next = tokio::select! {
+            next = consumer.next() => next,
+            _ = tokio::time::sleep(LIVENESS) => {
+                if connection.status().connected() && channel.status().connected() {
+                    continue;
+                }
+                return Err("the connection was lost without a word from the consumer".into());
+            }
+        };
+        let Some(delivery) = next else {
+            return Ok(());
+        };
+        let delivery = delivery.map_err(|e| e.to_string())?;
         received.deliveries.fetch_add(1, Ordering::Relaxed);
         received
             .largest_body
             .fetch_max(delivery.data.len() as u64, Ordering::Relaxed);
         match delivery.properties.message_id() {
             Some(id) => {
+                let id = id.to_string();
+                let headers = delivery.properties.headers().as_ref();
+                if let (Some(run_id), Some(sequence)) =
+                    (get_i64(headers, "run_id"), get_i64(headers, "sequence"))
+                {
+                    received.record_event(&id, run_id, sequence, &delivery.data);
+                }
                 received
                     .arrivals
                     .lock()
                     .expect("not poisoned")
-                    .entry(id.to_string())
+                    .entry(id)
                     .or_default()
                     .push(Instant::now());
             }
@@ -161,7 +215,11 @@ async fn consume(
                 received.without_id.fetch_add(1, Ordering::Relaxed);
             }
         }
-        delivery.acker.ack(BasicAckOptions::default()).await?;
+        match tokio::time::timeout(LIVENESS, delivery.acker.ack(BasicAckOptions::default())).await {
+            Ok(acked) => {
+                acked.map_err(|e| e.to_string())?;
+            }
+            Err(_) => return Err(format!("an ack took over {LIVENESS:?}")),
+        }
     }
-    Ok(())
 }

@@ -1,4 +1,4 @@
-//! The `dlq-unbind` injection (issue 9): `N.commands.dlq` unbound from `N.dlx` for a few
+//! The `dlq-unbind` injection: `N.commands.dlq` unbound from `N.dlx` for a few
 //! seconds, as an operator's mistake would leave it, then bound again. Dead letters published
 //! meanwhile must not be lost: the service publishes them `mandatory`, waits when they come back
 //! and declares its topology again (which binds the queue again before this does).
@@ -24,7 +24,7 @@ pub async fn unbind_dead_letters(
     let dlq = topology.dead_letter_queue();
     let dlx = topology.dead_letter_exchange();
     let unbind = async {
-        let connection = connect(amqp_url, "oprun chaos dlq unbinding").await?;
+        let connection = connect(amqp_url, "oprun-lab chaos dlq unbinding").await?;
         let channel = connection.create_channel().await?;
         channel
             .queue_unbind(
@@ -44,7 +44,7 @@ pub async fn unbind_dead_letters(
     let until = Instant::now() + REBIND_FOR;
     loop {
         let rebind = async {
-            let connection = connect(amqp_url, "oprun chaos dlq unbinding").await?;
+            let connection = connect(amqp_url, "oprun-lab chaos dlq unbinding").await?;
             let channel = connection.create_channel().await?;
             channel
                 .queue_bind(

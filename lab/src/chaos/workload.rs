@@ -10,9 +10,13 @@
 //! all messages are published twice with the same command id and body. A few deliberately bad
 //! messages are mixed in; they are the only ones allowed in the dead-letter queue.
 //!
-//! Issue 9 adds: identities of [`REJECTED_TYPE`] (each dispatched once, see
+//! The injections add: identities of [`REJECTED_TYPE`] (each dispatched once, see
 //! [`super::dispatches`]), whose jobs an executor queue refuses for a while; one run flooded
-//! with failures (its steps arrive as one block); bursts of bad messages (each one block).
+//! with failures (its steps arrive as one block; a run of [`HELD_FOREVER_TYPE`], so run
+//! retention never deletes the run the viewers read); bursts of bad messages (each one block);
+//! late counts and failures for [`LATE_SHARE`] of the runs of [`HELD_FOREVER_TYPE`], published
+//! apart, [`super::retention::LATE_DELAY`] after their run's completion (see
+//! [`Workload::late_messages`]).
 
 use std::collections::BTreeMap;
 
@@ -23,7 +27,7 @@ use rand::Rng;
 use super::bad_messages::bad_messages;
 use super::dispatches::{dispatch_body, dispatch_contexts, identity_for};
 use super::injections::{Injection, Injections};
-use super::steps::{add_failure_flood, plan_run, progress_message};
+use super::steps::{add_failure_flood, add_late_progress, plan_run, progress_message};
 use operation_runs::domain::{OperationRunType, RunIdentityHash, RunOutcome};
 
 /// The run type whose jobs the rejecting executor queue refuses (`--without reject-jobs` keeps
@@ -31,6 +35,12 @@ use operation_runs::domain::{OperationRunType, RunIdentityHash, RunOutcome};
 /// fails (`dispatch.rejected`) while a duplicate dispatch is still on its way would rightly get
 /// a second run, which the checks could not tell from a real duplicate.
 pub const REJECTED_TYPE: OperationRunType = OperationRunType::EntraGroupSync;
+
+/// The run type whose identities are held for ever (dedupe window `forever`): run retention
+/// never deletes its runs, so late progress always finds them.
+pub const HELD_FOREVER_TYPE: OperationRunType = OperationRunType::BackupScheduleScheduled;
+/// Share of the runs of [`HELD_FOREVER_TYPE`] that get late progress (`late-progress`).
+pub const LATE_SHARE: f64 = 0.3;
 
 /// Workspaces `1..=WORKSPACES` are seeded.
 pub const WORKSPACES: i64 = 4;
@@ -147,8 +157,33 @@ pub struct PlannedRun {
     /// The steps.
     pub steps: Vec<Step>,
     /// The run of the failure flood: its steps are published as one block, and the service may
-    /// keep only the first of its failure entries (a documented cap, issue 9 item 2).
+    /// keep only the first of its failure entries (a documented cap).
     pub flood: bool,
+    /// The index of its first late step, if it has late progress: those steps are published
+    /// apart, after the completion (see [`Workload::late_messages`]).
+    pub late_from: Option<usize>,
+}
+
+impl PlannedRun {
+    /// The steps published in the interleaved stream of phase 2 (all but the late ones).
+    pub fn on_time_steps(&self) -> &[Step] {
+        &self.steps[..self.late_from.unwrap_or(self.steps.len())]
+    }
+
+    /// The late steps.
+    pub fn late_steps(&self) -> &[Step] {
+        &self.steps[self.late_from.unwrap_or(self.steps.len())..]
+    }
+}
+
+/// The late messages of one run, to be published apart, after its completion.
+#[derive(Debug, Clone)]
+pub struct LateGroup {
+    /// The command id of the run's completion: the group is published
+    /// [`super::retention::LATE_DELAY`] after it.
+    pub after: String,
+    /// The messages, second copies right after their originals.
+    pub messages: Vec<Message>,
 }
 
 /// A message that must be dead-lettered, with the reason it must carry.
@@ -203,15 +238,29 @@ impl Workload {
                     twice: rng.random_bool(TWICE),
                 });
             }
-            let run = plan_run(i, rng);
+            let mut run = plan_run(i, rng);
+            if injections.has(Injection::LateProgress)
+                && run_type == HELD_FOREVER_TYPE
+                && rng.random_bool(LATE_SHARE)
+            {
+                add_late_progress(i, &mut run, rng);
+            }
             total += (contexts.len() + run.steps.len()) as u64;
             workload.identities.push(identity);
             workload.runs.push(run);
         }
         if injections.has(Injection::FailureFlood) {
             // Not a run of the rejected type: the service may fail those before any progress.
-            let flooded = (0..workload.identities.len())
-                .find(|i| workload.identities[*i].run_type != REJECTED_TYPE)
+            // One held for ever, if any, without late progress: the viewers read it throughout.
+            let identities = &workload.identities;
+            let flooded = (0..identities.len())
+                .find(|i| {
+                    identities[*i].run_type == HELD_FOREVER_TYPE
+                        && workload.runs[*i].late_from.is_none()
+                })
+                .or_else(|| {
+                    (0..identities.len()).find(|i| identities[*i].run_type != REJECTED_TYPE)
+                })
                 .expect("not every identity is of the rejected type");
             add_failure_flood(flooded, &mut workload.runs[flooded]);
         }
@@ -267,7 +316,7 @@ impl Workload {
             let run_id = run_ids[i].expect("only runs with ids are active");
             let message = progress_message(step, run_id, &self.identities[i], rng);
             items.push((message, step.twice));
-            if s + 1 < self.runs[i].steps.len() {
+            if s + 1 < self.runs[i].on_time_steps().len() {
                 active[k].1 += 1;
             } else {
                 active.swap_remove(k);
@@ -310,6 +359,38 @@ impl Workload {
             items.splice(at..at, block);
         }
         with_copies(items, rng)
+    }
+}
+
+impl Workload {
+    /// The late steps of every run that has an id (`run_ids[i]` for identity `i`), one group
+    /// per run, each to be published after the run's completion.
+    pub fn late_messages(&self, run_ids: &[Option<i64>], rng: &mut StdRng) -> Vec<LateGroup> {
+        let mut groups = Vec::new();
+        for (i, run) in self.runs.iter().enumerate() {
+            let (Some(run_id), false) = (run_ids[i], run.late_steps().is_empty()) else {
+                continue;
+            };
+            let after = run
+                .steps
+                .iter()
+                .find(|s| matches!(s.action, StepAction::Complete { .. }))
+                .expect("every planned run completes")
+                .command_id
+                .clone();
+            let mut messages = Vec::new();
+            for step in run.late_steps() {
+                let message = progress_message(step, run_id, &self.identities[i], rng);
+                let copy = step.twice.then(|| Message {
+                    fresh: false,
+                    ..message.clone()
+                });
+                messages.push(message);
+                messages.extend(copy);
+            }
+            groups.push(LateGroup { after, messages });
+        }
+        groups
     }
 }
 
@@ -440,8 +521,8 @@ mod tests {
         for m in &messages {
             let decoded = decode_command(&m.body, Some(&m.message_id));
             if let Some(code) = bad.get(m.message_id.as_str()) {
-                // `duplicate_key` and `invalid_string` come with the decoder fixes of issue 9;
-                // until this code base has them, only the codes it knows are checked here.
+                // Only the codes the decoder knows are checked here (`run_not_found` is
+                // decided later, by the database).
                 if *code != "run_not_found" && ErrorCode::parse(code).is_some() {
                     assert_eq!(
                         decoded.unwrap_err().code.as_str(),
@@ -461,7 +542,7 @@ mod tests {
                 assert!(previous.is_none_or(|p| p + 1 == step), "order of run {run}");
             }
         }
-        let steps: usize = w.runs.iter().map(|r| r.steps.len()).sum();
+        let steps: usize = w.runs.iter().map(|r| r.on_time_steps().len()).sum();
         assert_eq!(seen.len(), steps);
         assert!(messages.len() > steps + w.bad.len(), "some are sent twice");
     }
@@ -519,9 +600,49 @@ mod tests {
     }
 
     #[test]
+    fn late_progress_goes_only_to_runs_held_for_ever_apart_from_the_stream_after_the_completion() {
+        let w = workload(8);
+        let run_ids: Vec<Option<i64>> = (0..w.runs.len()).map(|i| Some(i as i64 + 1)).collect();
+        let late = w.late_messages(&run_ids, &mut StdRng::seed_from_u64(9));
+        assert!(!late.is_empty());
+        let with_late: Vec<usize> = (0..w.runs.len())
+            .filter(|i| !w.runs[*i].late_steps().is_empty())
+            .collect();
+        assert_eq!(late.len(), with_late.len());
+        for i in &with_late {
+            let run = &w.runs[*i];
+            assert_eq!(w.identities[*i].run_type, HELD_FOREVER_TYPE);
+            assert!(!run.flood, "the viewers' run gets no late progress");
+            let complete = run
+                .steps
+                .iter()
+                .position(|s| matches!(s.action, StepAction::Complete { .. }))
+                .unwrap();
+            assert!(run.late_from.unwrap() > complete);
+            assert!(run.late_steps().iter().all(|s| matches!(
+                s.action,
+                StepAction::Increment(_) | StepAction::AppendFailures(_)
+            )));
+        }
+        let stream = w.progress_messages(&run_ids, &mut StdRng::seed_from_u64(9));
+        for group in &late {
+            assert!(stream
+                .iter()
+                .any(|m| m.message_id == group.after && m.fresh));
+            for m in &group.messages {
+                assert!(!stream.iter().any(|s| s.message_id == m.message_id));
+                let c = decode_command(&m.body, Some(&m.message_id)).unwrap();
+                assert_eq!(c.kind.as_str(), m.routing_key);
+            }
+        }
+        let flooded = w.runs.iter().position(|r| r.flood).unwrap();
+        assert_eq!(w.identities[flooded].run_type, HELD_FOREVER_TYPE);
+    }
+
+    #[test]
     fn without_injections_there_is_no_flood_and_no_burst() {
         let w = Workload::generate(3000, &Injections::none(), &mut StdRng::seed_from_u64(1));
-        assert!(w.runs.iter().all(|r| !r.flood));
+        assert!(w.runs.iter().all(|r| !r.flood && r.late_from.is_none()));
         assert_eq!(w.bad.len(), 50);
         assert!(w.bad.iter().all(|b| b.burst.is_none()));
     }
