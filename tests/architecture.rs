@@ -533,3 +533,57 @@ fn the_link_check_finds_missing_files_and_anchors_and_ignores_code() {
         ]
     );
 }
+
+/// `text`'s lines that name where a behaviour was asked for (the word issue and a number)
+/// instead of describing it, as `file:line`.
+fn issue_mentions(relative: &str, text: &str) -> Vec<String> {
+    let pattern = regex::Regex::new(r"\b[Ii]ssues? [0-9]+").unwrap();
+    text.lines()
+        .enumerate()
+        .filter(|(_, line)| pattern.is_match(line))
+        .map(|(n, line)| format!("{relative}:{}: {}", n + 1, line.trim()))
+        .collect()
+}
+
+#[test]
+fn sources_tests_and_the_lab_describe_behaviour_not_issue_numbers() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    for dir in ["src", "tests", "lab/src", "examples"] {
+        rust_files(&root.join(dir), &mut files);
+    }
+    files.sort();
+    assert!(files.len() > 100, "found only {} sources", files.len());
+    let mentions: Vec<String> = files
+        .iter()
+        .flat_map(|file| {
+            let relative = file
+                .strip_prefix(root)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            issue_mentions(&relative, &std::fs::read_to_string(file).unwrap())
+        })
+        .collect();
+    assert!(
+        mentions.is_empty(),
+        "name the behaviour instead:\n{}",
+        mentions.join("\n")
+    );
+}
+
+#[test]
+fn the_issue_number_check_finds_a_mention_in_a_comment_and_ignores_other_numbers() {
+    // Written apart so that this file does not name an issue itself.
+    let (one, many) = ("issue", "Issues");
+    let text = format!(
+        "// the relay ({one} 9, item 2)\nlet issues = 3; // 40 issues\n//! {many} 5 and 9\n"
+    );
+    assert_eq!(
+        issue_mentions("x.rs", &text),
+        vec![
+            format!("x.rs:1: // the relay ({one} 9, item 2)"),
+            format!("x.rs:3: //! {many} 5 and 9")
+        ]
+    );
+}
