@@ -2,7 +2,7 @@
 //! that tell an operator why, and when, and where it came from.
 //!
 //! The service publishes them `mandatory` and acks the command only once the broker confirmed
-//! the dead letter as stored (see `service::handler`): a returned one (DLQ unbound or deleted)
+//! the dead letter as stored (see `service::deliveries`): a returned one (DLQ unbound or deleted)
 //! keeps the command unacked.
 //!
 //! Headers: `x-oprun-error-code`, `x-oprun-error-message`, `x-oprun-failed-at` (RFC 3339),

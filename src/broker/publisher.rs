@@ -1,5 +1,10 @@
 //! Publishing with publisher confirms on a dedicated channel: a message counts as sent only when
-//! the broker has acked it.
+//! the broker has acked it. [`publish_round`] is the one publish-and-settle round of the service
+//! (dead letters and replies of a batch, the relay's events and jobs), with the one
+//! [`CONFIRM_TIMEOUT`].
+
+use std::borrow::Cow;
+use std::time::Duration;
 
 use lapin::options::{BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::FieldTable;
@@ -7,6 +12,10 @@ use lapin::{BasicProperties, Channel, Connection, Consumer};
 use lapin::{Confirmation, PublisherConfirm};
 
 use super::BrokerError;
+
+/// How long a round waits for the broker's confirms before it gives the channel up: the
+/// unconfirmed publishes count as unanswered and the caller replaces the channel.
+pub const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A channel in confirm mode.
 #[derive(Clone)]
@@ -153,4 +162,109 @@ pub async fn confirm_all(pending: Vec<Pending>) -> Result<Vec<Confirmed>, Broker
         out.push(p.confirmed().await?);
     }
     Ok(out)
+}
+
+/// One message of a [`publish_round`].
+#[derive(Debug, Clone)]
+pub struct Outgoing<'a> {
+    /// The exchange (`""`: the default exchange, which routes by queue name).
+    pub exchange: &'a str,
+    /// The routing key.
+    pub routing_key: &'a str,
+    /// The body.
+    pub body: Cow<'a, [u8]>,
+    /// The properties (shaped by `broker::messages` or `broker::dead_letter`).
+    pub properties: BasicProperties,
+    /// Ask the broker to return the message when no queue is bound for it.
+    pub mandatory: bool,
+}
+
+impl Outgoing<'_> {
+    /// The same message, borrowing its body: what a round publishes when the caller keeps the
+    /// message for another attempt.
+    pub fn reborrow(&self) -> Outgoing<'_> {
+        Outgoing {
+            exchange: self.exchange,
+            routing_key: self.routing_key,
+            body: Cow::Borrowed(&self.body),
+            properties: self.properties.clone(),
+            mandatory: self.mandatory,
+        }
+    }
+}
+
+/// What the broker answered to one publish of a round.
+#[derive(Debug)]
+pub enum Answer {
+    /// Confirmed: routed and stored, or (mandatory and unroutable) returned.
+    Confirmed(Confirmed),
+    /// Nacked ([`BrokerError::Nacked`]): the broker refused it.
+    Nacked(BrokerError),
+    /// No answer: never started (the channel failed first) or its confirm did not arrive (a
+    /// closed channel, [`CONFIRM_TIMEOUT`]); its fate is unknown. The round's `channel_error`
+    /// says why.
+    Unanswered,
+}
+
+/// How one round ended: every item with its answer, and the first channel failure.
+#[derive(Debug)]
+pub struct Round<'i, T> {
+    /// Every item, in input order, with the broker's answer.
+    pub answers: Vec<(&'i T, Answer)>,
+    /// The first failure that is not a nack (a publish that could not start, a closed channel,
+    /// a confirm timeout): the channel should be replaced.
+    pub channel_error: Option<BrokerError>,
+}
+
+/// Publishes one message per item (pipelined, in order) and waits for every confirm until
+/// [`CONFIRM_TIMEOUT`], reporting each on its own: a nack or a failed channel does not hide the
+/// confirms that did arrive, so a caller can record what the broker took and publish only the
+/// rest again. Once a publish cannot start, the items after it are not started.
+pub async fn publish_round<'i, T>(
+    publisher: &ConfirmPublisher,
+    items: &'i [T],
+    message: impl Fn(&'i T) -> Outgoing<'i>,
+) -> Round<'i, T> {
+    let mut started = Vec::with_capacity(items.len());
+    let mut channel_error = None;
+    for item in items {
+        let m = message(item);
+        match publisher
+            .start(
+                m.exchange,
+                m.routing_key,
+                &m.body,
+                m.properties,
+                m.mandatory,
+            )
+            .await
+        {
+            Ok(pending) => started.push(pending),
+            Err(e) => {
+                channel_error = Some(e);
+                break;
+            }
+        }
+    }
+    let deadline = tokio::time::Instant::now() + CONFIRM_TIMEOUT;
+    let mut confirms = confirm_each(started, deadline).await.into_iter();
+    let answers = items
+        .iter()
+        .map(|item| {
+            let answer = match confirms.next() {
+                Some(Ok(confirmed)) => Answer::Confirmed(confirmed),
+                Some(Err(e @ BrokerError::Nacked { .. })) => Answer::Nacked(e),
+                Some(Err(e)) => {
+                    channel_error.get_or_insert(e);
+                    Answer::Unanswered
+                }
+                None => Answer::Unanswered,
+            };
+            (item, answer)
+        })
+        .collect();
+    Round {
+        answers,
+        channel_error,
+    }
 }

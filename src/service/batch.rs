@@ -1,53 +1,52 @@
-//! A batch of commands in one transaction: one commit for many commands, without letting one bad
-//! command fail the others.
+//! A batch of commands, applied: split into lanes, each lane in one transaction (one commit for
+//! many commands), without letting one bad command fail the others.
 //!
-//! Refusals are decided before any write (see [`super::apply`]), so they simply take their place
-//! in the result. Any other error aborts the transaction and goes back to the caller, whose one
-//! decision (`handler::apply_batch`) retries the batch or splits it.
+//! This is the one place that decides what happens to a message when applying fails
+//! ([`apply_batch`] matches [`ApplyError`]): retry the batch (transient), split it (an unexpected
+//! permanent database error), or dead-letter the command with its code; each failure is logged
+//! here, once, with its cause chain. Refusals are decided before any write (see
+//! [`super::apply`]), so inside a transaction they simply take their place in the result.
 //!
 //! Several instances consume one queue, so two batches may touch the same identities and runs.
 //! Each batch first takes every lock it will need, in one global order (identity locks by key,
 //! then run rows by id), so batches wait for each other instead of deadlocking; and it reads the
 //! inbox only after that, so a command another consumer just applied is seen as applied.
 
+use std::time::Duration;
+
 use sqlx::{PgConnection, PgPool};
+use tokio_util::sync::CancellationToken;
 
 use super::apply::{apply_command, ApplyContext, CommandResult};
-use super::error::ApplyError;
+use super::error::{cause_chain, ApplyError};
 use super::tx_buffer::TxBuffer;
-use crate::domain::{Command, CommandAction, Rejection, RunScope};
+use crate::domain::{Command, CommandAction, ErrorCode, Rejection, RunScope};
 
 /// The fate of one command of a batch.
 pub type BatchItem = Result<CommandResult, Rejection>;
 
-/// Applies `commands` in one transaction. A refused command takes its place in the result; any
-/// other error aborts the whole transaction.
-#[tracing::instrument(level = "debug", skip_all, fields(commands = commands.len()))]
-pub async fn apply_in_one_transaction(
+/// Applies `commands` in up to `lanes` concurrent transactions (see [`Lanes`]) and returns the
+/// results in input order. `None` when shut down first (nothing was acked, the broker will
+/// redeliver).
+pub async fn apply_in_lanes(
     pool: &PgPool,
     commands: &[&Command],
     ctx: &ApplyContext,
-) -> Result<Vec<BatchItem>, ApplyError> {
-    let mut tx = pool.begin().await?;
-    let mut buf = TxBuffer::default();
-    lock_in_order(&mut tx, &mut buf, commands, ctx).await?;
-    let ids = commands
-        .iter()
-        .filter_map(|c| c.command_id.clone())
-        .collect();
-    buf.prefetch_inbox(&mut tx, ids).await?;
-    check_scopes(&mut tx, &mut buf, commands).await?;
-    let mut results = Vec::with_capacity(commands.len());
-    for command in commands {
-        match apply_command(&mut tx, &mut buf, command, ctx).await {
-            Ok(r) => results.push(Ok(r)),
-            Err(ApplyError::DeadLetter(r)) => results.push(Err(r)),
-            Err(e) => return Err(e),
-        }
+    lanes: usize,
+    shutdown: &CancellationToken,
+) -> Option<Vec<BatchItem>> {
+    if lanes <= 1 || commands.len() < 2 {
+        return apply_batch(pool, commands, ctx, shutdown).await;
     }
-    buf.flush(&mut tx).await.map_err(ApplyError::from_flush)?;
-    tx.commit().await?;
-    Ok(results)
+    let lanes = Lanes::split(commands, ctx, lanes);
+    let applied = futures_util::future::join_all(
+        lanes
+            .groups
+            .iter()
+            .map(|g| apply_batch(pool, g, ctx, shutdown)),
+    )
+    .await;
+    Some(lanes.merge(applied.into_iter().collect::<Option<Vec<_>>>()?))
 }
 
 /// A batch split into lanes, to be applied in concurrent transactions. A command goes to the
@@ -94,6 +93,105 @@ fn lane_key(command: &Command, ctx: &ApplyContext) -> usize {
         },
         CommandAction::Progress(p) => p.run_id.unsigned_abs() as usize,
     }
+}
+
+/// Applies `commands` until every one has its fate, deciding on each failure what happens to the
+/// messages: the one match of [`ApplyError`].
+///
+/// - `Retry`: the batch is tried again after a backoff, until `shutdown` (then `None`: nothing
+///   was acked, the broker will redeliver);
+/// - `Split`: the commands are applied one per transaction, so only the one causing the error is
+///   dead-lettered (`database_rejected`);
+/// - `DeadLetter`: a command refused outside its own place in the batch (refusals are normally
+///   kept in place by [`apply_in_one_transaction`]) is dead-lettered alone, after a split.
+#[tracing::instrument(level = "debug", skip_all, fields(commands = commands.len()))]
+pub async fn apply_batch(
+    pool: &PgPool,
+    commands: &[&Command],
+    ctx: &ApplyContext,
+    shutdown: &CancellationToken,
+) -> Option<Vec<BatchItem>> {
+    if commands.is_empty() {
+        return Some(Vec::new());
+    }
+    let mut delays = crate::retry::backoff();
+    loop {
+        let attempt = tokio::select! {
+            r = apply_in_one_transaction(pool, commands, ctx) => r,
+            _ = shutdown.cancelled() => return None,
+        };
+        let error = match attempt {
+            Ok(results) => return Some(results),
+            Err(error) => error,
+        };
+        match error {
+            ApplyError::Retry(_) => {
+                let delay = delays.next().unwrap_or(Duration::from_secs(10));
+                tracing::warn!(
+                    error = %cause_chain(&error),
+                    size = commands.len(),
+                    retry_in_ms = delay.as_millis() as u64,
+                    "applying a batch failed, retrying"
+                );
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.cancelled() => return None,
+                }
+            }
+            // Logged once, as the command's dead letter (`log_outcome`).
+            ApplyError::DeadLetter(rejection) if commands.len() == 1 => {
+                return Some(vec![Err(rejection)])
+            }
+            ApplyError::Split(_) if commands.len() == 1 => {
+                return Some(vec![Err(Rejection::new(
+                    ErrorCode::DatabaseRejected,
+                    format!("the database refused the command: {}", cause_chain(&error)),
+                ))])
+            }
+            ApplyError::Split(_) | ApplyError::DeadLetter(_) => {
+                tracing::warn!(
+                    error = %cause_chain(&error),
+                    size = commands.len(),
+                    "batch failed permanently, applying its commands one by one"
+                );
+                let mut results = Vec::with_capacity(commands.len());
+                for command in commands {
+                    results.extend(Box::pin(apply_batch(pool, &[*command], ctx, shutdown)).await?);
+                }
+                return Some(results);
+            }
+        }
+    }
+}
+
+/// Applies `commands` in one transaction. A refused command takes its place in the result; any
+/// other error aborts the whole transaction and goes back to [`apply_batch`].
+#[tracing::instrument(level = "debug", skip_all, fields(commands = commands.len()))]
+pub async fn apply_in_one_transaction(
+    pool: &PgPool,
+    commands: &[&Command],
+    ctx: &ApplyContext,
+) -> Result<Vec<BatchItem>, ApplyError> {
+    let mut tx = pool.begin().await?;
+    let mut buf = TxBuffer::default();
+    lock_in_order(&mut tx, &mut buf, commands, ctx).await?;
+    let ids = commands
+        .iter()
+        .filter_map(|c| c.command_id.clone())
+        .collect();
+    buf.prefetch_inbox(&mut tx, ids).await?;
+    check_scopes(&mut tx, &mut buf, commands).await?;
+    let mut results = Vec::with_capacity(commands.len());
+    for command in commands {
+        match apply_command(&mut tx, &mut buf, command, ctx).await {
+            Ok(r) => results.push(Ok(r)),
+            Err(ApplyError::DeadLetter(r)) => results.push(Err(r)),
+            Err(e) => return Err(e),
+        }
+    }
+    buf.flush(&mut tx).await.map_err(ApplyError::from_flush)?;
+    tx.commit().await?;
+    Ok(results)
 }
 
 /// Takes the batch's identity locks (transaction-scoped advisory locks keyed by the identity

@@ -1,6 +1,6 @@
 //! The one error type of applying commands, by what happens to the message: its variants are the
 //! fates a batch can meet, decided once, where the error is made (a database error is classified
-//! transient or not as it converts), and matched in one place: `handler::apply_batch`.
+//! transient or not as it converts), and matched in one place: `batch::apply_batch`.
 //!
 //! | variant | the batch | the message |
 //! |---|---|---|

@@ -32,7 +32,9 @@ use tokio_util::sync::CancellationToken;
 use super::apply::{complete_as_failed, ApplyContext, ApplyError};
 use super::metrics::Metrics;
 use super::tx_buffer::TxBuffer;
-use crate::broker::publisher::{confirm_all, confirm_each, ConfirmPublisher, Confirmed};
+use crate::broker::publisher::{
+    confirm_all, publish_round, Answer, ConfirmPublisher, Confirmed, Outgoing,
+};
 use crate::broker::{messages, BasicProperties, BrokerError, Connection, Topology};
 use crate::domain::trace_context::{TRACEPARENT, TRACESTATE};
 use crate::domain::{Failure, RunEventType};
@@ -45,9 +47,6 @@ const EVENT_RELAY_LOCK_KEY: i64 = 0x6f70_7275_6e01;
 const JOB_RELAY_LOCK_KEY: i64 = 0x6f70_7275_6e02;
 /// Longest wait between two publishes of a nacked job.
 pub const MAX_JOB_RETRY_DELAY: Duration = Duration::from_secs(60);
-/// How long a round waits for the broker's confirms before it gives the channel up (the
-/// confirmed publishes are kept; the channel is replaced).
-const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
 /// The failure code of a run whose job the broker kept refusing.
 pub const DISPATCH_REJECTED: &str = "dispatch.rejected";
 /// The failure code of a run whose job no executor queue is bound for.
@@ -133,63 +132,6 @@ pub struct OutboxRelay {
     ctx: ApplyContext,
     settings: RelaySettings,
     metrics: Arc<Metrics>,
-}
-
-/// How each publish of a round ended, and the first channel failure if any.
-struct Settled<'a, T> {
-    /// Items whose publish the broker answered: confirmed (delivered or returned) or nacked.
-    outcomes: Vec<(&'a T, Result<Confirmed, BrokerError>)>,
-    /// The first failure that is not a nack (closed channel, confirm timeout): the items without
-    /// an outcome stay in the outbox, and the channel is replaced after the round commits.
-    channel_error: Option<BrokerError>,
-}
-
-/// One message of a round.
-struct Outgoing<'b> {
-    routing_key: &'b str,
-    body: std::borrow::Cow<'b, [u8]>,
-    properties: BasicProperties,
-}
-
-/// Publishes one message per item (pipelined, in order) to `exchange` and waits for every
-/// confirm, reporting each on its own.
-async fn publish_and_settle<'a, T>(
-    publisher: &ConfirmPublisher,
-    exchange: &str,
-    mandatory: bool,
-    items: &'a [T],
-    message: impl Fn(&'a T) -> Outgoing<'a>,
-) -> Settled<'a, T> {
-    let mut started = Vec::with_capacity(items.len());
-    let mut channel_error = None;
-    for item in items {
-        let m = message(item);
-        match publisher
-            .start(exchange, m.routing_key, &m.body, m.properties, mandatory)
-            .await
-        {
-            Ok(pending) => started.push(pending),
-            Err(e) => {
-                channel_error = Some(e);
-                break;
-            }
-        }
-    }
-    let deadline = tokio::time::Instant::now() + CONFIRM_TIMEOUT;
-    let confirms = confirm_each(started, deadline).await;
-    let mut outcomes = Vec::with_capacity(confirms.len());
-    for (item, result) in items.iter().zip(confirms) {
-        match result {
-            Err(e) if !matches!(e, BrokerError::Nacked { .. }) => {
-                channel_error.get_or_insert(e);
-            }
-            answered => outcomes.push((item, answered)),
-        }
-    }
-    Settled {
-        outcomes,
-        channel_error,
-    }
 }
 
 /// The AMQP properties of a stored event (its shape is `broker::messages`'s).
@@ -349,32 +291,31 @@ impl OutboxRelay {
             return Ok(());
         }
         let publisher = self.publisher();
-        let settled = publish_and_settle(
-            &publisher,
-            &self.topology.events_exchange(),
-            false,
-            &pending,
-            |event: &StoredEvent| Outgoing {
-                routing_key: "",
-                body: event.cloud_event.as_bytes().into(),
-                properties: event_properties(event),
-            },
-        )
+        let exchange = self.topology.events_exchange();
+        let round = publish_round(&publisher, &pending, |event: &StoredEvent| Outgoing {
+            exchange: &exchange,
+            routing_key: "",
+            body: event.cloud_event.as_bytes().into(),
+            properties: event_properties(event),
+            mandatory: false,
+        })
         .await;
-        let mut confirmed = Vec::with_capacity(settled.outcomes.len());
-        for (event, outcome) in &settled.outcomes {
-            match outcome {
-                Ok(_) => confirmed.push(event.position),
-                Err(e) => {
+        let mut confirmed = Vec::with_capacity(round.answers.len());
+        for (event, answer) in &round.answers {
+            match answer {
+                Answer::Confirmed(_) => confirmed.push(event.position),
+                Answer::Nacked(e) => {
                     report.events_nacked += 1;
                     tracing::warn!(event_id = %event.id, run_id = event.run_id, error = %e, "the broker nacked an event; it stays in the outbox");
                 }
+                // Stays in the outbox; the channel is replaced after the round.
+                Answer::Unanswered => {}
             }
         }
         events::mark_published(&mut *conn, &confirmed).await?;
         report.events += confirmed.len();
-        self.count_completions(&settled.outcomes);
-        match settled.channel_error {
+        self.count_completions(&round.answers);
+        match round.channel_error {
             Some(e) => Err(e.into()),
             None => Ok(()),
         }
@@ -406,33 +347,32 @@ impl OutboxRelay {
             return Ok(());
         }
         let publisher = self.publisher();
-        let settled = publish_and_settle(
-            &publisher,
-            &self.topology.jobs_exchange(),
-            true,
-            &pending,
-            |job: &jobs::StoredJob| Outgoing {
-                routing_key: &job.run_type,
-                body: serde_json::to_vec(&job.body)
-                    .expect("JSON values serialise")
-                    .into(),
-                properties: job_properties(job),
-            },
-        )
+        let exchange = self.topology.jobs_exchange();
+        let round = publish_round(&publisher, &pending, |job: &jobs::StoredJob| Outgoing {
+            exchange: &exchange,
+            routing_key: &job.run_type,
+            body: serde_json::to_vec(&job.body)
+                .expect("JSON values serialise")
+                .into(),
+            properties: job_properties(job),
+            mandatory: true,
+        })
         .await;
         // The confirms are in: settle them in one short transaction.
         let mut tx = sqlx::Connection::begin(&mut *conn).await?;
         let mut buf = TxBuffer::default();
-        let mut handed_off = Vec::with_capacity(settled.outcomes.len());
+        let mut handed_off = Vec::with_capacity(round.answers.len());
         let mut retries = Vec::new();
-        for (job, outcome) in &settled.outcomes {
-            match outcome {
-                Ok(Confirmed::Delivered) => report.jobs += 1,
-                Ok(Confirmed::Returned) => {
+        for (job, answer) in &round.answers {
+            match answer {
+                Answer::Confirmed(Confirmed::Delivered) => report.jobs += 1,
+                Answer::Confirmed(Confirmed::Returned) => {
                     self.fail_unroutable(&mut tx, &mut buf, job).await?;
                     report.unroutable += 1;
                 }
-                Err(e) => {
+                // Stays unpublished; the channel is replaced after the round.
+                Answer::Unanswered => continue,
+                Answer::Nacked(e) => {
                     let attempts = job.attempts.max(0) as u32 + 1;
                     if attempts >= self.settings.job_publish_attempts {
                         self.fail_rejected(&mut tx, &mut buf, job, attempts).await?;
@@ -457,7 +397,7 @@ impl OutboxRelay {
         jobs::mark_published(&mut tx, &handed_off).await?;
         jobs::schedule_retries(&mut tx, &retries).await?;
         tx.commit().await?;
-        match settled.channel_error {
+        match round.channel_error {
             Some(e) => Err(e.into()),
             None => Ok(()),
         }
@@ -542,7 +482,7 @@ impl OutboxRelay {
     /// Counts the runs whose `completed` event the broker confirmed (`oprun_runs_completed_total`
     /// by type and outcome): one place that sees every completion, whether a command, the reaper
     /// or the relay itself completed the run, and only once it is committed.
-    fn count_completions(&self, outcomes: &[(&StoredEvent, Result<Confirmed, BrokerError>)]) {
+    fn count_completions(&self, answers: &[(&StoredEvent, Answer)]) {
         #[derive(serde::Deserialize)]
         struct Completed {
             data: CompletedData,
@@ -556,8 +496,10 @@ impl OutboxRelay {
             r#type: String,
             outcome: String,
         }
-        for (event, outcome) in outcomes {
-            if outcome.is_err() || event.event_type != RunEventType::Completed.as_str() {
+        for (event, answer) in answers {
+            if !matches!(answer, Answer::Confirmed(_))
+                || event.event_type != RunEventType::Completed.as_str()
+            {
                 continue;
             }
             if let Ok(c) = serde_json::from_str::<Completed>(&event.cloud_event) {
@@ -631,7 +573,7 @@ impl OutboxRelay {
         if old.channel().status().connected() {
             let _ = old.channel().close(200, "replaced".into()).await;
         }
-        if let Err(e) = super::redeclare_topology(connection, &self.topology).await {
+        if let Err(e) = self.topology.declare_on(connection).await {
             tracing::warn!(error = %e, "re-declaring the topology failed");
         }
         match ConfirmPublisher::open(connection).await {

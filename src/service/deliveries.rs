@@ -1,0 +1,425 @@
+//! One batch of deliveries, start to finish: decode, apply (in [`super::batch`]), then reply and
+//! dead-letter with confirms, and the one ack decision: the batch is acked only when every
+//! command in it has its fate and every dead letter and reply is settled by the broker.
+//!
+//! Dead letters are published `mandatory`: when one comes back (no queue bound to `N.dlx`: the
+//! DLQ was unbound or deleted) or is nacked, nothing of the batch is acked. The batch waits with
+//! backoff, `/readyz` reports not ready, and before each retry the service re-declares its
+//! topology (which re-creates and re-binds the DLQ). A refused command is never acked before its
+//! dead letter is safely stored.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use super::apply::{ApplyContext, CommandResult, Disposition};
+use super::batch::apply_in_lanes;
+use super::health::Health;
+use super::metrics::Metrics;
+use super::reply_guard::ReplyGuard;
+use crate::broker::dead_letter::dead_letter_properties;
+use crate::broker::headers::string_header;
+use crate::broker::messages::reply_properties;
+use crate::broker::publisher::{publish_round, Answer, ConfirmPublisher, Confirmed, Outgoing};
+use crate::broker::{BrokerError, Connection, Delivery, Topology};
+use crate::domain::command::MAX_COMMAND_BYTES;
+use crate::domain::trace_context::{TraceContext, TRACEPARENT, TRACESTATE};
+use crate::domain::{decode_delivery, Command, CommandKind, DeliveryMeta, ErrorCode, Rejection};
+use crate::telemetry;
+
+/// How a batch ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchSettlement {
+    /// Every delivery up to this tag is settled (applied, or dead-lettered with a confirm): ack.
+    AckThrough(u64),
+    /// Shutdown interrupted a retry: ack nothing, the broker redelivers.
+    Interrupted,
+}
+
+/// What handling a batch of deliveries needs from the service, and no more: where commands
+/// apply, where dead letters and replies go, and what it reports.
+#[derive(Clone, Copy)]
+pub struct DeliveryHandler<'s> {
+    /// The database pool.
+    pub pool: &'s PgPool,
+    /// What applied commands write.
+    pub ctx: &'s ApplyContext,
+    /// Concurrent transactions per batch (`--lanes`).
+    pub lanes: usize,
+    /// The topology names (the dead-letter exchange, the commands queue).
+    pub topology: &'s Topology,
+    /// Where replies may be sent.
+    pub reply_guard: &'s ReplyGuard,
+    /// The metrics.
+    pub metrics: &'s Metrics,
+    /// The probes' state (`/readyz` while dead letters wait).
+    pub health: &'s Health,
+}
+
+impl DeliveryHandler<'_> {
+    /// Processes `deliveries` and publishes their replies and dead letters through `publisher`
+    /// (replaced on `connection` when the broker closes it). An error means the connection is
+    /// lost.
+    pub async fn handle(
+        &self,
+        connection: &Connection,
+        publisher: &mut ConfirmPublisher,
+        deliveries: &[Delivery],
+        shutdown: &CancellationToken,
+    ) -> Result<BatchSettlement, BrokerError> {
+        let Some(last) = deliveries.last() else {
+            return Ok(BatchSettlement::Interrupted);
+        };
+        let received = Instant::now();
+        let (decoded, spans): (Vec<Result<Command, Rejection>>, Vec<tracing::Span>) = deliveries
+            .iter()
+            .map(|d| {
+                let headers = d.properties.headers().as_ref();
+                let meta = DeliveryMeta {
+                    message_id: d.properties.message_id().as_ref().map(|m| m.as_str()),
+                    traceparent: headers.and_then(|h| string_header(h, TRACEPARENT)),
+                    tracestate: headers.and_then(|h| string_header(h, TRACESTATE)),
+                };
+                let mut decoded = decode_delivery(&d.data, meta);
+                let span = self.command_span(d, meta, &mut decoded);
+                (decoded, span)
+            })
+            .unzip();
+        let commands: Vec<&Command> = decoded.iter().filter_map(|c| c.as_ref().ok()).collect();
+        let Some(applied) =
+            apply_in_lanes(self.pool, &commands, self.ctx, self.lanes, shutdown).await
+        else {
+            return Ok(BatchSettlement::Interrupted);
+        };
+        let mut applied = applied.into_iter();
+        let dead_letter_exchange = self.topology.dead_letter_exchange();
+        let mut outgoing = Vec::new();
+        for ((delivery, decoded), span) in deliveries.iter().zip(&decoded).zip(&spans) {
+            let outcome = match decoded {
+                Ok(_) => applied.next().expect("one result per decoded command"),
+                Err(rejection) => Err(rejection.clone()),
+            };
+            let command = decoded.as_ref().ok();
+            self.log_outcome(delivery, command, &outcome);
+            record_outcome(span, &outcome);
+            self.settle(delivery, &outcome, &dead_letter_exchange, &mut outgoing);
+        }
+        let settled = self
+            .publish_until_settled(connection, publisher, &outgoing, shutdown)
+            .await;
+        self.health
+            .dead_letters_blocked
+            .store(false, Ordering::Relaxed);
+        if !settled? {
+            return Ok(BatchSettlement::Interrupted);
+        }
+        let per_command = received.elapsed();
+        for _ in deliveries {
+            self.metrics.observe_latency(per_command);
+        }
+        // The command spans end here, with their effects committed and their publishes confirmed.
+        drop(spans);
+        Ok(BatchSettlement::AckThrough(last.delivery_tag))
+    }
+
+    /// The span of one delivery, from receipt to settlement. Disabled (free) unless the binary
+    /// exports spans (`--otlp-endpoint`); then it is a child of the delivery's `traceparent`, and
+    /// the command carries the context continued from it (the service's span as parent id), or, for
+    /// a dispatch without one, the new trace the span starts: its run, events and job continue the
+    /// exported trace. A progress command without one keeps taking its run's trace.
+    fn command_span(
+        &self,
+        delivery: &Delivery,
+        meta: DeliveryMeta<'_>,
+        decoded: &mut Result<Command, Rejection>,
+    ) -> tracing::Span {
+        let span = tracing::debug_span!(
+            "process command",
+            otel.kind = "consumer",
+            messaging.system = "rabbitmq",
+            "messaging.operation.type" = "process",
+            messaging.destination.name = %self.topology.commands_queue(),
+            messaging.rabbitmq.destination.routing_key = delivery.routing_key.as_str(),
+            messaging.message.id = meta.message_id,
+            oprun.command.kind = decoded.as_ref().ok().map(|c| c.kind.as_str()),
+            oprun.run_id = tracing::field::Empty,
+            oprun.result = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+            otel.status_description = tracing::field::Empty,
+        );
+        let incoming = TraceContext::from_headers(meta.traceparent, meta.tracestate);
+        let continued = telemetry::continue_trace(&span, incoming.as_ref());
+        if let (Some(continued), Ok(command)) = (continued, decoded) {
+            if incoming.is_some() || command.kind == CommandKind::Dispatch {
+                command.trace = Some(continued);
+            }
+        }
+        span
+    }
+
+    /// The publishes a processed delivery needs: its dead letter when refused, its reply when
+    /// the producer asked for one at an allowed address.
+    fn settle<'a>(
+        &self,
+        delivery: &'a Delivery,
+        outcome: &Result<CommandResult, Rejection>,
+        dead_letter_exchange: &'a str,
+        outgoing: &mut Vec<Outgoing<'a>>,
+    ) {
+        let reply_body = match outcome {
+            Ok(result) => result.reply.clone(),
+            Err(rejection) => {
+                // Mandatory: a dead letter must be stored, so an unroutable one comes back.
+                outgoing.push(Outgoing {
+                    exchange: dead_letter_exchange,
+                    routing_key: delivery.routing_key.as_str(),
+                    body: delivery.data.as_slice().into(),
+                    properties: dead_letter_properties(
+                        &delivery.properties,
+                        delivery.routing_key.as_str(),
+                        rejection,
+                    ),
+                    mandatory: true,
+                });
+                json!({"error": {"code": rejection.code.as_str(), "message": rejection.message}})
+            }
+        };
+        let props = &delivery.properties;
+        if let (Some(reply_to), Some(correlation_id)) = (props.reply_to(), props.correlation_id()) {
+            // Replies go through the default exchange, which can reach any queue by name: only to
+            // direct reply-to and the configured reply queues (the command itself still applies).
+            if !self.reply_guard.allows(reply_to.as_str()) {
+                self.metrics.reply_refused();
+                tracing::warn!(
+                    reply_to = reply_to.as_str(),
+                    allowed = self.reply_guard.pattern(),
+                    "refusing to reply: reply_to is neither direct reply-to nor a reply queue"
+                );
+                return;
+            }
+            // Not mandatory: a reply is best effort once confirmed or nacked (a reply queue that
+            // refuses it is the requester's problem).
+            outgoing.push(Outgoing {
+                exchange: "",
+                routing_key: reply_to.as_str(),
+                body: serde_json::to_vec(&reply_body)
+                    .expect("JSON values serialise")
+                    .into(),
+                properties: reply_properties(correlation_id.as_str()),
+                mandatory: false,
+            });
+        }
+    }
+
+    /// Publishes `outgoing` until every dead letter is stored and every reply answered by the
+    /// broker. Between attempts (with backoff) the service is not ready, the channel is replaced
+    /// if it failed, and the topology is re-declared. `Ok(false)` when shutdown came first; an
+    /// error when the connection is lost (the batch is redelivered after reconnecting).
+    async fn publish_until_settled(
+        &self,
+        connection: &Connection,
+        publisher: &mut ConfirmPublisher,
+        outgoing: &[Outgoing<'_>],
+        shutdown: &CancellationToken,
+    ) -> Result<bool, BrokerError> {
+        let mut todo: Vec<&Outgoing> = outgoing.iter().collect();
+        let mut delays = crate::retry::backoff();
+        loop {
+            let attempt = publish_once(publisher, &todo).await;
+            if attempt.failed.is_empty() {
+                return Ok(true);
+            }
+            self.health
+                .dead_letters_blocked
+                .store(true, Ordering::Relaxed);
+            self.metrics.dead_letter_retry();
+            let delay = delays.next().unwrap_or(Duration::from_secs(10));
+            tracing::warn!(
+                unsettled = attempt.failed.len(),
+                retry_in_ms = delay.as_millis() as u64,
+                "dead letters could not be stored (is the DLQ unbound or deleted?); the batch waits unacked"
+            );
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = shutdown.cancelled() => return Ok(false),
+            }
+            if !connection.status().connected() {
+                return Err(BrokerError::Stopped(
+                    "the connection closed while dead letters waited".into(),
+                ));
+            }
+            if attempt.channel_failed || !publisher.channel().status().connected() {
+                if publisher.channel().status().connected() {
+                    let _ = publisher.channel().close(200, "replaced".into()).await;
+                }
+                match ConfirmPublisher::open(connection).await {
+                    Ok(fresh) => *publisher = fresh,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "reopening the publishing channel failed");
+                        continue;
+                    }
+                }
+            }
+            if let Err(e) = self.topology.declare_on(connection).await {
+                tracing::warn!(error = %e, "re-declaring the topology failed");
+            }
+            todo = attempt.failed;
+        }
+    }
+
+    /// Counts what became of a command and logs it: a dead-lettered command is logged here, once
+    /// (an error when the database refused it, a warning when the producer is at fault).
+    fn log_outcome(
+        &self,
+        delivery: &Delivery,
+        command: Option<&Command>,
+        outcome: &Result<CommandResult, Rejection>,
+    ) {
+        let kind = kind_label(delivery, command);
+        let command_id = command.and_then(|c| c.command_id.clone()).or_else(|| {
+            delivery
+                .properties
+                .message_id()
+                .as_ref()
+                .map(|m| m.to_string())
+        });
+        let run_type = command.and_then(|c| c.run_type()).map(|t| t.as_str());
+        match outcome {
+            Ok(result) => {
+                self.metrics.command(kind, result.disposition.as_str());
+                if let Some(run_type) = run_type {
+                    match result.disposition {
+                        Disposition::Applied => self.metrics.run_created(run_type),
+                        Disposition::Deduplicated => self.metrics.run_deduplicated(run_type),
+                        _ => {}
+                    }
+                }
+                tracing::debug!(
+                    command_id,
+                    kind,
+                    run_id = result.run_id,
+                    r#type = run_type,
+                    result = result.disposition.as_str(),
+                    "command applied"
+                );
+            }
+            Err(rejection) => {
+                self.metrics
+                    .command(kind, &format!("dead_lettered:{}", rejection.code));
+                self.metrics.refused(kind, rejection.code.as_str());
+                let run_id = command.and_then(|c| c.run_id());
+                let code = rejection.code.as_str();
+                let reason = &rejection.message;
+                // The producer's mistake is a warning; the database refusing a valid command is ours.
+                if rejection.code == ErrorCode::DatabaseRejected {
+                    tracing::error!(
+                        command_id,
+                        kind,
+                        run_id,
+                        r#type = run_type,
+                        code,
+                        reason,
+                        "command dead-lettered"
+                    );
+                } else {
+                    tracing::warn!(
+                        command_id,
+                        kind,
+                        run_id,
+                        r#type = run_type,
+                        code,
+                        reason,
+                        "command dead-lettered"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Puts what became of a command on its span: its run and result, an error status when it was
+/// dead-lettered.
+fn record_outcome(span: &tracing::Span, outcome: &Result<CommandResult, Rejection>) {
+    match outcome {
+        Ok(result) => {
+            span.record("oprun.run_id", result.run_id);
+            span.record("oprun.result", result.disposition.as_str());
+        }
+        Err(rejection) => {
+            span.record("oprun.result", "dead_lettered");
+            span.record("otel.status_code", "ERROR");
+            span.record("otel.status_description", rejection.code.as_str());
+        }
+    }
+}
+
+/// What one publishing attempt left undone.
+struct Attempt<'o, 'a> {
+    /// Dead letters returned, nacked or unanswered; replies unanswered.
+    failed: Vec<&'o Outgoing<'a>>,
+    /// The channel failed or stopped confirming: replace it.
+    channel_failed: bool,
+}
+
+/// One round of `todo` (see [`publish_round`]): what still needs publishing afterwards.
+async fn publish_once<'o, 'a>(
+    publisher: &ConfirmPublisher,
+    todo: &[&'o Outgoing<'a>],
+) -> Attempt<'o, 'a> {
+    let round = publish_round(publisher, todo, |o| o.reborrow()).await;
+    if let Some(e) = &round.channel_error {
+        tracing::warn!(error = %e, "a publish was not confirmed");
+    }
+    let mut failed: Vec<&Outgoing> = Vec::new();
+    for (o, answer) in round.answers {
+        match answer {
+            Answer::Confirmed(Confirmed::Delivered) => {}
+            Answer::Confirmed(Confirmed::Returned) => {
+                tracing::warn!(
+                    exchange = o.exchange,
+                    "a dead letter was returned: no queue is bound to the dead-letter exchange"
+                );
+                failed.push(o);
+            }
+            Answer::Nacked(_) if !o.mandatory => {
+                tracing::warn!(
+                    reply_to = o.routing_key,
+                    "the broker nacked a reply; it is dropped"
+                );
+            }
+            Answer::Nacked(e) => {
+                tracing::warn!(error = %e, "the broker nacked a dead letter");
+                failed.push(o);
+            }
+            Answer::Unanswered => failed.push(o),
+        }
+    }
+    Attempt {
+        failed,
+        channel_failed: round.channel_error.is_some(),
+    }
+}
+
+/// The metrics label of a delivery's kind: the decoded command's, else the `kind` field of a
+/// body that is JSON but was refused at decode (unknown type, missing identity key, …) when it
+/// names one of the four kinds, else `undecodable`. The label set stays bounded.
+fn kind_label(delivery: &Delivery, command: Option<&Command>) -> &'static str {
+    #[derive(serde::Deserialize)]
+    struct KindOnly {
+        kind: Option<String>,
+    }
+    if let Some(command) = command {
+        return command.kind.as_str();
+    }
+    if delivery.data.len() > MAX_COMMAND_BYTES {
+        return "undecodable";
+    }
+    serde_json::from_slice::<KindOnly>(&delivery.data)
+        .ok()
+        .and_then(|k| k.kind)
+        .and_then(|k| CommandKind::parse(&k))
+        .map_or("undecodable", CommandKind::as_str)
+}
