@@ -9,8 +9,9 @@ use crate::store::viewer::ViewerScope;
 /// The smallest accepted secret, in bytes (HS256 wants at least the hash size).
 pub const MIN_SECRET_LEN: usize = 32;
 
-/// Leeway on `exp`, in seconds, for clock skew between issuer and server.
-const EXP_LEEWAY_SECS: u64 = 5;
+/// Leeway on `exp`, in seconds, for clock skew between issuer and server: a token is accepted
+/// until `exp` plus this, and a live stream it opened ends then.
+pub const EXP_LEEWAY_SECS: u64 = 5;
 
 /// The claims of a viewer token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -435,6 +435,7 @@ pub async fn serve(
             viewer_pool,
             keys,
             settings.http_limits(),
+            settings.live.live_limits(),
             shutdown.clone(),
         )
         .await?

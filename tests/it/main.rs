@@ -33,3 +33,4 @@ mod viewer_api;
 mod viewer_bench;
 mod viewer_bounds;
 mod viewer_browser;
+mod viewer_live;
