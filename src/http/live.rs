@@ -118,7 +118,8 @@ impl LiveStreams {
     }
 
     /// Streams open now: `(total, on run_id)`.
-    pub fn open_streams(&self, run_id: i64) -> (usize, usize) {
+    #[cfg(test)]
+    fn open_streams(&self, run_id: i64) -> (usize, usize) {
         let open = self.lock();
         (
             open.by_holder.values().sum(),
