@@ -235,6 +235,25 @@ impl ServeSettings {
             .map_err(|e| format!("--metrics-addr {:?}: {e}", self.metrics_addr))
     }
 
+    /// The bounds of the viewer's live streams; an error unless both caps are below
+    /// `--http-max-connections` (else one token, or one run's readers, could hold every
+    /// connection of the listener).
+    pub fn live_limits(&self) -> Result<crate::http::live::LiveLimits, String> {
+        let limits = self.live.live_limits();
+        let connections = self.http_limits().max_connections;
+        for (flag, cap) in [
+            ("--live-streams-per-token", limits.per_token),
+            ("--live-streams-per-run", limits.per_run),
+        ] {
+            if cap >= connections {
+                return Err(format!(
+                    "{flag} {cap} must be below --http-max-connections {connections}"
+                ));
+            }
+        }
+        Ok(limits)
+    }
+
     /// The bounds of every HTTP listener.
     pub fn http_limits(&self) -> crate::http::server::HttpLimits {
         crate::http::server::HttpLimits {
@@ -585,6 +604,23 @@ mod tests {
         for bad in ["0s", "999ms", "15"] {
             assert!(parse_stream_lifetime(bad).is_err(), "{bad:?} was accepted");
         }
+    }
+
+    #[test]
+    fn live_stream_caps_must_be_below_the_connection_cap() {
+        let mut settings = ServeSettings::default();
+        let limits = settings.live_limits().unwrap();
+        assert_eq!((limits.per_token, limits.per_run), (8, 32));
+        settings.http_max_connections = 32;
+        assert!(settings
+            .live_limits()
+            .unwrap_err()
+            .contains("--live-streams-per-run"));
+        settings.http_max_connections = 8;
+        assert!(settings
+            .live_limits()
+            .unwrap_err()
+            .contains("--live-streams-per-token"));
     }
 
     #[test]
