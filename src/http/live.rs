@@ -295,10 +295,16 @@ fn follow(start: Follow) -> impl Stream<Item = Result<Event, Infallible>> {
                     // Nothing new. A completed run whose completion came before `last` has
                     // nothing more to send; read the events once more after seeing the status,
                     // since the completion may have committed between the two reads.
-                    if matches!(
-                        store::run_completed(&f.state.pool, f.run_id).await,
-                        Ok(Some(true))
-                    ) {
+                    let completed = match store::run_completed(&f.state.pool, f.run_id).await {
+                        Ok(Some(completed)) => completed,
+                        // The run was deleted (run retention): nothing more will come.
+                        Ok(None) => return None,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "live stream read failed; retrying");
+                            false
+                        }
+                    };
+                    if completed {
                         match f.fetch().await {
                             Ok(events) if !events.is_empty() => {
                                 f.pending.extend(events);

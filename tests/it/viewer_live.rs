@@ -316,6 +316,31 @@ async fn a_live_stream_ends_after_its_lifetime_and_resumes_from_last_event_id_wi
     );
 }
 
+#[sqlx::test]
+async fn a_live_stream_ends_when_its_run_is_deleted(pool: PgPool) {
+    seed_scopes(&pool).await;
+    let run = running_run(&pool).await;
+    let viewer = Viewer::spawn(pool.clone()).await;
+    let live = open_live(
+        &http(),
+        &viewer.base,
+        run,
+        &token_for(Some("ada"), 3600),
+        None,
+    )
+    .await;
+    assert_eq!(live.status(), StatusCode::OK);
+    sqlx::query("DELETE FROM operation_runs WHERE id = $1")
+        .bind(run)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let ids = frame_ids(live, Duration::from_secs(5))
+        .await
+        .expect("the stream of a deleted run ends");
+    assert!(ids.is_empty());
+}
+
 /// Peak resident memory 16 unread live streams may add to `oprun serve` (README "Bounds"):
 /// each holds one fetch (4 events, 256 KiB) and hyper's write buffer (about 400 KiB).
 const LIVE_STREAMS_GROWTH_BOUND: u64 = 48 * 1024 * 1024;
