@@ -1,7 +1,8 @@
 //! `GET /v1/runs/{id}/live`: the run's events as Server-Sent Events. `id:` is the sequence,
 //! `event:` the CloudEvents type, `data:` the event JSON. `Last-Event-ID` (or `?after=`) resumes
 //! after that sequence: what was missed comes first, then new events as they are recorded. The
-//! stream ends after the completion event; comment heartbeats keep an idle stream open.
+//! stream ends after the completion event (or when the run is deleted); comment heartbeats keep
+//! an idle stream open.
 //!
 //! A stream is bounded three ways ([`LiveLimits`]): at most `per_token` streams per token and
 //! `per_run` per run are open at once (one more is 429 `too_many_streams`), each ends after
