@@ -181,6 +181,10 @@ pub struct ServeSettings {
     #[command(flatten)]
     pub viewer: ViewerSettings,
 
+    /// Bounds of the viewer's live streams.
+    #[command(flatten)]
+    pub live: LiveSettings,
+
     /// Hand each new run's job to executors on `N.jobs` (dispatchOrFail).
     #[arg(long, env = "OPRUN_HAND_OFF_JOBS", default_value_t = true, action = clap::ArgAction::Set)]
     pub hand_off_jobs: bool,
@@ -234,6 +238,25 @@ impl ServeSettings {
             .map_err(|e| format!("--metrics-addr {:?}: {e}", self.metrics_addr))
     }
 
+    /// The bounds of the viewer's live streams; an error unless both caps are below
+    /// `--http-max-connections` (else one token, or one run's readers, could hold every
+    /// connection of the listener).
+    pub fn live_limits(&self) -> Result<crate::http::live::LiveLimits, String> {
+        let limits = self.live.live_limits();
+        let connections = self.http_limits().max_connections;
+        for (flag, cap) in [
+            ("--live-streams-per-token", limits.per_token),
+            ("--live-streams-per-run", limits.per_run),
+        ] {
+            if cap >= connections {
+                return Err(format!(
+                    "{flag} {cap} must be below --http-max-connections {connections}"
+                ));
+            }
+        }
+        Ok(limits)
+    }
+
     /// The bounds of every HTTP listener.
     pub fn http_limits(&self) -> crate::http::server::HttpLimits {
         crate::http::server::HttpLimits {
@@ -269,6 +292,7 @@ impl Default for ServeSettings {
             reply_queue_pattern: DEFAULT_REPLY_QUEUE_PATTERN.into(),
             max_active_runs_per_tenant: 1000,
             retention: RetentionSettings::default(),
+            live: LiveSettings::default(),
             viewer: ViewerSettings {
                 http_addr: "off".into(),
                 api_secret: None,
@@ -405,6 +429,67 @@ impl fmt::Debug for ViewerSettings {
     }
 }
 
+/// The default `--live-streams-per-token`.
+pub const DEFAULT_LIVE_STREAMS_PER_TOKEN: u32 = 8;
+
+/// The default `--live-streams-per-run`.
+pub const DEFAULT_LIVE_STREAMS_PER_RUN: u32 = 32;
+
+/// The default `--live-stream-lifetime`.
+pub const DEFAULT_LIVE_STREAM_LIFETIME: &str = "15m";
+
+/// Bounds of the viewer's live streams (`GET /v1/runs/{id}/live`), well below
+/// `--http-max-connections` so that no token and no run can take every connection.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LiveSettings {
+    /// Most live streams open at once per token: per `sub` and workspace, or per token when it
+    /// has no `sub`. One more is answered 429 `too_many_streams`.
+    #[arg(long, env = "OPRUN_LIVE_STREAMS_PER_TOKEN", default_value_t = DEFAULT_LIVE_STREAMS_PER_TOKEN, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub live_streams_per_token: u32,
+
+    /// Most live streams open at once on one run, whoever opens them. One more is answered 429
+    /// `too_many_streams`.
+    #[arg(long, env = "OPRUN_LIVE_STREAMS_PER_RUN", default_value_t = DEFAULT_LIVE_STREAMS_PER_RUN, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub live_streams_per_run: u32,
+
+    /// Longest a live stream stays open (at least 1s); then it ends, and the client reconnects
+    /// with `Last-Event-ID`. A stream also ends when its token expires.
+    #[arg(long, env = "OPRUN_LIVE_STREAM_LIFETIME", default_value = DEFAULT_LIVE_STREAM_LIFETIME, value_parser = parse_stream_lifetime)]
+    pub live_stream_lifetime: Duration,
+}
+
+impl LiveSettings {
+    /// The bounds the viewer enforces.
+    pub fn live_limits(&self) -> crate::http::live::LiveLimits {
+        crate::http::live::LiveLimits {
+            per_token: self.live_streams_per_token as usize,
+            per_run: self.live_streams_per_run as usize,
+            lifetime: self.live_stream_lifetime,
+        }
+    }
+}
+
+impl Default for LiveSettings {
+    fn default() -> Self {
+        Self {
+            live_streams_per_token: DEFAULT_LIVE_STREAMS_PER_TOKEN,
+            live_streams_per_run: DEFAULT_LIVE_STREAMS_PER_RUN,
+            live_stream_lifetime: parse_stream_lifetime(DEFAULT_LIVE_STREAM_LIFETIME)
+                .expect("the default lifetime parses"),
+        }
+    }
+}
+
+/// A live stream's lifetime: a [`parse_duration`] of at least a second (a shorter one would
+/// have clients reconnecting all the time).
+fn parse_stream_lifetime(text: &str) -> Result<Duration, String> {
+    let d = parse_duration(text)?;
+    if d < Duration::from_secs(1) {
+        return Err(format!("{text:?}: a live stream lives at least 1s"));
+    }
+    Ok(d)
+}
+
 /// The default `--inbox-retention`: how long a command id is remembered.
 pub const DEFAULT_INBOX_RETENTION: &str = "14d";
 
@@ -520,6 +605,35 @@ mod tests {
         for bad in ["", "14", "d", "1.5h", "-1d", "3w", "99999999999999d"] {
             assert!(parse_duration(bad).is_err(), "{bad:?} was accepted");
         }
+    }
+
+    #[test]
+    fn a_live_stream_lifetime_is_a_duration_of_at_least_a_second() {
+        assert_eq!(
+            LiveSettings::default().live_stream_lifetime,
+            Duration::from_secs(900)
+        );
+        assert_eq!(parse_stream_lifetime("1s"), Ok(Duration::from_secs(1)));
+        for bad in ["0s", "999ms", "15"] {
+            assert!(parse_stream_lifetime(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn live_stream_caps_must_be_below_the_connection_cap() {
+        let mut settings = ServeSettings::default();
+        let limits = settings.live_limits().unwrap();
+        assert_eq!((limits.per_token, limits.per_run), (8, 32));
+        settings.http_max_connections = 32;
+        assert!(settings
+            .live_limits()
+            .unwrap_err()
+            .contains("--live-streams-per-run"));
+        settings.http_max_connections = 8;
+        assert!(settings
+            .live_limits()
+            .unwrap_err()
+            .contains("--live-streams-per-token"));
     }
 
     #[test]

@@ -67,7 +67,7 @@ enum Command {
     /// Create the database if needed and apply pending migrations.
     Migrate,
     /// Run the service: consume commands, persist runs, publish events.
-    Serve(ServeSettings),
+    Serve(Box<ServeSettings>),
     /// Inspect runs.
     #[command(subcommand)]
     Runs(runs::RunsCommand),

@@ -13,7 +13,7 @@ use crate::store::viewer::ViewerScope;
 pub const MIN_SECRET_LEN: usize = 32;
 
 /// Leeway on every time claim (`exp`, `nbf`, `iat`), in seconds, for clock skew between issuer
-/// and server.
+/// and server: a token is accepted until `exp` plus this, and a live stream it opened ends then.
 pub const LEEWAY_SECS: u64 = 5;
 
 /// The claims of a viewer token.

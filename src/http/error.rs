@@ -50,6 +50,11 @@ impl ApiError {
         Self::new(StatusCode::BAD_REQUEST, "invalid_parameter", message)
     }
 
+    /// 429 `too_many_streams`: the token or the run has as many live streams open as it may.
+    pub fn too_many_streams(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::TOO_MANY_REQUESTS, "too_many_streams", message)
+    }
+
     /// 404 `not_found` for a route that does not exist.
     pub fn no_route() -> Self {
         Self::new(StatusCode::NOT_FOUND, "not_found", "no such route")

@@ -56,17 +56,21 @@ pub struct ViewerState {
     pub heartbeat: Duration,
     /// How often a live stream looks for new events.
     pub poll: Duration,
+    /// The live streams open now, and their bounds.
+    pub live: Arc<live::LiveStreams>,
     /// Ends live streams at shutdown.
     pub shutdown: CancellationToken,
 }
 
 /// Binds `addr` and serves the viewer until `shutdown`, reading through `viewer_pool` (the
-/// viewer's own, see [`crate::store::viewer::connect_viewer_pool`]).
+/// viewer's own, see [`crate::store::viewer::connect_viewer_pool`]), its live streams within
+/// `live`.
 pub async fn spawn(
     addr: SocketAddr,
     viewer_pool: PgPool,
     keys: TokenKeys,
     limits: HttpLimits,
+    live: live::LiveLimits,
     shutdown: CancellationToken,
 ) -> std::io::Result<HttpServer> {
     let state = ViewerState {
@@ -75,6 +79,7 @@ pub async fn spawn(
         keys,
         heartbeat: limits.heartbeat(),
         poll: Duration::from_millis(250),
+        live: Arc::new(live::LiveStreams::new(live)),
         shutdown: shutdown.clone(),
     };
     server::spawn(addr, router(state), limits, shutdown).await
@@ -195,9 +200,7 @@ async fn security_headers(mut response: Response) -> Response {
 
 /// The claims of the request's token: `Authorization: Bearer …`, else the sign-in cookie.
 pub fn authenticate(keys: &TokenKeys, headers: &HeaderMap) -> Result<Claims, AuthError> {
-    let token = bearer(headers)
-        .or_else(|| cookie(headers, TOKEN_COOKIE))
-        .ok_or(AuthError::Missing)?;
+    let token = request_token(headers).ok_or(AuthError::Missing)?;
     let claims = keys.verify(&token)?;
     tracing::debug!(
         sub = claims.sub.as_deref(),
@@ -205,6 +208,12 @@ pub fn authenticate(keys: &TokenKeys, headers: &HeaderMap) -> Result<Claims, Aut
         "viewer request"
     );
     Ok(claims)
+}
+
+/// The request's token as sent (`Authorization: Bearer …`, else the sign-in cookie), unverified:
+/// what [`authenticate`] verifies.
+pub fn request_token(headers: &HeaderMap) -> Option<String> {
+    bearer(headers).or_else(|| cookie(headers, TOKEN_COOKIE))
 }
 
 fn bearer(headers: &HeaderMap) -> Option<String> {

@@ -424,6 +424,7 @@ pub async fn serve(
         tracing::info!(%bound, "health and metrics endpoint listening");
     }
     if let Some(addr) = settings.viewer.socket().map_err(ServeError::Config)? {
+        let live = settings.live_limits().map_err(ServeError::Config)?;
         let keys = viewer_keys(&service.pool, settings.viewer.api_secret.as_deref()).await?;
         let viewer_pool = store::viewer::connect_viewer_pool(
             &config.database_url,
@@ -434,6 +435,7 @@ pub async fn serve(
             viewer_pool,
             keys,
             settings.http_limits(),
+            live,
             shutdown.clone(),
         )
         .await?

@@ -276,6 +276,18 @@ pub async fn events_after(
         .events)
 }
 
+/// Whether run `run_id` is completed (`None`: there is no such run). Reads the status alone:
+/// what a live stream asks on every idle poll.
+pub async fn run_completed(
+    executor: impl PgExecutor<'_>,
+    run_id: i64,
+) -> Result<Option<bool>, sqlx::Error> {
+    sqlx::query_scalar("SELECT status = 'completed' FROM operation_runs WHERE id = $1")
+        .bind(run_id)
+        .fetch_optional(executor)
+        .await
+}
+
 /// One line of a run's timeline: what the page shows of an event, without its document.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct TimelineEntry {

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use operation_runs::http::auth::{Claims, TokenKeys};
+use operation_runs::http::live::LiveLimits;
 use operation_runs::http::server::HttpLimits;
 use operation_runs::store::viewer::{explain_list_runs, RunListFilter, ViewerScope};
 use reqwest::header::{HeaderMap, LOCATION, SET_COOKIE};
@@ -26,6 +27,11 @@ pub(crate) struct Viewer {
 
 impl Viewer {
     pub(crate) async fn spawn(pool: PgPool) -> Self {
+        Self::spawn_with(pool, LiveLimits::default()).await
+    }
+
+    /// A viewer whose live streams have the bounds `live`.
+    pub(crate) async fn spawn_with(pool: PgPool, live: LiveLimits) -> Self {
         let keys = TokenKeys::new(SECRET).unwrap();
         let stop = CancellationToken::new();
         let server = operation_runs::http::viewer::spawn(
@@ -36,6 +42,7 @@ impl Viewer {
                 idle_timeout: Duration::from_secs(3),
                 ..HttpLimits::default()
             },
+            live,
             stop.clone(),
         )
         .await

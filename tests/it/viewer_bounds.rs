@@ -41,7 +41,7 @@ async fn insert_events(pool: &PgPool, run_id: i64, count: i64, pad: i32) {
     .unwrap();
 }
 
-async fn large_run(pool: &PgPool, count: i64, pad: i32) -> i64 {
+pub(crate) async fn large_run(pool: &PgPool, count: i64, pad: i32) -> i64 {
     let id = insert_run(
         pool,
         1,
@@ -140,7 +140,10 @@ async fn an_events_answer_is_bounded_in_bytes_and_pages_on_with_next_after(pool:
 }
 
 /// The real binary with default settings and a viewer on a free port, signing with [`SECRET`].
-fn spawn_serve_with_viewer(database: &str, namespace: &str) -> (tokio::process::Child, String) {
+pub(crate) fn spawn_serve_with_viewer(
+    database: &str,
+    namespace: &str,
+) -> (tokio::process::Child, String) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -162,7 +165,7 @@ fn spawn_serve_with_viewer(database: &str, namespace: &str) -> (tokio::process::
     (child, format!("http://{addr}"))
 }
 
-async fn wait_for_viewer(http: &reqwest::Client, base: &str) {
+pub(crate) async fn wait_for_viewer(http: &reqwest::Client, base: &str) {
     wait_until("the viewer to listen", || {
         let (http, url) = (http.clone(), format!("{base}/v1/catalog"));
         async move {
@@ -179,7 +182,7 @@ async fn wait_for_viewer(http: &reqwest::Client, base: &str) {
 }
 
 /// `VmHWM` (peak resident set) of process `pid`, in bytes.
-fn peak_rss(pid: u32) -> u64 {
+pub(crate) fn peak_rss(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let kib: u64 = status
         .lines()

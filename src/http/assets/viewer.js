@@ -51,6 +51,11 @@
       text("live", "completed");
     }
   }
+  // A stream that ends (its lifetime) is reopened by the browser with Last-Event-ID; a refused
+  // reopening (the token expired, too many streams) closes the source for good.
+  source.addEventListener("error", () => {
+    if (source.readyState === EventSource.CLOSED) text("live", "not live: reload the page");
+  });
   ["operation_run.queued", "operation_run.started", "operation_run.progressed", "operation_run.completed"]
     .forEach((t) => source.addEventListener(t, onEvent));
   text("live", "live");
