@@ -443,17 +443,19 @@ pub const DEFAULT_LIVE_STREAM_LIFETIME: &str = "15m";
 #[derive(Debug, Clone, clap::Args)]
 pub struct LiveSettings {
     /// Most live streams open at once per token: per `sub` and workspace, or per token when it
-    /// has no `sub`. One more is answered 429 `too_many_streams`.
+    /// has no `sub`. One more is answered 429 `too_many_streams` (`Retry-After: 5`). Must be below
+    /// `--http-max-connections` (serve refuses to start otherwise).
     #[arg(long, env = "OPRUN_LIVE_STREAMS_PER_TOKEN", default_value_t = DEFAULT_LIVE_STREAMS_PER_TOKEN, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub live_streams_per_token: u32,
 
     /// Most live streams open at once on one run, whoever opens them. One more is answered 429
-    /// `too_many_streams`.
+    /// `too_many_streams`. Must be below `--http-max-connections`.
     #[arg(long, env = "OPRUN_LIVE_STREAMS_PER_RUN", default_value_t = DEFAULT_LIVE_STREAMS_PER_RUN, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub live_streams_per_run: u32,
 
     /// Longest a live stream stays open (at least 1s); then it ends, and the client reconnects
-    /// with `Last-Event-ID`. A stream also ends when its token expires.
+    /// with `Last-Event-ID`, missing nothing. A stream also ends at its token's `exp` plus the
+    /// 5 s leeway.
     #[arg(long, env = "OPRUN_LIVE_STREAM_LIFETIME", default_value = DEFAULT_LIVE_STREAM_LIFETIME, value_parser = parse_stream_lifetime)]
     pub live_stream_lifetime: Duration,
 }
