@@ -31,7 +31,7 @@ struct Lab {
 
 #[derive(Debug, Subcommand)]
 enum LabCommand {
-    /// Measure the service against the broker's own limit (see README, Performance).
+    /// Measure the service against the broker's own limit (see docs/performance.md).
     Bench(bench::BenchArgs),
     /// Fault-injection run on a private broker and database of its own: kills, broker and
     /// database restarts, hostile input; checks nothing is lost.

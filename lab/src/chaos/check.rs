@@ -278,8 +278,15 @@ pub async fn evaluate(
     run_retention: Option<Duration>,
 ) -> Result<Findings, sqlx::Error> {
     let mut findings = Findings::default();
+    // One snapshot for every read: the service's pruner is still running, and a run deleted by
+    // run retention between reading the runs and reading the events would look like a run
+    // whose received events vanished.
+    let mut tx = pool.begin().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .execute(&mut *tx)
+        .await?;
     let inbox: HashSet<String> = sqlx::query_scalar("SELECT command_id FROM processed_commands")
-        .fetch_all(pool)
+        .fetch_all(&mut *tx)
         .await?
         .into_iter()
         .collect();
@@ -290,9 +297,11 @@ pub async fn evaluate(
                 failure_summary, completed_at
          FROM operation_runs",
     )
-    .fetch_all(pool)
+    .fetch_all(&mut *tx)
     .await?;
-    let now: DateTime<Utc> = sqlx::query_scalar("SELECT now()").fetch_one(pool).await?;
+    let now: DateTime<Utc> = sqlx::query_scalar("SELECT now()")
+        .fetch_one(&mut *tx)
+        .await?;
     add_deleted_runs(&mut findings, &mut runs, received);
     compare_runs(
         &mut findings,
@@ -308,8 +317,9 @@ pub async fn evaluate(
 
     let events: Vec<(uuid::Uuid, i64, i64)> =
         sqlx::query_as("SELECT id, run_id, sequence FROM operation_run_events")
-            .fetch_all(pool)
+            .fetch_all(&mut *tx)
             .await?;
+    tx.commit().await?;
     check_events(&mut findings, &runs, &events, received);
     Ok(findings)
 }

@@ -38,7 +38,7 @@ pub enum Injection {
 }
 
 impl Injection {
-    /// Every injection, in the order the README lists them.
+    /// Every injection, in the order lab/README.md lists them.
     pub const ALL: [Injection; 10] = [
         Self::RejectJobs,
         Self::DlqUnbind,
