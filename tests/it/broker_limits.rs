@@ -11,10 +11,8 @@ use operation_runs::domain::command::MAX_COMMAND_BYTES;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tokio::process::{Child, Command};
 
+use crate::helpers::memory::{proc_status_bytes, MEMORY_BOUND_BYTES};
 use crate::helpers::{database_url_for, json_properties, wait_for, TestApp};
-
-/// Peak resident memory `oprun serve` may reach with default settings (docs/configuration.md, "Bounds").
-const MEMORY_BOUND_BYTES: u64 = 300_000_000;
 
 /// The `max_message_size` the repository ships in `topology/rabbitmq.conf`.
 fn shipped_max_message_size() -> usize {
@@ -71,21 +69,6 @@ fn spawn_serve(database: &str, namespace: &str) -> Child {
         .kill_on_drop(true)
         .spawn()
         .expect("the oprun binary starts")
-}
-
-/// A `/proc/<pid>/status` figure in bytes (`VmHWM` = peak resident set, `VmRSS` = now).
-fn proc_status_bytes(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status
-        .lines()
-        .find(|l| l.starts_with(&format!("{field}:")))
-        .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"));
-    let kib: u64 = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|n| n.parse().ok())
-        .unwrap();
-    kib * 1024
 }
 
 /// A JSON string body of exactly `len` bytes (a dispatch whose context pads it out).

@@ -14,11 +14,9 @@ use serde_json::{json, Value};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 
+use crate::helpers::memory::{peak_rss, MEMORY_BOUND_BYTES};
 use crate::helpers::{database_url_for, dispatch, wait_for, wait_until, TestApp, DEADLINE};
 use crate::viewer_api::{insert_run, Viewer, SECRET};
-
-/// Peak resident memory `oprun serve` may reach with default settings (README "Bounds").
-const MEMORY_BOUND_BYTES: u64 = 300_000_000;
 
 /// Stores `count` events of run `run_id` (workspace 1, tenant 10) directly, each a CloudEvents
 /// document padded to about `pad` bytes; the last is the completion.
@@ -179,18 +177,6 @@ pub(crate) async fn wait_for_viewer(http: &reqwest::Client, base: &str) {
         }
     })
     .await;
-}
-
-/// `VmHWM` (peak resident set) of process `pid`, in bytes.
-pub(crate) fn peak_rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .expect("VmHWM in /proc/<pid>/status");
-    kib * 1024
 }
 
 #[sqlx::test]

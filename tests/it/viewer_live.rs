@@ -14,9 +14,10 @@ use sqlx::PgPool;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
+use crate::helpers::memory::peak_rss;
 use crate::helpers::{seed_scopes, wait_until, TestApp, DEADLINE};
 use crate::viewer_api::{error_code, insert_run, Viewer, SECRET};
-use crate::viewer_bounds::{large_run, peak_rss, spawn_serve_with_viewer, wait_for_viewer};
+use crate::viewer_bounds::{large_run, spawn_serve_with_viewer, wait_for_viewer};
 
 /// A token of workspace 1 (every tenant) for `sub`, valid for `valid_for` seconds.
 fn token_for(sub: Option<&str>, valid_for: u64) -> String {
@@ -341,7 +342,7 @@ async fn a_live_stream_ends_when_its_run_is_deleted(pool: PgPool) {
     assert!(ids.is_empty());
 }
 
-/// Peak resident memory 16 unread live streams may add to `oprun serve` (README "Bounds"):
+/// Peak resident memory 16 unread live streams may add to `oprun serve` (docs/configuration.md, "Bounds"):
 /// each holds one fetch (4 events, 256 KiB) and hyper's write buffer (about 400 KiB).
 const LIVE_STREAMS_GROWTH_BOUND: u64 = 48 * 1024 * 1024;
 

@@ -9,6 +9,7 @@
 
 mod bodies;
 mod broker;
+pub mod memory;
 mod spawn;
 mod waiting;
 
