@@ -179,11 +179,19 @@ pub(crate) async fn wait_for_viewer(http: &reqwest::Client, base: &str) {
     .await;
 }
 
-#[sqlx::test]
-async fn concurrent_readers_of_a_large_run_keep_serves_peak_memory_under_the_documented_bound(
-    _opts: PgPoolOptions,
-    connect: PgConnectOptions,
-) {
+/// A run within every documented bound (482 events of about 50 KB, 24 MB of history) and an
+/// `oprun serve` process whose viewer answers, for the memory tests.
+pub(crate) struct LargeRunServed {
+    pub app: TestApp,
+    pub id: i64,
+    pub serve: tokio::process::Child,
+    pub pid: u32,
+    pub base: String,
+    pub http: reqwest::Client,
+}
+
+/// See [`LargeRunServed`].
+pub(crate) async fn serve_a_large_run(connect: PgConnectOptions) -> LargeRunServed {
     let database = connect.get_database().expect("test database").to_owned();
     let app = TestApp::without_service(
         PgPoolOptions::new()
@@ -191,15 +199,37 @@ async fn concurrent_readers_of_a_large_run_keep_serves_peak_memory_under_the_doc
             .connect_lazy_with(connect),
     )
     .await;
-    // A run within every documented bound: 482 events of about 50 KB (24 MB of history).
     let id = large_run(&app.pool, 482, 50_000).await;
-    let (mut serve, base) = spawn_serve_with_viewer(&database, app.topology.namespace());
+    let (serve, base) = spawn_serve_with_viewer(&database, app.topology.namespace());
     let pid = serve.id().expect("running");
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(120))
         .build()
         .unwrap();
     wait_for_viewer(&http, &base).await;
+    LargeRunServed {
+        app,
+        id,
+        serve,
+        pid,
+        base,
+        http,
+    }
+}
+
+#[sqlx::test]
+async fn concurrent_readers_of_a_large_run_keep_serves_peak_memory_under_the_documented_bound(
+    _opts: PgPoolOptions,
+    connect: PgConnectOptions,
+) {
+    let LargeRunServed {
+        app,
+        id,
+        mut serve,
+        pid,
+        base,
+        http,
+    } = serve_a_large_run(connect).await;
 
     // 16 readers at once (the reproduction had 6), each reading the whole history.
     let t = token(1, Some(vec![10]));

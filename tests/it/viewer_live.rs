@@ -15,9 +15,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
 use crate::helpers::memory::peak_rss;
-use crate::helpers::{seed_scopes, wait_until, TestApp, DEADLINE};
+use crate::helpers::{seed_scopes, wait_until, DEADLINE};
 use crate::viewer_api::{error_code, insert_run, Viewer, SECRET};
-use crate::viewer_bounds::{large_run, spawn_serve_with_viewer, wait_for_viewer};
+use crate::viewer_bounds::{serve_a_large_run, LargeRunServed};
 
 /// A token of workspace 1 (every tenant) for `sub`, valid for `valid_for` seconds.
 fn token_for(sub: Option<&str>, valid_for: u64) -> String {
@@ -351,22 +351,14 @@ async fn sixteen_unread_live_streams_of_a_large_run_keep_serves_peak_memory_boun
     _opts: PgPoolOptions,
     connect: PgConnectOptions,
 ) {
-    let database = connect.get_database().expect("test database").to_owned();
-    let app = TestApp::without_service(
-        PgPoolOptions::new()
-            .max_connections(2)
-            .connect_lazy_with(connect),
-    )
-    .await;
-    // A run within every documented bound: 482 events of about 50 KB (24 MB of history).
-    let id = large_run(&app.pool, 482, 50_000).await;
-    let (mut serve, base) = spawn_serve_with_viewer(&database, app.topology.namespace());
-    let pid = serve.id().expect("running");
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(120))
-        .build()
-        .unwrap();
-    wait_for_viewer(&http, &base).await;
+    let LargeRunServed {
+        app,
+        id,
+        mut serve,
+        pid,
+        base,
+        ..
+    } = serve_a_large_run(connect).await;
     let before = peak_rss(pid);
 
     // 16 clients (of 16 people, so no per-token cap applies) that ask for the whole history
