@@ -61,6 +61,11 @@ async fn text_of(client: &fantoccini::Client, css: &str) -> String {
 }
 
 /// Waits until the element `css` shows `expected`.
+/// Clicks the element `locator` finds (it must be there).
+async fn click(client: &fantoccini::Client, locator: Locator<'_>) {
+    client.find(locator).await.unwrap().click().await.unwrap();
+}
+
 async fn wait_for_text(client: &fantoccini::Client, css: &str, expected: &str) {
     wait_for(&format!("{css} to show {expected:?}"), DEADLINE, || async {
         let text = text_of(client, css).await;
@@ -227,13 +232,7 @@ async fn a_link_from_another_site_signs_in_at_once_and_another_bearers_link_asks
         .expect("a headless Chromium session");
 
     client.goto(&platform).await.unwrap();
-    client
-        .find(Locator::Id("ada"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&client, Locator::Id("ada")).await;
     wait_for_text(&client, "h1", &format!("#{run_id}")).await;
     let url = client.current_url().await.unwrap();
     assert_eq!(url.path(), format!("/runs/{run_id}"));
@@ -241,13 +240,7 @@ async fn a_link_from_another_site_signs_in_at_once_and_another_bearers_link_asks
 
     // Another bearer's link from the same site: asked, not switched.
     client.goto(&platform).await.unwrap();
-    client
-        .find(Locator::Id("other"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&client, Locator::Id("other")).await;
     wait_for_text(&client, "h1", "Which sign-in?").await;
     // The link's token is not left in the address bar (nor the history).
     wait_for("the token to leave the address bar", DEADLINE, || async {
@@ -266,42 +259,18 @@ async fn a_link_from_another_site_signs_in_at_once_and_another_bearers_link_asks
         .await
         .contains("all tenants"));
     // Staying keeps ada's sign-in.
-    client
-        .find(Locator::Id("stay"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&client, Locator::Id("stay")).await;
     wait_for_text(&client, "h1", &format!("#{run_id}")).await;
 
     // Switching: the page's own form (a same-origin POST).
     client.goto(&platform).await.unwrap();
-    client
-        .find(Locator::Id("other"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&client, Locator::Id("other")).await;
     wait_for_text(&client, "h1", "Which sign-in?").await;
-    client
-        .find(Locator::Css("#switch button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&client, Locator::Css("#switch button")).await;
     wait_for_text(&client, "h1", &format!("#{run_id}")).await;
     // Now signed in for the whole workspace: ada's link asks again.
     client.goto(&platform).await.unwrap();
-    client
-        .find(Locator::Id("ada"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    click(&client, Locator::Id("ada")).await;
     wait_for_text(&client, "h1", "Which sign-in?").await;
     assert!(text_of(&client, "#current-sign-in")
         .await
