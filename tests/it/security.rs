@@ -439,23 +439,8 @@ async fn serve_runs_as_the_least_privileged_service_role_and_the_secret_stays_re
         .nth(1)
         .unwrap()
         .to_owned();
-    let http = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(crate::helpers::DEADLINE)
-        .build()
-        .unwrap();
-    let signed_in = wait_until("the viewer to answer", || {
-        let (http, link) = (http.clone(), link.clone());
-        async move { http.get(&link).send().await.ok() }
-    })
-    .await;
-    assert!(
-        signed_in.status().is_redirection(),
-        "{}",
-        signed_in.status()
-    );
-    let cookie = signed_in.headers()["set-cookie"].to_str().unwrap();
-    let (cookie, _) = cookie.split_once(';').unwrap();
+    let (http, cookie) = crate::viewer_api::sign_in_by_link(&link).await;
+    let cookie = cookie.as_str();
     let list = http
         .get(format!("http://{addr}/runs"))
         .header("cookie", cookie)

@@ -947,23 +947,8 @@ async fn serve_shows_a_dispatched_run_through_the_link_oprun_token_prints(
         "{link}"
     );
 
-    let http = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(DEADLINE)
-        .build()
-        .unwrap();
-    let signed_in = crate::helpers::wait_until("the viewer to listen", || {
-        let (http, link) = (http.clone(), link.clone());
-        async move { http.get(&link).send().await.ok() }
-    })
-    .await;
-    assert!(
-        signed_in.status().is_redirection(),
-        "{}",
-        signed_in.status()
-    );
-    let cookie = signed_in.headers()[SET_COOKIE].to_str().unwrap();
-    let (cookie, _) = cookie.split_once(';').unwrap();
+    let (http, cookie) = sign_in_by_link(&link).await;
+    let cookie = cookie.as_str();
     let list = http
         .get(format!("http://{addr}/runs"))
         .header("cookie", cookie)
@@ -1088,4 +1073,27 @@ async fn every_refusal_is_the_apis_json_error_under_v1_and_the_error_page_elsewh
         &posted.text().await.unwrap(),
         "method_not_allowed",
     );
+}
+
+/// Follows a token link `oprun token` printed, once the viewer listens: the sign-in's redirect
+/// and its cookie (`name=value`), with a client that does not follow redirects.
+pub(crate) async fn sign_in_by_link(link: &str) -> (reqwest::Client, String) {
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(DEADLINE)
+        .build()
+        .unwrap();
+    let signed_in = crate::helpers::wait_until("the viewer to answer", || {
+        let (http, link) = (http.clone(), link.to_owned());
+        async move { http.get(&link).send().await.ok() }
+    })
+    .await;
+    assert!(
+        signed_in.status().is_redirection(),
+        "{}",
+        signed_in.status()
+    );
+    let cookie = signed_in.headers()[SET_COOKIE].to_str().unwrap();
+    let (cookie, _) = cookie.split_once(';').unwrap();
+    (http, cookie.to_owned())
 }
