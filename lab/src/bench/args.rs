@@ -12,10 +12,10 @@ use super::driver::{drive, Pace};
 use super::instances::{Instances, ServeTunables};
 use super::preload;
 use super::report::{Loaded, Phase, Report};
-use super::sandbox::Sandbox;
 use super::soak;
 use super::usage;
 use super::workload;
+use crate::sandbox::{Purpose, Sandbox};
 use crate::{LabError, OprunBinary};
 use operation_runs::broker::connection::connect;
 use operation_runs::config::Config;
@@ -83,9 +83,9 @@ impl BenchArgs {
                 "--preload-runs and --preload-active must not be negative".into(),
             ));
         }
-        let connection = connect(&config.amqp_url_list(), "oprun bench").await?;
+        let connection = connect(&config.amqp_url_list(), "oprun-lab bench").await?;
         let admin = connection.create_channel().await?;
-        let mut sandbox = Sandbox::create(config, &admin).await?;
+        let mut sandbox = Sandbox::create(config, Purpose::Bench, &workload::scopes(), &[]).await?;
         eprintln!(
             "bench: database and namespace {} ({} commands, {} instance(s))",
             sandbox.name, self.commands, self.instances
@@ -97,7 +97,7 @@ impl BenchArgs {
         if self.keep {
             eprintln!("bench: kept database and namespace {}", sandbox.name);
         } else {
-            clean_up(config, &sandbox).await;
+            clean_up(&sandbox).await;
         }
         let report = measured?;
         print!("{}", report.table());
@@ -312,17 +312,10 @@ impl BenchArgs {
 /// Removes the sandbox on a fresh connection (the bench's own may have died with the broker),
 /// retrying for a while so that a broker or database restart during the bench leaves nothing
 /// behind.
-async fn clean_up(config: &Config, sandbox: &Sandbox) {
+async fn clean_up(sandbox: &Sandbox) {
     let deadline = Instant::now() + CLEAN_UP_DEADLINE;
     loop {
-        let attempt = async {
-            let connection = connect(&config.amqp_url_list(), "oprun bench clean-up").await?;
-            let channel = connection.create_channel().await?;
-            let done = sandbox.destroy(&channel).await;
-            let _ = connection.close(200, "bench done".into()).await;
-            done
-        };
-        match attempt.await {
+        match sandbox.remove().await {
             Ok(()) => return,
             Err(e) if Instant::now() > deadline => {
                 eprintln!(

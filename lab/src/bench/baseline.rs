@@ -25,7 +25,7 @@ use lapin::{BasicProperties, Channel, Connection, ExchangeKind, PublisherConfirm
 use tokio::sync::{mpsc, Semaphore};
 
 use super::pipeline::Pipeline;
-use super::sandbox::Sandbox;
+use crate::sandbox::Sandbox;
 use crate::LabError;
 use operation_runs::broker::connection::connect;
 
@@ -81,7 +81,7 @@ pub async fn run(
     let _ = setup.close(200, "declared".into()).await;
 
     // The consumer side: its own connection, like a service instance.
-    let consumer_connection = connect(amqp_url, "oprun bench baseline consumer").await?;
+    let consumer_connection = connect(amqp_url, "oprun-lab bench baseline consumer").await?;
     let credit = Arc::new(Semaphore::new(in_flight as usize));
     let nacks = Arc::new(AtomicU64::new(0));
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();

@@ -1,4 +1,4 @@
-//! `oprun bench`: measures the service against the broker's own limit, in one run, against the
+//! `oprun-lab bench`: measures the service against the broker's own limit, in one run, against the
 //! local broker and database, in a namespace and database of its own (both removed at the end).
 //!
 //! Phases, in order:
@@ -12,7 +12,7 @@
 //!    table sizes every minute.
 //!
 //! [`report`] prints a table for people and, as the very last line, one JSON object for machines.
-//! [`sandbox`] owns the database and namespace; [`pipeline`] is the windowed confirm publisher
+//! [`crate::sandbox`] owns the database and namespace; [`pipeline`] is the windowed confirm publisher
 //! every phase publishes through; [`tracker`] turns replies and events into latencies (pure, no
 //! I/O, unit-tested).
 
@@ -23,7 +23,6 @@ mod instances;
 mod pipeline;
 mod preload;
 mod report;
-mod sandbox;
 mod soak;
 mod tracker;
 mod usage;

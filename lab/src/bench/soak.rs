@@ -11,8 +11,8 @@ use serde_json::json;
 use super::driver::{drive, Pace};
 use super::instances::Instances;
 use super::report::Percentiles;
-use super::sandbox::Sandbox;
 use super::workload;
+use crate::sandbox::Sandbox;
 use crate::LabError;
 
 /// How long one soak step lasts.

@@ -17,6 +17,20 @@ pub const WORKSPACES: i64 = 4;
 /// Tenants seeded per workspace: tenant `100 + 10 (w - 1) + t` for `t` in `1..=10`.
 pub const TENANTS_PER_WORKSPACE: i64 = 10;
 
+/// The workspaces, tenants and users the workload refers to: what the bench's sandbox seeds.
+pub fn scopes() -> crate::sandbox::Scopes {
+    crate::sandbox::Scopes {
+        workspaces: (1..=WORKSPACES).collect(),
+        tenants: (1..=WORKSPACES)
+            .flat_map(|w| {
+                (1..=TENANTS_PER_WORKSPACE)
+                    .map(move |t| (100 + TENANTS_PER_WORKSPACE * (w - 1) + t, w))
+            })
+            .collect(),
+        users: vec![1],
+    }
+}
+
 /// A pre-built command body.
 #[derive(Debug, Clone)]
 pub struct Prebuilt {

@@ -24,10 +24,10 @@ use super::progress::Progress;
 use super::publisher::ReliablePublisher;
 use super::quiescence::{self, BrokerProbe, Expected};
 use super::retention::LATE_DELAY;
-use super::sandbox::Sandbox;
 use super::subscriber::Received;
 use super::viewers::{self, ViewerReport, ViewerTarget};
 use super::workload::{LateGroup, Message, Workload, HELD_FOREVER_TYPE};
+use crate::sandbox::Sandbox;
 use crate::LabError;
 use operation_runs::config::Config;
 
@@ -180,7 +180,7 @@ impl<'a> Run<'a> {
         eprintln!("chaos: phase 1: {} dispatch messages", messages.len());
         let rejecting = self.injections.has(Injection::RejectJobs);
         let amqp_url = &self.config.amqp_url_list();
-        let rejecting_queue = &self.sandbox.rejecting_queue;
+        let rejecting_queue = &self.sandbox.queue(super::executors::REJECTING_QUEUE);
         let reject_until = Instant::now() + self.reject_for;
         if rejecting {
             executors::bind_rejecting_queue(amqp_url, &self.sandbox.topology, rejecting_queue)
@@ -434,7 +434,7 @@ impl<'a> Run<'a> {
                 .iter()
                 .map(|b| b.command_id.clone())
                 .collect(),
-            subscriber_queue: self.sandbox.subscriber_queue.clone(),
+            subscriber_queue: self.sandbox.queue(super::scenario::SUBSCRIBER_QUEUE.suffix),
         };
         let mut probe =
             BrokerProbe::new(&self.config.amqp_url_list(), self.sandbox.topology.clone());

@@ -22,6 +22,8 @@ use super::workload::REJECTED_TYPE;
 use operation_runs::broker::connection::connect;
 use operation_runs::broker::{BrokerError, Topology};
 
+/// `N.chaos.rejecting`: the executor queue that refuses publishes for a while.
+pub const REJECTING_QUEUE: &str = "rejecting";
 /// Messages the rejecting queue takes before it refuses.
 const REJECTING_MAX_LENGTH: i64 = 1;
 /// The failure codes with which the service itself completes a run whose job it could not hand

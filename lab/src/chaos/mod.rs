@@ -13,7 +13,7 @@
 //! - [`workload`]: the seeded plan of commands and what each run must end up as (pure), worded
 //!   by [`dispatches`], [`steps`] and [`bad_messages`]; [`shuffled_json`] writes the bodies
 //!   with keys in random order.
-//! - [`sandbox`]: the run's own database and namespace, created and removed.
+//! - [`crate::sandbox`]: the run's own database and namespace, created and removed.
 //! - [`fleet`]: the `oprun serve` child processes (start, SIGKILL, watch).
 //! - [`faults`]: the fault plan and its injection; [`infra`] restarts the broker and the
 //!   database, and brings them back whatever happens.
@@ -45,7 +45,6 @@ pub mod progress;
 pub mod publisher;
 pub mod quiescence;
 pub mod retention;
-pub mod sandbox;
 pub mod scenario;
 pub mod shuffled_json;
 pub mod steps;

@@ -20,13 +20,27 @@ use super::fleet::{Fleet, Role, ServeOptions};
 use super::infra::Infra;
 use super::injections::{Injection, Injections};
 use super::progress::Progress;
-use super::sandbox::Sandbox;
 use super::subscriber::{Received, Subscriber};
 use super::workload::Workload;
+use crate::sandbox::{BoundQueue, Purpose, Sandbox};
 use crate::{LabError, OprunBinary};
 use operation_runs::config::Config;
 
 /// Everything, checks included, must be done by then: CI allows ten minutes.
+/// `N.chaos.subscriber`: the event subscriber's queue, bound to `N.events`.
+pub const SUBSCRIBER_QUEUE: BoundQueue = BoundQueue {
+    suffix: "subscriber",
+    to_events: true,
+    keys: &[""],
+};
+/// `N.chaos.executor`: bound to `N.jobs` with `#` for the whole run, so every job is routable
+/// (nobody consumes it; it is deleted with the namespace).
+pub const EXECUTOR_QUEUE: BoundQueue = BoundQueue {
+    suffix: "executor",
+    to_events: false,
+    keys: &["#"],
+};
+
 const BUDGET: Duration = Duration::from_secs(540);
 /// The fault plan's seed is the workload's, salted, so each can change without moving the other.
 const FAULT_SEED_SALT: u64 = 0x0063_6861_6f73;
@@ -123,7 +137,14 @@ impl ChaosArgs {
                 "chaos: cannot repair RabbitMQ: {e}"
             )));
         }
-        let sandbox = Sandbox::create(config).await?;
+        let mut sandbox = Sandbox::create(
+            config,
+            Purpose::Chaos,
+            &super::workload::scopes(),
+            &[SUBSCRIBER_QUEUE, EXECUTOR_QUEUE],
+        )
+        .await?;
+        sandbox.own_queue(super::executors::REJECTING_QUEUE);
         eprintln!("chaos: sandbox: {}", sandbox.describe());
         let run_retention = injections
             .has(Injection::Retention)
@@ -261,7 +282,10 @@ async fn execute(
     )?;
     setting.viewer = fleet.viewer_addr().zip(secret.as_deref());
     let fleet = Arc::new(tokio::sync::Mutex::new(fleet));
-    let subscriber = Subscriber::spawn(&config.amqp_url_list(), &sandbox.subscriber_queue);
+    let subscriber = Subscriber::spawn(
+        &config.amqp_url_list(),
+        &sandbox.queue(SUBSCRIBER_QUEUE.suffix),
+    );
     let stop = CancellationToken::new();
     let progress = Progress::new(workload.good_count());
     let poller = progress.spawn_poller(sandbox.pool.clone(), stop.clone());

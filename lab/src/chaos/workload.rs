@@ -59,6 +59,17 @@ const ACTIVE_RUNS: usize = 150;
 /// How far (in messages) a second copy may trail its original.
 const COPY_LAG: f64 = 800.0;
 
+/// The workspaces, tenants and users the workload refers to: what its sandbox seeds.
+pub fn scopes() -> crate::sandbox::Scopes {
+    crate::sandbox::Scopes {
+        workspaces: (1..=WORKSPACES).collect(),
+        tenants: (FIRST_TENANT..FIRST_TENANT + TENANTS)
+            .map(|t| (t, tenant_workspace(t)))
+            .collect(),
+        users: (1..=USERS).collect(),
+    }
+}
+
 /// The workspace tenant `tenant_id` belongs to.
 pub fn tenant_workspace(tenant_id: i64) -> i64 {
     (tenant_id - FIRST_TENANT) % WORKSPACES + 1
