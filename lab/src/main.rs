@@ -8,6 +8,7 @@ mod cluster;
 mod error;
 mod oprun;
 mod private;
+mod publisher;
 mod sandbox;
 
 use clap::{Parser, Subcommand};

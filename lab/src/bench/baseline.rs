@@ -24,7 +24,7 @@ use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ExchangeKind, PublisherConfirm};
 use tokio::sync::{mpsc, Semaphore};
 
-use super::pipeline::Pipeline;
+use crate::publisher::Window;
 use crate::sandbox::Sandbox;
 use crate::LabError;
 use operation_runs::broker::connection::connect;
@@ -120,7 +120,7 @@ pub async fn run(
     });
 
     let body = vec![b'x'; bytes];
-    let pipeline = Pipeline::open(connection, 1_000).await?;
+    let window = Window::open(connection, 1_000).await?;
     let mut first: Option<Instant> = None;
     let publishing = async {
         for i in 0..messages {
@@ -133,12 +133,12 @@ pub async fn run(
                 .with_content_type("application/json".into())
                 .with_delivery_mode(2)
                 .with_message_id(format!("baseline-{i}").into());
-            let at = pipeline
+            let at = window
                 .publish(&input_exchange, "dispatch", &body, properties)
                 .await?;
             first.get_or_insert(at);
         }
-        Ok::<Instant, LabError>(pipeline.drain().await)
+        Ok::<Instant, LabError>(window.drain().await)
     };
     let confirmed_all = tokio::time::timeout(DEADLINE, publishing)
         .await
@@ -150,7 +150,7 @@ pub async fn run(
     let _ = tokio::time::timeout(Duration::from_secs(10), drain).await;
     consumer.abort();
     let _ = drain_channel.close(200, "done".into()).await;
-    pipeline.close().await;
+    window.close().await;
     let _ = consumer_connection.close(200, "done".into()).await;
     let first = first.unwrap_or(last_ack);
     Ok(BaselineResult {
@@ -158,7 +158,7 @@ pub async fn run(
         bytes,
         publish_elapsed: confirmed_all.saturating_duration_since(first),
         elapsed: last_ack.saturating_duration_since(first),
-        nacks: nacks.load(Ordering::Relaxed) + pipeline.nacks(),
+        nacks: nacks.load(Ordering::Relaxed) + window.nacks(),
     })
 }
 

@@ -16,9 +16,9 @@ use lapin::{BasicProperties, Connection};
 use serde_json::Value;
 use tokio::sync::mpsc;
 
-use super::pipeline::Pipeline;
 use super::tracker::{AfterReply, Counts, Reply, Tracker};
 use super::workload::RunPlan;
+use crate::publisher::Window;
 use crate::LabError;
 use operation_runs::broker::headers::{get_i64, get_str};
 use operation_runs::broker::publisher::{consume_direct_replies, DIRECT_REPLY_TO};
@@ -96,9 +96,9 @@ pub async fn drive(
     plans: &[RunPlan],
     pace: Pace,
 ) -> Result<DriveResult, LabError> {
-    let pipeline = Pipeline::open(connection, CONFIRM_WINDOW).await?;
+    let window = Window::open(connection, CONFIRM_WINDOW).await?;
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let replies = consume_direct_replies(pipeline.channel()).await?;
+    let replies = consume_direct_replies(window.channel()).await?;
     tokio::spawn(forward_replies(replies, tx.clone()));
     let events_channel = connection.create_channel().await?;
     let events_tag = format!("bench-events-{}", uuid::Uuid::new_v4().simple());
@@ -149,7 +149,7 @@ pub async fn drive(
             let published = if let Some(item) = ready.pop_front() {
                 let t = &plans[item.run].progress[item.step];
                 let body = t.body(item.run_id);
-                let at = pipeline
+                let at = window
                     .publish(&exchange, t.routing_key, &body, properties(&t.command_id))
                     .await?;
                 tracker.progressed(item.run, t.step, at);
@@ -161,7 +161,7 @@ pub async fn drive(
                     let props = properties(&d.command_id)
                         .with_reply_to(DIRECT_REPLY_TO.into())
                         .with_correlation_id(format!("{run}:{j}").into());
-                    let at = pipeline
+                    let at = window
                         .publish(&exchange, d.routing_key, &d.body, props)
                         .await?;
                     first_publish.get_or_insert(at);
@@ -194,13 +194,13 @@ pub async fn drive(
         }
     }
 
-    pipeline.drain().await;
-    let nacks = pipeline.nacks();
+    window.drain().await;
+    let nacks = window.nacks();
     let _ = events_channel
         .basic_cancel(events_tag.as_str().into(), BasicCancelOptions::default())
         .await;
     let _ = events_channel.close(200, "bench done".into()).await;
-    pipeline.close().await;
+    window.close().await;
     let counts = tracker.counts();
     let elapsed = match (first_publish, tracker.last_activity()) {
         (Some(first), Some(last)) => last.saturating_duration_since(first),

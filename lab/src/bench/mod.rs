@@ -12,15 +12,14 @@
 //!    table sizes every minute.
 //!
 //! [`report`] prints a table for people and, as the very last line, one JSON object for machines.
-//! [`crate::sandbox`] owns the database and namespace; [`pipeline`] is the windowed confirm publisher
-//! every phase publishes through; [`tracker`] turns replies and events into latencies (pure, no
+//! [`crate::sandbox`] owns the database and namespace; [`crate::publisher::Window`] is the windowed confirm
+//! publisher every phase publishes through; [`tracker`] turns replies and events into latencies (pure, no
 //! I/O, unit-tested).
 
 mod args;
 mod baseline;
 mod driver;
 mod instances;
-mod pipeline;
 mod preload;
 mod report;
 mod soak;

@@ -21,12 +21,12 @@ use super::check::{self, AfterDispatch, Findings};
 use super::executors::{self, ClosedByService};
 use super::injections::{Injection, Injections};
 use super::progress::Progress;
-use super::publisher::ReliablePublisher;
 use super::quiescence::{self, BrokerProbe, Expected};
 use super::retention::LATE_DELAY;
 use super::subscriber::Received;
 use super::viewers::{self, ViewerReport, ViewerTarget};
 use super::workload::{LateGroup, Message, Workload, HELD_FOREVER_TYPE};
+use crate::publisher::{self, Reconnecting};
 use crate::sandbox::Sandbox;
 use crate::LabError;
 use operation_runs::config::Config;
@@ -155,9 +155,10 @@ impl<'a> Run<'a> {
         rng: &mut StdRng,
         faults_left: impl Fn() -> usize,
     ) -> Result<Findings, LabError> {
-        let mut publisher = ReliablePublisher::new(
+        let mut publisher = Reconnecting::new(
             &self.config.amqp_url_list(),
             self.sandbox.topology.commands_exchange(),
+            "chaos",
         );
         let resolved = self.dispatch_phase(&mut publisher, rng).await?;
         self.progress_phase(&mut publisher, &resolved, rng).await?;
@@ -173,7 +174,7 @@ impl<'a> Run<'a> {
     /// identity's run by its identity hash.
     async fn dispatch_phase(
         &mut self,
-        publisher: &mut ReliablePublisher,
+        publisher: &mut Reconnecting,
         rng: &mut StdRng,
     ) -> Result<Resolved, LabError> {
         let messages = self.workload.dispatch_messages(rng);
@@ -280,7 +281,7 @@ impl<'a> Run<'a> {
     /// Phase 2: publishes the progress of every run that has an id.
     async fn progress_phase(
         &mut self,
-        publisher: &mut ReliablePublisher,
+        publisher: &mut Reconnecting,
         resolved: &Resolved,
         rng: &mut StdRng,
     ) -> Result<(), LabError> {
@@ -376,7 +377,7 @@ impl<'a> Run<'a> {
     /// the chunk with its run's completion was published (the rest at the end, when due).
     async fn publish_with_late(
         &mut self,
-        publisher: &mut ReliablePublisher,
+        publisher: &mut Reconnecting,
         messages: &[Message],
         late: Vec<LateGroup>,
     ) -> Result<(), LabError> {
@@ -485,7 +486,7 @@ impl<'a> Run<'a> {
     /// service.
     async fn publish(
         &mut self,
-        publisher: &mut ReliablePublisher,
+        publisher: &mut Reconnecting,
         messages: &[Message],
     ) -> Result<(), LabError> {
         for chunk in messages.chunks(CHUNK) {
@@ -501,7 +502,15 @@ impl<'a> Run<'a> {
                 )));
             }
             publisher
-                .publish_all(chunk, self.deadline)
+                .publish_all(
+                    chunk,
+                    |m| publisher::Message {
+                        routing_key: m.routing_key,
+                        body: &m.body,
+                        message_id: &m.message_id,
+                    },
+                    self.deadline,
+                )
                 .await
                 .map_err(LabError::Invalid)?;
             self.sent_fresh += chunk.iter().filter(|m| m.fresh).count() as u64;

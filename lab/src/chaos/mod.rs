@@ -17,8 +17,8 @@
 //! - [`fleet`]: the `oprun serve` child processes (start, SIGKILL, watch).
 //! - [`faults`]: the fault plan and its injection; [`infra`] restarts the broker and the
 //!   database, and brings them back whatever happens.
-//! - [`publisher`] and [`subscriber`]: the producer and the event subscriber, both surviving a
-//!   broker restart (at-least-once in both directions).
+//! - [`crate::publisher::Reconnecting`] and [`subscriber`]: the producer and the event
+//!   subscriber, both surviving a broker restart (at-least-once in both directions).
 //! - [`progress`]: how far the service has got, which paces publishing and the faults.
 //! - [`quiescence`]: waiting until everything has settled, with a deadline.
 //! - [`check`]: the checks behind the closing figures; [`deliveries`]: which duplicate
@@ -42,7 +42,6 @@ pub mod idle;
 pub mod infra;
 pub mod injections;
 pub mod progress;
-pub mod publisher;
 pub mod quiescence;
 pub mod retention;
 pub mod scenario;
