@@ -35,6 +35,11 @@ struct Lab {
 enum LabCommand {
     /// Measure the service against the broker's own limit (see docs/performance.md).
     Bench(bench::BenchArgs),
+    /// The viewer's list latency per filter, and the detail's, on a large preloaded history
+    /// under a steady progress load; p50/p99 per filter as JSON (lab/README.md).
+    ViewerBench(bench::ViewerBenchArgs),
+    /// Duplicate dispatches per second with few and with many active runs in the table.
+    DedupeBench(bench::DedupeBenchArgs),
     /// Fault-injection run on a private broker and database of its own: kills, broker and
     /// database restarts, hostile input; checks nothing is lost.
     Chaos(chaos::ChaosArgs),
@@ -53,6 +58,14 @@ async fn main() -> std::process::ExitCode {
     let result = match lab.command {
         LabCommand::Cluster(args) => args.run().await,
         LabCommand::Bench(args) => match OprunBinary::locate(lab.oprun) {
+            Ok(oprun) => args.run(&lab.config, &oprun).await,
+            Err(e) => Err(e),
+        },
+        LabCommand::ViewerBench(args) => match OprunBinary::locate(lab.oprun) {
+            Ok(oprun) => args.run(&lab.config, &oprun).await,
+            Err(e) => Err(e),
+        },
+        LabCommand::DedupeBench(args) => match OprunBinary::locate(lab.oprun) {
             Ok(oprun) => args.run(&lab.config, &oprun).await,
             Err(e) => Err(e),
         },

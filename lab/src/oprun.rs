@@ -32,3 +32,26 @@ impl OprunBinary {
         &self.0
     }
 }
+
+/// A bearer token for the viewer of an `oprun serve` started with `secret`: the workspace
+/// `workspace_id`, only `tenant_id` when given, valid for `lifetime_secs`, with `sub` as its
+/// subject.
+pub fn viewer_token(
+    secret: &str,
+    workspace_id: i64,
+    tenant_id: Option<i64>,
+    sub: &str,
+    lifetime_secs: u64,
+) -> Result<String, String> {
+    use operation_runs::http::auth::{Claims, TokenKeys};
+    let keys = TokenKeys::new(secret).map_err(|e| e.to_string())?;
+    let exp = chrono::Utc::now().timestamp() as u64 + lifetime_secs;
+    // Built from JSON so that claims the service adds later, with defaults, need nothing
+    // here; a workspace token names no tenants (absent, never null).
+    let mut claims = serde_json::json!({"workspace_id": workspace_id, "exp": exp, "sub": sub});
+    if let Some(tenant) = tenant_id {
+        claims["tenant_ids"] = serde_json::json!([tenant]);
+    }
+    let claims: Claims = serde_json::from_value(claims).map_err(|e| e.to_string())?;
+    Ok(keys.issue(&claims))
+}

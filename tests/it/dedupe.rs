@@ -3,7 +3,6 @@
 //! belong, the per-tenant quota and one code for foreign tenants.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use operation_runs::domain::event_size::{MAX_CONTEXT_BYTES, MAX_EVENT_BYTES};
@@ -14,8 +13,7 @@ use serde_json::{json, Value};
 use sqlx::PgPool;
 
 use crate::helpers::{
-    dispatch, dispatch_with_reply, header, json_properties, progress, test_settings, wait_for,
-    TestApp, DEADLINE,
+    dispatch, dispatch_with_reply, header, progress, test_settings, TestApp, DEADLINE,
 };
 
 /// Completes run `run_id` (of `tenant`, workspace 1) as failed and waits for it.
@@ -591,89 +589,5 @@ async fn a_tenant_of_another_workspace_is_refused_like_an_unknown_one(pool: PgPo
     };
     assert_eq!(shape(&elsewhere, "20"), shape(&missing, "99"));
     app.take_dead_letters(2).await;
-    app.shutdown().await;
-}
-
-/// A measurement of identity lookups (run by hand, not a pass/fail test):
-/// duplicate dispatches per second with 1,000 and then 50,000 active runs in the table.
-/// `cargo test --release --test it dedupe::duplicate_dispatch_throughput -- --ignored --nocapture`
-#[sqlx::test]
-#[ignore]
-async fn duplicate_dispatch_throughput_with_1000_and_50000_active_runs(pool: PgPool) {
-    let settings = operation_runs::config::ServeSettings {
-        max_active_runs_per_tenant: 0,
-        lanes: 4,
-        db_connections: 8,
-        ..test_settings()
-    };
-    let mut app = TestApp::without_service(pool).await;
-    app.start_instance(app.pool.clone(), settings.clone()).await;
-    // 100 real runs, created by the service, whose identities the duplicates repeat.
-    for id in 0..100 {
-        app.dispatch_policy(id).await;
-    }
-    app.wait_for_count("SELECT count(*) FROM operation_runs", 100)
-        .await;
-    app.stop_instance(0).await;
-    let mut filled = 0;
-    let mut rates = Vec::new();
-    for target in [1_000, 50_000] {
-        sqlx::query(
-            "INSERT INTO operation_runs (workspace_id, tenant_id, type, run_identity_hash)
-             SELECT 1, 10, 'policy.sync', encode(sha256(('filler' || i)::bytea), 'hex')
-             FROM generate_series($1::int, $2::int) AS i",
-        )
-        .bind(filled + 1)
-        .bind(target - 100)
-        .execute(&app.pool)
-        .await
-        .unwrap();
-        filled = target - 100;
-        sqlx::query("ANALYZE operation_runs")
-            .execute(&app.pool)
-            .await
-            .unwrap();
-        let before: i64 = sqlx::query_scalar("SELECT count(*) FROM processed_commands")
-            .fetch_one(&app.pool)
-            .await
-            .unwrap();
-        // Queued first, then drained: the rate is the service's, not the publisher's.
-        let n = 10_000;
-        for i in 0..n {
-            let body = dispatch("policy.sync", 1, Some(10), json!({ "policy_id": i % 100 }));
-            app.publish_raw(
-                "dispatch",
-                &serde_json::to_vec(&body).unwrap(),
-                json_properties(),
-            )
-            .await;
-        }
-        let start = Instant::now();
-        app.start_instance(app.pool.clone(), settings.clone()).await;
-        wait_for(
-            "the dispatches to drain",
-            Duration::from_secs(300),
-            || async {
-                let done: i64 = sqlx::query_scalar("SELECT count(*) FROM processed_commands")
-                    .fetch_one(&app.pool)
-                    .await
-                    .unwrap();
-                (done - before >= n as i64)
-                    .then_some(())
-                    .ok_or(format!("slow: {done}"))
-            },
-        )
-        .await;
-        let rate = n as f64 / start.elapsed().as_secs_f64();
-        let active: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM operation_runs WHERE status <> 'completed'")
-                .fetch_one(&app.pool)
-                .await
-                .unwrap();
-        println!("active runs {active}: {n} duplicate dispatches at {rate:.0}/s");
-        rates.push(rate);
-        app.stop_instance(0).await;
-    }
-    println!("ratio 50,000 / 1,000 = {:.2}", rates[1] / rates[0]);
     app.shutdown().await;
 }

@@ -29,7 +29,6 @@ mod schema;
 mod security;
 mod trace_context;
 mod viewer_api;
-mod viewer_bench;
 mod viewer_bounds;
 mod viewer_browser;
 mod viewer_live;

@@ -9,7 +9,7 @@ use lapin::{Channel, Connection};
 
 use super::baseline;
 use super::driver::{drive, Pace};
-use super::instances::{Instances, ServeTunables};
+use super::instances::{Extra, Instances, ServeTunables};
 use super::preload;
 use super::report::{Loaded, Phase, Report};
 use super::soak;
@@ -143,10 +143,10 @@ impl BenchArgs {
             oprun,
             self.instances,
             config,
-            &sandbox.database_url,
-            &sandbox.topology,
+            sandbox,
             &tunables,
             admin,
+            &Extra::default(),
         )
         .await?;
         let pids = instances.pids();

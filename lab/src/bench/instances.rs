@@ -9,6 +9,7 @@ use lapin::types::FieldTable;
 use lapin::Channel;
 use tokio::process::{Child, Command};
 
+use crate::sandbox::Sandbox;
 use crate::{LabError, OprunBinary};
 use operation_runs::broker::Topology;
 use operation_runs::config::Config;
@@ -83,6 +84,16 @@ impl ServeTunables {
     }
 }
 
+/// What a phase adds to every `serve` of the bench's defaults.
+#[derive(Debug, Clone, Default)]
+pub struct Extra {
+    /// Flags added after the bench's own.
+    pub args: Vec<String>,
+    /// Serve the viewer and its API at this address, its tokens signed with this secret
+    /// (`OPRUN_API_SECRET`, never on the command line); else `--http-addr off`.
+    pub viewer: Option<(std::net::SocketAddr, String)>,
+}
+
 /// Running `oprun serve` processes.
 pub struct Instances {
     children: Vec<Child>,
@@ -95,18 +106,22 @@ impl Instances {
         oprun: &OprunBinary,
         count: usize,
         config: &Config,
-        database_url: &str,
-        topology: &Topology,
+        sandbox: &Sandbox,
         tunables: &ServeTunables,
         channel: &Channel,
+        extra: &Extra,
     ) -> Result<Self, LabError> {
+        let http_addr = extra
+            .viewer
+            .as_ref()
+            .map_or_else(|| "off".to_owned(), |(addr, _)| addr.to_string());
         let exe = oprun.path();
         let mut children = Vec::with_capacity(count);
         for _ in 0..count {
             let child = Command::new(exe)
                 .arg("serve")
                 .args(["--metrics-addr", "off"])
-                .args(["--http-addr", "off"])
+                .args(["--http-addr", &http_addr])
                 .args(["--hand-off-jobs", "false"])
                 .args(["--reaper-interval-secs", "0"])
                 .args(["--prefetch", &tunables.prefetch.to_string()])
@@ -115,9 +130,16 @@ impl Instances {
                 .args(["--relay-batch", &tunables.relay_batch.to_string()])
                 .args(["--db-connections", &tunables.db_connections.to_string()])
                 .args(tunables.retention_args())
-                .env("DATABASE_URL", database_url)
+                .args(&extra.args)
+                .envs(
+                    extra
+                        .viewer
+                        .iter()
+                        .map(|(_, secret)| ("OPRUN_API_SECRET", secret)),
+                )
+                .env("DATABASE_URL", &sandbox.database_url)
                 .env("AMQP_URL", config.amqp_url_list())
-                .env("OPRUN_NAMESPACE", topology.namespace())
+                .env("OPRUN_NAMESPACE", sandbox.topology.namespace())
                 .env("OPRUN_LOG", "warn")
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
@@ -127,7 +149,7 @@ impl Instances {
         }
         let mut instances = Self { children };
         instances
-            .wait_consuming(count as u32, topology, channel)
+            .wait_consuming(count as u32, &sandbox.topology, channel)
             .await?;
         Ok(instances)
     }

@@ -18,6 +18,7 @@
 
 mod args;
 mod baseline;
+mod dedupe;
 mod driver;
 mod instances;
 mod preload;
@@ -25,6 +26,9 @@ mod report;
 mod soak;
 mod tracker;
 mod usage;
+mod viewer;
 mod workload;
 
 pub use args::BenchArgs;
+pub use dedupe::DedupeBenchArgs;
+pub use viewer::ViewerBenchArgs;

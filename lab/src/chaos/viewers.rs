@@ -17,12 +17,10 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::Value;
 use sqlx::PgPool;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-
-use operation_runs::http::auth::{Claims, TokenKeys};
 
 /// Readers paging through the events.
 pub const PAGERS: usize = 3;
@@ -58,19 +56,16 @@ impl ViewerTarget {
         workspace_id: i64,
         tenant_id: Option<i64>,
     ) -> Result<Self, String> {
-        let keys = TokenKeys::new(secret).map_err(|e| e.to_string())?;
-        let exp = chrono::Utc::now().timestamp() as u64 + TOKEN_LIFETIME_SECS;
-        // Built from JSON so that claims the service adds later, with defaults, need nothing
-        // here; a workspace run's token names no tenants (absent, never null).
-        let mut claims =
-            json!({"workspace_id": workspace_id, "exp": exp, "sub": "oprun-lab chaos"});
-        if let Some(tenant) = tenant_id {
-            claims["tenant_ids"] = json!([tenant]);
-        }
-        let claims: Claims = serde_json::from_value(claims).map_err(|e| e.to_string())?;
+        let token = crate::oprun::viewer_token(
+            secret,
+            workspace_id,
+            tenant_id,
+            "oprun-lab chaos",
+            TOKEN_LIFETIME_SECS,
+        )?;
         Ok(Self {
             base,
-            token: keys.issue(&claims),
+            token,
             run_id,
         })
     }
@@ -484,6 +479,7 @@ async fn pause(stop: &CancellationToken) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use operation_runs::http::auth::TokenKeys;
 
     #[test]
     fn a_reader_sees_a_step_back_or_repeat_as_out_of_order_and_a_jump_as_a_gap() {
