@@ -10,11 +10,11 @@ use lapin::{Channel, Connection};
 use super::baseline;
 use super::driver::{drive, Pace};
 use super::instances::{Extra, Instances, ServeTunables};
+use super::prebuilt;
 use super::preload;
 use super::report::{Loaded, Phase, Report};
 use super::soak;
 use super::usage;
-use super::workload;
 use crate::sandbox::{Purpose, Sandbox};
 use crate::{LabError, OprunBinary};
 use operation_runs::broker::connection::connect;
@@ -85,7 +85,7 @@ impl BenchArgs {
         }
         let connection = connect(&config.amqp_url_list(), "oprun-lab bench").await?;
         let admin = connection.create_channel().await?;
-        let mut sandbox = Sandbox::create(config, Purpose::Bench, &workload::scopes(), &[]).await?;
+        let mut sandbox = Sandbox::create(config, Purpose::Bench, &prebuilt::scopes(), &[]).await?;
         eprintln!(
             "bench: database and namespace {} ({} commands, {} instance(s))",
             sandbox.name, self.commands, self.instances
@@ -116,8 +116,8 @@ impl BenchArgs {
         let in_flight = self
             .in_flight
             .unwrap_or(4 * u64::from(self.tunables.prefetch) * self.instances as u64);
-        let plans = workload::plan("service", self.commands);
-        let bytes = workload::mean_dispatch_bytes(&plans);
+        let plans = prebuilt::plan("service", self.commands);
+        let bytes = prebuilt::mean_dispatch_bytes(&plans);
 
         eprintln!("bench: baseline, {} messages of {bytes} B", self.commands);
         let before = usage::snapshot(&[], &sandbox.pool).await;
@@ -153,7 +153,7 @@ impl BenchArgs {
 
         eprintln!(
             "bench: service, {} commands in {} runs",
-            workload::total_commands(&plans),
+            prebuilt::total_commands(&plans),
             plans.len()
         );
         let before = usage::snapshot(&pids, &sandbox.pool).await;
@@ -241,10 +241,10 @@ impl BenchArgs {
         rate: f64,
     ) -> Result<Phase, LabError> {
         let budget = (rate * self.steady_secs as f64) as usize;
-        let plans = workload::plan("steady", self.commands.min(budget).max(1));
+        let plans = prebuilt::plan("steady", self.commands.min(budget).max(1));
         eprintln!(
             "bench: steady, {} commands at {rate:.0}/s",
-            workload::total_commands(&plans)
+            prebuilt::total_commands(&plans)
         );
         let before = usage::snapshot(pids, &sandbox.pool).await;
         let steady = drive(
@@ -281,13 +281,13 @@ impl BenchArgs {
             self.preload_active,
         )
         .await?;
-        let plans = workload::plan("loaded", self.commands);
+        let plans = prebuilt::plan("loaded", self.commands);
         let in_flight = self
             .in_flight
             .unwrap_or(4 * u64::from(self.tunables.prefetch) * self.instances as u64);
         eprintln!(
             "bench: loaded, {} commands in {} runs",
-            workload::total_commands(&plans),
+            prebuilt::total_commands(&plans),
             plans.len()
         );
         let before = usage::snapshot(pids, &sandbox.pool).await;

@@ -16,8 +16,8 @@ use lapin::{BasicProperties, Connection};
 use serde_json::Value;
 use tokio::sync::mpsc;
 
+use super::prebuilt::RunPlan;
 use super::tracker::{AfterReply, Counts, Reply, Tracker};
-use super::workload::RunPlan;
 use crate::publisher::Window;
 use crate::LabError;
 use operation_runs::broker::headers::{get_i64, get_str};
@@ -239,7 +239,7 @@ fn receive(m: Incoming, tracker: &mut Tracker, ready: &mut VecDeque<Ready>) {
             };
             if let AfterReply::DriveRun(run_id) = tracker.replied(run, j, parse_reply(&body), at) {
                 // Start, increments and completion become publishable together, in order.
-                let steps = super::workload::INCREMENTS_PER_RUN + 2;
+                let steps = super::prebuilt::INCREMENTS_PER_RUN + 2;
                 ready.extend((0..steps).map(|step| Ready { run, run_id, step }));
             }
         }

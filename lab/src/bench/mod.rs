@@ -4,7 +4,7 @@
 //! Phases, in order:
 //! 1. **baseline** ([`baseline`]): the broker work the service cannot avoid, with no database.
 //! 2. **service** ([`driver`]): `oprun serve` child processes ([`instances`]) consume a workload
-//!    ([`workload`]) as fast as they can; throughput, latency, CPU ([`usage`]) and memory.
+//!    ([`prebuilt`]) as fast as they can; throughput, latency, CPU ([`usage`]) and memory.
 //! 3. **steady**: the same kind of workload at a fixed rate, for latency under load.
 //! 4. **loaded** (`--preload-runs N`, [`preload`]): history preloaded into the database, then the
 //!    service workload again: the cost of a command on a full database against an empty one.
@@ -21,13 +21,13 @@ mod baseline;
 mod dedupe;
 mod driver;
 mod instances;
+mod prebuilt;
 mod preload;
 mod report;
 mod soak;
 mod tracker;
 mod usage;
 mod viewer;
-mod workload;
 
 pub use args::BenchArgs;
 pub use dedupe::DedupeBenchArgs;

@@ -18,7 +18,7 @@ use std::str::FromStr;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Connection, PgConnection};
 
-use super::workload::{TENANTS_PER_WORKSPACE, WORKSPACES};
+use super::prebuilt::{TENANTS_PER_WORKSPACE, WORKSPACES};
 use crate::LabError;
 
 /// Runs per statement.

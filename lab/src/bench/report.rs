@@ -76,7 +76,7 @@ pub struct Loaded {
     pub phase: Phase,
 }
 
-/// Everything one `oprun bench` measured.
+/// Everything one `oprun-lab bench` measured.
 #[derive(Debug)]
 pub struct Report {
     /// Service instances.

@@ -10,8 +10,8 @@ use serde_json::json;
 
 use super::driver::{drive, Pace};
 use super::instances::Instances;
+use super::prebuilt;
 use super::report::Percentiles;
-use super::workload;
 use crate::sandbox::Sandbox;
 use crate::LabError;
 
@@ -36,7 +36,7 @@ pub async fn run(
             STEP
         };
         let commands = ((rate * step.as_secs_f64()) as usize).max(1);
-        let plans = workload::plan(&format!("soak-{minute}"), commands);
+        let plans = prebuilt::plan(&format!("soak-{minute}"), commands);
         let result = drive(
             connection,
             &sandbox.topology,

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use operation_runs::domain::RunEventType;
 
-use super::workload::{Step, INCREMENTS_PER_RUN};
+use super::prebuilt::{Step, INCREMENTS_PER_RUN};
 
 /// What the service answered to a dispatch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,10 +1,10 @@
 //! Driving the workload: phase 1 publishes the dispatches (with the `reject-jobs` injection, an
-//! executor queue refuses one type's jobs meanwhile, see [`super::executors`]) and waits for
+//! executor queue refuses one type's jobs meanwhile, see [`crate::chaos::faults::executors`]) and waits for
 //! them and for every job to be handed off, then resolves each identity's run from the database
 //! (replies die with a killed service; the identity hash does not) and notes the runs the
 //! service already completed itself; phase 2 publishes the progress of the others (late
 //! progress [`LATE_DELAY`] after each run's completion, and with the `viewers` injection
-//! readers of a large run meanwhile, see [`super::viewers`]). Publishing is paced by the
+//! readers of a large run meanwhile, see [`crate::chaos::faults::viewers`]). Publishing is paced by the
 //! service's progress. Then quiescence, and the checks.
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -17,15 +17,16 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::check::{self, AfterDispatch, Findings};
-use super::executors::{self, ClosedByService};
-use super::injections::{Injection, Injections};
-use super::progress::Progress;
-use super::quiescence::{self, BrokerProbe, Expected};
-use super::retention::LATE_DELAY;
-use super::subscriber::Received;
-use super::viewers::{self, ViewerReport, ViewerTarget};
-use super::workload::{LateGroup, Message, Workload, HELD_FOREVER_TYPE};
+use crate::chaos::faults::executors::{self, ClosedByService};
+use crate::chaos::faults::progress::Progress;
+use crate::chaos::faults::retention::LATE_DELAY;
+use crate::chaos::faults::viewers::{self, ViewerReport, ViewerTarget};
+use crate::chaos::plan::injections::{Injection, Injections};
+use crate::chaos::plan::model::{LateGroup, Message, HELD_FOREVER_TYPE};
+use crate::chaos::plan::workload::Workload;
+use crate::chaos::verification::check::{self, AfterDispatch, Findings};
+use crate::chaos::verification::quiescence::{self, BrokerProbe, Expected};
+use crate::chaos::verification::subscriber::Received;
 use crate::publisher::{self, Reconnecting};
 use crate::sandbox::Sandbox;
 use crate::LabError;
@@ -181,14 +182,16 @@ impl<'a> Run<'a> {
         eprintln!("chaos: phase 1: {} dispatch messages", messages.len());
         let rejecting = self.injections.has(Injection::RejectJobs);
         let amqp_url = &self.config.amqp_url_list();
-        let rejecting_queue = &self.sandbox.queue(super::executors::REJECTING_QUEUE);
+        let rejecting_queue = &self
+            .sandbox
+            .queue(crate::chaos::faults::executors::REJECTING_QUEUE);
         let reject_until = Instant::now() + self.reject_for;
         if rejecting {
             executors::bind_rejecting_queue(amqp_url, &self.sandbox.topology, rejecting_queue)
                 .await?;
             eprintln!(
                 "chaos: {rejecting_queue} refuses {} jobs for {} s",
-                super::workload::REJECTED_TYPE,
+                crate::chaos::plan::model::REJECTED_TYPE,
                 self.reject_for.as_secs()
             );
         }
@@ -261,12 +264,12 @@ impl<'a> Run<'a> {
                 .workload
                 .identities
                 .iter()
-                .filter(|i| i.run_type == super::workload::REJECTED_TYPE)
+                .filter(|i| i.run_type == crate::chaos::plan::model::REJECTED_TYPE)
                 .count();
             eprintln!(
                 "chaos: {} runs completed by the service before any progress ({codes:?}); {of_type} runs of {} in all; they get no progress",
                 resolved.closed.len(),
-                super::workload::REJECTED_TYPE
+                crate::chaos::plan::model::REJECTED_TYPE
             );
         }
         eprintln!(
@@ -435,7 +438,9 @@ impl<'a> Run<'a> {
                 .iter()
                 .map(|b| b.command_id.clone())
                 .collect(),
-            subscriber_queue: self.sandbox.queue(super::scenario::SUBSCRIBER_QUEUE.suffix),
+            subscriber_queue: self
+                .sandbox
+                .queue(crate::chaos::verification::subscriber::SUBSCRIBER_QUEUE.suffix),
         };
         let mut probe =
             BrokerProbe::new(&self.config.amqp_url_list(), self.sandbox.topology.clone());

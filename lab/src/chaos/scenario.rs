@@ -11,36 +11,24 @@ use rand::SeedableRng;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::check::Findings;
-use super::deliveries;
 use super::drive::{Run, Setting};
-use super::faults::{self, FaultLog, Target};
-use super::figures::Figures;
-use super::fleet::{Fleet, Role, ServeOptions};
-use super::infra::Infra;
-use super::injections::{Injection, Injections};
-use super::progress::Progress;
-use super::subscriber::{Received, Subscriber};
-use super::workload::Workload;
-use crate::sandbox::{BoundQueue, Purpose, Sandbox};
+use crate::chaos::faults::executors::EXECUTOR_QUEUE;
+use crate::chaos::faults::fleet::{Fleet, Role, ServeOptions};
+use crate::chaos::faults::infra::Infra;
+use crate::chaos::faults::progress::Progress;
+use crate::chaos::faults::schedule::{self, FaultLog, Target};
+use crate::chaos::plan::injections::{Injection, Injections};
+use crate::chaos::plan::workload::Workload;
+use crate::chaos::verification::check::Findings;
+use crate::chaos::verification::deliveries;
+use crate::chaos::verification::figures::Figures;
+use crate::chaos::verification::subscriber::SUBSCRIBER_QUEUE;
+use crate::chaos::verification::subscriber::{Received, Subscriber};
+use crate::sandbox::{Purpose, Sandbox};
 use crate::{LabError, OprunBinary};
 use operation_runs::config::Config;
 
 /// Everything, checks included, must be done by then: CI allows ten minutes.
-/// `N.chaos.subscriber`: the event subscriber's queue, bound to `N.events`.
-pub const SUBSCRIBER_QUEUE: BoundQueue = BoundQueue {
-    suffix: "subscriber",
-    to_events: true,
-    keys: &[""],
-};
-/// `N.chaos.executor`: bound to `N.jobs` with `#` for the whole run, so every job is routable
-/// (nobody consumes it; it is deleted with the namespace).
-pub const EXECUTOR_QUEUE: BoundQueue = BoundQueue {
-    suffix: "executor",
-    to_events: false,
-    keys: &["#"],
-};
-
 const BUDGET: Duration = Duration::from_secs(540);
 /// The fault plan's seed is the workload's, salted, so each can change without moving the other.
 const FAULT_SEED_SALT: u64 = 0x0063_6861_6f73;
@@ -105,12 +93,12 @@ impl ChaosArgs {
         let deadline = Instant::now() + BUDGET;
         let mut without = self.without.clone();
         if let Some(limit) = infra.max_message_size().await {
-            if limit <= super::bad_messages::OVERSIZED_BYTES as u64
+            if limit <= crate::chaos::plan::bad_messages::OVERSIZED_BYTES as u64
                 && !without.contains(&Injection::Oversized)
             {
                 eprintln!(
                     "chaos: the broker refuses messages over {limit} bytes: the oversized burst ({} bytes each) is left out",
-                    super::bad_messages::OVERSIZED_BYTES
+                    crate::chaos::plan::bad_messages::OVERSIZED_BYTES
                 );
                 without.push(Injection::Oversized);
             }
@@ -118,7 +106,7 @@ impl ChaosArgs {
         let injections = Injections::without(&without);
         let mut rng = StdRng::seed_from_u64(seed);
         let workload = Workload::generate(self.commands, &injections, &mut rng);
-        let plan = faults::plan(
+        let plan = schedule::plan(
             &mut StdRng::seed_from_u64(seed ^ FAULT_SEED_SALT),
             &injections,
             infra.is_cluster(),
@@ -140,18 +128,18 @@ impl ChaosArgs {
         let mut sandbox = Sandbox::create(
             config,
             Purpose::Chaos,
-            &super::workload::scopes(),
+            &crate::chaos::plan::model::scopes(),
             &[SUBSCRIBER_QUEUE, EXECUTOR_QUEUE],
         )
         .await?;
-        sandbox.own_queue(super::executors::REJECTING_QUEUE);
+        sandbox.own_queue(crate::chaos::faults::executors::REJECTING_QUEUE);
         eprintln!("chaos: sandbox: {}", sandbox.describe());
         let run_retention = injections
             .has(Injection::Retention)
-            .then_some(super::retention::RUN_RETENTION);
+            .then_some(crate::chaos::faults::retention::RUN_RETENTION);
         let serve = ServeOptions {
             extra_args: if injections.has(Injection::Retention) {
-                super::retention::serve_args()
+                crate::chaos::faults::retention::serve_args()
             } else {
                 Vec::new()
             },
@@ -254,7 +242,7 @@ struct Outcome {
     db_restarts: u32,
     broker_node_kills: u32,
     /// What the viewers' readers saw (`viewers`).
-    viewers: Option<super::viewers::ViewerReport>,
+    viewers: Option<crate::chaos::faults::viewers::ViewerReport>,
 }
 
 /// Starts the service, the subscriber and the faults, drives the workload and checks; stops
@@ -265,7 +253,7 @@ async fn execute(
     oprun: &OprunBinary,
     sandbox: &Sandbox,
     workload: &Workload,
-    plan: Vec<faults::PlannedFault>,
+    plan: Vec<schedule::PlannedFault>,
     infra: &Arc<Infra>,
     rng: &mut StdRng,
     mut setting: Setting<'_>,
@@ -304,7 +292,7 @@ async fn execute(
                 amqp_url: config.amqp_url_list(),
                 topology: sandbox.topology.clone(),
             };
-            let injector = tokio::spawn(faults::inject(
+            let injector = tokio::spawn(schedule::inject(
                 plan,
                 fleet.clone(),
                 infra.clone(),

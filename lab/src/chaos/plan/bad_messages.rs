@@ -7,8 +7,8 @@ use rand::Rng;
 use serde_json::json;
 
 use super::injections::{Injection, Injections};
+use super::model::{tenant_workspace, BadMessage, Message, FIRST_TENANT, TENANTS};
 use super::shuffled_json::to_shuffled_string;
-use super::workload::{tenant_workspace, BadMessage, Message, FIRST_TENANT, TENANTS};
 use operation_runs::domain::command::MAX_COMMAND_BYTES;
 
 /// Invalid JSON bodies (accounted by their `message_id`).

@@ -8,10 +8,10 @@ use rand::seq::IndexedRandom;
 use rand::Rng;
 use serde_json::{json, Value};
 
-use super::shuffled_json::to_shuffled_string;
-use super::workload::{
+use super::model::{
     Counts, Identity, Message, PlannedFailure, PlannedRun, Step, StepAction, TWICE,
 };
+use super::shuffled_json::to_shuffled_string;
 use operation_runs::domain::summary_counts::SUMMARY_COUNT_KEYS;
 use operation_runs::domain::RunOutcome;
 

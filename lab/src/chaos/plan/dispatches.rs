@@ -10,10 +10,10 @@ use rand::seq::IndexedRandom;
 use rand::Rng;
 use serde_json::{json, Map, Value};
 
-use super::shuffled_json::to_shuffled_string;
-use super::workload::{
+use super::model::{
     tenant_workspace, Identity, FIRST_TENANT, REJECTED_TYPE, TENANTS, USERS, WORKSPACES,
 };
+use super::shuffled_json::to_shuffled_string;
 use operation_runs::domain::{OperationRunType, RunIdentityHash};
 
 /// The contexts of an identity's dispatches: the first, then its duplicates (about 30% of all

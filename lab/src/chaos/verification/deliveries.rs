@@ -25,6 +25,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::chaos::faults::schedule::{Disruption, DisruptionKind};
+
 /// How long before a disruption began the copy before an excused one may have arrived (a relay
 /// round publishing and waiting for its confirms under load).
 pub const BEFORE: Duration = Duration::from_secs(10);
@@ -35,39 +37,17 @@ pub const RELAY_BATCH: usize = 500;
 /// Deliveries the subscriber holds unacked at most (its prefetch).
 pub const SUBSCRIBER_PREFETCH: usize = super::subscriber::PREFETCH as usize;
 
-/// What kind of disruption.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DisruptionKind {
-    /// A service instance SIGKILLed.
-    Kill,
-    /// RabbitMQ stopped and started.
-    BrokerRestart,
-    /// PostgreSQL stopped and started.
-    DatabaseRestart,
+/// Whether `d`'s window holds `at`: from [`BEFORE`] before it began to [`AFTER`] after it ended.
+fn covers(d: &Disruption, at: Instant) -> bool {
+    let from = d.start.checked_sub(BEFORE).unwrap_or(d.start);
+    from <= at && at <= d.end + AFTER
 }
 
-/// A disruption: when it began and ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Disruption {
-    /// What it was.
-    pub kind: DisruptionKind,
-    /// When it began.
-    pub start: Instant,
-    /// When it ended.
-    pub end: Instant,
-}
-
-impl Disruption {
-    fn covers(&self, at: Instant) -> bool {
-        let from = self.start.checked_sub(BEFORE).unwrap_or(self.start);
-        from <= at && at <= self.end + AFTER
-    }
-
-    fn budget(&self) -> usize {
-        match self.kind {
-            DisruptionKind::Kill | DisruptionKind::DatabaseRestart => RELAY_BATCH,
-            DisruptionKind::BrokerRestart => RELAY_BATCH + SUBSCRIBER_PREFETCH,
-        }
+/// Extra copies `d` may excuse at most.
+fn budget(d: &Disruption) -> usize {
+    match d.kind {
+        DisruptionKind::Kill | DisruptionKind::DatabaseRestart => RELAY_BATCH,
+        DisruptionKind::BrokerRestart => RELAY_BATCH + SUBSCRIBER_PREFETCH,
     }
 }
 
@@ -116,7 +96,7 @@ pub fn attribute(
     // Earliest first, so budgets go to the copies closest to their disruption in time order.
     repeated.sort_by(|a, b| a.1[0].cmp(&b.1[0]).then_with(|| a.0.cmp(b.0)));
     let origin = repeated.first().map(|(_, t)| t[0]);
-    let mut budgets: Vec<usize> = disruptions.iter().map(Disruption::budget).collect();
+    let mut budgets: Vec<usize> = disruptions.iter().map(budget).collect();
     let mut result = Duplicates {
         received_more_than_once: repeated.len() as u64,
         ..Duplicates::default()
@@ -125,8 +105,9 @@ pub fn attribute(
         let mut used: Vec<usize> = Vec::new();
         let excused = times.windows(2).all(|pair| {
             let earlier = pair[0];
-            let found = (0..disruptions.len())
-                .find(|d| !used.contains(d) && budgets[*d] > 0 && disruptions[*d].covers(earlier));
+            let found = (0..disruptions.len()).find(|d| {
+                !used.contains(d) && budgets[*d] > 0 && covers(&disruptions[*d], earlier)
+            });
             found.map(|d| used.push(d)).is_some()
         });
         if excused {

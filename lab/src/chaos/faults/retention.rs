@@ -6,7 +6,7 @@
 //! and the jobs keep their defaults: the checks read the inbox, and a job's hand-off is waited
 //! for.
 //!
-//! Late progress (see [`super::workload`]) goes to runs held for ever, [`LATE_DELAY`] after
+//! Late progress (see [`crate::chaos::plan::workload`]) goes to runs held for ever, [`LATE_DELAY`] after
 //! their completion was published: their earlier events are pruned by then, so the late event's
 //! sequence must follow the run's last one, never start again at 1.
 

@@ -1,6 +1,6 @@
 //! The injections, each switchable (`--without a,b`), all on by default: hostile input,
 //! operator mistakes, short retention, late progress and viewer readers, on top of the crash
-//! faults of [`super::faults`] (which always run).
+//! faults of [`crate::chaos::faults::schedule`] (which always run).
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -24,16 +24,16 @@ pub enum Injection {
     /// 300 idle TCP connections to the primary's `/metrics` address, held while it works.
     IdleConnections,
     /// `serve` prunes on a short window while it works: events after
-    /// [`super::retention::EVENT_RETENTION`], completed runs after
-    /// [`super::retention::RUN_RETENTION`], a pass every [`super::retention::PRUNE_INTERVAL`].
+    /// [`crate::chaos::faults::retention::EVENT_RETENTION`], completed runs after
+    /// [`crate::chaos::faults::retention::RUN_RETENTION`], a pass every [`crate::chaos::faults::retention::PRUNE_INTERVAL`].
     Retention,
     /// Some completed runs get `increment_summary_counts` and `append_failures` after their
-    /// completion, [`super::retention::LATE_DELAY`] later (applied: their effect and their
+    /// completion, [`crate::chaos::faults::retention::LATE_DELAY`] later (applied: their effect and their
     /// events are expected).
     LateProgress,
     /// The primary's run viewer is on: paging readers of `GET /v1/runs/{id}/events` and live
     /// streams of `GET /v1/runs/{id}/live` on a large run during the workload, each checking
-    /// that sequences arrive increasing and without a gap (see [`super::viewers`]).
+    /// that sequences arrive increasing and without a gap (see [`crate::chaos::faults::viewers`]).
     Viewers,
 }
 

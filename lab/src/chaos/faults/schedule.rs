@@ -13,7 +13,7 @@
 //! seconds (at 25%..50%), and [`idle::CONNECTIONS`] idle connections to the primary's
 //! `/metrics` address (at 20%..45%, held in the background for up to [`idle::HOLD`]).
 //! Every SIGKILL and restart is logged as a [`Disruption`], to which duplicate deliveries
-//! may be attributed (see [`super::deliveries`]).
+//! may be attributed (see [`crate::chaos::verification::deliveries`]).
 
 use std::fmt;
 use std::sync::{Arc, Mutex};
@@ -24,13 +24,12 @@ use rand::Rng;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::deliveries::{Disruption, DisruptionKind};
 use super::fleet::{Fleet, Role};
 use super::idle;
 use super::infra::Infra;
-use super::injections::{Injection, Injections};
 use super::progress::Progress;
 use super::unbinding::unbind_dead_letters;
+use crate::chaos::plan::injections::{Injection, Injections};
 use operation_runs::broker::Topology;
 
 /// How long the idle-connections injection waits for a (re)started primary to listen.
@@ -161,6 +160,28 @@ pub fn plan(rng: &mut StdRng, injections: &Injections, cluster: bool) -> Vec<Pla
         .collect::<Vec<_>>();
     faults.sort_by(|a, b| a.at.total_cmp(&b.at));
     faults
+}
+
+/// What kind of disruption.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DisruptionKind {
+    /// A service instance SIGKILLed.
+    Kill,
+    /// RabbitMQ stopped and started.
+    BrokerRestart,
+    /// PostgreSQL stopped and started.
+    DatabaseRestart,
+}
+
+/// A disruption: when it began and ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Disruption {
+    /// What it was.
+    pub kind: DisruptionKind,
+    /// When it began.
+    pub start: Instant,
+    /// When it ended.
+    pub end: Instant,
 }
 
 /// What the injection did so far.

@@ -1,5 +1,5 @@
 //! The executor side of a chaos run: the service hands every new run's job to `N.jobs`,
-//! where `N.chaos.executor` (see [`super::sandbox`]) takes every job for the whole run. For the
+//! where `N.chaos.executor` (see [`crate::sandbox`]) takes every job for the whole run. For the
 //! `reject-jobs` injection a second queue, bound for [`REJECTED_TYPE`] only, holds one message
 //! and refuses the rest (`x-overflow: reject-publish`: the broker nacks the publish although the
 //! job also reached the executor queue) for a while during the dispatches, then is deleted.
@@ -18,10 +18,18 @@ use serde_json::Value;
 use sqlx::PgPool;
 use tokio::time::Instant;
 
-use super::workload::REJECTED_TYPE;
+use crate::chaos::plan::model::REJECTED_TYPE;
+use crate::sandbox::BoundQueue;
 use operation_runs::broker::connection::connect;
 use operation_runs::broker::{BrokerError, Topology};
 
+/// `N.chaos.executor`: bound to `N.jobs` with `#` for the whole run, so every job is routable
+/// (nobody consumes it; it is deleted with the namespace).
+pub const EXECUTOR_QUEUE: BoundQueue = BoundQueue {
+    suffix: "executor",
+    to_events: false,
+    keys: &["#"],
+};
 /// `N.chaos.rejecting`: the executor queue that refuses publishes for a while.
 pub const REJECTING_QUEUE: &str = "rejecting";
 /// Messages the rejecting queue takes before it refuses.

@@ -1,5 +1,6 @@
-//! The workload: runs planned ahead of time with their command bodies pre-built, so that building
-//! messages costs nothing while the clock runs.
+//! The bench's workload, pre-built: runs planned ahead of time with their command bodies
+//! built, so that building messages costs nothing while the clock runs. (The fault-injection
+//! run's seeded plan, with what each run must end up as, is `chaos::plan::workload`.)
 //!
 //! Every run is: one dispatch; for 3 runs in 7 a duplicate dispatch of the same identity right
 //! after it (so 30 % of dispatches are duplicates); then, once the dispatch's reply gives the run

@@ -8,7 +8,7 @@
 //! - `double_applied`: runs whose stored effect differs from the distinct commands sent (summary
 //!   counts, each failure once, final state) although every one of their commands is in the
 //!   inbox: the difference can only come from a command applied twice (or wrongly). A run the
-//!   service completed itself before phase 2 (its job refused, see [`super::executors`]) was
+//!   service completed itself before phase 2 (its job refused, see [`crate::chaos::faults::executors`]) was
 //!   sent no progress and must still be exactly that: `completed`/`failed`, no counts, its one
 //!   hand-off failure. The flooded run's counts and state are exact; of its failure entries
 //!   (the service keeps only the first ones, a documented cap) each stored one must have been sent
@@ -46,10 +46,13 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::PgPool;
 
-use super::executors::{closed_as_allowed, failure_codes, ClosedByService, HAND_OFF_FAILURE_CODES};
 use super::quiescence::DeadLetterSeen;
 use super::subscriber::Received;
-use super::workload::{PlannedRun, Workload};
+use crate::chaos::faults::executors::{
+    closed_as_allowed, failure_codes, ClosedByService, HAND_OFF_FAILURE_CODES,
+};
+use crate::chaos::plan::model::PlannedRun;
+use crate::chaos::plan::workload::Workload;
 use operation_runs::domain::RunStatus;
 
 /// Examples shown per kind of finding.
@@ -216,7 +219,7 @@ pub async fn runs_by_identity(
 
 /// The runs the subscriber received events of that are not among `rows` (deleted by run
 /// retention), as their latest event carries them: id, identity key, and for a completed one
-/// what [`super::executors::completed_runs`] would have said of it.
+/// what [`crate::chaos::faults::executors::completed_runs`] would have said of it.
 pub fn deleted_runs(
     received: &Received,
     rows: &HashSet<i64>,
@@ -598,7 +601,7 @@ fn check_closed(findings: &mut Findings, after: AfterDispatch<'_>) {
                 after.run_ids[*i],
                 closed.run_type,
                 closed.codes,
-                super::workload::REJECTED_TYPE
+                crate::chaos::plan::model::REJECTED_TYPE
             ));
         }
     }
@@ -793,8 +796,8 @@ fn note(findings: &mut Findings, items: &[impl AsRef<str>], what: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::chaos::injections::Injections;
-    use crate::chaos::workload::REJECTED_TYPE;
+    use crate::chaos::plan::injections::Injections;
+    use crate::chaos::plan::model::REJECTED_TYPE;
     use rand::rngs::StdRng;
     use rand::SeedableRng;
     use serde_json::json;

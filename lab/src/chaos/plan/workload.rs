@@ -15,7 +15,7 @@
 //! with failures (its steps arrive as one block; a run of [`HELD_FOREVER_TYPE`], so run
 //! retention never deletes the run the viewers read); bursts of bad messages (each one block);
 //! late counts and failures for [`LATE_SHARE`] of the runs of [`HELD_FOREVER_TYPE`], published
-//! apart, [`super::retention::LATE_DELAY`] after their run's completion (see
+//! apart, [`crate::chaos::faults::retention::LATE_DELAY`] after their run's completion (see
 //! [`Workload::late_messages`]).
 
 use std::collections::BTreeMap;
@@ -27,188 +27,18 @@ use rand::Rng;
 use super::bad_messages::bad_messages;
 use super::dispatches::{dispatch_body, dispatch_contexts, identity_for};
 use super::injections::{Injection, Injections};
+use super::model::{
+    BadMessage, Identity, LateGroup, Message, PlannedDispatch, PlannedRun, StepAction,
+    HELD_FOREVER_TYPE, LATE_SHARE, REJECTED_TYPE, TWICE,
+};
 use super::steps::{add_failure_flood, add_late_progress, plan_run, progress_message};
-use operation_runs::domain::{OperationRunType, RunIdentityHash, RunOutcome};
+use operation_runs::domain::RunOutcome;
 
-/// The run type whose jobs the rejecting executor queue refuses (`--without reject-jobs` keeps
-/// the type, without the queue). Its identities are dispatched once each: a run the service
-/// fails (`dispatch.rejected`) while a duplicate dispatch is still on its way would rightly get
-/// a second run, which the checks could not tell from a real duplicate.
-pub const REJECTED_TYPE: OperationRunType = OperationRunType::EntraGroupSync;
-
-/// The run type whose identities are held for ever (dedupe window `forever`): run retention
-/// never deletes its runs, so late progress always finds them.
-pub const HELD_FOREVER_TYPE: OperationRunType = OperationRunType::BackupScheduleScheduled;
-/// Share of the runs of [`HELD_FOREVER_TYPE`] that get late progress (`late-progress`).
-pub const LATE_SHARE: f64 = 0.3;
-
-/// Workspaces `1..=WORKSPACES` are seeded.
-pub const WORKSPACES: i64 = 4;
-/// Tenants `FIRST_TENANT..FIRST_TENANT + TENANTS` are seeded, spread over the workspaces.
-pub const FIRST_TENANT: i64 = 101;
-/// How many tenants are seeded.
-pub const TENANTS: i64 = 16;
-/// Users `1..=USERS` are seeded.
-pub const USERS: i64 = 3;
-
-/// Share of messages published a second time, same command id and body.
-pub(super) const TWICE: f64 = 0.05;
 /// Runs driven at once in phase 2: runs start and complete all along the phase, not only at
 /// its end.
 const ACTIVE_RUNS: usize = 150;
 /// How far (in messages) a second copy may trail its original.
 const COPY_LAG: f64 = 800.0;
-
-/// The workspaces, tenants and users the workload refers to: what its sandbox seeds.
-pub fn scopes() -> crate::sandbox::Scopes {
-    crate::sandbox::Scopes {
-        workspaces: (1..=WORKSPACES).collect(),
-        tenants: (FIRST_TENANT..FIRST_TENANT + TENANTS)
-            .map(|t| (t, tenant_workspace(t)))
-            .collect(),
-        users: (1..=USERS).collect(),
-    }
-}
-
-/// The workspace tenant `tenant_id` belongs to.
-pub fn tenant_workspace(tenant_id: i64) -> i64 {
-    (tenant_id - FIRST_TENANT) % WORKSPACES + 1
-}
-
-/// A message to publish to `N.commands`.
-#[derive(Debug, Clone)]
-pub struct Message {
-    /// The routing key (the command kind).
-    pub routing_key: &'static str,
-    /// The body, as sent.
-    pub body: Vec<u8>,
-    /// The AMQP `message_id` (the command id).
-    pub message_id: String,
-    /// False for a deliberate second copy and for bad messages: only fresh messages count as
-    /// new work for the service.
-    pub fresh: bool,
-}
-
-/// One run identity: what the dispatches of it have in common.
-#[derive(Debug, Clone)]
-pub struct Identity {
-    /// The operation type.
-    pub run_type: OperationRunType,
-    /// The workspace.
-    pub workspace_id: i64,
-    /// The tenant, `None` for a workspace-scoped run.
-    pub tenant_id: Option<i64>,
-    /// Its hash, as the service computes it.
-    pub hash: RunIdentityHash,
-}
-
-/// One dispatch command of an identity, already worded.
-#[derive(Debug, Clone)]
-pub struct PlannedDispatch {
-    /// Index into [`Workload::identities`] (the tests check the plan against it).
-    #[cfg_attr(not(test), allow(dead_code))]
-    pub identity: usize,
-    /// Its command id.
-    pub command_id: String,
-    /// The body text.
-    pub body: String,
-    /// Published twice.
-    pub twice: bool,
-}
-
-/// Summary count increments.
-pub type Counts = BTreeMap<&'static str, u64>;
-
-/// One failure entry sent; `item` is unique, so the stored summary shows whether it was
-/// appended once.
-#[derive(Debug, Clone)]
-pub struct PlannedFailure {
-    /// Its code.
-    pub code: &'static str,
-    /// Its message.
-    pub message: String,
-    /// Its unique item reference.
-    pub item: String,
-}
-
-/// What a progress command asks for.
-#[derive(Debug, Clone)]
-pub enum StepAction {
-    /// `update_run` to running.
-    Start,
-    /// `increment_summary_counts`.
-    Increment(Counts),
-    /// `append_failures`.
-    AppendFailures(Vec<PlannedFailure>),
-    /// `update_run` to completed, with some counts and failures of its own.
-    Complete {
-        /// The outcome.
-        outcome: RunOutcome,
-        /// Increments carried by the completion.
-        counts: Counts,
-        /// Failures carried by the completion.
-        failures: Vec<PlannedFailure>,
-    },
-}
-
-/// One progress command of a run.
-#[derive(Debug, Clone)]
-pub struct Step {
-    /// Its command id.
-    pub command_id: String,
-    /// What it asks for.
-    pub action: StepAction,
-    /// Published twice.
-    pub twice: bool,
-}
-
-/// The progress commands of one run, in the order an executor would send them.
-#[derive(Debug, Clone)]
-pub struct PlannedRun {
-    /// The steps.
-    pub steps: Vec<Step>,
-    /// The run of the failure flood: its steps are published as one block, and the service may
-    /// keep only the first of its failure entries (a documented cap).
-    pub flood: bool,
-    /// The index of its first late step, if it has late progress: those steps are published
-    /// apart, after the completion (see [`Workload::late_messages`]).
-    pub late_from: Option<usize>,
-}
-
-impl PlannedRun {
-    /// The steps published in the interleaved stream of phase 2 (all but the late ones).
-    pub fn on_time_steps(&self) -> &[Step] {
-        &self.steps[..self.late_from.unwrap_or(self.steps.len())]
-    }
-
-    /// The late steps.
-    pub fn late_steps(&self) -> &[Step] {
-        &self.steps[self.late_from.unwrap_or(self.steps.len())..]
-    }
-}
-
-/// The late messages of one run, to be published apart, after its completion.
-#[derive(Debug, Clone)]
-pub struct LateGroup {
-    /// The command id of the run's completion: the group is published
-    /// [`super::retention::LATE_DELAY`] after it.
-    pub after: String,
-    /// The messages, second copies right after their originals.
-    pub messages: Vec<Message>,
-}
-
-/// A message that must be dead-lettered, with the reason it must carry.
-#[derive(Debug, Clone)]
-pub struct BadMessage {
-    /// Its command id (body field or `message_id`).
-    pub command_id: String,
-    /// The error code the dead letter must carry.
-    pub expected_code: &'static str,
-    /// The message.
-    pub message: Message,
-    /// The burst it belongs to (published together, as one block), if any.
-    pub burst: Option<&'static str>,
-}
 
 /// The whole plan.
 #[derive(Debug, Clone)]
@@ -489,7 +319,7 @@ mod tests {
     fn the_plan_has_the_requested_size_and_about_30_percent_duplicate_dispatches() {
         let w = workload(1);
         // The failure flood's commands come on top.
-        let flood = crate::chaos::steps::FLOOD_COMMANDS as u64;
+        let flood = crate::chaos::plan::steps::FLOOD_COMMANDS as u64;
         assert!(w.command_count() >= 3000 + flood && w.command_count() < 3020 + flood);
         let duplicates = w.dispatches.len() - w.identities.len();
         let share = duplicates as f64 / w.dispatches.len() as f64;
@@ -571,7 +401,7 @@ mod tests {
             .iter()
             .filter(|s| matches!(&s.action, StepAction::AppendFailures(f) if f.len() == 50))
             .count();
-        assert_eq!(appends, crate::chaos::steps::FLOOD_COMMANDS);
+        assert_eq!(appends, crate::chaos::plan::steps::FLOOD_COMMANDS);
         // Only second copies (which trail their originals) may come between a block's messages.
         let fresh: Vec<&Message> = messages
             .iter()

@@ -29,7 +29,7 @@ pub struct Figures {
     /// [`super::deliveries`]).
     pub duplicate_deliveries: u64,
     /// Sequences the viewers' readers got out of order or skipped while still stored (see
-    /// [`super::viewers`]; 0 without the `viewers` injection).
+    /// [`crate::chaos::faults::viewers`]; 0 without the `viewers` injection).
     pub viewer_gaps: u64,
     /// Wall time of the run.
     pub seconds: u64,

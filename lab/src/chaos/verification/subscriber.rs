@@ -18,11 +18,18 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::sandbox::BoundQueue;
 use operation_runs::broker::connection::connect;
 use operation_runs::broker::headers::get_i64;
 use operation_runs::broker::BrokerError;
 use operation_runs::retry::backoff;
 
+/// `N.chaos.subscriber`: the event subscriber's queue, bound to `N.events`.
+pub const SUBSCRIBER_QUEUE: BoundQueue = BoundQueue {
+    suffix: "subscriber",
+    to_events: true,
+    keys: &[""],
+};
 /// Deliveries the broker may send ahead of our acks.
 pub const PREFETCH: u16 = 1000;
 /// How long the consumer may wait for a delivery before its connection is looked at, and the
@@ -162,7 +169,7 @@ async fn consume(
     let mut consumer = channel
         .basic_consume(
             queue.into(),
-            "oprun-chaos-subscriber".into(),
+            "oprun-lab-chaos-subscriber".into(),
             BasicConsumeOptions::default(),
             FieldTable::default(),
         )

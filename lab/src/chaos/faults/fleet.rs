@@ -2,7 +2,7 @@
 //! log file. A primary instance runs throughout (killed and restarted); a second one joins for
 //! a stretch. An instance that exits without being killed is a finding, not a fault.
 //!
-//! Jobs are handed off (an executor queue takes them all, see [`super::sandbox`]), and each role
+//! Jobs are handed off (an executor queue takes them all, see [`crate::sandbox`]), and each role
 //! serves `/metrics` on a port of its own, the same across restarts; with the `viewers`
 //! injection the primary also serves the run viewer on a port of its own, its tokens signed
 //! with a secret the run passes in the environment (never on the command line).
