@@ -5,9 +5,11 @@
 //! in one, so that a lab run never touches real data and two runs never see each other.
 
 use std::path::PathBuf;
+use std::str::FromStr;
 
 use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
-use sqlx::{Connection, PgConnection, PgPool};
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
 
 use crate::LabError;
 use operation_runs::broker::connection::connect;
@@ -240,7 +242,10 @@ impl Sandbox {
 
     async fn drop_database(&self) -> Result<(), LabError> {
         // FORCE: the service's pool (or a killed instance's) may still hold connections.
-        let mut admin = PgConnection::connect(&self.maintenance_url).await?;
+        // Dropping a database takes a while by design: no slow-statement warning.
+        let options =
+            PgConnectOptions::from_str(&self.maintenance_url)?.disable_statement_logging();
+        let mut admin = PgConnection::connect_with(&options).await?;
         sqlx::query(&format!(
             "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
             self.name
