@@ -587,3 +587,207 @@ fn the_issue_number_check_finds_a_mention_in_a_comment_and_ignores_other_numbers
         ]
     );
 }
+
+/// The modules a Rust file's code names: `crate::a::b` and `crate::{a, b::c}` give the path
+/// below `crate` (first segment and the one after it), `super::x` gives its sibling `x`.
+fn named_modules(code: &str) -> Vec<Vec<String>> {
+    let mut out = Vec::new();
+    let ident = |s: &str| {
+        s.chars()
+            .take_while(|c| c.is_alphanumeric() || *c == '_')
+            .collect::<String>()
+    };
+    for (prefix, from_super) in [("crate::", false), ("super::", true)] {
+        let mut rest = code;
+        while let Some(i) = rest.find(prefix) {
+            let before_ok = i == 0
+                || !rest[..i].ends_with(|c: char| c.is_alphanumeric() || c == '_' || c == ':');
+            rest = &rest[i + prefix.len()..];
+            if !before_ok {
+                continue;
+            }
+            let heads: Vec<&str> = match rest.strip_prefix('{') {
+                Some(group) => group[..group.find('}').unwrap_or(group.len())]
+                    .split(',')
+                    .map(str::trim)
+                    .collect(),
+                None => vec![rest],
+            };
+            for head in heads {
+                let first = ident(head);
+                if first.is_empty() || first == "self" {
+                    continue;
+                }
+                let second = head[first.len()..]
+                    .strip_prefix("::")
+                    .map(ident)
+                    .unwrap_or_default();
+                let mut path = vec![if from_super {
+                    "super".to_owned()
+                } else {
+                    String::new()
+                }];
+                path.push(first);
+                if !second.is_empty() {
+                    path.push(second);
+                }
+                out.push(path);
+            }
+        }
+    }
+    out
+}
+
+/// A cycle in `edges` (module → modules it names), as the modules along it, if there is one.
+fn a_cycle(edges: &HashMap<String, HashSet<String>>) -> Option<Vec<String>> {
+    fn visit(
+        node: &str,
+        edges: &HashMap<String, HashSet<String>>,
+        path: &mut Vec<String>,
+        done: &mut HashSet<String>,
+    ) -> Option<Vec<String>> {
+        if let Some(i) = path.iter().position(|n| n == node) {
+            let mut cycle = path[i..].to_vec();
+            cycle.push(node.to_owned());
+            return Some(cycle);
+        }
+        if done.contains(node) {
+            return None;
+        }
+        path.push(node.to_owned());
+        let mut next: Vec<&String> = edges.get(node).into_iter().flatten().collect();
+        next.sort();
+        for n in next {
+            if let Some(cycle) = visit(n, edges, path, done) {
+                return Some(cycle);
+            }
+        }
+        path.pop();
+        done.insert(node.to_owned());
+        None
+    }
+    let mut nodes: Vec<&String> = edges.keys().collect();
+    nodes.sort();
+    let mut done = HashSet::new();
+    nodes
+        .into_iter()
+        .find_map(|n| visit(n, edges, &mut Vec::new(), &mut done))
+}
+
+/// Every import loop of the product: between its top-level modules (`broker`, `config`, …), and
+/// between the files of one folder (`http/api.rs` and `http/viewer.rs`, say).
+fn module_loops(src: &Path) -> Vec<Vec<String>> {
+    let mut files = Vec::new();
+    rust_files(src, &mut files);
+    let mut top: HashMap<String, HashSet<String>> = HashMap::new();
+    let mut siblings: HashMap<String, HashMap<String, HashSet<String>>> = HashMap::new();
+    for file in &files {
+        let relative = file.strip_prefix(src).unwrap().with_extension("");
+        let parts: Vec<String> = relative
+            .iter()
+            .map(|p| p.to_string_lossy().into_owned())
+            .collect();
+        if parts.len() == 1 && (parts[0] == "lib" || parts[0] == "main") {
+            continue;
+        }
+        let folder = parts[..parts.len() - 1].join("/");
+        let me = parts.last().unwrap().clone();
+        let text = std::fs::read_to_string(file).unwrap();
+        let code: String = text
+            .lines()
+            .map(|l| without_strings(code_of(l)) + "\n")
+            .collect();
+        for path in named_modules(&code) {
+            if path[0].is_empty() {
+                if path[1] != parts[0] {
+                    top.entry(parts[0].clone())
+                        .or_default()
+                        .insert(path[1].clone());
+                } else if parts.len() == 2 && path.len() == 3 && path[2] != me {
+                    // `crate::http::viewer` from `http/api.rs`: a sibling.
+                    siblings
+                        .entry(folder.clone())
+                        .or_default()
+                        .entry(me.clone())
+                        .or_default()
+                        .insert(path[2].clone());
+                }
+            } else if me != "mod" && parts.len() >= 2 && path[1] != me {
+                siblings
+                    .entry(folder.clone())
+                    .or_default()
+                    .entry(me.clone())
+                    .or_default()
+                    .insert(path[1].clone());
+            }
+        }
+    }
+    let mut loops: Vec<Vec<String>> = a_cycle(&top).into_iter().collect();
+    for (folder, edges) in &siblings {
+        // Only names of files or folders of this folder are siblings (not items of `mod.rs`).
+        let edges: HashMap<String, HashSet<String>> = edges
+            .iter()
+            .map(|(from, to)| {
+                let to = to
+                    .iter()
+                    .filter(|t| {
+                        let dir = src.join(folder);
+                        dir.join(format!("{t}.rs")).exists() || dir.join(t).is_dir()
+                    })
+                    .cloned()
+                    .collect();
+                (from.clone(), to)
+            })
+            .collect();
+        if let Some(cycle) = a_cycle(&edges) {
+            loops.push(cycle.into_iter().map(|m| format!("{folder}/{m}")).collect());
+        }
+    }
+    loops
+}
+
+#[test]
+fn the_products_modules_import_each_other_in_one_direction() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let loops = module_loops(&src);
+    assert!(
+        loops.is_empty(),
+        "import loops (each module names the next): {}",
+        loops
+            .iter()
+            .map(|l| l.join(" → "))
+            .collect::<Vec<_>>()
+            .join("; ")
+    );
+}
+
+#[test]
+fn the_loop_check_finds_a_loop_between_modules_and_between_files() {
+    let dir = std::env::temp_dir().join(format!("oprun-loops-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("http")).unwrap();
+    std::fs::write(dir.join("config.rs"), "use crate::http::Limits;\n").unwrap();
+    std::fs::write(dir.join("http/mod.rs"), "pub mod api;\npub mod viewer;\n").unwrap();
+    std::fs::write(
+        dir.join("http/api.rs"),
+        "use super::viewer::authenticate;\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("http/viewer.rs"),
+        "use crate::{config::Settings, http::api};\n// use crate::nothing;\nlet s = \"crate::x\";\n",
+    )
+    .unwrap();
+    let loops = module_loops(&dir);
+    std::fs::remove_dir_all(&dir).unwrap();
+    let shown: Vec<String> = loops.iter().map(|l| l.join(" → ")).collect();
+    assert!(
+        shown.contains(&"config → http → config".to_owned()),
+        "{shown:?}"
+    );
+    assert!(
+        shown.contains(&"http/api → http/viewer → http/api".to_owned()),
+        "{shown:?}"
+    );
+    assert_eq!(shown.len(), 2, "{shown:?}");
+}

@@ -297,3 +297,62 @@ async fn secrets_in_failure_messages_are_stored_and_published_redacted(pool: PgP
     assert!(stored.contains("[REDACTED]"));
     app.shutdown().await;
 }
+
+/// Entries on the leaf pages of every index of `operation_runs`: a non-HOT update adds one to
+/// each index whose predicate the new version meets, a HOT update none.
+async fn index_entries_of_runs(pool: &PgPool) -> Vec<(String, i64)> {
+    sqlx::query("CREATE EXTENSION IF NOT EXISTS pageinspect")
+        .execute(pool)
+        .await
+        .unwrap();
+    sqlx::query_as(
+        "SELECT i.indexrelid::regclass::text,
+                (SELECT coalesce(sum(s.live_items), 0)::bigint
+                 FROM generate_series(1, pg_relation_size(i.indexrelid) / 8192 - 1) AS b,
+                      LATERAL bt_page_stats(i.indexrelid::regclass::text, b::int) AS s
+                 WHERE s.type = 'l')
+         FROM pg_index i
+         WHERE i.indrelid = 'operation_runs'::regclass
+         ORDER BY 1",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+#[sqlx::test]
+async fn progress_on_a_running_run_writes_no_index_entry(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let run_id = app.create_policy_run(1).await;
+    app.publish(&progress(
+        "update_run",
+        run_id,
+        json!({"status": "running"}),
+    ))
+    .await;
+    app.wait_for_run(run_id, "running", |r| r.started_at.is_some())
+        .await;
+    let before = index_entries_of_runs(&app.pool).await;
+    for n in 0..40 {
+        app.publish(&progress(
+            "increment_summary_counts",
+            run_id,
+            json!({"counts": {"processed": 1}}),
+        ))
+        .await;
+        if n % 10 == 9 {
+            app.publish(&progress("append_failures", run_id, json!({"failures": [{"code": "graph.throttled", "message": "429", "item": format!("dev-{n}")}]}))).await;
+        }
+    }
+    app.wait_for_run(run_id, "40 processed", |r| {
+        r.summary_counts.get("processed") == 40
+    })
+    .await;
+    let after = index_entries_of_runs(&app.pool).await;
+    assert_eq!(
+        after, before,
+        "a progress update changes only the counts, failures and updated_at: no index holds \
+         them, so each is a HOT update and writes no index entry"
+    );
+    app.shutdown().await;
+}

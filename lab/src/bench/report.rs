@@ -337,6 +337,26 @@ impl Report {
             ("steady_p50_ms", or_null(steady, &|p| r(p.latency.p50, 2))),
             ("steady_p95_ms", or_null(steady, &|p| r(p.latency.p95, 2))),
             ("dead_lettered", json!(self.dead_lettered)),
+            (
+                "pg_cpu_ms_per_command",
+                r(
+                    self.service.usage.postgres * 1000.0 / self.service.drive.rate().max(1e-9),
+                    3,
+                ),
+            ),
+            (
+                "hot_ratio",
+                self.service
+                    .usage
+                    .hot_ratio
+                    .map_or(Value::Null, |x| r(x, 3)),
+            ),
+            (
+                "steady_hot_ratio",
+                or_null(steady, &|p| {
+                    p.usage.hot_ratio.map_or(Value::Null, |x| r(x, 3))
+                }),
+            ),
         ];
         let mut fields = fields;
         if let Some(loaded) = &self.loaded {

@@ -1,6 +1,7 @@
 //! Where the CPU went during a phase, from `/proc`: the service instances, every `postgres`
 //! process, RabbitMQ's `beam.smp`, the bench itself, and the machine as a whole (including
-//! iowait); plus the bench database's commits and the WAL written, from Postgres.
+//! iowait); plus the bench database's commits, the WAL written and the share of `operation_runs`
+//! updates that were HOT (heap-only: no index entry written), from Postgres.
 //!
 //! Per-process times are summed over the processes alive at the end of the phase (a process that
 //! exited during the phase is not counted); processes of other users of the same server (tests
@@ -22,6 +23,33 @@ pub struct Snapshot {
     machine_total: u64,
     commits: i64,
     wal_lsn: String,
+    run_updates: RunUpdates,
+}
+
+/// `operation_runs` updates so far: all of them, and the HOT ones.
+#[derive(Debug, Clone, Copy, Default, sqlx::FromRow)]
+struct RunUpdates {
+    updates: i64,
+    hot: i64,
+}
+
+impl RunUpdates {
+    async fn read(pool: &PgPool) -> Self {
+        sqlx::query_as(
+            "SELECT coalesce(sum(n_tup_upd), 0)::bigint AS updates,
+                    coalesce(sum(n_tup_hot_upd), 0)::bigint AS hot
+             FROM pg_stat_user_tables WHERE relname = 'operation_runs'",
+        )
+        .fetch_one(pool)
+        .await
+        .unwrap_or_default()
+    }
+
+    /// HOT updates ÷ updates since `before` (`None` when there were none).
+    fn hot_ratio_since(self, before: Self) -> Option<f64> {
+        let updates = self.updates - before.updates;
+        (updates > 0).then(|| (self.hot - before.hot) as f64 / updates as f64)
+    }
 }
 
 /// The process groups reported.
@@ -58,6 +86,9 @@ pub struct Usage {
     pub commits_per_s: f64,
     /// WAL written per second, whole server, in MiB.
     pub wal_mb_per_s: f64,
+    /// HOT updates ÷ updates of `operation_runs` during the phase (`None`: no update). An update
+    /// that changes no indexed column and finds room on its page writes no index entry.
+    pub hot_ratio: Option<f64>,
 }
 
 /// Reads the clock-tick counters of the groups and the machine, and the database counters.
@@ -70,6 +101,7 @@ pub async fn snapshot(oprun_pids: &[u32], pool: &PgPool) -> Snapshot {
     .fetch_one(pool)
     .await
     .unwrap_or((0, "0/0".into()));
+    let run_updates = RunUpdates::read(pool).await;
     let mut ticks = HashMap::new();
     let me = std::process::id();
     if let Ok(dir) = std::fs::read_dir("/proc") {
@@ -107,12 +139,13 @@ pub async fn snapshot(oprun_pids: &[u32], pool: &PgPool) -> Snapshot {
         machine_total,
         commits,
         wal_lsn,
+        run_updates,
     }
 }
 
-/// Replaces `usage.commits_per_s` with a count taken after the phase's backends had time to
-/// report: a busy backend flushes its statistics at most once a second, so the count read at
-/// the end of a phase misses up to a second of commits. Waits about 1.2 s.
+/// Replaces `usage.commits_per_s` and `usage.hot_ratio` with counts taken after the phase's
+/// backends had time to report: a busy backend flushes its statistics at most once a second, so
+/// the counts read at the end of a phase miss up to a second of work. Waits about 1.2 s.
 pub async fn recount_commits(usage: &mut Usage, a: &Snapshot, b: &Snapshot, pool: &PgPool) {
     tokio::time::sleep(std::time::Duration::from_millis(1_200)).await;
     let late: Option<i64> = sqlx::query_scalar(
@@ -125,6 +158,7 @@ pub async fn recount_commits(usage: &mut Usage, a: &Snapshot, b: &Snapshot, pool
         let secs = b.at.duration_since(a.at).as_secs_f64().max(1e-9);
         usage.commits_per_s = (late - a.commits) as f64 / secs;
     }
+    usage.hot_ratio = RunUpdates::read(pool).await.hot_ratio_since(a.run_updates);
 }
 
 /// The usage between two snapshots.
@@ -152,6 +186,7 @@ pub fn between(a: &Snapshot, b: &Snapshot) -> Usage {
         wal_mb_per_s: lsn_bytes(&b.wal_lsn).saturating_sub(lsn_bytes(&a.wal_lsn)) as f64
             / (1024.0 * 1024.0)
             / secs,
+        hot_ratio: b.run_updates.hot_ratio_since(a.run_updates),
     }
 }
 
