@@ -6,7 +6,7 @@ use serde_json::{json, Value};
 
 use super::CliError;
 use crate::client::{ClientError, DispatchRequest, Producer};
-use crate::config::Config;
+use crate::config::{Config, OldName, OldNames, Unit};
 
 /// Arguments of `oprun dispatch`.
 #[derive(Debug, clap::Args)]
@@ -32,9 +32,19 @@ pub struct DispatchArgs {
     /// Wait for the service's reply and print the run.
     #[arg(long)]
     pub wait: bool,
-    /// Seconds to wait with --wait.
-    #[arg(long, default_value_t = 30)]
-    pub timeout_secs: u64,
+    /// How long to wait with --wait.
+    #[arg(long, default_value = "30s", value_parser = crate::config::parse_duration)]
+    pub timeout: Duration,
+}
+
+impl OldNames for DispatchArgs {
+    const OLD_NAMES: &'static [OldName<Self>] = &[OldName {
+        flag: "timeout-secs",
+        env: None,
+        new: "timeout",
+        unit: Unit::Seconds,
+        set: |a, d| a.timeout = d,
+    }];
 }
 
 impl DispatchArgs {
@@ -58,7 +68,7 @@ impl DispatchArgs {
             .map_err(client_error)?;
         let result = if self.wait {
             let reply = producer
-                .dispatch_and_wait(&request, Duration::from_secs(self.timeout_secs))
+                .dispatch_and_wait(&request, self.timeout)
                 .await
                 .map_err(client_error)?;
             serde_json::to_value(reply).expect("replies serialise")

@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use sqlx::PgPool;
 
 use crate::helpers::{
-    dispatch, dispatch_with_reply, header, json_properties, progress, test_settings, wait_for,
+    dispatch, dispatch_with_reply, header, json_properties, progress, test_settings_with, wait_for,
     TestApp, DEADLINE,
 };
 
@@ -489,10 +489,7 @@ async fn only_backup_schedule_runs_of_the_same_tenant_and_schedule_link_a_legacy
 
 #[sqlx::test]
 async fn a_tenant_over_its_quota_is_refused_but_duplicates_are_not(pool: PgPool) {
-    let settings = operation_runs::config::ServeSettings {
-        max_active_runs_per_tenant: 3,
-        ..test_settings()
-    };
+    let settings = test_settings_with(&["--max-active-runs-per-tenant", "3"]);
     let app = TestApp::spawn_with(pool, settings).await;
     let policy = |id: i64, tenant: Option<i64>| {
         dispatch("policy.sync", 1, tenant, json!({ "policy_id": id }))
@@ -531,12 +528,14 @@ async fn a_tenant_over_its_quota_is_refused_but_duplicates_are_not(pool: PgPool)
 
 #[sqlx::test]
 async fn the_tenant_quota_holds_across_instances_and_lanes(pool: PgPool) {
-    let settings = operation_runs::config::ServeSettings {
-        max_active_runs_per_tenant: 5,
-        lanes: 4,
-        batch_size: 8,
-        ..test_settings()
-    };
+    let settings = test_settings_with(&[
+        "--max-active-runs-per-tenant",
+        "5",
+        "--lanes",
+        "4",
+        "--batch-size",
+        "8",
+    ]);
     let mut app = TestApp::spawn_with(pool.clone(), settings.clone()).await;
     app.start_instance(pool, settings).await;
     for id in 0..40 {
@@ -600,12 +599,14 @@ async fn a_tenant_of_another_workspace_is_refused_like_an_unknown_one(pool: PgPo
 #[sqlx::test]
 #[ignore]
 async fn duplicate_dispatch_throughput_with_1000_and_50000_active_runs(pool: PgPool) {
-    let settings = operation_runs::config::ServeSettings {
-        max_active_runs_per_tenant: 0,
-        lanes: 4,
-        db_connections: 8,
-        ..test_settings()
-    };
+    let settings = test_settings_with(&[
+        "--max-active-runs-per-tenant",
+        "0",
+        "--lanes",
+        "4",
+        "--db-connections",
+        "8",
+    ]);
     let mut app = TestApp::without_service(pool).await;
     app.start_instance(app.pool.clone(), settings.clone()).await;
     // 100 real runs, created by the service, whose identities the duplicates repeat.

@@ -33,8 +33,8 @@ impl Sandbox {
             "oprun_bench_{}",
             &uuid::Uuid::new_v4().simple().to_string()[..12]
         );
-        let database_url = with_path(&config.database_url, &name)?;
-        let maintenance_url = with_path(&config.database_url, "postgres")?;
+        let database_url = with_path(config.database_url.expose_secret(), &name)?;
+        let maintenance_url = with_path(config.database_url.expose_secret(), "postgres")?;
         operation_runs::store::migrate(&database_url).await?;
         let pool = operation_runs::store::connect_lazy(&database_url, 2)?;
         seed(&pool).await?;

@@ -45,7 +45,7 @@ impl Sandbox {
     pub async fn create(config: &Config) -> Result<Self, LabError> {
         let id = &uuid::Uuid::new_v4().simple().to_string()[..10];
         let database_name = format!("oprun_chaos_{id}");
-        let mut url = url::Url::parse(&config.database_url)
+        let mut url = url::Url::parse(config.database_url.expose_secret())
             .map_err(|e| LabError::Invalid(format!("--database-url: {e}")))?;
         url.set_path(&database_name);
         let database_url = url.to_string();
