@@ -101,9 +101,14 @@ pub fn test_settings() -> ServeSettings {
     test_settings_with(&[])
 }
 
-/// [`test_settings`] with `flags` (the flags of `oprun serve`) given after them.
+/// [`test_settings`] with `flags` (the flags of `oprun serve`, each with its value) in place of
+/// the test's own.
 pub fn test_settings_with(flags: &[&str]) -> ServeSettings {
-    let all: Vec<&str> = TEST_FLAGS.iter().chain(flags).copied().collect();
+    let own = TEST_FLAGS
+        .chunks(2)
+        .filter(|pair| !flags.contains(&pair[0]))
+        .flatten();
+    let all: Vec<&str> = own.chain(flags).copied().collect();
     ServeSettings::from_flags(&all).unwrap_or_else(|e| panic!("{all:?}: {e}"))
 }
 
