@@ -421,6 +421,13 @@ impl Unit {
         }
     }
 
+    fn value_name(self) -> &'static str {
+        match self {
+            Unit::Milliseconds => "MILLISECONDS",
+            Unit::Seconds => "SECONDS",
+        }
+    }
+
     fn name(self) -> &'static str {
         match self {
             Unit::Milliseconds => "milliseconds",
@@ -450,6 +457,7 @@ impl<S: OldNames + clap::Args> clap::Args for WithOldNames<S> {
                         .env(old.env)
                         .hide(true)
                         .hide_env_values(true)
+                        .value_name(old.unit.value_name())
                         .value_parser(clap::value_parser!(u64))
                         .conflicts_with(old.new)
                         .help(format!(
@@ -480,14 +488,6 @@ impl<S: OldNames + clap::FromArgMatches> clap::FromArgMatches for WithOldNames<S
     fn update_from_arg_matches(&mut self, matches: &clap::ArgMatches) -> Result<(), clap::Error> {
         *self = Self::from_arg_matches(matches)?;
         Ok(())
-    }
-}
-
-impl<S> std::ops::Deref for WithOldNames<S> {
-    type Target = S;
-
-    fn deref(&self) -> &S {
-        &self.0
     }
 }
 

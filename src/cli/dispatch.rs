@@ -89,3 +89,45 @@ pub fn client_error(e: ClientError) -> CliError {
         other => CliError::Invalid(other.to_string()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::WithOldNames;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Dispatch {
+        #[command(flatten)]
+        args: WithOldNames<DispatchArgs>,
+    }
+
+    fn parse(extra: &[&str]) -> Result<DispatchArgs, clap::Error> {
+        let mut all = vec![
+            "dispatch",
+            "--type",
+            "t",
+            "--workspace",
+            "1",
+            "--context",
+            "{}",
+        ];
+        all.extend_from_slice(extra);
+        Dispatch::try_parse_from(all).map(|d| d.args.0)
+    }
+
+    #[test]
+    fn the_wait_takes_a_unit_and_the_old_seconds_flag_still_parses() {
+        assert_eq!(parse(&[]).unwrap().timeout, Duration::from_secs(30));
+        assert_eq!(
+            parse(&["--timeout", "90s"]).unwrap().timeout,
+            Duration::from_secs(90)
+        );
+        assert_eq!(
+            parse(&["--timeout-secs", "90"]).unwrap().timeout,
+            Duration::from_secs(90)
+        );
+        let both = parse(&["--timeout", "90s", "--timeout-secs", "90"]).unwrap_err();
+        assert_eq!(both.kind(), clap::error::ErrorKind::ArgumentConflict);
+    }
+}
