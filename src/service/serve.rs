@@ -307,11 +307,7 @@ impl Service {
 
     /// What the outbox relay is told by the settings.
     fn relay_settings(&self) -> RelaySettings {
-        RelaySettings {
-            batch_size: self.settings.outbox.relay_batch,
-            job_publish_attempts: self.settings.jobs.job_publish_attempts,
-            job_retry_base: self.settings.jobs.job_retry_base,
-        }
+        RelaySettings::new(&self.settings.outbox, &self.settings.jobs)
     }
 
     /// The consume loop: batch, handle, ack, wake the relay.
