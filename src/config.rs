@@ -1,13 +1,18 @@
 //! Configuration: one typed struct per concern, read from flags with environment fallbacks and
-//! visible defaults. Nothing else in the crate reads the environment. URLs may carry
-//! credentials, so their `Debug` form is redacted and `--help` never prints environment values.
+//! visible defaults, written once in the clap attributes (there is no `Default` beside them).
+//! Nothing else in the crate reads the environment. Every time is a `Duration` written with its
+//! unit (`5ms`, `30s`). Passwords, tokens and URLs that may carry credentials are secrets
+//! ([`crate::secret`]): their `Debug` form hides them and `--help` never prints environment values.
 
-use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::secret::{ExposeSecret, SecretString, SecretUrl};
+
+pub use crate::secret::redact_url;
+
 /// Where the database and the broker are, and which topology namespace to use.
-#[derive(Clone, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct Config {
     /// Postgres URL; `?sslmode=require` (or `verify-full`, with `sslrootcert=`) enables TLS.
     #[arg(
@@ -17,7 +22,7 @@ pub struct Config {
         default_value = "postgres://postgres:postgres@localhost:5432/operation_runs",
         global = true
     )]
-    pub database_url: String,
+    pub database_url: SecretUrl,
 
     /// AMQP URL; `amqps://` enables TLS (rustls, system roots). The nodes of a cluster: repeat
     /// the flag or separate the URLs with commas (the environment variable takes the comma form;
@@ -32,7 +37,7 @@ pub struct Config {
         value_delimiter = ',',
         global = true
     )]
-    pub amqp_url: Vec<String>,
+    pub amqp_url: Vec<SecretUrl>,
 
     /// Replicas of each quorum queue the service declares (`x-quorum-initial-group-size`,
     /// 1..=7). Default: the number of `--amqp-url` nodes, at most 3, when more than one is
@@ -73,7 +78,8 @@ impl Config {
     /// The URLs as one comma-separated string (for `AMQP_URL` of a child process, or any API
     /// taking one `&str`), passwords included.
     pub fn amqp_url_list(&self) -> String {
-        self.amqp_url.join(",")
+        let urls: Vec<&str> = self.amqp_url.iter().map(SecretUrl::expose_secret).collect();
+        urls.join(",")
     }
 
     /// The `x-quorum-initial-group-size` to declare: the setting, else the number of URLs (at
@@ -94,74 +100,30 @@ impl Config {
     }
 }
 
-impl fmt::Debug for Config {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let amqp: Vec<String> = self.amqp_url.iter().map(|u| redact_url(u)).collect();
-        f.debug_struct("Config")
-            .field("database_url", &redact_url(&self.database_url))
-            .field("amqp_url", &amqp)
-            .field("namespace", &self.namespace)
-            .field("quorum_initial_group_size", &self.quorum_initial_group_size)
-            .finish()
-    }
-}
-
-/// Settings of `oprun serve`.
+/// Settings of `oprun serve`, grouped by the part of the service that takes them. Built by
+/// parsing flags (with their environment fallbacks): the clap attributes below are the only
+/// defaults there are; [`ServeSettings::from_flags`] gives the same values to code and tests.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServeSettings {
-    /// Unacked commands the broker may send ahead.
-    #[arg(long, env = "OPRUN_PREFETCH", default_value_t = 500)]
-    pub prefetch: u16,
+    /// How commands are taken from the queue and applied (the consumer and its batches).
+    #[command(flatten)]
+    pub batch: BatchSettings,
 
-    /// Most commands applied in one database transaction.
-    #[arg(long, env = "OPRUN_BATCH_SIZE", default_value_t = 200)]
-    pub batch_size: usize,
+    /// The probes and metrics endpoint.
+    #[command(flatten)]
+    pub metrics: MetricsSettings,
 
-    /// Concurrent transactions a batch is split into (by run and identity, so one run's commands
-    /// stay in order); each takes a database connection.
-    #[arg(long, env = "OPRUN_LANES", default_value_t = 4)]
-    pub lanes: usize,
+    /// Bounds of every HTTP listener.
+    #[command(flatten)]
+    pub http: HttpSettings,
 
-    /// How long a batch waits for more commands after its first, in milliseconds.
-    #[arg(long, env = "OPRUN_BATCH_WINDOW_MS", default_value_t = 5)]
-    pub batch_window_ms: u64,
+    /// The reaper of stale runs.
+    #[command(flatten)]
+    pub reaper: ReaperSettings,
 
-    /// Address of /healthz, /readyz and /metrics (`off` to disable).
-    #[arg(long, env = "OPRUN_METRICS_ADDR", default_value = "127.0.0.1:9187")]
-    pub metrics_addr: String,
-
-    /// Milliseconds an HTTP client may take to send a request's headers (every listener).
-    #[arg(long, env = "OPRUN_HTTP_HEADER_TIMEOUT_MS", default_value_t = 10_000)]
-    pub http_header_timeout_ms: u64,
-
-    /// Milliseconds after which an HTTP connection with no traffic either way is closed.
-    #[arg(long, env = "OPRUN_HTTP_IDLE_TIMEOUT_MS", default_value_t = 20_000)]
-    pub http_idle_timeout_ms: u64,
-
-    /// Most HTTP connections open at once, per listener; at the cap the listener stops accepting.
-    #[arg(long, env = "OPRUN_HTTP_MAX_CONNECTIONS", default_value_t = 512)]
-    pub http_max_connections: usize,
-
-    /// A run with no change for longer than its expected duration × this factor is reaped.
-    #[arg(long, env = "OPRUN_STALE_FACTOR", default_value_t = 3.0)]
-    pub stale_factor: f64,
-
-    /// Seconds between two reaper rounds (0 disables the reaper).
-    #[arg(long, env = "OPRUN_REAPER_INTERVAL_SECS", default_value_t = 30)]
-    pub reaper_interval_secs: u64,
-
-    /// Milliseconds the relay waits between polls when idle (commits wake it at once).
-    #[arg(long, env = "OPRUN_RELAY_IDLE_MS", default_value_t = 250)]
-    pub relay_idle_ms: u64,
-
-    /// Milliseconds between two polls of the metrics gauges read from the broker and the
-    /// database (DLQ depth, active runs per type); 0 disables them.
-    #[arg(long, env = "OPRUN_METRICS_POLL_MS", default_value_t = 15_000)]
-    pub metrics_poll_ms: u64,
-
-    /// Most outbox rows one relay round publishes.
-    #[arg(long, env = "OPRUN_RELAY_BATCH", default_value_t = 500)]
-    pub relay_batch: i64,
+    /// The outbox relay.
+    #[command(flatten)]
+    pub outbox: OutboxSettings,
 
     /// Database connections in the pool.
     #[arg(long, env = "OPRUN_DB_CONNECTIONS", default_value_t = 8)]
@@ -173,9 +135,9 @@ pub struct ServeSettings {
     #[arg(long, env = "OPRUN_VIEWER_DB_CONNECTIONS", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub viewer_db_connections: u32,
 
-    /// Seconds to finish in-flight work and flush the outbox after SIGTERM/SIGINT.
-    #[arg(long, env = "OPRUN_SHUTDOWN_TIMEOUT_SECS", default_value_t = 30)]
-    pub shutdown_timeout_secs: u64,
+    /// Time to finish in-flight work and flush the outbox after SIGTERM/SIGINT.
+    #[arg(long, env = "OPRUN_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
 
     /// The run viewer (HTTP API and pages).
     #[command(flatten)]
@@ -185,20 +147,9 @@ pub struct ServeSettings {
     #[command(flatten)]
     pub live: LiveSettings,
 
-    /// Hand each new run's job to executors on `N.jobs` (dispatchOrFail).
-    #[arg(long, env = "OPRUN_HAND_OFF_JOBS", default_value_t = true, action = clap::ArgAction::Set)]
-    pub hand_off_jobs: bool,
-
-    /// Publishes of one job (1 to 100) the broker may nack (an executor queue refusing it) before its run
-    /// is failed with `dispatch.rejected`. Retries wait `--job-retry-base-ms`, doubling, at
-    /// most 60 s: with the defaults a run fails about two minutes after its first refusal.
-    #[arg(long, env = "OPRUN_JOB_PUBLISH_ATTEMPTS", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=100))]
-    pub job_publish_attempts: u32,
-
-    /// First delay, in milliseconds, before a nacked job is published again (doubles per
-    /// attempt, capped at 60 s).
-    #[arg(long, env = "OPRUN_JOB_RETRY_BASE_MS", default_value_t = 1000)]
-    pub job_retry_base_ms: u64,
+    /// Jobs handed to executors.
+    #[command(flatten)]
+    pub jobs: JobSettings,
 
     /// Queues replies may be sent to, besides RabbitMQ direct reply-to: a glob where `*` is any
     /// run of characters and `{namespace}` is the namespace. Any other `reply_to` gets no reply.
@@ -222,20 +173,21 @@ pub struct ServeSettings {
 pub const DEFAULT_REPLY_QUEUE_PATTERN: &str = "{namespace}.reply.*";
 
 impl ServeSettings {
-    /// The batch window.
-    pub fn batch_window(&self) -> Duration {
-        Duration::from_millis(self.batch_window_ms)
+    /// The settings `oprun serve` takes from `flags` (without the program and subcommand names),
+    /// every other one at its default. The environment is not read: the same flags give the
+    /// same settings wherever this runs.
+    pub fn from_flags(flags: &[&str]) -> Result<Self, clap::Error> {
+        use clap::{Args, FromArgMatches};
+        let command =
+            WithOldNames::<Self>::augment_args(clap::Command::new("serve").no_binary_name(true))
+                .mut_args(|arg| arg.env(None::<&str>));
+        let matches = command.try_get_matches_from(flags)?;
+        Ok(WithOldNames::<Self>::from_arg_matches(&matches)?.0)
     }
 
-    /// The health/metrics address, or `None` when disabled.
-    pub fn metrics_socket(&self) -> Result<Option<SocketAddr>, String> {
-        if self.metrics_addr == "off" {
-            return Ok(None);
-        }
-        self.metrics_addr
-            .parse()
-            .map(Some)
-            .map_err(|e| format!("--metrics-addr {:?}: {e}", self.metrics_addr))
+    /// The settings of `oprun serve` with no flag given (every default).
+    pub fn defaults() -> Self {
+        Self::from_flags(&[]).expect("the defaults parse")
     }
 
     /// The bounds of the viewer's live streams; an error unless both caps are below
@@ -243,7 +195,7 @@ impl ServeSettings {
     /// connection of the listener).
     pub fn live_limits(&self) -> Result<crate::http::live::LiveLimits, String> {
         let limits = self.live.live_limits();
-        let connections = self.http_limits().max_connections;
+        let connections = self.http.limits().max_connections;
         for (flag, cap) in [
             ("--live-streams-per-token", limits.per_token),
             ("--live-streams-per-run", limits.per_run),
@@ -256,48 +208,286 @@ impl ServeSettings {
         }
         Ok(limits)
     }
+}
 
-    /// The bounds of every HTTP listener.
-    pub fn http_limits(&self) -> crate::http::server::HttpLimits {
+impl OldNames for ServeSettings {
+    const OLD_NAMES: &'static [OldName<Self>] = &[
+        OldName {
+            flag: "batch-window-ms",
+            env: Some("OPRUN_BATCH_WINDOW_MS"),
+            new: "batch_window",
+            unit: Unit::Milliseconds,
+            set: |s, d| s.batch.batch_window = d,
+        },
+        OldName {
+            flag: "http-header-timeout-ms",
+            env: Some("OPRUN_HTTP_HEADER_TIMEOUT_MS"),
+            new: "http_header_timeout",
+            unit: Unit::Milliseconds,
+            set: |s, d| s.http.http_header_timeout = d,
+        },
+        OldName {
+            flag: "http-idle-timeout-ms",
+            env: Some("OPRUN_HTTP_IDLE_TIMEOUT_MS"),
+            new: "http_idle_timeout",
+            unit: Unit::Milliseconds,
+            set: |s, d| s.http.http_idle_timeout = d,
+        },
+        OldName {
+            flag: "reaper-interval-secs",
+            env: Some("OPRUN_REAPER_INTERVAL_SECS"),
+            new: "reaper_interval",
+            unit: Unit::Seconds,
+            set: |s, d| s.reaper.reaper_interval = d,
+        },
+        OldName {
+            flag: "relay-idle-ms",
+            env: Some("OPRUN_RELAY_IDLE_MS"),
+            new: "relay_idle",
+            unit: Unit::Milliseconds,
+            set: |s, d| s.outbox.relay_idle = d,
+        },
+        OldName {
+            flag: "metrics-poll-ms",
+            env: Some("OPRUN_METRICS_POLL_MS"),
+            new: "metrics_poll",
+            unit: Unit::Milliseconds,
+            set: |s, d| s.metrics.metrics_poll = d,
+        },
+        OldName {
+            flag: "shutdown-timeout-secs",
+            env: Some("OPRUN_SHUTDOWN_TIMEOUT_SECS"),
+            new: "shutdown_timeout",
+            unit: Unit::Seconds,
+            set: |s, d| s.shutdown_timeout = d,
+        },
+        OldName {
+            flag: "job-retry-base-ms",
+            env: Some("OPRUN_JOB_RETRY_BASE_MS"),
+            new: "job_retry_base",
+            unit: Unit::Milliseconds,
+            set: |s, d| s.jobs.job_retry_base = d,
+        },
+    ];
+}
+
+/// How the service takes commands from the queue and applies them.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BatchSettings {
+    /// Unacked commands the broker may send ahead.
+    #[arg(long, env = "OPRUN_PREFETCH", default_value_t = 500)]
+    pub prefetch: u16,
+
+    /// Most commands applied in one database transaction.
+    #[arg(long, env = "OPRUN_BATCH_SIZE", default_value_t = 200)]
+    pub batch_size: usize,
+
+    /// Concurrent transactions a batch is split into (by run and identity, so one run's commands
+    /// stay in order); each takes a database connection.
+    #[arg(long, env = "OPRUN_LANES", default_value_t = 4)]
+    pub lanes: usize,
+
+    /// How long a batch waits for more commands after its first.
+    #[arg(long, env = "OPRUN_BATCH_WINDOW", default_value = "5ms", value_parser = parse_duration)]
+    pub batch_window: Duration,
+}
+
+/// The probes and metrics endpoint, and the gauges it reads from outside the process.
+#[derive(Debug, Clone, clap::Args)]
+pub struct MetricsSettings {
+    /// Address of /healthz, /readyz and /metrics (`off` to disable).
+    #[arg(long, env = "OPRUN_METRICS_ADDR", default_value = "127.0.0.1:9187")]
+    pub metrics_addr: String,
+
+    /// Time between two polls of the metrics gauges read from the broker and the database (DLQ
+    /// depth, active runs per type); `0s` disables them.
+    #[arg(long, env = "OPRUN_METRICS_POLL", default_value = "15s", value_parser = parse_duration)]
+    pub metrics_poll: Duration,
+}
+
+impl MetricsSettings {
+    /// The health/metrics address, or `None` when disabled.
+    pub fn socket(&self) -> Result<Option<SocketAddr>, String> {
+        if self.metrics_addr == "off" {
+            return Ok(None);
+        }
+        self.metrics_addr
+            .parse()
+            .map(Some)
+            .map_err(|e| format!("--metrics-addr {:?}: {e}", self.metrics_addr))
+    }
+}
+
+/// Bounds of every HTTP listener (the probes and the viewer).
+#[derive(Debug, Clone, clap::Args)]
+pub struct HttpSettings {
+    /// Time an HTTP client may take to send a request's headers (every listener).
+    #[arg(long, env = "OPRUN_HTTP_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub http_header_timeout: Duration,
+
+    /// Time after which an HTTP connection with no traffic either way is closed.
+    #[arg(long, env = "OPRUN_HTTP_IDLE_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
+    pub http_idle_timeout: Duration,
+
+    /// Most HTTP connections open at once, per listener; at the cap the listener stops accepting.
+    #[arg(long, env = "OPRUN_HTTP_MAX_CONNECTIONS", default_value_t = 512)]
+    pub http_max_connections: usize,
+}
+
+impl HttpSettings {
+    /// The bounds every HTTP listener enforces (a zero timeout or cap counts as the least one).
+    pub fn limits(&self) -> crate::http::server::HttpLimits {
+        const LEAST: Duration = Duration::from_millis(1);
         crate::http::server::HttpLimits {
-            header_read_timeout: Duration::from_millis(self.http_header_timeout_ms.max(1)),
-            idle_timeout: Duration::from_millis(self.http_idle_timeout_ms.max(1)),
+            header_read_timeout: self.http_header_timeout.max(LEAST),
+            idle_timeout: self.http_idle_timeout.max(LEAST),
             max_connections: self.http_max_connections.max(1),
         }
     }
 }
 
-impl Default for ServeSettings {
-    fn default() -> Self {
-        Self {
-            prefetch: 500,
-            batch_size: 200,
-            lanes: 4,
-            batch_window_ms: 5,
-            metrics_addr: "off".into(),
-            http_header_timeout_ms: 10_000,
-            http_idle_timeout_ms: 20_000,
-            http_max_connections: 512,
-            stale_factor: 3.0,
-            reaper_interval_secs: 30,
-            relay_idle_ms: 250,
-            metrics_poll_ms: 15_000,
-            relay_batch: 500,
-            db_connections: 8,
-            viewer_db_connections: 4,
-            shutdown_timeout_secs: 30,
-            hand_off_jobs: true,
-            job_publish_attempts: 8,
-            job_retry_base_ms: 1000,
-            reply_queue_pattern: DEFAULT_REPLY_QUEUE_PATTERN.into(),
-            max_active_runs_per_tenant: 1000,
-            retention: RetentionSettings::default(),
-            live: LiveSettings::default(),
-            viewer: ViewerSettings {
-                http_addr: "off".into(),
-                api_secret: None,
-            },
+/// The reaper, which fails runs that stopped changing.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ReaperSettings {
+    /// A run with no change for longer than its expected duration × this factor is reaped.
+    #[arg(long, env = "OPRUN_STALE_FACTOR", default_value_t = 3.0)]
+    pub stale_factor: f64,
+
+    /// Time between two reaper rounds (`0s` disables the reaper).
+    #[arg(long, env = "OPRUN_REAPER_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    pub reaper_interval: Duration,
+}
+
+/// The outbox relay, which publishes recorded events and jobs.
+#[derive(Debug, Clone, clap::Args)]
+pub struct OutboxSettings {
+    /// Time the relay waits between polls when idle (commits wake it at once).
+    #[arg(long, env = "OPRUN_RELAY_IDLE", default_value = "250ms", value_parser = parse_duration)]
+    pub relay_idle: Duration,
+
+    /// Most outbox rows one relay round publishes.
+    #[arg(long, env = "OPRUN_RELAY_BATCH", default_value_t = 500)]
+    pub relay_batch: i64,
+}
+
+/// Jobs: whether new runs are handed to executors, and how refused publishes are retried.
+#[derive(Debug, Clone, clap::Args)]
+pub struct JobSettings {
+    /// Hand each new run's job to executors on `N.jobs` (dispatchOrFail).
+    #[arg(long, env = "OPRUN_HAND_OFF_JOBS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub hand_off_jobs: bool,
+
+    /// Publishes of one job (1 to 100) the broker may nack (an executor queue refusing it) before its run
+    /// is failed with `dispatch.rejected`. Retries wait `--job-retry-base`, doubling, at
+    /// most 60 s: with the defaults a run fails about two minutes after its first refusal.
+    #[arg(long, env = "OPRUN_JOB_PUBLISH_ATTEMPTS", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub job_publish_attempts: u32,
+
+    /// First delay before a nacked job is published again (doubles per attempt, capped at 60 s).
+    #[arg(long, env = "OPRUN_JOB_RETRY_BASE", default_value = "1s", value_parser = parse_duration)]
+    pub job_retry_base: Duration,
+}
+
+/// A time setting's name from before it took a unit (`--batch-window-ms 5` for
+/// `--batch-window 5ms`): still accepted, hidden from `--help` and the settings table, and
+/// refused together with the new name.
+pub struct OldName<S> {
+    /// The old flag, without `--`.
+    pub flag: &'static str,
+    /// The old environment variable, if there was one.
+    pub env: Option<&'static str>,
+    /// The id of the argument it stands for.
+    pub new: &'static str,
+    /// What the old flag's number counted.
+    pub unit: Unit,
+    /// Puts the old flag's value where the new one goes.
+    pub set: fn(&mut S, Duration),
+}
+
+/// The unit of an old time flag's number.
+#[derive(Debug, Clone, Copy)]
+pub enum Unit {
+    /// `--batch-window-ms 5`
+    Milliseconds,
+    /// `--reaper-interval-secs 30`
+    Seconds,
+}
+
+impl Unit {
+    fn of(self, n: u64) -> Duration {
+        match self {
+            Unit::Milliseconds => Duration::from_millis(n),
+            Unit::Seconds => Duration::from_secs(n),
         }
+    }
+
+    fn value_name(self) -> &'static str {
+        match self {
+            Unit::Milliseconds => "MILLISECONDS",
+            Unit::Seconds => "SECONDS",
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Unit::Milliseconds => "milliseconds",
+            Unit::Seconds => "seconds",
+        }
+    }
+}
+
+/// Settings with time flags that were renamed.
+pub trait OldNames: Sized + 'static {
+    /// The old names, each with the setting it stands for.
+    const OLD_NAMES: &'static [OldName<Self>];
+}
+
+/// Settings `S` parsed under their names and under their [`OldNames`]: what the CLI takes.
+#[derive(Debug, Clone)]
+pub struct WithOldNames<S>(pub S);
+
+impl<S: OldNames + clap::Args> clap::Args for WithOldNames<S> {
+    fn augment_args(command: clap::Command) -> clap::Command {
+        S::OLD_NAMES
+            .iter()
+            .fold(S::augment_args(command), |command, old| {
+                command.arg(
+                    clap::Arg::new(old.flag)
+                        .long(old.flag)
+                        .env(old.env)
+                        .hide(true)
+                        .hide_env_values(true)
+                        .value_name(old.unit.value_name())
+                        .value_parser(clap::value_parser!(u64))
+                        .conflicts_with(old.new)
+                        .help(format!(
+                            "Old name of the setting `{}`, in {}",
+                            old.new,
+                            old.unit.name()
+                        )),
+                )
+            })
+    }
+
+    fn augment_args_for_update(command: clap::Command) -> clap::Command {
+        Self::augment_args(command)
+    }
+}
+
+impl<S: OldNames + clap::FromArgMatches> clap::FromArgMatches for WithOldNames<S> {
+    fn from_arg_matches(matches: &clap::ArgMatches) -> Result<Self, clap::Error> {
+        let mut settings = S::from_arg_matches(matches)?;
+        for old in S::OLD_NAMES {
+            if let Some(&n) = matches.get_one::<u64>(old.flag) {
+                (old.set)(&mut settings, old.unit.of(n));
+            }
+        }
+        Ok(Self(settings))
+    }
+
+    fn update_from_arg_matches(&mut self, matches: &clap::ArgMatches) -> Result<(), clap::Error> {
+        *self = Self::from_arg_matches(matches)?;
+        Ok(())
     }
 }
 
@@ -307,7 +497,7 @@ pub const DEFAULT_LOG_FILTER: &str =
     "info,lapin::returned_messages=error,sqlx::postgres::notice=warn";
 
 /// How the binary logs (to stderr), and where it exports its spans (every command).
-#[derive(Clone, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct LogSettings {
     /// Log filter, in tracing's `EnvFilter` syntax (e.g. `debug` or `info,operation_runs=debug`).
     #[arg(id = "log_filter", long = "log", env = "OPRUN_LOG", default_value = DEFAULT_LOG_FILTER, global = true)]
@@ -324,44 +514,32 @@ pub struct LogSettings {
         hide_env_values = true,
         global = true
     )]
-    pub otlp_endpoint: Option<String>,
+    pub otlp_endpoint: Option<SecretUrl>,
 }
 
 impl LogSettings {
     /// The OTLP collector to export spans to; `None` (no export) when unset or empty.
     pub fn otlp_endpoint(&self) -> Option<&str> {
         self.otlp_endpoint
-            .as_deref()
+            .as_ref()
+            .map(SecretUrl::expose_secret)
             .filter(|url| !url.trim().is_empty())
-    }
-}
-
-impl fmt::Debug for LogSettings {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("LogSettings")
-            .field("filter", &self.filter)
-            .field("format", &self.format)
-            .field(
-                "otlp_endpoint",
-                &self.otlp_endpoint.as_deref().map(redact_url),
-            )
-            .finish()
     }
 }
 
 /// Passwords of the namespace's least-privilege users (`oprun topology users`). Environment only
 /// in practice (a flag would show in `ps`); the values are never printed by `--help` or `Debug`.
-#[derive(Clone, Default, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct UserPasswords {
     /// Password of `N.producer`.
     #[arg(long, env = "OPRUN_PRODUCER_PASSWORD", hide_env_values = true)]
-    pub producer_password: Option<String>,
+    pub producer_password: Option<SecretString>,
     /// Password of `N.service`.
     #[arg(long, env = "OPRUN_SERVICE_PASSWORD", hide_env_values = true)]
-    pub service_password: Option<String>,
+    pub service_password: Option<SecretString>,
     /// Password of `N.subscriber`.
     #[arg(long, env = "OPRUN_SUBSCRIBER_PASSWORD", hide_env_values = true)]
-    pub subscriber_password: Option<String>,
+    pub subscriber_password: Option<SecretString>,
 }
 
 impl UserPasswords {
@@ -373,23 +551,15 @@ impl UserPasswords {
             "OPRUN_SUBSCRIBER_PASSWORD" => &self.subscriber_password,
             _ => &None,
         };
-        value.as_deref().filter(|p| !p.is_empty())
-    }
-}
-
-impl fmt::Debug for UserPasswords {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let shown = |p: &Option<String>| p.as_ref().map(|_| "***");
-        f.debug_struct("UserPasswords")
-            .field("producer_password", &shown(&self.producer_password))
-            .field("service_password", &shown(&self.service_password))
-            .field("subscriber_password", &shown(&self.subscriber_password))
-            .finish()
+        value
+            .as_ref()
+            .map(|p| p.expose_secret())
+            .filter(|p| !p.is_empty())
     }
 }
 
 /// Where the run viewer listens and how its tokens are signed (`serve` and `token`).
-#[derive(Clone, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct ViewerSettings {
     /// Address of the run viewer (JSON API and pages; `off` to disable).
     #[arg(long, env = "OPRUN_HTTP_ADDR", default_value = "127.0.0.1:8080")]
@@ -404,7 +574,7 @@ pub struct ViewerSettings {
         hide_env_values = true,
         allow_hyphen_values = true
     )]
-    pub api_secret: Option<String>,
+    pub api_secret: Option<SecretString>,
 }
 
 impl ViewerSettings {
@@ -418,14 +588,10 @@ impl ViewerSettings {
             .map(Some)
             .map_err(|e| format!("--http-addr {:?}: {e}", self.http_addr))
     }
-}
 
-impl fmt::Debug for ViewerSettings {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ViewerSettings")
-            .field("http_addr", &self.http_addr)
-            .field("api_secret", &self.api_secret.as_ref().map(|_| "***"))
-            .finish()
+    /// The configured `--api-secret`, if any.
+    pub fn api_secret(&self) -> Option<&str> {
+        self.api_secret.as_ref().map(|s| s.expose_secret())
     }
 }
 
@@ -467,17 +633,6 @@ impl LiveSettings {
             per_token: self.live_streams_per_token as usize,
             per_run: self.live_streams_per_run as usize,
             lifetime: self.live_stream_lifetime,
-        }
-    }
-}
-
-impl Default for LiveSettings {
-    fn default() -> Self {
-        Self {
-            live_streams_per_token: DEFAULT_LIVE_STREAMS_PER_TOKEN,
-            live_streams_per_run: DEFAULT_LIVE_STREAMS_PER_RUN,
-            live_stream_lifetime: parse_stream_lifetime(DEFAULT_LIVE_STREAM_LIFETIME)
-                .expect("the default lifetime parses"),
         }
     }
 }
@@ -537,21 +692,6 @@ pub struct RetentionSettings {
     pub prune_interval: Duration,
 }
 
-impl Default for RetentionSettings {
-    fn default() -> Self {
-        const DAY: u64 = 86_400;
-        Self {
-            inbox_retention: Duration::from_secs(14 * DAY),
-            event_retention: Duration::from_secs(30 * DAY),
-            job_retention: Duration::from_secs(7 * DAY),
-            run_retention: None,
-            prune_batch: 1000,
-            prune_pause: Duration::from_millis(50),
-            prune_interval: Duration::from_secs(60),
-        }
-    }
-}
-
 /// Parses a duration written as a whole number and a unit: `ms`, `s`, `m`, `h` or `d`
 /// (`14d`, `30m`, `250ms`). At most 100 years.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -582,18 +722,6 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     }
 }
 
-/// Replaces the password of a URL with `***` (for logs and Debug).
-pub fn redact_url(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut parsed) if parsed.password().is_some() => {
-            let _ = parsed.set_password(Some("***"));
-            parsed.to_string()
-        }
-        Ok(parsed) => parsed.to_string(),
-        Err(_) => "<unparseable url>".to_owned(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -612,7 +740,7 @@ mod tests {
     #[test]
     fn a_live_stream_lifetime_is_a_duration_of_at_least_a_second() {
         assert_eq!(
-            LiveSettings::default().live_stream_lifetime,
+            ServeSettings::defaults().live.live_stream_lifetime,
             Duration::from_secs(900)
         );
         assert_eq!(parse_stream_lifetime("1s"), Ok(Duration::from_secs(1)));
@@ -623,15 +751,15 @@ mod tests {
 
     #[test]
     fn live_stream_caps_must_be_below_the_connection_cap() {
-        let mut settings = ServeSettings::default();
+        let mut settings = ServeSettings::defaults();
         let limits = settings.live_limits().unwrap();
         assert_eq!((limits.per_token, limits.per_run), (8, 32));
-        settings.http_max_connections = 32;
+        settings.http.http_max_connections = 32;
         assert!(settings
             .live_limits()
             .unwrap_err()
             .contains("--live-streams-per-run"));
-        settings.http_max_connections = 8;
+        settings.http.http_max_connections = 8;
         assert!(settings
             .live_limits()
             .unwrap_err()
@@ -723,5 +851,139 @@ mod tests {
         let shown = format!("{log:?}");
         assert!(!shown.contains("t0ken"), "{shown}");
         assert!(shown.contains("otel:***@collector:4318"), "{shown}");
+    }
+
+    #[test]
+    fn the_api_secret_and_the_user_passwords_never_reach_debug_output() {
+        #[derive(Debug, clap::Parser)]
+        struct Secrets {
+            #[command(flatten)]
+            viewer: ViewerSettings,
+            #[command(flatten)]
+            passwords: UserPasswords,
+        }
+        use clap::Parser;
+        let parsed = Secrets::try_parse_from([
+            "oprun",
+            "--api-secret",
+            "-viewer-secret-of-at-least-32-bytes",
+            "--producer-password",
+            "pr0ducer",
+            "--service-password",
+            "serv1ce",
+            "--subscriber-password",
+            "subscr1ber",
+        ])
+        .unwrap();
+        let shown = format!("{parsed:?}");
+        for secret in ["viewer-secret", "pr0ducer", "serv1ce", "subscr1ber"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert_eq!(
+            parsed.viewer.api_secret(),
+            Some("-viewer-secret-of-at-least-32-bytes")
+        );
+        assert_eq!(
+            parsed.passwords.by_env("OPRUN_SERVICE_PASSWORD"),
+            Some("serv1ce")
+        );
+        let settings = ServeSettings::from_flags(&["--api-secret", "t0p-secret"]).unwrap();
+        assert!(!format!("{settings:?}").contains("t0p-secret"));
+    }
+
+    #[test]
+    fn every_default_is_the_one_the_command_line_declares() {
+        let s = ServeSettings::defaults();
+        assert_eq!(s.metrics.metrics_addr, "127.0.0.1:9187");
+        assert_eq!(s.viewer.http_addr, "127.0.0.1:8080");
+        assert_eq!(s.batch.batch_window, Duration::from_millis(5));
+        assert_eq!(s.http.http_header_timeout, Duration::from_secs(10));
+        assert_eq!(s.http.http_idle_timeout, Duration::from_secs(20));
+        assert_eq!(s.reaper.reaper_interval, Duration::from_secs(30));
+        assert_eq!(s.outbox.relay_idle, Duration::from_millis(250));
+        assert_eq!(s.metrics.metrics_poll, Duration::from_secs(15));
+        assert_eq!(s.shutdown_timeout, Duration::from_secs(30));
+        assert_eq!(s.jobs.job_retry_base, Duration::from_secs(1));
+        assert_eq!(
+            s.retention.inbox_retention,
+            Duration::from_secs(14 * 86_400)
+        );
+        assert_eq!(s.retention.prune_interval, Duration::from_secs(60));
+        let http = s.http.limits();
+        assert_eq!(
+            (
+                http.header_read_timeout,
+                http.idle_timeout,
+                http.max_connections
+            ),
+            (Duration::from_secs(10), Duration::from_secs(20), 512)
+        );
+    }
+
+    #[test]
+    fn time_settings_take_a_unit() {
+        let s = ServeSettings::from_flags(&[
+            "--batch-window",
+            "20ms",
+            "--reaper-interval",
+            "0s",
+            "--shutdown-timeout",
+            "2m",
+        ])
+        .unwrap();
+        assert_eq!(s.batch.batch_window, Duration::from_millis(20));
+        assert_eq!(s.reaper.reaper_interval, Duration::ZERO);
+        assert_eq!(s.shutdown_timeout, Duration::from_secs(120));
+        let no_unit = ServeSettings::from_flags(&["--batch-window", "5"]).unwrap_err();
+        assert!(no_unit.to_string().contains("missing unit"), "{no_unit}");
+    }
+
+    #[test]
+    fn the_old_time_flags_still_parse_to_the_same_duration() {
+        for (old, number, new, text) in [
+            ("--batch-window-ms", "7", "--batch-window", "7ms"),
+            (
+                "--http-header-timeout-ms",
+                "1500",
+                "--http-header-timeout",
+                "1500ms",
+            ),
+            (
+                "--http-idle-timeout-ms",
+                "3000",
+                "--http-idle-timeout",
+                "3s",
+            ),
+            ("--reaper-interval-secs", "0", "--reaper-interval", "0s"),
+            ("--relay-idle-ms", "50", "--relay-idle", "50ms"),
+            ("--metrics-poll-ms", "100", "--metrics-poll", "100ms"),
+            ("--shutdown-timeout-secs", "5", "--shutdown-timeout", "5s"),
+            ("--job-retry-base-ms", "50", "--job-retry-base", "50ms"),
+        ] {
+            let by_old = ServeSettings::from_flags(&[old, number]).unwrap();
+            let by_new = ServeSettings::from_flags(&[new, text]).unwrap();
+            assert_eq!(
+                format!("{by_old:?}"),
+                format!("{by_new:?}"),
+                "{old} {number}"
+            );
+            assert_ne!(
+                format!("{by_old:?}"),
+                format!("{:?}", ServeSettings::defaults()),
+                "{old} {number} changed nothing"
+            );
+        }
+    }
+
+    #[test]
+    fn an_old_time_flag_and_its_new_name_together_are_refused() {
+        let both = ServeSettings::from_flags(&["--batch-window", "5ms", "--batch-window-ms", "5"])
+            .unwrap_err();
+        let message = both.to_string();
+        assert!(
+            message.contains("--batch-window") && message.contains("--batch-window-ms"),
+            "{message}"
+        );
+        assert_eq!(both.kind(), clap::error::ErrorKind::ArgumentConflict);
     }
 }

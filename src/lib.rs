@@ -15,7 +15,7 @@
 //! - [`client`]: the producer library and the worker for executors.
 //! - [`cli`]: the `oprun` commands.
 //! - [`telemetry`]: the optional OTLP export of the service's spans (`--otlp-endpoint`).
-//! - [`config`] and [`retry`]: configuration and backoff, shared by all.
+//! - [`config`], [`secret`] and [`retry`]: configuration, secrets in it, and backoff, shared by all.
 
 pub mod broker;
 pub mod cli;
@@ -24,6 +24,7 @@ pub mod config;
 pub mod domain;
 pub mod http;
 pub mod retry;
+pub mod secret;
 pub mod service;
 pub mod store;
 pub mod telemetry;

@@ -36,8 +36,8 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::Layer;
 
-use crate::config::redact_url;
 use crate::domain::trace_context::TraceContext;
+use crate::secret::redact_url;
 
 /// The `service.name` resource attribute of every exported span.
 pub const SERVICE_NAME: &str = "operation-runs";

@@ -99,9 +99,9 @@ impl Sandbox {
             }
         };
         let name = format!("oprun_{}_{id}", purpose.word());
-        let database_url = with_path(&config.database_url, &name)?;
+        let database_url = with_path(config.database_url.expose_secret(), &name)?;
         // Dropping needs a connection to another database of the server: the maintenance one.
-        let maintenance_url = with_path(&config.database_url, "postgres")?;
+        let maintenance_url = with_path(config.database_url.expose_secret(), "postgres")?;
         let topology =
             Topology::new(&namespace)?.with_quorum_group_size(config.quorum_group_size());
         let mut sandbox = Self {

@@ -12,7 +12,7 @@ use std::time::Duration;
 use lapin::{Connection, ConnectionProperties};
 
 use super::BrokerError;
-use crate::config::redact_url;
+use crate::secret::redact_url;
 
 /// Most URLs one list may hold: a RabbitMQ cluster has a handful of nodes, and every URL may
 /// cost a connect timeout before the next is tried.

@@ -6,7 +6,7 @@ use serde_json::{json, Value};
 
 use super::CliError;
 use crate::client::{ClientError, DispatchRequest, Producer};
-use crate::config::Config;
+use crate::config::{Config, OldName, OldNames, Unit};
 
 /// Arguments of `oprun dispatch`.
 #[derive(Debug, clap::Args)]
@@ -32,9 +32,19 @@ pub struct DispatchArgs {
     /// Wait for the service's reply and print the run.
     #[arg(long)]
     pub wait: bool,
-    /// Seconds to wait with --wait.
-    #[arg(long, default_value_t = 30)]
-    pub timeout_secs: u64,
+    /// How long to wait with --wait.
+    #[arg(long, default_value = "30s", value_parser = crate::config::parse_duration)]
+    pub timeout: Duration,
+}
+
+impl OldNames for DispatchArgs {
+    const OLD_NAMES: &'static [OldName<Self>] = &[OldName {
+        flag: "timeout-secs",
+        env: None,
+        new: "timeout",
+        unit: Unit::Seconds,
+        set: |a, d| a.timeout = d,
+    }];
 }
 
 impl DispatchArgs {
@@ -58,7 +68,7 @@ impl DispatchArgs {
             .map_err(client_error)?;
         let result = if self.wait {
             let reply = producer
-                .dispatch_and_wait(&request, Duration::from_secs(self.timeout_secs))
+                .dispatch_and_wait(&request, self.timeout)
                 .await
                 .map_err(client_error)?;
             serde_json::to_value(reply).expect("replies serialise")
@@ -77,5 +87,47 @@ pub fn client_error(e: ClientError) -> CliError {
     match e {
         ClientError::Broker(b) => CliError::Broker(b),
         other => CliError::Invalid(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::WithOldNames;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Dispatch {
+        #[command(flatten)]
+        args: WithOldNames<DispatchArgs>,
+    }
+
+    fn parse(extra: &[&str]) -> Result<DispatchArgs, clap::Error> {
+        let mut all = vec![
+            "dispatch",
+            "--type",
+            "t",
+            "--workspace",
+            "1",
+            "--context",
+            "{}",
+        ];
+        all.extend_from_slice(extra);
+        Dispatch::try_parse_from(all).map(|d| d.args.0)
+    }
+
+    #[test]
+    fn the_wait_takes_a_unit_and_the_old_seconds_flag_still_parses() {
+        assert_eq!(parse(&[]).unwrap().timeout, Duration::from_secs(30));
+        assert_eq!(
+            parse(&["--timeout", "90s"]).unwrap().timeout,
+            Duration::from_secs(90)
+        );
+        assert_eq!(
+            parse(&["--timeout-secs", "90"]).unwrap().timeout,
+            Duration::from_secs(90)
+        );
+        let both = parse(&["--timeout", "90s", "--timeout-secs", "90"]).unwrap_err();
+        assert_eq!(both.kind(), clap::error::ErrorKind::ArgumentConflict);
     }
 }

@@ -18,7 +18,7 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::BrokerError;
-use crate::config::{Config, LogSettings, ServeSettings};
+use crate::config::{Config, LogSettings, ServeSettings, WithOldNames};
 use crate::store::StoreError;
 
 /// A failed command: one line for the operator.
@@ -67,7 +67,7 @@ enum Command {
     /// Create the database if needed and apply pending migrations.
     Migrate,
     /// Run the service: consume commands, persist runs, publish events.
-    Serve(Box<ServeSettings>),
+    Serve(Box<WithOldNames<ServeSettings>>),
     /// Inspect runs.
     #[command(subcommand)]
     Runs(runs::RunsCommand),
@@ -82,7 +82,7 @@ enum Command {
     #[command(subcommand)]
     Topology(topology::TopologyCommand),
     /// Publish a dispatch command.
-    Dispatch(dispatch::DispatchArgs),
+    Dispatch(WithOldNames<dispatch::DispatchArgs>),
     /// Inspect and replay dead-lettered commands.
     #[command(subcommand)]
     Dlq(dlq::DlqCommand),
@@ -108,7 +108,7 @@ impl Cli {
         let config = &self.config;
         match self.command {
             Command::Migrate => {
-                crate::store::migrate(&config.database_url).await?;
+                crate::store::migrate(config.database_url.expose_secret()).await?;
                 // The viewer's secret, made here by the owner's role, so that `serve` running
                 // as a role that may only read it (ops/postgres/roles.sql) finds one.
                 let pool = pool(config)?;
@@ -120,7 +120,7 @@ impl Cli {
             Command::Serve(settings) => {
                 let shutdown = CancellationToken::new();
                 tokio::spawn(cancel_on_signal(shutdown.clone()));
-                crate::service::serve(config, &settings, shutdown).await?;
+                crate::service::serve(config, &settings.0, shutdown).await?;
                 Ok(())
             }
             Command::Runs(c) => c.run(config).await,
@@ -128,7 +128,7 @@ impl Cli {
             Command::IdentityHash(a) => a.run(),
             Command::Catalog(a) => a.run(),
             Command::Topology(c) => c.run(config).await,
-            Command::Dispatch(a) => a.run(config).await,
+            Command::Dispatch(a) => a.0.run(config).await,
             Command::Dlq(c) => c.run(config).await,
             Command::Events(c) => c.run(config).await,
             Command::Token(a) => a.run(config).await,
@@ -157,7 +157,10 @@ pub async fn cancel_on_signal(token: CancellationToken) {
 
 /// A pool for a one-shot command (no migration, few connections).
 pub(crate) fn pool(config: &Config) -> Result<sqlx::PgPool, CliError> {
-    Ok(crate::store::connect_lazy(&config.database_url, 2)?)
+    Ok(crate::store::connect_lazy(
+        config.database_url.expose_secret(),
+        2,
+    )?)
 }
 
 #[cfg(test)]
@@ -194,7 +197,7 @@ mod tests {
         ] {
             let cli = Cli::try_parse_from(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
             assert!(["text", "json"].contains(&cli.log_settings().format.as_str()));
-            let otlp = cli.log_settings().otlp_endpoint.as_deref();
+            let otlp = cli.log_settings().otlp_endpoint();
             assert!(otlp.is_none() || otlp == Some("http://collector:4318"));
         }
     }

@@ -172,4 +172,22 @@ mod tests {
             "{table}"
         );
     }
+
+    #[test]
+    fn the_old_time_flags_are_not_documented() {
+        use crate::config::OldNames;
+        use clap::CommandFactory;
+        let table = markdown();
+        for old in crate::config::ServeSettings::OLD_NAMES {
+            assert!(!table.contains(&format!("--{}`", old.flag)), "{}", old.flag);
+        }
+        let mut cli = crate::cli::Cli::command();
+        let help = cli
+            .find_subcommand_mut("serve")
+            .unwrap()
+            .render_long_help()
+            .to_string();
+        assert!(help.contains("--batch-window <BATCH_WINDOW>"), "{help}");
+        assert!(!help.contains("-ms") && !help.contains("-secs"), "{help}");
+    }
 }

@@ -49,12 +49,12 @@ impl TokenArgs {
     /// Prints the token and the link.
     pub async fn run(self, config: &Config) -> Result<(), CliError> {
         let ttl = parse_ttl(&self.ttl)?;
-        let keys = match self.viewer.api_secret.as_deref() {
+        let keys = match self.viewer.api_secret() {
             Some(secret) => crate::service::viewer_keys(&pool(config)?, Some(secret)).await?,
             None => {
                 // The secret lives in the database: migrate first so a token can be made before
                 // `serve` ever ran (both agree on the first secret written).
-                crate::store::migrate(&config.database_url).await?;
+                crate::store::migrate(config.database_url.expose_secret()).await?;
                 let pool = pool(config)?;
                 let keys = crate::service::viewer_keys(&pool, None).await?;
                 pool.close().await;

@@ -55,12 +55,6 @@ pub struct LiveLimits {
     pub lifetime: Duration,
 }
 
-impl Default for LiveLimits {
-    fn default() -> Self {
-        crate::config::LiveSettings::default().live_limits()
-    }
-}
-
 /// Whom a stream counts against: the token's `sub` in its workspace, so that every token the
 /// platform mints for one person shares one allowance; a token without `sub` counts alone (by
 /// the SHA-256 of its text, so the registry holds no bearer token).

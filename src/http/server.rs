@@ -39,16 +39,6 @@ pub struct HttpLimits {
     pub max_connections: usize,
 }
 
-impl Default for HttpLimits {
-    fn default() -> Self {
-        Self {
-            header_read_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(20),
-            max_connections: 512,
-        }
-    }
-}
-
 impl HttpLimits {
     /// How often a streaming response must send something so that the idle timeout never
     /// closes it: a third of the idle timeout, at most 15 s.

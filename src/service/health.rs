@@ -37,21 +37,6 @@ impl Health {
     }
 }
 
-/// Binds `addr` and serves the probes until `shutdown`, with the default [`HttpLimits`].
-/// Returns the bound address (port 0 picks a free one).
-pub async fn spawn(
-    addr: SocketAddr,
-    health: Arc<Health>,
-    metrics: Arc<Metrics>,
-    shutdown: CancellationToken,
-) -> std::io::Result<SocketAddr> {
-    Ok(
-        spawn_with(addr, health, metrics, HttpLimits::default(), shutdown)
-            .await?
-            .addr,
-    )
-}
-
 /// Binds `addr` and serves the probes with `limits` until `shutdown`.
 pub async fn spawn_with(
     addr: SocketAddr,

@@ -104,6 +104,15 @@ pub struct RelaySettings {
 }
 
 impl RelaySettings {
+    /// What `--relay-batch`, `--job-publish-attempts` and `--job-retry-base` say.
+    pub fn new(outbox: &crate::config::OutboxSettings, jobs: &crate::config::JobSettings) -> Self {
+        Self {
+            batch_size: outbox.relay_batch,
+            job_publish_attempts: jobs.job_publish_attempts,
+            job_retry_base: jobs.job_retry_base,
+        }
+    }
+
     /// The delay before attempt `attempts + 1` of a job nacked `attempts` times.
     pub fn job_retry_delay(&self, attempts: u32) -> Duration {
         let factor = 2u32.saturating_pow(attempts.saturating_sub(1));
@@ -598,11 +607,9 @@ mod tests {
 
     #[test]
     fn a_nacked_job_waits_the_base_delay_doubling_up_to_the_cap() {
-        let settings = RelaySettings {
-            batch_size: 500,
-            job_publish_attempts: 8,
-            job_retry_base: Duration::from_secs(1),
-        };
+        let defaults = crate::config::ServeSettings::defaults();
+        let settings = RelaySettings::new(&defaults.outbox, &defaults.jobs);
+        assert_eq!(settings.job_publish_attempts, 8);
         let delays: Vec<u64> = (1..=8)
             .map(|a| settings.job_retry_delay(a).as_secs())
             .collect();

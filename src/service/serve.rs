@@ -82,14 +82,15 @@ impl Service {
             shutdown,
             "migrating the database",
             StoreError::is_transient,
-            || store::migrate(&config.database_url),
+            || store::migrate(config.database_url.expose_secret()),
         )
         .await;
         match migrated {
             None => return Ok(None),
             Some(r) => r?,
         }
-        let pool = store::connect_lazy(&config.database_url, settings.db_connections)?;
+        let pool =
+            store::connect_lazy(config.database_url.expose_secret(), settings.db_connections)?;
         Ok(Some(Self::new(pool, topology, config, settings)))
     }
 
@@ -104,7 +105,7 @@ impl Service {
             pool,
             ctx: ApplyContext {
                 event_source: format!("/operation-runs/{}", topology.namespace()),
-                hand_off_jobs: settings.hand_off_jobs,
+                hand_off_jobs: settings.jobs.hand_off_jobs,
                 max_active_runs_per_tenant: settings.max_active_runs_per_tenant,
             },
             reply_guard: ReplyGuard::new(&settings.reply_queue_pattern, &topology),
@@ -197,15 +198,19 @@ impl Service {
             self.metrics.clone(),
         );
         let tag = format!("oprun-{}", uuid::Uuid::new_v4());
-        let mut consumer =
-            CommandConsumer::start(connection, &self.topology, self.settings.prefetch, &tag)
-                .await?;
+        let mut consumer = CommandConsumer::start(
+            connection,
+            &self.topology,
+            self.settings.batch.prefetch,
+            &tag,
+        )
+        .await?;
         self.set_consumer_running(true);
         tracing::info!(namespace = self.topology.namespace(), "consuming commands");
 
         let wake = Arc::new(Notify::new());
         let stop_relay = CancellationToken::new();
-        let idle = Duration::from_millis(self.settings.relay_idle_ms);
+        let idle = self.settings.outbox.relay_idle;
         let consuming = self.consume(connection, &mut consumer, &mut publisher, &wake, shutdown);
         // The relay handles its own broker faults (nacks, a closed channel); it ends only when
         // the connection is lost, which stops the consumer anyway.
@@ -233,7 +238,7 @@ impl Service {
         self.set_consumer_running(false);
         let _ = consumer.cancel().await;
         stop_relay.cancel();
-        let grace = Duration::from_secs(self.settings.shutdown_timeout_secs);
+        let grace = self.settings.shutdown_timeout;
         // The relay loop finishes its round first: a round holds the relay's session (its
         // leadership locks), which the flush needs; a suspended round would hold it for ever.
         let settled = async {
@@ -254,15 +259,15 @@ impl Service {
         Ok(())
     }
 
-    /// Every `--metrics-poll-ms`, sets the gauges read from outside the process: the DLQ's
+    /// Every `--metrics-poll`, sets the gauges read from outside the process: the DLQ's
     /// depth (a passive declare on this connection) and the active runs per catalog type (one
     /// `GROUP BY` query). A failed read keeps the last value and is logged at debug level: the
     /// gauges are for dashboards, and the broker and database have their own health signals.
     async fn poll_gauges(&self, connection: &Connection) -> std::convert::Infallible {
-        if self.settings.metrics_poll_ms == 0 {
+        let every = self.settings.metrics.metrics_poll;
+        if every.is_zero() {
             return std::future::pending().await;
         }
-        let every = Duration::from_millis(self.settings.metrics_poll_ms);
         let dlq = self.topology.dead_letter_queue();
         loop {
             match crate::broker::queue_depth::message_count(connection, &dlq).await {
@@ -292,7 +297,7 @@ impl Service {
         DeliveryHandler {
             pool: &self.pool,
             ctx: &self.ctx,
-            lanes: self.settings.lanes,
+            lanes: self.settings.batch.lanes,
             topology: &self.topology,
             reply_guard: &self.reply_guard,
             metrics: &self.metrics,
@@ -302,11 +307,7 @@ impl Service {
 
     /// What the outbox relay is told by the settings.
     fn relay_settings(&self) -> RelaySettings {
-        RelaySettings {
-            batch_size: self.settings.relay_batch,
-            job_publish_attempts: self.settings.job_publish_attempts,
-            job_retry_base: Duration::from_millis(self.settings.job_retry_base_ms),
-        }
+        RelaySettings::new(&self.settings.outbox, &self.settings.jobs)
     }
 
     /// The consume loop: batch, handle, ack, wake the relay.
@@ -318,10 +319,10 @@ impl Service {
         wake: &Notify,
         shutdown: &CancellationToken,
     ) -> Result<(), BrokerError> {
-        let window = self.settings.batch_window();
+        let window = self.settings.batch.batch_window;
         let handler = self.delivery_handler();
         while let Some(batch) = consumer
-            .next_batch(self.settings.batch_size, window, shutdown)
+            .next_batch(self.settings.batch.batch_size, window, shutdown)
             .await?
         {
             match handler
@@ -343,15 +344,15 @@ impl Service {
     }
 
     async fn reap_forever(self, shutdown: CancellationToken) {
-        if self.settings.reaper_interval_secs == 0 {
+        let every = self.settings.reaper.reaper_interval;
+        if every.is_zero() {
             return;
         }
-        let every = Duration::from_secs(self.settings.reaper_interval_secs);
         loop {
             match reaper::reap_once(
                 &self.pool,
                 &self.ctx,
-                self.settings.stale_factor,
+                self.settings.reaper.stale_factor,
                 chrono::Utc::now(),
             )
             .await
@@ -411,12 +412,12 @@ pub async fn serve(
     let Some(service) = Service::prepare(config, settings, &shutdown).await? else {
         return Ok(());
     };
-    if let Some(addr) = settings.metrics_socket().map_err(ServeError::Config)? {
+    if let Some(addr) = settings.metrics.socket().map_err(ServeError::Config)? {
         let bound = health::spawn_with(
             addr,
             service.health.clone(),
             service.metrics.clone(),
-            settings.http_limits(),
+            settings.http.limits(),
             shutdown.clone(),
         )
         .await?
@@ -425,16 +426,16 @@ pub async fn serve(
     }
     if let Some(addr) = settings.viewer.socket().map_err(ServeError::Config)? {
         let live = settings.live_limits().map_err(ServeError::Config)?;
-        let keys = viewer_keys(&service.pool, settings.viewer.api_secret.as_deref()).await?;
+        let keys = viewer_keys(&service.pool, settings.viewer.api_secret()).await?;
         let viewer_pool = store::viewer::connect_viewer_pool(
-            &config.database_url,
+            config.database_url.expose_secret(),
             settings.viewer_db_connections,
         )?;
         let bound = crate::http::viewer::spawn(
             addr,
             viewer_pool,
             keys,
-            settings.http_limits(),
+            settings.http.limits(),
             live,
             shutdown.clone(),
         )

@@ -18,7 +18,7 @@ const DEAD: &str = "amqp://guest:guest@127.0.0.1:1/%2f";
 #[sqlx::test]
 async fn a_service_and_a_producer_given_a_dead_first_url_work_through_the_second(pool: PgPool) {
     let mut app = TestApp::without_service(pool).await;
-    app.config.amqp_url = vec![format!("{DEAD},{}", amqp_url())];
+    app.config.amqp_url = vec![format!("{DEAD},{}", amqp_url()).into()];
     // Returns once the instance consumes: it got past the dead node.
     app.start_instance(app.pool.clone(), test_settings()).await;
 

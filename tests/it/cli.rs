@@ -92,6 +92,64 @@ fn the_published_identity_vectors_match() {
     );
 }
 
+/// `oprun serve` with `args` and `env`, the old and new time variables of the environment
+/// removed first: its exit code and stderr (it exits at argument parsing, before connecting).
+fn serve_refusing(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_oprun"));
+    command.arg("serve").args(args);
+    for var in [
+        "OPRUN_BATCH_WINDOW",
+        "OPRUN_BATCH_WINDOW_MS",
+        "OPRUN_RELAY_IDLE",
+        "OPRUN_RELAY_IDLE_MS",
+    ] {
+        command.env_remove(var);
+    }
+    let out = command.envs(env.iter().copied()).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn an_old_time_setting_and_its_new_name_together_are_refused_from_flags_or_the_environment() {
+    for (args, env) in [
+        (
+            &["--batch-window", "5ms"][..],
+            &[("OPRUN_BATCH_WINDOW_MS", "5")][..],
+        ),
+        (
+            &[][..],
+            &[
+                ("OPRUN_BATCH_WINDOW", "5ms"),
+                ("OPRUN_BATCH_WINDOW_MS", "5"),
+            ][..],
+        ),
+        (
+            &["--batch-window-ms", "5", "--batch-window", "5ms"][..],
+            &[][..],
+        ),
+    ] {
+        let (code, err) = serve_refusing(args, env);
+        assert_eq!(code, 2, "{args:?} {env:?}: {err}");
+        assert!(
+            err.contains("cannot be used with")
+                && err.contains("--batch-window <")
+                && err.contains("--batch-window-ms <"),
+            "{args:?} {env:?}: {err}"
+        );
+    }
+    // The old variable alone is read, in its old unit: a bad value is refused under its name.
+    let (code, err) = serve_refusing(&[], &[("OPRUN_RELAY_IDLE_MS", "50ms")]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--relay-idle-ms"), "{err}");
+    // The new one takes a unit and refuses a bare number.
+    let (code, err) = serve_refusing(&[], &[("OPRUN_RELAY_IDLE", "50")]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("missing unit"), "{err}");
+}
+
 #[sqlx::test]
 async fn unknown_ids_and_bad_arguments_give_one_line_and_a_non_zero_exit(
     _o: PgPoolOptions,

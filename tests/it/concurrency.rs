@@ -17,8 +17,8 @@ async fn two_instances_with_duplicated_dispatches_keep_one_active_run_per_identi
     };
     let mut app = TestApp::without_service(pool(2)).await;
     let mut settings = test_settings();
-    settings.batch_size = 10;
-    settings.prefetch = 20;
+    settings.batch.batch_size = 10;
+    settings.batch.prefetch = 20;
     app.start_instance(pool(3), settings.clone()).await;
     app.start_instance(pool(3), settings).await;
 

@@ -25,7 +25,7 @@ use operation_runs::domain::{
 use serde_json::{json, Value};
 use sqlx::PgPool;
 
-use crate::helpers::{event_types, json_properties, test_settings, TestApp, DEADLINE};
+use crate::helpers::{event_types, json_properties, test_settings_with, TestApp, DEADLINE};
 
 const SCHEMAS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/topology/schemas");
 const CORPUS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/corpus");
@@ -450,10 +450,7 @@ async fn request(app: &TestApp, body: &Value) -> Value {
 
 #[sqlx::test]
 async fn what_the_service_emits_validates_against_reply_event_and_job_schemas(pool: PgPool) {
-    let settings = operation_runs::config::ServeSettings {
-        hand_off_jobs: true,
-        ..test_settings()
-    };
+    let settings = test_settings_with(&["--hand-off-jobs", "true"]);
     let app = TestApp::spawn_with(pool, settings).await;
     let mut events = app.subscribe_events().await;
     // An executor's queue for policy.sync jobs.

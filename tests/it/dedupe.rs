@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use sqlx::PgPool;
 
 use crate::helpers::{
-    dispatch, dispatch_with_reply, header, progress, test_settings, TestApp, DEADLINE,
+    dispatch, dispatch_with_reply, header, progress, test_settings_with, TestApp, DEADLINE,
 };
 
 /// Completes run `run_id` (of `tenant`, workspace 1) as failed and waits for it.
@@ -487,10 +487,7 @@ async fn only_backup_schedule_runs_of_the_same_tenant_and_schedule_link_a_legacy
 
 #[sqlx::test]
 async fn a_tenant_over_its_quota_is_refused_but_duplicates_are_not(pool: PgPool) {
-    let settings = operation_runs::config::ServeSettings {
-        max_active_runs_per_tenant: 3,
-        ..test_settings()
-    };
+    let settings = test_settings_with(&["--max-active-runs-per-tenant", "3"]);
     let app = TestApp::spawn_with(pool, settings).await;
     let policy = |id: i64, tenant: Option<i64>| {
         dispatch("policy.sync", 1, tenant, json!({ "policy_id": id }))
@@ -529,12 +526,14 @@ async fn a_tenant_over_its_quota_is_refused_but_duplicates_are_not(pool: PgPool)
 
 #[sqlx::test]
 async fn the_tenant_quota_holds_across_instances_and_lanes(pool: PgPool) {
-    let settings = operation_runs::config::ServeSettings {
-        max_active_runs_per_tenant: 5,
-        lanes: 4,
-        batch_size: 8,
-        ..test_settings()
-    };
+    let settings = test_settings_with(&[
+        "--max-active-runs-per-tenant",
+        "5",
+        "--lanes",
+        "4",
+        "--batch-size",
+        "8",
+    ]);
     let mut app = TestApp::spawn_with(pool.clone(), settings.clone()).await;
     app.start_instance(pool, settings).await;
     for id in 0..40 {

@@ -55,8 +55,8 @@ async fn a_stale_run_is_reaped_once_even_with_two_instances(
         .await
         .unwrap();
     app.stop_instance(0).await;
-    settings.reaper_interval_secs = 1;
-    settings.stale_factor = 2.0; // policy.sync expects 5 min: 10 min deadline
+    settings.reaper.reaper_interval = std::time::Duration::from_secs(1);
+    settings.reaper.stale_factor = 2.0; // policy.sync expects 5 min: 10 min deadline
     app.start_instance(pool(3), settings.clone()).await;
     app.start_instance(pool(3), settings).await;
 
@@ -395,14 +395,18 @@ async fn the_metrics_endpoint_shows_the_counters_moving(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
     let service = app.service();
     let stop = tokio_util::sync::CancellationToken::new();
-    let addr = operation_runs::service::health::spawn(
+    let addr = operation_runs::service::health::spawn_with(
         "127.0.0.1:0".parse().unwrap(),
         service.health.clone(),
         service.metrics.clone(),
+        operation_runs::config::ServeSettings::defaults()
+            .http
+            .limits(),
         stop.clone(),
     )
     .await
-    .unwrap();
+    .unwrap()
+    .addr;
     assert!(http_get(addr, "/healthz").await.starts_with("HTTP/1.1 200"));
     crate::helpers::wait_until("readiness", || async {
         http_get(addr, "/readyz")

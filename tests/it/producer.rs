@@ -56,7 +56,7 @@ async fn dispatch_and_wait_returns_the_run_and_then_the_same_run_deduplicated(po
 #[sqlx::test]
 async fn a_dispatch_no_executor_is_bound_for_ends_failed_as_unroutable(pool: PgPool) {
     let mut settings = test_settings();
-    settings.hand_off_jobs = true;
+    settings.jobs.hand_off_jobs = true;
     let app = TestApp::spawn_with(pool, settings).await;
     let mut subscriber = app.subscribe_events().await;
     let producer = Producer::connect(&amqp_url(), app.topology.namespace())
@@ -86,7 +86,7 @@ async fn a_dispatch_no_executor_is_bound_for_ends_failed_as_unroutable(pool: PgP
 #[sqlx::test]
 async fn a_worker_drives_a_handed_off_run_to_succeeded_with_counts(pool: PgPool) {
     let mut settings = test_settings();
-    settings.hand_off_jobs = true;
+    settings.jobs.hand_off_jobs = true;
     let app = TestApp::spawn_with(pool, settings).await;
     let queue = Worker::queue_name(app.topology.namespace(), "test_worker");
     let worker = Worker::start(

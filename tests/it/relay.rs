@@ -8,13 +8,12 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use lapin::options::{QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
-use operation_runs::config::ServeSettings;
 use serde_json::{json, Value};
 use sqlx::PgPool;
 
 use crate::helpers::{
-    dispatch, dispatch_with_reply, header, json_properties, progress, test_settings, wait_until,
-    TestApp,
+    dispatch, dispatch_with_reply, header, json_properties, progress, test_settings,
+    test_settings_with, wait_until, TestApp,
 };
 
 /// Declares `queue` (exclusive) bound to `N.jobs` for `policy.sync`, holding one message and
@@ -56,12 +55,14 @@ async fn a_refused_job_is_retried_then_fails_its_run_without_republishing_events
     let executor = format!("{}.executor.policy", app.topology.namespace());
     let _executor_channel = declare_refusing_executor_queue(&app, &executor).await;
     let mut subscriber = app.subscribe_events().await;
-    let settings = ServeSettings {
-        hand_off_jobs: true,
-        job_publish_attempts: 3,
-        job_retry_base_ms: 50,
-        ..test_settings()
-    };
+    let settings = test_settings_with(&[
+        "--hand-off-jobs",
+        "true",
+        "--job-publish-attempts",
+        "3",
+        "--job-retry-base",
+        "50ms",
+    ]);
     app.start_instance(app.pool.clone(), settings).await;
 
     let runs = 6;
@@ -134,10 +135,7 @@ async fn a_refused_job_is_retried_then_fails_its_run_without_republishing_events
 
 #[sqlx::test]
 async fn a_relay_channel_closed_by_the_broker_is_reopened_without_stopping_commands(pool: PgPool) {
-    let settings = ServeSettings {
-        hand_off_jobs: true,
-        ..test_settings()
-    };
+    let settings = test_settings_with(&["--hand-off-jobs", "true"]);
     let app = TestApp::spawn_with(pool, settings).await;
     let mut subscriber = app.subscribe_events().await;
     // Publishing a job to a deleted exchange makes the broker close the relay's channel.

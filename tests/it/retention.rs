@@ -369,10 +369,7 @@ const DAY_SECS: f64 = 86_400.0;
 /// Settings with a one-position relay batch (a position the relay cannot get past would hold
 /// back every event) and no background pruner (the test drives it).
 fn one_position_relay() -> operation_runs::config::ServeSettings {
-    let mut settings = crate::helpers::test_settings();
-    settings.relay_batch = 1;
-    settings.retention.prune_interval = std::time::Duration::ZERO;
-    settings
+    crate::helpers::test_settings_with(&["--relay-batch", "1", "--prune-interval", "0s"])
 }
 
 /// The `data.sequence` of each event.

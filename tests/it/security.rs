@@ -54,8 +54,8 @@ async fn each_namespace_user_can_do_its_job_and_nothing_else(
 
     // The service runs with its own user: consume, dead-letter, reply, publish events.
     let service_config = Config {
-        database_url: String::new(),
-        amqp_url: vec![url_for(&format!("{ns}.service"), "service-pw")],
+        database_url: String::new().into(),
+        amqp_url: vec![url_for(&format!("{ns}.service"), "service-pw").into()],
         namespace: ns.clone(),
         quorum_initial_group_size: None,
     };
@@ -393,7 +393,7 @@ async fn serve_runs_as_the_least_privileged_service_role_and_the_secret_stays_re
     let addr = format!("127.0.0.1:{port}");
     let mut serve = tokio::process::Command::new(env!("CARGO_BIN_EXE_oprun"))
         .args(["serve", "--metrics-addr", "off", "--http-addr", &addr])
-        .args(["--relay-idle-ms", "50", "--hand-off-jobs", "false"])
+        .args(["--relay-idle", "50ms", "--hand-off-jobs", "false"])
         .args(["--run-retention", "1s", "--event-retention", "1s"])
         .args(["--inbox-retention", "1s", "--prune-interval", "300ms"])
         .env("DATABASE_URL", roles.url(&roles.service))

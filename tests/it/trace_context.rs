@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use sqlx::PgPool;
 
 use crate::helpers::{
-    dispatch, header, json_properties, progress, test_settings, traced_properties, TestApp,
+    dispatch, header, json_properties, progress, test_settings_with, traced_properties, TestApp,
     DEADLINE,
 };
 
@@ -43,11 +43,7 @@ async fn next_job(jobs: &mut Consumer) -> (Value, BasicProperties) {
 }
 
 async fn spawn_with_jobs(pool: PgPool) -> TestApp {
-    let settings = operation_runs::config::ServeSettings {
-        hand_off_jobs: true,
-        ..test_settings()
-    };
-    TestApp::spawn_with(pool, settings).await
+    TestApp::spawn_with(pool, test_settings_with(&["--hand-off-jobs", "true"])).await
 }
 
 fn is_valid_traceparent(s: &str) -> bool {

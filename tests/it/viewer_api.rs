@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use operation_runs::config::ServeSettings;
 use operation_runs::http::auth::{Claims, TokenKeys};
 use operation_runs::http::live::LiveLimits;
 use operation_runs::http::server::HttpLimits;
@@ -25,9 +26,14 @@ pub(crate) struct Viewer {
     stop: CancellationToken,
 }
 
+/// The bounds of the viewer's live streams under `oprun serve`'s defaults.
+pub(crate) fn default_live_limits() -> LiveLimits {
+    ServeSettings::defaults().live.live_limits()
+}
+
 impl Viewer {
     pub(crate) async fn spawn(pool: PgPool) -> Self {
-        Self::spawn_with(pool, LiveLimits::default()).await
+        Self::spawn_with(pool, default_live_limits()).await
     }
 
     /// A viewer whose live streams have the bounds `live`.
@@ -40,7 +46,7 @@ impl Viewer {
             keys.clone(),
             HttpLimits {
                 idle_timeout: Duration::from_secs(3),
-                ..HttpLimits::default()
+                ..ServeSettings::defaults().http.limits()
             },
             live,
             stop.clone(),
@@ -920,7 +926,7 @@ async fn serve_shows_a_dispatched_run_through_the_link_oprun_token_prints(
     let addr = format!("127.0.0.1:{port}");
     let _serve = tokio::process::Command::new(env!("CARGO_BIN_EXE_oprun"))
         .args(["serve", "--metrics-addr", "off", "--http-addr", &addr])
-        .args(["--hand-off-jobs", "false", "--reaper-interval-secs", "0"])
+        .args(["--hand-off-jobs", "false", "--reaper-interval", "0s"])
         .env("DATABASE_URL", crate::helpers::database_url_for(&db))
         .env("OPRUN_NAMESPACE", app.topology.namespace())
         .env_remove("OPRUN_API_SECRET")

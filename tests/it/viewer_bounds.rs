@@ -150,7 +150,7 @@ pub(crate) fn spawn_serve_with_viewer(
     let addr = format!("127.0.0.1:{port}");
     let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_oprun"))
         .args(["serve", "--metrics-addr", "off", "--http-addr", &addr])
-        .args(["--hand-off-jobs", "false", "--reaper-interval-secs", "0"])
+        .args(["--hand-off-jobs", "false", "--reaper-interval", "0s"])
         .env("DATABASE_URL", database_url_for(database))
         .env("OPRUN_NAMESPACE", namespace)
         .env("OPRUN_API_SECRET", SECRET)

@@ -285,7 +285,7 @@ async fn a_live_stream_ends_after_its_lifetime_and_resumes_from_last_event_id_wi
         pool.clone(),
         LiveLimits {
             lifetime,
-            ..LiveLimits::default()
+            ..crate::viewer_api::default_live_limits()
         },
     )
     .await;

@@ -97,7 +97,7 @@ async fn dispatch(producer: &Producer, selection: &str) -> i64 {
 
 async fn app_with_hand_off(pool: PgPool) -> TestApp {
     let mut settings = test_settings();
-    settings.hand_off_jobs = true;
+    settings.jobs.hand_off_jobs = true;
     TestApp::spawn_with(pool, settings).await
 }
 
@@ -285,7 +285,7 @@ async fn a_completion_without_reply_is_sent_again_and_its_job_stays_unacked_unti
     // run again.
     app.start_instance(app.pool.clone(), {
         let mut settings = test_settings();
-        settings.hand_off_jobs = true;
+        settings.jobs.hand_off_jobs = true;
         settings
     })
     .await;

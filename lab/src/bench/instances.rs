@@ -28,7 +28,7 @@ pub struct ServeTunables {
     /// Passed to `serve --batch-size`.
     #[arg(long, default_value_t = 200)]
     pub batch_size: usize,
-    /// Passed to `serve --batch-window-ms`.
+    /// Passed to `serve --batch-window`, in milliseconds.
     #[arg(long, default_value_t = 5)]
     pub batch_window_ms: u64,
     /// Passed to `serve --relay-batch`.
@@ -123,10 +123,10 @@ impl Instances {
                 .args(["--metrics-addr", "off"])
                 .args(["--http-addr", &http_addr])
                 .args(["--hand-off-jobs", "false"])
-                .args(["--reaper-interval-secs", "0"])
+                .args(["--reaper-interval", "0s"])
                 .args(["--prefetch", &tunables.prefetch.to_string()])
                 .args(["--batch-size", &tunables.batch_size.to_string()])
-                .args(["--batch-window-ms", &tunables.batch_window_ms.to_string()])
+                .args(["--batch-window", &format!("{}ms", tunables.batch_window_ms)])
                 .args(["--relay-batch", &tunables.relay_batch.to_string()])
                 .args(["--db-connections", &tunables.db_connections.to_string()])
                 .args(tunables.retention_args())

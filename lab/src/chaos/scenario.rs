@@ -82,12 +82,12 @@ impl ChaosArgs {
             Arc::new(Infra::start().await?)
         };
         let mut config = config.clone();
-        config.amqp_url = infra.amqp_urls();
+        config.amqp_url = infra.amqp_urls().into_iter().map(Into::into).collect();
         eprintln!(
             "chaos: broker {}",
             operation_runs::broker::connection::AmqpUrls::unchecked(&config.amqp_url)
         );
-        config.database_url = infra.database_url("postgres");
+        config.database_url = infra.database_url("postgres").into();
         let config = &config;
         // The budget counts from here: starting the private services is not the run.
         let deadline = Instant::now() + BUDGET;

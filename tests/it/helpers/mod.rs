@@ -18,8 +18,8 @@ use std::time::Duration;
 pub use bodies::{dispatch, progress};
 pub use broker::{dispatch_with_reply, event_types, header, json_properties, traced_properties};
 pub use spawn::{
-    amqp_url, database_url_for, seed_scopes, serve_command, test_settings, unique_namespace,
-    TestApp,
+    amqp_url, database_url_for, seed_scopes, serve_command, test_settings, test_settings_with,
+    unique_namespace, TestApp,
 };
 pub use waiting::{wait_for, wait_for_active_run, wait_until};
 

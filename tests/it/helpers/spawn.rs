@@ -47,8 +47,8 @@ pub fn serve_command(database: &str, namespace: &str) -> tokio::process::Command
             "off",
             "--http-addr",
             "off",
-            "--relay-idle-ms",
-            "50",
+            "--relay-idle",
+            "50ms",
             "--hand-off-jobs",
             "false",
         ])
@@ -73,18 +73,43 @@ pub async fn seed_scopes(pool: &PgPool) {
     .unwrap();
 }
 
-/// Settings for tests: no probes endpoint, fast relay, job hand-off off unless asked.
+/// The flags of [`test_settings`]: no probes endpoint and no viewer, fast relay and gauges, no
+/// reaper, job hand-off off unless asked.
+const TEST_FLAGS: &[&str] = &[
+    "--metrics-addr",
+    "off",
+    "--http-addr",
+    "off",
+    "--hand-off-jobs",
+    "false",
+    "--relay-idle",
+    "50ms",
+    "--metrics-poll",
+    "100ms",
+    "--reaper-interval",
+    "0s",
+    "--db-connections",
+    "3",
+    "--lanes",
+    "2",
+    "--shutdown-timeout",
+    "5s",
+];
+
+/// Settings for tests: `oprun serve`'s defaults under [`TEST_FLAGS`].
 pub fn test_settings() -> ServeSettings {
-    ServeSettings {
-        hand_off_jobs: false,
-        relay_idle_ms: 50,
-        metrics_poll_ms: 100,
-        reaper_interval_secs: 0,
-        db_connections: 3,
-        lanes: 2,
-        shutdown_timeout_secs: 5,
-        ..ServeSettings::default()
-    }
+    test_settings_with(&[])
+}
+
+/// [`test_settings`] with `flags` (the flags of `oprun serve`, each with its value) in place of
+/// the test's own.
+pub fn test_settings_with(flags: &[&str]) -> ServeSettings {
+    let own = TEST_FLAGS
+        .chunks(2)
+        .filter(|pair| !flags.contains(&pair[0]))
+        .flatten();
+    let all: Vec<&str> = own.chain(flags).copied().collect();
+    ServeSettings::from_flags(&all).unwrap_or_else(|e| panic!("{all:?}: {e}"))
 }
 
 /// A service running in-process against a test database, plus a broker connection for the test.
@@ -138,8 +163,8 @@ impl TestApp {
             .unwrap();
         let publisher = ConfirmPublisher::open(&connection).await.unwrap();
         let config = Config {
-            database_url: String::new(),
-            amqp_url: vec![amqp_url()],
+            database_url: String::new().into(),
+            amqp_url: vec![amqp_url().into()],
             namespace,
             quorum_initial_group_size: None,
         };

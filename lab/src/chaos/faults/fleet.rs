@@ -16,7 +16,7 @@ use tokio::process::{Child, Command};
 
 /// `serve` without the reaper (a run waiting for its progress is not stale here); the
 /// `--metrics-addr` and `--http-addr` of each role and [`ServeOptions::extra_args`] are added.
-const SERVE_ARGS: [&str; 3] = ["serve", "--reaper-interval-secs", "0"];
+const SERVE_ARGS: [&str; 3] = ["serve", "--reaper-interval", "0s"];
 
 /// What the injections change in every `serve` of the run.
 #[derive(Debug, Clone, Default)]

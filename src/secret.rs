@@ -1,0 +1,83 @@
+//! Secrets in settings: a password or a token is a [`SecretString`], a URL that may carry a
+//! password is a [`SecretUrl`]. Neither prints its secret through `Debug`; the value is read
+//! with `expose_secret`, where it is used. A leaf: it imports nothing of the crate, so that the
+//! settings and the clients that take them can both use it.
+
+use std::fmt;
+use std::str::FromStr;
+
+pub use secrecy::{ExposeSecret, SecretString};
+
+/// A URL whose password is a secret: `Debug` shows it with the password replaced by `***`.
+#[derive(Clone)]
+pub struct SecretUrl(SecretString);
+
+impl SecretUrl {
+    /// The URL as given, password included.
+    pub fn expose_secret(&self) -> &str {
+        self.0.expose_secret()
+    }
+
+    /// The URL with its password replaced by `***` (for logs).
+    pub fn redacted(&self) -> String {
+        redact_url(self.expose_secret())
+    }
+}
+
+impl fmt::Debug for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.redacted(), f)
+    }
+}
+
+impl From<String> for SecretUrl {
+    fn from(url: String) -> Self {
+        Self(url.into())
+    }
+}
+
+impl From<&str> for SecretUrl {
+    fn from(url: &str) -> Self {
+        Self(url.into())
+    }
+}
+
+impl FromStr for SecretUrl {
+    type Err = std::convert::Infallible;
+
+    fn from_str(url: &str) -> Result<Self, Self::Err> {
+        Ok(url.into())
+    }
+}
+
+impl AsRef<str> for SecretUrl {
+    fn as_ref(&self) -> &str {
+        self.expose_secret()
+    }
+}
+
+/// Replaces the password of a URL with `***` (for logs and Debug).
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        Ok(parsed) => parsed.to_string(),
+        Err(_) => "<unparseable url>".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_secret_url_shows_its_password_as_stars() {
+        let url = SecretUrl::from("amqps://svc:hunter2@mq:5671/%2f");
+        let shown = format!("{url:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("svc:***@mq:5671"), "{shown}");
+        assert_eq!(url.expose_secret(), "amqps://svc:hunter2@mq:5671/%2f");
+    }
+}
