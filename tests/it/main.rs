@@ -33,5 +33,6 @@ mod viewer_bench;
 mod viewer_bounds;
 mod viewer_browser;
 mod viewer_live;
+mod viewer_pages;
 mod viewer_tokens;
 mod worker;

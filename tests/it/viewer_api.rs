@@ -82,6 +82,23 @@ impl Viewer {
         (status, headers, response.text().await.unwrap())
     }
 
+    /// GET `path` as a browser signed in with `cookie` (`name=value`).
+    pub(crate) async fn get_with_cookie(
+        &self,
+        path: &str,
+        cookie: &str,
+    ) -> (StatusCode, HeaderMap, String) {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .header("cookie", cookie)
+            .send()
+            .await
+            .unwrap();
+        let (status, headers) = (response.status(), response.headers().clone());
+        (status, headers, response.text().await.unwrap())
+    }
+
     pub(crate) async fn json(&self, path: &str, token: &str) -> (StatusCode, Value) {
         let (status, _, body) = self.get(path, Some(token)).await;
         (status, serde_json::from_str(&body).unwrap_or(Value::Null))
