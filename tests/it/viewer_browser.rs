@@ -1,8 +1,10 @@
 //! A real browser (headless Chromium driven through chromedriver) opens a run page
-//! with a token link, sees the progress move while progress commands arrive, and saves the
-//! screenshot (target/tmp/viewer-run.png; docs/viewer.md shows a copy, docs/viewer-run.png). `scripts/test` installs Debian's `chromium`
-//! and `chromium-driver`.
-
+//! with a token link, sees the progress move and failures arrive while progress commands come
+//! in (a producer's markup in a failure shown as text, never run), reads the page and the list
+//! at 390 px wide without sideways scrolling, and saves the screenshots
+//! (target/tmp/viewer-run.png, viewer-run-390.png, viewer-list-390.png; docs/viewer.md shows a
+//! copy of the first, docs/viewer-run.png). `scripts/test` installs Debian's `chromium` and
+//! `chromium-driver`.
 use std::process::Stdio;
 
 use fantoccini::{ClientBuilder, Locator};
@@ -145,13 +147,68 @@ async fn a_browser_follows_a_runs_progress_live_from_a_token_link(pool: PgPool) 
         .await
         .unwrap();
     assert_eq!(bar, json!(60));
-    let screenshot = client.screenshot().await.unwrap();
-    assert!(screenshot.starts_with(b"\x89PNG"));
-    std::fs::write(
-        concat!(env!("CARGO_TARGET_TMPDIR"), "/viewer-run.png"),
-        &screenshot,
+
+    app.publish(&progress(
+        "append_failures",
+        run_id,
+        json!({"failures": [{"code": "graph.throttled", "message": "429 from upstream", "item": "device-7"}]}),
+    ))
+    .await;
+    wait_for_text(&client, "#failures-total", "1 failure").await;
+
+    // Readable on a desktop and at 390 px wide (the screenshots: target/tmp/viewer-run*.png).
+    for (width, height, file) in [
+        (1100, 1500, "viewer-run.png"),
+        (390, 900, "viewer-run-390.png"),
+    ] {
+        client.set_window_size(width, height).await.unwrap();
+        let screenshot = client.screenshot().await.unwrap();
+        assert!(screenshot.starts_with(b"\x89PNG"));
+        std::fs::write(
+            format!("{}/{file}", env!("CARGO_TARGET_TMPDIR")),
+            &screenshot,
+        )
+        .unwrap();
+        let overflow = client
+            .execute(
+                "return document.documentElement.scrollWidth - document.documentElement.clientWidth",
+                vec![],
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            overflow,
+            json!(0),
+            "the page scrolls sideways at {width} px"
+        );
+    }
+
+    // A producer-controlled failure arrives live: the script writes it as text, never as HTML.
+    let hostile =
+        "<img src=x onerror=\"document.title='owned'\"><script>document.title='owned'</script>";
+    app.publish(&progress(
+        "append_failures",
+        run_id,
+        json!({"failures": [
+            {"code": "graph.denied", "message": hostile, "item": hostile}]}),
+    ))
+    .await;
+    wait_for_text(
+        &client,
+        "#run-failures tbody tr:nth-child(2) td:nth-child(2)",
+        hostile,
     )
-    .unwrap();
+    .await;
+    wait_for_text(&client, "#failures-total", "2 failures").await;
+    let injected = client
+        .execute(
+            "return [document.scripts.length, document.images.length, document.title]",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(injected, json!([1, 0, "Policy sync · operation runs"]));
+    wait_for_text(&client, "#timeline li:last-child .changes", "+1 failure").await;
 
     app.publish(&progress(
         "update_run",
@@ -162,6 +219,24 @@ async fn a_browser_follows_a_runs_progress_live_from_a_token_link(pool: PgPool) 
     wait_for_text(&client, "#run-status", "completed").await;
     wait_for_text(&client, "#run-outcome", "succeeded").await;
     wait_for_text(&client, "#live", "completed").await;
+
+    // The list, at 390 px wide: only its table scrolls sideways, never the page.
+    client.goto(&format!("{}/runs", viewer.base)).await.unwrap();
+    wait_for_text(&client, "#summary", "1 run, 0 failed, 0 running").await;
+    let screenshot = client.screenshot().await.unwrap();
+    std::fs::write(
+        format!("{}/viewer-list-390.png", env!("CARGO_TARGET_TMPDIR")),
+        &screenshot,
+    )
+    .unwrap();
+    let overflow = client
+        .execute(
+            "return document.documentElement.scrollWidth - document.documentElement.clientWidth",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(overflow, json!(0), "the list scrolls sideways at 390 px");
     client.close().await.unwrap();
     app.shutdown().await;
 }

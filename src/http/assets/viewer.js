@@ -48,6 +48,12 @@ function failuresOf(run) {
   const codes = [...byCode.entries()].sort((a, b) => b[1] - a[1] || (a[0] < b[0] ? -1 : 1));
   return { codes, total: codes.reduce((t, [, n]) => t + n, 0) };
 }
+const codeCell = (row, value) => {
+  const td = document.createElement("td"), code = document.createElement("code");
+  code.textContent = value;
+  td.appendChild(code);
+  row.appendChild(td);
+};
 const cell = (row, value, tag) => {
   const el = document.createElement(tag || "td");
   el.textContent = value;
@@ -135,9 +141,9 @@ const cell = (row, value, tag) => {
     const f = failuresOf(run);
     const stored = (run.failure_summary || []).length;
     text("failures-total", f.total + (f.total === 1 ? " failure" : " failures") + (f.total > stored ? " (" + stored + " stored below, the rest counted by code)" : ""));
-    rows("failures-by-code", f.codes, (tr, [code, n]) => { cell(tr, code); cell(tr, String(n)); });
+    rows("failures-by-code", f.codes, (tr, [code, n]) => { codeCell(tr, code); cell(tr, String(n)); });
     rows("run-failures", run.failure_summary || [], (tr, x) => {
-      cell(tr, x.code);
+      codeCell(tr, x.code);
       cell(tr, x.message);
       cell(tr, x.item === undefined ? "" : typeof x.item === "string" ? x.item : JSON.stringify(x.item));
     });
