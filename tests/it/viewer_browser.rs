@@ -5,6 +5,7 @@
 //! (target/tmp/viewer-run.png, viewer-run-390.png, viewer-list-390.png; docs/viewer.md shows a
 //! copy of the first, docs/viewer-run.png). `scripts/test` installs Debian's `chromium` and
 //! `chromium-driver`.
+
 use std::process::Stdio;
 
 use fantoccini::{ClientBuilder, Locator};
