@@ -464,7 +464,7 @@ pub async fn tenant_names(
 }
 
 /// Most runs the list's summary line counts: past it the line says "more than".
-pub const SUMMARY_CAP: i64 = 10_000;
+pub const SUMMARY_CAP: i64 = 1_000;
 
 /// The list page's summary line: of the newest [`SUMMARY_CAP`] runs matching a filter, how many
 /// there are, failed and running.

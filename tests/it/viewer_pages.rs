@@ -4,7 +4,6 @@
 //! has been idle longer than its type usually takes, and escapes every producer-controlled value;
 //! the list's summary line counts only what the token may see.
 
-use operation_runs::http::auth::{Claims, TokenKeys};
 use reqwest::StatusCode;
 use serde_json::json;
 use sqlx::PgPool;
@@ -12,13 +11,15 @@ use sqlx::PgPool;
 use crate::helpers::seed_scopes;
 use crate::viewer_api::{insert_run, Viewer, SECRET};
 
+/// A token of the viewer's secret that expired an hour ago.
 fn expired_token() -> String {
-    TokenKeys::new(SECRET).unwrap().issue(&Claims {
-        workspace_id: 1,
-        tenant_ids: None,
-        exp: chrono::Utc::now().timestamp() as u64 - 3600,
-        sub: Some("ada".into()),
-    })
+    let exp = chrono::Utc::now().timestamp() - 3600;
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &json!({"workspace_id": 1, "exp": exp, "sub": "ada"}),
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
 }
 
 #[sqlx::test]
@@ -298,7 +299,7 @@ async fn the_lists_summary_line_counts_only_the_runs_in_the_tokens_scope(pool: P
         json!({}),
     )
     .await;
-    let viewer = Viewer::spawn(pool).await;
+    let viewer = Viewer::spawn(pool.clone()).await;
 
     let summary = |html: &str| {
         let start = html.find("id=\"summary\"").expect("a summary line");
@@ -321,6 +322,27 @@ async fn the_lists_summary_line_counts_only_the_runs_in_the_tokens_scope(pool: P
         .get("/runs?outcome=failed", Some(&viewer.token(1, None)))
         .await;
     assert_eq!(summary(&failed), "3 runs, 3 failed, 0 running");
+
+    // Past the cap the line says so; another tenant's many runs still count for nothing.
+    sqlx::query(
+        "INSERT INTO operation_runs (workspace_id, tenant_id, type, status, outcome, run_identity_hash)
+         SELECT 1, 11, 'policy.sync', 'completed', 'succeeded', md5(g::text) || md5(g::text)
+         FROM generate_series(1, $1) AS g",
+    )
+    .bind(operation_runs::store::viewer::SUMMARY_CAP as i32)
+    .execute(&pool)
+    .await
+    .unwrap();
+    let (_, _, workspace) = viewer.get("/runs", Some(&viewer.token(1, None))).await;
+    assert!(
+        summary(&workspace).starts_with("More than 1000 runs (of the newest 1000:"),
+        "{}",
+        summary(&workspace)
+    );
+    let (_, _, ten) = viewer
+        .get("/runs", Some(&viewer.token(1, Some(vec![10]))))
+        .await;
+    assert_eq!(summary(&ten), "3 runs, 2 failed, 1 running");
 }
 
 #[sqlx::test]
