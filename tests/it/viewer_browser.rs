@@ -353,3 +353,83 @@ async fn a_link_from_another_site_signs_in_at_once_and_another_bearers_link_asks
         .contains("all tenants"));
     client.close().await.unwrap();
 }
+
+/// What the script keeps current without a reload: a list row of an active run refreshes itself
+/// once its run moves on (the script reads `/v1/runs/{id}` every 10 s), relative times tick,
+/// and a running run's page raises the stalled banner the moment the run has been idle longer
+/// than its type usually takes.
+#[sqlx::test]
+async fn open_pages_keep_rows_times_and_the_stalled_banner_current_without_a_reload(pool: PgPool) {
+    crate::helpers::seed_scopes(&pool).await;
+    let run_id = crate::viewer_api::insert_run(
+        &pool,
+        1,
+        Some(10),
+        "policy.sync",
+        ("running", "pending"),
+        1,
+        json!({}),
+    )
+    .await;
+    // A policy sync usually takes about 5 minutes: idle for 3 s less than that (a run's times
+    // set by hand: only `updated_at` matters here).
+    sqlx::query(
+        "UPDATE operation_runs SET created_at = now() - interval '10 seconds',
+                started_at = now() - interval '5 seconds', updated_at = now() - interval '5 minutes' + interval '3 seconds' WHERE id = $1",
+    )
+    .bind(run_id)
+    .execute(&pool)
+    .await
+    .unwrap();
+    let viewer = Viewer::spawn(pool.clone()).await;
+    let token = viewer.token(1, Some(vec![10]));
+
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let driver = Driver::start().await;
+    let mut capabilities = serde_json::Map::new();
+    capabilities.insert(
+        "goog:chromeOptions".into(),
+        json!({"args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]}),
+    );
+    let client = ClientBuilder::rustls()
+        .unwrap()
+        .capabilities(capabilities)
+        .connect(&driver.url)
+        .await
+        .expect("a headless Chromium session");
+
+    client
+        .goto(&format!("{}/runs/{run_id}?token={token}", viewer.base))
+        .await
+        .unwrap();
+    wait_for_text(&client, "#live", "live").await;
+    assert_eq!(text_of(&client, "#stalled").await, "", "not stalled yet");
+    wait_for_text(
+        &client,
+        "#stalled",
+        "No progress for 5 min (usually takes about 5 min)",
+    )
+    .await;
+
+    client.goto(&format!("{}/runs", viewer.base)).await.unwrap();
+    let row = format!("tr[data-active-run=\"{run_id}\"]");
+    wait_for_text(&client, &format!("{row} .run-status"), "running").await;
+    let created = text_of(&client, &format!("{row} time[data-relative]")).await;
+    sqlx::query(
+        "UPDATE operation_runs SET status = 'completed', outcome = 'failed', completed_at = now(),
+                summary_counts = '{\"total\": 4, \"processed\": 4}',
+                failure_summary = '[{\"code\": \"graph.denied\", \"message\": \"no\"}]'
+         WHERE id = $1",
+    )
+    .bind(run_id)
+    .execute(&pool)
+    .await
+    .unwrap();
+    wait_for_text(&client, "tr .run-status", "completed").await;
+    wait_for_text(&client, "tr .run-outcome", "failed").await;
+    wait_for_text(&client, "tr .run-progress", "4 / 4 (100%)").await;
+    wait_for_text(&client, "tr .run-failures", "1 graph.denied").await;
+    let ticked = text_of(&client, "tr time[data-relative]").await;
+    assert_ne!(created, ticked, "the relative time did not tick");
+    client.close().await.unwrap();
+}
