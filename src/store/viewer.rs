@@ -543,7 +543,8 @@ pub async fn timeline_changes(
     let sql = format!(
         "SELECT sequence, type, created_at, r->>'status' AS status, r->>'outcome' AS outcome,
                 r->'summary_counts' AS counts,
-                (COALESCE(jsonb_array_length(r->'failure_summary'), 0)
+                (CASE WHEN jsonb_typeof(r->'failure_summary') = 'array'
+                      THEN jsonb_array_length(r->'failure_summary') ELSE 0 END
                  + COALESCE((SELECT sum(value::bigint) FROM jsonb_each_text(
                        CASE WHEN jsonb_typeof(r->'failure_overflow') = 'object'
                             THEN r->'failure_overflow' ELSE '{{}}'::jsonb END)), 0))::bigint
