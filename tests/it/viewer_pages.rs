@@ -424,3 +424,102 @@ async fn the_timeline_says_what_each_event_changed(pool: PgPool) {
         ]
     );
 }
+
+#[sqlx::test]
+async fn the_lists_date_range_keeps_the_runs_created_within_it_in_utc_days(pool: PgPool) {
+    seed_scopes(&pool).await;
+    let old = insert_run(
+        &pool,
+        1,
+        Some(10),
+        "policy.sync",
+        ("completed", "succeeded"),
+        5,
+        json!({}),
+    )
+    .await;
+    let new = insert_run(
+        &pool,
+        1,
+        Some(10),
+        "policy.sync",
+        ("completed", "succeeded"),
+        5,
+        json!({}),
+    )
+    .await;
+    sqlx::query(
+        "UPDATE operation_runs SET created_at = CASE WHEN id = $1 THEN timestamptz '2026-03-01 23:59:00Z'
+                                                     ELSE timestamptz '2026-03-02 00:00:00Z' END
+         WHERE id IN ($1, $2)",
+    )
+    .bind(old)
+    .bind(new)
+    .execute(&pool)
+    .await
+    .unwrap();
+    let viewer = Viewer::spawn(pool).await;
+    let t = viewer.token(1, None);
+    let listed = |html: &str, id: i64| html.contains(&format!("href=\"/runs/{id}\""));
+
+    let (status, _, day) = viewer
+        .get("/runs?from=2026-03-02&to=2026-03-02", Some(&t))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{day}");
+    assert!(listed(&day, new) && !listed(&day, old), "{day}");
+    assert!(
+        day.contains("name=\"from\" value=\"2026-03-02\""),
+        "the form keeps the range"
+    );
+    let (_, _, before) = viewer.get("/runs?to=2026-03-01", Some(&t)).await;
+    assert!(listed(&before, old) && !listed(&before, new), "{before}");
+    let (status, _, bad) = viewer.get("/runs?from=March", Some(&t)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(bad.contains("from must be a date (YYYY-MM-DD)"), "{bad}");
+}
+
+#[sqlx::test]
+async fn a_running_run_shows_its_names_times_duration_so_far_and_an_eta_from_its_total(
+    pool: PgPool,
+) {
+    seed_scopes(&pool).await;
+    let id = insert_run(
+        &pool,
+        1,
+        Some(10),
+        "policy.sync",
+        ("running", "pending"),
+        20,
+        json!({"initiator": "Ada", "counts": {"total": 10, "processed": 5}}),
+    )
+    .await;
+    sqlx::query("UPDATE operation_runs SET started_at = now() - interval '10 minutes', user_id = 5 WHERE id = $1")
+        .bind(id)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let viewer = Viewer::spawn(pool).await;
+    let (_, _, page) = viewer
+        .get(&format!("/runs/{id}"), Some(&viewer.token(1, None)))
+        .await;
+    for shown in [
+        "<dd id=\"workspace-name\">one</dd>",
+        "<dd id=\"tenant-name\">ten</dd>",
+        "<dd id=\"initiator\">Ada <small>(user 5)</small></dd>",
+        "Policy sync <code>policy.sync</code>",
+        "5 / 10 (50%)",
+        // Half done in 10 minutes: about 10 more.
+        "about 10 min left",
+        " so far",
+        "<dt>Usually takes</dt><dd>about 5 min</dd>",
+        "<dt>Completed</dt><dd>not yet</dd>",
+    ] {
+        assert!(page.contains(shown), "{shown} in {page}");
+    }
+    let elapsed = &page[page.find("id=\"elapsed\"").unwrap()..];
+    assert!(
+        elapsed.contains("data-elapsed-since"),
+        "the duration ticks while running"
+    );
+    assert!(elapsed.contains(">10 min "), "{elapsed}");
+}
