@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod claims;
 pub mod error;
 pub mod html;
 pub mod live;

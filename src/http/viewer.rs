@@ -258,7 +258,7 @@ async fn sign_in(State(state): State<ViewerState>, request: Request, next: Next)
     };
     let claims = match state.keys.verify(&token) {
         Ok(c) => c,
-        Err(e) => return pages::unauthorized(&e).into_response(),
+        Err(e) => return pages::unauthorized(&e, pages::TokenFrom::Link).into_response(),
     };
     let target = without_token(&uri);
     let current = cookie(request.headers(), TOKEN_COOKIE);
@@ -328,7 +328,7 @@ pub async fn switch_sign_in(State(state): State<ViewerState>, request: Request) 
     }
     let claims = match state.keys.verify(&token) {
         Ok(c) => c,
-        Err(e) => return pages::unauthorized(&e).into_response(),
+        Err(e) => return pages::unauthorized(&e, pages::TokenFrom::Link).into_response(),
     };
     let next = field("next")
         .filter(|p| local_path(p))

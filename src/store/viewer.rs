@@ -429,3 +429,136 @@ pub async fn tenant_in_scope(
     .fetch_one(executor)
     .await
 }
+
+// Reads of the pages: names, the list's summary line, what each event of a timeline changed.
+
+/// The name of workspace `workspace_id`, and of tenant `tenant_id` when it belongs to that
+/// workspace (`None` for a row the reference tables lack).
+pub async fn workspace_and_tenant_names(
+    executor: impl PgExecutor<'_>,
+    workspace_id: i64,
+    tenant_id: Option<i64>,
+) -> Result<(Option<String>, Option<String>), sqlx::Error> {
+    sqlx::query_as(
+        "SELECT (SELECT name FROM workspaces WHERE id = $1),
+                (SELECT name FROM tenants WHERE id = $2 AND workspace_id = $1)",
+    )
+    .bind(workspace_id)
+    .bind(tenant_id)
+    .fetch_one(executor)
+    .await
+}
+
+/// The names of those of `tenant_ids` that belong to workspace `workspace_id` (by primary key:
+/// at most one row per id given).
+pub async fn tenant_names(
+    executor: impl PgExecutor<'_>,
+    workspace_id: i64,
+    tenant_ids: &[i64],
+) -> Result<Vec<(i64, String)>, sqlx::Error> {
+    sqlx::query_as("SELECT id, name FROM tenants WHERE workspace_id = $1 AND id = ANY($2)")
+        .bind(workspace_id)
+        .bind(tenant_ids)
+        .fetch_all(executor)
+        .await
+}
+
+/// Most runs the list's summary line counts: past it the line says "more than".
+pub const SUMMARY_CAP: i64 = 1_000;
+
+/// The list page's summary line: of the newest [`SUMMARY_CAP`] runs matching a filter, how many
+/// there are, failed and running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ListSummary {
+    /// Runs counted (at most [`SUMMARY_CAP`]).
+    pub runs: i64,
+    /// Of them, with outcome `failed`.
+    pub failed: i64,
+    /// Of them, running.
+    pub running: i64,
+    /// More runs match than were counted.
+    pub capped: bool,
+}
+
+/// Counts the runs in `scope` matching `filter` as the list reads them (the same statement,
+/// the same index, at most [`SUMMARY_CAP`] + 1 rows): another tenant's run is never counted.
+pub async fn summarise_listed_runs(
+    executor: impl PgExecutor<'_>,
+    scope: &ViewerScope,
+    filter: &RunListFilter,
+) -> Result<ListSummary, sqlx::Error> {
+    let mut q = list_query(
+        "SELECT count(*), count(*) FILTER (WHERE outcome = 'failed'),
+                count(*) FILTER (WHERE status = 'running')
+         FROM (",
+        scope,
+        filter,
+        None,
+        SUMMARY_CAP + 1,
+    );
+    q.push(") AS listed");
+    let (runs, failed, running): (i64, i64, i64) = q.build_query_as().fetch_one(executor).await?;
+    Ok(ListSummary {
+        runs: runs.min(SUMMARY_CAP),
+        failed,
+        running,
+        capped: runs > SUMMARY_CAP,
+    })
+}
+
+/// One line of a run's timeline with the run as that event left it: enough to say what the
+/// event changed (the counts, the number of failures, status, outcome), not the document.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct TimelineChange {
+    /// Position in the run's history, from 1.
+    pub sequence: i64,
+    /// CloudEvents `type`.
+    #[sqlx(rename = "type")]
+    pub event_type: String,
+    /// When it was recorded.
+    pub created_at: DateTime<Utc>,
+    /// The run's status after it.
+    pub status: Option<String>,
+    /// The run's outcome after it.
+    pub outcome: Option<String>,
+    /// The run's summary counts after it (at most the nine known keys).
+    pub counts: Option<Value>,
+    /// The run's failures after it: stored entries plus overflow.
+    pub failures: i64,
+}
+
+/// At most `limit` timeline lines of `run_id` in `window`, in sequence order, each with the run
+/// as its event left it.
+pub async fn timeline_changes(
+    executor: impl PgExecutor<'_>,
+    run_id: i64,
+    window: TimelineWindow,
+    limit: i64,
+) -> Result<Vec<TimelineChange>, sqlx::Error> {
+    let (filter, order, bound) = match window {
+        TimelineWindow::Newest => ("sequence < $2", "DESC", i64::MAX),
+        TimelineWindow::Before(s) => ("sequence < $2", "DESC", s),
+        TimelineWindow::After(s) => ("sequence > $2", "ASC", s),
+    };
+    let sql = format!(
+        "SELECT sequence, type, created_at, r->>'status' AS status, r->>'outcome' AS outcome,
+                r->'summary_counts' AS counts,
+                (CASE WHEN jsonb_typeof(r->'failure_summary') = 'array'
+                      THEN jsonb_array_length(r->'failure_summary') ELSE 0 END
+                 + COALESCE((SELECT sum(value::bigint) FROM jsonb_each_text(
+                       CASE WHEN jsonb_typeof(r->'failure_overflow') = 'object'
+                            THEN r->'failure_overflow' ELSE '{{}}'::jsonb END)), 0))::bigint
+                  AS failures
+         FROM (SELECT sequence, type, created_at, cloud_event->'data'->'run' AS r
+               FROM operation_run_events WHERE run_id = $1 AND {filter}
+               ORDER BY sequence {order} LIMIT $3) AS e"
+    );
+    let mut entries: Vec<TimelineChange> = sqlx::query_as(&sql)
+        .bind(run_id)
+        .bind(bound)
+        .bind(limit)
+        .fetch_all(executor)
+        .await?;
+    entries.sort_by_key(|e| e.sequence);
+    Ok(entries)
+}

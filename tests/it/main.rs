@@ -32,5 +32,6 @@ mod viewer_api;
 mod viewer_bounds;
 mod viewer_browser;
 mod viewer_live;
+mod viewer_pages;
 mod viewer_tokens;
 mod worker;

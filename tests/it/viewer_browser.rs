@@ -1,7 +1,10 @@
 //! A real browser (headless Chromium driven through chromedriver) opens a run page
-//! with a token link, sees the progress move while progress commands arrive, and saves the
-//! screenshot (target/tmp/viewer-run.png; docs/viewer.md shows a copy, docs/viewer-run.png). `scripts/test` installs Debian's `chromium`
-//! and `chromium-driver`.
+//! with a token link, sees the progress move and failures arrive while progress commands come
+//! in (a producer's markup in a failure shown as text, never run), reads the page and the list
+//! at 390 px wide without sideways scrolling, and saves the screenshots
+//! (target/tmp/viewer-run.png, viewer-run-390.png, viewer-list-390.png; docs/viewer.md shows a
+//! copy of the first, docs/viewer-run.png). `scripts/test` installs Debian's `chromium` and
+//! `chromium-driver`.
 
 use std::process::Stdio;
 
@@ -145,13 +148,68 @@ async fn a_browser_follows_a_runs_progress_live_from_a_token_link(pool: PgPool) 
         .await
         .unwrap();
     assert_eq!(bar, json!(60));
-    let screenshot = client.screenshot().await.unwrap();
-    assert!(screenshot.starts_with(b"\x89PNG"));
-    std::fs::write(
-        concat!(env!("CARGO_TARGET_TMPDIR"), "/viewer-run.png"),
-        &screenshot,
+
+    app.publish(&progress(
+        "append_failures",
+        run_id,
+        json!({"failures": [{"code": "graph.throttled", "message": "429 from upstream", "item": "device-7"}]}),
+    ))
+    .await;
+    wait_for_text(&client, "#failures-total", "1 failure").await;
+
+    // Readable on a desktop and at 390 px wide (the screenshots: target/tmp/viewer-run*.png).
+    for (width, height, file) in [
+        (1100, 1500, "viewer-run.png"),
+        (390, 900, "viewer-run-390.png"),
+    ] {
+        client.set_window_size(width, height).await.unwrap();
+        let screenshot = client.screenshot().await.unwrap();
+        assert!(screenshot.starts_with(b"\x89PNG"));
+        std::fs::write(
+            format!("{}/{file}", env!("CARGO_TARGET_TMPDIR")),
+            &screenshot,
+        )
+        .unwrap();
+        let overflow = client
+            .execute(
+                "return document.documentElement.scrollWidth - document.documentElement.clientWidth",
+                vec![],
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            overflow,
+            json!(0),
+            "the page scrolls sideways at {width} px"
+        );
+    }
+
+    // A producer-controlled failure arrives live: the script writes it as text, never as HTML.
+    let hostile =
+        "<img src=x onerror=\"document.title='owned'\"><script>document.title='owned'</script>";
+    app.publish(&progress(
+        "append_failures",
+        run_id,
+        json!({"failures": [
+            {"code": "graph.denied", "message": hostile, "item": hostile}]}),
+    ))
+    .await;
+    wait_for_text(
+        &client,
+        "#run-failures tbody tr:nth-child(2) td:nth-child(2)",
+        hostile,
     )
-    .unwrap();
+    .await;
+    wait_for_text(&client, "#failures-total", "2 failures").await;
+    let injected = client
+        .execute(
+            "return [document.scripts.length, document.images.length, document.title]",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(injected, json!([1, 0, "Policy sync · operation runs"]));
+    wait_for_text(&client, "#timeline li:last-child .changes", "+1 failure").await;
 
     app.publish(&progress(
         "update_run",
@@ -162,6 +220,24 @@ async fn a_browser_follows_a_runs_progress_live_from_a_token_link(pool: PgPool) 
     wait_for_text(&client, "#run-status", "completed").await;
     wait_for_text(&client, "#run-outcome", "succeeded").await;
     wait_for_text(&client, "#live", "completed").await;
+
+    // The list, at 390 px wide: only its table scrolls sideways, never the page.
+    client.goto(&format!("{}/runs", viewer.base)).await.unwrap();
+    wait_for_text(&client, "#summary", "1 run, 0 failed, 0 running").await;
+    let screenshot = client.screenshot().await.unwrap();
+    std::fs::write(
+        format!("{}/viewer-list-390.png", env!("CARGO_TARGET_TMPDIR")),
+        &screenshot,
+    )
+    .unwrap();
+    let overflow = client
+        .execute(
+            "return document.documentElement.scrollWidth - document.documentElement.clientWidth",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(overflow, json!(0), "the list scrolls sideways at 390 px");
     client.close().await.unwrap();
     app.shutdown().await;
 }
@@ -275,5 +351,85 @@ async fn a_link_from_another_site_signs_in_at_once_and_another_bearers_link_asks
     assert!(text_of(&client, "#current-sign-in")
         .await
         .contains("all tenants"));
+    client.close().await.unwrap();
+}
+
+/// What the script keeps current without a reload: a list row of an active run refreshes itself
+/// once its run moves on (the script reads `/v1/runs/{id}` every 10 s), relative times tick,
+/// and a running run's page raises the stalled banner the moment the run has been idle longer
+/// than its type usually takes.
+#[sqlx::test]
+async fn open_pages_keep_rows_times_and_the_stalled_banner_current_without_a_reload(pool: PgPool) {
+    crate::helpers::seed_scopes(&pool).await;
+    let run_id = crate::viewer_api::insert_run(
+        &pool,
+        1,
+        Some(10),
+        "policy.sync",
+        ("running", "pending"),
+        1,
+        json!({}),
+    )
+    .await;
+    // A policy sync usually takes about 5 minutes: idle for 3 s less than that (a run's times
+    // set by hand: only `updated_at` matters here).
+    sqlx::query(
+        "UPDATE operation_runs SET created_at = now() - interval '10 seconds',
+                started_at = now() - interval '5 seconds', updated_at = now() - interval '5 minutes' + interval '3 seconds' WHERE id = $1",
+    )
+    .bind(run_id)
+    .execute(&pool)
+    .await
+    .unwrap();
+    let viewer = Viewer::spawn(pool.clone()).await;
+    let token = viewer.token(1, Some(vec![10]));
+
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let driver = Driver::start().await;
+    let mut capabilities = serde_json::Map::new();
+    capabilities.insert(
+        "goog:chromeOptions".into(),
+        json!({"args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]}),
+    );
+    let client = ClientBuilder::rustls()
+        .unwrap()
+        .capabilities(capabilities)
+        .connect(&driver.url)
+        .await
+        .expect("a headless Chromium session");
+
+    client
+        .goto(&format!("{}/runs/{run_id}?token={token}", viewer.base))
+        .await
+        .unwrap();
+    wait_for_text(&client, "#live", "live").await;
+    assert_eq!(text_of(&client, "#stalled").await, "", "not stalled yet");
+    wait_for_text(
+        &client,
+        "#stalled",
+        "No progress for 5 min (usually takes about 5 min)",
+    )
+    .await;
+
+    client.goto(&format!("{}/runs", viewer.base)).await.unwrap();
+    let row = format!("tr[data-active-run=\"{run_id}\"]");
+    wait_for_text(&client, &format!("{row} .run-status"), "running").await;
+    let created = text_of(&client, &format!("{row} time[data-relative]")).await;
+    sqlx::query(
+        "UPDATE operation_runs SET status = 'completed', outcome = 'failed', completed_at = now(),
+                summary_counts = '{\"total\": 4, \"processed\": 4}',
+                failure_summary = '[{\"code\": \"graph.denied\", \"message\": \"no\"}]'
+         WHERE id = $1",
+    )
+    .bind(run_id)
+    .execute(&pool)
+    .await
+    .unwrap();
+    wait_for_text(&client, "tr .run-status", "completed").await;
+    wait_for_text(&client, "tr .run-outcome", "failed").await;
+    wait_for_text(&client, "tr .run-progress", "4 / 4 (100%)").await;
+    wait_for_text(&client, "tr .run-failures", "1 graph.denied").await;
+    let ticked = text_of(&client, "tr time[data-relative]").await;
+    assert_ne!(created, ticked, "the relative time did not tick");
     client.close().await.unwrap();
 }
