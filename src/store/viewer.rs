@@ -41,13 +41,16 @@ pub fn in_timestamptz_range(t: DateTime<Utc>) -> bool {
 }
 
 /// What a token may see: one workspace, and when `tenant_ids` is set only those tenants' runs
-/// (never the workspace-scoped ones).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// (never the workspace-scoped ones); when `run_id` is set, only that one run of them (a link
+/// to one run: every other run, and whatever is not a run, is outside it).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ViewerScope {
     /// The workspace.
     pub workspace_id: i64,
     /// The tenants, or `None` for the whole workspace.
     pub tenant_ids: Option<Vec<i64>>,
+    /// The one run, or `None` for every run of the workspace and tenants.
+    pub run_id: Option<i64>,
 }
 
 /// Filters of `GET /v1/runs`; all optional.
@@ -84,6 +87,9 @@ fn list_query<'a>(
         q.push(" AND tenant_id = ANY(")
             .push_bind(tenants.as_slice())
             .push(")");
+    }
+    if let Some(run) = scope.run_id {
+        q.push(" AND id = ").push_bind(run);
     }
     if let Some(t) = filter.tenant_id {
         q.push(" AND tenant_id = ").push_bind(t);
@@ -173,13 +179,27 @@ pub async fn get_run(
 ) -> Result<Option<OperationRun>, sqlx::Error> {
     sqlx::query_as(
         "SELECT * FROM operation_runs
-         WHERE id = $1 AND workspace_id = $2 AND ($3::bigint[] IS NULL OR tenant_id = ANY($3))",
+         WHERE id = $1 AND workspace_id = $2 AND ($3::bigint[] IS NULL OR tenant_id = ANY($3))
+           AND ($4::bigint IS NULL OR id = $4)",
     )
     .bind(id)
     .bind(scope.workspace_id)
     .bind(scope.tenant_ids.as_deref())
+    .bind(scope.run_id)
     .fetch_optional(executor)
     .await
+}
+
+/// The workspace and tenant of run `id` (`None`: no such run): what a token for that one run
+/// must be scoped to. Not a viewer read: no token is involved (`oprun token --run`).
+pub async fn run_scope(
+    executor: impl PgExecutor<'_>,
+    id: i64,
+) -> Result<Option<(i64, Option<i64>)>, sqlx::Error> {
+    sqlx::query_as("SELECT workspace_id, tenant_id FROM operation_runs WHERE id = $1")
+        .bind(id)
+        .fetch_optional(executor)
+        .await
 }
 
 /// The byte budget of one page of the viewer: a run's events (their documents) or a list of runs
@@ -412,12 +432,16 @@ pub async fn api_secret(
     .await
 }
 
-/// Whether tenant `tenant_id` is inside `scope` (its workspace, and its tenant list if any).
+/// Whether tenant `tenant_id` is inside `scope` (its workspace, and its tenant list if any). A
+/// scope of one run holds that run only, never a tenant's other records.
 pub async fn tenant_in_scope(
     executor: impl PgExecutor<'_>,
     scope: &ViewerScope,
     tenant_id: i64,
 ) -> Result<bool, sqlx::Error> {
+    if scope.run_id.is_some() {
+        return Ok(false);
+    }
     sqlx::query_scalar(
         "SELECT EXISTS (SELECT 1 FROM tenants
                         WHERE id = $1 AND workspace_id = $2

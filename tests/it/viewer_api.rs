@@ -63,6 +63,7 @@ impl Viewer {
         self.keys.issue(&Claims {
             workspace_id,
             tenant_ids,
+            run_id: None,
             exp: now() + 3600,
             sub: Some("tests".into()),
         })
@@ -250,6 +251,7 @@ async fn every_token_sees_its_scope_and_nothing_else(pool: PgPool) {
     let expired = viewer.keys.issue(&Claims {
         workspace_id: 1,
         tenant_ids: None,
+        run_id: None,
         exp: now() - 600,
         sub: None,
     });
@@ -258,6 +260,7 @@ async fn every_token_sees_its_scope_and_nothing_else(pool: PgPool) {
         .issue(&Claims {
             workspace_id: 1,
             tenant_ids: None,
+            run_id: None,
             exp: now() + 600,
             sub: None,
         });
@@ -791,14 +794,17 @@ async fn every_list_filter_combination_is_answered_from_an_index(pool: PgPool) {
         ViewerScope {
             workspace_id: 1,
             tenant_ids: None,
+            run_id: None,
         },
         ViewerScope {
             workspace_id: 1,
             tenant_ids: Some(vec![10]),
+            run_id: None,
         },
         ViewerScope {
             workspace_id: 1,
             tenant_ids: Some(vec![10, 11]),
+            run_id: None,
         },
     ];
     let mut checked = 0;
@@ -896,6 +902,67 @@ async fn oprun_token_prints_a_token_and_a_link_signed_with_the_stored_secret(
         .await
         .unwrap();
     assert_eq!(stored, 1);
+}
+
+/// `oprun token --run ID`: a token for that one run, scoped to the run's own workspace and
+/// tenant read from the database, and a link to its page; a `--tenant` that does not hold the
+/// run, or a run that does not exist, mints nothing.
+#[sqlx::test]
+async fn oprun_token_for_a_run_is_scoped_to_that_run_and_its_tenant(
+    _o: sqlx::postgres::PgPoolOptions,
+    connect: sqlx::postgres::PgConnectOptions,
+) {
+    let db = connect.get_database().unwrap().to_owned();
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .connect_with(connect)
+        .await
+        .unwrap();
+    seed_scopes(&pool).await;
+    let run = insert_run(
+        &pool,
+        1,
+        Some(10),
+        "policy.sync",
+        ("queued", "pending"),
+        1,
+        json!({}),
+    )
+    .await;
+    let oprun = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_oprun"))
+            .args(args)
+            .env("DATABASE_URL", crate::helpers::database_url_for(&db))
+            .env("OPRUN_API_SECRET", SECRET)
+            .env_remove("OPRUN_HTTP_ADDR")
+            .output()
+            .unwrap()
+    };
+    let out = oprun(&["token", "--run", &run.to_string()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines[1],
+        format!("http://127.0.0.1:8080/runs/{run}?token={}", lines[0])
+    );
+    let claims = TokenKeys::new(SECRET).unwrap().verify(lines[0]).unwrap();
+    assert_eq!(
+        (claims.workspace_id, claims.tenant_ids, claims.run_id),
+        (1, Some(vec![10]), Some(run))
+    );
+    for refused in [
+        vec!["token", "--run", &*run.to_string(), "--tenant", "11"],
+        vec!["token", "--run", &*run.to_string(), "--workspace", "2"],
+        vec!["token", "--run", "999999"],
+    ] {
+        let out = oprun(&refused);
+        assert!(!out.status.success(), "{refused:?}");
+        assert!(out.stdout.is_empty(), "{refused:?}");
+    }
 }
 
 /// The newcomer's path: `oprun serve` (no secret configured) serves the viewer, a run is
