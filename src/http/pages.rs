@@ -212,7 +212,7 @@ pub async fn list(
     };
     let now = Utc::now();
     let rendered = list_page(&state, &claims.scope(), &query, |r| {
-        let row = list_row(r, now);
+        let row = list_row(&r.run, now);
         let size = row.len();
         (row, size)
     })
@@ -283,9 +283,9 @@ pub async fn list(
 /// One row of the run list.
 fn list_row(r: &crate::domain::OperationRun, now: chrono::DateTime<Utc>) -> String {
     let p = read_model::progress(&r.summary_counts);
-    let progress = match p["percent"].as_f64() {
+    let progress = match p.percent {
         Some(pc) => format!("{pc}%"),
-        None => p["processed"].to_string(),
+        None => p.processed.to_string(),
     };
     format!(
         "<tr><td><a href=\"/runs/{id}\">#{id}</a></td><td>{label}</td><td>{tenant}</td><td>{status}</td><td>{outcome}</td><td>{progress}</td><td>{created}</td></tr>",
@@ -338,8 +338,8 @@ pub async fn show(
         Ok(r) => r,
         Err(e) => return error_page(e),
     };
-    let detail = match read_model::detail(&state.pool, &run).await {
-        Ok(d) => d,
+    let detail = match read_model::detail(&state.pool, run.clone(), Utc::now()).await {
+        Ok(d) => serde_json::to_value(d).expect("a run's detail always serialises"),
         Err(e) => return error_page(e.into()),
     };
     let window = match timeline_window(&params) {

@@ -99,6 +99,7 @@ pub fn router(state: ViewerState) -> Router {
         .route("/v1/runs", get(api::list))
         .route("/v1/runs/{id}", get(api::show))
         .route("/v1/runs/{id}/events", get(api::events))
+        .route("/v1/identities/{hash}", get(api::identity))
         .route("/v1/legacy/{table}/{id}", get(api::legacy))
         .route("/v1/catalog", get(api::catalog))
         .merge(pages)
