@@ -1,5 +1,5 @@
-//! The JSON API: `/v1/runs`, `/v1/runs/{id}`, `/v1/runs/{id}/events`, `/v1/legacy/{table}/{id}`,
-//! `/v1/catalog`. Every answer is scoped by the bearer token.
+//! The JSON API: `/v1/runs`, `/v1/runs/{id}`, `/v1/runs/{id}/events`, `/v1/identities/{hash}`,
+//! `/v1/legacy/{table}/{id}`, `/v1/catalog`. Every answer is scoped by the bearer token.
 
 use std::collections::HashMap;
 
@@ -13,11 +13,17 @@ use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 use super::error::{ApiError, ApiPath, ApiQuery};
-use super::read_model;
+use super::read_model::{self, IdentityHistory, ListedRun, RunDetail, IDENTITY_RUNS};
 use super::viewer::{authenticate, ViewerState};
-use crate::domain::{OperationRun, OperationRunType, RunOutcome, RunStatus, OPERATION_CATALOG};
+use crate::domain::command::MAX_ID_CHARS;
+use crate::domain::failure::is_valid_code;
+use crate::domain::{
+    OperationRun, OperationRunType, RunIdentityHash, RunOutcome, RunStatus, OPERATION_CATALOG,
+};
 use crate::store::legacy::{self, LegacyTable};
-use crate::store::viewer::{self as store, RunListFilter, ViewerScope, PAGE_BYTES};
+use crate::store::viewer::{
+    self as store, ContextValue, ListedRow, RunListFilter, Search, ViewerScope, PAGE_BYTES,
+};
 
 /// Default page size of `GET /v1/runs`.
 pub const DEFAULT_LIMIT: i64 = 50;
@@ -37,8 +43,91 @@ pub struct ListQuery {
     pub after: Option<(DateTime<Utc>, i64)>,
 }
 
-/// Parses and checks the list parameters (unknown parameters are ignored).
+/// Most `context.<key>=<value>` filters of one list.
+pub const MAX_CONTEXT_FILTERS: usize = 8;
+/// Longest context key of a filter, in bytes.
+pub const MAX_CONTEXT_KEY_BYTES: usize = 128;
+/// Longest value of a context filter, in bytes.
+pub const MAX_CONTEXT_VALUE_BYTES: usize = 256;
+/// Longest `q`, in characters.
+pub const MAX_SEARCH_CHARS: usize = 200;
+
+/// The parameters of `GET /v1/runs` (and of the list page) besides `context.<key>`.
+pub const LIST_PARAMETERS: [&str; 14] = [
+    "tenant_id",
+    "type",
+    "status",
+    "outcome",
+    "created_after",
+    "created_before",
+    "updated_before",
+    "failure_code",
+    "initiator",
+    "user_id",
+    "identity",
+    "q",
+    "limit",
+    "cursor",
+];
+
+/// `q`: `123` or `#123` is that run; other text matches the types whose label or wire name holds
+/// it and the initiator of that name (both case-insensitively).
+fn parse_search(text: &str) -> Result<Search, ApiError> {
+    if text.chars().count() > MAX_SEARCH_CHARS {
+        return Err(ApiError::invalid(format!(
+            "q must be at most {MAX_SEARCH_CHARS} characters"
+        )));
+    }
+    let digits = text.strip_prefix('#').unwrap_or(text);
+    if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
+        return digits
+            .parse()
+            .map(Search::Run)
+            .map_err(|_| ApiError::invalid("q names a run id that is too large"));
+    }
+    let needle = text.to_lowercase();
+    let types = OPERATION_CATALOG
+        .iter()
+        .filter(|e| e.label.to_lowercase().contains(&needle) || e.name.contains(&needle))
+        .map(|e| e.name.to_owned())
+        .collect();
+    Ok(Search::Text {
+        text: text.to_owned(),
+        types,
+    })
+}
+
+/// Parses and checks the list parameters; an unknown one is refused, named.
 pub fn parse_list_query(params: &HashMap<String, String>) -> Result<ListQuery, ApiError> {
+    let mut context = Vec::new();
+    let mut names: Vec<&String> = params.keys().collect();
+    names.sort();
+    for name in names {
+        if let Some(key) = name.strip_prefix("context.") {
+            if key.is_empty() || key.len() > MAX_CONTEXT_KEY_BYTES {
+                return Err(ApiError::invalid(format!(
+                    "{name}: a context key is 1 to {MAX_CONTEXT_KEY_BYTES} bytes"
+                )));
+            }
+            let value = &params[name];
+            if value.len() > MAX_CONTEXT_VALUE_BYTES {
+                return Err(ApiError::invalid(format!(
+                    "{name} must be at most {MAX_CONTEXT_VALUE_BYTES} bytes"
+                )));
+            }
+            context.push((key.to_owned(), ContextValue::parse(value)));
+        } else if !LIST_PARAMETERS.contains(&name.as_str()) {
+            return Err(ApiError::invalid(format!(
+                "unknown parameter {name:?}: the filters are {}, context.<key>",
+                LIST_PARAMETERS.join(", ")
+            )));
+        }
+    }
+    if context.len() > MAX_CONTEXT_FILTERS {
+        return Err(ApiError::invalid(format!(
+            "at most {MAX_CONTEXT_FILTERS} context filters"
+        )));
+    }
     let get = |k: &str| params.get(k).map(String::as_str).filter(|v| !v.is_empty());
     let int = |k: &str| -> Result<Option<i64>, ApiError> {
         get(k)
@@ -84,6 +173,31 @@ pub fn parse_list_query(params: &HashMap<String, String>) -> Result<ListQuery, A
     let after = get("cursor")
         .map(|c| decode_cursor(c).ok_or_else(|| ApiError::invalid("cursor is not valid")))
         .transpose()?;
+    let failure_code = get("failure_code")
+        .map(|c| {
+            is_valid_code(c).then(|| c.to_owned()).ok_or_else(|| {
+                ApiError::invalid("failure_code must be 1 to 128 of A-Z a-z 0-9 _ . -")
+            })
+        })
+        .transpose()?;
+    let initiator = get("initiator")
+        .map(|i| {
+            (i.chars().count() <= MAX_ID_CHARS)
+                .then(|| i.to_owned())
+                .ok_or_else(|| {
+                    ApiError::invalid(format!(
+                        "initiator must be at most {MAX_ID_CHARS} characters"
+                    ))
+                })
+        })
+        .transpose()?;
+    let identity = get("identity")
+        .map(|h| {
+            RunIdentityHash::parse(h)
+                .map(|_| h.to_owned())
+                .ok_or_else(|| ApiError::invalid("identity must be 64 lowercase hex characters"))
+        })
+        .transpose()?;
     Ok(ListQuery {
         filter: RunListFilter {
             tenant_id: int("tenant_id")?,
@@ -92,6 +206,13 @@ pub fn parse_list_query(params: &HashMap<String, String>) -> Result<ListQuery, A
             outcome,
             created_after: time("created_after")?,
             created_before: time("created_before")?,
+            context,
+            failure_code,
+            initiator,
+            user_id: int("user_id")?,
+            identity,
+            updated_before: time("updated_before")?,
+            q: get("q").map(parse_search).transpose()?,
         },
         limit,
         after,
@@ -121,7 +242,7 @@ pub async fn list_page<T>(
     state: &ViewerState,
     scope: &ViewerScope,
     query: &ListQuery,
-    mut render: impl FnMut(&OperationRun) -> (T, usize),
+    mut render: impl FnMut(&ListedRow) -> (T, usize),
 ) -> Result<(Vec<T>, Option<String>), ApiError> {
     let (mut page, mut bytes, mut last, mut more) = (Vec::new(), 0usize, None, false);
     store::each_listed_run(
@@ -130,18 +251,18 @@ pub async fn list_page<T>(
         &query.filter,
         query.after,
         query.limit + 1,
-        |run| {
+        |row| {
             if page.len() as i64 >= query.limit {
                 more = true;
                 return false;
             }
-            let (item, size) = render(&run);
+            let (item, size) = render(&row);
             if !page.is_empty() && (bytes + size) as i64 > PAGE_BYTES {
                 more = true;
                 return false;
             }
             bytes += size;
-            last = Some((run.created_at, run.id));
+            last = Some((row.run.created_at, row.run.id));
             page.push(item);
             true
         },
@@ -183,11 +304,10 @@ pub async fn list(
 ) -> Result<Response, ApiError> {
     let claims = authenticate(&state.keys, &headers)?;
     let query = parse_list_query(&params)?;
+    let now = Utc::now();
     let (runs, next) = list_page(&state, &claims.scope(), &query, |r| {
-        let mut v = r.to_json();
-        v["label"] = json!(read_model::type_label(r.run_type));
-        v["progress"] = read_model::progress(&r.summary_counts);
-        let raw = serde_json::value::to_raw_value(&v).expect("a JSON value always serialises");
+        let listed = ListedRun::new(&r.run, r.tenant_name.as_deref(), now);
+        let raw = serde_json::value::to_raw_value(&listed).expect("a listed run always serialises");
         let size = raw.get().len() + 1;
         (raw, size)
     })
@@ -224,10 +344,51 @@ pub async fn show(
     State(state): State<ViewerState>,
     headers: HeaderMap,
     ApiPath(id): ApiPath<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<RunDetail>, ApiError> {
     let claims = authenticate(&state.keys, &headers)?;
     let run = run_in_scope(&state, &claims.scope(), &id).await?;
-    Ok(Json(read_model::detail(&state.pool, &run).await?))
+    Ok(Json(
+        read_model::detail(&state.pool, run, Utc::now()).await?,
+    ))
+}
+
+/// `GET /v1/identities/{hash}`: the identity's history within the token's scope; a hash with
+/// no run in scope (or not a hash at all) is 404 `not_found`.
+pub async fn identity(
+    State(state): State<ViewerState>,
+    headers: HeaderMap,
+    ApiPath(hash): ApiPath<String>,
+) -> Result<Response, ApiError> {
+    let claims = authenticate(&state.keys, &headers)?;
+    let scope = claims.scope();
+    RunIdentityHash::parse(&hash).ok_or_else(|| ApiError::not_found("identity"))?;
+    let filter = RunListFilter {
+        identity: Some(hash.clone()),
+        ..RunListFilter::default()
+    };
+    let (mut rows, holder) = tokio::try_join!(
+        store::list_runs(&state.pool, &scope, &filter, None, IDENTITY_RUNS + 1),
+        store::identity_holder(&state.pool, &scope, &hash),
+    )?;
+    let more = rows.len() as i64 > IDENTITY_RUNS;
+    rows.truncate(IDENTITY_RUNS as usize);
+    let newest = rows
+        .first()
+        .ok_or_else(|| ApiError::not_found("identity"))?;
+    let entry = newest.run.run_type.catalog();
+    let now = Utc::now();
+    fn listed(r: &ListedRow, now: DateTime<Utc>) -> ListedRun<'_> {
+        ListedRun::new(&r.run, r.tenant_name.as_deref(), now)
+    }
+    let history = IdentityHistory {
+        identity_hash: &hash,
+        run_type: entry.name,
+        dedupe_window: entry.dedupe_window.as_str(),
+        holder: holder.as_ref().map(|r| listed(r, now)),
+        runs: rows.iter().map(|r| listed(r, now)).collect(),
+        more,
+    };
+    json_answer(&history, 4096)
 }
 
 /// `GET /v1/runs/{id}/events?after=SEQ`: at most [`MAX_EVENTS`] events and [`PAGE_BYTES`] of

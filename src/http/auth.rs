@@ -30,6 +30,15 @@ pub struct Claims {
         skip_serializing_if = "Option::is_none"
     )]
     pub tenant_ids: Option<Vec<i64>>,
+    /// When present, only this one run (inside the workspace and tenants above): its detail,
+    /// events, live stream and page; every other run, list or record is outside the token.
+    /// `null` is refused like a null `tenant_ids`: it would widen the token when garbled.
+    #[serde(
+        default,
+        deserialize_with = "run_not_null",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub run_id: Option<i64>,
     /// Expiry, seconds since the epoch.
     pub exp: u64,
     /// Who the bearer is (logged).
@@ -43,6 +52,7 @@ impl Claims {
         ViewerScope {
             workspace_id: self.workspace_id,
             tenant_ids: self.tenant_ids.clone(),
+            run_id: self.run_id,
         }
     }
 }
@@ -54,6 +64,16 @@ fn tenants_not_null<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<i64>>,
         Some(tenants) => Ok(Some(tenants)),
         None => Err(serde::de::Error::custom(
             "tenant_ids is null: list the tenants, or leave the claim out for the whole workspace",
+        )),
+    }
+}
+
+/// `run_id` when the claim is present: a run id, never `null`.
+fn run_not_null<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    match Option::<i64>::deserialize(d)? {
+        Some(run) => Ok(Some(run)),
+        None => Err(serde::de::Error::custom(
+            "run_id is null: name the run, or leave the claim out for every run of the scope",
         )),
     }
 }
@@ -237,6 +257,7 @@ mod tests {
         Claims {
             workspace_id: 1,
             tenant_ids: Some(vec![10]),
+            run_id: None,
             exp,
             sub: Some("ada".into()),
         }
@@ -272,6 +293,25 @@ mod tests {
         assert_eq!(keys().verify(&empty).unwrap().tenant_ids, Some(vec![]));
         let wrong = raw(serde_json::json!({"workspace_id": 1, "tenant_ids": "10", "exp": exp}));
         assert!(matches!(keys().verify(&wrong), Err(AuthError::Invalid(_))));
+    }
+
+    #[test]
+    fn a_run_claim_narrows_the_scope_to_that_run_and_a_null_one_is_refused() {
+        let exp = now() + 60;
+        let one = raw(serde_json::json!({"workspace_id": 1, "run_id": 7, "exp": exp}));
+        let scope = keys().verify(&one).unwrap().scope();
+        assert_eq!((scope.workspace_id, scope.run_id), (1, Some(7)));
+        let absent = raw(serde_json::json!({"workspace_id": 1, "exp": exp}));
+        assert_eq!(keys().verify(&absent).unwrap().scope().run_id, None);
+        let null = raw(serde_json::json!({"workspace_id": 1, "run_id": null, "exp": exp}));
+        match keys().verify(&null) {
+            Err(AuthError::Invalid(message)) => {
+                assert!(message.contains("run_id is null"), "{message}")
+            }
+            other => panic!("a null run was not refused: {other:?}"),
+        }
+        let text = raw(serde_json::json!({"workspace_id": 1, "run_id": "7", "exp": exp}));
+        assert!(matches!(keys().verify(&text), Err(AuthError::Invalid(_))));
     }
 
     #[test]

@@ -336,6 +336,7 @@ mod tests {
         Claims {
             workspace_id,
             tenant_ids: None,
+            run_id: None,
             exp: 0,
             sub: sub.map(str::to_owned),
         }

@@ -270,12 +270,12 @@ pub fn idle_and_stalled(run: &OperationRun, now: DateTime<Utc>) -> (i64, bool) {
 /// "12 / 40 (30%)", "12 / 40", "12".
 fn progress_text(counts: &crate::domain::SummaryCounts) -> (String, Option<f64>) {
     let p = read_model::progress(counts);
-    let text = match (p["total"].as_u64(), p["percent"].as_f64()) {
-        (Some(t), Some(pc)) => format!("{} / {t} ({pc}%)", p["processed"]),
-        (Some(t), None) => format!("{} / {t}", p["processed"]),
-        _ => p["processed"].to_string(),
+    let text = match (p.total, p.percent) {
+        (Some(t), Some(pc)) => format!("{} / {t} ({pc}%)", p.processed),
+        (Some(t), None) => format!("{} / {t}", p.processed),
+        _ => p.processed.to_string(),
     };
-    (text, p["percent"].as_f64())
+    (text, p.percent)
 }
 
 /// One row of the run list, as read (names are looked up once the page is read).
@@ -366,7 +366,7 @@ pub async fn list(
     let query = parse_list_query(&list_params(&params)?)?;
     let now = Utc::now();
     let scope = claims.scope();
-    let (rows, next) = list_page(&state, &scope, &query, |r| ListRow::of(r, now)).await?;
+    let (rows, next) = list_page(&state, &scope, &query, |r| ListRow::of(&r.run, now)).await?;
     let summary = store::summarise_listed_runs(&state.pool, &scope, &query.filter)
         .await
         .map_err(ApiError::from)?;
@@ -545,7 +545,7 @@ fn eta_seconds(run: &OperationRun, now: DateTime<Utc>) -> Option<i64> {
         .started_at
         .filter(|_| run.status == RunStatus::Running)?;
     let p = read_model::progress(&run.summary_counts);
-    let (done, total) = (p["processed"].as_u64()?, p["total"].as_u64()?);
+    let (done, total) = (p.processed, p.total?);
     (done > 0 && done < total).then_some(())?;
     let elapsed = (now - started).num_seconds().max(0) as f64;
     Some((elapsed * (total - done) as f64 / done as f64).round() as i64)
@@ -588,8 +588,9 @@ pub async fn show(
 ) -> Result<Response, PageError> {
     let run = run_in_scope(&state, &claims.scope(), &id).await?;
     let window = timeline_window(&params)?;
+    let now = Utc::now();
     let (detail, names, events) = tokio::try_join!(
-        read_model::detail(&state.pool, &run),
+        read_model::detail(&state.pool, run.clone(), now),
         store::workspace_and_tenant_names(&state.pool, run.workspace_id, run.tenant_id),
         // One more than a page: whether there is more beyond it in the direction read (and,
         // reading back, the event before the first shown, to say what that one changed).
@@ -622,7 +623,6 @@ pub async fn show(
         TimelineWindow::Before(_) => (beyond, true),
         TimelineWindow::After(_) => (!events.is_empty(), beyond),
     };
-    let now = Utc::now();
     let label = read_model::type_label(run.run_type);
     let (progress, percent) = progress_text(&run.summary_counts);
     let (by_code, failures_total) = failures_by_code(&run.failure_summary);
@@ -632,8 +632,17 @@ pub async fn show(
         .started_at
         .map(|s| (run.completed_at.unwrap_or(now) - s).num_seconds().max(0));
     let eta = eta_seconds(&run, now);
-    let related: Vec<Value> = detail["related"].as_array().cloned().unwrap_or_default();
-    let legacy: Vec<Value> = detail["legacy"].as_array().cloned().unwrap_or_default();
+    // The related links and legacy rows as the API shows them.
+    let related: Vec<Value> = detail
+        .related
+        .iter()
+        .map(|r| serde_json::to_value(r).expect("a link serialises"))
+        .collect();
+    let legacy: Vec<Value> = detail
+        .legacy
+        .iter()
+        .map(|r| serde_json::to_value(r).expect("a row serialises"))
+        .collect();
     let (first, last) = (
         events.first().map(|e| e.sequence),
         events.last().map(|e| e.sequence).unwrap_or(0),

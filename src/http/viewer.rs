@@ -99,6 +99,7 @@ pub fn router(state: ViewerState) -> Router {
         .route("/v1/runs", get(api::list))
         .route("/v1/runs/{id}", get(api::show))
         .route("/v1/runs/{id}/events", get(api::events))
+        .route("/v1/identities/{hash}", get(api::identity))
         .route("/v1/legacy/{table}/{id}", get(api::legacy))
         .route("/v1/catalog", get(api::catalog))
         .merge(pages)
@@ -250,7 +251,9 @@ const SWITCH_FORM_BYTES: usize = 16 * 1024;
 /// else's link would show their data as if it were the reader's): when the cookie holds a
 /// valid token of another bearer or scope, the page names both and lets the reader choose;
 /// switching is a same-origin POST ([`switch_sign_in`]). A cookie of the same bearer and scope
-/// is renewed when the link's token lasts longer; an expired or invalid one is replaced.
+/// is renewed when the link's token lasts longer; an expired or invalid one is replaced. Of the
+/// same bearer and tenants but another run claim, a sign-in for every run stays (it shows the
+/// link's run too) and a sign-in for one run is replaced by the link's.
 async fn sign_in(State(state): State<ViewerState>, request: Request, next: Next) -> Response {
     let uri = request.uri().clone();
     let Some(token) = query_param(&uri, "token") else {
@@ -267,7 +270,18 @@ async fn sign_in(State(state): State<ViewerState>, request: Request, next: Next)
         .and_then(|c| Some((c, state.keys.verify(c).ok()?)));
     match signed_in {
         Some((current, _)) if current == token => Redirect::to(&target).into_response(),
-        Some((_, current_claims)) if same_sign_in(&current_claims, &claims) => {
+        Some((_, current_claims))
+            if same_bearer(&current_claims, &claims) && current_claims.run_id != claims.run_id =>
+        {
+            // The same bearer and tenants: a sign-in for every run already shows the link's
+            // run; a sign-in for one run gives way to the link's (another run, or all of them).
+            if current_claims.run_id.is_none() {
+                Redirect::to(&target).into_response()
+            } else {
+                signed_in_to(&token, &claims, &target)
+            }
+        }
+        Some((_, current_claims)) if same_bearer(&current_claims, &claims) => {
             if claims.exp > current_claims.exp {
                 signed_in_to(&token, &claims, &target)
             } else {
@@ -336,9 +350,9 @@ pub async fn switch_sign_in(State(state): State<ViewerState>, request: Request) 
     signed_in_to(&token, &claims, &next)
 }
 
-/// Whether two tokens sign in the same bearer with the same scope (then either may stand for
-/// the other: nothing the reader sees changes).
-fn same_sign_in(a: &Claims, b: &Claims) -> bool {
+/// Whether two tokens sign in the same bearer with the same workspace and tenants (then either
+/// may stand for the other as far as whose data is shown; a run claim only narrows that).
+fn same_bearer(a: &Claims, b: &Claims) -> bool {
     (a.workspace_id, &a.tenant_ids, &a.sub) == (b.workspace_id, &b.tenant_ids, &b.sub)
 }
 

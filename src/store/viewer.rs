@@ -9,7 +9,7 @@ use futures_util::TryStreamExt;
 use serde_json::value::RawValue;
 use serde_json::Value;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
-use sqlx::{PgExecutor, PgPool, Postgres, QueryBuilder, Row};
+use sqlx::{FromRow, PgExecutor, PgPool, Postgres, QueryBuilder, Row};
 
 use crate::domain::OperationRun;
 use crate::store::legacy::LegacyTable;
@@ -41,13 +41,63 @@ pub fn in_timestamptz_range(t: DateTime<Utc>) -> bool {
 }
 
 /// What a token may see: one workspace, and when `tenant_ids` is set only those tenants' runs
-/// (never the workspace-scoped ones).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// (never the workspace-scoped ones); when `run_id` is set, only that one run of them (a link
+/// to one run: every other run, and whatever is not a run, is outside it).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ViewerScope {
     /// The workspace.
     pub workspace_id: i64,
     /// The tenants, or `None` for the whole workspace.
     pub tenant_ids: Option<Vec<i64>>,
+    /// The one run, or `None` for every run of the workspace and tenants.
+    pub run_id: Option<i64>,
+}
+
+/// One value a context filter compares a top-level context key with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ContextValue {
+    /// An integer: the key holds it as a JSON number or as its decimal string (one value, as in
+    /// the identity rule).
+    Integer(i64),
+    /// Any other text: the key holds this JSON string.
+    Text(String),
+}
+
+impl ContextValue {
+    /// The value of a filter parameter: an integer when it is one in canonical decimal form
+    /// (`7`, `-3`; not `07` or `+7`), else text.
+    pub fn parse(text: &str) -> Self {
+        match text.parse::<i64>() {
+            Ok(n) if n.to_string() == text => Self::Integer(n),
+            _ => Self::Text(text.to_owned()),
+        }
+    }
+
+    /// The JSON documents one of which the context must contain (`@>`).
+    fn containments(&self, key: &str) -> Vec<Value> {
+        match self {
+            Self::Integer(n) => vec![
+                serde_json::json!({ key: n }),
+                serde_json::json!({ key: n.to_string() }),
+            ],
+            Self::Text(t) => vec![serde_json::json!({ key: t })],
+        }
+    }
+}
+
+/// `q`: a run by id, or text matched against the type labels and the initiator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Search {
+    /// `123` or `#123`: that run.
+    Run(i64),
+    /// Runs of these types (those whose label or wire name holds the text, case-insensitively)
+    /// or whose initiator is the text (case-insensitively).
+    Text {
+        /// The text, as given.
+        text: String,
+        /// The wire names of the types it matches.
+        types: Vec<String>,
+    },
 }
 
 /// Filters of `GET /v1/runs`; all optional.
@@ -65,11 +115,159 @@ pub struct RunListFilter {
     pub created_after: Option<DateTime<Utc>>,
     /// Created before.
     pub created_before: Option<DateTime<Utc>>,
+    /// Top-level context keys that must equal these values (all of them).
+    pub context: Vec<(String, ContextValue)>,
+    /// A failure with this code (a stored entry or an overflow count).
+    pub failure_code: Option<String>,
+    /// Exactly this initiator name.
+    pub initiator: Option<String>,
+    /// Dispatched by this user.
+    pub user_id: Option<i64>,
+    /// Of this identity (`run_identity_hash`).
+    pub identity: Option<String>,
+    /// Last changed before (runs that stopped moving).
+    pub updated_before: Option<DateTime<Utc>>,
+    /// Free search.
+    pub q: Option<Search>,
+}
+
+impl RunListFilter {
+    /// Whether a filter is set that the list's original indexes do not serve: then the list is
+    /// read as two parts, completed runs from the indexes that hold completed runs only and
+    /// active runs from the index of active runs (see the migration `viewer_search`).
+    fn searches(&self) -> bool {
+        !self.context.is_empty()
+            || self.failure_code.is_some()
+            || self.initiator.is_some()
+            || self.user_id.is_some()
+            || self.identity.is_some()
+            || self.updated_before.is_some()
+            || matches!(self.q, Some(Search::Text { .. }))
+    }
+}
+
+/// Which runs one part of a searching list reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Part {
+    /// Every run (no search filter).
+    All,
+    /// Completed runs.
+    Completed,
+    /// Queued and running runs.
+    Active,
+}
+
+/// The list statement's columns: the run and its tenant's name.
+const LISTED_COLUMNS: &str =
+    "SELECT r.*, (SELECT t.name FROM tenants t WHERE t.id = r.tenant_id) AS tenant_name \
+     FROM operation_runs r WHERE ";
+
+/// The predicates of one part of the list, after `WHERE`.
+fn push_predicates<'a>(
+    q: &mut QueryBuilder<'a, Postgres>,
+    scope: &'a ViewerScope,
+    filter: &'a RunListFilter,
+    after: Option<(DateTime<Utc>, i64)>,
+    part: Part,
+) {
+    q.push("r.workspace_id = ").push_bind(scope.workspace_id);
+    match part {
+        Part::All => {}
+        // Literals, never parameters: the planner proves the partial indexes' predicates
+        // from them, in generic plans too.
+        Part::Completed => {
+            q.push(" AND r.status = 'completed'");
+        }
+        Part::Active => {
+            q.push(" AND r.status IN ('queued', 'running')");
+        }
+    }
+    if let Some(tenants) = &scope.tenant_ids {
+        q.push(" AND r.tenant_id = ANY(")
+            .push_bind(tenants.as_slice())
+            .push(")");
+    }
+    if let Some(run) = scope.run_id {
+        q.push(" AND r.id = ").push_bind(run);
+    }
+    if let Some(t) = filter.tenant_id {
+        q.push(" AND r.tenant_id = ").push_bind(t);
+    }
+    if let Some(t) = &filter.run_type {
+        q.push(" AND r.type = ").push_bind(t.as_str());
+    }
+    if let Some(s) = &filter.status {
+        q.push(" AND r.status = ").push_bind(s.as_str());
+    }
+    if let Some(o) = &filter.outcome {
+        q.push(" AND r.outcome = ").push_bind(o.as_str());
+    }
+    if let Some(t) = filter.created_after {
+        q.push(" AND r.created_at >= ").push_bind(t);
+    }
+    if let Some(t) = filter.created_before {
+        q.push(" AND r.created_at < ").push_bind(t);
+    }
+    for (key, value) in &filter.context {
+        q.push(" AND (");
+        for (i, doc) in value.containments(key).into_iter().enumerate() {
+            if i > 0 {
+                q.push(" OR ");
+            }
+            q.push("r.context @> ").push_bind(doc);
+        }
+        q.push(")");
+    }
+    if let Some(code) = &filter.failure_code {
+        q.push(" AND (r.failure_summary @> ")
+            .push_bind(serde_json::json!([{ "code": code }]));
+        q.push(" OR r.failure_overflow ? ")
+            .push_bind(code.as_str())
+            .push(")");
+    }
+    if let Some(i) = &filter.initiator {
+        // The index holds lower(initiator_name); the second predicate keeps the match exact.
+        q.push(" AND lower(r.initiator_name) = lower(")
+            .push_bind(i.as_str())
+            .push(")");
+        q.push(" AND r.initiator_name = ").push_bind(i.as_str());
+    }
+    if let Some(u) = filter.user_id {
+        q.push(" AND r.user_id = ").push_bind(u);
+    }
+    if let Some(h) = &filter.identity {
+        q.push(" AND r.run_identity_hash = ").push_bind(h.as_str());
+    }
+    if let Some(t) = filter.updated_before {
+        q.push(" AND r.updated_at < ").push_bind(t);
+    }
+    match &filter.q {
+        Some(Search::Run(id)) => {
+            q.push(" AND r.id = ").push_bind(*id);
+        }
+        Some(Search::Text { text, types }) => {
+            q.push(" AND (r.type = ANY(")
+                .push_bind(types.as_slice())
+                .push(") OR lower(r.initiator_name) = lower(")
+                .push_bind(text.as_str())
+                .push("))");
+        }
+        None => {}
+    }
+    if let Some((created_at, id)) = after {
+        // The first predicate bounds the index range; the row comparison breaks ties by id.
+        q.push(" AND r.created_at <= ").push_bind(created_at);
+        q.push(" AND (r.created_at, r.id) < (")
+            .push_bind(created_at);
+        q.push(", ").push_bind(id).push(")");
+    }
 }
 
 /// The list query with only the predicates of the filters that are set, so that each
 /// combination is its own statement whose plan (custom or generic) can use the indexes; values
-/// are always bound parameters.
+/// are always bound parameters. With a search filter (context, failure code, initiator, user,
+/// identity, last change, text), completed and active runs are read apart, each part newest
+/// first from its own indexes, and merged.
 fn list_query<'a>(
     prefix: &str,
     scope: &'a ViewerScope,
@@ -78,40 +276,44 @@ fn list_query<'a>(
     limit: i64,
 ) -> QueryBuilder<'a, Postgres> {
     let mut q = QueryBuilder::new(prefix);
-    q.push("SELECT * FROM operation_runs WHERE workspace_id = ");
-    q.push_bind(scope.workspace_id);
-    if let Some(tenants) = &scope.tenant_ids {
-        q.push(" AND tenant_id = ANY(")
-            .push_bind(tenants.as_slice())
-            .push(")");
-    }
-    if let Some(t) = filter.tenant_id {
-        q.push(" AND tenant_id = ").push_bind(t);
-    }
-    if let Some(t) = &filter.run_type {
-        q.push(" AND type = ").push_bind(t.as_str());
-    }
-    if let Some(s) = &filter.status {
-        q.push(" AND status = ").push_bind(s.as_str());
-    }
-    if let Some(o) = &filter.outcome {
-        q.push(" AND outcome = ").push_bind(o.as_str());
-    }
-    if let Some(t) = filter.created_after {
-        q.push(" AND created_at >= ").push_bind(t);
-    }
-    if let Some(t) = filter.created_before {
-        q.push(" AND created_at < ").push_bind(t);
-    }
-    if let Some((created_at, id)) = after {
-        // The first predicate bounds the index range; the row comparison breaks ties by id.
-        q.push(" AND created_at <= ").push_bind(created_at);
-        q.push(" AND (created_at, id) < (").push_bind(created_at);
-        q.push(", ").push_bind(id).push(")");
+    if !filter.searches() {
+        q.push(LISTED_COLUMNS);
+        push_predicates(&mut q, scope, filter, after, Part::All);
+    } else {
+        q.push("SELECT * FROM (");
+        for (i, part) in [Part::Completed, Part::Active].into_iter().enumerate() {
+            if i > 0 {
+                q.push(" UNION ALL ");
+            }
+            q.push("(").push(LISTED_COLUMNS);
+            push_predicates(&mut q, scope, filter, after, part);
+            q.push(" ORDER BY r.created_at DESC, r.id DESC LIMIT ")
+                .push_bind(limit)
+                .push(")");
+        }
+        q.push(") r");
     }
     q.push(" ORDER BY created_at DESC, id DESC LIMIT ")
         .push_bind(limit);
     q
+}
+
+/// A run of a list and its tenant's name.
+#[derive(Debug, Clone)]
+pub struct ListedRow {
+    /// The run.
+    pub run: OperationRun,
+    /// Its tenant's name (`None`: a workspace-scoped run).
+    pub tenant_name: Option<String>,
+}
+
+impl<'r> FromRow<'r, PgRow> for ListedRow {
+    fn from_row(row: &'r PgRow) -> Result<Self, sqlx::Error> {
+        Ok(Self {
+            run: OperationRun::from_row(row)?,
+            tenant_name: row.try_get("tenant_name")?,
+        })
+    }
 }
 
 /// Runs in `scope` matching `filter`, newest first (`created_at`, then `id`), strictly after the
@@ -122,7 +324,7 @@ pub async fn list_runs(
     filter: &RunListFilter,
     after: Option<(DateTime<Utc>, i64)>,
     limit: i64,
-) -> Result<Vec<OperationRun>, sqlx::Error> {
+) -> Result<Vec<ListedRow>, sqlx::Error> {
     list_query("", scope, filter, after, limit)
         .build_query_as()
         .fetch_all(executor)
@@ -138,12 +340,12 @@ pub async fn each_listed_run(
     filter: &RunListFilter,
     after: Option<(DateTime<Utc>, i64)>,
     limit: i64,
-    mut take: impl FnMut(OperationRun) -> bool,
+    mut take: impl FnMut(ListedRow) -> bool,
 ) -> Result<(), sqlx::Error> {
     let mut query = list_query("", scope, filter, after, limit);
-    let mut rows = query.build_query_as::<OperationRun>().fetch(executor);
-    while let Some(run) = rows.try_next().await? {
-        if !take(run) {
+    let mut rows = query.build_query_as::<ListedRow>().fetch(executor);
+    while let Some(row) = rows.try_next().await? {
+        if !take(row) {
             break;
         }
     }
@@ -165,6 +367,38 @@ pub async fn explain_list_runs(
         .await
 }
 
+/// The run that holds identity `hash` in `scope`, if one does and it is in scope: the active
+/// run of the identity, else its completed run whose window is `forever`. Both parts are read
+/// from indexes (the active runs', and the completed runs' identity index).
+pub async fn identity_holder(
+    executor: impl PgExecutor<'_>,
+    scope: &ViewerScope,
+    hash: &str,
+) -> Result<Option<ListedRow>, sqlx::Error> {
+    let part = |status: &str| {
+        format!(
+            "(SELECT r.*, (SELECT t.name FROM tenants t WHERE t.id = r.tenant_id) AS tenant_name
+              FROM operation_runs r
+              WHERE r.run_identity_hash = $1 AND r.workspace_id = $2 AND {status}
+                AND ($3::bigint[] IS NULL OR r.tenant_id = ANY($3))
+                AND ($4::bigint IS NULL OR r.id = $4)
+              ORDER BY r.created_at LIMIT 1)"
+        )
+    };
+    let sql = format!(
+        "SELECT * FROM ({} UNION ALL {}) h ORDER BY status = 'completed', created_at LIMIT 1",
+        part("r.status IN ('queued', 'running')"),
+        part("r.status = 'completed' AND r.dedupe_window = 'forever'"),
+    );
+    sqlx::query_as(&sql)
+        .bind(hash)
+        .bind(scope.workspace_id)
+        .bind(scope.tenant_ids.as_deref())
+        .bind(scope.run_id)
+        .fetch_optional(executor)
+        .await
+}
+
 /// Run `id` if it is in `scope`; a run outside it is as absent as one that does not exist.
 pub async fn get_run(
     executor: impl PgExecutor<'_>,
@@ -173,13 +407,27 @@ pub async fn get_run(
 ) -> Result<Option<OperationRun>, sqlx::Error> {
     sqlx::query_as(
         "SELECT * FROM operation_runs
-         WHERE id = $1 AND workspace_id = $2 AND ($3::bigint[] IS NULL OR tenant_id = ANY($3))",
+         WHERE id = $1 AND workspace_id = $2 AND ($3::bigint[] IS NULL OR tenant_id = ANY($3))
+           AND ($4::bigint IS NULL OR id = $4)",
     )
     .bind(id)
     .bind(scope.workspace_id)
     .bind(scope.tenant_ids.as_deref())
+    .bind(scope.run_id)
     .fetch_optional(executor)
     .await
+}
+
+/// The workspace and tenant of run `id` (`None`: no such run): what a token for that one run
+/// must be scoped to. Not a viewer read: no token is involved (`oprun token --run`).
+pub async fn run_scope(
+    executor: impl PgExecutor<'_>,
+    id: i64,
+) -> Result<Option<(i64, Option<i64>)>, sqlx::Error> {
+    sqlx::query_as("SELECT workspace_id, tenant_id FROM operation_runs WHERE id = $1")
+        .bind(id)
+        .fetch_optional(executor)
+        .await
 }
 
 /// The byte budget of one page of the viewer: a run's events (their documents) or a list of runs
@@ -370,6 +618,23 @@ pub async fn legacy_rows_for_run(
     Ok(rows.into_iter().map(|(t, _, row)| (t, row)).collect())
 }
 
+/// The name of workspace `workspace_id` and of tenant `tenant_id` (`None` when not given):
+/// a run's own, already checked to be in scope.
+pub async fn scope_names(
+    executor: impl PgExecutor<'_>,
+    workspace_id: i64,
+    tenant_id: Option<i64>,
+) -> Result<(String, Option<String>), sqlx::Error> {
+    sqlx::query_as(
+        "SELECT w.name, (SELECT t.name FROM tenants t WHERE t.id = $2 AND t.workspace_id = w.id)
+         FROM workspaces w WHERE w.id = $1",
+    )
+    .bind(workspace_id)
+    .bind(tenant_id)
+    .fetch_one(executor)
+    .await
+}
+
 /// Whether restore run `restore_run_id` exists and belongs to `tenant_id`.
 pub async fn restore_run_of_tenant(
     executor: impl PgExecutor<'_>,
@@ -412,12 +677,16 @@ pub async fn api_secret(
     .await
 }
 
-/// Whether tenant `tenant_id` is inside `scope` (its workspace, and its tenant list if any).
+/// Whether tenant `tenant_id` is inside `scope` (its workspace, and its tenant list if any). A
+/// scope of one run holds that run only, never a tenant's other records.
 pub async fn tenant_in_scope(
     executor: impl PgExecutor<'_>,
     scope: &ViewerScope,
     tenant_id: i64,
 ) -> Result<bool, sqlx::Error> {
+    if scope.run_id.is_some() {
+        return Ok(false);
+    }
     sqlx::query_scalar(
         "SELECT EXISTS (SELECT 1 FROM tenants
                         WHERE id = $1 AND workspace_id = $2

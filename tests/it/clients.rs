@@ -173,3 +173,119 @@ async fn the_php_catalog_output_is_valid_php_with_every_type() {
     assert_eq!(stdout, expected);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// What each client's "View run" link is: a one-line program that prints
+/// `viewUrl`/`view_url` for run `OPRUN_RUN_ID` of tenant 10, configured with the viewer's URL and
+/// secret from the environment.
+fn view_url_programs() -> [(String, Vec<String>); 2] {
+    [
+        (
+            program("OPRUN_PHP", "php"),
+            vec![
+                "-r".into(),
+                "require 'clients/php/autoload.php';
+                 $s = new OperationRuns\\OperationRunService('amqp://127.0.0.1', 'operation_runs',
+                     'view-url', getenv('OPRUN_VIEWER_URL'), getenv('OPRUN_VIEWER_SECRET'));
+                 echo $s->viewUrl((int) getenv('OPRUN_RUN_ID'), 1, [10]);"
+                    .into(),
+            ],
+        ),
+        (
+            program("OPRUN_PYTHON", "python3"),
+            vec![
+                "-c".into(),
+                "import os
+from operation_runs_client import Client
+c = Client('amqp://127.0.0.1', viewer_url=os.environ['OPRUN_VIEWER_URL'],
+           viewer_secret=os.environ['OPRUN_VIEWER_SECRET'])
+print(c.view_url(int(os.environ['OPRUN_RUN_ID']), 1, [10]), end='')"
+                    .into(),
+            ],
+        ),
+    ]
+}
+
+/// A link minted by the PHP client's `viewUrl` and by the Python client's `view_url` signs a
+/// browser in to its run's page; with that sign-in, another run of the same tenant is not found
+/// and the list holds the link's run alone.
+#[sqlx::test]
+async fn a_view_link_minted_by_each_client_opens_its_run_and_no_other(pool: PgPool) {
+    use crate::viewer_api::{insert_run, Viewer, SECRET};
+    crate::helpers::seed_scopes(&pool).await;
+    let runs = ("running", "pending");
+    let run = insert_run(
+        &pool,
+        1,
+        Some(10),
+        "policy.sync",
+        runs,
+        2,
+        serde_json::json!({}),
+    )
+    .await;
+    let other = insert_run(
+        &pool,
+        1,
+        Some(10),
+        "policy.sync",
+        runs,
+        1,
+        serde_json::json!({}),
+    )
+    .await;
+    let viewer = Viewer::spawn(pool).await;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    for (program, args) in view_url_programs() {
+        let output = tokio::process::Command::new(&program)
+            .args(&args)
+            .current_dir(ROOT)
+            .env("PYTHONPATH", format!("{ROOT}/clients/python"))
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            .env("OPRUN_VIEWER_URL", format!("{}/", viewer.base))
+            .env("OPRUN_VIEWER_SECRET", SECRET)
+            .env("OPRUN_RUN_ID", run.to_string())
+            .output()
+            .await
+            .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+        let url = String::from_utf8(output.stdout).unwrap();
+        assert!(
+            output.status.success(),
+            "{program}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let (path, _) = url.split_once("?token=").unwrap_or_else(|| panic!("{url}"));
+        assert_eq!(path, format!("{}/runs/{run}", viewer.base));
+
+        let signed_in = http.get(&url).send().await.unwrap();
+        assert!(signed_in.status().is_redirection(), "{program}: {url}");
+        let cookie = signed_in.headers()[reqwest::header::SET_COOKIE]
+            .to_str()
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .to_owned();
+        let get = |path: String| {
+            http.get(format!("{}{path}", viewer.base))
+                .header("cookie", &cookie)
+                .send()
+        };
+        let page = get(format!("/runs/{run}")).await.unwrap();
+        assert_eq!(page.status(), reqwest::StatusCode::OK, "{program}");
+        for path in [format!("/runs/{other}"), format!("/v1/runs/{other}")] {
+            let status = get(path.clone()).await.unwrap().status();
+            assert_eq!(status, reqwest::StatusCode::NOT_FOUND, "{program} {path}");
+        }
+        let list: serde_json::Value = get("/v1/runs".into()).await.unwrap().json().await.unwrap();
+        let ids: Vec<i64> = list["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["id"].as_i64().unwrap())
+            .collect();
+        assert_eq!(ids, vec![run], "{program}");
+    }
+}

@@ -8,7 +8,9 @@ use operation_runs::config::ServeSettings;
 use operation_runs::http::auth::{Claims, TokenKeys};
 use operation_runs::http::live::LiveLimits;
 use operation_runs::http::server::HttpLimits;
-use operation_runs::store::viewer::{explain_list_runs, RunListFilter, ViewerScope};
+use operation_runs::store::viewer::{
+    explain_list_runs, ContextValue, RunListFilter, Search, ViewerScope,
+};
 use reqwest::header::{HeaderMap, LOCATION, SET_COOKIE};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -69,6 +71,7 @@ impl Viewer {
         self.keys.issue(&Claims {
             workspace_id,
             tenant_ids,
+            run_id: None,
             exp: now() + 3600,
             sub: Some("tests".into()),
         })
@@ -273,6 +276,7 @@ async fn every_token_sees_its_scope_and_nothing_else(pool: PgPool) {
     let expired = viewer.keys.issue(&Claims {
         workspace_id: 1,
         tenant_ids: None,
+        run_id: None,
         exp: now() - 600,
         sub: None,
     });
@@ -281,6 +285,7 @@ async fn every_token_sees_its_scope_and_nothing_else(pool: PgPool) {
         .issue(&Claims {
             workspace_id: 1,
             tenant_ids: None,
+            run_id: None,
             exp: now() + 600,
             sub: None,
         });
@@ -730,20 +735,30 @@ async fn a_token_link_signs_the_browser_in_and_pages_escape_every_value(pool: Pg
     assert!(headers.get(SET_COOKIE).is_none());
 }
 
-/// Every filter combination of the page, for a whole-workspace token and a tenant-subset token,
+/// Every filter combination of the page (the search filters too: context, failure code,
+/// initiator, user, identity, last change, text), for a whole-workspace token, tenant-subset
+/// tokens and a token for one run,
 /// with and without a cursor, on 100,000 runs: no sequential scan, in custom and generic plans.
 #[sqlx::test]
 async fn every_list_filter_combination_is_answered_from_an_index(pool: PgPool) {
     seed_scopes(&pool).await;
     sqlx::query(
-        "INSERT INTO operation_runs (workspace_id, tenant_id, type, status, outcome, run_identity_hash, created_at)
+        "INSERT INTO operation_runs (workspace_id, tenant_id, type, status, outcome, run_identity_hash, created_at,
+                                     context, failure_summary, failure_overflow, initiator_name, user_id, updated_at)
          SELECT CASE WHEN i % 4 = 3 THEN 2 ELSE 1 END,
                 (ARRAY[10, 11, NULL, 20])[i % 4 + 1],
                 (ARRAY['policy.sync', 'inventory.sync', 'entra_group.sync', 'restore.execute'])[i % 7 % 4 + 1],
                 CASE WHEN i % 50 = 0 THEN 'running' ELSE 'completed' END,
                 CASE WHEN i % 50 = 0 THEN 'pending' WHEN i % 13 = 0 THEN 'failed' ELSE 'succeeded' END,
                 md5(i::text) || md5((i + 1)::text),
-                now() - make_interval(secs => i * 60)
+                now() - make_interval(secs => i * 60),
+                jsonb_build_object('policy_id', i % 5000, 'provider', 'graph'),
+                CASE WHEN i % 13 = 0 THEN jsonb_build_array(jsonb_build_object(
+                    'code', 'code.' || (i % 300), 'message', 'failed')) ELSE '[]' END,
+                CASE WHEN i % 1000 = 0 THEN '{\"graph.throttled\": 3}'::jsonb ELSE '{}' END,
+                'initiator ' || (i % 2000),
+                CASE WHEN i % 3 = 0 THEN 5 END,
+                now() - make_interval(secs => i * 60 - 30)
          FROM generate_series(1, 100000) i",
     )
     .execute(&pool)
@@ -807,6 +822,72 @@ async fn every_list_filter_combination_is_answered_from_an_index(pool: PgPool) {
                 outcome: Some("succeeded".into()),
                 created_after: Some(week_ago - chrono::Duration::days(30)),
                 created_before: Some(week_ago),
+                ..base.clone()
+            },
+            // The search filters, alone and with the others.
+            RunListFilter {
+                context: vec![("policy_id".into(), ContextValue::parse("7"))],
+                ..base.clone()
+            },
+            RunListFilter {
+                context: vec![
+                    ("policy_id".into(), ContextValue::parse("7")),
+                    ("provider".into(), ContextValue::parse("graph")),
+                ],
+                tenant_id: tenant,
+                ..base.clone()
+            },
+            RunListFilter {
+                failure_code: Some("graph.throttled".into()),
+                ..base.clone()
+            },
+            RunListFilter {
+                failure_code: Some("graph.throttled".into()),
+                run_type: Some("policy.sync".into()),
+                outcome: Some("failed".into()),
+                ..base.clone()
+            },
+            RunListFilter {
+                initiator: Some("Ada".into()),
+                ..base.clone()
+            },
+            RunListFilter {
+                user_id: Some(5),
+                status: Some("completed".into()),
+                ..base.clone()
+            },
+            RunListFilter {
+                identity: Some(format!("{:064x}", 42)),
+                ..base.clone()
+            },
+            RunListFilter {
+                updated_before: Some(week_ago),
+                ..base.clone()
+            },
+            RunListFilter {
+                updated_before: Some(week_ago),
+                status: Some("running".into()),
+                tenant_id: tenant,
+                ..base.clone()
+            },
+            RunListFilter {
+                q: Some(Search::Run(50_000)),
+                ..base.clone()
+            },
+            RunListFilter {
+                q: Some(Search::Text {
+                    text: "policy".into(),
+                    types: vec!["policy.sync".into()],
+                }),
+                ..base.clone()
+            },
+            RunListFilter {
+                q: Some(Search::Text {
+                    text: "Ada".into(),
+                    types: vec![],
+                }),
+                created_after: Some(week_ago - chrono::Duration::days(30)),
+                ..base.clone()
             },
         ]
     };
@@ -814,14 +895,22 @@ async fn every_list_filter_combination_is_answered_from_an_index(pool: PgPool) {
         ViewerScope {
             workspace_id: 1,
             tenant_ids: None,
+            run_id: None,
         },
         ViewerScope {
             workspace_id: 1,
             tenant_ids: Some(vec![10]),
+            run_id: None,
         },
         ViewerScope {
             workspace_id: 1,
             tenant_ids: Some(vec![10, 11]),
+            run_id: None,
+        },
+        ViewerScope {
+            workspace_id: 1,
+            tenant_ids: Some(vec![10]),
+            run_id: Some(50_000),
         },
     ];
     let mut checked = 0;
@@ -846,7 +935,7 @@ async fn every_list_filter_combination_is_answered_from_an_index(pool: PgPool) {
             }
         }
     }
-    assert_eq!(checked, 2 * 3 * 11 * 2);
+    assert_eq!(checked, 2 * 4 * 23 * 2);
 }
 
 /// `oprun token` with no configured secret: creates the database's secret once, prints a token
@@ -919,6 +1008,67 @@ async fn oprun_token_prints_a_token_and_a_link_signed_with_the_stored_secret(
         .await
         .unwrap();
     assert_eq!(stored, 1);
+}
+
+/// `oprun token --run ID`: a token for that one run, scoped to the run's own workspace and
+/// tenant read from the database, and a link to its page; a `--tenant` that does not hold the
+/// run, or a run that does not exist, mints nothing.
+#[sqlx::test]
+async fn oprun_token_for_a_run_is_scoped_to_that_run_and_its_tenant(
+    _o: sqlx::postgres::PgPoolOptions,
+    connect: sqlx::postgres::PgConnectOptions,
+) {
+    let db = connect.get_database().unwrap().to_owned();
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .connect_with(connect)
+        .await
+        .unwrap();
+    seed_scopes(&pool).await;
+    let run = insert_run(
+        &pool,
+        1,
+        Some(10),
+        "policy.sync",
+        ("queued", "pending"),
+        1,
+        json!({}),
+    )
+    .await;
+    let oprun = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_oprun"))
+            .args(args)
+            .env("DATABASE_URL", crate::helpers::database_url_for(&db))
+            .env("OPRUN_API_SECRET", SECRET)
+            .env_remove("OPRUN_HTTP_ADDR")
+            .output()
+            .unwrap()
+    };
+    let out = oprun(&["token", "--run", &run.to_string()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines[1],
+        format!("http://127.0.0.1:8080/runs/{run}?token={}", lines[0])
+    );
+    let claims = TokenKeys::new(SECRET).unwrap().verify(lines[0]).unwrap();
+    assert_eq!(
+        (claims.workspace_id, claims.tenant_ids, claims.run_id),
+        (1, Some(vec![10]), Some(run))
+    );
+    for refused in [
+        vec!["token", "--run", &*run.to_string(), "--tenant", "11"],
+        vec!["token", "--run", &*run.to_string(), "--workspace", "2"],
+        vec!["token", "--run", "999999"],
+    ] {
+        let out = oprun(&refused);
+        assert!(!out.status.success(), "{refused:?}");
+        assert!(out.stdout.is_empty(), "{refused:?}");
+    }
 }
 
 /// The newcomer's path: `oprun serve` (no secret configured) serves the viewer, a run is
@@ -1119,4 +1269,382 @@ pub(crate) async fn sign_in_by_link(link: &str) -> (reqwest::Client, String) {
     let cookie = signed_in.headers()[SET_COOKIE].to_str().unwrap();
     let (cookie, _) = cookie.split_once(';').unwrap();
     (http, cookie.to_owned())
+}
+
+/// Sets a run's times (minutes ago; `None` leaves the column null) and failures directly.
+async fn set_times_and_failures(
+    pool: &PgPool,
+    run: i64,
+    (started, completed, updated): (Option<i64>, Option<i64>, i64),
+    failures: Value,
+    overflow: Value,
+) {
+    sqlx::query(
+        "UPDATE operation_runs SET
+             started_at = now() - make_interval(mins => $2::int),
+             completed_at = now() - make_interval(mins => $3::int),
+             updated_at = now() - make_interval(mins => $4::int),
+             failure_summary = $5, failure_overflow = $6
+         WHERE id = $1",
+    )
+    .bind(run)
+    .bind(started.map(|m| m as i32))
+    .bind(completed.map(|m| m as i32))
+    .bind(updated as i32)
+    .bind(failures)
+    .bind(overflow)
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
+fn failure(code: &str) -> Value {
+    json!({"code": code, "message": "it failed"})
+}
+
+/// The detail names the run's workspace and tenant, says when it started and completed, how
+/// long it ran (so far, while running), how long its type usually takes, how long it has not
+/// changed and whether it stalled, and counts its failures per code, overflow included.
+#[sqlx::test]
+async fn a_runs_detail_names_its_scope_times_its_run_and_counts_failures_per_code(pool: PgPool) {
+    seed_scopes(&pool).await;
+    let running = ("running", "pending");
+    let stuck = insert_run(&pool, 1, Some(10), "policy.sync", running, 40, json!({})).await;
+    set_times_and_failures(
+        &pool,
+        stuck,
+        (Some(30), None, 20),
+        json!([
+            failure("graph.throttled"),
+            failure("item.missing"),
+            failure("graph.throttled")
+        ]),
+        json!({"item.missing": 150, "graph.throttled": 4}),
+    )
+    .await;
+    let moving = insert_run(&pool, 1, None, "inventory.sync", running, 5, json!({})).await;
+    set_times_and_failures(&pool, moving, (Some(4), None, 1), json!([]), json!({})).await;
+    let done = insert_run(
+        &pool,
+        1,
+        Some(10),
+        "policy.sync",
+        ("completed", "succeeded"),
+        90,
+        json!({}),
+    )
+    .await;
+    set_times_and_failures(&pool, done, (Some(80), Some(50), 50), json!([]), json!({})).await;
+    let viewer = Viewer::spawn(pool).await;
+    let token = viewer.token(1, None);
+
+    let (status, run) = viewer.json(&format!("/v1/runs/{stuck}"), &token).await;
+    assert_eq!(status, StatusCode::OK, "{run}");
+    assert_eq!(
+        (run["workspace_name"].as_str(), run["tenant_name"].as_str()),
+        (Some("one"), Some("ten"))
+    );
+    assert!(
+        run["started_at"].is_string() && run["completed_at"].is_null(),
+        "{run}"
+    );
+    let near = |v: &Value, secs: i64| (v.as_i64().unwrap() - secs).abs() <= 5;
+    assert!(near(&run["duration_seconds"], 30 * 60), "{run}");
+    assert!(near(&run["idle_seconds"], 20 * 60), "{run}");
+    assert_eq!(run["expected_duration_seconds"], 300);
+    assert_eq!(run["stalled"], true);
+    assert_eq!(
+        run["failures_by_code"],
+        json!([{"code": "item.missing", "count": 151}, {"code": "graph.throttled", "count": 6}])
+    );
+    // The existing fields keep their names and meaning.
+    for field in [
+        "id",
+        "type",
+        "status",
+        "outcome",
+        "label",
+        "progress",
+        "related",
+        "legacy",
+        "failure_summary",
+        "failure_overflow",
+    ] {
+        assert!(run.get(field).is_some(), "{field}: {run}");
+    }
+
+    let (_, run) = viewer.json(&format!("/v1/runs/{moving}"), &token).await;
+    assert_eq!(
+        (run["tenant_name"].clone(), run["stalled"].clone()),
+        (Value::Null, json!(false))
+    );
+    assert_eq!(run["failures_by_code"], json!([]));
+
+    let (_, run) = viewer.json(&format!("/v1/runs/{done}"), &token).await;
+    assert!(near(&run["duration_seconds"], 30 * 60), "{run}");
+    assert_eq!(run["stalled"], false, "a completed run never stalls");
+}
+
+fn listed_ids(body: &Value) -> Vec<i64> {
+    body["runs"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{body}"))
+        .iter()
+        .map(|r| r["id"].as_i64().unwrap())
+        .collect()
+}
+
+/// The search filters find runs by context value (an integer and its decimal string alike,
+/// every filter holding), failure code (stored or overflow), initiator, user, identity, last
+/// change and free text, completed or active; a token never lists, names or counts another
+/// tenant's run through them.
+#[sqlx::test]
+async fn the_search_filters_find_runs_within_the_tokens_scope_only(pool: PgPool) {
+    seed_scopes(&pool).await;
+    let done = ("completed", "failed");
+    let running = ("running", "pending");
+    let by_number = insert_run(
+        &pool,
+        1,
+        Some(10),
+        "policy.sync",
+        done,
+        30,
+        json!({"context": {"policy_id": 7, "provider": "graph"}, "initiator": "Ada"}),
+    )
+    .await;
+    let by_string = insert_run(
+        &pool,
+        1,
+        Some(10),
+        "policy.sync",
+        running,
+        20,
+        json!({"context": {"policy_id": "7", "provider": "intune"}, "initiator": "ada"}),
+    )
+    .await;
+    // Another tenant's run that matches every filter.
+    let foreign = insert_run(
+        &pool,
+        1,
+        Some(11),
+        "policy.sync",
+        done,
+        10,
+        json!({"context": {"policy_id": 7, "provider": "graph"}, "initiator": "Ada"}),
+    )
+    .await;
+    set_times_and_failures(
+        &pool,
+        by_number,
+        (Some(30), Some(29), 29),
+        json!([failure("graph.throttled")]),
+        json!({}),
+    )
+    .await;
+    set_times_and_failures(
+        &pool,
+        by_string,
+        (Some(20), None, 15),
+        json!([failure("a")]),
+        json!({"graph.throttled": 2}),
+    )
+    .await;
+    set_times_and_failures(
+        &pool,
+        foreign,
+        (Some(10), Some(9), 9),
+        json!([failure("graph.throttled")]),
+        json!({}),
+    )
+    .await;
+    sqlx::query("UPDATE operation_runs SET user_id = 5")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let hash: String =
+        sqlx::query_scalar("SELECT run_identity_hash FROM operation_runs WHERE id = $1")
+            .bind(by_number)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    sqlx::query("UPDATE operation_runs SET run_identity_hash = $1")
+        .bind(&hash)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let viewer = Viewer::spawn(pool).await;
+    let token = viewer.token(1, Some(vec![10]));
+    let twelve_minutes_ago = (chrono::Utc::now() - chrono::Duration::minutes(12)).to_rfc3339();
+    // (query, what the tenant-10 token lists, whether the whole-workspace token also lists the
+    // other tenant's run: the filter does find it, the tenant token just never sees it)
+    let cases: Vec<(String, Vec<i64>, bool)> = vec![
+        (
+            "context.policy_id=7".into(),
+            vec![by_string, by_number],
+            true,
+        ),
+        (
+            "context.policy_id=7&context.provider=graph".into(),
+            vec![by_number],
+            true,
+        ),
+        ("context.provider=intune".into(), vec![by_string], false),
+        ("context.policy_id=07".into(), vec![], false),
+        ("context.missing=7".into(), vec![], false),
+        (
+            "failure_code=graph.throttled".into(),
+            vec![by_string, by_number],
+            true,
+        ),
+        ("failure_code=a".into(), vec![by_string], false),
+        ("initiator=Ada".into(), vec![by_number], true),
+        ("user_id=5".into(), vec![by_string, by_number], true),
+        ("user_id=6".into(), vec![], false),
+        (format!("identity={hash}"), vec![by_string, by_number], true),
+        (
+            format!("updated_before={}", urlencode(&twelve_minutes_ago)),
+            vec![by_string, by_number],
+            false,
+        ),
+        (format!("q=%23{by_number}"), vec![by_number], false),
+        (format!("q={foreign}"), vec![], true),
+        ("q=policy".into(), vec![by_string, by_number], true),
+        ("q=ADA".into(), vec![by_string, by_number], true),
+        ("q=nobody".into(), vec![], false),
+        (
+            "context.policy_id=7&status=running".into(),
+            vec![by_string],
+            false,
+        ),
+    ];
+    let wide_token = viewer.token(1, None);
+    for (query, expected, foreign_matches) in cases {
+        let (status, body) = viewer.json(&format!("/v1/runs?{query}"), &token).await;
+        assert_eq!(status, StatusCode::OK, "{query}: {body}");
+        assert_eq!(listed_ids(&body), expected, "{query}");
+        assert!(!body.to_string().contains("eleven"), "{query}: {body}");
+        let (_, wide) = viewer.json(&format!("/v1/runs?{query}"), &wide_token).await;
+        assert_eq!(
+            listed_ids(&wide).contains(&foreign),
+            foreign_matches,
+            "{query}: {wide}"
+        );
+    }
+
+    // Each listed run carries its tenant's name, times and failure codes.
+    let (_, body) = viewer.json("/v1/runs?context.policy_id=7", &token).await;
+    let listed = &body["runs"][0];
+    assert_eq!(listed["id"], by_string);
+    assert_eq!(listed["tenant_name"], "ten");
+    assert_eq!(listed["failure_codes"], json!(["a", "graph.throttled"]));
+    for field in [
+        "started_at",
+        "completed_at",
+        "updated_at",
+        "duration_seconds",
+        "stalled",
+    ] {
+        assert!(listed.get(field).is_some(), "{field}: {listed}");
+    }
+
+    for (query, named) in [
+        ("tenant=10".to_owned(), "tenant"),
+        ("context.=1".to_owned(), "context."),
+        ("q=".to_owned() + &"x".repeat(201), "q"),
+        (format!("context.k={}", "v".repeat(257)), "context.k"),
+        ("failure_code=not%20a%20code".to_owned(), "failure_code"),
+        ("identity=abc".to_owned(), "identity"),
+        ("updated_before=yesterday".to_owned(), "updated_before"),
+        (
+            (1..=9)
+                .map(|i| format!("context.k{i}=1"))
+                .collect::<Vec<_>>()
+                .join("&"),
+            "context",
+        ),
+    ] {
+        let (status, body) = viewer.json(&format!("/v1/runs?{query}"), &token).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{query}");
+        assert_eq!(error_code(&body), "invalid_parameter", "{query}");
+        assert!(
+            body["error"]["message"].as_str().unwrap().contains(named),
+            "{query}: {body}"
+        );
+    }
+    // The list page shares the parser: a misspelt filter is refused there too.
+    let (status, _, _) = viewer.get("/runs?tenant=10", Some(&token)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}
+
+/// An identity's history: its type, its window, the run holding it and its runs newest first,
+/// within the token's scope; an identity with no run in scope is not found, like one that
+/// does not exist.
+#[sqlx::test]
+async fn an_identitys_history_lists_its_runs_and_holder_within_the_scope(pool: PgPool) {
+    seed_scopes(&pool).await;
+    let done = ("completed", "succeeded");
+    let older = insert_run(&pool, 1, Some(10), "policy.sync", done, 30, json!({})).await;
+    let holder = insert_run(
+        &pool,
+        1,
+        Some(10),
+        "policy.sync",
+        ("running", "pending"),
+        20,
+        json!({}),
+    )
+    .await;
+    let foreign = insert_run(&pool, 1, Some(11), "policy.sync", done, 10, json!({})).await;
+    let hash = format!("{:064x}", 7);
+    sqlx::query("UPDATE operation_runs SET run_identity_hash = $1")
+        .bind(&hash)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let viewer = Viewer::spawn(pool).await;
+    let token = viewer.token(1, Some(vec![10]));
+    let (status, body) = viewer.json(&format!("/v1/identities/{hash}"), &token).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["identity_hash"], hash.as_str());
+    assert_eq!(
+        (body["type"].as_str(), body["dedupe_window"].as_str()),
+        (Some("policy.sync"), Some("active"))
+    );
+    assert_eq!(body["holder"]["id"], holder);
+    assert_eq!(listed_ids(&body), vec![holder, older]);
+    assert_eq!(body["more"], false);
+    assert!(!body.to_string().contains("eleven"), "{body}");
+
+    let (_, wide) = viewer
+        .json(&format!("/v1/identities/{hash}"), &viewer.token(1, None))
+        .await;
+    assert_eq!(listed_ids(&wide), vec![foreign, holder, older]);
+    // Only the other tenant's run in scope's reach: not found; so is a hash of nothing, or none.
+    let (status, body) = viewer
+        .json(
+            &format!("/v1/identities/{hash}"),
+            &viewer.token(1, Some(vec![11])),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        (listed_ids(&body), body["holder"].clone()),
+        (vec![foreign], Value::Null)
+    );
+    for path in [
+        format!("/v1/identities/{:064x}", 8),
+        "/v1/identities/nothex".into(),
+    ] {
+        let (status, body) = viewer.json(&path, &token).await;
+        assert_eq!(
+            (status, error_code(&body)),
+            (StatusCode::NOT_FOUND, "not_found"),
+            "{path}"
+        );
+    }
+    let (status, _) = viewer
+        .json(&format!("/v1/identities/{hash}"), &viewer.token(2, None))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
 }

@@ -58,6 +58,7 @@ fn token(workspace_id: i64, tenant_ids: Option<Vec<i64>>) -> String {
     TokenKeys::new(SECRET).unwrap().issue(&Claims {
         workspace_id,
         tenant_ids,
+        run_id: None,
         exp: chrono::Utc::now().timestamp() as u64 + 3600,
         sub: Some("tests".into()),
     })

@@ -24,6 +24,7 @@ fn token_for(sub: Option<&str>, valid_for: u64) -> String {
     TokenKeys::new(SECRET).unwrap().issue(&Claims {
         workspace_id: 1,
         tenant_ids: None,
+        run_id: None,
         exp: chrono::Utc::now().timestamp() as u64 + valid_for,
         sub: sub.map(str::to_owned),
     })

@@ -36,6 +36,7 @@ fn token(sub: &str, tenant_ids: Option<Vec<i64>>, lifetime: u64) -> String {
     TokenKeys::new(SECRET).unwrap().issue(&Claims {
         workspace_id: 1,
         tenant_ids,
+        run_id: None,
         exp: now() + lifetime,
         sub: Some(sub.into()),
     })
@@ -259,6 +260,7 @@ async fn a_link_with_another_token_never_replaces_the_browsers_sign_in_by_a_get(
     let expired = TokenKeys::new(SECRET).unwrap().issue(&Claims {
         workspace_id: 1,
         tenant_ids: None,
+        run_id: None,
         exp: now() - 600,
         sub: Some("ada".into()),
     });
@@ -472,4 +474,134 @@ async fn switching_sign_in_takes_a_same_origin_post_with_the_choice_pages_proof(
         assert_eq!(switched.status(), StatusCode::SEE_OTHER, "{away}");
         assert_eq!(switched.headers()[LOCATION], "/runs", "{away}");
     }
+}
+
+fn run_token(run_id: i64, tenant_ids: Option<Vec<i64>>) -> String {
+    TokenKeys::new(SECRET).unwrap().issue(&Claims {
+        workspace_id: 1,
+        tenant_ids,
+        run_id: Some(run_id),
+        exp: now() + 3600,
+        sub: Some("ada".into()),
+    })
+}
+
+/// A token for one run reads that run (its detail, events, live stream, page, and a list that
+/// holds it alone) and answers every other run of the same tenant exactly like a missing one.
+#[sqlx::test]
+async fn a_token_for_one_run_reads_that_run_and_nothing_else(pool: PgPool) {
+    let (viewer, run) = seeded(pool.clone()).await;
+    let sibling = insert_run(
+        &pool,
+        1,
+        Some(10),
+        "policy.sync",
+        ("queued", "pending"),
+        1,
+        json!({}),
+    )
+    .await;
+    let token = run_token(run, Some(vec![10]));
+    let workspace_wide = run_token(run, None);
+    for token in [&token, &workspace_wide] {
+        let (status, body) = list(&viewer, token).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let ids: Vec<i64> = body["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["id"].as_i64().unwrap())
+            .collect();
+        assert_eq!(ids, vec![run]);
+        for path in [
+            format!("/v1/runs/{run}"),
+            format!("/v1/runs/{run}/events"),
+            format!("/runs/{run}"),
+        ] {
+            let (status, _, body) = viewer.get(&path, Some(token)).await;
+            assert_eq!(status, StatusCode::OK, "{path}: {body}");
+        }
+        let live = http()
+            .get(format!("{}/v1/runs/{run}/live", viewer.base))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(live.status(), StatusCode::OK);
+        drop(live);
+        for path in [
+            format!("/v1/runs/{sibling}"),
+            format!("/v1/runs/{sibling}/events"),
+            format!("/v1/runs/{sibling}/live"),
+            "/v1/runs/999999".to_owned(),
+        ] {
+            let (status, body) = viewer.json(&path, token).await;
+            assert_eq!(status, StatusCode::NOT_FOUND, "{path}: {body}");
+            assert_eq!(error_code(&body), "not_found", "{path}");
+        }
+        let (status, _, _) = viewer.get(&format!("/runs/{sibling}"), Some(token)).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+    }
+    // A run outside the token's tenants is refused even when the token names it.
+    let foreign = insert_run(
+        &pool,
+        1,
+        Some(11),
+        "policy.sync",
+        ("queued", "pending"),
+        1,
+        json!({}),
+    )
+    .await;
+    let (status, _) = viewer
+        .json(
+            &format!("/v1/runs/{foreign}"),
+            &run_token(foreign, Some(vec![10])),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+/// Links to one run each, of the same bearer and tenants, follow each other in one browser: the
+/// second link's run is shown, never a 404 from the first link's sign-in; a sign-in for every
+/// run stays when a link to one of its runs is followed.
+#[sqlx::test]
+async fn a_link_to_another_run_of_the_same_bearer_shows_that_run(pool: PgPool) {
+    let (viewer, first) = seeded(pool.clone()).await;
+    let second = insert_run(
+        &pool,
+        1,
+        Some(10),
+        "policy.sync",
+        ("queued", "pending"),
+        1,
+        json!({}),
+    )
+    .await;
+    let (a, b) = (
+        run_token(first, Some(vec![10])),
+        run_token(second, Some(vec![10])),
+    );
+    let signed = get_with_cookie(&viewer, &format!("/runs/{first}?token={a}"), None).await;
+    assert_eq!(set_cookie(&signed), Some(cookie_of(&a)));
+    let next = get_with_cookie(
+        &viewer,
+        &format!("/runs/{second}?token={b}"),
+        Some(&cookie_of(&a)),
+    )
+    .await;
+    assert!(next.status().is_redirection(), "{}", next.status());
+    assert_eq!(set_cookie(&next), Some(cookie_of(&b)));
+    let shown = get_with_cookie(&viewer, &format!("/runs/{second}"), Some(&cookie_of(&b))).await;
+    assert_eq!(shown.status(), StatusCode::OK);
+
+    let wide = token("ada", Some(vec![10]), 3600);
+    let kept = get_with_cookie(
+        &viewer,
+        &format!("/runs/{second}?token={b}"),
+        Some(&cookie_of(&wide)),
+    )
+    .await;
+    assert!(kept.status().is_redirection(), "{}", kept.status());
+    assert!(kept.headers().get(SET_COOKIE).is_none());
 }

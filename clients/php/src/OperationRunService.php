@@ -28,6 +28,10 @@ use PhpAmqpLib\Wire\AMQPTable;
  * connection (the command id makes it safe); else {@see CommandNotAnswered} `connection_lost`.
  * No error carries a password. `$connectionName` is the name the broker shows for the connection.
  *
+ * `$viewerUrl` (the run viewer's base URL, e.g. `https://runs.example.com`) and `$viewerSecret`
+ * (the `--api-secret` the viewer is started with, at least 32 bytes) let {@see viewUrl()} mint
+ * "View run" links; neither is needed for commands.
+ *
  * One instance holds one connection and one channel: use it from one process (one PHP worker).
  */
 final class OperationRunService
@@ -53,8 +57,47 @@ final class OperationRunService
         #[\SensitiveParameter] string|array $amqpUrl,
         private readonly string $namespace = 'operation_runs',
         string $connectionName = AmqpUrl::DEFAULT_CONNECTION_NAME,
+        private readonly ?string $viewerUrl = null,
+        #[\SensitiveParameter] private readonly ?string $viewerSecret = null,
     ) {
         $this->nodes = new AmqpNodes($amqpUrl, $connectionName);
+        if ($viewerSecret !== null && strlen($viewerSecret) < self::MIN_VIEWER_SECRET_BYTES) {
+            throw new \InvalidArgumentException('the viewer secret must be at least 32 bytes');
+        }
+    }
+
+    /** The viewer refuses a shorter HS256 secret. */
+    public const MIN_VIEWER_SECRET_BYTES = 32;
+
+    /**
+     * A "View run" link: the viewer's page of run `$runId`, signed in by a token (HS256, signed
+     * with the viewer secret) that reads that one run only, for `$ttlSeconds`. `$workspaceId` and
+     * `$tenantIds` are the run's scope as the platform knows it (`null`: the whole workspace);
+     * a run outside them is "not found" for the link, so the link can never show another
+     * tenant's run.
+     *
+     * @param list<int>|null $tenantIds
+     * @throws \LogicException when the service was built without a viewer URL and secret
+     * @throws \InvalidArgumentException when `$ttlSeconds` is not positive
+     */
+    public function viewUrl(int $runId, int $workspaceId, ?array $tenantIds = null, int $ttlSeconds = 3600): string
+    {
+        if ($this->viewerUrl === null || $this->viewerSecret === null) {
+            throw new \LogicException('viewUrl needs the viewer URL and secret (constructor viewerUrl, viewerSecret)');
+        }
+        if ($ttlSeconds < 1) {
+            throw new \InvalidArgumentException('ttlSeconds must be positive');
+        }
+        $now = time();
+        $claims = ['workspace_id' => $workspaceId];
+        if ($tenantIds !== null) {
+            $claims['tenant_ids'] = array_map('intval', array_values($tenantIds));
+        }
+        $claims += ['run_id' => $runId, 'iat' => $now, 'exp' => $now + $ttlSeconds];
+        $b64 = static fn (string $bytes): string => rtrim(strtr(base64_encode($bytes), '+/', '-_'), '=');
+        $input = $b64('{"alg":"HS256","typ":"JWT"}') . '.' . $b64(json_encode($claims, JSON_THROW_ON_ERROR));
+        $token = $input . '.' . $b64(hash_hmac('sha256', $input, $this->viewerSecret, true));
+        return rtrim($this->viewerUrl, '/') . '/runs/' . $runId . '?token=' . $token;
     }
 
     /**

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import json
 import secrets
 import time
@@ -36,6 +39,15 @@ def _lost(error: BaseException) -> bool:
     return isinstance(error, _LOST)
 
 
+#: The viewer refuses a shorter HS256 secret.
+MIN_VIEWER_SECRET_BYTES = 32
+
+
+def _b64(data: bytes) -> str:
+    """Unpadded base64url, as JWTs use."""
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
 def new_command_id() -> str:
     """A fresh command id (UUID)."""
     return str(uuid.uuid4())
@@ -60,6 +72,9 @@ class Client:
     connection the next one is tried first. A call whose connection is lost is sent once more on
     a fresh connection (the command id makes it safe); errors never show a password.
     ``connection_name`` is the client-provided name the broker shows for the connection.
+    ``viewer_url`` (the run viewer's base URL) and ``viewer_secret`` (the ``--api-secret`` the
+    viewer is started with, at least 32 bytes) let :meth:`view_url` mint "View run" links;
+    neither is needed for commands.
     """
 
     def __init__(
@@ -68,7 +83,13 @@ class Client:
         namespace: str = "operation_runs",
         *,
         connection_name: str = DEFAULT_CONNECTION_NAME,
+        viewer_url: Optional[str] = None,
+        viewer_secret: Optional[str] = None,
     ):
+        if viewer_secret is not None and len(viewer_secret.encode()) < MIN_VIEWER_SECRET_BYTES:
+            raise ValueError("the viewer secret must be at least 32 bytes")
+        self._viewer_url = viewer_url
+        self._viewer_secret = viewer_secret
         self._nodes = Nodes(amqp_url, connection_name)
         self._node = 0
         self.namespace = namespace
@@ -76,6 +97,35 @@ class Client:
         self._channel = None
         self._awaiting: Optional[str] = None
         self._reply: Optional[Dict[str, Any]] = None
+
+    # Viewer links -----------------------------------------------------------------------------
+
+    def view_url(
+        self,
+        run_id: int,
+        workspace_id: int,
+        tenant_ids: Optional[Iterable[int]] = None,
+        ttl_seconds: int = 3600,
+    ) -> str:
+        """A "View run" link: the viewer's page of run ``run_id``, signed in by a token (HS256,
+        signed with the viewer secret) that reads that one run only, for ``ttl_seconds``.
+        ``workspace_id`` and ``tenant_ids`` are the run's scope as the platform knows it
+        (``None``: the whole workspace); a run outside them is "not found" for the link."""
+        if self._viewer_url is None or self._viewer_secret is None:
+            raise ValueError("view_url needs the viewer URL and secret (viewer_url=, viewer_secret=)")
+        if ttl_seconds < 1:
+            raise ValueError("ttl_seconds must be positive")
+        now = int(time.time())
+        claims: Dict[str, Any] = {"workspace_id": int(workspace_id)}
+        if tenant_ids is not None:
+            claims["tenant_ids"] = [int(t) for t in tenant_ids]
+        claims.update({"run_id": int(run_id), "iat": now, "exp": now + int(ttl_seconds)})
+        signing_input = _b64(b'{"alg":"HS256","typ":"JWT"}') + "." + _b64(
+            json.dumps(claims, separators=(",", ":")).encode()
+        )
+        signature = hmac.new(self._viewer_secret.encode(), signing_input.encode(), hashlib.sha256).digest()
+        token = signing_input + "." + _b64(signature)
+        return f"{self._viewer_url.rstrip('/')}/runs/{int(run_id)}?token={token}"
 
     # Commands ---------------------------------------------------------------------------------
 
