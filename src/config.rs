@@ -193,7 +193,7 @@ impl ServeSettings {
     /// The bounds of the viewer's live streams; an error unless both caps are below
     /// `--http-max-connections` (else one token, or one run's readers, could hold every
     /// connection of the listener).
-    pub fn live_limits(&self) -> Result<crate::http::live::LiveLimits, String> {
+    pub fn live_limits(&self) -> Result<crate::http::streams::LiveLimits, String> {
         let limits = self.live.live_limits();
         let connections = self.http.limits().max_connections;
         for (flag, cap) in [
@@ -628,8 +628,8 @@ pub struct LiveSettings {
 
 impl LiveSettings {
     /// The bounds the viewer enforces.
-    pub fn live_limits(&self) -> crate::http::live::LiveLimits {
-        crate::http::live::LiveLimits {
+    pub fn live_limits(&self) -> crate::http::streams::LiveLimits {
+        crate::http::streams::LiveLimits {
             per_token: self.live_streams_per_token as usize,
             per_run: self.live_streams_per_run as usize,
             lifetime: self.live_stream_lifetime,

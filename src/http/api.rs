@@ -12,9 +12,10 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
+use super::claims::authenticate;
 use super::error::{ApiError, ApiPath, ApiQuery};
 use super::read_model::{self, IdentityHistory, ListedRun, RunDetail, IDENTITY_RUNS};
-use super::viewer::{authenticate, ViewerState};
+use super::state::ViewerState;
 use crate::domain::command::MAX_ID_CHARS;
 use crate::domain::failure::is_valid_code;
 use crate::domain::{

@@ -4,12 +4,11 @@
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
-use axum::response::{IntoResponse, Response};
+use axum::http::{header, HeaderMap};
 
-use super::auth::{AuthError, Claims};
+use super::auth::{AuthError, Claims, TokenKeys};
 use super::error::ApiError;
-use super::pages;
-use super::viewer::{authenticate, ViewerState};
+use super::state::ViewerState;
 
 /// The claims of a page's request (`Authorization: Bearer …`, else the sign-in cookie).
 #[derive(Debug, Clone)]
@@ -18,12 +17,6 @@ pub struct PageClaims(pub Claims);
 /// Why a page was refused: rendered as the sign-in page.
 #[derive(Debug)]
 pub struct SignInRequired(pub AuthError);
-
-impl IntoResponse for SignInRequired {
-    fn into_response(self) -> Response {
-        pages::unauthorized(&self.0, pages::TokenFrom::Request).into_response()
-    }
-}
 
 impl FromRequestParts<ViewerState> for PageClaims {
     type Rejection = SignInRequired;
@@ -51,4 +44,45 @@ impl FromRequestParts<ViewerState> for ApiClaims {
     ) -> Result<Self, Self::Rejection> {
         Ok(Self(authenticate(&state.keys, &parts.headers)?))
     }
+}
+
+/// The cookie a browser carries after signing in with `?token=`.
+pub const TOKEN_COOKIE: &str = "oprun_token";
+
+/// The claims of the request's token: `Authorization: Bearer …`, else the sign-in cookie.
+pub fn authenticate(keys: &TokenKeys, headers: &HeaderMap) -> Result<Claims, AuthError> {
+    let token = request_token(headers).ok_or(AuthError::Missing)?;
+    let claims = keys.verify(&token)?;
+    tracing::debug!(
+        sub = claims.sub.as_deref(),
+        workspace_id = claims.workspace_id,
+        "viewer request"
+    );
+    Ok(claims)
+}
+
+/// The request's token as sent (`Authorization: Bearer …`, else the sign-in cookie), unverified:
+/// what [`authenticate`] verifies.
+pub fn request_token(headers: &HeaderMap) -> Option<String> {
+    bearer(headers).or_else(|| cookie(headers, TOKEN_COOKIE))
+}
+
+fn bearer(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim().to_owned())
+}
+
+/// The value of cookie `name`.
+pub(super) fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_owned())
 }

@@ -10,4 +10,6 @@ pub mod live;
 pub mod pages;
 pub mod read_model;
 pub mod server;
+pub mod state;
+pub mod streams;
 pub mod viewer;

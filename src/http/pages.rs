@@ -21,13 +21,13 @@ use serde_json::Value;
 
 use super::api::{list_page, parse_list_query, resolve_legacy, run_in_scope};
 use super::auth::{AuthError, Claims};
-use super::claims::PageClaims;
+use super::claims::{PageClaims, SignInRequired};
 use super::error::{ApiError, ApiPath, ApiQuery};
 use super::html::{
     badge, duration, exact_time, page, relative_time, rfc3339, short_duration, BodyData,
 };
 use super::read_model;
-use super::viewer::ViewerState;
+use super::state::ViewerState;
 use crate::domain::failure_cap::FailureSummary;
 use crate::domain::{OperationRun, RunOutcome, RunStatus, OPERATION_CATALOG};
 use crate::store::viewer::{self as store, ListSummary, TimelineChange, TimelineWindow};
@@ -829,5 +829,12 @@ pub async fn legacy(
 impl From<ApiError> for PageError {
     fn from(e: ApiError) -> Self {
         Self(e)
+    }
+}
+
+/// A page refused for want of a valid token is the sign-in page.
+impl IntoResponse for SignInRequired {
+    fn into_response(self) -> Response {
+        unauthorized(&self.0, TokenFrom::Request).into_response()
     }
 }

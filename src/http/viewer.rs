@@ -1,5 +1,5 @@
-//! The run viewer's router: the JSON API under `/v1`, the pages, the token checks shared by
-//! both, and the headers every answer carries.
+//! The run viewer's router: the JSON API under `/v1`, the pages, the sign-in by link, and the
+//! headers every answer carries. The token checks are in [`super::claims`].
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -18,10 +18,12 @@ use sqlx::PgPool;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use super::auth::{AuthError, Claims, TokenKeys};
+use super::auth::{Claims, TokenKeys};
+use super::claims::{cookie, TOKEN_COOKIE};
 use super::error::ApiError;
 use super::server::{self, HttpLimits, HttpServer};
-use super::{api, live, pages};
+use super::state::ViewerState;
+use super::{api, live, pages, streams};
 
 /// Most viewer answers (API and pages, live streams aside) being built or sent at once; more
 /// wait for one to finish. Each holds at most about twice [`crate::store::viewer::PAGE_BYTES`]
@@ -33,34 +35,10 @@ pub const ANSWERS_IN_FLIGHT: usize = 16;
 /// `viewer_busy`.
 const ANSWER_WAIT: Duration = Duration::from_secs(10);
 
-/// The cookie a browser carries after signing in with `?token=`.
-pub const TOKEN_COOKIE: &str = "oprun_token";
-
 /// The Content-Security-Policy of every answer: scripts and styles only from this server's own
 /// files, so nothing from the data can ever run.
 pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
      connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
-
-/// What the viewer's handlers share.
-#[derive(Clone, Debug)]
-pub struct ViewerState {
-    /// The viewer's own database pool (`--viewer-db-connections`, sessions named
-    /// `oprun-viewer`), never the pipeline's: every read of the viewer, live streams included,
-    /// uses it, so no amount of reading takes a connection a command needs.
-    pub pool: PgPool,
-    /// The [`ANSWERS_IN_FLIGHT`] slots of answers being built or sent.
-    pub answers: Arc<Semaphore>,
-    /// Token signing keys.
-    pub keys: TokenKeys,
-    /// How often an idle SSE stream sends a heartbeat.
-    pub heartbeat: Duration,
-    /// How often a live stream looks for new events.
-    pub poll: Duration,
-    /// The live streams open now, and their bounds.
-    pub live: Arc<live::LiveStreams>,
-    /// Ends live streams at shutdown.
-    pub shutdown: CancellationToken,
-}
 
 /// Binds `addr` and serves the viewer until `shutdown`, reading through `viewer_pool` (the
 /// viewer's own, see [`crate::store::viewer::connect_viewer_pool`]), its live streams within
@@ -70,7 +48,7 @@ pub async fn spawn(
     viewer_pool: PgPool,
     keys: TokenKeys,
     limits: HttpLimits,
-    live: live::LiveLimits,
+    live: streams::LiveLimits,
     shutdown: CancellationToken,
 ) -> std::io::Result<HttpServer> {
     let state = ViewerState {
@@ -79,7 +57,7 @@ pub async fn spawn(
         keys,
         heartbeat: limits.heartbeat(),
         poll: Duration::from_millis(250),
-        live: Arc::new(live::LiveStreams::new(live)),
+        live: Arc::new(streams::LiveStreams::new(live)),
         shutdown: shutdown.clone(),
     };
     server::spawn(addr, router(state), limits, shutdown).await
@@ -197,43 +175,6 @@ async fn security_headers(mut response: Response) -> Response {
         .entry(header::REFERRER_POLICY)
         .or_insert(HeaderValue::from_static("no-referrer"));
     response
-}
-
-/// The claims of the request's token: `Authorization: Bearer …`, else the sign-in cookie.
-pub fn authenticate(keys: &TokenKeys, headers: &HeaderMap) -> Result<Claims, AuthError> {
-    let token = request_token(headers).ok_or(AuthError::Missing)?;
-    let claims = keys.verify(&token)?;
-    tracing::debug!(
-        sub = claims.sub.as_deref(),
-        workspace_id = claims.workspace_id,
-        "viewer request"
-    );
-    Ok(claims)
-}
-
-/// The request's token as sent (`Authorization: Bearer …`, else the sign-in cookie), unverified:
-/// what [`authenticate`] verifies.
-pub fn request_token(headers: &HeaderMap) -> Option<String> {
-    bearer(headers).or_else(|| cookie(headers, TOKEN_COOKIE))
-}
-
-fn bearer(headers: &HeaderMap) -> Option<String> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim().to_owned())
-}
-
-fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v.to_owned())
 }
 
 /// How long the "switch sign-in" form of [`sign_in`]'s choice page may be sent.

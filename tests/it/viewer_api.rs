@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use operation_runs::config::ServeSettings;
 use operation_runs::http::auth::{Claims, TokenKeys};
-use operation_runs::http::live::LiveLimits;
 use operation_runs::http::server::HttpLimits;
+use operation_runs::http::streams::LiveLimits;
 use operation_runs::store::viewer::{
     explain_list_runs, ContextValue, RunListFilter, Search, ViewerScope,
 };

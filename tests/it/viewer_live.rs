@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use operation_runs::http::auth::{Claims, TokenKeys, LEEWAY_SECS};
-use operation_runs::http::live::LiveLimits;
+use operation_runs::http::streams::LiveLimits;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
