@@ -28,15 +28,22 @@ pub enum RunEventType {
     Progressed,
     /// `operation_run.completed`: the run has its outcome.
     Completed,
+    /// `operation_run.cancel_requested`: an actor asked the running run's executor to stop.
+    CancelRequested,
+    /// `operation_run.retried`: an actor retried the completed run (`data.retry.run_id` is the
+    /// new run, or the active run of its identity).
+    Retried,
 }
 
 impl RunEventType {
     /// Every type.
-    pub const ALL: [RunEventType; 4] = [
+    pub const ALL: [RunEventType; 6] = [
         Self::Queued,
         Self::Started,
         Self::Progressed,
         Self::Completed,
+        Self::CancelRequested,
+        Self::Retried,
     ];
 
     /// The CloudEvents `type`.
@@ -46,6 +53,8 @@ impl RunEventType {
             Self::Started => "operation_run.started",
             Self::Progressed => "operation_run.progressed",
             Self::Completed => "operation_run.completed",
+            Self::CancelRequested => "operation_run.cancel_requested",
+            Self::Retried => "operation_run.retried",
         }
     }
 
@@ -98,6 +107,17 @@ impl RunEvent {
             event_type,
             cloud_event,
         }
+    }
+
+    /// Adds `data.action`: the operator action that caused the event (action, actor, reason,
+    /// and for a retry the new run).
+    pub fn with_action(mut self, action: Option<&Value>) -> Self {
+        if let (Some(action), Some(data)) = (action, self.cloud_event.get_mut("data")) {
+            if let Some(data) = data.as_object_mut() {
+                data.insert("action".into(), action.clone());
+            }
+        }
+        self
     }
 
     /// Sets the CloudEvents distributed-tracing extension attributes `traceparent` and (when
