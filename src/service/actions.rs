@@ -15,7 +15,8 @@ use super::tx_buffer::TxBuffer;
 use crate::domain::action::{
     decide, result_json, ActionResult, Actor, Decision, RunAction, RETRY_OF,
 };
-use crate::domain::{DispatchCommand, ErrorCode, OperationRun, Rejection, RunEventType, RunScope};
+use crate::domain::event::ActionEventType;
+use crate::domain::{DispatchCommand, ErrorCode, OperationRun, Rejection, RunScope};
 use crate::store::actions::{self as store, ActionRecord};
 use crate::store::{events, runs};
 
@@ -105,7 +106,7 @@ pub async fn act(
             record_event(
                 conn,
                 buf,
-                RunEventType::CancelRequested,
+                ActionEventType::CancelRequested,
                 &touched,
                 now,
                 None,
@@ -122,7 +123,7 @@ pub async fn act(
                 record_event(
                     conn,
                     buf,
-                    RunEventType::Retried,
+                    ActionEventType::Retried,
                     &run,
                     now,
                     None,

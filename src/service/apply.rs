@@ -9,6 +9,7 @@ use sqlx::PgConnection;
 pub use super::error::ApplyError;
 use super::error::Transient;
 use super::tx_buffer::TxBuffer;
+use crate::domain::event::EventType;
 use crate::domain::event_size::{check_context_size, MAX_EVENT_BYTES};
 use crate::domain::failure_cap::serialized_len;
 use crate::domain::transition::{self, Applied, RunChange};
@@ -391,7 +392,7 @@ pub(crate) async fn save(
 pub(crate) async fn record_event(
     conn: &mut PgConnection,
     buf: &mut TxBuffer,
-    event_type: RunEventType,
+    event_type: impl Into<EventType> + Copy,
     run: &OperationRun,
     now: DateTime<Utc>,
     trace: Option<&TraceContext>,
