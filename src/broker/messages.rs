@@ -57,9 +57,14 @@ pub fn event_properties(event: &EventMessage<'_>) -> BasicProperties {
         .with_headers(headers)
 }
 
-/// The properties of a run's job on `N.jobs`: persistent JSON, `message_id` = `job-<run id>`,
-/// headers `run_id` and the run's W3C trace context (`traceparent`, `tracestate`) when known.
-pub fn job_properties(run_id: i64, trace_headers: &[(&str, Option<&str>)]) -> BasicProperties {
+/// The properties of a run's job on `N.jobs`: persistent JSON, `message_id` = `job-<run id>`
+/// (`cancel-<run id>` for its cancel message), headers `run_id` and the run's W3C trace context
+/// (`traceparent`, `tracestate`) when known.
+pub fn job_properties(
+    run_id: i64,
+    cancel: bool,
+    trace_headers: &[(&str, Option<&str>)],
+) -> BasicProperties {
     let mut headers = FieldTable::default();
     headers.insert("run_id".into(), AMQPValue::LongLongInt(run_id));
     for (name, value) in trace_headers {
@@ -69,7 +74,11 @@ pub fn job_properties(run_id: i64, trace_headers: &[(&str, Option<&str>)]) -> Ba
     }
     BasicProperties::default()
         .with_content_type(JSON.into())
-        .with_message_id(format!("job-{run_id}").into())
+        .with_message_id(if cancel {
+            format!("cancel-{run_id}").into()
+        } else {
+            format!("job-{run_id}").into()
+        })
         .with_delivery_mode(PERSISTENT)
         .with_headers(headers)
 }
@@ -137,6 +146,7 @@ mod tests {
     fn a_job_carries_only_the_trace_headers_it_has() {
         let p = job_properties(
             9,
+            false,
             &[("traceparent", Some("00-a-b-01")), ("tracestate", None)],
         );
         let headers = p.headers().as_ref();

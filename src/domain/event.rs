@@ -55,6 +55,61 @@ impl RunEventType {
     }
 }
 
+/// What an operator action did to a run, when it is not a change of the run's state (those are
+/// [`RunEventType`] events carrying `data.action`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ActionEventType {
+    /// `operation_run.cancel_requested`: an actor asked the running run's executor to stop.
+    CancelRequested,
+    /// `operation_run.retried`: an actor retried the completed run (`data.action.new_run_id` is
+    /// the new run, or the active run of its identity).
+    Retried,
+}
+
+impl ActionEventType {
+    /// Every type.
+    pub const ALL: [ActionEventType; 2] = [Self::CancelRequested, Self::Retried];
+
+    /// The CloudEvents `type`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::CancelRequested => "operation_run.cancel_requested",
+            Self::Retried => "operation_run.retried",
+        }
+    }
+}
+
+/// Any event's type: a change of the run's lifecycle, or an operator action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventType {
+    /// A lifecycle event.
+    Run(RunEventType),
+    /// An action event.
+    Action(ActionEventType),
+}
+
+impl EventType {
+    /// The CloudEvents `type`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Run(t) => t.as_str(),
+            Self::Action(t) => t.as_str(),
+        }
+    }
+}
+
+impl From<RunEventType> for EventType {
+    fn from(t: RunEventType) -> Self {
+        Self::Run(t)
+    }
+}
+
+impl From<ActionEventType> for EventType {
+    fn from(t: ActionEventType) -> Self {
+        Self::Action(t)
+    }
+}
+
 /// One event about a run, ready to store and publish.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RunEvent {
@@ -65,7 +120,7 @@ pub struct RunEvent {
     /// Position in the run's event history, from 1.
     pub sequence: i64,
     /// What happened.
-    pub event_type: RunEventType,
+    pub event_type: EventType,
     /// The complete CloudEvent document.
     pub cloud_event: Value,
 }
@@ -73,12 +128,13 @@ pub struct RunEvent {
 impl RunEvent {
     /// Builds event number `sequence` of `run`, stamped `time`, with CloudEvents `source` = `source`.
     pub fn new(
-        event_type: RunEventType,
+        event_type: impl Into<EventType>,
         run: &OperationRun,
         sequence: i64,
         source: &str,
         time: DateTime<Utc>,
     ) -> Self {
+        let event_type = event_type.into();
         let id = Uuid::now_v7();
         let cloud_event = json!({
             "specversion": "1.0",
@@ -98,6 +154,17 @@ impl RunEvent {
             event_type,
             cloud_event,
         }
+    }
+
+    /// Adds `data.action`: the operator action that caused the event (action, actor, reason,
+    /// and for a retry the new run).
+    pub fn with_action(mut self, action: Option<&Value>) -> Self {
+        if let (Some(action), Some(data)) = (action, self.cloud_event.get_mut("data")) {
+            if let Some(data) = data.as_object_mut() {
+                data.insert("action".into(), action.clone());
+            }
+        }
+        self
     }
 
     /// Sets the CloudEvents distributed-tracing extension attributes `traceparent` and (when

@@ -1,5 +1,6 @@
 //! Pure types and rules: no I/O here, only what a run is and which changes are legal.
 
+pub mod action;
 pub mod command;
 pub mod error;
 pub mod event;

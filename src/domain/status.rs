@@ -34,6 +34,8 @@ pub enum RunOutcome {
     Failed,
     /// Could not run (a precondition was not met).
     Blocked,
+    /// Stopped on request: cancelled while queued, or by its executor after a cancel request.
+    Cancelled,
 }
 
 macro_rules! wire_enum {
@@ -73,6 +75,7 @@ wire_enum!(RunOutcome, "outcome",
     PartiallySucceeded => "partially_succeeded",
     Failed => "failed",
     Blocked => "blocked",
+    Cancelled => "cancelled",
 );
 
 /// A run's status and outcome together.
@@ -154,7 +157,7 @@ impl RunState {
         match (target_status, target_outcome) {
             (RunStatus::Completed, RunOutcome::Pending) => {
                 return Err(TransitionError::Malformed(
-                    "completing a run needs an outcome: succeeded, partially_succeeded, failed or blocked",
+                    "completing a run needs an outcome: succeeded, partially_succeeded, failed, blocked or cancelled",
                 ))
             }
             (RunStatus::Queued | RunStatus::Running, o) if o != RunOutcome::Pending => {
@@ -263,6 +266,18 @@ mod tests {
                 st(Completed, Succeeded),
                 Some(Completed),
                 Some(Failed),
+                Invalid,
+            ),
+            (
+                st(Running, Pending),
+                Some(Completed),
+                Some(Cancelled),
+                Apply(Completed, Cancelled),
+            ),
+            (
+                st(Completed, Cancelled),
+                Some(Completed),
+                Some(Succeeded),
                 Invalid,
             ),
             (st(Completed, Failed), Some(Running), None, Stale),

@@ -9,6 +9,7 @@ use sqlx::PgConnection;
 pub use super::error::ApplyError;
 use super::error::Transient;
 use super::tx_buffer::TxBuffer;
+use crate::domain::event::EventType;
 use crate::domain::event_size::{check_context_size, MAX_EVENT_BYTES};
 use crate::domain::failure_cap::serialized_len;
 use crate::domain::transition::{self, Applied, RunChange};
@@ -123,7 +124,7 @@ pub async fn apply_command(
     Ok(result)
 }
 
-async fn dispatch(
+pub(crate) async fn dispatch(
     conn: &mut PgConnection,
     buf: &mut TxBuffer,
     d: &DispatchCommand,
@@ -181,7 +182,7 @@ async fn dispatch(
                 buf.store_run(run.clone(), appended.summary_changed);
             }
             let now = run.created_at;
-            record_event(conn, buf, RunEventType::Queued, &run, now, None, ctx).await?;
+            record_event(conn, buf, RunEventType::Queued, &run, now, None, None, ctx).await?;
             if ctx.hand_off_jobs {
                 buf.push_job(run.clone());
             }
@@ -345,19 +346,21 @@ async fn progress(
     let now = buf.now(conn).await?;
     let was_active = run.is_active();
     let applied = transition::apply(run, &change, now)?;
-    save(conn, buf, applied, was_active, now, trace, ctx).await
+    save(conn, buf, applied, was_active, now, trace, None, ctx).await
 }
 
 /// Stores what [`transition::apply`] decided about a locked run (when there is anything to store)
 /// and records the event it causes, stamped `now` like the run. The event carries `trace` (the
-/// causing command's), else the run's own.
-async fn save(
+/// causing command's), else the run's own, and `action` (the operator action that caused it).
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn save(
     conn: &mut PgConnection,
     buf: &mut TxBuffer,
     applied: Applied,
     was_active: bool,
     now: DateTime<Utc>,
     trace: Option<&TraceContext>,
+    action: Option<&Value>,
     ctx: &ApplyContext,
 ) -> Result<CommandResult, ApplyError> {
     let disposition = match (applied.event, applied.stale) {
@@ -373,7 +376,7 @@ async fn save(
         buf.store_run(run.clone(), applied.summary_changed);
     }
     if let Some(event_type) = applied.event {
-        record_event(conn, buf, event_type, &run, now, trace, ctx).await?;
+        record_event(conn, buf, event_type, &run, now, trace, action, ctx).await?;
     }
     Ok(CommandResult {
         disposition,
@@ -383,20 +386,24 @@ async fn save(
 }
 
 /// Records event `event_type` of `run` at `now` (the clock of the change it reports), with trace
-/// context `trace` (the causing command's) or, without one, the run's own (its dispatch's).
-async fn record_event(
+/// context `trace` (the causing command's) or, without one, the run's own (its dispatch's), and
+/// `action` as `data.action` when an operator action caused it.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn record_event(
     conn: &mut PgConnection,
     buf: &mut TxBuffer,
-    event_type: RunEventType,
+    event_type: impl Into<EventType> + Copy,
     run: &OperationRun,
     now: DateTime<Utc>,
     trace: Option<&TraceContext>,
+    action: Option<&Value>,
     ctx: &ApplyContext,
 ) -> Result<(), sqlx::Error> {
     let sequence = buf.next_sequence(conn, run.id).await?;
     let trace = trace.or(run.trace.as_ref());
-    let mut event =
-        RunEvent::new(event_type, run, sequence, &ctx.event_source, now).with_trace(trace);
+    let mut event = RunEvent::new(event_type, run, sequence, &ctx.event_source, now)
+        .with_trace(trace)
+        .with_action(action);
     if serialized_len(&event.cloud_event) > MAX_EVENT_BYTES {
         // The bounds of `domain::event_size` add up to less than this, so it cannot happen; if
         // it ever does, the event still goes out, with the failure entries only counted.
@@ -406,8 +413,9 @@ async fn record_event(
         );
         let mut slim = run.clone();
         slim.failure_summary.fold_into_overflow();
-        event =
-            RunEvent::new(event_type, &slim, sequence, &ctx.event_source, now).with_trace(trace);
+        event = RunEvent::new(event_type, &slim, sequence, &ctx.event_source, now)
+            .with_trace(trace)
+            .with_action(action);
     }
     buf.push_event(event, run);
     Ok(())
@@ -423,28 +431,45 @@ pub async fn complete_as_failed(
     failure: Failure,
     ctx: &ApplyContext,
 ) -> Result<Option<CommandResult>, ApplyError> {
+    complete_as(conn, buf, run, RunOutcome::Failed, Some(failure), None, ctx).await
+}
+
+/// Completes an active, locked run with `outcome` (and `failure`, if any), on behalf of the
+/// service or of an operator action (`action`, carried by the completion event). A run that
+/// completed meanwhile is left as it is (`None`): a completion is never overwritten.
+pub async fn complete_as(
+    conn: &mut PgConnection,
+    buf: &mut TxBuffer,
+    run: OperationRun,
+    outcome: RunOutcome,
+    failure: Option<Failure>,
+    action: Option<&Value>,
+    ctx: &ApplyContext,
+) -> Result<Option<CommandResult>, ApplyError> {
     if !run.is_active() {
         return Ok(None);
     }
-    let last_sequence = crate::store::events::last_sequence(conn, run.id).await?;
-    buf.adopt(run.clone(), last_sequence);
-    let failures = [failure];
+    if buf.run(run.id).is_none() {
+        let last_sequence = crate::store::events::last_sequence(conn, run.id).await?;
+        buf.adopt(run.clone(), last_sequence);
+    }
+    let failures: Vec<Failure> = failure.into_iter().collect();
     let change = RunChange {
         status: Some(RunStatus::Completed),
-        outcome: Some(RunOutcome::Failed),
+        outcome: Some(outcome),
         counts: &SummaryCounts::default(),
         failures: &failures,
     };
     let now = buf.now(conn).await?;
     let applied = transition::apply(run, &change, now)?;
-    save(conn, buf, applied, true, now, None, ctx)
+    save(conn, buf, applied, true, now, None, action, ctx)
         .await
         .map(Some)
 }
 
 /// A new trace with random ids from the operating system's generator (drawn again in the
 /// 2^-64 case of an all-zero id).
-fn new_trace() -> TraceContext {
+pub(crate) fn new_trace() -> TraceContext {
     loop {
         let mut trace_id = [0u8; 16];
         let mut parent_id = [0u8; 8];

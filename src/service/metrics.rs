@@ -121,7 +121,7 @@ impl Default for Metrics {
         );
         registry.register(
             "oprun_runs_completed",
-            "Runs completed, by type and outcome (succeeded, partially_succeeded, failed, blocked), reaped and unroutable runs included",
+            "Runs completed, by type and outcome (succeeded, partially_succeeded, failed, blocked, cancelled), reaped and unroutable runs included",
             runs_completed.clone(),
         );
         registry.register(

@@ -8,6 +8,7 @@
 //! loop, the transaction) → [`apply`] (one command) → [`tx_buffer`] (what the transaction
 //! writes).
 
+pub mod actions;
 pub mod apply;
 pub mod batch;
 pub mod deliveries;

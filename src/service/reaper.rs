@@ -1,14 +1,19 @@
 //! The stale-run reaper: a run queued or running with no change for longer than its type's
 //! expected duration × a factor is completed as `failed` with failure `run.stale`. Any progress
-//! command refreshes `updated_at`, so it counts as a heartbeat. Rows are taken with SKIP LOCKED,
-//! so several instances never reap one run twice.
+//! command refreshes `updated_at`, so it counts as a heartbeat. A running run whose cancel was
+//! requested longer ago than its type's expected duration (its executor did not answer) is
+//! completed `cancelled` with failure `run.cancel_timeout`. Rows are taken with SKIP LOCKED, so
+//! several instances never reap one run twice.
 
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
-use super::apply::{complete_as_failed, ApplyContext, ApplyError};
+use super::apply::{complete_as, complete_as_failed, ApplyContext, ApplyError};
 use super::tx_buffer::TxBuffer;
+use crate::domain::action::CANCEL_TIMEOUT;
+use crate::domain::RunOutcome;
 use crate::domain::{Failure, OperationRun, OPERATION_CATALOG};
+use crate::store::actions;
 use crate::store::runs;
 
 /// Most runs one round reaps.
@@ -66,6 +71,36 @@ pub async fn reap_once(
             .is_some()
         {
             tracing::warn!(run_id = id, "reaped a stale run");
+            reaped.push(id);
+        }
+    }
+    let unanswered =
+        actions::lock_cancel_timed_out(&mut tx, &deadlines(1.0), now, REAP_BATCH).await?;
+    for run in unanswered {
+        let id = run.id;
+        if reaped.contains(&id) {
+            continue; // reaped as stale above, in this transaction
+        }
+        let failure = Failure::new(
+            CANCEL_TIMEOUT,
+            &format!(
+                "the executor did not answer the cancel request within the expected duration of {}",
+                run.run_type
+            ),
+        );
+        if complete_as(
+            &mut tx,
+            &mut buf,
+            run,
+            RunOutcome::Cancelled,
+            Some(failure),
+            None,
+            ctx,
+        )
+        .await?
+        .is_some()
+        {
+            tracing::warn!(run_id = id, "cancelled a run whose executor did not answer");
             reaped.push(id);
         }
     }

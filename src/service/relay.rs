@@ -181,6 +181,7 @@ pub async fn publish_events(
 fn job_properties(job: &jobs::StoredJob) -> BasicProperties {
     messages::job_properties(
         job.run_id,
+        jobs::is_cancel(job),
         &[
             (TRACEPARENT, job.traceparent.as_deref()),
             (TRACESTATE, job.tracestate.as_deref()),
@@ -375,6 +376,11 @@ impl OutboxRelay {
         for (job, answer) in &round.answers {
             match answer {
                 Answer::Confirmed(Confirmed::Delivered) => report.jobs += 1,
+                // A cancel no executor receives is answered by the reaper (run.cancel_timeout).
+                Answer::Confirmed(Confirmed::Returned) if jobs::is_cancel(job) => {
+                    tracing::warn!(run_id = job.run_id, routing_key = %job.run_type, "no executor queue is bound for this cancel");
+                    report.unroutable += 1;
+                }
                 Answer::Confirmed(Confirmed::Returned) => {
                     self.fail_unroutable(&mut tx, &mut buf, job).await?;
                     report.unroutable += 1;
@@ -383,7 +389,14 @@ impl OutboxRelay {
                 Answer::Unanswered => continue,
                 Answer::Nacked(e) => {
                     let attempts = job.attempts.max(0) as u32 + 1;
-                    if attempts >= self.settings.job_publish_attempts {
+                    if attempts >= self.settings.job_publish_attempts && jobs::is_cancel(job) {
+                        tracing::warn!(
+                            run_id = job.run_id,
+                            attempts,
+                            "the broker kept refusing this cancel; the reaper answers it"
+                        );
+                        report.rejected += 1;
+                    } else if attempts >= self.settings.job_publish_attempts {
                         self.fail_rejected(&mut tx, &mut buf, job, attempts).await?;
                         report.rejected += 1;
                     } else {

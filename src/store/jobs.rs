@@ -38,6 +38,11 @@ pub struct JobRetry {
     pub error: String,
 }
 
+/// Whether a stored job is a run's cancel message (routing key `cancel.<type>`).
+pub fn is_cancel(job: &StoredJob) -> bool {
+    job.run_type.starts_with("cancel.")
+}
+
 /// The job message of a run.
 pub fn job_body(run: &OperationRun) -> Value {
     json!({

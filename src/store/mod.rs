@@ -2,6 +2,7 @@
 //! connection (usually a transaction owned by the caller) so that a command's effect, its inbox
 //! row and its outbox rows commit together.
 
+pub mod actions;
 pub mod batch_write;
 pub mod dead_letters;
 pub mod error;

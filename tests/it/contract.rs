@@ -16,7 +16,7 @@ use operation_runs::broker::publisher::{
     consume_direct_replies, ConfirmPublisher, DIRECT_REPLY_TO,
 };
 use operation_runs::domain::command::MAX_ID_CHARS;
-use operation_runs::domain::event::EVENT_DATASCHEMA;
+use operation_runs::domain::event::{ActionEventType, EVENT_DATASCHEMA};
 use operation_runs::domain::failure::MAX_FAILURES_PER_COMMAND;
 use operation_runs::domain::summary_counts::{MAX_SUMMARY_COUNT, SUMMARY_COUNT_KEYS};
 use operation_runs::domain::{
@@ -264,7 +264,10 @@ fn the_schemas_enums_and_bounds_are_the_codes_constants() {
     );
     assert_eq!(
         strings(&load("event")["properties"]["type"]["enum"]),
-        set(RunEventType::ALL.iter().map(|t| t.as_str()))
+        set(RunEventType::ALL
+            .iter()
+            .map(|t| t.as_str())
+            .chain(ActionEventType::ALL.iter().map(|t| t.as_str())))
     );
     assert_eq!(
         load("event")["properties"]["dataschema"]["const"],

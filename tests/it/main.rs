@@ -3,6 +3,7 @@
 
 mod helpers;
 
+mod actions;
 mod broker_addresses;
 mod broker_limits;
 mod cli;

@@ -137,7 +137,7 @@ final class OperationRunService
 
     /**
      * A state change (`status`: running|completed, `outcome`: succeeded|partially_succeeded|failed|
-     * blocked), with optional `summary_counts` increments and `failures`, in one transaction.
+     * blocked|cancelled), with optional `summary_counts` increments and `failures`, in one transaction.
      *
      * @param array{status?: string, outcome?: string, summary_counts?: array<string, int>, failures?: list<array<string, mixed>>} $changes
      * @param array{commandId?: string, timeout?: float, traceparent?: string, tracestate?: string} $options
