@@ -18,7 +18,7 @@ use crate::domain::operation_run::RELATED_CONTEXT_KEYS;
 use crate::domain::sanitise_message;
 use crate::domain::{OperationRunType, RunStatus};
 use crate::service::actions::{self, ActionRequest};
-use crate::service::apply::{ApplyContext, ApplyError};
+use crate::service::apply::{ApplySettings, ApplyError};
 use crate::service::reaper;
 use crate::service::tx_buffer::TxBuffer;
 use crate::store::actions as store_actions;
@@ -190,7 +190,7 @@ impl RunsCommand {
                 let rows: Vec<Value> = stale.iter().map(|r| r.to_json()).collect();
                 print_rows(format, &rows, &["id", "type", "status", "updated_at"])?;
                 if !dry_run {
-                    let ctx = ApplyContext {
+                    let ctx = ApplySettings {
                         event_source: format!("/operation-runs/{}", config.namespace),
                         hand_off_jobs: false,
                         max_active_runs_per_tenant: 0,
@@ -246,7 +246,7 @@ async fn act(
         user_id: None,
         via: "cli",
     };
-    let ctx = ApplyContext {
+    let ctx = ApplySettings {
         event_source: format!("/operation-runs/{}", config.namespace),
         hand_off_jobs: true,
         max_active_runs_per_tenant: 0,
@@ -271,7 +271,7 @@ async fn act(
 async fn act_once(
     pool: &sqlx::PgPool,
     req: &ActionRequest<'_>,
-    ctx: &ApplyContext,
+    ctx: &ApplySettings,
 ) -> Result<Value, CliError> {
     let mut attempt = 0;
     loop {

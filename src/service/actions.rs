@@ -10,7 +10,7 @@
 use serde_json::{json, Value};
 use sqlx::PgConnection;
 
-use super::apply::{complete_as, dispatch, new_trace, record_event, ApplyContext, ApplyError};
+use super::apply::{complete_as, dispatch, new_trace, record_event, ApplySettings, ApplyError};
 use super::tx_buffer::TxBuffer;
 use crate::domain::action::{
     decide, result_json, ActionResult, Actor, Decision, RunAction, RETRY_OF,
@@ -62,7 +62,7 @@ pub async fn act(
     conn: &mut PgConnection,
     buf: &mut TxBuffer,
     req: &ActionRequest<'_>,
-    ctx: &ApplyContext,
+    ctx: &ApplySettings,
 ) -> Result<ActionOutcome, ApplyError> {
     let run = lock(conn, buf, req).await?;
     if let Some(bulk_id) = req.bulk_id {
@@ -208,7 +208,7 @@ async fn retry(
     conn: &mut PgConnection,
     buf: &mut TxBuffer,
     run: &OperationRun,
-    ctx: &ApplyContext,
+    ctx: &ApplySettings,
 ) -> Result<Result<(i64, bool), Rejection>, ApplyError> {
     let mut context = run.context.as_object().cloned().unwrap_or_default();
     context.insert(RETRY_OF.into(), json!(run.id));

@@ -64,7 +64,7 @@ pub struct CommandResult {
 
 /// Settings that shape what a command writes.
 #[derive(Debug, Clone)]
-pub struct ApplyContext {
+pub struct ApplySettings {
     /// CloudEvents `source` of the events written.
     pub event_source: String,
     /// Whether a new run's job is put in the job outbox (the hand-off to executors).
@@ -84,7 +84,7 @@ pub async fn apply_command(
     conn: &mut PgConnection,
     buf: &mut TxBuffer,
     command: &Command,
-    ctx: &ApplyContext,
+    ctx: &ApplySettings,
 ) -> Result<CommandResult, ApplyError> {
     if let Some(command_id) = &command.command_id {
         if let Some(done) = buf.processed(conn, command_id).await? {
@@ -129,7 +129,7 @@ pub(crate) async fn dispatch(
     buf: &mut TxBuffer,
     d: &DispatchCommand,
     trace: &TraceContext,
-    ctx: &ApplyContext,
+    ctx: &ApplySettings,
 ) -> Result<CommandResult, ApplyError> {
     let scope_ok = match buf.checked_scope(d.scope, d.user_id) {
         Some(known) => known,
@@ -207,7 +207,7 @@ async fn tenant_active_runs(
     conn: &mut PgConnection,
     buf: &mut TxBuffer,
     d: &DispatchCommand,
-    ctx: &ApplyContext,
+    ctx: &ApplySettings,
 ) -> Result<Option<u64>, sqlx::Error> {
     let Some(tenant) = d.scope.tenant_id else {
         return Ok(None);
@@ -306,7 +306,7 @@ async fn progress(
     buf: &mut TxBuffer,
     p: &ProgressCommand,
     trace: Option<&TraceContext>,
-    ctx: &ApplyContext,
+    ctx: &ApplySettings,
 ) -> Result<CommandResult, ApplyError> {
     let not_found = || {
         Rejection::new(
@@ -361,7 +361,7 @@ pub(crate) async fn save(
     now: DateTime<Utc>,
     trace: Option<&TraceContext>,
     action: Option<&Value>,
-    ctx: &ApplyContext,
+    ctx: &ApplySettings,
 ) -> Result<CommandResult, ApplyError> {
     let disposition = match (applied.event, applied.stale) {
         (Some(_), _) => Disposition::Applied,
@@ -397,7 +397,7 @@ pub(crate) async fn record_event(
     now: DateTime<Utc>,
     trace: Option<&TraceContext>,
     action: Option<&Value>,
-    ctx: &ApplyContext,
+    ctx: &ApplySettings,
 ) -> Result<(), sqlx::Error> {
     let sequence = buf.next_sequence(conn, run.id).await?;
     let trace = trace.or(run.trace.as_ref());
@@ -429,7 +429,7 @@ pub async fn complete_as_failed(
     buf: &mut TxBuffer,
     run: OperationRun,
     failure: Failure,
-    ctx: &ApplyContext,
+    ctx: &ApplySettings,
 ) -> Result<Option<CommandResult>, ApplyError> {
     complete_as(conn, buf, run, RunOutcome::Failed, Some(failure), None, ctx).await
 }
@@ -444,7 +444,7 @@ pub async fn complete_as(
     outcome: RunOutcome,
     failure: Option<Failure>,
     action: Option<&Value>,
-    ctx: &ApplyContext,
+    ctx: &ApplySettings,
 ) -> Result<Option<CommandResult>, ApplyError> {
     if !run.is_active() {
         return Ok(None);

@@ -17,7 +17,7 @@ use std::time::Duration;
 use sqlx::{PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 
-use super::apply::{apply_command, ApplyContext, CommandResult};
+use super::apply::{apply_command, ApplySettings, CommandResult};
 use super::error::{cause_chain, ApplyError};
 use super::tx_buffer::TxBuffer;
 use crate::domain::{Command, CommandAction, ErrorCode, Rejection, RunScope};
@@ -31,7 +31,7 @@ pub type BatchItem = Result<CommandResult, Rejection>;
 pub async fn apply_in_lanes(
     pool: &PgPool,
     commands: &[&Command],
-    ctx: &ApplyContext,
+    ctx: &ApplySettings,
     lanes: usize,
     shutdown: &CancellationToken,
 ) -> Option<Vec<BatchItem>> {
@@ -62,7 +62,7 @@ pub struct Lanes<'c> {
 
 impl<'c> Lanes<'c> {
     /// Splits `commands` into `lanes` lanes (some may be empty).
-    pub fn split(commands: &[&'c Command], ctx: &ApplyContext, lanes: usize) -> Self {
+    pub fn split(commands: &[&'c Command], ctx: &ApplySettings, lanes: usize) -> Self {
         let lanes = lanes.max(1);
         let lane_of: Vec<usize> = commands.iter().map(|c| lane_key(c, ctx) % lanes).collect();
         let mut groups: Vec<Vec<&Command>> = vec![Vec::new(); lanes];
@@ -85,7 +85,7 @@ impl<'c> Lanes<'c> {
 /// The lane of a command: its run, or its identity; with the tenant quota on, a tenant's
 /// dispatches share one lane, since they serialise on the tenant's quota lock anyway (in
 /// different lanes they would only wait for each other's commits).
-fn lane_key(command: &Command, ctx: &ApplyContext) -> usize {
+fn lane_key(command: &Command, ctx: &ApplySettings) -> usize {
     match &command.action {
         CommandAction::Dispatch(d) => match d.scope.tenant_id {
             Some(tenant) if ctx.max_active_runs_per_tenant > 0 => tenant.unsigned_abs() as usize,
@@ -108,7 +108,7 @@ fn lane_key(command: &Command, ctx: &ApplyContext) -> usize {
 pub async fn apply_batch(
     pool: &PgPool,
     commands: &[&Command],
-    ctx: &ApplyContext,
+    ctx: &ApplySettings,
     shutdown: &CancellationToken,
 ) -> Option<Vec<BatchItem>> {
     if commands.is_empty() {
@@ -138,7 +138,7 @@ pub async fn apply_batch(
                     _ = shutdown.cancelled() => return None,
                 }
             }
-            // Logged once, as the command's dead letter (`log_outcome`).
+            // Logged once, as the command's dead letter (`log_fate`).
             ApplyError::DeadLetter(rejection) if commands.len() == 1 => {
                 return Some(vec![Err(rejection)])
             }
@@ -170,7 +170,7 @@ pub async fn apply_batch(
 pub async fn apply_in_one_transaction(
     pool: &PgPool,
     commands: &[&Command],
-    ctx: &ApplyContext,
+    ctx: &ApplySettings,
 ) -> Result<Vec<BatchItem>, ApplyError> {
     let mut tx = pool.begin().await?;
     let mut buf = TxBuffer::default();
@@ -202,7 +202,7 @@ async fn lock_in_order(
     conn: &mut PgConnection,
     buf: &mut TxBuffer,
     commands: &[&Command],
-    ctx: &ApplyContext,
+    ctx: &ApplySettings,
 ) -> Result<(), sqlx::Error> {
     let mut identities: Vec<i64> = Vec::new();
     let mut tenants: Vec<i64> = Vec::new();

@@ -15,7 +15,7 @@ use serde_json::json;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use super::apply::{ApplyContext, CommandResult, Disposition};
+use super::apply::{ApplySettings, CommandResult, Disposition};
 use super::batch::apply_in_lanes;
 use super::health::Health;
 use super::metrics::Metrics;
@@ -46,7 +46,7 @@ pub struct DeliveryHandler<'s> {
     /// The database pool.
     pub pool: &'s PgPool,
     /// What applied commands write.
-    pub ctx: &'s ApplyContext,
+    pub ctx: &'s ApplySettings,
     /// Concurrent transactions per batch (`--lanes`).
     pub lanes: usize,
     /// The topology names (the dead-letter exchange, the commands queue).
@@ -98,14 +98,14 @@ impl DeliveryHandler<'_> {
         let dead_letter_exchange = self.topology.dead_letter_exchange();
         let mut outgoing = Vec::new();
         for ((delivery, decoded), span) in deliveries.iter().zip(&decoded).zip(&spans) {
-            let outcome = match decoded {
+            let fate = match decoded {
                 Ok(_) => applied.next().expect("one result per decoded command"),
                 Err(rejection) => Err(rejection.clone()),
             };
             let command = decoded.as_ref().ok();
-            self.log_outcome(delivery, command, &outcome);
-            record_outcome(span, &outcome);
-            self.settle(delivery, &outcome, &dead_letter_exchange, &mut outgoing);
+            self.log_fate(delivery, command, &fate);
+            record_fate(span, &fate);
+            self.settle(delivery, &fate, &dead_letter_exchange, &mut outgoing);
         }
         let settled = self
             .publish_until_settled(connection, publisher, &outgoing, shutdown)
@@ -165,11 +165,11 @@ impl DeliveryHandler<'_> {
     fn settle<'a>(
         &self,
         delivery: &'a Delivery,
-        outcome: &Result<CommandResult, Rejection>,
+        fate: &Result<CommandResult, Rejection>,
         dead_letter_exchange: &'a str,
         outgoing: &mut Vec<Outgoing<'a>>,
     ) {
-        let reply_body = match outcome {
+        let reply_body = match fate {
             Ok(result) => result.reply.clone(),
             Err(rejection) => {
                 // Mandatory: a dead letter must be stored, so an unroutable one comes back.
@@ -272,11 +272,11 @@ impl DeliveryHandler<'_> {
 
     /// Counts what became of a command and logs it: a dead-lettered command is logged here, once
     /// (an error when the database refused it, a warning when the producer is at fault).
-    fn log_outcome(
+    fn log_fate(
         &self,
         delivery: &Delivery,
         command: Option<&Command>,
-        outcome: &Result<CommandResult, Rejection>,
+        fate: &Result<CommandResult, Rejection>,
     ) {
         let kind = kind_label(delivery, command);
         let command_id = command.and_then(|c| c.command_id.clone()).or_else(|| {
@@ -287,7 +287,7 @@ impl DeliveryHandler<'_> {
                 .map(|m| m.to_string())
         });
         let run_type = command.and_then(|c| c.run_type()).map(|t| t.as_str());
-        match outcome {
+        match fate {
             Ok(result) => {
                 self.metrics.command(kind, result.disposition.as_str());
                 if let Some(run_type) = run_type {
@@ -342,8 +342,8 @@ impl DeliveryHandler<'_> {
 
 /// Puts what became of a command on its span: its run and result, an error status when it was
 /// dead-lettered.
-fn record_outcome(span: &tracing::Span, outcome: &Result<CommandResult, Rejection>) {
-    match outcome {
+fn record_fate(span: &tracing::Span, fate: &Result<CommandResult, Rejection>) {
+    match fate {
         Ok(result) => {
             span.record("oprun.run_id", result.run_id);
             span.record("oprun.result", result.disposition.as_str());

@@ -8,7 +8,7 @@
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
-use super::apply::{complete_as, complete_as_failed, ApplyContext, ApplyError};
+use super::apply::{complete_as, complete_as_failed, ApplySettings, ApplyError};
 use super::tx_buffer::TxBuffer;
 use crate::domain::action::CANCEL_TIMEOUT;
 use crate::domain::RunOutcome;
@@ -47,7 +47,7 @@ pub async fn stale_runs(
 /// Reaps up to one batch of stale runs; returns the ids it completed.
 pub async fn reap_once(
     pool: &PgPool,
-    ctx: &ApplyContext,
+    ctx: &ApplySettings,
     factor: f64,
     now: DateTime<Utc>,
 ) -> Result<Vec<i64>, ApplyError> {

@@ -29,7 +29,7 @@ use sqlx::PgPool;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::apply::{complete_as_failed, ApplyContext, ApplyError};
+use super::apply::{complete_as_failed, ApplySettings, ApplyError};
 use super::metrics::Metrics;
 use super::tx_buffer::TxBuffer;
 use crate::broker::publisher::{
@@ -138,7 +138,7 @@ pub struct OutboxRelay {
     session: tokio::sync::Mutex<Session>,
     publisher: std::sync::Mutex<ConfirmPublisher>,
     topology: Topology,
-    ctx: ApplyContext,
+    ctx: ApplySettings,
     settings: RelaySettings,
     metrics: Arc<Metrics>,
 }
@@ -232,7 +232,7 @@ impl OutboxRelay {
         pool: PgPool,
         publisher: ConfirmPublisher,
         topology: Topology,
-        ctx: ApplyContext,
+        ctx: ApplySettings,
         settings: RelaySettings,
         metrics: Arc<Metrics>,
     ) -> Self {

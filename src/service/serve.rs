@@ -12,7 +12,7 @@ use sqlx::PgPool;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::apply::ApplyContext;
+use super::apply::ApplySettings;
 use super::deliveries::{BatchSettlement, DeliveryHandler};
 use super::error::cause_chain;
 use super::health::{self, Health};
@@ -52,7 +52,7 @@ pub struct Service {
     /// The topology names.
     pub topology: Topology,
     /// What applied commands write.
-    pub ctx: ApplyContext,
+    pub ctx: ApplySettings,
     /// The metrics.
     pub metrics: Arc<Metrics>,
     /// The probes' state.
@@ -103,7 +103,7 @@ impl Service {
     ) -> Self {
         Self {
             pool,
-            ctx: ApplyContext {
+            ctx: ApplySettings {
                 event_source: format!("/operation-runs/{}", topology.namespace()),
                 hand_off_jobs: settings.jobs.hand_off_jobs,
                 max_active_runs_per_tenant: settings.max_active_runs_per_tenant,

@@ -8,7 +8,7 @@ use futures_util::StreamExt;
 use operation_runs::domain::action::{Actor, RunAction};
 use operation_runs::domain::{ErrorCode, RunOutcome, RunScope, RunStatus};
 use operation_runs::service::actions::{act, ActionRequest};
-use operation_runs::service::apply::{ApplyContext, ApplyError};
+use operation_runs::service::apply::{ApplySettings, ApplyError};
 use operation_runs::service::reaper;
 use operation_runs::service::tx_buffer::TxBuffer;
 use operation_runs::store::actions as recorded;
@@ -18,8 +18,8 @@ use sqlx::PgPool;
 
 use crate::helpers::{database_url_for, header, progress, TestApp, DEADLINE};
 
-fn ctx(app: &TestApp) -> ApplyContext {
-    ApplyContext {
+fn ctx(app: &TestApp) -> ApplySettings {
+    ApplySettings {
         event_source: format!("/operation-runs/{}", app.config.namespace),
         hand_off_jobs: false,
         max_active_runs_per_tenant: 0,

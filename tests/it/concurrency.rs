@@ -75,7 +75,7 @@ async fn a_command_applied_meanwhile_by_another_consumer_is_replayed_not_refused
     pool: sqlx::PgPool,
 ) {
     use operation_runs::domain::decode_command;
-    use operation_runs::service::apply::{apply_command, ApplyContext, Disposition};
+    use operation_runs::service::apply::{apply_command, ApplySettings, Disposition};
     use operation_runs::service::handler::apply_batch;
     use operation_runs::service::tx_buffer::TxBuffer;
     use tokio_util::sync::CancellationToken;
@@ -83,7 +83,7 @@ async fn a_command_applied_meanwhile_by_another_consumer_is_replayed_not_refused
     crate::helpers::seed_scopes(&pool).await;
     let body = dispatch("policy.sync", 1, Some(10), json!({"policy_id": 7}));
     let command = decode_command(body.to_string().as_bytes(), None).unwrap();
-    let ctx = ApplyContext {
+    let ctx = ApplySettings {
         event_source: "/test".into(),
         hand_off_jobs: false,
         max_active_runs_per_tenant: 0,
@@ -118,13 +118,13 @@ async fn a_progress_command_that_waited_for_a_runs_lock_numbers_its_event_after_
     pool: sqlx::PgPool,
 ) {
     use operation_runs::domain::decode_command;
-    use operation_runs::service::apply::{apply_command, ApplyContext, Disposition};
+    use operation_runs::service::apply::{apply_command, ApplySettings, Disposition};
     use operation_runs::service::handler::apply_batch;
     use operation_runs::service::tx_buffer::TxBuffer;
     use tokio_util::sync::CancellationToken;
 
     crate::helpers::seed_scopes(&pool).await;
-    let ctx = ApplyContext {
+    let ctx = ApplySettings {
         event_source: "/test".into(),
         hand_off_jobs: false,
         max_active_runs_per_tenant: 0,
