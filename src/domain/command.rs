@@ -7,8 +7,9 @@
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
+use super::action::{RunAction, MAX_REASON_CHARS};
 use super::error::{ErrorCode, Rejection};
-use super::failure::Failure;
+use super::failure::{sanitise_message, Failure};
 use super::identity::{integer_literal_digits, normalise_context, RunIdentityHash};
 use super::operation_type::OperationRunType;
 use super::status::{RunOutcome, RunStatus};
@@ -23,7 +24,7 @@ pub const MAX_CONTEXT_DEPTH: usize = 16;
 /// Longest accepted `command_id` and `initiator_name`, in characters.
 pub const MAX_ID_CHARS: usize = 200;
 
-/// The four command kinds, by their wire names.
+/// The command kinds, by their wire names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum CommandKind {
     /// `dispatch`
@@ -34,15 +35,24 @@ pub enum CommandKind {
     IncrementSummaryCounts,
     /// `append_failures`
     AppendFailures,
+    /// `cancel_run`: an operator action.
+    CancelRun,
+    /// `retry_run`: an operator action.
+    RetryRun,
+    /// `fail_run`: an operator action.
+    FailRun,
 }
 
 impl CommandKind {
     /// Every kind.
-    pub const ALL: [CommandKind; 4] = [
+    pub const ALL: [CommandKind; 7] = [
         Self::Dispatch,
         Self::UpdateRun,
         Self::IncrementSummaryCounts,
         Self::AppendFailures,
+        Self::CancelRun,
+        Self::RetryRun,
+        Self::FailRun,
     ];
 
     /// The wire name (also the routing key producers publish with).
@@ -52,6 +62,19 @@ impl CommandKind {
             Self::UpdateRun => "update_run",
             Self::IncrementSummaryCounts => "increment_summary_counts",
             Self::AppendFailures => "append_failures",
+            Self::CancelRun => "cancel_run",
+            Self::RetryRun => "retry_run",
+            Self::FailRun => "fail_run",
+        }
+    }
+
+    /// The operator action of an action kind.
+    pub fn run_action(self) -> Option<RunAction> {
+        match self {
+            Self::CancelRun => Some(RunAction::Cancel),
+            Self::RetryRun => Some(RunAction::Retry),
+            Self::FailRun => Some(RunAction::Fail),
+            _ => None,
         }
     }
 
@@ -99,6 +122,16 @@ impl CommandKind {
                 "tenant_id",
                 "failures",
             ],
+            Self::CancelRun | Self::RetryRun | Self::FailRun => &[
+                "kind",
+                "command_id",
+                "run_id",
+                "workspace_id",
+                "tenant_id",
+                "reason",
+                "initiator_name",
+                "user_id",
+            ],
         }
     }
 }
@@ -145,6 +178,22 @@ pub struct ProgressCommand {
     pub counts: SummaryCounts,
     /// Failures to append.
     pub failures: Vec<Failure>,
+    /// The operator action asked for (`cancel_run`, `retry_run`, `fail_run`: no status, counts
+    /// or failures then).
+    pub act: Option<ActionAsk>,
+}
+
+/// An operator action asked for by a broker command.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ActionAsk {
+    /// What to do.
+    pub action: RunAction,
+    /// Why (sanitised, at most [`MAX_REASON_CHARS`] characters).
+    pub reason: Option<String>,
+    /// Who, by name.
+    pub initiator_name: Option<String>,
+    /// Who, as a platform user.
+    pub user_id: Option<i64>,
 }
 
 /// What a command asks for.
@@ -253,7 +302,7 @@ pub fn decode_command(body: &[u8], message_id: Option<&str>) -> Result<Command, 
         let shown: String = kind_name.chars().take(64).collect();
         Rejection::new(
             ErrorCode::UnknownKind,
-            format!("unknown kind {shown:?}; expected dispatch, update_run, increment_summary_counts or append_failures"),
+            format!("unknown kind {shown:?}; expected dispatch, update_run, increment_summary_counts, append_failures, cancel_run, retry_run or fail_run"),
         )
     })?;
     if let Some(extra) = object.keys().find(|k| !kind.fields().contains(&k.as_str())) {
@@ -288,7 +337,10 @@ pub fn decode_command(body: &[u8], message_id: Option<&str>) -> Result<Command, 
     }
     let action = match kind {
         CommandKind::Dispatch => CommandAction::Dispatch(decode_dispatch(&fields, text)?),
-        _ => CommandAction::Progress(decode_progress(kind, &fields)?),
+        _ => match kind.run_action() {
+            Some(action) => CommandAction::Progress(decode_action(action, &fields)?),
+            None => CommandAction::Progress(decode_progress(kind, &fields)?),
+        },
     };
     let canonical = serde_json_canonicalizer::to_vec(&object).map_err(|e| {
         Rejection::new(
@@ -329,15 +381,7 @@ fn decode_dispatch(fields: &Fields, text: &str) -> Result<DispatchCommand, Rejec
             format!("context nests {depth} levels deep, the limit is {MAX_CONTEXT_DEPTH}"),
         ));
     }
-    let initiator_name = fields.string("initiator_name")?.map(str::to_owned);
-    if initiator_name
-        .as_ref()
-        .is_some_and(|n| n.chars().count() > MAX_ID_CHARS)
-    {
-        return Err(invalid(format!(
-            "initiator_name is longer than {MAX_ID_CHARS} characters"
-        )));
-    }
+    let initiator_name = initiator_name(fields)?;
     keep_exact_integers(run_type, &mut context, text);
     normalise_context(run_type, &mut context)?;
     let identity_hash = RunIdentityHash::compute(run_type, workspace_id, tenant_id, &context)?;
@@ -354,17 +398,78 @@ fn decode_dispatch(fields: &Fields, text: &str) -> Result<DispatchCommand, Rejec
     })
 }
 
-fn decode_progress(kind: CommandKind, fields: &Fields) -> Result<ProgressCommand, Rejection> {
+fn initiator_name(fields: &Fields) -> Result<Option<String>, Rejection> {
+    let initiator_name = fields.string("initiator_name")?.map(str::to_owned);
+    if initiator_name
+        .as_ref()
+        .is_some_and(|n| n.chars().count() > MAX_ID_CHARS)
+    {
+        return Err(invalid(format!(
+            "initiator_name is longer than {MAX_ID_CHARS} characters"
+        )));
+    }
+    Ok(initiator_name)
+}
+
+/// The run and the scope the sender claims for it.
+fn run_in_scope(fields: &Fields) -> Result<(i64, RunScope), Rejection> {
     let run_id = fields.id("run_id")?.ok_or_else(|| missing("run_id"))?;
     let workspace_id = fields
         .id("workspace_id")?
         .ok_or_else(|| missing("workspace_id"))?;
     if !fields.0.contains_key("tenant_id") {
         return Err(invalid(
-            "tenant_id is required for progress commands (null for a workspace-scoped run)",
+            "tenant_id is required for commands on a run (null for a workspace-scoped run)",
         ));
     }
     let tenant_id = fields.id("tenant_id")?;
+    Ok((
+        run_id,
+        RunScope {
+            workspace_id,
+            tenant_id,
+        },
+    ))
+}
+
+fn decode_action(action: RunAction, fields: &Fields) -> Result<ProgressCommand, Rejection> {
+    let (run_id, scope) = run_in_scope(fields)?;
+    let reason = fields
+        .string("reason")?
+        .map(sanitise_message)
+        .filter(|r| !r.is_empty());
+    if fields
+        .string("reason")?
+        .is_some_and(|r| r.chars().count() > MAX_REASON_CHARS)
+    {
+        return Err(invalid(format!(
+            "reason is longer than {MAX_REASON_CHARS} characters"
+        )));
+    }
+    Ok(ProgressCommand {
+        run_id,
+        scope,
+        status: None,
+        outcome: None,
+        counts: SummaryCounts::default(),
+        failures: Vec::new(),
+        act: Some(ActionAsk {
+            action,
+            reason,
+            initiator_name: initiator_name(fields)?,
+            user_id: fields.id("user_id")?,
+        }),
+    })
+}
+
+fn decode_progress(kind: CommandKind, fields: &Fields) -> Result<ProgressCommand, Rejection> {
+    let (
+        run_id,
+        RunScope {
+            workspace_id,
+            tenant_id,
+        },
+    ) = run_in_scope(fields)?;
     let counts_field = if kind == CommandKind::IncrementSummaryCounts {
         "counts"
     } else {
@@ -402,6 +507,7 @@ fn decode_progress(kind: CommandKind, fields: &Fields) -> Result<ProgressCommand
         outcome,
         counts,
         failures,
+        act: None,
     })
 }
 

@@ -6,9 +6,11 @@ use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 use sqlx::PgConnection;
 
+use super::actions::ActionRequest;
 pub use super::error::ApplyError;
 use super::error::Transient;
 use super::tx_buffer::TxBuffer;
+use crate::domain::action::{ActionResult, Actor};
 use crate::domain::event::EventType;
 use crate::domain::event_size::{check_context_size, MAX_EVENT_BYTES};
 use crate::domain::failure_cap::serialized_len;
@@ -109,6 +111,9 @@ pub async fn apply_command(
             // A dispatch without a (valid) trace context starts a new trace.
             let trace = command.trace.clone().unwrap_or_else(new_trace);
             dispatch(conn, buf, d, &trace, ctx).await?
+        }
+        CommandAction::Progress(p) if p.act.is_some() => {
+            act_by_command(conn, buf, p, command, ctx).await?
         }
         CommandAction::Progress(p) => progress(conn, buf, p, command.trace.as_ref(), ctx).await?,
     };
@@ -347,6 +352,43 @@ async fn progress(
     let was_active = run.is_active();
     let applied = transition::apply(run, &change, now)?;
     save(conn, buf, applied, was_active, now, trace, None, ctx).await
+}
+
+/// An operator action asked for by a broker command (`cancel_run`, `retry_run`, `fail_run`), in
+/// the command's scope; the reply is the action's result shape.
+async fn act_by_command(
+    conn: &mut PgConnection,
+    buf: &mut TxBuffer,
+    p: &ProgressCommand,
+    command: &Command,
+    ctx: &ApplyContext,
+) -> Result<CommandResult, ApplyError> {
+    let Some(ask) = &p.act else {
+        unreachable!("called for action commands only")
+    };
+    let actor = Actor {
+        name: ask.initiator_name.clone(),
+        user_id: ask.user_id,
+        via: "broker",
+    };
+    let req = ActionRequest {
+        action: ask.action,
+        run_id: p.run_id,
+        scope: Some(p.scope),
+        actor: &actor,
+        reason: ask.reason.as_deref(),
+        bulk_id: None,
+        command_id: command.command_id.as_deref(),
+    };
+    let done = super::actions::act(conn, buf, &req, ctx).await?;
+    Ok(CommandResult {
+        disposition: match done.result {
+            ActionResult::Done | ActionResult::Requested => Disposition::Applied,
+            ActionResult::Unchanged | ActionResult::Refused => Disposition::Unchanged,
+        },
+        run_id: Some(p.run_id),
+        reply: done.reply,
+    })
 }
 
 /// Stores what [`transition::apply`] decided about a locked run (when there is anything to store)

@@ -500,3 +500,45 @@ async fn the_cli_acts_on_each_run_printing_one_result_line_and_runs_show_lists_t
     assert_eq!(shown["retries"], json!([retried["new_run_id"]]));
     app.shutdown().await;
 }
+
+#[sqlx::test]
+async fn a_broker_cancel_is_applied_once_and_a_command_of_another_workspace_is_not_found(
+    pool: PgPool,
+) {
+    let app = TestApp::spawn(pool).await;
+    let run_id = app.create_policy_run(1).await;
+    start(&app, run_id).await;
+    let cancel = json!({"kind": "cancel_run", "command_id": "cancel-1", "run_id": run_id,
+                        "workspace_id": 1, "tenant_id": 10, "reason": "stuck", "initiator_name": "platform"});
+    app.publish(&cancel).await;
+    app.publish(&cancel).await;
+    app.publish(
+        &json!({"kind": "cancel_run", "command_id": "cancel-2", "run_id": run_id,
+                        "workspace_id": 2, "tenant_id": 20}),
+    )
+    .await;
+    let letter = &app.take_dead_letters(1).await[0];
+    assert_eq!(
+        header(&letter.properties, "x-oprun-error-code").as_deref(),
+        Some("run_not_found")
+    );
+    let mut conn = app.pool.acquire().await.unwrap();
+    let actions = recorded::for_run(&mut conn, run_id).await.unwrap();
+    assert_eq!(
+        actions.len(),
+        1,
+        "a redelivered command has no second effect: {actions:?}"
+    );
+    assert_eq!(actions[0]["result"], "requested");
+    assert_eq!(actions[0]["actor"]["via"], "broker");
+    assert_eq!(actions[0]["command_id"], "cancel-1");
+    let jobs: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM operation_run_jobs WHERE run_id = $1 AND type = 'cancel.policy.sync'",
+    )
+    .bind(run_id)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(jobs, 1);
+    app.shutdown().await;
+}

@@ -31,11 +31,14 @@ const SCHEMAS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/topology/schemas");
 const CORPUS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/corpus");
 /// Every schema's `$id` is this prefix plus its file name (docs/decisions/0040-schema-ids.md).
 const ID_PREFIX: &str = "https://operation-runs.example/schemas/";
-const SCHEMA_NAMES: [&str; 8] = [
+const SCHEMA_NAMES: [&str; 11] = [
     "dispatch",
     "update_run",
     "increment_summary_counts",
     "append_failures",
+    "cancel_run",
+    "retry_run",
+    "fail_run",
     "reply",
     "event",
     "job",
@@ -291,6 +294,9 @@ fn good_body_of(kind: CommandKind) -> Value {
         CommandKind::UpdateRun => "update-start",
         CommandKind::IncrementSummaryCounts => "increment",
         CommandKind::AppendFailures => "append-failures",
+        CommandKind::CancelRun => "cancel-run",
+        CommandKind::RetryRun => "retry-run",
+        CommandKind::FailRun => "fail-run",
     };
     serde_json::from_str(&std::fs::read_to_string(format!("{CORPUS}/good/{name}.json")).unwrap())
         .unwrap()
@@ -333,6 +339,9 @@ fn command_schema_for(body: &Value) -> &'static str {
         Some("update_run") => "update_run",
         Some("increment_summary_counts") => "increment_summary_counts",
         Some("append_failures") => "append_failures",
+        Some("cancel_run") => "cancel_run",
+        Some("retry_run") => "retry_run",
+        Some("fail_run") => "fail_run",
         // No (or an unknown) kind: no command schema has it, so any of them must refuse it.
         _ => "dispatch",
     }
