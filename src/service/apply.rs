@@ -361,7 +361,7 @@ async fn act_by_command(
     buf: &mut TxBuffer,
     p: &ProgressCommand,
     command: &Command,
-    ctx: &ApplyContext,
+    ctx: &ApplySettings,
 ) -> Result<CommandResult, ApplyError> {
     let Some(ask) = &p.act else {
         unreachable!("called for action commands only")
