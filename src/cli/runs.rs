@@ -18,7 +18,7 @@ use crate::domain::operation_run::RELATED_CONTEXT_KEYS;
 use crate::domain::sanitise_message;
 use crate::domain::{OperationRunType, RunStatus};
 use crate::service::actions::{self, ActionRequest};
-use crate::service::apply::{ApplySettings, ApplyError};
+use crate::service::apply::{ApplyError, ApplySettings};
 use crate::service::reaper;
 use crate::service::tx_buffer::TxBuffer;
 use crate::store::actions as store_actions;

@@ -10,13 +10,18 @@
 use serde_json::{json, Value};
 use sqlx::PgConnection;
 
-use super::apply::{complete_as, dispatch, new_trace, record_event, ApplySettings, ApplyError};
+use super::apply::{
+    complete_as, dispatch, new_trace, record_event, ApplyError, ApplySettings, CommandResult,
+    Disposition,
+};
 use super::tx_buffer::TxBuffer;
 use crate::domain::action::{
     decide, result_json, ActionResult, Actor, Decision, RunAction, RETRY_OF,
 };
 use crate::domain::event::ActionEventType;
-use crate::domain::{DispatchCommand, ErrorCode, OperationRun, Rejection, RunScope};
+use crate::domain::{
+    Command, DispatchCommand, ErrorCode, OperationRun, ProgressCommand, Rejection, RunScope,
+};
 use crate::store::actions::{self as store, ActionRecord};
 use crate::store::{events, runs};
 
@@ -237,4 +242,41 @@ async fn retry(
         Err(ApplyError::DeadLetter(rejection)) => Ok(Err(rejection)),
         Err(e) => Err(e),
     }
+}
+
+/// An operator action asked for by a broker command (`cancel_run`, `retry_run`, `fail_run`), in
+/// the command's scope; the reply is the action's result shape.
+pub(crate) async fn act_by_command(
+    conn: &mut PgConnection,
+    buf: &mut TxBuffer,
+    p: &ProgressCommand,
+    command: &Command,
+    ctx: &ApplySettings,
+) -> Result<CommandResult, ApplyError> {
+    let Some(ask) = &p.act else {
+        unreachable!("called for action commands only")
+    };
+    let actor = Actor {
+        name: ask.initiator_name.clone(),
+        user_id: ask.user_id,
+        via: "broker",
+    };
+    let req = ActionRequest {
+        action: ask.action,
+        run_id: p.run_id,
+        scope: Some(p.scope),
+        actor: &actor,
+        reason: ask.reason.as_deref(),
+        bulk_id: None,
+        command_id: command.command_id.as_deref(),
+    };
+    let done = act(conn, buf, &req, ctx).await?;
+    Ok(CommandResult {
+        disposition: match done.result {
+            ActionResult::Done | ActionResult::Requested => Disposition::Applied,
+            ActionResult::Unchanged | ActionResult::Refused => Disposition::Unchanged,
+        },
+        run_id: Some(p.run_id),
+        reply: done.reply,
+    })
 }

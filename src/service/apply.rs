@@ -6,21 +6,17 @@ use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 use sqlx::PgConnection;
 
-use super::actions::ActionRequest;
 pub use super::error::ApplyError;
 use super::error::Transient;
 use super::tx_buffer::TxBuffer;
-use crate::domain::action::{ActionResult, Actor};
 use crate::domain::event::EventType;
 use crate::domain::event_size::{check_context_size, MAX_EVENT_BYTES};
 use crate::domain::failure_cap::serialized_len;
 use crate::domain::transition::{self, Applied, RunChange};
 use crate::domain::{
-    Command, CommandAction, DispatchCommand, ErrorCode, Failure, OperationRun, OperationRunType,
-    ProgressCommand, Rejection, RunEvent, RunEventType, RunOutcome, RunStatus, SummaryCounts,
-    TraceContext,
+    DispatchCommand, ErrorCode, Failure, OperationRun, OperationRunType, ProgressCommand,
+    Rejection, RunEvent, RunEventType, RunOutcome, RunStatus, SummaryCounts, TraceContext,
 };
-use crate::store::inbox::InboxRow;
 use crate::store::legacy::LinkRefusal;
 use crate::store::{legacy, runs};
 
@@ -73,60 +69,6 @@ pub struct ApplySettings {
     pub hand_off_jobs: bool,
     /// Most active (queued or running) runs per tenant; 0 = unlimited.
     pub max_active_runs_per_tenant: u64,
-}
-
-/// Applies `command` in the caller's transaction; `buf` carries what earlier commands of the
-/// same transaction did and collects the rows to write before commit.
-#[tracing::instrument(
-    level = "debug",
-    skip_all,
-    fields(command_id = command.command_id.as_deref(), run_id = command.run_id())
-)]
-pub async fn apply_command(
-    conn: &mut PgConnection,
-    buf: &mut TxBuffer,
-    command: &Command,
-    ctx: &ApplySettings,
-) -> Result<CommandResult, ApplyError> {
-    if let Some(command_id) = &command.command_id {
-        if let Some(done) = buf.processed(conn, command_id).await? {
-            if done.body_hash != command.body_hash {
-                return Err(Rejection::new(
-                    ErrorCode::CommandIdConflict,
-                    format!(
-                        "command_id {command_id:?} was already used by a command with another body"
-                    ),
-                )
-                .into());
-            }
-            return Ok(CommandResult {
-                disposition: Disposition::AlreadyProcessed,
-                run_id: done.result.get("run_id").and_then(Value::as_i64),
-                reply: done.result,
-            });
-        }
-    }
-    let result = match &command.action {
-        CommandAction::Dispatch(d) => {
-            // A dispatch without a (valid) trace context starts a new trace.
-            let trace = command.trace.clone().unwrap_or_else(new_trace);
-            dispatch(conn, buf, d, &trace, ctx).await?
-        }
-        CommandAction::Progress(p) if p.act.is_some() => {
-            act_by_command(conn, buf, p, command, ctx).await?
-        }
-        CommandAction::Progress(p) => progress(conn, buf, p, command.trace.as_ref(), ctx).await?,
-    };
-    if let Some(command_id) = &command.command_id {
-        buf.record_processed(InboxRow {
-            command_id: command_id.clone(),
-            kind: command.kind.as_str(),
-            body_hash: command.body_hash.clone(),
-            run_id: result.run_id,
-            result: result.reply.clone(),
-        });
-    }
-    Ok(result)
 }
 
 pub(crate) async fn dispatch(
@@ -306,7 +248,7 @@ fn id_value(value: &Value) -> Option<i64> {
     }
 }
 
-async fn progress(
+pub(crate) async fn progress(
     conn: &mut PgConnection,
     buf: &mut TxBuffer,
     p: &ProgressCommand,
@@ -352,43 +294,6 @@ async fn progress(
     let was_active = run.is_active();
     let applied = transition::apply(run, &change, now)?;
     save(conn, buf, applied, was_active, now, trace, None, ctx).await
-}
-
-/// An operator action asked for by a broker command (`cancel_run`, `retry_run`, `fail_run`), in
-/// the command's scope; the reply is the action's result shape.
-async fn act_by_command(
-    conn: &mut PgConnection,
-    buf: &mut TxBuffer,
-    p: &ProgressCommand,
-    command: &Command,
-    ctx: &ApplySettings,
-) -> Result<CommandResult, ApplyError> {
-    let Some(ask) = &p.act else {
-        unreachable!("called for action commands only")
-    };
-    let actor = Actor {
-        name: ask.initiator_name.clone(),
-        user_id: ask.user_id,
-        via: "broker",
-    };
-    let req = ActionRequest {
-        action: ask.action,
-        run_id: p.run_id,
-        scope: Some(p.scope),
-        actor: &actor,
-        reason: ask.reason.as_deref(),
-        bulk_id: None,
-        command_id: command.command_id.as_deref(),
-    };
-    let done = super::actions::act(conn, buf, &req, ctx).await?;
-    Ok(CommandResult {
-        disposition: match done.result {
-            ActionResult::Done | ActionResult::Requested => Disposition::Applied,
-            ActionResult::Unchanged | ActionResult::Refused => Disposition::Unchanged,
-        },
-        run_id: Some(p.run_id),
-        reply: done.reply,
-    })
 }
 
 /// Stores what [`transition::apply`] decided about a locked run (when there is anything to store)

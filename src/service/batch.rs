@@ -17,7 +17,8 @@ use std::time::Duration;
 use sqlx::{PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 
-use super::apply::{apply_command, ApplySettings, CommandResult};
+use super::apply::{ApplySettings, CommandResult};
+use super::command::apply_command;
 use super::error::{cause_chain, ApplyError};
 use super::tx_buffer::TxBuffer;
 use crate::domain::{Command, CommandAction, ErrorCode, Rejection, RunScope};

@@ -5,12 +5,13 @@
 //!
 //! One command goes one way down: [`serve`] (the service, its reconnect and consume loop) →
 //! [`deliveries`] (decode, settle, the one ack decision) → [`batch`] (lanes, the retry/split
-//! loop, the transaction) → [`apply`] (one command) → [`tx_buffer`] (what the transaction
-//! writes).
+//! loop, the transaction) → [`command`] (one command: the inbox, then [`apply`] or
+//! [`actions`]) → [`tx_buffer`] (what the transaction writes).
 
 pub mod actions;
 pub mod apply;
 pub mod batch;
+pub mod command;
 pub mod deliveries;
 pub mod error;
 pub mod health;

@@ -8,7 +8,7 @@
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
-use super::apply::{complete_as, complete_as_failed, ApplySettings, ApplyError};
+use super::apply::{complete_as, complete_as_failed, ApplyError, ApplySettings};
 use super::tx_buffer::TxBuffer;
 use crate::domain::action::CANCEL_TIMEOUT;
 use crate::domain::RunOutcome;

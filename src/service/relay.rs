@@ -29,7 +29,7 @@ use sqlx::PgPool;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::apply::{complete_as_failed, ApplySettings, ApplyError};
+use super::apply::{complete_as_failed, ApplyError, ApplySettings};
 use super::metrics::Metrics;
 use super::tx_buffer::TxBuffer;
 use crate::broker::publisher::{

@@ -8,7 +8,7 @@ use futures_util::StreamExt;
 use operation_runs::domain::action::{Actor, RunAction};
 use operation_runs::domain::{ErrorCode, RunOutcome, RunScope, RunStatus};
 use operation_runs::service::actions::{act, ActionRequest};
-use operation_runs::service::apply::{ApplySettings, ApplyError};
+use operation_runs::service::apply::{ApplyError, ApplySettings};
 use operation_runs::service::reaper;
 use operation_runs::service::tx_buffer::TxBuffer;
 use operation_runs::store::actions as recorded;

@@ -75,7 +75,8 @@ async fn a_command_applied_meanwhile_by_another_consumer_is_replayed_not_refused
     pool: sqlx::PgPool,
 ) {
     use operation_runs::domain::decode_command;
-    use operation_runs::service::apply::{apply_command, ApplySettings, Disposition};
+    use operation_runs::service::apply::{ApplySettings, Disposition};
+    use operation_runs::service::command::apply_command;
     use operation_runs::service::handler::apply_batch;
     use operation_runs::service::tx_buffer::TxBuffer;
     use tokio_util::sync::CancellationToken;
@@ -118,7 +119,8 @@ async fn a_progress_command_that_waited_for_a_runs_lock_numbers_its_event_after_
     pool: sqlx::PgPool,
 ) {
     use operation_runs::domain::decode_command;
-    use operation_runs::service::apply::{apply_command, ApplySettings, Disposition};
+    use operation_runs::service::apply::{ApplySettings, Disposition};
+    use operation_runs::service::command::apply_command;
     use operation_runs::service::handler::apply_batch;
     use operation_runs::service::tx_buffer::TxBuffer;
     use tokio_util::sync::CancellationToken;
