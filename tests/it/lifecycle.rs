@@ -298,8 +298,8 @@ async fn secrets_in_failure_messages_are_stored_and_published_redacted(pool: PgP
     app.shutdown().await;
 }
 
-/// Entries on the leaf pages of every index of `operation_runs`: a non-HOT update adds one to
-/// each index whose predicate the new version meets, a HOT update none.
+/// Entries on the leaf pages of every B-tree index of `operation_runs`: a non-HOT update adds one
+/// to each index whose predicate the new version meets, a HOT update none.
 async fn index_entries_of_runs(pool: &PgPool) -> Vec<(String, i64)> {
     sqlx::query("CREATE EXTENSION IF NOT EXISTS pageinspect")
         .execute(pool)
@@ -312,6 +312,8 @@ async fn index_entries_of_runs(pool: &PgPool) -> Vec<(String, i64)> {
                       LATERAL bt_page_stats(i.indexrelid::regclass::text, b::int) AS s
                  WHERE s.type = 'l')
          FROM pg_index i
+         JOIN pg_class c ON c.oid = i.indexrelid
+         JOIN pg_am a ON a.oid = c.relam AND a.amname = 'btree'
          WHERE i.indrelid = 'operation_runs'::regclass
          ORDER BY 1",
     )
@@ -321,7 +323,7 @@ async fn index_entries_of_runs(pool: &PgPool) -> Vec<(String, i64)> {
 }
 
 #[sqlx::test]
-async fn progress_on_a_running_run_writes_no_index_entry(pool: PgPool) {
+async fn count_increments_on_a_running_run_write_no_index_entry(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
     let run_id = app.create_policy_run(1).await;
     app.publish(&progress(
@@ -333,16 +335,13 @@ async fn progress_on_a_running_run_writes_no_index_entry(pool: PgPool) {
     app.wait_for_run(run_id, "running", |r| r.started_at.is_some())
         .await;
     let before = index_entries_of_runs(&app.pool).await;
-    for n in 0..40 {
+    for _ in 0..40 {
         app.publish(&progress(
             "increment_summary_counts",
             run_id,
             json!({"counts": {"processed": 1}}),
         ))
         .await;
-        if n % 10 == 9 {
-            app.publish(&progress("append_failures", run_id, json!({"failures": [{"code": "graph.throttled", "message": "429", "item": format!("dev-{n}")}]}))).await;
-        }
     }
     app.wait_for_run(run_id, "40 processed", |r| {
         r.summary_counts.get("processed") == 40
@@ -351,8 +350,8 @@ async fn progress_on_a_running_run_writes_no_index_entry(pool: PgPool) {
     let after = index_entries_of_runs(&app.pool).await;
     assert_eq!(
         after, before,
-        "a progress update changes only the counts, failures and updated_at: no index holds \
-         them, so each is a HOT update and writes no index entry"
+        "a count increment changes only the counts and updated_at: no index holds them, so \
+         each is a HOT update and writes no index entry"
     );
     app.shutdown().await;
 }
