@@ -87,6 +87,8 @@ BEGIN
         ('operation_run_event_outbox', 'SELECT, INSERT, DELETE'),
         ('operation_run_jobs',         'SELECT, INSERT, UPDATE, DELETE'),
         ('processed_commands',         'SELECT, INSERT, DELETE'),
+        -- operator actions recorded with their effect (the pruner's cascade deletes them)
+        ('operation_run_actions',      'SELECT, INSERT, DELETE'),
         -- the settings serve records (retention, read by `oprun dlq replay`)
         ('service_settings',           'SELECT, INSERT, UPDATE'),
         -- counted for the dead-letter gauge; written by `oprun dlq` (the owner)

@@ -73,6 +73,7 @@ async fn operation_runs_has_the_contract_columns_and_defaults(pool: PgPool) {
         ("failure_overflow", "jsonb", "NO"),
         ("traceparent", "text", "YES"),
         ("tracestate", "text", "YES"),
+        ("cancel_requested_at", "timestamp with time zone", "YES"),
     ];
     assert_eq!(columns.len(), expected.len(), "{columns:?}");
     for (name, ty, nullable) in expected {
