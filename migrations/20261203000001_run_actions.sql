@@ -1,24 +1,16 @@
 -- Operator actions on runs: the outcome `cancelled`, the cancel request of a running run, and
--- the record of every action.
+-- the record of every action. The indexes on operation_runs follow, each built concurrently.
 
 ALTER TABLE operation_runs DROP CONSTRAINT operation_runs_outcome_check;
+-- NOT VALID: a new row is checked at once, the existing rows by the next migration, which scans
+-- the table without holding back writes (ADD CONSTRAINT would scan it under an exclusive lock).
 ALTER TABLE operation_runs ADD CONSTRAINT operation_runs_outcome_check
-    CHECK (outcome IN ('pending', 'succeeded', 'partially_succeeded', 'failed', 'blocked', 'cancelled'));
+    CHECK (outcome IN ('pending', 'succeeded', 'partially_succeeded', 'failed', 'blocked', 'cancelled'))
+    NOT VALID;
 
 -- When an actor asked the running run's executor to stop; the reaper completes the run
 -- `cancelled` (run.cancel_timeout) when no answer came within the type's expected duration.
 ALTER TABLE operation_runs ADD COLUMN cancel_requested_at timestamptz;
-
--- The reaper's scan of unanswered cancel requests: only runs with a pending request.
-CREATE INDEX operation_runs_cancel_requested_idx
-    ON operation_runs (cancel_requested_at)
-    WHERE cancel_requested_at IS NOT NULL AND status = 'running';
-
--- A run's retries (`oprun runs show`): a partial expression index on the retries alone, so the
--- lookup is an index probe however many runs there are, and costs nothing for other runs.
-CREATE INDEX operation_runs_retry_of_idx
-    ON operation_runs (((context ->> 'retry_of')))
-    WHERE context ? 'retry_of';
 
 -- Every action, written in the transaction of its effect.
 CREATE TABLE operation_run_actions (

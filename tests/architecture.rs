@@ -791,3 +791,108 @@ fn the_loop_check_finds_a_loop_between_modules_and_between_files() {
     );
     assert_eq!(shown.len(), 2, "{shown:?}");
 }
+
+/// The tables that grow with the runs: a migration must not hold back their writes while it
+/// scans them.
+const LARGE_TABLES: &[&str] = &[
+    "operation_runs",
+    "operation_run_events",
+    "processed_commands",
+];
+
+/// The first migration written to run online; the ones before are applied and cannot change.
+const ONLINE_SINCE: u64 = 20261202000004;
+
+/// What in one migration file would block writes to a large table while it scans it: an index
+/// built without `CONCURRENTLY` (or not alone in a `-- no-transaction` file), a constraint added
+/// without `NOT VALID`.
+fn offline_statements(sql: &str) -> Vec<String> {
+    let no_transaction = sql.trim_start().starts_with("-- no-transaction");
+    let code: String = sql
+        .lines()
+        .map(|l| l.split("--").next().unwrap_or(""))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let statements: Vec<String> = code
+        .split(';')
+        .map(|s| {
+            s.split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+                .to_lowercase()
+        })
+        .filter(|s| !s.is_empty())
+        .collect();
+    let on_large = |s: &str, prefix: &str| {
+        LARGE_TABLES.iter().any(|t| {
+            s.contains(&format!("{prefix}{t} "))
+                || s.ends_with(&format!("{prefix}{t}"))
+                || s.contains(&format!("{prefix}{t}("))
+        })
+    };
+    let mut offline = Vec::new();
+    for s in &statements {
+        let index = s.starts_with("create index") || s.starts_with("create unique index");
+        if index && on_large(s, " on ") {
+            let online = s.contains(" concurrently ") && no_transaction && statements.len() == 1;
+            if !online {
+                offline.push(s.clone());
+            }
+        }
+        if s.starts_with("alter table")
+            && on_large(s, "alter table ")
+            && s.contains("add constraint")
+        {
+            let checked_later = s.contains(" not valid");
+            if !checked_later {
+                offline.push(s.clone());
+            }
+        }
+    }
+    offline
+}
+
+#[test]
+fn migrations_build_indexes_on_existing_tables_online() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+    let mut offline = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        let version: u64 = name.split('_').next().unwrap().parse().unwrap();
+        if version < ONLINE_SINCE {
+            continue;
+        }
+        let sql = std::fs::read_to_string(&path).unwrap();
+        for s in offline_statements(&sql) {
+            offline.push(format!("{name}: {s}"));
+        }
+    }
+    assert!(
+        offline.is_empty(),
+        "statements that block writes to a large table while they scan it (build the index \
+         CONCURRENTLY alone in a `-- no-transaction` file; add a constraint NOT VALID and \
+         VALIDATE it in the next file): {offline:#?}"
+    );
+}
+
+#[test]
+fn the_online_check_finds_a_locking_index_and_an_unchecked_constraint() {
+    let locking = "CREATE INDEX a ON operation_runs (id);";
+    assert_eq!(offline_statements(locking).len(), 1);
+    let two = "-- no-transaction\nCREATE INDEX CONCURRENTLY a ON operation_runs (id);\n\
+               CREATE INDEX CONCURRENTLY b ON operation_runs (type);";
+    assert_eq!(
+        offline_statements(two).len(),
+        2,
+        "a file of two runs in one transaction"
+    );
+    let online = "-- no-transaction\n-- why\nCREATE INDEX CONCURRENTLY IF NOT EXISTS a\n    ON operation_runs (id) WHERE status = 'queued';";
+    assert!(offline_statements(online).is_empty());
+    let constraint = "ALTER TABLE operation_runs ADD CONSTRAINT c CHECK (outcome <> 'x');";
+    assert_eq!(offline_statements(constraint).len(), 1);
+    let not_valid = "ALTER TABLE operation_runs ADD CONSTRAINT c CHECK (outcome <> 'x') NOT VALID;";
+    assert!(offline_statements(not_valid).is_empty());
+    let small = "CREATE INDEX a ON operation_run_actions (run_id); -- a new table";
+    assert!(offline_statements(small).is_empty());
+}

@@ -134,7 +134,7 @@ pub struct RunListFilter {
 impl RunListFilter {
     /// Whether a filter is set that the list's original indexes do not serve: then the list is
     /// read as two parts, completed runs from the indexes that hold completed runs only and
-    /// active runs from the index of active runs (see the migration `viewer_search`).
+    /// active runs from the index of active runs (see the migrations `search_by_*`).
     fn searches(&self) -> bool {
         !self.context.is_empty()
             || self.failure_code.is_some()
@@ -239,7 +239,11 @@ fn push_predicates<'a>(
         q.push(" AND r.run_identity_hash = ").push_bind(h.as_str());
     }
     if let Some(t) = filter.updated_before {
+        // A run changes only after it is created (both are the database's now()), so the
+        // creation time bounds the scan of the newest-first index: the runs that stopped moving
+        // are old, and without this bound the list would walk every newer run to reach them.
         q.push(" AND r.updated_at < ").push_bind(t);
+        q.push(" AND r.created_at < ").push_bind(t);
     }
     match &filter.q {
         Some(Search::Run(id)) => {

@@ -371,16 +371,6 @@ async fn open_pages_keep_rows_times_and_the_stalled_banner_current_without_a_rel
         json!({}),
     )
     .await;
-    // A policy sync usually takes about 5 minutes: idle for 3 s less than that (a run's times
-    // set by hand: only `updated_at` matters here).
-    sqlx::query(
-        "UPDATE operation_runs SET created_at = now() - interval '10 seconds',
-                started_at = now() - interval '5 seconds', updated_at = now() - interval '5 minutes' + interval '3 seconds' WHERE id = $1",
-    )
-    .bind(run_id)
-    .execute(&pool)
-    .await
-    .unwrap();
     let viewer = Viewer::spawn(pool.clone()).await;
     let token = viewer.token(1, Some(vec![10]));
 
@@ -398,6 +388,17 @@ async fn open_pages_keep_rows_times_and_the_stalled_banner_current_without_a_rel
         .await
         .expect("a headless Chromium session");
 
+    // A policy sync usually takes about 5 minutes: idle for 15 s less than that (a run's times
+    // set by hand: only `updated_at` matters here), set once the browser runs, so a slow start
+    // of Chromium on a loaded machine cannot use up the margin before the first look.
+    sqlx::query(
+        "UPDATE operation_runs SET created_at = now() - interval '10 seconds',
+                started_at = now() - interval '5 seconds', updated_at = now() - interval '5 minutes' + interval '15 seconds' WHERE id = $1",
+    )
+    .bind(run_id)
+    .execute(&pool)
+    .await
+    .unwrap();
     client
         .goto(&format!("{}/runs/{run_id}?token={token}", viewer.base))
         .await

@@ -60,6 +60,26 @@ pub const FILTERS: &[(&str, &str)] = &[
     ("tenant", "tenant_id=10"),
     ("outcome", "outcome=failed"),
     ("tenant_and_type", "tenant_id=11&type=inventory.sync"),
+    ("context", "context.policy_id=p-42"),
+    (
+        "context_two_keys",
+        "context.policy_id=p-42&context.scope=all_devices",
+    ),
+    ("failure_code", "failure_code=graph.throttled"),
+    ("initiator", "initiator=alice"),
+    ("user_id", "user_id=2"),
+    // The identity of run 42 (`viewer-bench-42`).
+    (
+        "identity",
+        "identity=1971becc852b23414285ea324258db102aa941201a814b28c561d25e742e88f8",
+    ),
+    ("updated_before", "updated_before=2026-09-01T00:00:00Z"),
+    ("q_initiator", "q=alice"),
+    ("q_run", "q=%23424242"),
+    (
+        "tenant_and_failure_code",
+        "tenant_id=10&failure_code=device.offline",
+    ),
 ];
 
 /// How long the viewer's token is valid: longer than any run.

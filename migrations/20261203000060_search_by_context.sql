@@ -1,3 +1,4 @@
+-- no-transaction
 -- The viewer's search filters (docs/viewer.md, GET /v1/runs): context keys, failure codes, the
 -- initiator, the user, the identity. Every index here holds completed runs only
 -- (`WHERE status = 'completed'`), and none holds the summary counts or updated_at, which every
@@ -6,15 +7,8 @@
 -- The list reads active runs apart, from operation_runs_active_idx (active runs are few: the
 -- reaper scans them the same way). `updated_before` on completed runs is a filter on the
 -- workspace's newest-first index, not an index of its own.
-CREATE INDEX operation_runs_completed_context_idx
+-- CONCURRENTLY, so a large table keeps taking writes while it is built (PostgreSQL runs it only
+-- as the one statement of a file outside a transaction); a failed build leaves an invalid index:
+-- drop it concurrently and start the service again (docs/operations.md, "Migrations").
+CREATE INDEX CONCURRENTLY IF NOT EXISTS operation_runs_completed_context_idx
     ON operation_runs USING gin (context jsonb_path_ops) WHERE status = 'completed';
-CREATE INDEX operation_runs_completed_failures_idx
-    ON operation_runs USING gin (failure_summary jsonb_path_ops) WHERE status = 'completed';
-CREATE INDEX operation_runs_completed_overflow_idx
-    ON operation_runs USING gin (failure_overflow) WHERE status = 'completed';
-CREATE INDEX operation_runs_completed_initiator_idx
-    ON operation_runs (workspace_id, lower(initiator_name), created_at) WHERE status = 'completed';
-CREATE INDEX operation_runs_completed_user_idx
-    ON operation_runs (workspace_id, user_id, created_at) WHERE status = 'completed';
-CREATE INDEX operation_runs_completed_identity_idx
-    ON operation_runs (run_identity_hash, created_at) WHERE status = 'completed';
