@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 
 use futures_util::StreamExt;
 use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::Channel;
 use tokio_util::sync::CancellationToken;
 
@@ -98,7 +98,8 @@ impl Drop for Held {
     }
 }
 
-/// Declares `queue` (exclusive to the channel's connection, deleted with it) bound to
+/// Declares `queue` (exclusive to the channel's connection, deleted with it, at most
+/// [`HEARD_CANCELS`] messages) bound to
 /// `exchange` with `cancel.<type>` for each of `types`, and hears its messages in a task of
 /// its own until the consumer ends (connection closed, queue deleted); the returned token is
 /// cancelled then, so the worker reconnects rather than miss cancels.
@@ -114,8 +115,14 @@ pub(crate) async fn listen(
         auto_delete: true,
         ..Default::default()
     };
+    // Bounded like every queue a producer can fill: the newest cancels are kept.
+    let mut arguments = FieldTable::default();
+    arguments.insert(
+        "x-max-length".into(),
+        AMQPValue::LongLongInt(HEARD_CANCELS as i64),
+    );
     channel
-        .queue_declare(queue.into(), options, FieldTable::default())
+        .queue_declare(queue.into(), options, arguments)
         .await?;
     for run_type in types {
         channel
