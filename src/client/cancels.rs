@@ -15,10 +15,13 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use futures_util::StreamExt;
-use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
-use lapin::types::{AMQPValue, FieldTable};
+use lapin::options::BasicConsumeOptions;
+use lapin::types::FieldTable;
 use lapin::Channel;
 use tokio_util::sync::CancellationToken;
+
+use super::producer::ClientError;
+use crate::broker::topology::declare_exclusive_queue;
 
 /// How many cancels of runs it does not hold an instance remembers (newest kept): a few
 /// kilobytes, far more than the runs redelivered to it in the time a cancel stays relevant.
@@ -99,42 +102,20 @@ impl Drop for Held {
 }
 
 /// Declares `queue` (exclusive to the channel's connection, deleted with it, at most
-/// [`HEARD_CANCELS`] messages) bound to
-/// `exchange` with `cancel.<type>` for each of `types`, and hears its messages in a task of
-/// its own until the consumer ends (connection closed, queue deleted); the returned token is
-/// cancelled then, so the worker reconnects rather than miss cancels.
+/// [`HEARD_CANCELS`] messages) bound to `exchange` with `cancel.<type>` for each of `types`, and
+/// hears its messages in a task of its own until the consumer ends (connection closed, queue
+/// deleted); the returned token is cancelled then, so the worker reconnects rather than miss
+/// cancels.
 pub(crate) async fn listen(
     channel: &Channel,
     queue: &str,
     exchange: &str,
     types: &[String],
     cancels: Cancels,
-) -> Result<CancellationToken, lapin::Error> {
-    let options = QueueDeclareOptions {
-        exclusive: true,
-        auto_delete: true,
-        ..Default::default()
-    };
+) -> Result<CancellationToken, ClientError> {
     // Bounded like every queue a producer can fill: the newest cancels are kept.
-    let mut arguments = FieldTable::default();
-    arguments.insert(
-        "x-max-length".into(),
-        AMQPValue::LongLongInt(HEARD_CANCELS as i64),
-    );
-    channel
-        .queue_declare(queue.into(), options, arguments)
-        .await?;
-    for run_type in types {
-        channel
-            .queue_bind(
-                queue.into(),
-                exchange.into(),
-                format!("cancel.{run_type}").as_str().into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-    }
+    let keys: Vec<String> = types.iter().map(|t| format!("cancel.{t}")).collect();
+    declare_exclusive_queue(channel, queue, exchange, &keys, HEARD_CANCELS as i64).await?;
     // No acks: a cancel is a notice to whoever is connected now, not work to hand on.
     let options = BasicConsumeOptions {
         no_ack: true,

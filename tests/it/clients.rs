@@ -62,6 +62,21 @@ async fn run_against(app: &TestApp, program: &str, args: &[&str]) -> String {
     stdout
 }
 
+/// Runs the Python client's tests selected by the mark expression `marks` against `app`.
+async fn pytest(app: &TestApp, marks: &str) -> String {
+    let args = [
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "-m",
+        marks,
+        "clients/python/tests",
+    ];
+    run_against(app, &program("OPRUN_PYTHON", "python3"), &args).await
+}
+
 #[sqlx::test]
 async fn the_php_client_passes_its_phpunit_suite_against_the_service(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
@@ -98,21 +113,7 @@ async fn the_php_and_python_workers_execute_each_job_once_and_honour_a_cancel(po
     )
     .await;
     assert!(php.contains("OK (4 tests"), "{php}");
-    let python = run_against(
-        &app,
-        &program("OPRUN_PYTHON", "python3"),
-        &[
-            "-m",
-            "pytest",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            "-m",
-            "worker",
-            "clients/python/tests",
-        ],
-    )
-    .await;
+    let python = pytest(&app, "worker").await;
     assert!(
         python.contains("4 passed") && !python.contains("skipped"),
         "{python}"
@@ -129,21 +130,7 @@ async fn the_php_and_python_workers_execute_each_job_once_and_honour_a_cancel(po
 #[sqlx::test]
 async fn the_python_client_passes_its_pytest_suite_against_the_service(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
-    let out = run_against(
-        &app,
-        &program("OPRUN_PYTHON", "python3"),
-        &[
-            "-m",
-            "pytest",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            "-m",
-            "not worker",
-            "clients/python/tests",
-        ],
-    )
-    .await;
+    let out = pytest(&app, "not worker").await;
     assert!(out.contains(" passed") && !out.contains("skipped"), "{out}");
     app.shutdown().await;
 }

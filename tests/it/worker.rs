@@ -19,6 +19,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::actions::event_types_of;
 use crate::helpers::{amqp_url, progress, test_settings, wait_until, TestApp, DEADLINE};
 
 /// A worker running in a task of its own.
@@ -95,6 +96,16 @@ async fn dispatch(producer: &Producer, selection: &str) -> i64 {
         .await
         .unwrap()
         .run_id
+}
+
+/// Dispatches an `inventory.sync` run and waits for its worker to start it.
+async fn dispatch_started(app: &TestApp, producer: &Producer, selection: &str) -> i64 {
+    let run_id = dispatch(producer, selection).await;
+    app.wait_for_run(run_id, "the run to start", |r| {
+        r.status.as_str() == "running"
+    })
+    .await;
+    run_id
 }
 
 async fn app_with_hand_off(pool: PgPool) -> TestApp {
@@ -260,11 +271,7 @@ async fn a_completion_without_reply_is_sent_again_and_its_job_stays_unacked_unti
     let producer = Producer::connect(&amqp_url(), app.topology.namespace())
         .await
         .unwrap();
-    let run_id = dispatch(&producer, "all").await;
-    app.wait_for_run(run_id, "the run to start", |r| {
-        r.status.as_str() == "running"
-    })
-    .await;
+    let run_id = dispatch_started(&app, &producer, "all").await;
 
     // The service goes away while the handler works; then the handler finishes.
     app.stop_instance(0).await;
@@ -426,14 +433,6 @@ fn cancel_command(run_id: i64) -> Value {
            "workspace_id": 1, "tenant_id": 10, "reason": "stop it", "initiator_name": "ops"})
 }
 
-async fn event_types_of(pool: &PgPool, run_id: i64) -> Vec<String> {
-    sqlx::query_scalar("SELECT type FROM operation_run_events WHERE run_id = $1 ORDER BY sequence")
-        .bind(run_id)
-        .fetch_all(pool)
-        .await
-        .unwrap()
-}
-
 #[sqlx::test]
 async fn a_cancel_reaches_the_running_handler_and_the_run_completes_cancelled(pool: PgPool) {
     let app = app_with_hand_off(pool).await;
@@ -516,11 +515,7 @@ async fn a_job_whose_cancel_came_before_its_handler_started_completes_cancelled_
     let producer = Producer::connect(&amqp_url(), app.topology.namespace())
         .await
         .unwrap();
-    let first = dispatch(&producer, "first").await;
-    app.wait_for_run(first, "the first run to start", |r| {
-        r.status.as_str() == "running"
-    })
-    .await;
+    let first = dispatch_started(&app, &producer, "first").await;
     // The second job waits behind the first. Its run was started by an executor that went away
     // (its job back in the queue), and then its cancel was requested: the worker hears it while
     // the first job is in hand.
