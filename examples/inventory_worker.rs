@@ -6,6 +6,7 @@
 //! (`total`, `processed`, `succeeded`, `failed`) as it goes, appends a failure for every simulated
 //! failing item (every `fail_every`-th item, from the context, default 9; 0 for none), and
 //! completes the run as `succeeded`, `partially_succeeded` or, when every item failed, `failed`.
+//! A cancel (`oprun runs cancel ID`) stops it between chunks: the run completes `cancelled`.
 //!
 //! `docker compose up --build` runs it with the whole stack (service `worker`). From source, next
 //! to a running service (RabbitMQ and Postgres up, e.g. `docker compose up -d rabbitmq postgres`;
@@ -145,6 +146,15 @@ async fn inventory_sync(job: &Job, ctx: &JobContext) -> Result<RunOutcome, Value
     let (mut succeeded, mut failed) = (0u64, 0u64);
     let mut next = 1u64;
     while next <= items {
+        // Between chunks is a safe place to stop: what was done so far is reported.
+        if ctx.cancel_requested() {
+            tracing::info!(
+                run_id = job.run_id,
+                processed = next - 1,
+                "cancel requested: stopping"
+            );
+            return Ok(RunOutcome::Cancelled);
+        }
         let last = (next + chunk_size - 1).min(items);
         tokio::time::sleep(CHUNK_DELAY).await;
 

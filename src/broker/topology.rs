@@ -396,12 +396,43 @@ pub async fn declare_bound_queue(
         ..Default::default()
     };
     channel.queue_declare(queue.into(), options, args).await?;
+    bind_queue(channel, queue, exchange, keys).await
+}
+
+/// Declares a queue `queue` exclusive to the channel's connection (deleted with it), holding at
+/// most `max_length` messages (the newest kept), and binds it to `exchange` with each of `keys`:
+/// a worker instance's cancel queue (the exchange must exist).
+pub async fn declare_exclusive_queue(
+    channel: &Channel,
+    queue: &str,
+    exchange: &str,
+    keys: &[String],
+    max_length: i64,
+) -> Result<(), BrokerError> {
+    let mut args = FieldTable::default();
+    args.insert("x-max-length".into(), AMQPValue::LongLongInt(max_length));
+    let options = QueueDeclareOptions {
+        exclusive: true,
+        auto_delete: true,
+        ..Default::default()
+    };
+    channel.queue_declare(queue.into(), options, args).await?;
+    bind_queue(channel, queue, exchange, keys).await
+}
+
+/// Binds `queue` to `exchange` with each of `keys`.
+async fn bind_queue<K: AsRef<str>>(
+    channel: &Channel,
+    queue: &str,
+    exchange: &str,
+    keys: &[K],
+) -> Result<(), BrokerError> {
     for key in keys {
         channel
             .queue_bind(
                 queue.into(),
                 exchange.into(),
-                (*key).into(),
+                key.as_ref().into(),
                 QueueBindOptions::default(),
                 FieldTable::default(),
             )

@@ -19,6 +19,14 @@
 //!   (down, or backlogged), the same command (same command id, so the service applies it once
 //!   and replies its first result again) is sent again with backoff until a reply arrives or the
 //!   worker shuts down; the job stays unacked meanwhile.
+//! - **A cancel reaches the run's handler.** Beside its job queue, each instance consumes a queue
+//!   of its own bound to `cancel.<type>` for its types (`client/cancels.rs`); a cancel of the
+//!   run in hand sets [`JobContext::cancel_requested`] and resolves [`JobContext::cancelled`],
+//!   and a handler that stops returns `Ok(RunOutcome::Cancelled)` ([`JobContext::or_cancelled`]
+//!   does both). A job whose cancel was heard before its handler starts is completed
+//!   `cancelled` without running it. A handler that finishes first completes with its real
+//!   outcome: the service never overwrites a completion, nor applies one after the run was
+//!   cancelled (that one is refused and the job acked, as above).
 //! - **Broker faults are survived.** When the broker closes the connection or cancels the
 //!   consumer, the worker reconnects with backoff (100 ms doubling to 10 s, with jitter; reset
 //!   after a healthy minute), re-declares its queue and consumes again; the job in hand is
@@ -36,6 +44,7 @@ use lapin::{Channel, Connection, ExchangeKind};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
+use super::cancels::{self, Cancels};
 use super::producer::{update_run_body, ClientError, Producer, RunRef};
 use crate::broker::connection::{AmqpUrls, Connector};
 use crate::broker::topology::{declare_bound_queue, declare_exchange};
@@ -93,14 +102,42 @@ struct JobRun {
     tenant_id: Option<i64>,
 }
 
-/// What a handler may report while it works.
+/// What a handler may report while it works, and whether it is asked to stop.
 #[derive(Clone)]
 pub struct JobContext {
     producer: Arc<Producer>,
     run: RunRef,
+    cancel: CancellationToken,
 }
 
 impl JobContext {
+    /// Whether the run's cancel was requested (an operator, the platform or the API asked).
+    /// A handler that stops for it returns `Ok(RunOutcome::Cancelled)`.
+    pub fn cancel_requested(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+
+    /// Resolves once the run's cancel is requested (at once if it already was).
+    pub async fn cancelled(&self) {
+        self.cancel.cancelled().await
+    }
+
+    /// Runs `work` until it ends or the run's cancel is requested, whichever comes first: then
+    /// `work` is dropped at its next await and the answer is `Ok(RunOutcome::Cancelled)`. For
+    /// work whose every await point is a safe place to stop; otherwise check
+    /// [`JobContext::cancel_requested`] where it is.
+    pub async fn or_cancelled<W>(&self, work: W) -> Result<RunOutcome, Value>
+    where
+        W: Future<Output = Result<RunOutcome, Value>>,
+    {
+        tokio::select! {
+            // Work that is done wins over a cancel that came at the same time.
+            biased;
+            done = work => done,
+            _ = self.cancel.cancelled() => Ok(RunOutcome::Cancelled),
+        }
+    }
+
     /// Adds to the run's summary counts (confirmed by the broker; no reply awaited).
     pub async fn increment(&self, counts: Value) -> Result<(), ClientError> {
         self.producer
@@ -125,6 +162,8 @@ struct Session {
     connection: Arc<Connection>,
     channel: Channel,
     producer: Arc<Producer>,
+    /// Cancelled when the cancel consumer ended: the session no longer hears cancels.
+    deaf: CancellationToken,
 }
 
 impl Session {
@@ -165,11 +204,14 @@ pub struct Worker {
     connection_name: String,
     reply_timeout: Duration,
     session: Mutex<Option<Session>>,
+    cancels: Cancels,
 }
 
 impl Worker {
     /// Connects, declares durable quorum queue `N.worker.<name>` bound to `N.jobs` for each of
-    /// `types`. The namespace prefix keeps two namespaces on one broker from sharing a queue.
+    /// `types`, and this instance's cancel queue `N.worker.<name>.cancel.<uuid>` (exclusive,
+    /// new per connection) bound with `cancel.<type>` for each. The namespace prefix keeps two
+    /// namespaces on one broker from sharing a queue.
     /// Fails if the broker cannot be reached now; once started, [`Worker::run`] reconnects.
     /// `amqp_url` may list the nodes of a cluster separated by commas: the first that answers
     /// is used, and after a lost connection the next one is tried first.
@@ -191,6 +233,7 @@ impl Worker {
             prefetch,
             reply_timeout: DEFAULT_REPLY_TIMEOUT,
             session: Mutex::new(None),
+            cancels: Cancels::default(),
         };
         worker.session().await?;
         Ok(worker)
@@ -207,6 +250,12 @@ impl Worker {
         format!("{namespace}.worker.{name}")
     }
 
+    /// The prefix of this worker's cancel queues (`N.worker.<name>.cancel.`; each connection's
+    /// ends in a UUID of its own).
+    pub fn cancel_queue_prefix(&self) -> String {
+        format!("{}.cancel.", self.queue)
+    }
+
     /// The name of this worker's consuming connection, unique per instance (the management UI
     /// and `rabbitmqctl list_connections` show it); its producer connection is this plus
     /// `" producer"`.
@@ -214,9 +263,10 @@ impl Worker {
         &self.connection_name
     }
 
-    /// Handles jobs until `shutdown`: reports `running` and waits for the reply, runs `handler`,
-    /// reports completion with the outcome it returns (`Err(failures)` completes as `failed`
-    /// with those failures) and waits for the reply, then acks the job. Broker faults are
+    /// Handles jobs until `shutdown`: reports `running` and waits for the reply, runs `handler`
+    /// (unless the run's cancel was heard already: then it completes `cancelled`), reports
+    /// completion with the outcome it returns (`Err(failures)` completes as `failed` with those
+    /// failures) and waits for the reply, then acks the job. Broker faults are
     /// retried (reconnect with backoff), so this returns only at shutdown, leaving a job whose
     /// completion was not yet applied unacked (the broker redelivers it).
     pub async fn run<F, Fut>(
@@ -274,6 +324,9 @@ impl Worker {
             let next = tokio::select! {
                 n = jobs.next() => n,
                 _ = shutdown.cancelled() => return Ok(()),
+                _ = session.deaf.cancelled() => {
+                    return Err(BrokerError::Stopped("the cancel consumer ended".into()).into())
+                }
             };
             let delivery = match next {
                 Some(delivery) => delivery?,
@@ -336,6 +389,8 @@ impl Worker {
             }
         };
         let run = job.run_ref();
+        // Held before the start is sent: a cancel that comes meanwhile is not missed.
+        let held = self.cancels.hold(run.run_id);
         let start = update_run_body(run, Some(RunStatus::Running), None, None, None);
         match self.request(producer, &start, shutdown).await? {
             Answer::Interrupted => return Ok(Settle::Leave),
@@ -368,10 +423,19 @@ impl Worker {
         let ctx = JobContext {
             producer: producer.clone(),
             run,
+            cancel: held.token(),
         };
-        let (outcome, failures) = match handler(job, ctx).await {
-            Ok(outcome) => (outcome, None),
-            Err(failures) => (RunOutcome::Failed, Some(failures)),
+        let (outcome, failures) = if ctx.cancel_requested() {
+            tracing::info!(
+                run_id = run.run_id,
+                "the run's cancel came before its handler started; completing it cancelled"
+            );
+            (RunOutcome::Cancelled, None)
+        } else {
+            match handler(job, ctx).await {
+                Ok(outcome) => (outcome, None),
+                Err(failures) => (RunOutcome::Failed, Some(failures)),
+            }
         };
         let completion = update_run_body(
             run,
@@ -487,18 +551,23 @@ impl Worker {
         if opened.is_err() {
             let _ = connection.close(320, "setup failed".into()).await;
         }
-        let (channel, producer) = opened?;
+        let (channel, producer, deaf) = opened?;
         let session = Session {
             connection: Arc::new(connection),
             channel,
             producer: Arc::new(producer),
+            deaf,
         };
         *self.session.lock().unwrap() = Some(session.clone());
         Ok(session)
     }
 
-    /// Declares the queue on a new channel of `connection` and connects the producer.
-    async fn open_on(&self, connection: &Connection) -> Result<(Channel, Producer), ClientError> {
+    /// Declares the job queue on a new channel of `connection`, the cancel queue on another
+    /// (heard from now on), and connects the producer.
+    async fn open_on(
+        &self,
+        connection: &Connection,
+    ) -> Result<(Channel, Producer, CancellationToken), ClientError> {
         let channel = connection.create_channel().await?;
         let jobs = self.topology.jobs_exchange();
         let types: Vec<&str> = self.types.iter().map(String::as_str).collect();
@@ -507,10 +576,24 @@ impl Worker {
         channel
             .basic_qos(self.prefetch, BasicQosOptions::default())
             .await?;
+        // A queue per connection: an exclusive queue of a closed connection may linger a moment.
+        let cancel_queue = format!(
+            "{}{}",
+            self.cancel_queue_prefix(),
+            uuid::Uuid::new_v4().simple()
+        );
+        let deaf = cancels::listen(
+            &connection.create_channel().await?,
+            &cancel_queue,
+            &jobs,
+            &self.types,
+            self.cancels.clone(),
+        )
+        .await?;
         let producer_name = format!("{} producer", self.connection_name);
         let producer =
             Producer::connect_via(&self.broker, self.topology.namespace(), &producer_name).await?;
-        Ok((channel, producer))
+        Ok((channel, producer, deaf))
     }
 
     async fn drop_session(&self) {

@@ -88,7 +88,8 @@ async fn complete(app: &TestApp, run_id: i64, outcome: &str) {
         .await;
 }
 
-async fn event_types_of(pool: &PgPool, run_id: i64) -> Vec<String> {
+/// The types of run `run_id`'s events, in order.
+pub(crate) async fn event_types_of(pool: &PgPool, run_id: i64) -> Vec<String> {
     sqlx::query_scalar("SELECT type FROM operation_run_events WHERE run_id = $1 ORDER BY sequence")
         .bind(run_id)
         .fetch_all(pool)

@@ -7,6 +7,10 @@
 //! The Python package is imported from the working tree (`PYTHONPATH=clients/python`), so the
 //! tests never run a stale installed copy.
 //!
+//! The workers' tests (PHPUnit group `worker`, pytest mark `worker`) run apart, against a service
+//! that hands jobs off; the rest of each suite runs against one that does not (its runs are
+//! executed in-line by the tests, which a hand-off would race).
+//!
 //! The suites' connection tests (`ConnectionTest.php`, `test_connection.py`) drop the client's
 //! connection from the broker's side with `rabbitmqctl close_connection`, found by the
 //! client-provided connection name each test gives its client (never another test's), and use
@@ -58,13 +62,28 @@ async fn run_against(app: &TestApp, program: &str, args: &[&str]) -> String {
     stdout
 }
 
+/// Runs the Python client's tests selected by the mark expression `marks` against `app`.
+async fn pytest(app: &TestApp, marks: &str) -> String {
+    let args = [
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "-m",
+        marks,
+        "clients/python/tests",
+    ];
+    run_against(app, &program("OPRUN_PYTHON", "python3"), &args).await
+}
+
 #[sqlx::test]
 async fn the_php_client_passes_its_phpunit_suite_against_the_service(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
     let out = run_against(
         &app,
         &program("OPRUN_PHPUNIT", "phpunit"),
-        &["-c", "clients/php/phpunit.xml"],
+        &["-c", "clients/php/phpunit.xml", "--exclude-group", "worker"],
     )
     .await;
     // Skipped or incomplete tests also exit 0: insist on a clean run.
@@ -72,22 +91,46 @@ async fn the_php_client_passes_its_phpunit_suite_against_the_service(pool: PgPoo
     app.shutdown().await;
 }
 
+/// A service that hands jobs off to executors (the workers' suites need one; the other suites
+/// execute their runs in-line, which a hand-off would race).
+async fn app_with_hand_off(pool: PgPool) -> TestApp {
+    let mut settings = crate::helpers::test_settings();
+    settings.jobs.hand_off_jobs = true;
+    TestApp::spawn_with(pool, settings).await
+}
+
+/// Each client's `Worker` (the `worker` group of PHPUnit, the `worker` mark of pytest): a job
+/// executed once with its progress and acked after its completion, a cancel that reaches the
+/// running handler and completes the run `cancelled`, a queued run's cancel that never reaches
+/// the handler, failures and a throwing handler.
+#[sqlx::test]
+async fn the_php_and_python_workers_execute_each_job_once_and_honour_a_cancel(pool: PgPool) {
+    let app = app_with_hand_off(pool).await;
+    let php = run_against(
+        &app,
+        &program("OPRUN_PHPUNIT", "phpunit"),
+        &["-c", "clients/php/phpunit.xml", "--group", "worker"],
+    )
+    .await;
+    assert!(php.contains("OK (4 tests"), "{php}");
+    let python = pytest(&app, "worker").await;
+    assert!(
+        python.contains("4 passed") && !python.contains("skipped"),
+        "{python}"
+    );
+    let unfinished: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM operation_runs WHERE status <> 'completed'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(unfinished, 0, "every run the workers took is completed");
+    app.shutdown().await;
+}
+
 #[sqlx::test]
 async fn the_python_client_passes_its_pytest_suite_against_the_service(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
-    let out = run_against(
-        &app,
-        &program("OPRUN_PYTHON", "python3"),
-        &[
-            "-m",
-            "pytest",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            "clients/python/tests",
-        ],
-    )
-    .await;
+    let out = pytest(&app, "not worker").await;
     assert!(out.contains(" passed") && !out.contains("skipped"), "{out}");
     app.shutdown().await;
 }

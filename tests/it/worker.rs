@@ -1,6 +1,8 @@
 //! The worker under hostile input and faults: provider-style failure codes, a
 //! refused completion, no reply from the service, and the broker closing the worker's
-//! connections or deleting its queue. A run must never be left for the reaper.
+//! connections or deleting its queue. A run must never be left for the reaper. And the worker
+//! honours a cancel: it reaches a running handler, and a job whose cancel came before its
+//! handler started is completed `cancelled` without running it.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -17,7 +19,8 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::helpers::{amqp_url, test_settings, wait_until, TestApp};
+use crate::actions::event_types_of;
+use crate::helpers::{amqp_url, progress, test_settings, wait_until, TestApp, DEADLINE};
 
 /// A worker running in a task of its own.
 struct RunningWorker {
@@ -93,6 +96,16 @@ async fn dispatch(producer: &Producer, selection: &str) -> i64 {
         .await
         .unwrap()
         .run_id
+}
+
+/// Dispatches an `inventory.sync` run and waits for its worker to start it.
+async fn dispatch_started(app: &TestApp, producer: &Producer, selection: &str) -> i64 {
+    let run_id = dispatch(producer, selection).await;
+    app.wait_for_run(run_id, "the run to start", |r| {
+        r.status.as_str() == "running"
+    })
+    .await;
+    run_id
 }
 
 async fn app_with_hand_off(pool: PgPool) -> TestApp {
@@ -258,11 +271,7 @@ async fn a_completion_without_reply_is_sent_again_and_its_job_stays_unacked_unti
     let producer = Producer::connect(&amqp_url(), app.topology.namespace())
         .await
         .unwrap();
-    let run_id = dispatch(&producer, "all").await;
-    app.wait_for_run(run_id, "the run to start", |r| {
-        r.status.as_str() == "running"
-    })
-    .await;
+    let run_id = dispatch_started(&app, &producer, "all").await;
 
     // The service goes away while the handler works; then the handler finishes.
     app.stop_instance(0).await;
@@ -413,6 +422,145 @@ async fn a_worker_whose_queue_is_deleted_declares_it_again_and_consumes(pool: Pg
         })
         .await;
     assert_eq!(run.outcome.as_str(), "succeeded");
+    producer.close().await;
+    worker.stop(&app).await;
+    app.shutdown().await;
+}
+
+/// A `cancel_run` command for a run of workspace 1, tenant 10, as the platform sends it.
+fn cancel_command(run_id: i64) -> Value {
+    json!({"kind": "cancel_run", "command_id": uuid::Uuid::new_v4().to_string(), "run_id": run_id,
+           "workspace_id": 1, "tenant_id": 10, "reason": "stop it", "initiator_name": "ops"})
+}
+
+#[sqlx::test]
+async fn a_cancel_reaches_the_running_handler_and_the_run_completes_cancelled(pool: PgPool) {
+    let app = app_with_hand_off(pool).await;
+    let started = Arc::new(Notify::new());
+    let worker = RunningWorker::spawn(&app, "cancel", Duration::from_secs(20), {
+        let started = started.clone();
+        move |_, ctx: JobContext| {
+            let started = started.clone();
+            async move {
+                assert!(!ctx.cancel_requested());
+                started.notify_one();
+                // Work that outlasts the test unless the cancel stops it.
+                let work = async {
+                    tokio::time::sleep(DEADLINE * 3).await;
+                    Ok(RunOutcome::Succeeded)
+                };
+                let outcome = ctx.or_cancelled(work).await;
+                assert!(ctx.cancel_requested());
+                outcome
+            }
+        }
+    })
+    .await;
+    let producer = Producer::connect(&amqp_url(), app.topology.namespace())
+        .await
+        .unwrap();
+    let run_id = dispatch(&producer, "cancel-me").await;
+    tokio::time::timeout(DEADLINE, started.notified())
+        .await
+        .expect("the handler starts");
+    app.publish(&cancel_command(run_id)).await;
+    let run = app
+        .wait_for_run(run_id, "the run to complete", |r| {
+            r.status.as_str() == "completed"
+        })
+        .await;
+    assert_eq!(run.outcome, RunOutcome::Cancelled);
+    assert_eq!(
+        event_types_of(&app.pool, run_id).await,
+        [
+            "operation_run.queued",
+            "operation_run.started",
+            "operation_run.cancel_requested",
+            "operation_run.completed"
+        ]
+    );
+    let queue = worker.queue.clone();
+    wait_until("the job to be acked", || {
+        let queue = queue.clone();
+        async move { (unacked(&queue).await == 0).then_some(()) }
+    })
+    .await;
+    producer.close().await;
+    worker.stop(&app).await;
+    app.shutdown().await;
+}
+
+#[sqlx::test]
+async fn a_job_whose_cancel_came_before_its_handler_started_completes_cancelled_without_running_it(
+    pool: PgPool,
+) {
+    let app = app_with_hand_off(pool).await;
+    let release = Arc::new(Notify::new());
+    let handled = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let worker = RunningWorker::spawn(&app, "cancel_early", Duration::from_secs(20), {
+        let (release, handled) = (release.clone(), handled.clone());
+        move |job: Job, _| {
+            let (release, handled) = (release.clone(), handled.clone());
+            async move {
+                let selection = job.context["selection"].as_str().unwrap().to_owned();
+                handled.lock().unwrap().push(selection.clone());
+                if selection == "first" {
+                    release.notified().await;
+                }
+                Ok(RunOutcome::Succeeded)
+            }
+        }
+    })
+    .await;
+    let producer = Producer::connect(&amqp_url(), app.topology.namespace())
+        .await
+        .unwrap();
+    let first = dispatch_started(&app, &producer, "first").await;
+    // The second job waits behind the first. Its run was started by an executor that went away
+    // (its job back in the queue), and then its cancel was requested: the worker hears it while
+    // the first job is in hand.
+    let second = dispatch(&producer, "second").await;
+    app.publish(&progress(
+        "update_run",
+        second,
+        json!({"status": "running"}),
+    ))
+    .await;
+    app.wait_for_run(second, "the second run to be running", |r| {
+        r.status.as_str() == "running"
+    })
+    .await;
+    app.publish(&cancel_command(second)).await;
+    let pool = app.pool.clone();
+    wait_until("the cancel to be handed off", || {
+        let pool = pool.clone();
+        async move {
+            let published: Option<bool> = sqlx::query_scalar(
+                "SELECT published_at IS NOT NULL FROM operation_run_jobs
+                 WHERE run_id = $1 AND type = 'cancel.inventory.sync'",
+            )
+            .bind(second)
+            .fetch_optional(&pool)
+            .await
+            .unwrap();
+            (published == Some(true)).then_some(())
+        }
+    })
+    .await;
+    release.notify_one();
+    let run = app
+        .wait_for_run(second, "the second run to complete", |r| {
+            r.status.as_str() == "completed"
+        })
+        .await;
+    assert_eq!(run.outcome, RunOutcome::Cancelled);
+    let first_run = app.wait_for_run(first, "the first run", |_| true).await;
+    assert_eq!(first_run.outcome, RunOutcome::Succeeded);
+    assert_eq!(
+        *handled.lock().unwrap(),
+        ["first"],
+        "the cancelled run's handler never ran"
+    );
     producer.close().await;
     worker.stop(&app).await;
     app.shutdown().await;

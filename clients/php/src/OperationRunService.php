@@ -181,6 +181,47 @@ final class OperationRunService
         return $this->progress('increment_summary_counts', $runId, $workspaceId, $tenantId, ['counts' => self::object($counts)], $options);
     }
 
+    /**
+     * Cancels a run: a queued run completes `cancelled` at once (`done`); a running run's
+     * executor is asked to stop (`requested`); a completed run is never changed (`unchanged` when
+     * already cancelled, else `refused`).
+     *
+     * @param array{userId?: int, initiatorName?: string, commandId?: string, timeout?: float, traceparent?: string, tracestate?: string} $options
+     * @throws CommandRefused `run_not_found` for a run outside this workspace and tenant
+     * @throws CommandNotAnswered as for every command
+     */
+    public function cancel(int $runId, int $workspaceId, ?int $tenantId, ?string $reason = null, array $options = []): ActionResult
+    {
+        return $this->act('cancel_run', $runId, $workspaceId, $tenantId, $reason, $options);
+    }
+
+    /**
+     * Retries a run completed `failed`, `partially_succeeded`, `blocked` or `cancelled`: a new run
+     * of the same type, scope and context with `context.retry_of`, dispatched as usual (`done`,
+     * `$newRunId`; `$deduplicated` when an active run already held the identity).
+     *
+     * @param array{userId?: int, initiatorName?: string, commandId?: string, timeout?: float, traceparent?: string, tracestate?: string} $options
+     * @throws CommandRefused `run_not_found` for a run outside this workspace and tenant
+     * @throws CommandNotAnswered as for every command
+     */
+    public function retry(int $runId, int $workspaceId, ?int $tenantId, ?string $reason = null, array $options = []): ActionResult
+    {
+        return $this->act('retry_run', $runId, $workspaceId, $tenantId, $reason, $options);
+    }
+
+    /**
+     * Completes a queued or running run `failed` (failure code `run.failed_by_operator`, message
+     * `$reason`), for a run whose executor is gone.
+     *
+     * @param array{userId?: int, initiatorName?: string, commandId?: string, timeout?: float, traceparent?: string, tracestate?: string} $options
+     * @throws CommandRefused `run_not_found` for a run outside this workspace and tenant
+     * @throws CommandNotAnswered as for every command
+     */
+    public function fail(int $runId, int $workspaceId, ?int $tenantId, string $reason, array $options = []): ActionResult
+    {
+        return $this->act('fail_run', $runId, $workspaceId, $tenantId, $reason, $options);
+    }
+
     /** Closes the channel and the connection (also done on destruction). */
     public function close(): void
     {
@@ -236,6 +277,23 @@ final class OperationRunService
             'tenant_id' => $tenantId,
         ] + $fields;
         return $this->request($body, (float) ($options['timeout'] ?? self::DEFAULT_TIMEOUT), $options);
+    }
+
+    /**
+     * @param array<string, mixed> $options
+     */
+    private function act(string $kind, int $runId, int $workspaceId, ?int $tenantId, ?string $reason, array $options): ActionResult
+    {
+        $fields = ['reason' => $reason];
+        if (isset($options['userId'])) {
+            $fields['user_id'] = (int) $options['userId'];
+        }
+        if (isset($options['initiatorName'])) {
+            $fields['initiator_name'] = (string) $options['initiatorName'];
+        }
+        $options['commandId'] ??= self::newCommandId();
+        $reply = $this->progress($kind, $runId, $workspaceId, $tenantId, $fields, $options);
+        return ActionResult::fromReply($reply, (string) $options['commandId']);
     }
 
     /**
@@ -359,7 +417,8 @@ final class OperationRunService
         }
         $reply = $this->replies[$correlationId];
         unset($this->replies[$correlationId]);
-        if (isset($reply['error'])) {
+        // A refusal's `error` is {code, message}; an action result's is its text (no refusal).
+        if (isset($reply['error']) && is_array($reply['error'])) {
             throw new CommandRefused((string) ($reply['error']['code'] ?? 'unknown'), (string) ($reply['error']['message'] ?? ''));
         }
         return $reply;

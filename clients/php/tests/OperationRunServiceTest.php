@@ -4,6 +4,7 @@ declare(strict_types=1);
 
 namespace OperationRuns\Tests;
 
+use OperationRuns\ActionResult;
 use OperationRuns\AmqpUrl;
 use OperationRuns\CommandNotAnswered;
 use OperationRuns\CommandRefused;
@@ -135,6 +136,59 @@ final class OperationRunServiceTest extends TestCase
         $this->expectException(CommandRefused::class);
         $this->expectExceptionMessage('run_not_found');
         $this->service->incrementSummaryCounts($run->runId, $this->workspace, (int) getenv('OPRUN_OTHER_TENANT_ID'), ['total' => 1]);
+    }
+
+    public function testCancellingAQueuedRunIsDoneOnceAndARunningRunsCancelIsRequested(): void
+    {
+        $queued = $this->service->dispatchOrFail('policy.sync', $this->workspace, $this->tenant, ['policy_id' => 'php-' . bin2hex(random_bytes(6))]);
+        $done = $this->service->cancel($queued->runId, $this->workspace, $this->tenant, 'not needed', ['initiatorName' => 'phpunit', 'userId' => 5]);
+        self::assertSame([$queued->runId, 'cancel', ActionResult::DONE, null], [$done->runId, $done->action, $done->result, $done->error]);
+        $again = $this->service->cancel($queued->runId, $this->workspace, $this->tenant);
+        self::assertSame(ActionResult::UNCHANGED, $again->result);
+        self::assertStringContainsString('already completed as cancelled', (string) $again->error);
+
+        $running = $this->service->dispatchOrFail('policy.sync', $this->workspace, $this->tenant, ['policy_id' => 'php-' . bin2hex(random_bytes(6))]);
+        $this->service->updateRun($running->runId, $this->workspace, $this->tenant, ['status' => 'running']);
+        $requested = $this->service->cancel($running->runId, $this->workspace, $this->tenant);
+        self::assertSame(ActionResult::REQUESTED, $requested->result);
+        // The executor's answer: the run completes cancelled.
+        $completed = $this->service->updateRun($running->runId, $this->workspace, $this->tenant, ['status' => 'completed', 'outcome' => 'cancelled']);
+        self::assertSame('cancelled', $completed['outcome']);
+    }
+
+    public function testARetryDispatchesANewRunAndAnOperatorFailNeverOverwritesACompletion(): void
+    {
+        $run = $this->service->dispatchOrFail('policy.sync', $this->workspace, $this->tenant, ['policy_id' => 'php-' . bin2hex(random_bytes(6))]);
+        $this->service->cancel($run->runId, $this->workspace, $this->tenant);
+        $commandId = OperationRunService::newCommandId();
+        $retried = $this->service->retry($run->runId, $this->workspace, $this->tenant, 'try again', ['commandId' => $commandId]);
+        self::assertSame([ActionResult::DONE, false, $commandId], [$retried->result, $retried->deduplicated, $retried->commandId]);
+        self::assertNotNull($retried->newRunId);
+        self::assertNotSame($run->runId, $retried->newRunId);
+        // The same command id again: applied once, its first answer replied again.
+        $replayed = $this->service->retry($run->runId, $this->workspace, $this->tenant, 'try again', ['commandId' => $commandId]);
+        self::assertSame($retried->newRunId, $replayed->newRunId);
+
+        $failed = $this->service->fail($retried->newRunId, $this->workspace, $this->tenant, 'executor gone');
+        self::assertSame(['fail', ActionResult::DONE], [$failed->action, $failed->result]);
+        $cancel = $this->service->cancel($retried->newRunId, $this->workspace, $this->tenant);
+        self::assertSame(ActionResult::REFUSED, $cancel->result);
+        self::assertStringContainsString('never overwritten', (string) $cancel->error);
+        $notRetried = $this->service->retry($this->service->dispatchOrFail('policy.sync', $this->workspace, $this->tenant, ['policy_id' => 'php-' . bin2hex(random_bytes(6))])->runId, $this->workspace, $this->tenant);
+        self::assertSame(ActionResult::REFUSED, $notRetried->result, 'a queued run is not retried');
+    }
+
+    public function testAnActionOnAnotherTenantsRunIsNotFound(): void
+    {
+        $run = $this->service->dispatchOrFail('policy.sync', $this->workspace, $this->tenant, ['policy_id' => 'php-' . bin2hex(random_bytes(6))]);
+        try {
+            $this->service->cancel($run->runId, $this->workspace, (int) getenv('OPRUN_OTHER_TENANT_ID'));
+            self::fail("another tenant's run cannot be cancelled");
+        } catch (CommandRefused $e) {
+            self::assertSame('run_not_found', $e->getErrorCode());
+        }
+        $still = $this->service->updateRun($run->runId, $this->workspace, $this->tenant, ['status' => 'running']);
+        self::assertSame('running', $still['status']);
     }
 
     public function testAMissingTopologyIsUnroutableNotSilent(): void

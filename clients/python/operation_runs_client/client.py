@@ -224,6 +224,73 @@ class Client:
         fields = {"counts": dict(counts)}
         return self._progress("increment_summary_counts", run_id, workspace_id, tenant_id, fields, command_id, wait, timeout, (traceparent, tracestate))
 
+    # Operator actions -------------------------------------------------------------------------
+
+    def cancel(
+        self,
+        run_id: int,
+        workspace_id: int,
+        tenant_id: Optional[int],
+        reason: Optional[str] = None,
+        **options: Any,
+    ) -> Dict[str, Any]:
+        """Cancels a run: a queued run completes ``cancelled`` at once (``result`` ``done``); a
+        running run's executor is asked to stop (``requested``); a completed run is never changed
+        (``unchanged`` when already cancelled, else ``refused``). Options as :meth:`act`."""
+        return self.act("cancel_run", run_id, workspace_id, tenant_id, reason, **options)
+
+    def retry(
+        self,
+        run_id: int,
+        workspace_id: int,
+        tenant_id: Optional[int],
+        reason: Optional[str] = None,
+        **options: Any,
+    ) -> Dict[str, Any]:
+        """Retries a run completed ``failed``, ``partially_succeeded``, ``blocked`` or
+        ``cancelled``: a new run of the same type, scope and context with ``context.retry_of``,
+        dispatched as usual (``done`` with ``new_run_id``; ``deduplicated`` when an active run
+        already held the identity). Options as :meth:`act`."""
+        return self.act("retry_run", run_id, workspace_id, tenant_id, reason, **options)
+
+    def fail(
+        self,
+        run_id: int,
+        workspace_id: int,
+        tenant_id: Optional[int],
+        reason: str,
+        **options: Any,
+    ) -> Dict[str, Any]:
+        """Completes a queued or running run ``failed`` (failure code ``run.failed_by_operator``,
+        message ``reason``), for a run whose executor is gone. Options as :meth:`act`."""
+        return self.act("fail_run", run_id, workspace_id, tenant_id, reason, **options)
+
+    def act(
+        self,
+        kind: str,
+        run_id: int,
+        workspace_id: int,
+        tenant_id: Optional[int],
+        reason: Optional[str] = None,
+        *,
+        user_id: Optional[int] = None,
+        initiator_name: Optional[str] = None,
+        command_id: Optional[str] = None,
+        timeout: float = 30,
+        traceparent: Optional[str] = None,
+        tracestate: Optional[str] = None,
+    ) -> Dict[str, Any]:
+        """Sends operator action ``kind`` (``cancel_run``, ``retry_run``, ``fail_run``) and returns
+        its result ``{run_id, action, result: done|requested|unchanged|refused, new_run_id?,
+        deduplicated?, error?}`` (``error`` says why it was unchanged or refused). A run outside
+        this workspace and tenant raises :class:`CommandRefused` ``run_not_found``."""
+        fields: Dict[str, Any] = {"reason": reason}
+        if user_id is not None:
+            fields["user_id"] = user_id
+        if initiator_name is not None:
+            fields["initiator_name"] = initiator_name
+        return self._progress(kind, run_id, workspace_id, tenant_id, fields, command_id, True, timeout, (traceparent, tracestate))
+
     # Events -----------------------------------------------------------------------------------
 
     def subscribe(
@@ -438,7 +505,8 @@ class Client:
                 raise CommandNotAnswered("timeout", command_id, f"no reply to command {command_id} within {timeout} s")
             self._connection.process_data_events(time_limit=min(left, 1.0))
         reply, self._reply, self._awaiting = self._reply, None, None
-        if "error" in reply:
-            error = reply["error"] or {}
+        # A refusal's ``error`` is {code, message}; an action result's is its text (no refusal).
+        if isinstance(reply.get("error"), dict):
+            error = reply["error"]
             raise CommandRefused(str(error.get("code", "unknown")), str(error.get("message", "")))
         return reply

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import re
-from typing import Iterable, List, Tuple, Union
-from urllib.parse import urlsplit
+from typing import Iterable, List, Optional, Tuple, Union
+from urllib.parse import parse_qs, urlsplit
 
 import pika
 import pika.exceptions
@@ -58,7 +58,9 @@ class Nodes:
     """The URLs of one broker and where to start: the first that answers is used; after a lost
     connection the next one is tried first, so a dead node is tried last (as the service)."""
 
-    def __init__(self, urls: Union[str, Iterable[str]], connection_name: str):
+    def __init__(self, urls: Union[str, Iterable[str]], connection_name: str, default_heartbeat: Optional[int] = None):
+        """``default_heartbeat`` (seconds, 0 for none) applies to URLs without ``?heartbeat=``;
+        ``None`` accepts the broker's."""
         self.urls = parse_urls(urls)
         self._parameters = []
         for url in self.urls:
@@ -66,6 +68,8 @@ class Nodes:
                 parameters = pika.URLParameters(url)
             except Exception as e:  # pika echoes bad values; never the URL itself
                 raise ValueError(f"{redact(url)}: {redact(str(e))}") from None
+            if default_heartbeat is not None and "heartbeat" not in parse_qs(urlsplit(url).query):
+                parameters.heartbeat = default_heartbeat
             # The client-provided name: shown by the broker (management UI, rabbitmqctl).
             parameters.client_properties = {**(parameters.client_properties or {}), "connection_name": connection_name}
             self._parameters.append(parameters)

@@ -19,3 +19,9 @@ def env():
         "tenant": int(os.environ["OPRUN_TENANT_ID"]),
         "other_tenant": int(os.environ["OPRUN_OTHER_TENANT_ID"]),
     }
+
+
+def pytest_configure(config):
+    # tests/it/clients.rs runs the worker tests (-m worker) against a service that hands jobs off,
+    # and the others (-m "not worker") against one that does not.
+    config.addinivalue_line("markers", "worker: needs a service that hands jobs off to executors")

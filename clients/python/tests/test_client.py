@@ -129,3 +129,44 @@ def test_no_reply_in_time_is_command_not_answered(env):
     finally:
         channel.exchange_delete(f"{namespace}.commands")
         connection.close()
+
+
+def test_cancelling_a_queued_run_is_done_once_and_a_running_runs_cancel_is_requested(client, env):
+    queued = client.dispatch("policy.sync", env["workspace"], env["tenant"], {"policy_id": unique()})
+    done = client.cancel(queued["run_id"], env["workspace"], env["tenant"], "not needed", initiator_name="pytest", user_id=5)
+    assert done == {"run_id": queued["run_id"], "action": "cancel", "result": "done"}
+    again = client.cancel(queued["run_id"], env["workspace"], env["tenant"])
+    assert again["result"] == "unchanged" and "already completed as cancelled" in again["error"]
+
+    running = client.dispatch("policy.sync", env["workspace"], env["tenant"], {"policy_id": unique()})
+    client.update_run(running["run_id"], env["workspace"], env["tenant"], status="running")
+    assert client.cancel(running["run_id"], env["workspace"], env["tenant"])["result"] == "requested"
+    # The executor's answer: the run completes cancelled.
+    completed = client.update_run(running["run_id"], env["workspace"], env["tenant"], status="completed", outcome="cancelled")
+    assert completed["outcome"] == "cancelled"
+
+
+def test_a_retry_dispatches_a_new_run_and_an_operator_fail_never_overwrites_a_completion(client, env):
+    run = client.dispatch("policy.sync", env["workspace"], env["tenant"], {"policy_id": unique()})
+    client.cancel(run["run_id"], env["workspace"], env["tenant"])
+    command_id = str(uuid.uuid4())
+    retried = client.retry(run["run_id"], env["workspace"], env["tenant"], "try again", command_id=command_id)
+    assert retried["result"] == "done" and retried["deduplicated"] is False
+    assert retried["new_run_id"] != run["run_id"]
+    # The same command id again: applied once, its first answer replied again.
+    assert client.retry(run["run_id"], env["workspace"], env["tenant"], "try again", command_id=command_id) == retried
+
+    failed = client.fail(retried["new_run_id"], env["workspace"], env["tenant"], "executor gone")
+    assert (failed["action"], failed["result"]) == ("fail", "done")
+    cancel = client.cancel(retried["new_run_id"], env["workspace"], env["tenant"])
+    assert cancel["result"] == "refused" and "never overwritten" in cancel["error"]
+    queued = client.dispatch("policy.sync", env["workspace"], env["tenant"], {"policy_id": unique()})
+    assert client.retry(queued["run_id"], env["workspace"], env["tenant"])["result"] == "refused", "a queued run is not retried"
+
+
+def test_an_action_on_another_tenants_run_is_not_found(client, env):
+    run = client.dispatch("policy.sync", env["workspace"], env["tenant"], {"policy_id": unique()})
+    with pytest.raises(CommandRefused) as e:
+        client.cancel(run["run_id"], env["workspace"], env["other_tenant"])
+    assert e.value.code == "run_not_found"
+    assert client.update_run(run["run_id"], env["workspace"], env["tenant"], status="running")["status"] == "running"
