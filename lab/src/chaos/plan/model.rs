@@ -28,6 +28,11 @@ pub const TENANTS: i64 = 16;
 /// Users `1..=USERS` are seeded.
 pub const USERS: i64 = 3;
 
+/// The operator's name on every operator action (`initiator_name`).
+pub const OPERATOR: &str = "chaos-operator";
+/// The operator's platform user (`user_id`; seeded).
+pub const OPERATOR_USER: i64 = 1;
+
 /// Share of messages published a second time, same command id and body.
 pub const TWICE: f64 = 0.05;
 
@@ -121,6 +126,17 @@ pub enum StepAction {
         /// Failures carried by the completion.
         failures: Vec<PlannedFailure>,
     },
+    /// `cancel_run` by an operator: a queued run completes `cancelled`, a running one's
+    /// executor is asked to stop (see [`super::operator`]).
+    Cancel,
+    /// `fail_run` by an operator: the run completes `failed` with failure
+    /// `run.failed_by_operator` and this reason as its message.
+    Fail {
+        /// The reason given.
+        reason: String,
+    },
+    /// `retry_run` by an operator: the completed run is dispatched again (`context.retry_of`).
+    Retry,
 }
 
 /// One progress command of a run.

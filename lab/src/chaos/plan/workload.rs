@@ -16,7 +16,8 @@
 //! retention never deletes the run the viewers read); bursts of bad messages (each one block);
 //! late counts and failures for [`LATE_SHARE`] of the runs of [`HELD_FOREVER_TYPE`], published
 //! apart, [`crate::chaos::faults::retention::LATE_DELAY`] after their run's completion (see
-//! [`Workload::late_messages`]).
+//! [`Workload::late_messages`]); an operator's cancels, fails and retries of a few runs of the
+//! other types, among their executors' progress (see [`super::operator`]).
 
 use std::collections::BTreeMap;
 
@@ -28,9 +29,10 @@ use super::bad_messages::bad_messages;
 use super::dispatches::{dispatch_body, dispatch_contexts, identity_for};
 use super::injections::{Injection, Injections};
 use super::model::{
-    BadMessage, Identity, LateGroup, Message, PlannedDispatch, PlannedRun, StepAction,
+    BadMessage, Identity, LateGroup, Message, PlannedDispatch, PlannedRun, Step, StepAction,
     HELD_FOREVER_TYPE, LATE_SHARE, REJECTED_TYPE, TWICE,
 };
+use super::operator::{self, add_operator_actions};
 use super::steps::{add_failure_flood, add_late_progress, plan_run, progress_message};
 use operation_runs::domain::RunOutcome;
 
@@ -86,6 +88,9 @@ impl Workload {
             {
                 add_late_progress(i, &mut run, rng);
             }
+            if injections.has(Injection::OperatorActions) && operator::eligible(run_type) {
+                add_operator_actions(i, &mut run, rng);
+            }
             total += (contexts.len() + run.steps.len()) as u64;
             workload.identities.push(identity);
             workload.runs.push(run);
@@ -100,7 +105,9 @@ impl Workload {
                         && workload.runs[*i].late_from.is_none()
                 })
                 .or_else(|| {
-                    (0..identities.len()).find(|i| identities[*i].run_type != REJECTED_TYPE)
+                    (0..identities.len()).find(|i| {
+                        identities[*i].run_type != REJECTED_TYPE && !workload.runs[*i].acted_on()
+                    })
                 })
                 .expect("not every identity is of the rejected type");
             add_failure_flood(flooded, &mut workload.runs[flooded]);
@@ -155,8 +162,11 @@ impl Workload {
             let (i, s) = active[k];
             let step = &self.runs[i].steps[s];
             let run_id = run_ids[i].expect("only runs with ids are active");
-            let message = progress_message(step, run_id, &self.identities[i], rng);
-            items.push((message, step.twice));
+            // Retries wait for their run's completion (see `retry_messages`).
+            if !matches!(step.action, StepAction::Retry) {
+                let message = progress_message(step, run_id, &self.identities[i], rng);
+                items.push((message, step.twice));
+            }
             if s + 1 < self.runs[i].on_time_steps().len() {
                 active[k].1 += 1;
             } else {
@@ -204,6 +214,38 @@ impl Workload {
 }
 
 impl Workload {
+    /// The operator's retries of every run that has an id, one group per run, each to be
+    /// published once the run's completion is applied: an operator retries a run seen completed
+    /// (a retry that overtook the completion, possible with two instances consuming, would
+    /// rightly be refused). Second copies right after their originals.
+    pub fn retry_messages(&self, run_ids: &[Option<i64>], rng: &mut StdRng) -> Vec<LateGroup> {
+        let mut groups = Vec::new();
+        for (i, run) in self.runs.iter().enumerate() {
+            let Some(run_id) = run_ids[i] else {
+                continue;
+            };
+            let mut messages = Vec::new();
+            for step in run.retries() {
+                let message = progress_message(step, run_id, &self.identities[i], rng);
+                let copy = step.twice.then(|| Message {
+                    fresh: false,
+                    ..message.clone()
+                });
+                messages.push(message);
+                messages.extend(copy);
+            }
+            if messages.is_empty() {
+                continue;
+            }
+            let (done, _) = run.completion().expect("a retried run completes");
+            groups.push(LateGroup {
+                after: run.steps[done].command_id.clone(),
+                messages,
+            });
+        }
+        groups
+    }
+
     /// The late steps of every run that has an id (`run_ids[i]` for identity `i`), one group
     /// per run, each to be published after the run's completion.
     pub fn late_messages(&self, run_ids: &[Option<i64>], rng: &mut StdRng) -> Vec<LateGroup> {
@@ -265,15 +307,59 @@ impl PlannedRun {
             .collect()
     }
 
-    /// The outcome of its completion.
+    /// The step that completes the run and the outcome it completes it with: the executor's
+    /// completion, an operator's fail, or an operator's cancel before the start (a cancel
+    /// after it only asks the executor to stop).
+    pub fn completion(&self) -> Option<(usize, RunOutcome)> {
+        let mut started = false;
+        for (at, step) in self.steps.iter().enumerate() {
+            match &step.action {
+                StepAction::Start => started = true,
+                StepAction::Complete { outcome, .. } => return Some((at, *outcome)),
+                StepAction::Fail { .. } => return Some((at, RunOutcome::Failed)),
+                StepAction::Cancel if !started => return Some((at, RunOutcome::Cancelled)),
+                _ => {}
+            }
+        }
+        None
+    }
+
+    /// The outcome it completes with.
     pub fn outcome(&self) -> RunOutcome {
+        self.completion().expect("every planned run completes").1
+    }
+
+    /// The reason of the operator's `fail_run`, if the operator failed the run.
+    pub fn operator_failure(&self) -> Option<&str> {
+        self.steps.iter().find_map(|step| match &step.action {
+            StepAction::Fail { reason } => Some(reason.as_str()),
+            _ => None,
+        })
+    }
+
+    /// True when an operator acts on the run.
+    pub fn acted_on(&self) -> bool {
+        self.steps.iter().any(|s| {
+            matches!(
+                s.action,
+                StepAction::Cancel | StepAction::Fail { .. } | StepAction::Retry
+            )
+        })
+    }
+
+    /// True when the run gets a `cancel_run`.
+    pub fn cancel_asked(&self) -> bool {
         self.steps
             .iter()
-            .find_map(|step| match step.action {
-                StepAction::Complete { outcome, .. } => Some(outcome),
-                _ => None,
-            })
-            .expect("every planned run completes")
+            .any(|s| matches!(s.action, StepAction::Cancel))
+    }
+
+    /// The `retry_run` commands of the run (the first retries it, any other must find the
+    /// retry holding the identity).
+    pub fn retries(&self) -> impl Iterator<Item = &Step> {
+        self.steps
+            .iter()
+            .filter(|s| matches!(s.action, StepAction::Retry))
     }
 }
 
@@ -380,11 +466,23 @@ mod tests {
             if seen.insert(m.message_id.clone()) {
                 let run = c.run_id().unwrap();
                 let previous = last_step.insert(run, step);
-                assert!(previous.is_none_or(|p| p + 1 == step), "order of run {run}");
+                // The next step, passing over retries (published apart).
+                let planned = &w.runs[run as usize - 1].steps;
+                let next = |p: usize| {
+                    (p + 1..planned.len())
+                        .find(|n| !matches!(planned[*n].action, StepAction::Retry))
+                        .unwrap_or(planned.len())
+                };
+                assert!(
+                    previous.is_none_or(|p| next(p) == step),
+                    "order of run {run}"
+                );
             }
         }
         let steps: usize = w.runs.iter().map(|r| r.on_time_steps().len()).sum();
-        assert_eq!(seen.len(), steps);
+        let retries: usize = w.runs.iter().map(|r| r.retries().count()).sum();
+        assert!(retries > 0);
+        assert_eq!(seen.len(), steps - retries, "retries are published apart");
         assert!(messages.len() > steps + w.bad.len(), "some are sent twice");
     }
 
