@@ -13,9 +13,9 @@
 //! - **Retried**: a `retry_run` of a run that completed `failed`, `partially_succeeded`,
 //!   `blocked` or `cancelled`, sometimes with a second `retry_run` of its own command id (an
 //!   operator clicking twice), published apart once the completion is applied (as an operator
-//!   retries a run seen completed; see [`super::workload::Workload::retry_messages`]): exactly
-//!   one new run must hold `context.retry_of` = the run, in its identity, queued (nobody
-//!   executes it).
+//!   retries a run seen completed), the completion itself held back to the end of the stream
+//!   (see [`super::model::RetryGroup`]): exactly one new run must hold `context.retry_of` = the
+//!   run, in its identity, queued (nobody executes it).
 //!
 //! Each action command may be published twice like any other (same command id): a redelivered
 //! action has no second effect. Only types whose runs nothing else touches get actions: not the
@@ -67,6 +67,7 @@ pub(super) fn add_operator_actions(i: usize, run: &mut PlannedRun, rng: &mut Std
     }
     if retryable(run.outcome()) && rng.random_bool(RETRY) {
         let (done, _) = run.completion().expect("every planned run completes");
+        run.held_from = Some(done);
         run.steps.insert(done + 1, step(StepAction::Retry, rng));
         if rng.random_bool(RETRY_AGAIN) {
             let at = rng.random_range(done + 2..=run.steps.len());

@@ -175,6 +175,7 @@ pub(super) fn plan_run(i: usize, rng: &mut StdRng) -> PlannedRun {
         steps,
         flood: false,
         late_from: None,
+        held_from: None,
     }
 }
 

@@ -29,8 +29,8 @@ use super::bad_messages::bad_messages;
 use super::dispatches::{dispatch_body, dispatch_contexts, identity_for};
 use super::injections::{Injection, Injections};
 use super::model::{
-    BadMessage, Identity, LateGroup, Message, PlannedDispatch, PlannedRun, Step, StepAction,
-    HELD_FOREVER_TYPE, LATE_SHARE, REJECTED_TYPE, TWICE,
+    BadMessage, Identity, LateGroup, Message, PlannedDispatch, PlannedRun, RetryGroup, Step,
+    StepAction, HELD_FOREVER_TYPE, LATE_SHARE, REJECTED_TYPE, TWICE,
 };
 use super::operator::{self, add_operator_actions};
 use super::steps::{add_failure_flood, add_late_progress, plan_run, progress_message};
@@ -151,6 +151,8 @@ impl Workload {
     pub fn progress_messages(&self, run_ids: &[Option<i64>], rng: &mut StdRng) -> Vec<Message> {
         let mut order: Vec<usize> = (0..self.runs.len())
             .filter(|i| run_ids[*i].is_some() && !self.runs[*i].flood)
+            // A run cancelled while queued and then retried has all its steps held back.
+            .filter(|i| !self.runs[*i].on_time_steps().is_empty())
             .collect();
         order.shuffle(rng);
         let mut waiting = order.into_iter();
@@ -162,13 +164,27 @@ impl Workload {
             let (i, s) = active[k];
             let step = &self.runs[i].steps[s];
             let run_id = run_ids[i].expect("only runs with ids are active");
-            // Retries wait for their run's completion (see `retry_messages`).
-            if !matches!(step.action, StepAction::Retry) {
-                let message = progress_message(step, run_id, &self.identities[i], rng);
-                items.push((message, step.twice));
+            let message = progress_message(step, run_id, &self.identities[i], rng);
+            items.push((message, step.twice));
+            let mut next = s + 1;
+            let steps = self.runs[i].on_time_steps();
+            if matches!(step.action, StepAction::Complete { .. })
+                && steps
+                    .get(next)
+                    .is_some_and(|n| matches!(n.action, StepAction::Start))
+            {
+                // A stale start comes right behind the completion (a slow executor thread):
+                // later, run retention (20 s) could have deleted the run under a loaded
+                // service, and the start would find no run.
+                let late = &steps[next];
+                items.push((
+                    progress_message(late, run_id, &self.identities[i], rng),
+                    late.twice,
+                ));
+                next += 1;
             }
-            if s + 1 < self.runs[i].on_time_steps().len() {
-                active[k].1 += 1;
+            if next < steps.len() {
+                active[k].1 = next;
             } else {
                 active.swap_remove(k);
                 active.extend(waiting.next().map(|next| (next, 0)));
@@ -214,33 +230,18 @@ impl Workload {
 }
 
 impl Workload {
-    /// The operator's retries of every run that has an id, one group per run, each to be
-    /// published once the run's completion is applied: an operator retries a run seen completed
-    /// (a retry that overtook the completion, possible with two instances consuming, would
-    /// rightly be refused). Second copies right after their originals.
-    pub fn retry_messages(&self, run_ids: &[Option<i64>], rng: &mut StdRng) -> Vec<LateGroup> {
+    /// The end of every retried run that has an id, held back from the stream (see
+    /// [`RetryGroup`]).
+    pub fn retry_groups(&self, run_ids: &[Option<i64>], rng: &mut StdRng) -> Vec<RetryGroup> {
         let mut groups = Vec::new();
         for (i, run) in self.runs.iter().enumerate() {
-            let Some(run_id) = run_ids[i] else {
+            let (Some(run_id), Some(done)) = (run_ids[i], run.held_from) else {
                 continue;
             };
-            let mut messages = Vec::new();
-            for step in run.retries() {
-                let message = progress_message(step, run_id, &self.identities[i], rng);
-                let copy = step.twice.then(|| Message {
-                    fresh: false,
-                    ..message.clone()
-                });
-                messages.push(message);
-                messages.extend(copy);
-            }
-            if messages.is_empty() {
-                continue;
-            }
-            let (done, _) = run.completion().expect("a retried run completes");
-            groups.push(LateGroup {
+            groups.push(RetryGroup {
                 after: run.steps[done].command_id.clone(),
-                messages,
+                tail: self.apart(run.held_steps(), i, run_id, rng),
+                retries: self.apart(run.retries(), i, run_id, rng),
             });
         }
         groups
@@ -261,19 +262,34 @@ impl Workload {
                 .expect("every planned run completes")
                 .command_id
                 .clone();
-            let mut messages = Vec::new();
-            for step in run.late_steps() {
-                let message = progress_message(step, run_id, &self.identities[i], rng);
-                let copy = step.twice.then(|| Message {
-                    fresh: false,
-                    ..message.clone()
-                });
-                messages.push(message);
-                messages.extend(copy);
-            }
+            let messages = self.apart(run.late_steps(), i, run_id, rng);
             groups.push(LateGroup { after, messages });
         }
         groups
+    }
+}
+
+impl Workload {
+    /// The messages of `steps` of identity `i`'s run `run_id`, published apart from the stream:
+    /// each second copy right after its original.
+    fn apart<'s>(
+        &self,
+        steps: impl IntoIterator<Item = &'s Step>,
+        i: usize,
+        run_id: i64,
+        rng: &mut StdRng,
+    ) -> Vec<Message> {
+        let mut messages = Vec::new();
+        for step in steps {
+            let message = progress_message(step, run_id, &self.identities[i], rng);
+            let copy = step.twice.then(|| Message {
+                fresh: false,
+                ..message.clone()
+            });
+            messages.push(message);
+            messages.extend(copy);
+        }
+        messages
     }
 }
 
@@ -466,23 +482,22 @@ mod tests {
             if seen.insert(m.message_id.clone()) {
                 let run = c.run_id().unwrap();
                 let previous = last_step.insert(run, step);
-                // The next step, passing over retries (published apart).
-                let planned = &w.runs[run as usize - 1].steps;
-                let next = |p: usize| {
-                    (p + 1..planned.len())
-                        .find(|n| !matches!(planned[*n].action, StepAction::Retry))
-                        .unwrap_or(planned.len())
-                };
-                assert!(
-                    previous.is_none_or(|p| next(p) == step),
-                    "order of run {run}"
-                );
+                assert!(previous.is_none_or(|p| p + 1 == step), "order of run {run}");
             }
         }
         let steps: usize = w.runs.iter().map(|r| r.on_time_steps().len()).sum();
-        let retries: usize = w.runs.iter().map(|r| r.retries().count()).sum();
-        assert!(retries > 0);
-        assert_eq!(seen.len(), steps - retries, "retries are published apart");
+        assert_eq!(seen.len(), steps);
+        // A retried run's completion, what follows it and its retries are published apart.
+        let retried: Vec<&PlannedRun> = w.runs.iter().filter(|r| r.held_from.is_some()).collect();
+        assert!(!retried.is_empty());
+        for run in retried {
+            let (done, _) = run.completion().unwrap();
+            assert_eq!(run.on_time_steps().len(), done);
+            assert_eq!(
+                run.held_steps().count() + run.retries().count(),
+                run.steps.len() - done
+            );
+        }
         assert!(messages.len() > steps + w.bad.len(), "some are sent twice");
     }
 

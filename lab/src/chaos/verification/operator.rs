@@ -380,17 +380,22 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn a_perfect_run_does_what_was_asked_and_records_each_action_once() {
-        let p = perfect();
-        let found = check(
+    /// [`check`] of every run of `p`, each sent its progress.
+    fn check_all(p: &Perfect) -> ActionFindings {
+        check(
             &p.workload,
             &p.run_ids,
             |_| true,
             &p.inbox,
             &seen(&p.rows),
             &p.records,
-        );
+        )
+    }
+
+    #[test]
+    fn a_perfect_run_does_what_was_asked_and_records_each_action_once() {
+        let p = perfect();
+        let found = check_all(&p);
         let f = found.figures;
         assert!(
             f.asked_cancel > 0 && f.asked_fail > 0 && f.asked_retry > 0 && f.asked_retry_twice > 0,
@@ -429,14 +434,7 @@ mod tests {
             .find(|r| r.0 == cancelled as i64 + 1)
             .unwrap()
             .3 = "succeeded";
-        let found = check(
-            &p.workload,
-            &p.run_ids,
-            |_| true,
-            &p.inbox,
-            &seen(&p.rows),
-            &p.records,
-        );
+        let found = check_all(&p);
         assert_eq!(found.duplicate_runs.len(), 1, "{found:?}");
         assert_eq!(found.double_applied.len(), 1, "{found:?}");
         assert_eq!(found.figures.cancelled + 1, found.figures.asked_cancel);
