@@ -300,7 +300,7 @@ pub struct MetricsSettings {
     pub metrics_addr: String,
 
     /// Time between two polls of the metrics gauges read from the broker and the database (DLQ
-    /// depth, active runs per type); `0s` disables them.
+    /// depth, active runs and the longest-idle running run per type); `0s` disables them.
     #[arg(long, env = "OPRUN_METRICS_POLL", default_value = "15s", value_parser = parse_duration)]
     pub metrics_poll: Duration,
 }

@@ -1,6 +1,7 @@
 //! Service metrics on the maintained `prometheus-client` crate (OpenMetrics text exposition):
-//! commands by kind and result, runs by type and outcome, relay and broker health, and gauges
-//! polled from the broker and the database (DLQ depth, active runs per type).
+//! commands by kind and result, runs by type and outcome, how long runs wait to start and take
+//! to complete by type, relay and broker health, and gauges polled from the broker and the
+//! database (DLQ depth, active runs and the longest-idle running run per type).
 //!
 //! Counters are registered without their `_total` suffix; the encoder adds it, so the samples
 //! keep the names docs/operations.md, the dashboards and the alerts use (`oprun_commands_total{…}`).
@@ -10,7 +11,7 @@
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, LabelSetEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -24,6 +25,34 @@ pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; cha
 const LATENCY_BUCKETS: [f64; 12] = [
     0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0,
 ];
+
+/// Upper bounds (seconds) of the dispatch-to-start histogram: from an executor that picks a job
+/// up at once to one an hour behind.
+const DISPATCH_TO_START_BUCKETS: [f64; 14] = [
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0,
+];
+
+/// Upper bounds (seconds) of the run duration histogram: the catalog's expected durations are 5
+/// to 60 minutes; the reaper fails a run idle for 3 × that.
+const RUN_DURATION_BUCKETS: [f64; 14] = [
+    1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0,
+    28800.0,
+];
+
+/// The label set of a sample without labels: a [`Family`] keyed on it has no series until its
+/// one value is first set, so a gauge read from outside the process is absent, not 0, until the
+/// first read succeeds.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+struct Unlabelled;
+
+impl EncodeLabelSet for Unlabelled {
+    fn encode(&self, _encoder: &mut LabelSetEncoder) -> Result<(), std::fmt::Error> {
+        Ok(())
+    }
+}
+
+/// A histogram family's constructor.
+type HistogramOf = fn() -> Histogram;
 
 /// Labels of `oprun_commands_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -77,9 +106,12 @@ pub struct Metrics {
     outbox_backlog: Gauge<f64, AtomicU64>,
     outbox_oldest_age: Gauge<f64, AtomicU64>,
     consumer_running: Gauge,
-    dlq_depth: Gauge,
+    dlq_depth: Family<Unlabelled, Gauge>,
     active_runs: Family<TypeLabel, Gauge>,
+    idle_ratio: Family<TypeLabel, Gauge<f64, AtomicU64>>,
     processing: Histogram,
+    dispatch_to_start: Family<TypeLabel, Histogram, HistogramOf>,
+    run_duration: Family<TypeLabel, Histogram, HistogramOf>,
 }
 
 impl Default for Metrics {
@@ -100,9 +132,14 @@ impl Default for Metrics {
         let outbox_backlog = Gauge::<f64, AtomicU64>::default();
         let outbox_oldest_age = Gauge::<f64, AtomicU64>::default();
         let consumer_running = Gauge::default();
-        let dlq_depth = Gauge::default();
+        let dlq_depth = Family::<Unlabelled, Gauge>::default();
         let active_runs = Family::<TypeLabel, Gauge>::default();
+        let idle_ratio = Family::<TypeLabel, Gauge<f64, AtomicU64>>::default();
         let processing = Histogram::new(LATENCY_BUCKETS);
+        let dispatch_to_start: Family<TypeLabel, Histogram, HistogramOf> =
+            Family::new_with_constructor(|| Histogram::new(DISPATCH_TO_START_BUCKETS));
+        let run_duration: Family<TypeLabel, Histogram, HistogramOf> =
+            Family::new_with_constructor(|| Histogram::new(RUN_DURATION_BUCKETS));
         // Help texts without a final period: the encoder adds one.
         registry.register(
             "oprun_commands",
@@ -181,7 +218,7 @@ impl Default for Metrics {
         );
         registry.register(
             "oprun_dlq_depth",
-            "Dead letters held: messages in N.commands.dlq plus those oprun dlq moved into the dead_letters table (polled)",
+            "Dead letters held: messages in N.commands.dlq plus those oprun dlq moved into the dead_letters table (polled; absent until first read)",
             dlq_depth.clone(),
         );
         registry.register(
@@ -190,9 +227,24 @@ impl Default for Metrics {
             active_runs.clone(),
         );
         registry.register(
+            "oprun_run_idle_ratio_max",
+            "Longest time without a change of a running run, over its type's expected duration, by type (polled; 0 with no running run; the reaper fails runs past the stale factor)",
+            idle_ratio.clone(),
+        );
+        registry.register(
             "oprun_command_processing_seconds",
             "Time from receiving a batch to settling it, per command",
             processing.clone(),
+        );
+        registry.register(
+            "oprun_run_dispatch_to_start_seconds",
+            "Time from a run's dispatch to its start, by type (observed when its started event is published)",
+            dispatch_to_start.clone(),
+        );
+        registry.register(
+            "oprun_run_duration_seconds",
+            "Time from a run's start to its completion, by type (observed when its completed event is published; runs completed without starting are not observed)",
+            run_duration.clone(),
         );
         Self {
             registry,
@@ -213,7 +265,10 @@ impl Default for Metrics {
             consumer_running,
             dlq_depth,
             active_runs,
+            idle_ratio,
             processing,
+            dispatch_to_start,
+            run_duration,
         }
     }
 }
@@ -316,9 +371,11 @@ impl Metrics {
         self.consumer_running.set(i64::from(running));
     }
 
-    /// Sets the dead letters held (the queue's depth plus the stored letters).
+    /// Sets the dead letters held (the queue's depth plus the stored letters). Until the first
+    /// call the sample is absent: a 0 before the first read would look, to the dead-letter
+    /// alert, like letters arriving at every restart.
     pub fn dlq_depth(&self, letters: i64) {
-        self.dlq_depth.set(letters);
+        self.dlq_depth.get_or_create(&Unlabelled).set(letters);
     }
 
     /// Sets the active runs per type; `counts` should name every catalog type (0 included) so
@@ -327,6 +384,31 @@ impl Metrics {
         for (run_type, n) in counts {
             self.active_runs.get_or_create(&type_label(run_type)).set(n);
         }
+    }
+
+    /// Sets, per type, the longest idle time of its running runs over the type's expected
+    /// duration; `ratios` should name every catalog type (0 for none running), as for
+    /// [`Self::active_runs`].
+    pub fn idle_ratios<'a>(&self, ratios: impl IntoIterator<Item = (&'a str, f64)>) {
+        for (run_type, ratio) in ratios {
+            self.idle_ratio
+                .get_or_create(&type_label(run_type))
+                .set(ratio);
+        }
+    }
+
+    /// Records how long a run of `run_type` waited from its dispatch to its start.
+    pub fn observe_dispatch_to_start(&self, run_type: &str, waited: Duration) {
+        self.dispatch_to_start
+            .get_or_create(&type_label(run_type))
+            .observe(waited.as_secs_f64());
+    }
+
+    /// Records how long a run of `run_type` took from its start to its completion.
+    pub fn observe_run_duration(&self, run_type: &str, took: Duration) {
+        self.run_duration
+            .get_or_create(&type_label(run_type))
+            .observe(took.as_secs_f64());
     }
 
     /// Records one processing latency.
@@ -420,6 +502,36 @@ mod tests {
             "oprun_active_runs{type=\"inventory.sync\"} 0",
             "oprun_outbox_backlog 4.0",
             "oprun_outbox_oldest_age_seconds 1.5",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line} in {text}");
+        }
+    }
+
+    #[test]
+    fn the_dlq_depth_is_absent_until_first_read_so_a_restart_is_no_jump_from_zero() {
+        let m = Metrics::default();
+        let sample = |text: &str| text.lines().any(|l| l.starts_with("oprun_dlq_depth "));
+        assert!(!sample(&m.render()), "no sample before the first read");
+        m.dlq_depth(0);
+        assert!(m.render().lines().any(|l| l == "oprun_dlq_depth 0"));
+    }
+
+    #[test]
+    fn idle_ratios_and_run_timings_are_by_type() {
+        let m = Metrics::default();
+        m.idle_ratios([("policy.sync", 1.25), ("inventory.sync", 0.0)]);
+        m.observe_dispatch_to_start("policy.sync", Duration::from_millis(300));
+        m.observe_run_duration("policy.sync", Duration::from_secs(200));
+        m.observe_run_duration("policy.sync", Duration::from_secs(4000));
+        let text = m.render();
+        for line in [
+            "oprun_run_idle_ratio_max{type=\"policy.sync\"} 1.25",
+            "oprun_run_idle_ratio_max{type=\"inventory.sync\"} 0.0",
+            "oprun_run_dispatch_to_start_seconds_bucket{le=\"0.25\",type=\"policy.sync\"} 0",
+            "oprun_run_dispatch_to_start_seconds_bucket{le=\"0.5\",type=\"policy.sync\"} 1",
+            "oprun_run_duration_seconds_bucket{le=\"300.0\",type=\"policy.sync\"} 1",
+            "oprun_run_duration_seconds_bucket{le=\"7200.0\",type=\"policy.sync\"} 2",
+            "oprun_run_duration_seconds_count{type=\"policy.sync\"} 2",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line} in {text}");
         }

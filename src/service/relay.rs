@@ -25,6 +25,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -37,7 +38,7 @@ use crate::broker::publisher::{
 };
 use crate::broker::{messages, BasicProperties, BrokerError, Connection, Topology};
 use crate::domain::trace_context::{TRACEPARENT, TRACESTATE};
-use crate::domain::{Failure, RunEventType};
+use crate::domain::{Failure, OperationRunType, RunEventType};
 use crate::store::events::{self, StoredEvent};
 use crate::store::{jobs, runs};
 
@@ -324,7 +325,7 @@ impl OutboxRelay {
         }
         events::mark_published(&mut *conn, &confirmed).await?;
         report.events += confirmed.len();
-        self.count_completions(&round.answers);
+        self.observe_starts_and_completions(&round.answers);
         match round.channel_error {
             Some(e) => Err(e.into()),
             None => Ok(()),
@@ -502,31 +503,60 @@ impl OutboxRelay {
     }
 
     /// Counts the runs whose `completed` event the broker confirmed (`oprun_runs_completed_total`
-    /// by type and outcome): one place that sees every completion, whether a command, the reaper
-    /// or the relay itself completed the run, and only once it is committed.
-    fn count_completions(&self, answers: &[(&StoredEvent, Answer)]) {
+    /// by type and outcome, `oprun_run_duration_seconds` by type) and times those whose `started`
+    /// event it confirmed (`oprun_run_dispatch_to_start_seconds`): one place that sees every
+    /// start and completion, whether a command, an operator action (in this process or in the
+    /// CLI's), the reaper or the relay itself made it, and only once it is committed. The times
+    /// are the run's own timestamps (the transaction clock), carried by the event.
+    fn observe_starts_and_completions(&self, answers: &[(&StoredEvent, Answer)]) {
         #[derive(serde::Deserialize)]
-        struct Completed {
-            data: CompletedData,
+        struct Changed {
+            data: ChangedData,
         }
         #[derive(serde::Deserialize)]
-        struct CompletedData {
-            run: CompletedRun,
+        struct ChangedData {
+            run: ChangedRun,
         }
         #[derive(serde::Deserialize)]
-        struct CompletedRun {
+        struct ChangedRun {
             r#type: String,
             outcome: String,
+            created_at: DateTime<Utc>,
+            started_at: Option<DateTime<Utc>>,
+            completed_at: Option<DateTime<Utc>>,
         }
+        let between = |from: DateTime<Utc>, to: DateTime<Utc>| (to - from).to_std().ok();
         for (event, answer) in answers {
-            if !matches!(answer, Answer::Confirmed(_))
-                || event.event_type != RunEventType::Completed.as_str()
-            {
+            if !matches!(answer, Answer::Confirmed(_)) {
                 continue;
             }
-            if let Ok(c) = serde_json::from_str::<Completed>(&event.cloud_event) {
-                self.metrics
-                    .run_completed(&c.data.run.r#type, &c.data.run.outcome);
+            let started = event.event_type == RunEventType::Started.as_str();
+            let completed = event.event_type == RunEventType::Completed.as_str();
+            if !started && !completed {
+                continue;
+            }
+            let Ok(c) = serde_json::from_str::<Changed>(&event.cloud_event) else {
+                continue;
+            };
+            let run = c.data.run;
+            // Only catalog types become labels, so the series stay bounded by the catalog.
+            let Ok(run_type) = OperationRunType::parse(&run.r#type) else {
+                continue;
+            };
+            let run_type = run_type.as_str();
+            if started {
+                if let Some(waited) = run.started_at.and_then(|at| between(run.created_at, at)) {
+                    self.metrics.observe_dispatch_to_start(run_type, waited);
+                }
+                continue;
+            }
+            self.metrics.run_completed(run_type, &run.outcome);
+            if let Some(took) = run
+                .started_at
+                .zip(run.completed_at)
+                .and_then(|(from, to)| between(from, to))
+            {
+                self.metrics.observe_run_duration(run_type, took);
             }
         }
     }

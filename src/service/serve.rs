@@ -260,8 +260,8 @@ impl Service {
     }
 
     /// Every `--metrics-poll`, sets the gauges read from outside the process: the DLQ's
-    /// depth (a passive declare on this connection) and the active runs per catalog type (one
-    /// `GROUP BY` query). A failed read keeps the last value and is logged at debug level: the
+    /// depth (a passive declare on this connection), and the active runs and the longest-idle
+    /// running run over its expected duration per catalog type (one `GROUP BY` query). A failed read keeps the last value and is logged at debug level: the
     /// gauges are for dashboards, and the broker and database have their own health signals.
     async fn poll_gauges(&self, connection: &Connection) -> std::convert::Infallible {
         let every = self.settings.metrics.metrics_poll;
@@ -278,14 +278,19 @@ impl Service {
                 },
                 Err(e) => tracing::debug!(error = %e, "reading the DLQ depth failed"),
             }
-            match crate::store::runs::count_active_by_type(&self.pool).await {
-                Ok(active) => self.metrics.active_runs(OPERATION_CATALOG.iter().map(|e| {
-                    let n = active
-                        .iter()
-                        .find(|(t, _)| t == e.name)
-                        .map_or(0, |(_, n)| *n);
-                    (e.name, n)
-                })),
+            match crate::store::runs::active_by_type(&self.pool).await {
+                Ok(active) => {
+                    let of = |name: &str| active.iter().find(|a| a.run_type == name);
+                    self.metrics.active_runs(
+                        OPERATION_CATALOG
+                            .iter()
+                            .map(|e| (e.name, of(e.name).map_or(0, |a| a.active))),
+                    );
+                    self.metrics.idle_ratios(OPERATION_CATALOG.iter().map(|e| {
+                        let idle = of(e.name).map_or(0.0, |a| a.longest_idle_seconds);
+                        (e.name, idle / e.expected_duration.as_secs_f64())
+                    }));
+                }
                 Err(e) => tracing::debug!(error = %e, "counting active runs failed"),
             }
             tokio::time::sleep(every).await;

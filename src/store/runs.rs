@@ -382,13 +382,30 @@ pub async fn lock_by_id(
         .await
 }
 
-/// Queued or running runs per type (types without any are absent), for the `oprun_active_runs`
-/// gauge.
-pub async fn count_active_by_type(
+/// Queued or running runs of one type, for the polled gauges.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct ActiveOfType {
+    /// The type's wire name.
+    pub run_type: String,
+    /// Its queued and running runs (`oprun_active_runs`).
+    pub active: i64,
+    /// Seconds since the least recently changed of its running runs last changed, by the
+    /// database's clock; 0 when none runs (`oprun_run_idle_ratio_max`).
+    pub longest_idle_seconds: f64,
+}
+
+/// Queued or running runs per type (types without any are absent), and how long the longest-idle
+/// running one of each has gone without a change: one pass over `operation_runs_active_idx`
+/// (the active runs only), whose rows the count reads anyway.
+pub async fn active_by_type(
     executor: impl PgExecutor<'_>,
-) -> Result<Vec<(String, i64)>, sqlx::Error> {
+) -> Result<Vec<ActiveOfType>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT type, count(*) FROM operation_runs
+        "SELECT type AS run_type, count(*) AS active,
+                COALESCE(EXTRACT(EPOCH FROM now()
+                    - min(updated_at) FILTER (WHERE status = 'running')), 0)::float8
+                    AS longest_idle_seconds
+         FROM operation_runs
          WHERE status IN ('queued', 'running') GROUP BY type",
     )
     .fetch_all(executor)

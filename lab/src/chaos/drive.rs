@@ -3,7 +3,8 @@
 //! them and for every job to be handed off, then resolves each identity's run from the database
 //! (replies die with a killed service; the identity hash does not) and notes the runs the
 //! service already completed itself; phase 2 publishes the progress of the others (late
-//! progress [`LATE_DELAY`] after each run's completion, and with the `viewers` injection
+//! progress [`LATE_DELAY`] after each run's completion, the completions of the runs an operator
+//! retries at the end and the retries once they are applied, and with the `viewers` injection
 //! readers of a large run meanwhile, see [`crate::chaos::faults::viewers`]). Publishing is paced by the
 //! service's progress. Then quiescence, and the checks.
 
@@ -22,7 +23,7 @@ use crate::chaos::faults::progress::Progress;
 use crate::chaos::faults::retention::LATE_DELAY;
 use crate::chaos::faults::viewers::{self, ViewerReport, ViewerTarget};
 use crate::chaos::plan::injections::{Injection, Injections};
-use crate::chaos::plan::model::{LateGroup, Message, HELD_FOREVER_TYPE};
+use crate::chaos::plan::model::{LateGroup, Message, RetryGroup, HELD_FOREVER_TYPE};
 use crate::chaos::plan::workload::Workload;
 use crate::chaos::verification::check::{self, AfterDispatch, Findings};
 use crate::chaos::verification::quiescence::{self, BrokerProbe, Expected};
@@ -44,6 +45,8 @@ const HAND_OFF_WAIT: Duration = Duration::from_secs(120);
 const AHEAD: u64 = 2000;
 /// Messages published between two looks at the service's progress.
 const CHUNK: usize = 250;
+/// Time between two looks for completed runs whose retries wait, once every chunk is out.
+const RETRY_LOOK: Duration = Duration::from_millis(200);
 
 /// What the flags set beyond the workload.
 #[derive(Debug, Clone, Copy)]
@@ -296,14 +299,18 @@ impl<'a> Run<'a> {
             .collect();
         let messages = self.workload.progress_messages(&open, rng);
         let late = self.workload.late_messages(&open, rng);
+        let retried = self.workload.retry_groups(&open, rng);
         eprintln!(
-            "chaos: phase 2: {} progress messages, and {} late ones for {} completed runs",
+            "chaos: phase 2: {} progress messages, {} late ones for {} completed runs, and {} retries of {} runs once they completed at the end",
             messages.len(),
             late.iter().map(|g| g.messages.len()).sum::<usize>(),
-            late.len()
+            late.len(),
+            retried.iter().map(|g| g.retries.len()).sum::<usize>(),
+            retried.len()
         );
         self.start_viewers(&open);
-        self.publish_with_late(publisher, &messages, late).await
+        self.publish_with_late(publisher, &messages, late, retried)
+            .await
     }
 
     /// With the `viewers` injection, starts the readers of the large run (the flooded one, else
@@ -376,26 +383,23 @@ impl<'a> Run<'a> {
         }
     }
 
-    /// Publishes `messages` as [`Self::publish`] does, and each late group [`LATE_DELAY`] after
-    /// the chunk with its run's completion was published (the rest at the end, when due).
+    /// Publishes `messages` as [`Self::publish`] does, each late group [`LATE_DELAY`] after
+    /// the chunk with its run's completion was published (the rest at the end, when due), the
+    /// retried runs' tails after the last chunk, and each run's retries once its completion is
+    /// in the inbox (looked at until all are out or the deadline).
     async fn publish_with_late(
         &mut self,
         publisher: &mut Reconnecting,
         messages: &[Message],
         late: Vec<LateGroup>,
+        retried: Vec<RetryGroup>,
     ) -> Result<(), LabError> {
         let mut waiting: HashMap<String, Vec<Message>> =
             late.into_iter().map(|g| (g.after, g.messages)).collect();
+        let mut armed: HashMap<String, Vec<Message>> = HashMap::new();
         let mut due: VecDeque<(Instant, Vec<Message>)> = VecDeque::new();
         for chunk in messages.chunks(CHUNK) {
-            let now = Instant::now();
-            let mut ready = Vec::new();
-            while due.front().is_some_and(|(at, _)| *at <= now) {
-                ready.extend(due.pop_front().expect("just looked").1);
-            }
-            if !ready.is_empty() {
-                self.publish(publisher, &ready).await?;
-            }
+            self.publish_ready(publisher, &mut due, &mut armed).await?;
             self.publish(publisher, chunk).await?;
             let at = Instant::now() + LATE_DELAY;
             for message in chunk.iter().filter(|m| m.fresh) {
@@ -407,11 +411,66 @@ impl<'a> Run<'a> {
         // A completion never published (none should be) lets its late group go last.
         let at = Instant::now() + LATE_DELAY;
         due.extend(waiting.into_values().map(|group| (at, group)));
-        while let Some((at, group)) = due.pop_front() {
-            tokio::time::sleep_until(at.min(self.deadline)).await;
-            self.publish(publisher, &group).await?;
+        let tails: Vec<Message> = retried.iter().flat_map(|g| g.tail.clone()).collect();
+        self.publish(publisher, &tails).await?;
+        armed.extend(retried.into_iter().map(|g| (g.after, g.retries)));
+        while !due.is_empty() || !armed.is_empty() {
+            let now = Instant::now();
+            if now >= self.deadline {
+                self.problems.push(format!(
+                    "{} run(s) not seen completed by the deadline; their retries were not sent",
+                    armed.len()
+                ));
+                break;
+            }
+            self.publish_ready(publisher, &mut due, &mut armed).await?;
+            let next = due
+                .front()
+                .map_or(now + RETRY_LOOK, |(at, _)| (*at).min(now + RETRY_LOOK));
+            tokio::time::sleep_until(next.min(self.deadline)).await;
         }
         Ok(())
+    }
+
+    /// Publishes the late groups that are `due` by now and the `armed` groups whose
+    /// completion is applied.
+    async fn publish_ready(
+        &mut self,
+        publisher: &mut Reconnecting,
+        due: &mut VecDeque<(Instant, Vec<Message>)>,
+        armed: &mut HashMap<String, Vec<Message>>,
+    ) -> Result<(), LabError> {
+        let now = Instant::now();
+        let mut ready = Vec::new();
+        while due.front().is_some_and(|(at, _)| *at <= now) {
+            ready.extend(due.pop_front().expect("just looked").1);
+        }
+        ready.extend(self.take_applied(armed).await);
+        if ready.is_empty() {
+            return Ok(());
+        }
+        self.publish(publisher, &ready).await
+    }
+
+    /// Removes from `armed` the groups whose key (a completion's command id) is in the inbox,
+    /// and returns their messages; none while the database does not answer.
+    async fn take_applied(&self, armed: &mut HashMap<String, Vec<Message>>) -> Vec<Message> {
+        if armed.is_empty() {
+            return Vec::new();
+        }
+        let keys: Vec<String> = armed.keys().cloned().collect();
+        let applied: Vec<String> = sqlx::query_scalar(
+            "SELECT command_id FROM processed_commands WHERE command_id = ANY($1)",
+        )
+        .bind(&keys)
+        .fetch_all(&self.sandbox.pool)
+        .await
+        .unwrap_or_default();
+        applied
+            .iter()
+            .filter_map(|id| armed.remove(id))
+            .flatten()
+            .collect()
     }
 
     /// Waits for quiescence (up to the deadline), then reads the dead letters and checks.

@@ -171,6 +171,9 @@ impl ChaosArgs {
             broker_restarts: outcome.broker_restarts,
             db_restarts: outcome.db_restarts,
             broker_node_kills: infra.is_cluster().then_some(outcome.broker_node_kills),
+            cancelled: outcome.findings.actions.cancelled,
+            retried: outcome.findings.actions.retried,
+            failed_by_operator: outcome.findings.actions.failed_by_operator,
             lost: outcome.findings.lost,
             double_applied: outcome.findings.double_applied,
             duplicate_runs: outcome.findings.duplicate_runs,
@@ -183,6 +186,19 @@ impl ChaosArgs {
             eprintln!(
                 "chaos: retention: {} run(s) deleted (checked on their latest event), {} event(s) pruned after they were received",
                 outcome.findings.deleted_runs, outcome.findings.pruned_events
+            );
+        }
+        if injections.has(Injection::OperatorActions) {
+            let a = outcome.findings.actions;
+            eprintln!(
+                "chaos: operator: asked {} cancel(s), {} fail(s), {} retry(ies) ({} asked twice); {} run(s) cancelled, {} failed by the operator, {} retried into one run each",
+                a.asked_cancel,
+                a.asked_fail,
+                a.asked_retry,
+                a.asked_retry_twice,
+                a.cancelled,
+                a.failed_by_operator,
+                a.retried
             );
         }
         eprintln!(

@@ -1,6 +1,6 @@
 //! The injections, each switchable (`--without a,b`), all on by default: hostile input,
-//! operator mistakes, short retention, late progress and viewer readers, on top of the crash
-//! faults of [`crate::chaos::faults::schedule`] (which always run).
+//! operator mistakes, short retention, late progress, viewer readers and operator actions, on
+//! top of the crash faults of [`crate::chaos::faults::schedule`] (which always run).
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -35,11 +35,15 @@ pub enum Injection {
     /// streams of `GET /v1/runs/{id}/live` on a large run during the workload, each checking
     /// that sequences arrive increasing and without a gap (see [`crate::chaos::faults::viewers`]).
     Viewers,
+    /// An operator cancels, fails and retries a few runs through the broker commands
+    /// `cancel_run`, `fail_run` and `retry_run`, among their executors' progress (see
+    /// [`crate::chaos::plan::operator`]).
+    OperatorActions,
 }
 
 impl Injection {
     /// Every injection, in the order lab/README.md lists them.
-    pub const ALL: [Injection; 10] = [
+    pub const ALL: [Injection; 11] = [
         Self::RejectJobs,
         Self::DlqUnbind,
         Self::Oversized,
@@ -50,6 +54,7 @@ impl Injection {
         Self::Retention,
         Self::LateProgress,
         Self::Viewers,
+        Self::OperatorActions,
     ];
 
     /// The flag value.
@@ -65,6 +70,7 @@ impl Injection {
             Self::Retention => "retention",
             Self::LateProgress => "late-progress",
             Self::Viewers => "viewers",
+            Self::OperatorActions => "operator-actions",
         }
     }
 }
@@ -124,6 +130,6 @@ mod tests {
         let some = Injections::without(&[Injection::FailureFlood, Injection::Nul]);
         assert!(!some.has(Injection::FailureFlood) && !some.has(Injection::Nul));
         assert!(some.has(Injection::RejectJobs) && some.has(Injection::IdleConnections));
-        assert_eq!(Injections::all().to_string().split(',').count(), 10);
+        assert_eq!(Injections::all().to_string().split(',').count(), 11);
     }
 }

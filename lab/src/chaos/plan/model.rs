@@ -28,6 +28,11 @@ pub const TENANTS: i64 = 16;
 /// Users `1..=USERS` are seeded.
 pub const USERS: i64 = 3;
 
+/// The operator's name on every operator action (`initiator_name`).
+pub const OPERATOR: &str = "chaos-operator";
+/// The operator's platform user (`user_id`; seeded).
+pub const OPERATOR_USER: i64 = 1;
+
 /// Share of messages published a second time, same command id and body.
 pub const TWICE: f64 = 0.05;
 
@@ -121,6 +126,17 @@ pub enum StepAction {
         /// Failures carried by the completion.
         failures: Vec<PlannedFailure>,
     },
+    /// `cancel_run` by an operator: a queued run completes `cancelled`, a running one's
+    /// executor is asked to stop (see [`super::operator`]).
+    Cancel,
+    /// `fail_run` by an operator: the run completes `failed` with failure
+    /// `run.failed_by_operator` and this reason as its message.
+    Fail {
+        /// The reason given.
+        reason: String,
+    },
+    /// `retry_run` by an operator: the completed run is dispatched again (`context.retry_of`).
+    Retry,
 }
 
 /// One progress command of a run.
@@ -145,18 +161,44 @@ pub struct PlannedRun {
     /// The index of its first late step, if it has late progress: those steps are published
     /// apart, after the completion (see [`Workload::late_messages`]).
     pub late_from: Option<usize>,
+    /// The index of its completion, if an operator retries it: the steps from there are
+    /// published apart (see [`Workload::retry_groups`]).
+    pub held_from: Option<usize>,
 }
 
 impl PlannedRun {
-    /// The steps published in the interleaved stream of phase 2 (all but the late ones).
+    /// The steps published in the interleaved stream of phase 2 (all but the late and the
+    /// held ones).
     pub fn on_time_steps(&self) -> &[Step] {
-        &self.steps[..self.late_from.unwrap_or(self.steps.len())]
+        let end = self.late_from.or(self.held_from);
+        &self.steps[..end.unwrap_or(self.steps.len())]
     }
 
     /// The late steps.
     pub fn late_steps(&self) -> &[Step] {
         &self.steps[self.late_from.unwrap_or(self.steps.len())..]
     }
+
+    /// The held steps but the retries: the completion and what follows it.
+    pub fn held_steps(&self) -> impl Iterator<Item = &Step> {
+        self.steps[self.held_from.unwrap_or(self.steps.len())..]
+            .iter()
+            .filter(|s| !matches!(s.action, StepAction::Retry))
+    }
+}
+
+/// A retried run's end, published apart: its completion and what follows it once the
+/// interleaved stream is out, its retries once that completion is applied. So a retry never
+/// overtakes the completion (two instances may apply a run's commands out of order), and it
+/// reaches a short queue, long before run retention could delete the completed run.
+#[derive(Debug, Clone)]
+pub struct RetryGroup {
+    /// The command id of the run's completion.
+    pub after: String,
+    /// The completion and the steps after it, second copies right after their originals.
+    pub tail: Vec<Message>,
+    /// The retries, likewise.
+    pub retries: Vec<Message>,
 }
 
 /// The late messages of one run, to be published apart, after its completion.

@@ -1,7 +1,8 @@
 //! Phase 2: each run's progress commands, planned (a start, 3 to 6 increments, 0 to 2 failure
 //! appends, a completion, sometimes a stale start after it, and with the `late-progress`
-//! injection, for some runs held for ever, late counts and failures after all that) and worded
-//! for the run's id once it is known.
+//! injection, for some runs held for ever, late counts and failures after all that; the
+//! operator's actions are planned by [`super::operator`]) and worded for the run's id once it
+//! is known.
 
 use rand::rngs::StdRng;
 use rand::seq::IndexedRandom;
@@ -9,7 +10,8 @@ use rand::Rng;
 use serde_json::{json, Value};
 
 use super::model::{
-    Counts, Identity, Message, PlannedFailure, PlannedRun, Step, StepAction, TWICE,
+    Counts, Identity, Message, PlannedFailure, PlannedRun, Step, StepAction, OPERATOR,
+    OPERATOR_USER, TWICE,
 };
 use super::shuffled_json::to_shuffled_string;
 use operation_runs::domain::summary_counts::SUMMARY_COUNT_KEYS;
@@ -69,6 +71,9 @@ pub(super) fn progress_message(
             }
             "update_run"
         }
+        StepAction::Cancel => operator_fields(fields, None, "cancel_run", rng),
+        StepAction::Fail { reason } => operator_fields(fields, Some(reason), "fail_run", rng),
+        StepAction::Retry => operator_fields(fields, None, "retry_run", rng),
     };
     fields.insert("kind".into(), json!(kind));
     Message {
@@ -77,6 +82,28 @@ pub(super) fn progress_message(
         message_id: step.command_id.clone(),
         fresh: true,
     }
+}
+
+/// Adds who acts (and, for a fail, why; else sometimes an explicit `null` reason) to an
+/// operator action's body; returns its kind.
+fn operator_fields(
+    fields: &mut serde_json::Map<String, Value>,
+    reason: Option<&str>,
+    kind: &'static str,
+    rng: &mut StdRng,
+) -> &'static str {
+    fields.insert("initiator_name".into(), json!(OPERATOR));
+    fields.insert("user_id".into(), json!(OPERATOR_USER));
+    match reason {
+        Some(reason) => {
+            fields.insert("reason".into(), json!(reason));
+        }
+        None if rng.random_bool(0.5) => {
+            fields.insert("reason".into(), Value::Null);
+        }
+        None => {}
+    }
+    kind
 }
 
 fn failures_json(failures: &[PlannedFailure]) -> Value {
@@ -148,6 +175,7 @@ pub(super) fn plan_run(i: usize, rng: &mut StdRng) -> PlannedRun {
         steps,
         flood: false,
         late_from: None,
+        held_from: None,
     }
 }
 

@@ -16,7 +16,8 @@
 //! retention never deletes the run the viewers read); bursts of bad messages (each one block);
 //! late counts and failures for [`LATE_SHARE`] of the runs of [`HELD_FOREVER_TYPE`], published
 //! apart, [`crate::chaos::faults::retention::LATE_DELAY`] after their run's completion (see
-//! [`Workload::late_messages`]).
+//! [`Workload::late_messages`]); an operator's cancels, fails and retries of a few runs of the
+//! other types, among their executors' progress (see [`super::operator`]).
 
 use std::collections::BTreeMap;
 
@@ -28,9 +29,10 @@ use super::bad_messages::bad_messages;
 use super::dispatches::{dispatch_body, dispatch_contexts, identity_for};
 use super::injections::{Injection, Injections};
 use super::model::{
-    BadMessage, Identity, LateGroup, Message, PlannedDispatch, PlannedRun, StepAction,
-    HELD_FOREVER_TYPE, LATE_SHARE, REJECTED_TYPE, TWICE,
+    BadMessage, Identity, LateGroup, Message, PlannedDispatch, PlannedRun, RetryGroup, Step,
+    StepAction, HELD_FOREVER_TYPE, LATE_SHARE, REJECTED_TYPE, TWICE,
 };
+use super::operator::{self, add_operator_actions};
 use super::steps::{add_failure_flood, add_late_progress, plan_run, progress_message};
 use operation_runs::domain::RunOutcome;
 
@@ -86,6 +88,9 @@ impl Workload {
             {
                 add_late_progress(i, &mut run, rng);
             }
+            if injections.has(Injection::OperatorActions) && operator::eligible(run_type) {
+                add_operator_actions(i, &mut run, rng);
+            }
             total += (contexts.len() + run.steps.len()) as u64;
             workload.identities.push(identity);
             workload.runs.push(run);
@@ -100,7 +105,9 @@ impl Workload {
                         && workload.runs[*i].late_from.is_none()
                 })
                 .or_else(|| {
-                    (0..identities.len()).find(|i| identities[*i].run_type != REJECTED_TYPE)
+                    (0..identities.len()).find(|i| {
+                        identities[*i].run_type != REJECTED_TYPE && !workload.runs[*i].acted_on()
+                    })
                 })
                 .expect("not every identity is of the rejected type");
             add_failure_flood(flooded, &mut workload.runs[flooded]);
@@ -144,6 +151,8 @@ impl Workload {
     pub fn progress_messages(&self, run_ids: &[Option<i64>], rng: &mut StdRng) -> Vec<Message> {
         let mut order: Vec<usize> = (0..self.runs.len())
             .filter(|i| run_ids[*i].is_some() && !self.runs[*i].flood)
+            // A run cancelled while queued and then retried has all its steps held back.
+            .filter(|i| !self.runs[*i].on_time_steps().is_empty())
             .collect();
         order.shuffle(rng);
         let mut waiting = order.into_iter();
@@ -157,8 +166,25 @@ impl Workload {
             let run_id = run_ids[i].expect("only runs with ids are active");
             let message = progress_message(step, run_id, &self.identities[i], rng);
             items.push((message, step.twice));
-            if s + 1 < self.runs[i].on_time_steps().len() {
-                active[k].1 += 1;
+            let mut next = s + 1;
+            let steps = self.runs[i].on_time_steps();
+            if matches!(step.action, StepAction::Complete { .. })
+                && steps
+                    .get(next)
+                    .is_some_and(|n| matches!(n.action, StepAction::Start))
+            {
+                // A stale start comes right behind the completion (a slow executor thread):
+                // later, run retention (20 s) could have deleted the run under a loaded
+                // service, and the start would find no run.
+                let late = &steps[next];
+                items.push((
+                    progress_message(late, run_id, &self.identities[i], rng),
+                    late.twice,
+                ));
+                next += 1;
+            }
+            if next < steps.len() {
+                active[k].1 = next;
             } else {
                 active.swap_remove(k);
                 active.extend(waiting.next().map(|next| (next, 0)));
@@ -204,6 +230,23 @@ impl Workload {
 }
 
 impl Workload {
+    /// The end of every retried run that has an id, held back from the stream (see
+    /// [`RetryGroup`]).
+    pub fn retry_groups(&self, run_ids: &[Option<i64>], rng: &mut StdRng) -> Vec<RetryGroup> {
+        let mut groups = Vec::new();
+        for (i, run) in self.runs.iter().enumerate() {
+            let (Some(run_id), Some(done)) = (run_ids[i], run.held_from) else {
+                continue;
+            };
+            groups.push(RetryGroup {
+                after: run.steps[done].command_id.clone(),
+                tail: self.apart(run.held_steps(), i, run_id, rng),
+                retries: self.apart(run.retries(), i, run_id, rng),
+            });
+        }
+        groups
+    }
+
     /// The late steps of every run that has an id (`run_ids[i]` for identity `i`), one group
     /// per run, each to be published after the run's completion.
     pub fn late_messages(&self, run_ids: &[Option<i64>], rng: &mut StdRng) -> Vec<LateGroup> {
@@ -219,19 +262,34 @@ impl Workload {
                 .expect("every planned run completes")
                 .command_id
                 .clone();
-            let mut messages = Vec::new();
-            for step in run.late_steps() {
-                let message = progress_message(step, run_id, &self.identities[i], rng);
-                let copy = step.twice.then(|| Message {
-                    fresh: false,
-                    ..message.clone()
-                });
-                messages.push(message);
-                messages.extend(copy);
-            }
+            let messages = self.apart(run.late_steps(), i, run_id, rng);
             groups.push(LateGroup { after, messages });
         }
         groups
+    }
+}
+
+impl Workload {
+    /// The messages of `steps` of identity `i`'s run `run_id`, published apart from the stream:
+    /// each second copy right after its original.
+    fn apart<'s>(
+        &self,
+        steps: impl IntoIterator<Item = &'s Step>,
+        i: usize,
+        run_id: i64,
+        rng: &mut StdRng,
+    ) -> Vec<Message> {
+        let mut messages = Vec::new();
+        for step in steps {
+            let message = progress_message(step, run_id, &self.identities[i], rng);
+            let copy = step.twice.then(|| Message {
+                fresh: false,
+                ..message.clone()
+            });
+            messages.push(message);
+            messages.extend(copy);
+        }
+        messages
     }
 }
 
@@ -265,15 +323,59 @@ impl PlannedRun {
             .collect()
     }
 
-    /// The outcome of its completion.
+    /// The step that completes the run and the outcome it completes it with: the executor's
+    /// completion, an operator's fail, or an operator's cancel before the start (a cancel
+    /// after it only asks the executor to stop).
+    pub fn completion(&self) -> Option<(usize, RunOutcome)> {
+        let mut started = false;
+        for (at, step) in self.steps.iter().enumerate() {
+            match &step.action {
+                StepAction::Start => started = true,
+                StepAction::Complete { outcome, .. } => return Some((at, *outcome)),
+                StepAction::Fail { .. } => return Some((at, RunOutcome::Failed)),
+                StepAction::Cancel if !started => return Some((at, RunOutcome::Cancelled)),
+                _ => {}
+            }
+        }
+        None
+    }
+
+    /// The outcome it completes with.
     pub fn outcome(&self) -> RunOutcome {
+        self.completion().expect("every planned run completes").1
+    }
+
+    /// The reason of the operator's `fail_run`, if the operator failed the run.
+    pub fn operator_failure(&self) -> Option<&str> {
+        self.steps.iter().find_map(|step| match &step.action {
+            StepAction::Fail { reason } => Some(reason.as_str()),
+            _ => None,
+        })
+    }
+
+    /// True when an operator acts on the run.
+    pub fn acted_on(&self) -> bool {
+        self.steps.iter().any(|s| {
+            matches!(
+                s.action,
+                StepAction::Cancel | StepAction::Fail { .. } | StepAction::Retry
+            )
+        })
+    }
+
+    /// True when the run gets a `cancel_run`.
+    pub fn cancel_asked(&self) -> bool {
         self.steps
             .iter()
-            .find_map(|step| match step.action {
-                StepAction::Complete { outcome, .. } => Some(outcome),
-                _ => None,
-            })
-            .expect("every planned run completes")
+            .any(|s| matches!(s.action, StepAction::Cancel))
+    }
+
+    /// The `retry_run` commands of the run (the first retries it, any other must find the
+    /// retry holding the identity).
+    pub fn retries(&self) -> impl Iterator<Item = &Step> {
+        self.steps
+            .iter()
+            .filter(|s| matches!(s.action, StepAction::Retry))
     }
 }
 
@@ -385,6 +487,17 @@ mod tests {
         }
         let steps: usize = w.runs.iter().map(|r| r.on_time_steps().len()).sum();
         assert_eq!(seen.len(), steps);
+        // A retried run's completion, what follows it and its retries are published apart.
+        let retried: Vec<&PlannedRun> = w.runs.iter().filter(|r| r.held_from.is_some()).collect();
+        assert!(!retried.is_empty());
+        for run in retried {
+            let (done, _) = run.completion().unwrap();
+            assert_eq!(run.on_time_steps().len(), done);
+            assert_eq!(
+                run.held_steps().count() + run.retries().count(),
+                run.steps.len() - done
+            );
+        }
         assert!(messages.len() > steps + w.bad.len(), "some are sent twice");
     }
 

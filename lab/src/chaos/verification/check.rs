@@ -13,7 +13,13 @@
 //!   hand-off failure. The flooded run's counts and state are exact; of its failure entries
 //!   (the service keeps only the first ones, a documented cap) each stored one must have been sent
 //!   and be stored once, and entries without an `item` (the service's own tally) are ignored.
-//! - `duplicate_runs`: identities with more than one run, after the dispatches or at the end.
+//! - `duplicate_runs`: identities with more than one run, after the dispatches or at the end
+//!   (a retry run, whose `context.retry_of` names the run it retries, is not a second run of the
+//!   identity: [`super::operator`] checks that each retried run has exactly one).
+//! - The operator's actions (`cancelled`, `retried`, `failed_by_operator`): see
+//!   [`super::operator`]; a run an operator cancelled or failed is compared like any other, its
+//!   outcome `cancelled` or `failed` and, when failed, one failure `run.failed_by_operator`
+//!   carrying the reason given.
 //! - `missing_events`: per run, over every event known (stored now, or received by the
 //!   subscriber: pruned events were received before they went), each sequence number from 1 to
 //!   the highest that no event carries (a skip), each further event carrying a number another
@@ -46,6 +52,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::PgPool;
 
+use super::operator::{self, ActionFigures, ActionRecord, RunSeen};
 use super::quiescence::DeadLetterSeen;
 use super::subscriber::Received;
 use crate::chaos::faults::executors::{
@@ -53,6 +60,7 @@ use crate::chaos::faults::executors::{
 };
 use crate::chaos::plan::model::PlannedRun;
 use crate::chaos::plan::workload::Workload;
+use operation_runs::domain::action::FAILED_BY_OPERATOR;
 use operation_runs::domain::RunStatus;
 
 /// Examples shown per kind of finding.
@@ -80,6 +88,8 @@ pub struct Findings {
     pub deleted_runs: u64,
     /// Events received and no longer stored (pruned by retention, or gone with their run).
     pub pruned_events: u64,
+    /// The operator's actions: asked for, and done.
+    pub actions: ActionFigures,
 }
 
 /// A stored run, as the checks read it: its row, or, once run retention deleted it, its latest
@@ -95,6 +105,8 @@ struct StoredRun {
     summary_counts: Value,
     failure_summary: Value,
     completed_at: Option<DateTime<Utc>>,
+    /// `context.retry_of`: the run this one retries.
+    retry_of: Option<i64>,
     /// Read from its latest event: the row is gone.
     #[sqlx(default)]
     from_event: bool,
@@ -130,8 +142,22 @@ impl StoredRun {
             summary_counts: run["summary_counts"].clone(),
             failure_summary: run["failure_summary"].clone(),
             completed_at,
+            retry_of: run["context"]["retry_of"].as_i64(),
             from_event: true,
         })
+    }
+
+    /// What the checks of the operator's actions look at.
+    fn seen(&self) -> RunSeen<'_> {
+        RunSeen {
+            id: self.id,
+            key: (self.workspace_id, self.tenant_id, &self.run_identity_hash),
+            status: &self.status,
+            outcome: &self.outcome,
+            retry_of: self.retry_of,
+            failure_summary: &self.failure_summary,
+            has_row: !self.from_event,
+        }
     }
 
     /// Its summary counts above zero.
@@ -297,7 +323,7 @@ pub async fn evaluate(
 
     let mut runs: Vec<StoredRun> = sqlx::query_as(
         "SELECT id, workspace_id, tenant_id, run_identity_hash, status, outcome, summary_counts,
-                failure_summary, completed_at
+                failure_summary, completed_at, (context ->> 'retry_of')::bigint AS retry_of
          FROM operation_runs",
     )
     .fetch_all(&mut *tx)
@@ -317,6 +343,12 @@ pub async fn evaluate(
     );
     count_duplicates(&mut findings, workload, after.duplicates, &runs);
     check_closed(&mut findings, after);
+    let records: Vec<ActionRecord> = sqlx::query_as(
+        "SELECT command_id, run_id, action, result, new_run_id FROM operation_run_actions",
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    check_actions(&mut findings, workload, after, &inbox, &runs, &records);
 
     let events: Vec<(uuid::Uuid, i64, i64)> =
         sqlx::query_as("SELECT id, run_id, sequence FROM operation_run_events")
@@ -538,17 +570,31 @@ fn compare_runs(
 }
 
 /// What is wrong with the stored failure entries of `planned`'s run, if anything: each item
-/// sent stored exactly once; for the flooded run, each stored item sent and stored once (the
-/// service keeps only the first entries) and item-less entries ignored.
+/// sent stored exactly once, and no entry without an item but, for a run the operator failed,
+/// the one `run.failed_by_operator` with its reason; for the flooded run, each stored item sent
+/// and stored once (the service keeps only the first entries) and item-less entries ignored.
 fn failures_differ(planned: &PlannedRun, failure_summary: &Value) -> Option<String> {
     let entries: Vec<&Value> = failure_summary.as_array().into_iter().flatten().collect();
     let mut items: HashMap<&str, usize> = HashMap::new();
+    let mut operator_failure = planned.operator_failure();
     for failure in &entries {
         match failure.get("item").and_then(Value::as_str) {
             Some(item) => *items.entry(item).or_default() += 1,
             None if planned.flood => {}
+            None if operator_failure.is_some_and(|reason| {
+                failure["code"] == FAILED_BY_OPERATOR && failure["message"] == reason
+            }) =>
+            {
+                operator_failure = None;
+            }
             None => *items.entry("?").or_default() += 1,
         }
+    }
+    if operator_failure.is_some() {
+        return Some(format!(
+            "no {FAILED_BY_OPERATOR} failure with the reason given among {} entries",
+            entries.len()
+        ));
     }
     let expected_items = planned.expected_failure_items();
     let stored: usize = items.values().sum();
@@ -615,7 +661,7 @@ fn count_duplicates(
     runs: &[StoredRun],
 ) {
     let mut by_identity: HashMap<IdentityKey, Vec<(i64, &str)>> = HashMap::new();
-    for run in runs {
+    for run in runs.iter().filter(|r| r.retry_of.is_none()) {
         by_identity
             .entry((
                 run.workspace_id,
@@ -649,6 +695,41 @@ fn count_duplicates(
             by_identity.len()
         ));
     }
+}
+
+/// The operator's actions ([`super::operator`]): their figures, and what they add to
+/// `double_applied`, `duplicate_runs` and the problems.
+fn check_actions(
+    findings: &mut Findings,
+    workload: &Workload,
+    after: AfterDispatch<'_>,
+    inbox: &HashSet<String>,
+    runs: &[StoredRun],
+    records: &[ActionRecord],
+) {
+    let seen: Vec<RunSeen<'_>> = runs.iter().map(StoredRun::seen).collect();
+    let found = operator::check(
+        workload,
+        after.run_ids,
+        |i| after.progress_sent(i),
+        inbox,
+        &seen,
+        records,
+    );
+    findings.actions = found.figures;
+    note(
+        findings,
+        &found.double_applied,
+        "run(s) whose operator action had another effect than asked, or one twice",
+    );
+    findings.double_applied += found.double_applied.len() as u64;
+    note(
+        findings,
+        &found.duplicate_runs,
+        "run(s) retried into more than one run",
+    );
+    findings.duplicate_runs += found.duplicate_runs.len() as u64;
+    findings.problems.extend(found.problems);
 }
 
 /// `missing_events`: per run, over the events stored and received, sequences 1..n each carried
@@ -856,11 +937,15 @@ mod tests {
             .enumerate()
             .map(|(i, run)| {
                 let identity = &workload.identities[i];
-                let items: Vec<Value> = run
+                let mut items: Vec<Value> = run
                     .expected_failure_items()
                     .iter()
                     .map(|item| json!({"code": "x", "message": "m", "item": item}))
                     .collect();
+                items.extend(
+                    run.operator_failure()
+                        .map(|reason| json!({"code": FAILED_BY_OPERATOR, "message": reason})),
+                );
                 StoredRun {
                     id: i as i64 + 1,
                     workspace_id: identity.workspace_id,
@@ -871,6 +956,7 @@ mod tests {
                     summary_counts: json!(run.expected_counts()),
                     failure_summary: Value::Array(items),
                     completed_at: Some(Utc::now() - chrono::Duration::minutes(5)),
+                    retry_of: None,
                     from_event: false,
                 }
             })

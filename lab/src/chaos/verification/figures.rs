@@ -1,6 +1,9 @@
-//! The closing line: `chaos: commands=N kills=K broker_restarts=B db_restarts=D lost=0
-//! double_applied=0 duplicate_runs=0 missing_events=0 duplicate_deliveries=0 viewer_gaps=0
-//! seconds=S`; a `--cluster` run adds `broker_node_kills=K` after `db_restarts`.
+//! The closing line: `chaos: commands=N kills=K broker_restarts=B db_restarts=D cancelled=C
+//! retried=R failed_by_operator=F lost=0 double_applied=0 duplicate_runs=0 missing_events=0
+//! duplicate_deliveries=0 viewer_gaps=0 seconds=S`; a `--cluster` run adds
+//! `broker_node_kills=K` after `db_restarts`. The operator's counts are what the operator's
+//! actions did; the run fails unless each equals what it asked for (see
+//! [`super::operator`]).
 
 use std::fmt;
 
@@ -17,6 +20,12 @@ pub struct Figures {
     pub db_restarts: u32,
     /// RabbitMQ cluster nodes SIGKILLed (`--cluster` runs only; not printed otherwise).
     pub broker_node_kills: Option<u32>,
+    /// Runs an operator's `cancel_run` ended `cancelled` (see [`super::operator`]).
+    pub cancelled: u64,
+    /// Runs an operator's `retry_run` gave exactly one retry run.
+    pub retried: u64,
+    /// Runs an operator's `fail_run` ended `failed` with `run.failed_by_operator`.
+    pub failed_by_operator: u64,
     /// See [`super::check::Findings`].
     pub lost: u64,
     /// See [`super::check::Findings`].
@@ -60,6 +69,11 @@ impl fmt::Display for Figures {
         }
         write!(
             f,
+            "cancelled={} retried={} failed_by_operator={} ",
+            self.cancelled, self.retried, self.failed_by_operator
+        )?;
+        write!(
+            f,
             "lost={} double_applied={} duplicate_runs={} missing_events={} duplicate_deliveries={} viewer_gaps={} seconds={}",
             self.lost,
             self.double_applied,
@@ -84,6 +98,9 @@ mod tests {
             broker_restarts: 1,
             db_restarts: 1,
             broker_node_kills: None,
+            cancelled: 41,
+            retried: 38,
+            failed_by_operator: 29,
             lost: 0,
             double_applied: 0,
             duplicate_runs: 0,
@@ -94,7 +111,7 @@ mod tests {
         };
         assert_eq!(
             figures.to_string(),
-            "chaos: commands=20007 kills=4 broker_restarts=1 db_restarts=1 lost=0 double_applied=0 duplicate_runs=0 missing_events=0 duplicate_deliveries=0 viewer_gaps=0 seconds=118"
+            "chaos: commands=20007 kills=4 broker_restarts=1 db_restarts=1 cancelled=41 retried=38 failed_by_operator=29 lost=0 double_applied=0 duplicate_runs=0 missing_events=0 duplicate_deliveries=0 viewer_gaps=0 seconds=118"
         );
         assert!(figures.all_zero());
         assert_eq!(
@@ -104,7 +121,7 @@ mod tests {
                 ..figures.clone()
             }
             .to_string(),
-            "chaos: commands=20007 kills=4 broker_restarts=0 db_restarts=1 broker_node_kills=1 lost=0 double_applied=0 duplicate_runs=0 missing_events=0 duplicate_deliveries=0 viewer_gaps=0 seconds=118"
+            "chaos: commands=20007 kills=4 broker_restarts=0 db_restarts=1 broker_node_kills=1 cancelled=41 retried=38 failed_by_operator=29 lost=0 double_applied=0 duplicate_runs=0 missing_events=0 duplicate_deliveries=0 viewer_gaps=0 seconds=118"
         );
         assert!(!Figures {
             lost: 1,
