@@ -78,7 +78,7 @@ pub const FILTERS: &[(&str, &str)] = &[
     ("q_run", "q=%23424242"),
     (
         "tenant_and_failure_code",
-        "tenant_id=10&failure_code=device.offline",
+        "tenant_id=10&failure_code=graph.throttled",
     ),
 ];
 
