@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use axum::extract::State;
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
@@ -12,7 +12,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
-use super::claims::authenticate;
+use super::claims::ApiClaims;
 use super::error::{ApiError, ApiPath, ApiQuery};
 use super::read_model::{self, IdentityHistory, ListedRun, RunDetail, IDENTITY_RUNS};
 use super::state::ViewerState;
@@ -300,10 +300,9 @@ fn json_answer(body: &impl Serialize, capacity: usize) -> Result<Response, ApiEr
 /// `GET /v1/runs`
 pub async fn list(
     State(state): State<ViewerState>,
-    headers: HeaderMap,
+    ApiClaims(claims): ApiClaims,
     ApiQuery(params): ApiQuery<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    let claims = authenticate(&state.keys, &headers)?;
     let query = parse_list_query(&params)?;
     let now = Utc::now();
     let (runs, next) = list_page(&state, &claims.scope(), &query, |r| {
@@ -343,10 +342,9 @@ pub async fn run_in_scope(
 /// `GET /v1/runs/{id}`
 pub async fn show(
     State(state): State<ViewerState>,
-    headers: HeaderMap,
+    ApiClaims(claims): ApiClaims,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<RunDetail>, ApiError> {
-    let claims = authenticate(&state.keys, &headers)?;
     let run = run_in_scope(&state, &claims.scope(), &id).await?;
     Ok(Json(
         read_model::detail(&state.pool, run, Utc::now()).await?,
@@ -357,10 +355,9 @@ pub async fn show(
 /// no run in scope (or not a hash at all) is 404 `not_found`.
 pub async fn identity(
     State(state): State<ViewerState>,
-    headers: HeaderMap,
+    ApiClaims(claims): ApiClaims,
     ApiPath(hash): ApiPath<String>,
 ) -> Result<Response, ApiError> {
-    let claims = authenticate(&state.keys, &headers)?;
     let scope = claims.scope();
     RunIdentityHash::parse(&hash).ok_or_else(|| ApiError::not_found("identity"))?;
     let filter = RunListFilter {
@@ -397,11 +394,10 @@ pub async fn identity(
 /// more are stored.
 pub async fn events(
     State(state): State<ViewerState>,
-    headers: HeaderMap,
+    ApiClaims(claims): ApiClaims,
     ApiPath(id): ApiPath<String>,
     ApiQuery(params): ApiQuery<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    let claims = authenticate(&state.keys, &headers)?;
     let run = run_in_scope(&state, &claims.scope(), &id).await?;
     let after = match params.get("after").filter(|v| !v.is_empty()) {
         Some(v) => v
@@ -463,10 +459,9 @@ pub async fn resolve_legacy(
 /// `GET /v1/legacy/{table}/{id}`: 308 to the run.
 pub async fn legacy(
     State(state): State<ViewerState>,
-    headers: HeaderMap,
+    ApiClaims(claims): ApiClaims,
     ApiPath((table, id)): ApiPath<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let claims = authenticate(&state.keys, &headers)?;
     let run_id = resolve_legacy(&state, &claims.scope(), &table, &id).await?;
     Ok((
         StatusCode::PERMANENT_REDIRECT,
@@ -476,11 +471,7 @@ pub async fn legacy(
 }
 
 /// `GET /v1/catalog`
-pub async fn catalog(
-    State(state): State<ViewerState>,
-    headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
-    authenticate(&state.keys, &headers)?;
+pub async fn catalog(_: ApiClaims) -> Result<Json<Value>, ApiError> {
     let types: Vec<Value> = OPERATION_CATALOG
         .iter()
         .map(|e| {

@@ -50,7 +50,7 @@ impl FromRequestParts<ViewerState> for ApiClaims {
 pub const TOKEN_COOKIE: &str = "oprun_token";
 
 /// The claims of the request's token: `Authorization: Bearer …`, else the sign-in cookie.
-pub fn authenticate(keys: &TokenKeys, headers: &HeaderMap) -> Result<Claims, AuthError> {
+fn authenticate(keys: &TokenKeys, headers: &HeaderMap) -> Result<Claims, AuthError> {
     let token = request_token(headers).ok_or(AuthError::Missing)?;
     let claims = keys.verify(&token)?;
     tracing::debug!(
