@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 
 use super::claims::ApiClaims;
 use super::error::{ApiError, ApiPath, ApiQuery};
-use super::read_model::{self, IdentityHistory, ListedRun, RunDetail, IDENTITY_RUNS};
+use super::read_model::{self, IdentityHistory, ListedRun, RunDetail};
 use super::state::ViewerState;
 use crate::domain::command::MAX_ID_CHARS;
 use crate::domain::failure::is_valid_code;
@@ -358,19 +358,10 @@ pub async fn identity(
     ApiClaims(claims): ApiClaims,
     ApiPath(hash): ApiPath<String>,
 ) -> Result<Response, ApiError> {
-    let scope = claims.scope();
     RunIdentityHash::parse(&hash).ok_or_else(|| ApiError::not_found("identity"))?;
-    let filter = RunListFilter {
-        identity: Some(hash.clone()),
-        ..RunListFilter::default()
-    };
-    let (mut rows, holder) = tokio::try_join!(
-        store::list_runs(&state.pool, &scope, &filter, None, IDENTITY_RUNS + 1),
-        store::identity_holder(&state.pool, &scope, &hash),
-    )?;
-    let more = rows.len() as i64 > IDENTITY_RUNS;
-    rows.truncate(IDENTITY_RUNS as usize);
-    let newest = rows
+    let found = read_model::identity_runs(&state.pool, &claims.scope(), &hash).await?;
+    let newest = found
+        .runs
         .first()
         .ok_or_else(|| ApiError::not_found("identity"))?;
     let entry = newest.run.run_type.catalog();
@@ -382,9 +373,9 @@ pub async fn identity(
         identity_hash: &hash,
         run_type: entry.name,
         dedupe_window: entry.dedupe_window.as_str(),
-        holder: holder.as_ref().map(|r| listed(r, now)),
-        runs: rows.iter().map(|r| listed(r, now)).collect(),
-        more,
+        holder: found.holder.as_ref().map(|r| listed(r, now)),
+        runs: found.runs.iter().map(|r| listed(r, now)).collect(),
+        more: found.more,
     };
     json_answer(&history, 4096)
 }

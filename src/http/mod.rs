@@ -9,6 +9,7 @@ pub mod html;
 pub mod live;
 pub mod pages;
 pub mod read_model;
+pub mod run_parts;
 pub mod server;
 pub mod state;
 pub mod streams;

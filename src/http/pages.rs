@@ -1,7 +1,8 @@
 //! The pages: `/runs` (search, filters, a summary line, failures, stalled badges, rows of
 //! active runs that refresh themselves), `/runs/{id}` (names, times and durations, progress
 //! with an ETA, counts, failures by code, context with its related links, a timeline of what
-//! each event changed, a banner once a running run stops moving; live while active) and
+//! each event changed, a banner once a running run stops moving, the runs of its identity and
+//! the dispatches deduplicated onto each; live while active) and
 //! `/legacy/{table}/{id}` (redirects to the run's page). maud templates: every value from the
 //! data is escaped by the template engine, so none reaches the HTML unescaped by omission.
 //! Server-rendered, readable without JavaScript; the one script only formats times in the
@@ -27,6 +28,7 @@ use super::html::{
     badge, duration, exact_time, page, relative_time, rfc3339, short_duration, BodyData,
 };
 use super::read_model;
+use super::run_parts;
 use super::state::ViewerState;
 use crate::domain::failure_cap::FailureSummary;
 use crate::domain::{OperationRun, RunOutcome, RunStatus, OPERATION_CATALOG};
@@ -589,14 +591,21 @@ pub async fn show(
     let run = run_in_scope(&state, &claims.scope(), &id).await?;
     let window = timeline_window(&params)?;
     let now = Utc::now();
-    let (detail, names, events) = tokio::try_join!(
+    let scope = claims.scope();
+    let (detail, names, events, identity) = tokio::try_join!(
         read_model::detail(&state.pool, run.clone(), now),
         store::workspace_and_tenant_names(&state.pool, run.workspace_id, run.tenant_id),
         // One more than a page: whether there is more beyond it in the direction read (and,
         // reading back, the event before the first shown, to say what that one changed).
         store::timeline_changes(&state.pool, run.id, window, TIMELINE_PAGE + 1),
+        read_model::identity_runs(&state.pool, &scope, run.run_identity_hash.as_str()),
     )
     .map_err(ApiError::from)?;
+    let mut identity_ids: Vec<i64> = identity.runs.iter().map(|r| r.run.id).collect();
+    identity_ids.push(run.id);
+    let deduplicated = read_model::deduplicated_onto(&state.pool, &identity_ids)
+        .await
+        .map_err(ApiError::from)?;
     let (workspace_name, tenant_name) = names;
     let mut events = events;
     let beyond = events.len() as i64 > TIMELINE_PAGE;
@@ -746,6 +755,7 @@ pub async fn show(
         }
         h2 { "Context" }
         div class="scroll" { (context_rows(&run.context, &related)) }
+        (run_parts::identity_runs(&run, &identity, &deduplicated, now))
         @if !legacy.is_empty() {
             h2 { "Legacy rows" }
             ul {

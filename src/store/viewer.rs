@@ -1,6 +1,6 @@
 //! Reads of the run viewer: runs inside a token's scope with keyset paging, one run's events
-//! after a sequence, the legacy rows that point at a run, related restores, and the viewer's
-//! signing secret.
+//! after a sequence, the legacy rows that point at a run, related restores, the dispatches
+//! deduplicated onto a run, and the viewer's signing secret.
 
 use std::time::Duration;
 
@@ -616,6 +616,24 @@ pub async fn legacy_rows_for_run(
         .fetch_all(executor)
         .await?;
     Ok(rows.into_iter().map(|(t, _, row)| (t, row)).collect())
+}
+
+/// How many dispatches were deduplicated onto each of `run_ids` (answered with that run because
+/// it held their identity), and when the latest came: `(run_id, count, latest)`, for the runs
+/// that had any. Read from the inbox, which records a dispatch that carried a `command_id` for
+/// the inbox retention; an index probe per run on `processed_commands_deduplicated_idx`.
+pub async fn deduplicated_dispatches(
+    executor: impl PgExecutor<'_>,
+    run_ids: &[i64],
+) -> Result<Vec<(i64, i64, DateTime<Utc>)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT run_id, count(*), max(processed_at) FROM processed_commands
+         WHERE run_id = ANY($1) AND kind = 'dispatch' AND (result ->> 'deduplicated') = 'true'
+         GROUP BY run_id",
+    )
+    .bind(run_ids)
+    .fetch_all(executor)
+    .await
 }
 
 /// The name of workspace `workspace_id` and of tenant `tenant_id` (`None` when not given):

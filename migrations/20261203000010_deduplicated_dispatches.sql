@@ -1,0 +1,8 @@
+-- Which run answered a deduplicated dispatch (the run page's "Runs of this identity"): the
+-- inbox already records it, as the dispatch's `run_id` with `"deduplicated": true` in its
+-- result. A partial index holds those rows alone: other inbox rows (every progress command, every
+-- dispatch that created its run) only evaluate the predicate and add no index entry, so the
+-- command path writes one more index entry per deduplicated dispatch and nothing else.
+CREATE INDEX processed_commands_deduplicated_idx
+    ON processed_commands (run_id, processed_at)
+    WHERE kind = 'dispatch' AND (result ->> 'deduplicated') = 'true';
