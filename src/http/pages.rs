@@ -140,7 +140,8 @@ pub fn choose_sign_in(
             .map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true))
             .unwrap_or_default();
         html! {
-            strong { (who(c)) } " · workspace " (c.workspace_id) " · " (tenants) " · until " (until)
+            strong { (who(c)) } " · workspace " (c.workspace_id) " · " (tenants)
+            @if c.may_operate() { " · may cancel, retry and fail runs" } " · until " (until)
         }
     };
     let body = html! {

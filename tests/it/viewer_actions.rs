@@ -1,0 +1,265 @@
+//! Operator actions through the viewer, over real HTTP against the real database: the API's
+//! `POST /v1/runs/{id}/cancel|retry|fail` for bearer tokens granting `operate` only, in the
+//! token's scope only, each answered with the action's result shape and recorded with the
+//! token's `sub`; a read token, a cookie alone, another tenant's run change nothing.
+
+use operation_runs::http::auth::Claims;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use sqlx::PgPool;
+
+use crate::helpers::seed_scopes;
+use crate::viewer_api::{error_code, insert_run, Viewer};
+
+/// A token granting `operate` for `tenants` of workspace 1 (and only `run` when given), whose
+/// bearer is `ada`.
+fn operator_token(viewer: &Viewer, tenants: Option<Vec<i64>>, run: Option<i64>) -> String {
+    operator_token_of(viewer, 1, tenants, run)
+}
+
+/// Like [`operator_token`], of workspace `workspace_id`.
+fn operator_token_of(
+    viewer: &Viewer,
+    workspace_id: i64,
+    tenants: Option<Vec<i64>>,
+    run: Option<i64>,
+) -> String {
+    viewer.issue(Claims {
+        workspace_id,
+        tenant_ids: tenants,
+        run_id: run,
+        exp: chrono::Utc::now().timestamp() as u64 + 3600,
+        sub: Some("ada".into()),
+        grants: Some("operate".into()),
+    })
+}
+
+/// How a request is signed in.
+enum Auth<'a> {
+    Bearer(&'a str),
+    Cookie(&'a str),
+    None,
+}
+
+/// POSTs `body` (raw) to `path`.
+async fn post(viewer: &Viewer, path: &str, auth: Auth<'_>, body: &str) -> (StatusCode, Value) {
+    let mut request = viewer
+        .http()
+        .post(format!("{}{path}", viewer.base))
+        .header("content-type", "application/json")
+        .body(body.to_owned());
+    request = match auth {
+        Auth::Bearer(t) => request.bearer_auth(t),
+        Auth::Cookie(t) => request.header("cookie", format!("oprun_token={t}")),
+        Auth::None => request,
+    };
+    let response = request.send().await.unwrap();
+    let status = response.status();
+    let text = response.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+/// `(status, outcome)` of run `id`.
+async fn state_of(pool: &PgPool, id: i64) -> (String, String) {
+    sqlx::query_as("SELECT status, outcome FROM operation_runs WHERE id = $1")
+        .bind(id)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+/// The recorded actions: `(run_id, action, actor_name, via, result)`, oldest first.
+async fn recorded(pool: &PgPool) -> Vec<(i64, String, Option<String>, String, String)> {
+    sqlx::query_as(
+        "SELECT run_id, action, actor_name, via, result FROM operation_run_actions ORDER BY id",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+#[sqlx::test]
+async fn each_verb_over_http_answers_the_action_result_and_records_the_tokens_sub(pool: PgPool) {
+    seed_scopes(&pool).await;
+    let run = |state| insert_run(&pool, 1, Some(10), "policy.sync", state, 5, json!({}));
+    let queued = run(("queued", "pending")).await;
+    let running = run(("running", "pending")).await;
+    let failed = run(("completed", "failed")).await;
+    let succeeded = run(("completed", "succeeded")).await;
+    let viewer = Viewer::spawn(pool.clone()).await;
+    let token = operator_token(&viewer, Some(vec![10]), None);
+    let act = |id: i64, verb: &'static str, body: &'static str| {
+        let (viewer, token) = (&viewer, token.clone());
+        async move {
+            let path = format!("/v1/runs/{id}/{verb}");
+            post(viewer, &path, Auth::Bearer(&token), body).await
+        }
+    };
+
+    // Cancel: a queued run completes at once; a running one is asked to stop, once.
+    let (status, body) = act(queued, "cancel", "").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body,
+        json!({"run_id": queued, "action": "cancel", "result": "done"})
+    );
+    assert_eq!(
+        state_of(&pool, queued).await,
+        ("completed".into(), "cancelled".into())
+    );
+    let (_, body) = act(running, "cancel", r#"{"reason": "stuck"}"#).await;
+    assert_eq!(body["result"], "requested", "{body}");
+    let (_, body) = act(running, "cancel", "{}").await;
+    assert_eq!(body["result"], "unchanged", "{body}");
+    assert!(body["error"].as_str().unwrap().contains("already requested"));
+
+    // Fail needs a reason, which becomes the failure's message.
+    let (status, body) = act(running, "fail", "").await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::BAD_REQUEST, "invalid_parameter")
+    );
+    assert_eq!(state_of(&pool, running).await.0, "running");
+    let (_, body) = act(running, "fail", r#"{"reason": "executor gone"}"#).await;
+    assert_eq!(body["result"], "done", "{body}");
+    let failure: Value = sqlx::query_scalar(
+        "SELECT failure_summary -> -1 FROM operation_runs WHERE id = $1 AND outcome = 'failed'",
+    )
+    .bind(running)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        (&failure["code"], &failure["message"]),
+        (&json!("run.failed_by_operator"), &json!("executor gone"))
+    );
+    let (_, body) = act(running, "fail", r#"{"reason": "again"}"#).await;
+    assert_eq!(body["result"], "unchanged", "{body}");
+
+    // Retry: a failed run runs again and links back; a succeeded one is refused.
+    let (status, body) = act(failed, "retry", "").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        (&body["result"], &body["deduplicated"]),
+        (&json!("done"), &json!(false))
+    );
+    let retry = body["new_run_id"].as_i64().unwrap();
+    let retry_of: Value =
+        sqlx::query_scalar("SELECT context -> 'retry_of' FROM operation_runs WHERE id = $1")
+            .bind(retry)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(retry_of, json!(failed));
+    let (status, body) = act(succeeded, "retry", "").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["result"], "refused", "{body}");
+    assert!(body["error"].as_str().unwrap().contains("succeeded"), "{body}");
+
+    // Every action is on the record, by the token's bearer, from the API.
+    let actions = recorded(&pool).await;
+    let by_result: Vec<(i64, &str, &str)> = actions
+        .iter()
+        .map(|(run, action, _, _, result)| (*run, action.as_str(), result.as_str()))
+        .collect();
+    assert_eq!(
+        by_result,
+        vec![
+            (queued, "cancel", "done"),
+            (running, "cancel", "requested"),
+            (running, "cancel", "unchanged"),
+            (running, "fail", "done"),
+            (running, "fail", "unchanged"),
+            (failed, "retry", "done"),
+            (succeeded, "retry", "refused"),
+        ]
+    );
+    assert!(actions
+        .iter()
+        .all(|(_, _, who, via, _)| who.as_deref() == Some("ada") && via == "api"));
+}
+
+#[sqlx::test]
+async fn acting_takes_an_operate_bearer_token_and_stays_inside_its_scope(pool: PgPool) {
+    seed_scopes(&pool).await;
+    let queued = ("queued", "pending");
+    let ten = insert_run(&pool, 1, Some(10), "policy.sync", queued, 5, json!({})).await;
+    let also_ten = insert_run(&pool, 1, Some(10), "policy.sync", queued, 4, json!({})).await;
+    let eleven = insert_run(&pool, 1, Some(11), "policy.sync", queued, 3, json!({})).await;
+    let viewer = Viewer::spawn(pool.clone()).await;
+    let cancel = |id: i64| format!("/v1/runs/{id}/cancel");
+
+    // A token that may only read is forbidden, whatever the run (before the run is looked up,
+    // so it learns nothing of runs outside its scope either).
+    let reader = viewer.token(1, Some(vec![10]));
+    for id in [ten, eleven, 999_999] {
+        let (status, body) = post(&viewer, &cancel(id), Auth::Bearer(&reader), "").await;
+        assert_eq!(
+            (status, error_code(&body)),
+            (StatusCode::FORBIDDEN, "forbidden"),
+            "{body}"
+        );
+    }
+    // The sign-in cookie alone, even of an operate token, changes nothing; nor does no token.
+    let operator = operator_token(&viewer, Some(vec![10]), None);
+    let (status, body) = post(&viewer, &cancel(ten), Auth::Cookie(&operator), "").await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::UNAUTHORIZED, "missing_token"),
+        "{body}"
+    );
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("cookie alone"));
+    let (status, _) = post(&viewer, &cancel(ten), Auth::None, "").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    // Another tenant's run, another workspace's, or none: not found, alike.
+    for (token, id) in [
+        (operator.clone(), eleven),
+        (operator.clone(), 999_999),
+        (operator_token_of(&viewer, 2, None, None), ten),
+    ] {
+        let (status, body) = post(&viewer, &cancel(id), Auth::Bearer(&token), "").await;
+        assert_eq!(
+            (status, error_code(&body)),
+            (StatusCode::NOT_FOUND, "not_found"),
+            "{id}: {body}"
+        );
+    }
+    // Bounds of the body: at most 8 KiB, a JSON object of `reason` alone.
+    let big = format!(r#"{{"reason": "{}"}}"#, "x".repeat(9 * 1024));
+    let (status, body) = post(&viewer, &cancel(ten), Auth::Bearer(&operator), &big).await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large")
+    );
+    for bad in [r#"{"reason": "a", "force": true}"#, "not json", r#"{"reason": 7}"#] {
+        let (status, body) = post(&viewer, &cancel(ten), Auth::Bearer(&operator), bad).await;
+        assert_eq!(
+            (status, error_code(&body)),
+            (StatusCode::BAD_REQUEST, "invalid_parameter"),
+            "{bad}"
+        );
+    }
+    let long = format!(r#"{{"reason": "{}"}}"#, "x".repeat(1001));
+    let (status, _) = post(&viewer, &cancel(ten), Auth::Bearer(&operator), &long).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    // Nothing above changed a run or left a record.
+    for id in [ten, also_ten, eleven] {
+        assert_eq!(state_of(&pool, id).await.0, "queued", "{id}");
+    }
+    assert!(recorded(&pool).await.is_empty());
+    // A GET of an action route is no action.
+    let (status, _, _) = viewer.get(&cancel(ten), Some(&operator)).await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+
+    // An operate token for one run acts on that run and on no other of its tenant.
+    let one = operator_token(&viewer, Some(vec![10]), Some(ten));
+    let (status, _) = post(&viewer, &cancel(also_ten), Auth::Bearer(&one), "").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, body) = post(&viewer, &cancel(ten), Auth::Bearer(&one), "").await;
+    assert_eq!((status, &body["result"]), (StatusCode::OK, &json!("done")));
+    assert_eq!(state_of(&pool, also_ten).await.0, "queued");
+    assert_eq!(state_of(&pool, eleven).await.0, "queued");
+}
