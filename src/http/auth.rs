@@ -48,11 +48,7 @@ pub struct Claims {
     /// The `scope` claim: space-separated grants. With [`OPERATE_SCOPE`] among them the bearer
     /// may also cancel, retry and fail the runs it may read; absent (or anything else), it only
     /// reads.
-    #[serde(
-        rename = "scope",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(rename = "scope", default, skip_serializing_if = "Option::is_none")]
     pub grants: Option<String>,
 }
 

@@ -1,6 +1,7 @@
 //! HTTP: the server infrastructure every listener of the process shares (timeouts, connection
 //! cap), and the run viewer (JSON API, live events, pages) served by `oprun serve`.
 
+pub mod action_pages;
 pub mod api;
 pub mod auth;
 pub mod claims;

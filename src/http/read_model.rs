@@ -213,11 +213,7 @@ pub async fn identity_runs(
     )?;
     let more = runs.len() as i64 > IDENTITY_RUNS;
     runs.truncate(IDENTITY_RUNS as usize);
-    Ok(IdentityRuns {
-        runs,
-        holder,
-        more,
-    })
+    Ok(IdentityRuns { runs, holder, more })
 }
 
 /// The dispatches deduplicated onto a run: how many, and when the latest came.

@@ -21,10 +21,10 @@ use tokio_util::sync::CancellationToken;
 use super::auth::{Claims, TokenKeys};
 use super::claims::{cookie, TOKEN_COOKIE};
 use super::error::ApiError;
-use super::server::{self, HttpLimits, HttpServer};
 use super::run_actions::RunActions;
+use super::server::{self, HttpLimits, HttpServer};
 use super::state::ViewerState;
-use super::{api, live, operate, pages, streams};
+use super::{action_pages, api, live, operate, pages, streams};
 
 /// Most viewer answers (API and pages, live streams aside) being built or sent at once; more
 /// wait for one to finish. Each holds at most about twice [`crate::store::viewer::PAGE_BYTES`]
@@ -74,6 +74,13 @@ pub fn router(state: ViewerState) -> Router {
         .route("/", get(|| async { Redirect::to("/runs") }))
         .route("/runs", get(pages::list))
         .route("/runs/{id}", get(pages::show))
+        .route(
+            "/runs/bulk",
+            get(action_pages::confirm_bulk).post(action_pages::bulk),
+        )
+        .route("/runs/{id}/cancel", post(action_pages::cancel))
+        .route("/runs/{id}/retry", post(action_pages::retry))
+        .route("/runs/{id}/fail", post(action_pages::fail))
         .route("/legacy/{table}/{id}", get(pages::legacy))
         .route_layer(middleware::from_fn_with_state(state.clone(), sign_in));
     let reads = Router::new()

@@ -95,6 +95,11 @@ impl Viewer {
         self.keys.issue(&claims)
     }
 
+    /// The anti-forgery value of the pages' action forms for a browser signed in with `token`.
+    pub(crate) fn action_proof(&self, token: &str) -> String {
+        self.keys.action_proof(token)
+    }
+
     /// The HTTP client (no redirects followed).
     pub(crate) fn http(&self) -> &reqwest::Client {
         &self.http

@@ -591,7 +591,9 @@ async fn the_run_page_lists_its_identitys_runs_and_the_dispatches_deduplicated_o
     let (_, _, html) = viewer.get(&format!("/runs/{older}"), Some(&ten)).await;
     let part = identity_part(&html);
     assert!(
-        part.contains(&format!("href=\"/runs/{holder}\">#{holder}</a> holds the identity")),
+        part.contains(&format!(
+            "href=\"/runs/{holder}\">#{holder}</a> holds the identity"
+        )),
         "{part}"
     );
     assert!(

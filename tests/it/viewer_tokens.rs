@@ -155,8 +155,8 @@ fn cookie_of(token: &str) -> String {
     format!("oprun_token={token}")
 }
 
-/// The value of hidden input `name` in the choice page's form.
-fn hidden(html: &str, name: &str) -> String {
+/// The value of hidden input `name` in a page's form (the first).
+pub(crate) fn hidden(html: &str, name: &str) -> String {
     let marker = format!("name=\"{name}\" value=\"");
     let start = html
         .find(&marker)
