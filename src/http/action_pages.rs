@@ -13,17 +13,17 @@
 use std::collections::HashMap;
 
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{MatchedPath, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use maud::html;
 
-use super::api::{parse_list_query, run_in_scope};
+use super::api::parse_list_query;
 use super::auth::{random_secret, Claims};
 use super::claims::{request_token, PageClaims};
 use super::error::ApiError;
 use super::html::BodyData;
-use super::operate::reason;
+use super::operate::{act_in_scope, reason, routed_action};
 use super::pages::{filter_pairs, html_page, list_params, PageError, PagePath, PageQuery};
 use super::run_actions::{ActError, ActionAsk, ActionDone};
 use super::run_parts::{verb_label, PROOF_FIELD};
@@ -99,71 +99,25 @@ fn actor_of(claims: &Claims) -> Actor {
     }
 }
 
-/// `POST /runs/{id}/cancel`
-pub async fn cancel(
-    state: State<ViewerState>,
-    claims: PageClaims,
-    headers: HeaderMap,
-    id: PagePath<String>,
-    body: Body,
-) -> Result<Response, PageError> {
-    act_on_run(state, claims, headers, id, RunAction::Cancel, body).await
-}
-
-/// `POST /runs/{id}/retry`
-pub async fn retry(
-    state: State<ViewerState>,
-    claims: PageClaims,
-    headers: HeaderMap,
-    id: PagePath<String>,
-    body: Body,
-) -> Result<Response, PageError> {
-    act_on_run(state, claims, headers, id, RunAction::Retry, body).await
-}
-
-/// `POST /runs/{id}/fail`
-pub async fn fail(
-    state: State<ViewerState>,
-    claims: PageClaims,
-    headers: HeaderMap,
-    id: PagePath<String>,
-    body: Body,
-) -> Result<Response, PageError> {
-    act_on_run(state, claims, headers, id, RunAction::Fail, body).await
-}
-
-/// One run's form: acts, then 303 to the run page, which shows the action's record.
-async fn act_on_run(
+/// `POST /runs/{id}/cancel`, `/retry`, `/fail` (one route each, this handler): one run's form; acts, then 303 to the run page,
+/// which shows the action's record.
+pub async fn act_on_run(
     State(state): State<ViewerState>,
     PageClaims(claims): PageClaims,
     headers: HeaderMap,
+    route: MatchedPath,
     PagePath(id): PagePath<String>,
-    action: RunAction,
     body: Body,
 ) -> Result<Response, PageError> {
+    let action = routed_action(&route)?;
     let claims = operator(claims)?;
     let fields = checked_form(&state, &headers, body).await?;
     let reason = reason(action, fields.get("reason").map(String::as_str))?;
-    let run = run_in_scope(&state, &claims.scope(), &id).await?;
-    let actor = actor_of(&claims);
-    let done = state
-        .actions
-        .act(ActionAsk {
-            action,
-            run_id: run.id,
-            scope: RunScope {
-                workspace_id: run.workspace_id,
-                tenant_id: run.tenant_id,
-            },
-            actor: &actor,
-            reason: reason.as_deref(),
-            bulk_id: None,
-        })
-        .await
-        .map_err(ApiError::from)?;
+    let done = act_in_scope(&state, &claims, &id, action, reason.as_deref(), "page").await?;
+    let run_id = done.reply["run_id"].as_i64().unwrap_or_default();
     let target = match done.record_id {
-        Some(record) => format!("/runs/{}?acted={record}#action-result", run.id),
-        None => format!("/runs/{}", run.id),
+        Some(record) => format!("/runs/{run_id}?acted={record}#action-result"),
+        None => format!("/runs/{run_id}"),
     };
     Ok(Redirect::to(&target).into_response())
 }

@@ -9,15 +9,16 @@
 //! and the broker commands act through.
 
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{MatchedPath, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 
 use super::api::run_in_scope;
+use super::auth::Claims;
 use super::claims::OperatorClaims;
 use super::error::{ApiError, ApiPath};
-use super::run_actions::{ActError, ActionAsk};
+use super::run_actions::{ActError, ActionAsk, ActionDone};
 use super::state::ViewerState;
 use crate::domain::action::{Actor, RunAction, MAX_REASON_CHARS};
 use crate::domain::{sanitise_message, RunScope};
@@ -68,43 +69,56 @@ struct ActionBody {
     reason: Option<String>,
 }
 
-/// `POST /v1/runs/{id}/cancel`
-pub async fn cancel(
-    state: State<ViewerState>,
-    claims: OperatorClaims,
-    id: ApiPath<String>,
-    body: Body,
-) -> Result<Response, ApiError> {
-    act_by_api(state, claims, id, RunAction::Cancel, body).await
+/// Acts on run `id` (of the path) for `claims`, which may act: the run is looked up in the
+/// token's scope (outside it: 404 `not_found`), and the action recorded with the token's `sub`
+/// as coming `via` the API or a page.
+pub async fn act_in_scope(
+    state: &ViewerState,
+    claims: &Claims,
+    id: &str,
+    action: RunAction,
+    reason: Option<&str>,
+    via: &'static str,
+) -> Result<ActionDone, ApiError> {
+    let run = run_in_scope(state, &claims.scope(), id).await?;
+    let actor = Actor {
+        name: claims.sub.clone(),
+        user_id: None,
+        via,
+    };
+    let ask = ActionAsk {
+        action,
+        run_id: run.id,
+        scope: RunScope {
+            workspace_id: run.workspace_id,
+            tenant_id: run.tenant_id,
+        },
+        actor: &actor,
+        reason,
+        bulk_id: None,
+    };
+    Ok(state.actions.act(ask).await?)
 }
 
-/// `POST /v1/runs/{id}/retry`
-pub async fn retry(
-    state: State<ViewerState>,
-    claims: OperatorClaims,
-    id: ApiPath<String>,
-    body: Body,
-) -> Result<Response, ApiError> {
-    act_by_api(state, claims, id, RunAction::Retry, body).await
+/// The action whose route matched: the last segment of `/…/{id}/cancel` (`/retry`, `/fail`).
+pub fn routed_action(route: &MatchedPath) -> Result<RunAction, ApiError> {
+    route
+        .as_str()
+        .rsplit('/')
+        .next()
+        .and_then(RunAction::parse)
+        .ok_or_else(ApiError::no_route)
 }
 
-/// `POST /v1/runs/{id}/fail`
-pub async fn fail(
-    state: State<ViewerState>,
-    claims: OperatorClaims,
-    id: ApiPath<String>,
-    body: Body,
-) -> Result<Response, ApiError> {
-    act_by_api(state, claims, id, RunAction::Fail, body).await
-}
-
-async fn act_by_api(
+/// `POST /v1/runs/{id}/cancel`, `/retry`, `/fail` (one route each, this handler)
+pub async fn act(
     State(state): State<ViewerState>,
     OperatorClaims(claims): OperatorClaims,
+    route: MatchedPath,
     ApiPath(id): ApiPath<String>,
-    action: RunAction,
     body: Body,
 ) -> Result<Response, ApiError> {
+    let action = routed_action(&route)?;
     let bytes = axum::body::to_bytes(body, ACTION_BODY_BYTES)
         .await
         .map_err(|_| ApiError::body_too_large(ACTION_BODY_BYTES))?;
@@ -118,25 +132,6 @@ async fn act_by_api(
         })?
     };
     let reason = reason(action, body.reason.as_deref())?;
-    let run = run_in_scope(&state, &claims.scope(), &id).await?;
-    let actor = Actor {
-        name: claims.sub.clone(),
-        user_id: None,
-        via: "api",
-    };
-    let done = state
-        .actions
-        .act(ActionAsk {
-            action,
-            run_id: run.id,
-            scope: RunScope {
-                workspace_id: run.workspace_id,
-                tenant_id: run.tenant_id,
-            },
-            actor: &actor,
-            reason: reason.as_deref(),
-            bulk_id: None,
-        })
-        .await?;
+    let done = act_in_scope(&state, &claims, &id, action, reason.as_deref(), "api").await?;
     Ok(Json(done.reply).into_response())
 }

@@ -78,9 +78,9 @@ pub fn router(state: ViewerState) -> Router {
             "/runs/bulk",
             get(action_pages::confirm_bulk).post(action_pages::bulk),
         )
-        .route("/runs/{id}/cancel", post(action_pages::cancel))
-        .route("/runs/{id}/retry", post(action_pages::retry))
-        .route("/runs/{id}/fail", post(action_pages::fail))
+        .route("/runs/{id}/cancel", post(action_pages::act_on_run))
+        .route("/runs/{id}/retry", post(action_pages::act_on_run))
+        .route("/runs/{id}/fail", post(action_pages::act_on_run))
         .route("/legacy/{table}/{id}", get(pages::legacy))
         .route_layer(middleware::from_fn_with_state(state.clone(), sign_in));
     let reads = Router::new()
@@ -90,9 +90,9 @@ pub fn router(state: ViewerState) -> Router {
         .route("/v1/identities/{hash}", get(api::identity))
         .route("/v1/legacy/{table}/{id}", get(api::legacy))
         .route("/v1/catalog", get(api::catalog))
-        .route("/v1/runs/{id}/cancel", post(operate::cancel))
-        .route("/v1/runs/{id}/retry", post(operate::retry))
-        .route("/v1/runs/{id}/fail", post(operate::fail))
+        .route("/v1/runs/{id}/cancel", post(operate::act))
+        .route("/v1/runs/{id}/retry", post(operate::act))
+        .route("/v1/runs/{id}/fail", post(operate::act))
         .merge(pages)
         .route_layer(middleware::from_fn_with_state(
             state.clone(),

@@ -5,7 +5,6 @@
 //! pages' forms act only with the anti-forgery value their page carried, and the list's bulk
 //! actions count their runs first, act once per run under one bulk id, in scope only.
 
-use operation_runs::http::auth::Claims;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use sqlx::PgPool;
@@ -17,24 +16,7 @@ use crate::viewer_tokens::hidden;
 /// A token granting `operate` for `tenants` of workspace 1 (and only `run` when given), whose
 /// bearer is `ada`.
 fn operator_token(viewer: &Viewer, tenants: Option<Vec<i64>>, run: Option<i64>) -> String {
-    operator_token_of(viewer, 1, tenants, run)
-}
-
-/// Like [`operator_token`], of workspace `workspace_id`.
-fn operator_token_of(
-    viewer: &Viewer,
-    workspace_id: i64,
-    tenants: Option<Vec<i64>>,
-    run: Option<i64>,
-) -> String {
-    viewer.issue(Claims {
-        workspace_id,
-        tenant_ids: tenants,
-        run_id: run,
-        exp: chrono::Utc::now().timestamp() as u64 + 3600,
-        sub: Some("ada".into()),
-        grants: Some("operate".into()),
-    })
+    viewer.operator_token(1, tenants, run)
 }
 
 /// How a request is signed in.
@@ -227,7 +209,7 @@ async fn acting_takes_an_operate_bearer_token_and_stays_inside_its_scope(pool: P
     for (token, id) in [
         (operator.clone(), eleven),
         (operator.clone(), 999_999),
-        (operator_token_of(&viewer, 2, None, None), ten),
+        (viewer.operator_token(2, None, None), ten),
     ] {
         let (status, body) = post(&viewer, &cancel(id), Auth::Bearer(&token), "").await;
         assert_eq!(

@@ -90,6 +90,24 @@ impl Viewer {
         })
     }
 
+    /// A token of workspace `workspace_id` granting `operate` for `tenant_ids` (and only `run_id`
+    /// when given), whose bearer is `ada`.
+    pub(crate) fn operator_token(
+        &self,
+        workspace_id: i64,
+        tenant_ids: Option<Vec<i64>>,
+        run_id: Option<i64>,
+    ) -> String {
+        self.issue(Claims {
+            workspace_id,
+            tenant_ids,
+            run_id,
+            exp: now() + 3600,
+            sub: Some("ada".into()),
+            grants: Some("operate".into()),
+        })
+    }
+
     /// A token of these claims, signed with the viewer's secret.
     pub(crate) fn issue(&self, claims: Claims) -> String {
         self.keys.issue(&claims)

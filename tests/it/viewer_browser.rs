@@ -466,14 +466,7 @@ async fn an_operator_cancels_a_run_from_its_page_with_one_click(pool: PgPool) {
     )
     .await;
     let viewer = Viewer::spawn(pool.clone()).await;
-    let token = viewer.issue(operation_runs::http::auth::Claims {
-        workspace_id: 1,
-        tenant_ids: Some(vec![10]),
-        run_id: None,
-        exp: chrono::Utc::now().timestamp() as u64 + 3600,
-        sub: Some("ada".into()),
-        grants: Some("operate".into()),
-    });
+    let token = viewer.operator_token(1, Some(vec![10]), None);
     let driver = Driver::start().await;
     let client = headless(&driver).await;
     client
