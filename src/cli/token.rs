@@ -1,15 +1,17 @@
 //! `oprun token`: prints a viewer token on its first line and the viewer link on its second.
 //! With `--run ID` the token reads that one run only, and the link opens its page; the run's
 //! workspace and tenant are read from the database (a `--workspace` or `--tenant` that does not
-//! hold the run is refused, so a token never names a run outside its own scope).
+//! hold the run is refused, so a token never names a run outside its own scope). With
+//! `--operate` the token may also act on the runs it may read.
 
 use chrono::Utc;
 
 use super::{pool, CliError};
 use crate::config::{Config, ViewerSettings};
-use crate::http::auth::Claims;
+use crate::http::auth::{Claims, OPERATE_SCOPE};
 
-/// `oprun token --workspace W [--tenant T]… [--ttl 1h]`, `oprun token --run ID [--ttl 1h]`
+/// `oprun token --workspace W [--tenant T]… [--ttl 1h] [--operate]`, `oprun token --run ID
+/// [--ttl 1h] [--operate]`
 #[derive(Debug, clap::Args)]
 pub struct TokenArgs {
     /// The workspace the bearer may read (with --run: the run's, read from the database).
@@ -25,9 +27,14 @@ pub struct TokenArgs {
     /// Lifetime: a number with s, m, h or d (e.g. 30m, 1h, 7d).
     #[arg(long, default_value = "1h")]
     ttl: String,
-    /// Who the bearer is (the `sub` claim, logged by the viewer).
+    /// Who the bearer is (the `sub` claim, logged by the viewer and recorded as the actor of
+    /// the token's actions).
     #[arg(long)]
     sub: Option<String>,
+    /// The token may also cancel, retry and fail the runs it may read (claim `"scope":
+    /// "operate"`); without it the token only reads.
+    #[arg(long)]
+    operate: bool,
     #[command(flatten)]
     viewer: ViewerSettings,
 }
@@ -82,6 +89,7 @@ impl TokenArgs {
             run_id: self.run,
             exp: Utc::now().timestamp().max(0) as u64 + ttl,
             sub: self.sub,
+            grants: self.operate.then(|| OPERATE_SCOPE.to_owned()),
         };
         let token = keys.issue(&claims);
         println!("{token}");

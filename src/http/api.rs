@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use axum::extract::State;
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
@@ -12,9 +12,9 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
-use super::claims::authenticate;
+use super::claims::ApiClaims;
 use super::error::{ApiError, ApiPath, ApiQuery};
-use super::read_model::{self, IdentityHistory, ListedRun, RunDetail, IDENTITY_RUNS};
+use super::read_model::{self, IdentityHistory, ListedRun, RunDetail};
 use super::state::ViewerState;
 use crate::domain::command::MAX_ID_CHARS;
 use crate::domain::failure::is_valid_code;
@@ -300,10 +300,9 @@ fn json_answer(body: &impl Serialize, capacity: usize) -> Result<Response, ApiEr
 /// `GET /v1/runs`
 pub async fn list(
     State(state): State<ViewerState>,
-    headers: HeaderMap,
+    ApiClaims(claims): ApiClaims,
     ApiQuery(params): ApiQuery<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    let claims = authenticate(&state.keys, &headers)?;
     let query = parse_list_query(&params)?;
     let now = Utc::now();
     let (runs, next) = list_page(&state, &claims.scope(), &query, |r| {
@@ -343,10 +342,9 @@ pub async fn run_in_scope(
 /// `GET /v1/runs/{id}`
 pub async fn show(
     State(state): State<ViewerState>,
-    headers: HeaderMap,
+    ApiClaims(claims): ApiClaims,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<RunDetail>, ApiError> {
-    let claims = authenticate(&state.keys, &headers)?;
     let run = run_in_scope(&state, &claims.scope(), &id).await?;
     Ok(Json(
         read_model::detail(&state.pool, run, Utc::now()).await?,
@@ -357,23 +355,13 @@ pub async fn show(
 /// no run in scope (or not a hash at all) is 404 `not_found`.
 pub async fn identity(
     State(state): State<ViewerState>,
-    headers: HeaderMap,
+    ApiClaims(claims): ApiClaims,
     ApiPath(hash): ApiPath<String>,
 ) -> Result<Response, ApiError> {
-    let claims = authenticate(&state.keys, &headers)?;
-    let scope = claims.scope();
     RunIdentityHash::parse(&hash).ok_or_else(|| ApiError::not_found("identity"))?;
-    let filter = RunListFilter {
-        identity: Some(hash.clone()),
-        ..RunListFilter::default()
-    };
-    let (mut rows, holder) = tokio::try_join!(
-        store::list_runs(&state.pool, &scope, &filter, None, IDENTITY_RUNS + 1),
-        store::identity_holder(&state.pool, &scope, &hash),
-    )?;
-    let more = rows.len() as i64 > IDENTITY_RUNS;
-    rows.truncate(IDENTITY_RUNS as usize);
-    let newest = rows
+    let found = read_model::identity_runs(&state.pool, &claims.scope(), &hash).await?;
+    let newest = found
+        .runs
         .first()
         .ok_or_else(|| ApiError::not_found("identity"))?;
     let entry = newest.run.run_type.catalog();
@@ -385,9 +373,9 @@ pub async fn identity(
         identity_hash: &hash,
         run_type: entry.name,
         dedupe_window: entry.dedupe_window.as_str(),
-        holder: holder.as_ref().map(|r| listed(r, now)),
-        runs: rows.iter().map(|r| listed(r, now)).collect(),
-        more,
+        holder: found.holder.as_ref().map(|r| listed(r, now)),
+        runs: found.runs.iter().map(|r| listed(r, now)).collect(),
+        more: found.more,
     };
     json_answer(&history, 4096)
 }
@@ -397,11 +385,10 @@ pub async fn identity(
 /// more are stored.
 pub async fn events(
     State(state): State<ViewerState>,
-    headers: HeaderMap,
+    ApiClaims(claims): ApiClaims,
     ApiPath(id): ApiPath<String>,
     ApiQuery(params): ApiQuery<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    let claims = authenticate(&state.keys, &headers)?;
     let run = run_in_scope(&state, &claims.scope(), &id).await?;
     let after = match params.get("after").filter(|v| !v.is_empty()) {
         Some(v) => v
@@ -463,10 +450,9 @@ pub async fn resolve_legacy(
 /// `GET /v1/legacy/{table}/{id}`: 308 to the run.
 pub async fn legacy(
     State(state): State<ViewerState>,
-    headers: HeaderMap,
+    ApiClaims(claims): ApiClaims,
     ApiPath((table, id)): ApiPath<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let claims = authenticate(&state.keys, &headers)?;
     let run_id = resolve_legacy(&state, &claims.scope(), &table, &id).await?;
     Ok((
         StatusCode::PERMANENT_REDIRECT,
@@ -476,11 +462,7 @@ pub async fn legacy(
 }
 
 /// `GET /v1/catalog`
-pub async fn catalog(
-    State(state): State<ViewerState>,
-    headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
-    authenticate(&state.keys, &headers)?;
+pub async fn catalog(_: ApiClaims) -> Result<Json<Value>, ApiError> {
     let types: Vec<Value> = OPERATION_CATALOG
         .iter()
         .map(|e| {

@@ -1,5 +1,6 @@
 //! The viewer's bearer tokens: HS256 JWTs whose claims say which workspace, and optionally
-//! which tenants, the bearer may read. Only HS256 is accepted (`alg: none` and every other
+//! which tenants, the bearer may read, and whether it may also act on those runs (`"scope":
+//! "operate"`). Only HS256 is accepted (`alg: none` and every other
 //! algorithm fail verification); `exp` is required, `nbf` and `iat` are honoured when present,
 //! and a claim that would widen the scope when garbled (`"tenant_ids": null`) is refused.
 
@@ -41,10 +42,18 @@ pub struct Claims {
     pub run_id: Option<i64>,
     /// Expiry, seconds since the epoch.
     pub exp: u64,
-    /// Who the bearer is (logged).
+    /// Who the bearer is (logged, and recorded as the actor of its actions).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sub: Option<String>,
+    /// The `scope` claim: space-separated grants. With [`OPERATE_SCOPE`] among them the bearer
+    /// may also cancel, retry and fail the runs it may read; absent (or anything else), it only
+    /// reads.
+    #[serde(rename = "scope", default, skip_serializing_if = "Option::is_none")]
+    pub grants: Option<String>,
 }
+
+/// The grant of the `scope` claim that lets a token act on runs (cancel, retry, fail).
+pub const OPERATE_SCOPE: &str = "operate";
 
 impl Claims {
     /// What the token may see.
@@ -54,6 +63,14 @@ impl Claims {
             tenant_ids: self.tenant_ids.clone(),
             run_id: self.run_id,
         }
+    }
+
+    /// Whether the token may act on the runs it may read (its `scope` claim grants
+    /// [`OPERATE_SCOPE`]).
+    pub fn may_operate(&self) -> bool {
+        self.grants
+            .as_deref()
+            .is_some_and(|g| g.split_whitespace().any(|w| w == OPERATE_SCOPE))
     }
 }
 
@@ -238,6 +255,33 @@ impl TokenKeys {
     }
 }
 
+impl TokenKeys {
+    /// The anti-forgery value of the pages' action forms for a browser signed in with `token`:
+    /// hex(HMAC-SHA256) of the token's hash, so it is worth nothing for another sign-in, only
+    /// this server can make one, and it ends with the sign-in (a renewed token makes another).
+    pub fn action_proof(&self, token: &str) -> String {
+        hex::encode(self.action_mac(token).finalize().into_bytes())
+    }
+
+    /// Whether `proof` is the [`TokenKeys::action_proof`] of `token` (compared in constant
+    /// time).
+    pub fn check_action_proof(&self, proof: &str, token: &str) -> bool {
+        let Ok(mac) = hex::decode(proof) else {
+            return false;
+        };
+        !token.is_empty() && self.action_mac(token).verify_slice(&mac).is_ok()
+    }
+
+    fn action_mac(&self, token: &str) -> Hmac<Sha256> {
+        let mut mac =
+            Hmac::<Sha256>::new_from_slice(&self.mac_key).expect("HMAC takes a key of any length");
+        // Another prefix than the sign-in switch's, so neither proof stands for the other.
+        mac.update(b"oprun action form\0");
+        mac.update(&Sha256::digest(token.as_bytes()));
+        mac
+    }
+}
+
 /// A fresh random secret (64 hex characters) from the operating system's generator.
 pub fn random_secret() -> String {
     let mut bytes = [0u8; 32];
@@ -260,6 +304,7 @@ mod tests {
             run_id: None,
             exp,
             sub: Some("ada".into()),
+            grants: None,
         }
     }
 
@@ -315,6 +360,23 @@ mod tests {
     }
 
     #[test]
+    fn only_a_scope_claim_granting_operate_lets_a_token_act() {
+        let exp = now() + 60;
+        let with = |scope: serde_json::Value| {
+            let token = raw(serde_json::json!({"workspace_id": 1, "exp": exp, "scope": scope}));
+            keys().verify(&token).unwrap().may_operate()
+        };
+        assert!(with(serde_json::json!("operate")));
+        assert!(with(serde_json::json!("read operate")));
+        for no in ["", "read", "operator", "OPERATE"] {
+            assert!(!with(serde_json::json!(no)), "{no:?}");
+        }
+        assert!(!with(serde_json::Value::Null));
+        let absent = raw(serde_json::json!({"workspace_id": 1, "exp": exp}));
+        assert!(!keys().verify(&absent).unwrap().may_operate());
+    }
+
+    #[test]
     fn a_token_not_valid_yet_is_refused_with_the_same_leeway_as_expiry() {
         let (now, exp) = (now(), now() + 3600);
         for claim in ["nbf", "iat"] {
@@ -357,6 +419,23 @@ mod tests {
         assert!(!keys().check_switch_proof(&stretched, a, b, now));
         for garbage in ["", ".", "1.zz", "abc"] {
             assert!(!keys().check_switch_proof(garbage, a, b, now));
+        }
+    }
+
+    #[test]
+    fn an_action_proof_holds_only_for_its_sign_in_and_its_server() {
+        let proof = keys().action_proof("token-a");
+        assert!(keys().check_action_proof(&proof, "token-a"));
+        assert!(!keys().check_action_proof(&proof, "token-b"));
+        assert!(!keys().check_action_proof(&proof, ""));
+        assert!(!keys().check_action_proof(&keys().action_proof(""), ""));
+        let other = TokenKeys::new(&"x".repeat(32)).unwrap();
+        assert!(!other.check_action_proof(&proof, "token-a"));
+        let switch = keys().switch_proof("token-a", "token-a", now() + 60);
+        let (_, mac) = switch.split_once('.').unwrap();
+        assert!(!keys().check_action_proof(mac, "token-a"));
+        for garbage in ["", "zz", "00"] {
+            assert!(!keys().check_action_proof(garbage, "token-a"));
         }
     }
 

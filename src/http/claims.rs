@@ -1,6 +1,8 @@
 //! The token's claims as extractors, so that no handler verifies a token by hand: a page's
 //! [`PageClaims`] is refused with the sign-in page (401), the API's [`ApiClaims`] with its JSON
-//! error (401 `missing_token`, `invalid_token`, `expired_token`).
+//! error (401 `missing_token`, `invalid_token`, `expired_token`), and the API's actions'
+//! [`OperatorClaims`] (a bearer header only, granting `operate`) with it too (or 403
+//! `forbidden`).
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
@@ -46,11 +48,49 @@ impl FromRequestParts<ViewerState> for ApiClaims {
     }
 }
 
+/// The claims of an API request that changes state: a token of `Authorization: Bearer …` only
+/// (the sign-in cookie alone never changes anything: a browser sends it with requests other
+/// sites make it send), whose `scope` claim grants `operate`. Refused with the API's JSON
+/// error: 401 as [`ApiClaims`] (`missing_token` when only a cookie came), 403 `forbidden` for a
+/// token that may only read.
+#[derive(Debug, Clone)]
+pub struct OperatorClaims(pub Claims);
+
+impl FromRequestParts<ViewerState> for OperatorClaims {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &ViewerState,
+    ) -> Result<Self, Self::Rejection> {
+        let Some(token) = bearer(&parts.headers) else {
+            let mut e = ApiError::from(AuthError::Missing);
+            e.message = "acting on a run takes a token in Authorization: Bearer …; \
+                         the sign-in cookie alone never changes anything"
+                .into();
+            return Err(e);
+        };
+        let claims = state.keys.verify(&token)?;
+        if !claims.may_operate() {
+            return Err(ApiError::forbidden(
+                "this token may only read: acting on runs takes a token whose scope claim \
+                 grants operate (oprun token --operate)",
+            ));
+        }
+        tracing::debug!(
+            sub = claims.sub.as_deref(),
+            workspace_id = claims.workspace_id,
+            "viewer action request"
+        );
+        Ok(Self(claims))
+    }
+}
+
 /// The cookie a browser carries after signing in with `?token=`.
 pub const TOKEN_COOKIE: &str = "oprun_token";
 
 /// The claims of the request's token: `Authorization: Bearer …`, else the sign-in cookie.
-pub fn authenticate(keys: &TokenKeys, headers: &HeaderMap) -> Result<Claims, AuthError> {
+fn authenticate(keys: &TokenKeys, headers: &HeaderMap) -> Result<Claims, AuthError> {
     let token = request_token(headers).ok_or(AuthError::Missing)?;
     let claims = keys.verify(&token)?;
     tracing::debug!(

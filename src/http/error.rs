@@ -45,6 +45,20 @@ impl ApiError {
         )
     }
 
+    /// 403 `forbidden`: the token may read this but not do this.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+
+    /// 413 `body_too_large`: a request body past its documented bound.
+    pub fn body_too_large(limit: usize) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("the request body must be at most {limit} bytes"),
+        )
+    }
+
     /// 400 `invalid_parameter`.
     pub fn invalid(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "invalid_parameter", message)

@@ -27,7 +27,7 @@ use tokio::time::Instant;
 
 use super::api::run_in_scope;
 use super::auth::{Claims, LEEWAY_SECS};
-use super::claims::{authenticate, request_token};
+use super::claims::{request_token, ApiClaims};
 use super::error::{ApiError, ApiPath, ApiQuery};
 use super::state::ViewerState;
 use super::streams::{Holder, LiveSlot};
@@ -55,11 +55,11 @@ fn stream_end(claims: &Claims, lifetime: Duration) -> Instant {
 /// `GET /v1/runs/{id}/live`
 pub async fn live(
     State(state): State<ViewerState>,
+    ApiClaims(claims): ApiClaims,
     headers: HeaderMap,
     ApiPath(id): ApiPath<String>,
     ApiQuery(params): ApiQuery<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    let claims = authenticate(&state.keys, &headers)?;
     let run = run_in_scope(&state, &claims.scope(), &id).await?;
     let resume = headers
         .get("last-event-id")
@@ -198,6 +198,7 @@ mod tests {
             run_id: None,
             exp: 0,
             sub: sub.map(str::to_owned),
+            grants: None,
         }
     }
 

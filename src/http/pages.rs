@@ -1,7 +1,9 @@
 //! The pages: `/runs` (search, filters, a summary line, failures, stalled badges, rows of
 //! active runs that refresh themselves), `/runs/{id}` (names, times and durations, progress
 //! with an ETA, counts, failures by code, context with its related links, a timeline of what
-//! each event changed, a banner once a running run stops moving; live while active) and
+//! each event changed, a banner once a running run stops moving, the runs of its identity and
+//! the dispatches deduplicated onto each, the actions recorded on it and, for tokens that may
+//! act, its Cancel, Retry and Fail forms; live while active) and
 //! `/legacy/{table}/{id}` (redirects to the run's page). maud templates: every value from the
 //! data is escaped by the template engine, so none reaches the HTML unescaped by omission.
 //! Server-rendered, readable without JavaScript; the one script only formats times in the
@@ -12,7 +14,7 @@ use std::collections::HashMap;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
 use maud::{html, Markup};
@@ -21,12 +23,13 @@ use serde_json::Value;
 
 use super::api::{list_page, parse_list_query, resolve_legacy, run_in_scope};
 use super::auth::{AuthError, Claims};
-use super::claims::{PageClaims, SignInRequired};
+use super::claims::{request_token, PageClaims, SignInRequired};
 use super::error::{ApiError, ApiPath, ApiQuery};
 use super::html::{
     badge, duration, exact_time, page, relative_time, rfc3339, short_duration, BodyData,
 };
 use super::read_model;
+use super::run_parts;
 use super::state::ViewerState;
 use crate::domain::failure_cap::FailureSummary;
 use crate::domain::{OperationRun, RunOutcome, RunStatus, OPERATION_CATALOG};
@@ -34,6 +37,9 @@ use crate::store::viewer::{self as store, ListSummary, TimelineChange, TimelineW
 
 /// Events on one page of a run's timeline; older and newer ones are a link away.
 pub const TIMELINE_PAGE: i64 = 100;
+
+/// Most recorded actions the run page lists (the newest; `oprun runs show` lists all).
+pub const RUN_ACTIONS: i64 = 20;
 
 /// Most failure codes a row of the list names (the count covers all).
 pub const LIST_FAILURE_CODES: usize = 5;
@@ -54,7 +60,8 @@ pub async fn js() -> impl IntoResponse {
     )
 }
 
-fn html_page(title: &str, body: &BodyData, content: Markup) -> Html<String> {
+/// A whole page as HTML.
+pub fn html_page(title: &str, body: &BodyData, content: Markup) -> Html<String> {
     Html(page(title, body, content).into_string())
 }
 
@@ -138,7 +145,8 @@ pub fn choose_sign_in(
             .map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true))
             .unwrap_or_default();
         html! {
-            strong { (who(c)) } " · workspace " (c.workspace_id) " · " (tenants) " · until " (until)
+            strong { (who(c)) } " · workspace " (c.workspace_id) " · " (tenants)
+            @if c.may_operate() { " · may cancel, retry and fail runs" } " · until " (until)
         }
     };
     let body = html! {
@@ -319,7 +327,7 @@ impl ListRow {
 
 /// The list page's own parameters, turned into the API's: `from` and `to` (dates, UTC; `to`
 /// inclusive) become `created_after` and `created_before`.
-fn list_params(params: &HashMap<String, String>) -> Result<HashMap<String, String>, ApiError> {
+pub fn list_params(params: &HashMap<String, String>) -> Result<HashMap<String, String>, ApiError> {
     let mut api = params.clone();
     let day = |k: &str| -> Result<Option<NaiveDate>, ApiError> {
         params
@@ -344,6 +352,17 @@ fn list_params(params: &HashMap<String, String>) -> Result<HashMap<String, Strin
     api.remove("from");
     api.remove("to");
     Ok(api)
+}
+
+/// The list page's filter as given (without its page position or a sign-in token), sorted.
+pub fn filter_pairs(params: &HashMap<String, String>) -> Vec<(String, String)> {
+    let mut pairs: Vec<(String, String)> = params
+        .iter()
+        .filter(|(k, _)| k.as_str() != "cursor" && k.as_str() != "token")
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    pairs.sort();
+    pairs
 }
 
 /// "120 runs, 3 failed, 2 running" (of the newest [`store::SUMMARY_CAP`] past it).
@@ -393,13 +412,9 @@ pub async fn list(
         .collect();
     let f = &query.filter;
     let param = |k: &str| params.get(k).cloned().unwrap_or_default();
+    let filter_pairs = filter_pairs(&params);
     let next_link = next.map(|cursor| {
-        let mut pairs: Vec<(String, String)> = params
-            .iter()
-            .filter(|(k, _)| k.as_str() != "cursor" && k.as_str() != "token")
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        pairs.sort();
+        let mut pairs = filter_pairs.clone();
         pairs.push(("cursor".into(), cursor));
         let qs = url::form_urlencoded::Serializer::new(String::new())
             .extend_pairs(pairs)
@@ -425,6 +440,7 @@ pub async fn list(
             button type="submit" { "Filter" }
         }
         p id="summary" class="summary" { (summary_line(&summary)) }
+        @if claims.may_operate() { (run_parts::bulk_forms(&filter_pairs)) }
         div class="scroll" {
             table class="runs" {
                 thead { tr {
@@ -583,20 +599,29 @@ fn context_rows(context: &Value, related: &[Value]) -> Markup {
 pub async fn show(
     State(state): State<ViewerState>,
     PageClaims(claims): PageClaims,
+    headers: HeaderMap,
     PagePath(id): PagePath<String>,
     PageQuery(params): PageQuery<HashMap<String, String>>,
 ) -> Result<Response, PageError> {
     let run = run_in_scope(&state, &claims.scope(), &id).await?;
     let window = timeline_window(&params)?;
     let now = Utc::now();
-    let (detail, names, events) = tokio::try_join!(
+    let scope = claims.scope();
+    let (detail, names, events, identity, actions) = tokio::try_join!(
         read_model::detail(&state.pool, run.clone(), now),
         store::workspace_and_tenant_names(&state.pool, run.workspace_id, run.tenant_id),
         // One more than a page: whether there is more beyond it in the direction read (and,
         // reading back, the event before the first shown, to say what that one changed).
         store::timeline_changes(&state.pool, run.id, window, TIMELINE_PAGE + 1),
+        read_model::identity_runs(&state.pool, &scope, run.run_identity_hash.as_str()),
+        store::recorded_actions(&state.pool, run.id, RUN_ACTIONS),
     )
     .map_err(ApiError::from)?;
+    let mut identity_ids: Vec<i64> = identity.runs.iter().map(|r| r.run.id).collect();
+    identity_ids.push(run.id);
+    let deduplicated = read_model::deduplicated_onto(&state.pool, &identity_ids)
+        .await
+        .map_err(ApiError::from)?;
     let (workspace_name, tenant_name) = names;
     let mut events = events;
     let beyond = events.len() as i64 > TIMELINE_PAGE;
@@ -654,8 +679,19 @@ pub async fn show(
         newer.then_some(last),
     );
     let stored = run.failure_summary.entries.len() as u64;
+    // `?acted=ID`: the record of the action this page's form just carried out.
+    let acted = params.get("acted").and_then(|a| a.parse::<i64>().ok());
+    // The forms' anti-forgery value, bound to this sign-in (decision 0072).
+    let proof = claims.may_operate().then(|| {
+        state
+            .keys
+            .action_proof(&request_token(&headers).unwrap_or_default())
+    });
     let body = html! {
         h1 { (label) " " small { "#" (run.id) } }
+        @if let Some(a) = acted.and_then(|id| actions.iter().find(|a| a.id == id)) {
+            (run_parts::action_result(a))
+        }
         p { span id="live" class="live" {} }
         p id="stalled" class="banner" role="status" hidden[!stalled] {
             @if stalled {
@@ -746,6 +782,9 @@ pub async fn show(
         }
         h2 { "Context" }
         div class="scroll" { (context_rows(&run.context, &related)) }
+        (run_parts::identity_runs(&run, &identity, &deduplicated, now))
+        @if let Some(proof) = &proof { (run_parts::action_forms(&run, proof)) }
+        (run_parts::recorded_actions(&actions, now))
         @if !legacy.is_empty() {
             h2 { "Legacy rows" }
             ul {

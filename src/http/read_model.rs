@@ -185,6 +185,59 @@ pub struct IdentityHistory<'a> {
     pub more: bool,
 }
 
+/// An identity's runs within a scope, as read: what `GET /v1/identities/{hash}` answers and
+/// the run page's "Runs of this identity" shows (one query for both).
+#[derive(Debug, Clone)]
+pub struct IdentityRuns {
+    /// Its runs, newest first, at most [`IDENTITY_RUNS`].
+    pub runs: Vec<viewer::ListedRow>,
+    /// The run that holds it now, if in scope.
+    pub holder: Option<viewer::ListedRow>,
+    /// More runs than listed.
+    pub more: bool,
+}
+
+/// The runs of identity `hash` within `scope` (none in scope: an empty list).
+pub async fn identity_runs(
+    pool: &PgPool,
+    scope: &viewer::ViewerScope,
+    hash: &str,
+) -> Result<IdentityRuns, sqlx::Error> {
+    let filter = viewer::RunListFilter {
+        identity: Some(hash.to_owned()),
+        ..viewer::RunListFilter::default()
+    };
+    let (mut runs, holder) = tokio::try_join!(
+        viewer::list_runs(pool, scope, &filter, None, IDENTITY_RUNS + 1),
+        viewer::identity_holder(pool, scope, hash),
+    )?;
+    let more = runs.len() as i64 > IDENTITY_RUNS;
+    runs.truncate(IDENTITY_RUNS as usize);
+    Ok(IdentityRuns { runs, holder, more })
+}
+
+/// The dispatches deduplicated onto a run: how many, and when the latest came.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deduplicated {
+    /// Dispatches answered with the run because it held their identity.
+    pub count: i64,
+    /// When the latest was.
+    pub latest: DateTime<Utc>,
+}
+
+/// The dispatches deduplicated onto each of `runs` (already in scope) that had any, as the
+/// inbox records them (dispatches with a `command_id`, for the inbox retention).
+pub async fn deduplicated_onto(
+    pool: &PgPool,
+    runs: &[i64],
+) -> Result<BTreeMap<i64, Deduplicated>, sqlx::Error> {
+    Ok(viewer::deduplicated_dispatches(pool, runs)
+        .await?
+        .into_iter()
+        .map(|(run, count, latest)| (run, Deduplicated { count, latest }))
+        .collect())
+}
+
 /// A link to a record the run's context names.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RelatedLink {

@@ -1,5 +1,5 @@
-//! What the viewer's handlers share: its own pool, the answer slots, the token keys and the
-//! live streams.
+//! What the viewer's handlers share: its own pool, the answer slots, the token keys, the live
+//! streams and the port that carries out operator actions.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,6 +9,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use super::auth::TokenKeys;
+use super::run_actions::RunActions;
 use super::streams::LiveStreams;
 
 /// What the viewer's handlers share.
@@ -30,4 +31,6 @@ pub struct ViewerState {
     pub live: Arc<LiveStreams>,
     /// Ends live streams at shutdown.
     pub shutdown: CancellationToken,
+    /// Carries out operator actions (the service's, on the viewer's pool).
+    pub actions: Arc<dyn RunActions>,
 }

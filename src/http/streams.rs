@@ -165,6 +165,7 @@ mod tests {
             run_id: None,
             exp: 0,
             sub: sub.map(str::to_owned),
+            grants: None,
         }
     }
 

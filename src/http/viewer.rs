@@ -21,9 +21,10 @@ use tokio_util::sync::CancellationToken;
 use super::auth::{Claims, TokenKeys};
 use super::claims::{cookie, TOKEN_COOKIE};
 use super::error::ApiError;
+use super::run_actions::RunActions;
 use super::server::{self, HttpLimits, HttpServer};
 use super::state::ViewerState;
-use super::{api, live, pages, streams};
+use super::{action_pages, api, live, operate, pages, streams};
 
 /// Most viewer answers (API and pages, live streams aside) being built or sent at once; more
 /// wait for one to finish. Each holds at most about twice [`crate::store::viewer::PAGE_BYTES`]
@@ -42,16 +43,18 @@ pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; 
 
 /// Binds `addr` and serves the viewer until `shutdown`, reading through `viewer_pool` (the
 /// viewer's own, see [`crate::store::viewer::connect_viewer_pool`]), its live streams within
-/// `live`.
+/// `live`, its operator actions carried out by `actions`.
 pub async fn spawn(
     addr: SocketAddr,
     viewer_pool: PgPool,
     keys: TokenKeys,
     limits: HttpLimits,
     live: streams::LiveLimits,
+    actions: Arc<dyn RunActions>,
     shutdown: CancellationToken,
 ) -> std::io::Result<HttpServer> {
     let state = ViewerState {
+        actions,
         pool: viewer_pool,
         answers: Arc::new(Semaphore::new(ANSWERS_IN_FLIGHT)),
         keys,
@@ -71,6 +74,13 @@ pub fn router(state: ViewerState) -> Router {
         .route("/", get(|| async { Redirect::to("/runs") }))
         .route("/runs", get(pages::list))
         .route("/runs/{id}", get(pages::show))
+        .route(
+            "/runs/bulk",
+            get(action_pages::confirm_bulk).post(action_pages::bulk),
+        )
+        .route("/runs/{id}/cancel", post(action_pages::act_on_run))
+        .route("/runs/{id}/retry", post(action_pages::act_on_run))
+        .route("/runs/{id}/fail", post(action_pages::act_on_run))
         .route("/legacy/{table}/{id}", get(pages::legacy))
         .route_layer(middleware::from_fn_with_state(state.clone(), sign_in));
     let reads = Router::new()
@@ -80,6 +90,9 @@ pub fn router(state: ViewerState) -> Router {
         .route("/v1/identities/{hash}", get(api::identity))
         .route("/v1/legacy/{table}/{id}", get(api::legacy))
         .route("/v1/catalog", get(api::catalog))
+        .route("/v1/runs/{id}/cancel", post(operate::act))
+        .route("/v1/runs/{id}/retry", post(operate::act))
+        .route("/v1/runs/{id}/fail", post(operate::act))
         .merge(pages)
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
@@ -291,10 +304,12 @@ pub async fn switch_sign_in(State(state): State<ViewerState>, request: Request) 
     signed_in_to(&token, &claims, &next)
 }
 
-/// Whether two tokens sign in the same bearer with the same workspace and tenants (then either
-/// may stand for the other as far as whose data is shown; a run claim only narrows that).
+/// Whether two tokens sign in the same bearer with the same workspace, tenants and right to act
+/// (then either may stand for the other as far as whose data is shown and what it may do; a run
+/// claim only narrows that). A link never silently adds or takes away the right to act.
 fn same_bearer(a: &Claims, b: &Claims) -> bool {
-    (a.workspace_id, &a.tenant_ids, &a.sub) == (b.workspace_id, &b.tenant_ids, &b.sub)
+    (a.workspace_id, &a.tenant_ids, &a.sub, a.may_operate())
+        == (b.workspace_id, &b.tenant_ids, &b.sub, b.may_operate())
 }
 
 /// Whether the browser says this request comes from a page of this origin: by fetch metadata

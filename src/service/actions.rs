@@ -2,8 +2,9 @@
 //! locked, [`domain::action::decide`] says what the action does, the effect (completion, cancel
 //! request and its message in the job outbox, or the retry's dispatch through the normal path)
 //! and the action's record in `operation_run_actions` are written together, so an action is
-//! never done without its record nor recorded without being done. The CLI and the broker
-//! commands `cancel_run`, `retry_run` and `fail_run` both act through [`act`].
+//! never done without its record nor recorded without being done. The CLI, the broker
+//! commands `cancel_run`, `retry_run` and `fail_run`, and the viewer (`viewer_actions.rs`) all
+//! act through [`act`].
 //!
 //! [`domain::action::decide`]: crate::domain::action::decide
 
@@ -52,6 +53,9 @@ pub struct ActionOutcome {
     pub result: ActionResult,
     /// The answer's JSON (the result shape every side answers with).
     pub reply: Value,
+    /// The action's record in `operation_run_actions` (none when the bulk action had done it
+    /// already: nothing new is recorded).
+    pub record_id: Option<i64>,
 }
 
 /// The rejection of a run the asker cannot see (absent, or in another workspace or tenant:
@@ -84,6 +88,7 @@ pub async fn act(
             return Ok(ActionOutcome {
                 result: ActionResult::Unchanged,
                 reply,
+                record_id: None,
             });
         }
     }
@@ -144,7 +149,7 @@ pub async fn act(
         },
         Decision::Unchanged(why) | Decision::Refused(why) => error = Some(why),
     }
-    store::record(
+    let record_id = store::record(
         conn,
         &ActionRecord {
             run_id: run.id,
@@ -162,6 +167,7 @@ pub async fn act(
     Ok(ActionOutcome {
         result,
         reply: result_json(run.id, req.action, result, new_run, error.as_deref()),
+        record_id: Some(record_id),
     })
 }
 

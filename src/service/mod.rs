@@ -22,6 +22,7 @@ pub mod relay;
 pub mod reply_guard;
 pub mod serve;
 pub mod tx_buffer;
+pub mod viewer_actions;
 
 pub use serve::{serve, viewer_keys, ServeError, Service};
 

@@ -21,6 +21,7 @@ use super::pruner;
 use super::reaper;
 use super::relay::{OutboxRelay, RelaySettings};
 use super::reply_guard::ReplyGuard;
+use super::viewer_actions::ViewerActions;
 use crate::broker::connection::{AmqpUrls, Connector};
 use crate::broker::consumer::CommandConsumer;
 use crate::broker::publisher::ConfirmPublisher;
@@ -436,12 +437,16 @@ pub async fn serve(
             config.database_url.expose_secret(),
             settings.viewer_db_connections,
         )?;
+        // Operator actions from the viewer write through its own pool too: acting never takes
+        // a connection the command pipeline needs.
+        let actions = ViewerActions::new(viewer_pool.clone(), service.ctx.clone());
         let bound = crate::http::viewer::spawn(
             addr,
             viewer_pool,
             keys,
             settings.http.limits(),
             live,
+            Arc::new(actions),
             shutdown.clone(),
         )
         .await?

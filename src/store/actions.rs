@@ -33,13 +33,14 @@ pub struct ActionRecord<'a> {
     pub command_id: Option<&'a str>,
 }
 
-/// Records an action in the caller's transaction.
-pub async fn record(conn: &mut PgConnection, r: &ActionRecord<'_>) -> Result<(), sqlx::Error> {
-    sqlx::query(
+/// Records an action in the caller's transaction; the record's id.
+pub async fn record(conn: &mut PgConnection, r: &ActionRecord<'_>) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
         "INSERT INTO operation_run_actions
              (run_id, action, actor_name, actor_user_id, via, reason, result, new_run_id, error,
               bulk_id, command_id)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+         RETURNING id",
     )
     .bind(r.run_id)
     .bind(r.action.as_str())
@@ -52,9 +53,8 @@ pub async fn record(conn: &mut PgConnection, r: &ActionRecord<'_>) -> Result<(),
     .bind(r.error)
     .bind(r.bulk_id)
     .bind(r.command_id)
-    .execute(conn)
-    .await?;
-    Ok(())
+    .fetch_one(conn)
+    .await
 }
 
 /// Whether bulk action `bulk_id` already did `action` on `run_id` (a re-run of the bulk action

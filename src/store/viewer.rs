@@ -1,6 +1,6 @@
 //! Reads of the run viewer: runs inside a token's scope with keyset paging, one run's events
-//! after a sequence, the legacy rows that point at a run, related restores, and the viewer's
-//! signing secret.
+//! after a sequence, the legacy rows that point at a run, related restores, the dispatches
+//! deduplicated onto a run, the actions recorded on a run, and the viewer's signing secret.
 
 use std::time::Duration;
 
@@ -622,6 +622,24 @@ pub async fn legacy_rows_for_run(
     Ok(rows.into_iter().map(|(t, _, row)| (t, row)).collect())
 }
 
+/// How many dispatches were deduplicated onto each of `run_ids` (answered with that run because
+/// it held their identity), and when the latest came: `(run_id, count, latest)`, for the runs
+/// that had any. Read from the inbox, which records a dispatch that carried a `command_id` for
+/// the inbox retention; an index probe per run on `processed_commands_deduplicated_idx`.
+pub async fn deduplicated_dispatches(
+    executor: impl PgExecutor<'_>,
+    run_ids: &[i64],
+) -> Result<Vec<(i64, i64, DateTime<Utc>)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT run_id, count(*), max(processed_at) FROM processed_commands
+         WHERE run_id = ANY($1) AND kind = 'dispatch' AND (result ->> 'deduplicated') = 'true'
+         GROUP BY run_id",
+    )
+    .bind(run_ids)
+    .fetch_all(executor)
+    .await
+}
+
 /// The name of workspace `workspace_id` and of tenant `tenant_id` (`None` when not given):
 /// a run's own, already checked to be in scope.
 pub async fn scope_names(
@@ -777,6 +795,60 @@ pub async fn summarise_listed_runs(
         running,
         capped: runs > SUMMARY_CAP,
     })
+}
+
+/// The id and tenant of the newest `limit` runs in `scope` matching `filter`, as the list reads
+/// them (the same statement and indexes): what a bulk action of the list page acts on.
+pub async fn listed_run_ids(
+    executor: impl PgExecutor<'_>,
+    scope: &ViewerScope,
+    filter: &RunListFilter,
+    limit: i64,
+) -> Result<Vec<(i64, Option<i64>)>, sqlx::Error> {
+    let mut q = list_query("SELECT id, tenant_id FROM (", scope, filter, None, limit);
+    q.push(") AS listed ORDER BY created_at DESC, id DESC");
+    q.build_query_as().fetch_all(executor).await
+}
+
+/// One recorded action on a run, as the run page shows it.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct RecordedAction {
+    /// The record's id.
+    pub id: i64,
+    /// `cancel`, `retry` or `fail`.
+    pub action: String,
+    /// Who (a token's `sub`, the CLI's `--initiator`, a command's `initiator_name`).
+    pub actor_name: Option<String>,
+    /// Where from: `cli`, `broker`, `api`, `page`.
+    pub via: String,
+    /// When.
+    pub at: DateTime<Utc>,
+    /// Why.
+    pub reason: Option<String>,
+    /// `done`, `requested`, `unchanged` or `refused`.
+    pub result: String,
+    /// The run a retry dispatched or found.
+    pub new_run_id: Option<i64>,
+    /// Why it was unchanged or refused.
+    pub error: Option<String>,
+    /// The bulk action it was part of.
+    pub bulk_id: Option<String>,
+}
+
+/// The newest `limit` actions on run `run_id` (already in scope), newest first.
+pub async fn recorded_actions(
+    executor: impl PgExecutor<'_>,
+    run_id: i64,
+    limit: i64,
+) -> Result<Vec<RecordedAction>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, action, actor_name, via, at, reason, result, new_run_id, error, bulk_id
+         FROM operation_run_actions WHERE run_id = $1 ORDER BY id DESC LIMIT $2",
+    )
+    .bind(run_id)
+    .bind(limit)
+    .fetch_all(executor)
+    .await
 }
 
 /// One line of a run's timeline with the run as that event left it: enough to say what the

@@ -29,6 +29,7 @@ mod retention;
 mod schema;
 mod security;
 mod trace_context;
+mod viewer_actions;
 mod viewer_api;
 mod viewer_bounds;
 mod viewer_browser;

@@ -2,12 +2,15 @@
 //! paging, the run detail, events, live SSE, legacy redirects, the catalog, the pages' sign-in
 //! and escaping, and the list's plans on 100,000 rows.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use operation_runs::config::ServeSettings;
 use operation_runs::http::auth::{Claims, TokenKeys};
 use operation_runs::http::server::HttpLimits;
 use operation_runs::http::streams::LiveLimits;
+use operation_runs::service::apply::ApplySettings;
+use operation_runs::service::viewer_actions::ViewerActions;
 use operation_runs::store::viewer::{
     explain_list_runs, ContextValue, RunListFilter, Search, ViewerScope,
 };
@@ -42,6 +45,14 @@ impl Viewer {
     pub(crate) async fn spawn_with(pool: PgPool, live: LiveLimits) -> Self {
         let keys = TokenKeys::new(SECRET).unwrap();
         let stop = CancellationToken::new();
+        let actions = ViewerActions::new(
+            pool.clone(),
+            ApplySettings {
+                event_source: "/operation-runs/viewer-tests".into(),
+                hand_off_jobs: false,
+                max_active_runs_per_tenant: 0,
+            },
+        );
         let server = operation_runs::http::viewer::spawn(
             "127.0.0.1:0".parse().unwrap(),
             pool,
@@ -51,6 +62,7 @@ impl Viewer {
                 ..ServeSettings::defaults().http.limits()
             },
             live,
+            Arc::new(actions),
             stop.clone(),
         )
         .await
@@ -68,13 +80,47 @@ impl Viewer {
     }
 
     pub(crate) fn token(&self, workspace_id: i64, tenant_ids: Option<Vec<i64>>) -> String {
-        self.keys.issue(&Claims {
+        self.issue(Claims {
             workspace_id,
             tenant_ids,
             run_id: None,
             exp: now() + 3600,
             sub: Some("tests".into()),
+            grants: None,
         })
+    }
+
+    /// A token of workspace `workspace_id` granting `operate` for `tenant_ids` (and only `run_id`
+    /// when given), whose bearer is `ada`.
+    pub(crate) fn operator_token(
+        &self,
+        workspace_id: i64,
+        tenant_ids: Option<Vec<i64>>,
+        run_id: Option<i64>,
+    ) -> String {
+        self.issue(Claims {
+            workspace_id,
+            tenant_ids,
+            run_id,
+            exp: now() + 3600,
+            sub: Some("ada".into()),
+            grants: Some("operate".into()),
+        })
+    }
+
+    /// A token of these claims, signed with the viewer's secret.
+    pub(crate) fn issue(&self, claims: Claims) -> String {
+        self.keys.issue(&claims)
+    }
+
+    /// The anti-forgery value of the pages' action forms for a browser signed in with `token`.
+    pub(crate) fn action_proof(&self, token: &str) -> String {
+        self.keys.action_proof(token)
+    }
+
+    /// The HTTP client (no redirects followed).
+    pub(crate) fn http(&self) -> &reqwest::Client {
+        &self.http
     }
 
     pub(crate) async fn get(
@@ -279,6 +325,7 @@ async fn every_token_sees_its_scope_and_nothing_else(pool: PgPool) {
         run_id: None,
         exp: now() - 600,
         sub: None,
+        grants: None,
     });
     let foreign = TokenKeys::new("another-secret-that-is-also-32-bytes-long")
         .unwrap()
@@ -288,6 +335,7 @@ async fn every_token_sees_its_scope_and_nothing_else(pool: PgPool) {
             run_id: None,
             exp: now() + 600,
             sub: None,
+            grants: None,
         });
     let claims = format!(r#"{{"workspace_id":1,"exp":{}}}"#, now() + 600);
     let alg_none = format!(
@@ -975,7 +1023,7 @@ async fn oprun_token_prints_a_token_and_a_link_signed_with_the_stored_secret(
         "--sub",
         "ada",
     ]);
-    let second = run(&["token", "--workspace", "2"]);
+    let second = run(&["token", "--workspace", "2", "--operate"]);
     let lines: Vec<&str> = first.lines().collect();
     assert_eq!(lines.len(), 2, "{first}");
     assert_eq!(
@@ -991,6 +1039,8 @@ async fn oprun_token_prints_a_token_and_a_link_signed_with_the_stored_secret(
         .await
         .unwrap();
     let claims = keys.verify(lines[0]).unwrap();
+    // Tokens only read, unless minted with --operate.
+    assert!(!claims.may_operate());
     assert_eq!(
         (
             claims.workspace_id,
@@ -1003,6 +1053,7 @@ async fn oprun_token_prints_a_token_and_a_link_signed_with_the_stored_secret(
     assert!((7100..=7200).contains(&lifetime), "{lifetime}");
     let claims = keys.verify(second.lines().next().unwrap()).unwrap();
     assert_eq!((claims.workspace_id, claims.tenant_ids), (2, None));
+    assert_eq!(claims.grants.as_deref(), Some("operate"));
     let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM api_secrets")
         .fetch_one(&pool)
         .await

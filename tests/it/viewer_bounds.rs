@@ -61,6 +61,7 @@ fn token(workspace_id: i64, tenant_ids: Option<Vec<i64>>) -> String {
         run_id: None,
         exp: chrono::Utc::now().timestamp() as u64 + 3600,
         sub: Some("tests".into()),
+        grants: None,
     })
 }
 

@@ -3,8 +3,8 @@
 //! in (a producer's markup in a failure shown as text, never run), reads the page and the list
 //! at 390 px wide without sideways scrolling, and saves the screenshots
 //! (target/tmp/viewer-run.png, viewer-run-390.png, viewer-list-390.png; docs/viewer.md shows a
-//! copy of the first, docs/viewer-run.png). `scripts/test` installs Debian's `chromium` and
-//! `chromium-driver`.
+//! copy of the first, docs/viewer-run.png); an operator cancels a run with one click on its
+//! page. `scripts/test` installs Debian's `chromium` and `chromium-driver`.
 
 use std::process::Stdio;
 
@@ -432,5 +432,67 @@ async fn open_pages_keep_rows_times_and_the_stalled_banner_current_without_a_rel
     wait_for_text(&client, "tr .run-failures", "1 graph.denied").await;
     let ticked = text_of(&client, "tr time[data-relative]").await;
     assert_ne!(created, ticked, "the relative time did not tick");
+    client.close().await.unwrap();
+}
+
+/// A headless Chromium session of `driver`.
+async fn headless(driver: &Driver) -> fantoccini::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut capabilities = serde_json::Map::new();
+    capabilities.insert(
+        "goog:chromeOptions".into(),
+        json!({"args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]}),
+    );
+    ClientBuilder::rustls()
+        .unwrap()
+        .capabilities(capabilities)
+        .connect(&driver.url)
+        .await
+        .expect("a headless Chromium session")
+}
+
+/// An operator signed in by a link granting `operate` clicks Cancel on a queued run's page: the
+/// form (with its anti-forgery value) cancels the run and the page comes back saying so.
+#[sqlx::test]
+async fn an_operator_cancels_a_run_from_its_page_with_one_click(pool: PgPool) {
+    crate::helpers::seed_scopes(&pool).await;
+    let run_id = crate::viewer_api::insert_run(
+        &pool,
+        1,
+        Some(10),
+        "policy.sync",
+        ("queued", "pending"),
+        1,
+        json!({}),
+    )
+    .await;
+    let viewer = Viewer::spawn(pool.clone()).await;
+    let token = viewer.operator_token(1, Some(vec![10]), None);
+    let driver = Driver::start().await;
+    let client = headless(&driver).await;
+    client
+        .goto(&format!("{}/runs/{run_id}?token={token}", viewer.base))
+        .await
+        .unwrap();
+    wait_for_text(&client, "#act h2", "Act on this run").await;
+    client
+        .find(Locator::Css("#act-cancel input[name=reason]"))
+        .await
+        .unwrap()
+        .send_keys("not needed any more")
+        .await
+        .unwrap();
+    click(&client, Locator::Css("#act-cancel button")).await;
+    wait_for_text(&client, "#action-result", "Cancel: done").await;
+    wait_for_text(&client, "#run-outcome", "cancelled").await;
+    assert!(text_of(&client, "#run-actions")
+        .await
+        .contains("not needed any more"));
+    let outcome: String = sqlx::query_scalar("SELECT outcome FROM operation_runs WHERE id = $1")
+        .bind(run_id)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(outcome, "cancelled");
     client.close().await.unwrap();
 }

@@ -27,6 +27,7 @@ fn token_for(sub: Option<&str>, valid_for: u64) -> String {
         run_id: None,
         exp: chrono::Utc::now().timestamp() as u64 + valid_for,
         sub: sub.map(str::to_owned),
+        grants: None,
     })
 }
 

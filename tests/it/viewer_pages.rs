@@ -2,13 +2,14 @@
 //! expired or broken link (and, apart, to operators); the run page names the workspace and the
 //! tenant, groups failures by code with the overflow counted, shows a banner once a running run
 //! has been idle longer than its type usually takes, and escapes every producer-controlled value;
-//! the list's summary line counts only what the token may see.
+//! the list's summary line counts only what the token may see; the run page lists the runs of
+//! its identity in the token's scope and the dispatches deduplicated onto each.
 
 use reqwest::StatusCode;
 use serde_json::json;
 use sqlx::PgPool;
 
-use crate::helpers::seed_scopes;
+use crate::helpers::{dispatch, dispatch_with_reply, seed_scopes, TestApp};
 use crate::viewer_api::{insert_run, Viewer, SECRET};
 
 /// A token of the viewer's secret that expired an hour ago.
@@ -522,4 +523,97 @@ async fn a_running_run_shows_its_names_times_duration_so_far_and_an_eta_from_its
         "the duration ticks while running"
     );
     assert!(elapsed.contains(">10 min "), "{elapsed}");
+}
+
+/// The part of a run page from the "Runs of this identity" heading to the next heading.
+fn identity_part(html: &str) -> &str {
+    let start = html.find("id=\"identity\"").expect("the identity's part");
+    let end = html[start..].find("<h2").map_or(html.len(), |e| start + e);
+    &html[start..end]
+}
+
+/// The run ids of the identity's table, in order.
+fn identity_rows(part: &str) -> Vec<i64> {
+    part.split("data-run=\"")
+        .skip(1)
+        .map(|s| s[..s.find('"').unwrap()].parse().unwrap())
+        .collect()
+}
+
+#[sqlx::test]
+async fn the_run_page_lists_its_identitys_runs_and_the_dispatches_deduplicated_onto_the_holder(
+    pool: PgPool,
+) {
+    let app = TestApp::spawn(pool.clone()).await;
+    let body = dispatch("policy.sync", 1, Some(10), json!({"policy_id": 7}));
+    let first = dispatch_with_reply(&app, &body).await;
+    let again = dispatch("policy.sync", 1, Some(10), json!({"policy_id": 7}));
+    let second = dispatch_with_reply(&app, &again).await;
+    assert_eq!(second["deduplicated"], true, "{second}");
+    assert_eq!(second["run_id"], first["run_id"]);
+    let holder = first["run_id"].as_i64().unwrap();
+    let hash = first["run_identity_hash"].as_str().unwrap().to_owned();
+    // An older run of the identity in the same tenant, and another tenant's runs given the same
+    // hash, one of them with a deduplicated dispatch of its own in the inbox.
+    let failed = ("completed", "failed");
+    let older = insert_run(&pool, 1, Some(10), "policy.sync", failed, 60, json!({})).await;
+    let foreign = insert_run(&pool, 1, Some(11), "policy.sync", failed, 30, json!({})).await;
+    sqlx::query("UPDATE operation_runs SET run_identity_hash = $1 WHERE id = ANY($2)")
+        .bind(&hash)
+        .bind(vec![older, foreign])
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO processed_commands (command_id, kind, body_hash, run_id, result)
+         VALUES ('foreign-duplicate', 'dispatch', 'x', $1,
+                 jsonb_build_object('run_id', $1, 'deduplicated', true))",
+    )
+    .bind(foreign)
+    .execute(&pool)
+    .await
+    .unwrap();
+    let viewer = Viewer::spawn(pool.clone()).await;
+    let ten = viewer.token(1, Some(vec![10]));
+
+    let (status, _, html) = viewer.get(&format!("/runs/{holder}"), Some(&ten)).await;
+    assert_eq!(status, StatusCode::OK);
+    let part = identity_part(&html);
+    assert!(part.contains("This run holds the identity"), "{part}");
+    assert!(
+        part.contains("1 dispatch deduplicated onto this run"),
+        "{part}"
+    );
+    assert_eq!(identity_rows(part), vec![holder, older], "{part}");
+    assert!(!part.contains(&format!("#{foreign}")), "{part}");
+
+    // From the older run's page: the holder is named, nothing was deduplicated onto this one.
+    let (_, _, html) = viewer.get(&format!("/runs/{older}"), Some(&ten)).await;
+    let part = identity_part(&html);
+    assert!(
+        part.contains(&format!(
+            "href=\"/runs/{holder}\">#{holder}</a> holds the identity"
+        )),
+        "{part}"
+    );
+    assert!(
+        part.contains("No dispatch was deduplicated onto this run"),
+        "{part}"
+    );
+    assert_eq!(identity_rows(part), vec![holder, older]);
+
+    // The other tenant's token: its run alone, and the holder is not its to name.
+    let eleven = viewer.token(1, Some(vec![11]));
+    let (_, _, html) = viewer.get(&format!("/runs/{foreign}"), Some(&eleven)).await;
+    let part = identity_part(&html);
+    assert_eq!(identity_rows(part), vec![foreign], "{part}");
+    assert!(part.contains("No run holds the identity now"), "{part}");
+    assert!(
+        part.contains("1 dispatch deduplicated onto this run"),
+        "{part}"
+    );
+    assert!(!part.contains(&format!("#{holder}")), "{part}");
+    let (status, _, _) = viewer.get(&format!("/runs/{holder}"), Some(&eleven)).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    app.shutdown().await;
 }

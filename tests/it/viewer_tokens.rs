@@ -39,6 +39,7 @@ fn token(sub: &str, tenant_ids: Option<Vec<i64>>, lifetime: u64) -> String {
         run_id: None,
         exp: now() + lifetime,
         sub: Some(sub.into()),
+        grants: None,
     })
 }
 
@@ -154,8 +155,8 @@ fn cookie_of(token: &str) -> String {
     format!("oprun_token={token}")
 }
 
-/// The value of hidden input `name` in the choice page's form.
-fn hidden(html: &str, name: &str) -> String {
+/// The value of hidden input `name` in a page's form (the first).
+pub(crate) fn hidden(html: &str, name: &str) -> String {
     let marker = format!("name=\"{name}\" value=\"");
     let start = html
         .find(&marker)
@@ -263,6 +264,7 @@ async fn a_link_with_another_token_never_replaces_the_browsers_sign_in_by_a_get(
         run_id: None,
         exp: now() - 600,
         sub: Some("ada".into()),
+        grants: None,
     });
     let replaced = get_with_cookie(
         &viewer,
@@ -483,6 +485,7 @@ fn run_token(run_id: i64, tenant_ids: Option<Vec<i64>>) -> String {
         run_id: Some(run_id),
         exp: now() + 3600,
         sub: Some("ada".into()),
+        grants: None,
     })
 }
 
