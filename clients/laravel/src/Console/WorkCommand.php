@@ -67,7 +67,7 @@ final class WorkCommand extends Command
         $this->info("operation-runs: executing " . implode(', ', $types) . " from {$worker->queue()}");
         try {
             $settled = $worker->run(
-                fn (RunHandle $run): ?string => $this->execute($executors[$run->type], $run),
+                fn (RunHandle $run): ?string => $this->runHandler($executors[$run->type], $run),
                 $this->option('max-jobs') !== null ? (int) $this->option('max-jobs') : null,
                 $this->option('idle-timeout') !== null ? (float) $this->option('idle-timeout') : null,
             );
@@ -91,7 +91,7 @@ final class WorkCommand extends Command
     }
 
     /** Makes the type's handler and runs it for `$run`. */
-    private function execute(string $class, RunHandle $run): ?string
+    private function runHandler(string $class, RunHandle $run): ?string
     {
         $handler = $this->laravel->make($class);
         $outcome = method_exists($handler, 'handle')
