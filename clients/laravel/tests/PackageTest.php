@@ -87,7 +87,7 @@ final class PackageTest extends TestCase
     {
         $artisan = $this->artisan();
         $artisan->add(new VendorPublishCommand(new Filesystem()));
-        self::assertSame(0, $artisan->call('vendor:publish', ['--tag' => [OperationRunsServiceProvider::CONFIG_TAG]]), $artisan->output());
+        $this->call($artisan, 'vendor:publish', ['--tag' => [OperationRunsServiceProvider::CONFIG_TAG]]);
         self::assertFileEquals(OperationRunsServiceProvider::configFile(), $this->base . '/config/operation-runs.php');
     }
 
@@ -137,22 +137,20 @@ final class PackageTest extends TestCase
         $artisan = $this->artisan();
 
         // Both durable queues declared first: the job and the events wait in them.
-        self::assertSame(0, $artisan->call('operation-runs:listen', ['--idle-timeout' => '0.1']), $artisan->output());
-        self::assertSame(0, $artisan->call('operation-runs:work', ['--idle-timeout' => '0.1']), $artisan->output());
-        self::assertStringContainsString('0 job(s) settled', $artisan->output());
+        $this->call($artisan, 'operation-runs:listen', ['--idle-timeout' => '0.1']);
+        self::assertStringContainsString('0 job(s) settled', $this->call($artisan, 'operation-runs:work', ['--idle-timeout' => '0.1']));
 
         $context = ['selection' => $this->unique('work')];
         $run = OperationRuns::dispatchOrFail('inventory.sync', $this->workspace(), $this->tenant(), $context);
         $again = OperationRuns::dispatchOrFail('inventory.sync', $this->workspace(), $this->tenant(), $context);
         self::assertSame([$run->runId, true], [$again->runId, $again->deduplicated]);
 
-        self::assertSame(0, $artisan->call('operation-runs:work', ['--max-jobs' => '1', '--idle-timeout' => '10']), $artisan->output());
-        self::assertStringContainsString('1 job(s) settled', $artisan->output());
+        self::assertStringContainsString('1 job(s) settled', $this->call($artisan, 'operation-runs:work', ['--max-jobs' => '1', '--idle-timeout' => '10']));
         self::assertSame([$run->runId], $this->app->make(Executions::class)->runs);
 
         // Until the completion's event has come (the relay publishes shortly after the commit).
         for ($i = 0; $i < 10 && !$this->completed($heard, $run->runId); $i++) {
-            self::assertSame(0, $artisan->call('operation-runs:listen', ['--idle-timeout' => '0.5']), $artisan->output());
+            $this->call($artisan, 'operation-runs:listen', ['--idle-timeout' => '0.5']);
         }
         $ofRun = array_values(array_filter($heard, static fn (OperationRunEvent $e): bool => $e->runId() === $run->runId));
         self::assertNotEmpty($ofRun);
@@ -191,6 +189,20 @@ final class PackageTest extends TestCase
     private function artisan(): Artisan
     {
         return new Artisan($this->app, $this->app['events'], 'test');
+    }
+
+    /**
+     * Runs an artisan command that must exit 0 and returns its output.
+     *
+     * @param array<string, mixed> $parameters
+     */
+    private function call(Artisan $artisan, string $command, array $parameters): string
+    {
+        $exit = $artisan->call($command, $parameters);
+        // output() empties the buffer: read it once.
+        $output = $artisan->output();
+        self::assertSame(0, $exit, $output);
+        return $output;
     }
 
     /** @param list<OperationRunEvent> $heard */
