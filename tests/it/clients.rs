@@ -141,7 +141,7 @@ async fn the_laravel_package_passes_its_phpunit_suite_in_a_laravel_application(p
         &["-c", "clients/laravel/phpunit.xml"],
     )
     .await;
-    assert!(out.contains("OK (6 tests"), "{out}");
+    assert!(out.contains("OK (7 tests"), "{out}");
     app.shutdown().await;
 }
 

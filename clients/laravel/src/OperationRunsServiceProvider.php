@@ -5,6 +5,7 @@ declare(strict_types=1);
 namespace OperationRuns\Laravel;
 
 use Illuminate\Support\ServiceProvider;
+use OperationRuns\Laravel\Console\DispatchCommand;
 use OperationRuns\Laravel\Console\ListenCommand;
 use OperationRuns\Laravel\Console\WorkCommand;
 use OperationRuns\OperationRunService;
@@ -14,7 +15,7 @@ use OperationRuns\OperationRunService;
  * composer.json `extra.laravel`): merges `config/operation-runs.php`, binds the client's
  * {@see OperationRunService} as a singleton (also as `operation-runs`, the facade's), publishes
  * the config with tag `operation-runs-config`, and registers the artisan commands
- * `operation-runs:work` and `operation-runs:listen`.
+ * `operation-runs:work`, `operation-runs:listen` and `operation-runs:dispatch`.
  *
  * The service connects on its first command, so resolving it costs no connection.
  */
@@ -45,7 +46,7 @@ final class OperationRunsServiceProvider extends ServiceProvider
     {
         if ($this->app->runningInConsole()) {
             $this->publishes([self::configFile() => $this->app->configPath(self::CONFIG_KEY . '.php')], self::CONFIG_TAG);
-            $this->commands([WorkCommand::class, ListenCommand::class]);
+            $this->commands([WorkCommand::class, ListenCommand::class, DispatchCommand::class]);
         }
     }
 

@@ -162,6 +162,19 @@ final class PackageTest extends TestCase
         self::assertSame(range(1, count($ofRun)), array_map(static fn (OperationRunEvent $e): int => $e->sequence, $ofRun));
     }
 
+    public function testDispatchCommandPrintsTheRunAndARefusalExitsWithItsCode(): void
+    {
+        $artisan = $this->artisan();
+        $context = json_encode(['selection' => $this->unique('artisan')]);
+        $parameters = ['type' => 'inventory.sync', '--workspace' => (string) $this->workspace(), '--tenant' => (string) $this->tenant(), '--context' => $context];
+        $first = json_decode($this->call($artisan, 'operation-runs:dispatch', $parameters), true, 512, JSON_THROW_ON_ERROR);
+        self::assertGreaterThan(0, $first['run_id']);
+        self::assertFalse($first['deduplicated']);
+
+        self::assertSame(1, $artisan->call('operation-runs:dispatch', ['--context' => '{}'] + $parameters));
+        self::assertStringContainsString('refused: missing_identity_key', $artisan->output());
+    }
+
     public function testWorkRefusesATypeWithoutAnExecutor(): void
     {
         $artisan = $this->artisan();
