@@ -205,7 +205,8 @@ final class PackageTest extends TestCase
     }
 
     /**
-     * Runs an artisan command that must exit 0 and returns its output.
+     * Runs an artisan command that must exit 0 and returns its output, which never shows the
+     * broker password.
      *
      * @param array<string, mixed> $parameters
      */
@@ -215,6 +216,10 @@ final class PackageTest extends TestCase
         // output() empties the buffer: read it once.
         $output = $artisan->output();
         self::assertSame(0, $exit, $output);
+        $password = parse_url(explode(',', getenv('AMQP_URL'))[0], PHP_URL_PASS);
+        if (is_string($password) && $password !== '') {
+            self::assertStringNotContainsString(rawurldecode($password), $output, 'no password in artisan output');
+        }
         return $output;
     }
 
