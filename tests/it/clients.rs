@@ -127,6 +127,24 @@ async fn the_php_and_python_workers_execute_each_job_once_and_honour_a_cancel(po
     app.shutdown().await;
 }
 
+/// The Laravel package (clients/laravel) inside a minimal Laravel application booted from
+/// Debian's php-laravel-framework: its config merged and publishable, the facade over the
+/// container's service, a dispatch and a refusal through it, and a job executed by
+/// `operation-runs:work` whose events `operation-runs:listen` dispatches as Laravel events. The
+/// service hands jobs off (the suite's worker executes them).
+#[sqlx::test]
+async fn the_laravel_package_passes_its_phpunit_suite_in_a_laravel_application(pool: PgPool) {
+    let app = app_with_hand_off(pool).await;
+    let out = run_against(
+        &app,
+        &program("OPRUN_PHPUNIT", "phpunit"),
+        &["-c", "clients/laravel/phpunit.xml"],
+    )
+    .await;
+    assert!(out.contains("OK (7 tests"), "{out}");
+    app.shutdown().await;
+}
+
 #[sqlx::test]
 async fn the_python_client_passes_its_pytest_suite_against_the_service(pool: PgPool) {
     let app = TestApp::spawn(pool).await;

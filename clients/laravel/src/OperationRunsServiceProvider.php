@@ -1,0 +1,58 @@
+<?php
+
+declare(strict_types=1);
+
+namespace OperationRuns\Laravel;
+
+use Illuminate\Support\ServiceProvider;
+use OperationRuns\Laravel\Console\DispatchCommand;
+use OperationRuns\Laravel\Console\ListenCommand;
+use OperationRuns\Laravel\Console\WorkCommand;
+use OperationRuns\OperationRunService;
+
+/**
+ * Wires the operation-runs PHP client into a Laravel application (auto-discovered through
+ * composer.json `extra.laravel`): merges `config/operation-runs.php`, binds the client's
+ * {@see OperationRunService} as a singleton (also as `operation-runs`, the facade's), publishes
+ * the config with tag `operation-runs-config`, and registers the artisan commands
+ * `operation-runs:work`, `operation-runs:listen` and `operation-runs:dispatch`.
+ *
+ * The service connects on its first command, so resolving it costs no connection.
+ */
+final class OperationRunsServiceProvider extends ServiceProvider
+{
+    /** `php artisan vendor:publish --tag=operation-runs-config`. */
+    public const CONFIG_TAG = 'operation-runs-config';
+    /** The config key (and file name) of the package. */
+    public const CONFIG_KEY = 'operation-runs';
+
+    public function register(): void
+    {
+        $this->mergeConfigFrom(self::configFile(), self::CONFIG_KEY);
+        $this->app->singleton(OperationRunService::class, static function ($app): OperationRunService {
+            $config = $app['config'][self::CONFIG_KEY];
+            return new OperationRunService(
+                $config['amqp_url'],
+                (string) $config['namespace'],
+                (string) $config['connection_name'],
+                ($config['viewer_url'] ?? null) ?: null,
+                ($config['api_secret'] ?? null) ?: null,
+            );
+        });
+        $this->app->alias(OperationRunService::class, self::CONFIG_KEY);
+    }
+
+    public function boot(): void
+    {
+        if ($this->app->runningInConsole()) {
+            $this->publishes([self::configFile() => $this->app->configPath(self::CONFIG_KEY . '.php')], self::CONFIG_TAG);
+            $this->commands([WorkCommand::class, ListenCommand::class, DispatchCommand::class]);
+        }
+    }
+
+    /** The package's default config file. */
+    public static function configFile(): string
+    {
+        return dirname(__DIR__) . '/config/' . self::CONFIG_KEY . '.php';
+    }
+}
