@@ -6,6 +6,7 @@ mod helpers;
 mod actions;
 mod broker_addresses;
 mod broker_limits;
+mod bulk_actions;
 mod cli;
 mod clients;
 mod concurrency;
