@@ -4,6 +4,7 @@
 mod helpers;
 
 mod actions;
+mod answered_refusals;
 mod broker_addresses;
 mod broker_limits;
 mod bulk_actions;

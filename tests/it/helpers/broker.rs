@@ -138,6 +138,37 @@ impl TestApp {
         out
     }
 
+    /// Publishes a dispatch refused `unknown_tenant`, without `reply_to`, with command id
+    /// `marker`, waits until it is dead-lettered and returns the command ids of the `expected`
+    /// letters before it (taken from the queue). One consumer settles deliveries in order and
+    /// the dead letters of a batch in delivery order, so every refusal published before the
+    /// marker is settled by then: a letter that should not exist would be among them.
+    pub async fn dead_letters_through_marker(&self, expected: usize) -> Vec<String> {
+        let mut marker = super::dispatch(
+            "policy.sync",
+            1,
+            Some(99),
+            serde_json::json!({"policy_id": 0}),
+        );
+        marker["command_id"] = serde_json::json!("marker");
+        self.publish(&marker).await;
+        let letters = self.take_dead_letters(expected + 1).await;
+        let ids: Vec<String> = letters
+            .iter()
+            .map(|l| {
+                let body: Value = serde_json::from_slice(&l.data).unwrap();
+                body["command_id"].as_str().unwrap_or_default().to_owned()
+            })
+            .collect();
+        assert_eq!(ids.last().map(String::as_str), Some("marker"), "{ids:?}");
+        assert_eq!(
+            self.queue_depth(&self.topology.dead_letter_queue()).await,
+            0,
+            "nothing after the marker: {ids:?}"
+        );
+        ids[..expected].to_vec()
+    }
+
     /// Dead letters held anywhere: still in `N.commands.dlq`, or moved into the `dead_letters`
     /// table by an `oprun dlq` command.
     pub async fn dead_letters_held(&self) -> i64 {
