@@ -309,6 +309,24 @@ fn push_filter<'a>(q: &mut QueryBuilder<'a, Postgres>, filter: &'a LetterFilter)
     }
 }
 
+/// `filter`'s predicates, then one page of it: `after < id <= upto`, in id order, at most
+/// `limit`.
+fn push_page<'a>(
+    q: &mut QueryBuilder<'a, Postgres>,
+    filter: &'a LetterFilter,
+    after: i64,
+    upto: i64,
+    limit: i64,
+) {
+    push_filter(q, filter);
+    q.push(" AND id > ")
+        .push_bind(after)
+        .push(" AND id <= ")
+        .push_bind(upto)
+        .push(" ORDER BY id LIMIT ")
+        .push_bind(limit);
+}
+
 /// How many stored letters `filter` matches, and the highest of their ids (a discard takes none
 /// stored after it counted).
 pub async fn count_matching(
@@ -329,13 +347,7 @@ pub async fn matching_page(
     limit: i64,
 ) -> Result<Vec<StoredDeadLetter>, sqlx::Error> {
     let mut q = QueryBuilder::new(format!("SELECT {COLUMNS} FROM dead_letters WHERE "));
-    push_filter(&mut q, filter);
-    q.push(" AND id > ")
-        .push_bind(after)
-        .push(" AND id <= ")
-        .push_bind(upto)
-        .push(" ORDER BY id LIMIT ")
-        .push_bind(limit);
+    push_page(&mut q, filter, after, upto, limit);
     q.build_query_as().fetch_all(pool).await
 }
 
@@ -378,17 +390,11 @@ pub async fn discard(
     );
     q.push_bind(by);
     q.push(" FROM dead_letters WHERE id IN (SELECT id FROM dead_letters WHERE ");
-    push_filter(&mut q, filter);
-    q.push(" AND id > ")
-        .push_bind(after)
-        .push(" AND id <= ")
-        .push_bind(upto)
-        .push(" ORDER BY id LIMIT ")
-        .push_bind(limit)
-        .push(
-            " FOR UPDATE SKIP LOCKED) ORDER BY id
+    push_page(&mut q, filter, after, upto, limit);
+    q.push(
+        " FOR UPDATE SKIP LOCKED) ORDER BY id
              RETURNING letter_id, code, kind, command_id, body_sha256, discarded_by, discarded_at",
-        );
+    );
     let recorded: Vec<Discarded> = q.build_query_as().fetch_all(&mut *conn).await?;
     let ids: Vec<i64> = recorded.iter().map(|d| d.letter_id).collect();
     sqlx::query("DELETE FROM dead_letters WHERE id = ANY($1)")

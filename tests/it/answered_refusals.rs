@@ -4,15 +4,12 @@
 //! that does not exist, an address replies may not go to) is dead-lettered as before, and
 //! `--dead-letter-answered-refusals` dead-letters answered ones too.
 
-use futures_util::StreamExt;
-use operation_runs::broker::publisher::{
-    consume_direct_replies, ConfirmPublisher, DIRECT_REPLY_TO,
-};
 use serde_json::{json, Value};
 use sqlx::PgPool;
 
 use crate::helpers::{
-    dispatch, dispatch_with_reply, json_properties, test_settings_with, TestApp, DEADLINE,
+    command_with_reply, dispatch, dispatch_with_reply, json_properties, request_direct,
+    test_settings_with, TestApp,
 };
 
 /// A dispatch refused `unknown_tenant` (tenant 99 does not exist).
@@ -23,31 +20,6 @@ fn unknown_tenant(policy_id: i64) -> Value {
         Some(99),
         json!({ "policy_id": policy_id }),
     )
-}
-
-/// Publishes `body` asking for a reply through direct reply-to and returns the reply.
-async fn request_direct(app: &TestApp, body: &Value) -> Value {
-    let publisher = ConfirmPublisher::open(&app.connection).await.unwrap();
-    let mut replies = consume_direct_replies(publisher.channel()).await.unwrap();
-    let properties = json_properties()
-        .with_reply_to(DIRECT_REPLY_TO.into())
-        .with_correlation_id("direct".into());
-    publisher
-        .publish(
-            &app.topology.commands_exchange(),
-            "dispatch",
-            &serde_json::to_vec(body).unwrap(),
-            properties,
-            true,
-        )
-        .await
-        .unwrap();
-    let reply = tokio::time::timeout(DEADLINE, replies.next())
-        .await
-        .expect("a reply in time")
-        .unwrap()
-        .unwrap();
-    serde_json::from_slice(&reply.data).unwrap()
 }
 
 fn counter(app: &TestApp, name: &str, labels: &str) -> u64 {
@@ -135,25 +107,8 @@ async fn with_dead_letter_answered_refusals_an_answered_refusal_is_dead_lettered
 #[sqlx::test]
 async fn an_answered_refusal_of_a_progress_command_is_not_dead_lettered_either(pool: PgPool) {
     let app = TestApp::spawn(pool).await;
-    let (_channel, queue, mut replies) = app
-        .consume_new_queue(&format!("{}.reply.p", app.topology.namespace()), None)
-        .await;
     let body = crate::helpers::progress("update_run", 4242, json!({"status": "running"}));
-    let properties = json_properties()
-        .with_reply_to(queue.as_str().into())
-        .with_correlation_id("p".into());
-    app.publish_raw(
-        "update_run",
-        &serde_json::to_vec(&body).unwrap(),
-        properties,
-    )
-    .await;
-    let reply = tokio::time::timeout(DEADLINE, replies.next())
-        .await
-        .expect("a reply in time")
-        .unwrap()
-        .unwrap();
-    let reply: Value = serde_json::from_slice(&reply.data).unwrap();
+    let reply = command_with_reply(&app, &body).await;
     assert_eq!(reply["error"]["code"], "run_not_found", "{reply}");
     assert!(app.dead_letters_through_marker(0).await.is_empty());
     assert_eq!(

@@ -11,33 +11,20 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
-use crate::helpers::{database_url_for, dispatch, progress, TestApp, DEADLINE};
+use crate::dead_letters::{lines, run};
+use crate::helpers::{dispatch, progress, TestApp, DEADLINE};
 
-/// The `oprun` binary on database `db`, as the OS user `oncall`.
+/// The `oprun` binary on database `db`, as the OS user `oncall` (the runs commands need no
+/// namespace), stdout and stderr piped.
 fn oprun(db: &str, args: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_oprun"));
-    c.args(args)
-        .env("DATABASE_URL", database_url_for(db))
-        .env("USER", "oncall")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
+    let mut c = crate::operations::oprun(db, "bulk", args);
+    c.env("USER", "oncall").stderr(Stdio::piped());
     c
 }
 
 /// Runs `oprun` to the end (it must succeed) and returns its stdout as JSON lines.
 async fn json_lines(db: &str, args: &[&str]) -> Vec<Value> {
-    let out = oprun(db, args).output().await.unwrap();
-    assert!(
-        out.status.success(),
-        "oprun {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
-        .collect()
+    lines(&run(db, "bulk", args).await.0)
 }
 
 /// The next line of a running command's stdout.
@@ -393,45 +380,32 @@ async fn a_bulk_fail_completes_only_the_runs_of_its_type_and_tenant(
     .await;
     app.wait_for_count("SELECT count(*) FROM operation_runs", 4)
         .await;
+    let queued_of_tenant_10 = [
+        "runs",
+        "fail",
+        "--workspace",
+        "1",
+        "--tenant",
+        "10",
+        "--status",
+        "queued",
+        "--yes",
+    ];
     // Created within the last day: none is older.
     let old = json_lines(
         &db,
-        &[
-            "runs",
-            "fail",
-            "--workspace",
-            "1",
-            "--tenant",
-            "10",
-            "--status",
-            "queued",
-            "--created-before",
-            "1d",
-            "--yes",
-        ],
+        &[&queued_of_tenant_10[..], &["--created-before", "1d"]].concat(),
     )
     .await;
     assert_eq!(old[0]["matching"], 0, "{old:?}");
     assert_eq!(old.last().unwrap()["acted"], 0, "{old:?}");
-    let lines = json_lines(
-        &db,
-        &[
-            "runs",
-            "fail",
-            "--workspace",
-            "1",
-            "--tenant",
-            "10",
-            "--status",
-            "queued",
-            "--created-before",
-            "2999-01-01T00:00:00Z",
-            "--yes",
-            "--reason",
-            "executor gone",
-        ],
-    )
-    .await;
+    let before = [
+        "--created-before",
+        "2999-01-01T00:00:00Z",
+        "--reason",
+        "executor gone",
+    ];
+    let lines = json_lines(&db, &[&queued_of_tenant_10[..], &before].concat()).await;
     assert_eq!(lines[0]["matching"], 3, "{lines:?}");
     assert_eq!(lines.last().unwrap()["done"], 3, "{lines:?}");
     let failed = count(

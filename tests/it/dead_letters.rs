@@ -364,7 +364,7 @@ async fn mixed_letters(app: &TestApp) -> Vec<Vec<u8>> {
 }
 
 /// Runs `oprun` (it must succeed) as the OS user `oncall`: (stdout, stderr).
-async fn run(db: &str, ns: &str, args: &[&str]) -> (String, String) {
+pub(crate) async fn run(db: &str, ns: &str, args: &[&str]) -> (String, String) {
     let out = oprun(db, ns, args)
         .env("USER", "oncall")
         .stderr(Stdio::piped())
@@ -379,7 +379,8 @@ async fn run(db: &str, ns: &str, args: &[&str]) -> (String, String) {
     (stdout, stderr)
 }
 
-fn lines(stdout: &str) -> Vec<Value> {
+/// Each line of `stdout` as JSON.
+pub(crate) fn lines(stdout: &str) -> Vec<Value> {
     stdout
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
@@ -561,38 +562,18 @@ async fn a_discard_by_code_takes_only_that_code_each_letter_recorded_and_a_dry_r
     assert_eq!(records, 0);
 
     // Another kind than the letters of the code have: nothing.
-    let (out, _) = run(
-        &db,
-        &ns,
-        &[
-            "dlq",
-            "discard",
-            "--code",
-            "unknown_type",
-            "--kind",
-            "update_run",
-            "--yes",
-        ],
-    )
-    .await;
+    let by_code = [
+        "dlq",
+        "discard",
+        "--code",
+        "unknown_type",
+        "--yes",
+        "--kind",
+    ];
+    let (out, _) = run(&db, &ns, &[&by_code[..], &["update_run"]].concat()).await;
     assert_eq!(lines(&out).last().unwrap()["discarded"], 0);
-
-    let (out, _) = run(
-        &db,
-        &ns,
-        &[
-            "dlq",
-            "discard",
-            "--code",
-            "unknown_type",
-            "--kind",
-            "dispatch",
-            "--yes",
-            "--initiator",
-            "grace",
-        ],
-    )
-    .await;
+    let as_grace = ["dispatch", "--initiator", "grace"];
+    let (out, _) = run(&db, &ns, &[&by_code[..], &as_grace].concat()).await;
     let done = lines(&out);
     assert_eq!(done.last().unwrap()["discarded"], 3, "{done:?}");
     let (codes, _) = held().await;

@@ -10,6 +10,9 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Consumer};
+use operation_runs::broker::publisher::{
+    consume_direct_replies, ConfirmPublisher, DIRECT_REPLY_TO,
+};
 use serde_json::Value;
 
 use super::{TestApp, DEADLINE};
@@ -281,11 +284,17 @@ async fn reply_queue(app: &TestApp) -> (Channel, String, Consumer) {
 /// besides direct reply-to, the service replies to), checks the reply's correlation id and returns
 /// the reply body.
 pub async fn dispatch_with_reply(app: &TestApp, body: &Value) -> Value {
+    command_with_reply(app, body).await
+}
+
+/// Like [`dispatch_with_reply`] for a command of any kind (routing key = its `kind`).
+pub async fn command_with_reply(app: &TestApp, body: &Value) -> Value {
     let (_channel, queue, mut replies) = reply_queue(app).await;
     let properties: BasicProperties = json_properties()
         .with_reply_to(queue.as_str().into())
         .with_correlation_id("corr-1".into());
-    app.publish_raw("dispatch", &serde_json::to_vec(body).unwrap(), properties)
+    let kind = body["kind"].as_str().unwrap_or("unknown");
+    app.publish_raw(kind, &serde_json::to_vec(body).unwrap(), properties)
         .await;
     let reply = tokio::time::timeout(DEADLINE, replies.next())
         .await
@@ -301,6 +310,32 @@ pub async fn dispatch_with_reply(app: &TestApp, body: &Value) -> Value {
         Some("corr-1")
     );
     serde_json::from_slice(&reply.data).unwrap()
+}
+
+/// Publishes `body` (routing key = its `kind`) asking for a reply through RabbitMQ direct
+/// reply-to, and returns the reply body.
+pub async fn request_direct(app: &TestApp, body: &Value) -> Value {
+    let publisher = ConfirmPublisher::open(&app.connection).await.unwrap();
+    let mut replies = consume_direct_replies(publisher.channel()).await.unwrap();
+    let properties = json_properties()
+        .with_reply_to(DIRECT_REPLY_TO.into())
+        .with_correlation_id("direct".into());
+    publisher
+        .publish(
+            &app.topology.commands_exchange(),
+            body["kind"].as_str().unwrap_or("unknown"),
+            &serde_json::to_vec(body).unwrap(),
+            properties,
+            true,
+        )
+        .await
+        .unwrap();
+    let delivery = tokio::time::timeout(DEADLINE, replies.next())
+        .await
+        .expect("a reply in time")
+        .unwrap()
+        .unwrap();
+    serde_json::from_slice(&delivery.data).unwrap()
 }
 
 /// The CloudEvents `type` of each event, in order.
