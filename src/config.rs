@@ -159,6 +159,17 @@ pub struct ServeSettings {
         default_value = DEFAULT_REPLY_QUEUE_PATTERN
     )]
     pub reply_queue_pattern: String,
+    /// Dead-letter a refused command even when the refusal was answered to its producer (it had
+    /// a `reply_to` the service may reply to, and the broker confirmed the reply reached a
+    /// queue). Without it such a refusal is acked and counted in
+    /// `oprun_refusals_answered_total`, not dead-lettered: the DLQ holds what nobody was told
+    /// about (`database_rejected` is always dead-lettered).
+    #[arg(
+        long,
+        env = "OPRUN_DEAD_LETTER_ANSWERED_REFUSALS",
+        default_value_t = false
+    )]
+    pub dead_letter_answered_refusals: bool,
     /// Most queued or running runs one tenant may have; a dispatch that would create one more is
     /// refused with `tenant_quota_exceeded` (a deduplicated dispatch is not). 0 = unlimited.
     #[arg(long, env = "OPRUN_MAX_ACTIVE_RUNS_PER_TENANT", default_value_t = 1000)]

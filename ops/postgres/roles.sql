@@ -93,6 +93,8 @@ BEGIN
         ('service_settings',           'SELECT, INSERT, UPDATE'),
         -- counted for the dead-letter gauge; written by `oprun dlq` (the owner)
         ('dead_letters',               'SELECT'),
+        -- the record of discarded dead letters, written by `oprun dlq discard` (the owner)
+        ('dead_letter_discards',       'SELECT'),
         -- the viewer's signing secret: read, never written (`oprun migrate` makes it)
         ('api_secrets',                'SELECT'),
         -- `serve` checks the database is migrated

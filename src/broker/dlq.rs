@@ -47,6 +47,8 @@ pub struct DeadLetter {
     pub kind: Option<String>,
     /// The command id (body field or message_id).
     pub command_id: Option<String>,
+    /// The tenant the body names, when it is a whole number.
+    pub tenant_id: Option<i64>,
     /// When this letter was refused (`x-oprun-failed-at`, else the broker's `x-death` time).
     pub failed_at: Option<DateTime<Utc>>,
     /// When its command was first refused (`x-oprun-first-failed-at`, kept across replays),
@@ -75,6 +77,7 @@ impl DeadLetter {
         let kind = body
             .as_ref()
             .and_then(|b| b.get("kind")?.as_str().map(str::to_owned));
+        let tenant_id = body.as_ref().and_then(|b| b.get("tenant_id")?.as_i64());
         let command_id = body
             .as_ref()
             .and_then(|b| b.get("command_id")?.as_str().map(str::to_owned))
@@ -99,6 +102,7 @@ impl DeadLetter {
             message,
             kind,
             command_id,
+            tenant_id,
             failed_at,
             first_failed_at,
             routing_key,
@@ -112,6 +116,75 @@ impl DeadLetter {
     pub fn encoded_properties(&self) -> Vec<u8> {
         // serde JSON of lapin's own type: every AMQP value round-trips, NULs included.
         serde_json::to_vec(&self.delivery.properties).unwrap_or_default()
+    }
+}
+
+/// The stored properties of a letter (as [`DeadLetter::encoded_properties`] gave them) as JSON
+/// for `oprun dlq show`: the AMQP properties that are set, and every header with its value
+/// (text as text, numbers as numbers, tables as objects, bytes as hex). `None` when they do not
+/// decode.
+pub fn describe_properties(encoded: &[u8]) -> Option<Value> {
+    let p: BasicProperties = serde_json::from_slice(encoded).ok()?;
+    let mut out = serde_json::Map::new();
+    let mut set = |key: &str, value: Option<Value>| {
+        if let Some(v) = value {
+            out.insert(key.to_owned(), v);
+        }
+    };
+    let text = |s: &Option<ShortString>| s.as_ref().map(|s| Value::from(s.as_str()));
+    set("content_type", text(p.content_type()));
+    set("content_encoding", text(p.content_encoding()));
+    set("delivery_mode", p.delivery_mode().map(Value::from));
+    set("priority", p.priority().map(Value::from));
+    set("correlation_id", text(p.correlation_id()));
+    set("reply_to", text(p.reply_to()));
+    set("expiration", text(p.expiration()));
+    set("message_id", text(p.message_id()));
+    set("timestamp", p.timestamp().map(Value::from));
+    set("type", text(p.kind()));
+    set("user_id", text(p.user_id()));
+    set("app_id", text(p.app_id()));
+    let headers = p.headers().as_ref().map(|h| {
+        Value::Object(
+            h.inner()
+                .iter()
+                .map(|(k, v)| (k.to_string(), amqp_json(v)))
+                .collect(),
+        )
+    });
+    set(
+        "headers",
+        Some(headers.unwrap_or_else(|| Value::Object(Default::default()))),
+    );
+    Some(Value::Object(out))
+}
+
+/// An AMQP value as JSON.
+fn amqp_json(value: &AMQPValue) -> Value {
+    match value {
+        AMQPValue::Boolean(b) => Value::from(*b),
+        AMQPValue::ShortShortInt(n) => Value::from(*n),
+        AMQPValue::ShortShortUInt(n) => Value::from(*n),
+        AMQPValue::ShortInt(n) => Value::from(*n),
+        AMQPValue::ShortUInt(n) => Value::from(*n),
+        AMQPValue::LongInt(n) => Value::from(*n),
+        AMQPValue::LongUInt(n) => Value::from(*n),
+        AMQPValue::LongLongInt(n) => Value::from(*n),
+        AMQPValue::Float(f) => Value::from(*f),
+        AMQPValue::Double(f) => Value::from(*f),
+        AMQPValue::DecimalValue(d) => Value::from(format!("{d:?}")),
+        AMQPValue::ShortString(s) => Value::from(s.as_str()),
+        AMQPValue::LongString(s) => Value::from(String::from_utf8_lossy(s.as_bytes())),
+        AMQPValue::FieldArray(a) => Value::Array(a.as_slice().iter().map(amqp_json).collect()),
+        AMQPValue::Timestamp(t) => Value::from(*t),
+        AMQPValue::FieldTable(t) => Value::Object(
+            t.inner()
+                .iter()
+                .map(|(k, v)| (k.to_string(), amqp_json(v)))
+                .collect(),
+        ),
+        AMQPValue::ByteArray(b) => Value::from(hex::encode(b.as_slice())),
+        AMQPValue::Void => Value::Null,
     }
 }
 

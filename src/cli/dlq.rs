@@ -1,24 +1,29 @@
-//! `oprun dlq list|replay`: what is in the dead-letter queue, and putting it back.
+//! `oprun dlq list|summary|show|replay|discard`: what is in the dead-letter queue, putting it
+//! back, and throwing it away on the record.
 //!
-//! Both first move what `N.commands.dlq` holds into the `dead_letters` table (each letter taken
+//! Each first moves what `N.commands.dlq` holds into the `dead_letters` table (each letter taken
 //! once, acked only after its row is committed; with the database down nothing is taken), then
-//! read the table: listing changes nothing, and a letter keeps its delivery count, its place
-//! and its age however often it is looked at.
+//! reads the table: listing, summarising and showing change nothing, and a letter keeps its
+//! delivery count, its place and its age however often it is looked at. A discarded letter is
+//! recorded in `dead_letter_discards` (who, when, code, kind, command id, body digest) in the
+//! transaction that deletes it.
 
 use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 
 use super::output::{print_rows, Format};
 use super::CliError;
 use crate::broker::connection::connect;
-use crate::broker::dlq::{DeadLetterQueue, Republish};
+use crate::broker::dlq::{describe_properties, DeadLetterQueue, Republish};
 use crate::broker::Topology;
 use crate::config::{parse_duration, Config};
-use crate::store::dead_letters::{self, NewDeadLetter, StoredDeadLetter};
+use crate::domain::command::MAX_ID_CHARS;
+use crate::store::dead_letters::{self, LetterFilter, NewDeadLetter, StoredDeadLetter};
 use crate::store::settings;
 
 /// Letters taken from the queue per transaction.
@@ -38,6 +43,21 @@ pub enum DlqCommand {
         #[arg(long, value_enum, default_value_t)]
         format: Format,
     },
+    /// Count the dead letters: in total, and by code, kind, tenant and age (since the first
+    /// refusal), without changing them.
+    Summary {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// One dead letter: its reason, body and headers, without changing it.
+    Show {
+        /// The letter's id (as `dlq list` shows it).
+        id: i64,
+    },
+    /// Delete dead letters for good, each recorded first (who, when, code, kind, command id,
+    /// body digest). By ids, or by `--code` (then only with `--yes`; `--dry-run` lists them).
+    Discard(DiscardArgs),
     /// Republish matching dead letters to the commands exchange, each removed only after the
     /// broker confirms its republish.
     Replay {
@@ -67,6 +87,33 @@ pub enum DlqCommand {
     },
 }
 
+/// The arguments of `dlq discard`: letter ids, or a code.
+#[derive(Debug, clap::Args)]
+pub struct DiscardArgs {
+    /// The letters' ids (or, instead, `--code`).
+    #[arg(num_args = 0..=10_000, conflicts_with = "code")]
+    ids: Vec<i64>,
+    /// Every letter with this error code.
+    #[arg(long)]
+    code: Option<String>,
+    /// With `--code`: only letters of this command kind.
+    #[arg(long, requires = "code")]
+    kind: Option<String>,
+    /// With `--code`: only letters first dead-lettered longer ago than this (`7d`); a letter of
+    /// unknown age is never taken.
+    #[arg(long, requires = "code", value_parser = parse_duration)]
+    older_than: Option<Duration>,
+    /// List what would be discarded; change nothing.
+    #[arg(long, conflicts_with = "yes")]
+    dry_run: bool,
+    /// With `--code`: discard the matching letters (without it, only their number is printed).
+    #[arg(long)]
+    yes: bool,
+    /// Who discards (recorded with each letter); default the OS user.
+    #[arg(long, env = "USER")]
+    initiator: Option<String>,
+}
+
 const LIST_COLUMNS: [&str; 7] = [
     "id",
     "code",
@@ -84,7 +131,10 @@ impl DlqCommand {
         let pool = super::pool(config)?;
         // The database first: when it is down, no letter is taken (and returned).
         let max_age = match &self {
-            DlqCommand::List { .. } => {
+            DlqCommand::List { .. }
+            | DlqCommand::Summary { .. }
+            | DlqCommand::Show { .. }
+            | DlqCommand::Discard(_) => {
                 dead_letters::count(&pool).await?;
                 None
             }
@@ -100,6 +150,9 @@ impl DlqCommand {
             ingest(&dlq, &pool).await?;
             match self {
                 DlqCommand::List { limit, format } => list(&pool, limit, format).await,
+                DlqCommand::Summary { format } => print_summary(&pool, format).await,
+                DlqCommand::Show { id } => show(&pool, id).await,
+                DlqCommand::Discard(args) => discard(&pool, args).await,
                 DlqCommand::Replay {
                     limit,
                     code,
@@ -173,6 +226,7 @@ async fn ingest(dlq: &DeadLetterQueue, pool: &PgPool) -> Result<usize, CliError>
                 message: l.message.clone(),
                 kind: l.kind.clone(),
                 command_id: l.command_id.clone(),
+                tenant_id: l.tenant_id,
                 routing_key: l.routing_key.clone(),
                 first_failed_at: l.first_failed_at,
                 failed_at: l.failed_at,
@@ -208,6 +262,8 @@ fn summary(letter: &StoredDeadLetter, now: DateTime<Utc>) -> Value {
     })
 }
 
+/// Lists the oldest `limit` letters, then "N of TOTAL" (after a table; on stderr after JSON
+/// lines, so that every line of stdout stays one letter).
 async fn list(pool: &PgPool, limit: usize, format: Format) -> Result<(), CliError> {
     let now = Utc::now();
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
@@ -216,7 +272,145 @@ async fn list(pool: &PgPool, limit: usize, format: Format) -> Result<(), CliErro
         .iter()
         .map(|l| summary(l, now))
         .collect();
+    let total = dead_letters::count(pool).await?;
     print_rows(format, &rows, &LIST_COLUMNS)?;
+    let mut footer = format!("{} of {total} dead letters", rows.len());
+    if (rows.len() as i64) < total {
+        footer.push_str(" (--limit shows more; dlq summary counts them)");
+    }
+    match format {
+        Format::Table => println!("{footer}"),
+        Format::Json => eprintln!("{footer}"),
+    }
+    Ok(())
+}
+
+/// `dlq summary`: one JSON object, or a table of (by, value, letters) rows.
+async fn print_summary(pool: &PgPool, format: Format) -> Result<(), CliError> {
+    let s = dead_letters::summary(pool).await?;
+    let groups = [
+        ("code", &s.by_code),
+        ("kind", &s.by_kind),
+        ("tenant", &s.by_tenant),
+        ("age", &s.by_age),
+    ];
+    match format {
+        Format::Json => {
+            let mut out = json!({"total": s.total});
+            for (by, counts) in groups {
+                let object: serde_json::Map<String, Value> =
+                    counts.iter().map(|(k, n)| (k.clone(), json!(n))).collect();
+                out[format!("by_{by}")] = Value::Object(object);
+            }
+            println!("{out}");
+        }
+        Format::Table => {
+            let mut rows = vec![json!({"by": "total", "value": "-", "letters": s.total})];
+            for (by, counts) in groups {
+                rows.extend(
+                    counts
+                        .iter()
+                        .map(|(value, n)| json!({"by": by, "value": value, "letters": n})),
+                );
+            }
+            print_rows(format, &rows, &["by", "value", "letters"])?;
+        }
+    }
+    Ok(())
+}
+
+/// `dlq show ID`: the letter as listed, plus its body (JSON when it is JSON, else its text, else
+/// hex) and its properties and headers.
+async fn show(pool: &PgPool, id: i64) -> Result<(), CliError> {
+    let letter = dead_letters::get(pool, id)
+        .await?
+        .ok_or_else(|| CliError::NotFound(format!("dead letter {id} not found")))?;
+    let mut out = summary(&letter, Utc::now());
+    out["tenant_id"] = json!(letter.tenant_id);
+    out["stored_at"] = json!(letter.stored_at);
+    out["body_sha256"] = json!(hex::encode(Sha256::digest(&letter.body)));
+    match std::str::from_utf8(&letter.body) {
+        Ok(text) => match serde_json::from_str::<Value>(text) {
+            Ok(body) => out["body"] = body,
+            Err(_) => out["body_text"] = json!(text),
+        },
+        Err(_) => out["body_hex"] = json!(hex::encode(&letter.body)),
+    }
+    out["properties"] = describe_properties(&letter.properties).unwrap_or(Value::Null);
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&out).expect("JSON values serialise")
+    );
+    Ok(())
+}
+
+/// `dlq discard`: the number matching, then (with ids or `--yes`) one line per discarded letter
+/// and a closing count, or (with `--dry-run`) one line per letter that would go.
+async fn discard(pool: &PgPool, args: DiscardArgs) -> Result<(), CliError> {
+    let by = args.initiator.filter(|n| !n.is_empty());
+    if by
+        .as_ref()
+        .is_some_and(|n| n.chars().count() > MAX_ID_CHARS)
+    {
+        return Err(CliError::Invalid(format!(
+            "--initiator is longer than {MAX_ID_CHARS} characters"
+        )));
+    }
+    let by_ids = !args.ids.is_empty();
+    let filter = match (args.ids, args.code) {
+        (ids, None) if !ids.is_empty() => LetterFilter::Ids(ids),
+        (_, Some(code)) => LetterFilter::Matching {
+            code,
+            kind: args.kind,
+            failed_before: args
+                .older_than
+                .and_then(|d| chrono::Duration::from_std(d).ok())
+                .map(|d| Utc::now() - d),
+        },
+        _ => {
+            return Err(CliError::Invalid(
+                "give letter ids, or --code (with --kind, --older-than)".into(),
+            ))
+        }
+    };
+    let (matching, last) = dead_letters::count_matching(pool, &filter).await?;
+    println!("{}", json!({"matching": matching}));
+    if !by_ids && !args.yes && !args.dry_run {
+        eprintln!("{matching} dead letters match; --dry-run lists them, --yes discards them");
+        return Ok(());
+    }
+    let upto = last.unwrap_or(0);
+    let now = Utc::now();
+    let mut done = 0_i64;
+    let mut after = 0;
+    loop {
+        if args.dry_run {
+            let page = dead_letters::matching_page(pool, &filter, after, upto, PAGE).await?;
+            let Some(tail) = page.last() else { break };
+            after = tail.id;
+            for letter in &page {
+                println!("{}", json!({"would_discard": summary(letter, now)}));
+            }
+            done += page.len() as i64;
+            continue;
+        }
+        let mut tx = pool.begin().await?;
+        let mut gone =
+            dead_letters::discard(&mut tx, &filter, after, upto, PAGE, by.as_deref()).await?;
+        tx.commit().await?;
+        gone.sort_by_key(|d| d.letter_id);
+        let Some(tail) = gone.last() else { break };
+        after = tail.letter_id;
+        for d in &gone {
+            println!("{}", json!({"discarded": d}));
+        }
+        done += gone.len() as i64;
+    }
+    let key = if args.dry_run { "listed" } else { "discarded" };
+    println!(
+        "{}",
+        json!({key: done, "skipped": matching - done, "dry_run": args.dry_run})
+    );
     Ok(())
 }
 

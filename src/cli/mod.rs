@@ -83,7 +83,7 @@ enum Command {
     Topology(topology::TopologyCommand),
     /// Publish a dispatch command.
     Dispatch(WithOldNames<dispatch::DispatchArgs>),
-    /// Inspect and replay dead-lettered commands.
+    /// Inspect, summarise, replay and discard dead-lettered commands.
     #[command(subcommand)]
     Dlq(dlq::DlqCommand),
     /// Re-send stored events.

@@ -1,27 +1,38 @@
 //! `oprun runs show|list|reap|cancel|retry|fail`.
 //!
+//! `cancel|retry|fail` take run ids, or a filter (a bulk action): then they print the number of
+//! matching runs and act only with `--yes` (`--dry-run` lists them), at most `--rate` actions a
+//! second, one JSON line per run and a closing line of counts per result. A bulk action has an
+//! id (by default derived from the action, the filter and the minute); run again with it, it
+//! does not act twice on a run.
+//!
 //! The actions act on the database directly, one transaction per run, through the same code as
 //! the broker commands `cancel_run`, `retry_run` and `fail_run` (`service::actions::act`): the
 //! effect and its record commit together, the answer is known when the command returns, and no
 //! running service is needed (its relay hands off the cancel messages and retries' jobs the
 //! transaction put in the job outbox).
 
-use chrono::Utc;
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use serde_json::{json, Map, Value};
 
 use super::output::{print_rows, Format};
 use super::{pool, CliError};
-use crate::config::Config;
+use crate::config::{parse_duration, Config};
 use crate::domain::action::{result_json, ActionResult, Actor, RunAction, MAX_REASON_CHARS};
 use crate::domain::command::MAX_ID_CHARS;
+use crate::domain::failure::is_valid_code;
 use crate::domain::operation_run::RELATED_CONTEXT_KEYS;
 use crate::domain::sanitise_message;
+use crate::domain::selection::RunSelection;
 use crate::domain::{OperationRunType, RunStatus};
 use crate::service::actions::{self, ActionRequest};
 use crate::service::apply::{ApplyError, ApplySettings};
 use crate::service::reaper;
 use crate::service::tx_buffer::TxBuffer;
 use crate::store::actions as store_actions;
+use crate::store::bulk;
 use crate::store::events;
 use crate::store::runs::{self, RunFilter};
 
@@ -77,11 +88,11 @@ pub enum RunsCommand {
     },
 }
 
-/// The arguments of `runs cancel|retry|fail`.
+/// The arguments of `runs cancel|retry|fail`: run ids, or a filter.
 #[derive(Debug, clap::Args)]
 pub struct ActArgs {
-    /// The run ids.
-    #[arg(required = true, num_args = 1..=10_000)]
+    /// The run ids (or, instead, a filter: `--type`, `--status`, …).
+    #[arg(num_args = 0..=10_000)]
     ids: Vec<i64>,
     /// Why (stored with the action; a fail's failure message).
     #[arg(long)]
@@ -89,9 +100,114 @@ pub struct ActArgs {
     /// Who acts (stored with the action and carried by its events); default the OS user.
     #[arg(long, env = "USER")]
     initiator: Option<String>,
-    /// The bulk action's id: an action this id already did on a run is not done again.
+    /// The bulk action's id: an action this id already did on a run is not done again. With a
+    /// filter, default: derived from the action, the filter and the minute (printed first), so
+    /// an interrupted bulk action run again with it skips what it did.
     #[arg(long)]
     bulk_id: Option<String>,
+    /// The runs to act on, instead of ids.
+    #[command(flatten)]
+    filter: FilterArgs,
+    /// With a filter: act on the matching runs (without it, only their number is printed).
+    #[arg(long, conflicts_with = "dry_run")]
+    yes: bool,
+    /// With a filter: list the matching runs, change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Most actions per second (1 to 1000).
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    rate: u32,
+}
+
+/// The filter of a bulk `runs cancel|retry|fail`: every option given must match.
+#[derive(Debug, clap::Args)]
+struct FilterArgs {
+    /// Only runs of this workspace.
+    #[arg(long)]
+    workspace: Option<i64>,
+    /// Only runs of this tenant.
+    #[arg(long)]
+    tenant: Option<i64>,
+    /// Only runs of this type (e.g. inventory.sync).
+    #[arg(long = "type")]
+    run_type: Option<String>,
+    /// Only runs with this status (queued, running, completed).
+    #[arg(long)]
+    status: Option<String>,
+    /// Only runs with this outcome (failed, partially_succeeded, blocked, cancelled, …).
+    #[arg(long)]
+    outcome: Option<String>,
+    /// Only runs with a failure of this code.
+    #[arg(long)]
+    failure_code: Option<String>,
+    /// Only runs created before this: an RFC 3339 time, or a duration ago (`2h`, `7d`).
+    #[arg(long)]
+    created_before: Option<String>,
+    /// Only runs whose last change is before this: an RFC 3339 time, or a duration ago.
+    #[arg(long)]
+    updated_before: Option<String>,
+}
+
+impl FilterArgs {
+    /// The selection, relative times counted back from `minute` (the bulk action's minute, so
+    /// that the same command within the minute selects, and derives, the same).
+    fn selection(&self, minute: DateTime<Utc>) -> Result<RunSelection, CliError> {
+        let invalid = |r: crate::domain::Rejection| CliError::Invalid(r.message);
+        let failure_code = match &self.failure_code {
+            Some(c) if !is_valid_code(c) => {
+                return Err(CliError::Invalid(format!(
+                    "--failure-code must match [A-Za-z0-9_.-]{{1,128}}, got {c:?}"
+                )))
+            }
+            other => other.clone(),
+        };
+        Ok(RunSelection {
+            workspace_id: self.workspace,
+            tenant_id: self.tenant,
+            run_type: self
+                .run_type
+                .as_deref()
+                .map(OperationRunType::parse)
+                .transpose()
+                .map_err(invalid)?,
+            status: self
+                .status
+                .as_deref()
+                .map(str::parse)
+                .transpose()
+                .map_err(invalid)?,
+            outcome: self
+                .outcome
+                .as_deref()
+                .map(str::parse)
+                .transpose()
+                .map_err(invalid)?,
+            failure_code,
+            created_before: time_bound("created-before", self.created_before.as_deref(), minute)?,
+            updated_before: time_bound("updated-before", self.updated_before.as_deref(), minute)?,
+        })
+    }
+}
+
+/// An RFC 3339 time, or a duration (`parse_duration`) before `minute`.
+fn time_bound(
+    flag: &str,
+    text: Option<&str>,
+    minute: DateTime<Utc>,
+) -> Result<Option<DateTime<Utc>>, CliError> {
+    let Some(text) = text else { return Ok(None) };
+    if let Ok(t) = DateTime::parse_from_rfc3339(text) {
+        return Ok(Some(t.to_utc()));
+    }
+    let ago = parse_duration(text)
+        .ok()
+        .and_then(|d| chrono::Duration::from_std(d).ok())
+        .ok_or_else(|| {
+            CliError::Invalid(format!(
+                "--{flag}: expected an RFC 3339 time or a duration ago (30m, 2h, 7d), got {text:?}"
+            ))
+        })?;
+    Ok(Some(minute - ago))
 }
 
 const LIST_COLUMNS: [&str; 8] = [
@@ -213,7 +329,8 @@ impl RunsCommand {
     }
 }
 
-/// Acts on each run in its own transaction and prints one result line per run.
+/// Acts on each run (the ids, or those the filter matches) in its own transaction and prints
+/// one result line per run.
 async fn act(
     pool: &sqlx::PgPool,
     config: &Config,
@@ -222,7 +339,8 @@ async fn act(
 ) -> Result<(), CliError> {
     let reason = args
         .reason
-        .map(|r| sanitise_message(&r))
+        .as_deref()
+        .map(sanitise_message)
         .filter(|r| !r.is_empty());
     if reason
         .as_ref()
@@ -232,14 +350,16 @@ async fn act(
             "--reason is longer than {MAX_REASON_CHARS} characters"
         )));
     }
-    let initiator = args.initiator.filter(|n| !n.is_empty());
-    if initiator
-        .as_ref()
-        .is_some_and(|n| n.chars().count() > MAX_ID_CHARS)
-    {
-        return Err(CliError::Invalid(format!(
-            "--initiator is longer than {MAX_ID_CHARS} characters"
-        )));
+    let initiator = args.initiator.clone().filter(|n| !n.is_empty());
+    for (flag, value) in [("--initiator", &initiator), ("--bulk-id", &args.bulk_id)] {
+        if value
+            .as_ref()
+            .is_some_and(|n| n.chars().count() > MAX_ID_CHARS)
+        {
+            return Err(CliError::Invalid(format!(
+                "{flag} is longer than {MAX_ID_CHARS} characters"
+            )));
+        }
     }
     let actor = Actor {
         name: initiator,
@@ -251,20 +371,119 @@ async fn act(
         hand_off_jobs: true,
         max_active_runs_per_tenant: 0,
     };
-    for id in args.ids {
-        let req = ActionRequest {
-            action,
-            run_id: id,
-            scope: None,
-            actor: &actor,
-            reason: reason.as_deref(),
-            bulk_id: args.bulk_id.as_deref(),
-            command_id: None,
-        };
-        let reply = act_once(pool, &req, &ctx).await?;
-        println!("{reply}");
+    let now = Utc::now();
+    let minute = now.duration_trunc(TimeDelta::minutes(1)).unwrap_or(now);
+    let selection = args.filter.selection(minute)?;
+    let mut pace = Pace::new(args.rate);
+    let act_on = |run_id, bulk_id| ActionRequest {
+        action,
+        run_id,
+        scope: None,
+        actor: &actor,
+        reason: reason.as_deref(),
+        bulk_id,
+        command_id: None,
+    };
+    if !args.ids.is_empty() {
+        if !selection.is_empty() || args.yes || args.dry_run {
+            return Err(CliError::Invalid(
+                "give run ids or a filter (--type, --status, …, with --dry-run or --yes), not both"
+                    .into(),
+            ));
+        }
+        for &id in &args.ids {
+            pace.wait().await;
+            let reply = act_once(pool, &act_on(id, args.bulk_id.as_deref()), &ctx).await?;
+            println!("{reply}");
+        }
+        return Ok(());
     }
+    if selection.is_empty() {
+        return Err(CliError::Invalid(
+            "give run ids, or a filter: --workspace, --tenant, --type, --status, --outcome, \
+             --failure-code, --created-before, --updated-before"
+                .into(),
+        ));
+    }
+    let bulk_id = args
+        .bulk_id
+        .clone()
+        .unwrap_or_else(|| selection.bulk_id(action, now));
+    let (matching, last) = bulk::snapshot(pool, &selection, &bulk_id).await?;
+    println!(
+        "{}",
+        json!({"action": action.as_str(), "bulk_id": bulk_id, "matching": matching,
+               "filter": selection.to_json()})
+    );
+    if !args.yes && !args.dry_run {
+        eprintln!(
+            "{matching} runs match; --dry-run lists them, --yes acts on them (as bulk action \
+             {bulk_id}; give --bulk-id {bulk_id} to resume it later)"
+        );
+        return Ok(());
+    }
+    let mut counts: BTreeMap<&str, u64> = [
+        ActionResult::Done,
+        ActionResult::Requested,
+        ActionResult::Unchanged,
+        ActionResult::Refused,
+    ]
+    .into_iter()
+    .map(|r| (r.as_str(), 0))
+    .collect();
+    let mut seen = 0_u64;
+    let mut after = 0;
+    let upto = last.unwrap_or(0);
+    loop {
+        let page = bulk::page(pool, &selection, &bulk_id, after, upto, bulk::PAGE).await?;
+        let Some(tail) = page.last() else { break };
+        after = tail.run_id;
+        for run in &page {
+            seen += 1;
+            if args.dry_run {
+                println!("{}", json!(run));
+                continue;
+            }
+            pace.wait().await;
+            let reply = act_once(pool, &act_on(run.run_id, Some(&bulk_id)), &ctx).await?;
+            println!("{reply}");
+            if let Some(n) = reply["result"].as_str().and_then(|r| counts.get_mut(r)) {
+                *n += 1;
+            }
+        }
+    }
+    let mut summary =
+        json!({"action": action.as_str(), "bulk_id": bulk_id, "dry_run": args.dry_run});
+    if args.dry_run {
+        summary["listed"] = json!(seen);
+    } else {
+        summary["acted"] = json!(seen);
+        for (result, n) in counts {
+            summary[result] = json!(n);
+        }
+    }
+    println!("{summary}");
     Ok(())
+}
+
+/// At most `rate` actions per second: each starts at least `1 / rate` s after the one before
+/// (a slow action is never made up for by a burst).
+struct Pace {
+    interval: tokio::time::Interval,
+}
+
+impl Pace {
+    fn new(rate: u32) -> Self {
+        let mut interval = tokio::time::interval(std::time::Duration::from_secs_f64(
+            1.0 / f64::from(rate.max(1)),
+        ));
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Self { interval }
+    }
+
+    async fn wait(&mut self) {
+        self.interval.tick().await;
+    }
 }
 
 /// One action in one transaction, tried again on a transient fault.

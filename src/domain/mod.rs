@@ -10,6 +10,7 @@ pub mod failure_cap;
 pub mod identity;
 pub mod operation_run;
 pub mod operation_type;
+pub mod selection;
 pub mod status;
 pub mod strict_json;
 pub mod summary_counts;

@@ -2,12 +2,20 @@
 //! dead-letter with confirms, and the one ack decision: the batch is acked only when every
 //! command in it has its fate and every dead letter and reply is settled by the broker.
 //!
+//! A refusal whose producer asked for a reply at an address the service may reply to is answered
+//! first, the reply published `mandatory`: once the broker confirms it reached a queue, the
+//! producer knows, and the command is acked without a dead letter (counted in
+//! `oprun_refusals_answered_total`); a reply returned, nacked or unanswered falls back to the dead
+//! letter. `--dead-letter-answered-refusals` dead-letters every refusal, answered or not, and a
+//! `database_rejected` one (the service's failure, not the producer's) always is.
+//!
 //! Dead letters are published `mandatory`: when one comes back (no queue bound to `N.dlx`: the
 //! DLQ was unbound or deleted) or is nacked, nothing of the batch is acked. The batch waits with
 //! backoff, `/readyz` reports not ready, and before each retry the service re-declares its
 //! topology (which re-creates and re-binds the DLQ). A refused command is never acked before its
 //! dead letter is safely stored.
 
+use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -19,7 +27,7 @@ use super::apply::{ApplySettings, CommandResult, Disposition};
 use super::batch::apply_in_lanes;
 use super::health::Health;
 use super::metrics::Metrics;
-use super::reply_guard::ReplyGuard;
+use super::reply_guard::{is_direct_reply_to, ReplyGuard};
 use crate::broker::dead_letter::dead_letter_properties;
 use crate::broker::headers::string_header;
 use crate::broker::messages::reply_properties;
@@ -57,6 +65,22 @@ pub struct DeliveryHandler<'s> {
     pub metrics: &'s Metrics,
     /// The probes' state (`/readyz` while dead letters wait).
     pub health: &'s Health,
+    /// Dead-letter refusals answered to their producer too (`--dead-letter-answered-refusals`).
+    pub dead_letter_answered_refusals: bool,
+}
+
+/// What settling one processed delivery publishes.
+enum Settle<'a> {
+    /// These (its dead letter, its reply: either, both or none).
+    Publish(Vec<Outgoing<'a>>),
+    /// A refusal to answer: its reply first, and its dead letter only if the reply is not
+    /// taken.
+    Answer {
+        /// The reply.
+        reply: Box<Outgoing<'a>>,
+        /// The dead letter.
+        dead_letter: Box<Outgoing<'a>>,
+    },
 }
 
 impl DeliveryHandler<'_> {
@@ -95,17 +119,23 @@ impl DeliveryHandler<'_> {
             return Ok(BatchSettlement::Interrupted);
         };
         let mut applied = applied.into_iter();
-        let dead_letter_exchange = self.topology.dead_letter_exchange();
-        let mut outgoing = Vec::new();
-        for ((delivery, decoded), span) in deliveries.iter().zip(&decoded).zip(&spans) {
-            let fate = match decoded {
+        let fates: Vec<Result<CommandResult, Rejection>> = decoded
+            .iter()
+            .map(|decoded| match decoded {
                 Ok(_) => applied.next().expect("one result per decoded command"),
                 Err(rejection) => Err(rejection.clone()),
-            };
-            let command = decoded.as_ref().ok();
-            self.log_fate(delivery, command, &fate);
-            record_fate(span, &fate);
-            self.settle(delivery, &fate, &dead_letter_exchange, &mut outgoing);
+            })
+            .collect();
+        let dead_letter_exchange = self.topology.dead_letter_exchange();
+        let (outgoing, answered) = self
+            .settle_all(publisher, deliveries, &fates, &dead_letter_exchange)
+            .await;
+        for (index, ((delivery, decoded), span)) in
+            deliveries.iter().zip(&decoded).zip(&spans).enumerate()
+        {
+            let answered = answered.contains(&index);
+            self.log_fate(delivery, decoded.as_ref().ok(), &fates[index], answered);
+            record_fate(span, &fates[index], answered);
         }
         let settled = self
             .publish_until_settled(connection, publisher, &outgoing, shutdown)
@@ -160,58 +190,113 @@ impl DeliveryHandler<'_> {
         span
     }
 
+    /// What a batch's fates publish, in delivery order, after the refusals that may be answered
+    /// were (one round of their replies): the dead letters and replies still to settle, and the
+    /// indexes of the deliveries whose refusal was answered.
+    async fn settle_all<'a>(
+        &self,
+        publisher: &ConfirmPublisher,
+        deliveries: &'a [Delivery],
+        fates: &[Result<CommandResult, Rejection>],
+        dead_letter_exchange: &'a str,
+    ) -> (Vec<Outgoing<'a>>, HashSet<usize>) {
+        let plans: Vec<Settle> = deliveries
+            .iter()
+            .zip(fates)
+            .map(|(delivery, fate)| self.settle(delivery, fate, dead_letter_exchange))
+            .collect();
+        let answered = answer_refusals(publisher, &plans).await;
+        let mut outgoing = Vec::new();
+        for (index, plan) in plans.into_iter().enumerate() {
+            match plan {
+                Settle::Publish(publishes) => outgoing.extend(publishes),
+                Settle::Answer { dead_letter, .. } if !answered.contains(&index) => {
+                    outgoing.push(*dead_letter)
+                }
+                Settle::Answer { .. } => {}
+            }
+        }
+        (outgoing, answered)
+    }
+
     /// The publishes a processed delivery needs: its dead letter when refused, its reply when
-    /// the producer asked for one at an allowed address.
+    /// the producer asked for one at an allowed address; or, for a refusal that may be answered
+    /// instead of dead-lettered, its reply to try first and its dead letter should the reply
+    /// not be taken.
     fn settle<'a>(
         &self,
         delivery: &'a Delivery,
         fate: &Result<CommandResult, Rejection>,
         dead_letter_exchange: &'a str,
-        outgoing: &mut Vec<Outgoing<'a>>,
-    ) {
-        let reply_body = match fate {
-            Ok(result) => result.reply.clone(),
-            Err(rejection) => {
-                // Mandatory: a dead letter must be stored, so an unroutable one comes back.
-                outgoing.push(Outgoing {
-                    exchange: dead_letter_exchange,
-                    routing_key: delivery.routing_key.as_str(),
-                    body: delivery.data.as_slice().into(),
-                    properties: dead_letter_properties(
-                        &delivery.properties,
-                        delivery.routing_key.as_str(),
-                        rejection,
-                    ),
-                    mandatory: true,
-                });
-                json!({"error": {"code": rejection.code.as_str(), "message": rejection.message}})
+    ) -> Settle<'a> {
+        let rejection = match fate {
+            Ok(result) => {
+                return Settle::Publish(self.reply(delivery, &result.reply).into_iter().collect())
             }
+            Err(rejection) => rejection,
         };
-        let props = &delivery.properties;
-        if let (Some(reply_to), Some(correlation_id)) = (props.reply_to(), props.correlation_id()) {
-            // Replies go through the default exchange, which can reach any queue by name: only to
-            // direct reply-to and the configured reply queues (the command itself still applies).
-            if !self.reply_guard.allows(reply_to.as_str()) {
-                self.metrics.reply_refused();
-                tracing::warn!(
-                    reply_to = reply_to.as_str(),
-                    allowed = self.reply_guard.pattern(),
-                    "refusing to reply: reply_to is neither direct reply-to nor a reply queue"
-                );
-                return;
+        // Mandatory: a dead letter must be stored, so an unroutable one comes back.
+        let dead_letter = Outgoing {
+            exchange: dead_letter_exchange,
+            routing_key: delivery.routing_key.as_str(),
+            body: delivery.data.as_slice().into(),
+            properties: dead_letter_properties(
+                &delivery.properties,
+                delivery.routing_key.as_str(),
+                rejection,
+            ),
+            mandatory: true,
+        };
+        let body =
+            json!({"error": {"code": rejection.code.as_str(), "message": rejection.message}});
+        match self.reply(delivery, &body) {
+            Some(mut reply)
+                if !self.dead_letter_answered_refusals
+                    && rejection.code != ErrorCode::DatabaseRejected =>
+            {
+                // Answered means a queue took it: mandatory, so a reply queue that does not exist
+                // returns it. Direct reply-to returns every mandatory publish, delivered or not,
+                // so there the broker's confirm is all that can be known.
+                reply.mandatory = !is_direct_reply_to(reply.routing_key);
+                Settle::Answer {
+                    reply: Box::new(reply),
+                    dead_letter: Box::new(dead_letter),
+                }
             }
-            // Not mandatory: a reply is best effort once confirmed or nacked (a reply queue that
-            // refuses it is the requester's problem).
-            outgoing.push(Outgoing {
-                exchange: "",
-                routing_key: reply_to.as_str(),
-                body: serde_json::to_vec(&reply_body)
-                    .expect("JSON values serialise")
-                    .into(),
-                properties: reply_properties(correlation_id.as_str()),
-                mandatory: false,
-            });
+            reply => Settle::Publish([Some(dead_letter), reply].into_iter().flatten().collect()),
         }
+    }
+
+    /// The reply to `delivery` with `body`, when the producer asked for one (`reply_to` and
+    /// `correlation_id`) at an address replies may go to.
+    fn reply<'a>(&self, delivery: &'a Delivery, body: &serde_json::Value) -> Option<Outgoing<'a>> {
+        let props = &delivery.properties;
+        let (Some(reply_to), Some(correlation_id)) = (props.reply_to(), props.correlation_id())
+        else {
+            return None;
+        };
+        // Replies go through the default exchange, which can reach any queue by name: only to
+        // direct reply-to and the configured reply queues (the command itself still applies).
+        if !self.reply_guard.allows(reply_to.as_str()) {
+            self.metrics.reply_refused();
+            tracing::warn!(
+                reply_to = reply_to.as_str(),
+                allowed = self.reply_guard.pattern(),
+                "refusing to reply: reply_to is neither direct reply-to nor a reply queue"
+            );
+            return None;
+        }
+        // Not mandatory: a reply is best effort once confirmed or nacked (a reply queue that
+        // refuses it is the requester's problem).
+        Some(Outgoing {
+            exchange: "",
+            routing_key: reply_to.as_str(),
+            body: serde_json::to_vec(body)
+                .expect("JSON values serialise")
+                .into(),
+            properties: reply_properties(correlation_id.as_str()),
+            mandatory: false,
+        })
     }
 
     /// Publishes `outgoing` until every dead letter is stored and every reply answered by the
@@ -271,12 +356,14 @@ impl DeliveryHandler<'_> {
     }
 
     /// Counts what became of a command and logs it: a dead-lettered command is logged here, once
-    /// (an error when the database refused it, a warning when the producer is at fault).
+    /// (an error when the database refused it, a warning when the producer is at fault); a
+    /// refusal answered to its producer is counted apart and logged at info.
     fn log_fate(
         &self,
         delivery: &Delivery,
         command: Option<&Command>,
         fate: &Result<CommandResult, Rejection>,
+        answered: bool,
     ) {
         let kind = kind_label(delivery, command);
         let command_id = command.and_then(|c| c.command_id.clone()).or_else(|| {
@@ -304,6 +391,20 @@ impl DeliveryHandler<'_> {
                     r#type = run_type,
                     result = result.disposition.as_str(),
                     "command applied"
+                );
+            }
+            Err(rejection) if answered => {
+                let code = rejection.code.as_str();
+                self.metrics.command(kind, &format!("refused:{code}"));
+                self.metrics.refusal_answered(kind, code);
+                tracing::info!(
+                    command_id,
+                    kind,
+                    run_id = command.and_then(|c| c.run_id()),
+                    r#type = run_type,
+                    code,
+                    reason = rejection.message,
+                    "command refused; the refusal was answered to its producer"
                 );
             }
             Err(rejection) => {
@@ -341,19 +442,47 @@ impl DeliveryHandler<'_> {
 }
 
 /// Puts what became of a command on its span: its run and result, an error status when it was
-/// dead-lettered.
-fn record_fate(span: &tracing::Span, fate: &Result<CommandResult, Rejection>) {
+/// refused (answered, or dead-lettered).
+fn record_fate(span: &tracing::Span, fate: &Result<CommandResult, Rejection>, answered: bool) {
     match fate {
         Ok(result) => {
             span.record("oprun.run_id", result.run_id);
             span.record("oprun.result", result.disposition.as_str());
         }
         Err(rejection) => {
-            span.record("oprun.result", "dead_lettered");
+            let result = if answered { "refused" } else { "dead_lettered" };
+            span.record("oprun.result", result);
             span.record("otel.status_code", "ERROR");
             span.record("otel.status_description", rejection.code.as_str());
         }
     }
+}
+
+/// Publishes the replies of the refusals that may be answered (`Settle::Answer`) in one round:
+/// the indexes of the deliveries whose reply the broker took (confirmed; for a reply queue, also
+/// not returned). Any other one (returned: no such queue; nacked; unanswered) is dead-lettered.
+async fn answer_refusals(publisher: &ConfirmPublisher, plans: &[Settle<'_>]) -> HashSet<usize> {
+    let replies: Vec<(usize, &Outgoing)> = plans
+        .iter()
+        .enumerate()
+        .filter_map(|(i, plan)| match plan {
+            Settle::Answer { reply, .. } => Some((i, reply.as_ref())),
+            Settle::Publish(_) => None,
+        })
+        .collect();
+    if replies.is_empty() {
+        return HashSet::new();
+    }
+    let round = publish_round(publisher, &replies, |(_, reply)| reply.reborrow()).await;
+    if let Some(e) = &round.channel_error {
+        tracing::warn!(error = %e, "a refusal's reply was not confirmed; it is dead-lettered");
+    }
+    round
+        .answers
+        .into_iter()
+        .filter(|(_, answer)| matches!(answer, Answer::Confirmed(Confirmed::Delivered)))
+        .map(|((index, _), _)| *index)
+        .collect()
 }
 
 /// What one publishing attempt left undone.

@@ -96,6 +96,7 @@ pub struct Metrics {
     runs_deduplicated: Family<TypeLabel, Counter>,
     runs_completed: Family<CompletedLabels, Counter>,
     commands_refused: Family<RefusedLabels, Counter>,
+    refusals_answered: Family<RefusedLabels, Counter>,
     relay_published: Family<KindLabel, Counter>,
     relay_nacked: Family<KindLabel, Counter>,
     relay_orphans: Counter,
@@ -122,6 +123,7 @@ impl Default for Metrics {
         let runs_deduplicated = Family::<TypeLabel, Counter>::default();
         let runs_completed = Family::<CompletedLabels, Counter>::default();
         let commands_refused = Family::<RefusedLabels, Counter>::default();
+        let refusals_answered = Family::<RefusedLabels, Counter>::default();
         let relay_published = Family::<KindLabel, Counter>::default();
         let relay_nacked = Family::<KindLabel, Counter>::default();
         let relay_orphans = Counter::default();
@@ -143,7 +145,7 @@ impl Default for Metrics {
         // Help texts without a final period: the encoder adds one.
         registry.register(
             "oprun_commands",
-            "Commands consumed, by kind and result (applied, deduplicated, stale, unchanged, already_processed, dead_lettered:<code>)",
+            "Commands consumed, by kind and result (applied, deduplicated, stale, unchanged, already_processed, refused:<code> (answered to the producer), dead_lettered:<code>)",
             commands.clone(),
         );
         registry.register(
@@ -165,6 +167,11 @@ impl Default for Metrics {
             "oprun_commands_refused",
             "Commands dead-lettered, by kind and reason code",
             commands_refused.clone(),
+        );
+        registry.register(
+            "oprun_refusals_answered",
+            "Commands refused and answered to their producer (reply confirmed), not dead-lettered, by kind and reason code",
+            refusals_answered.clone(),
         );
         registry.register(
             "oprun_relay_published",
@@ -253,6 +260,7 @@ impl Default for Metrics {
             runs_deduplicated,
             runs_completed,
             commands_refused,
+            refusals_answered,
             relay_published,
             relay_nacked,
             relay_orphans,
@@ -288,6 +296,17 @@ impl Metrics {
     /// Counts a refused (dead-lettered) command of `kind` by reason `code`.
     pub fn refused(&self, kind: &str, code: &str) {
         self.commands_refused
+            .get_or_create(&RefusedLabels {
+                kind: kind.to_owned(),
+                code: code.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts a refused command of `kind` whose refusal (reason `code`) was answered to its
+    /// producer instead of dead-lettered.
+    pub fn refusal_answered(&self, kind: &str, code: &str) {
+        self.refusals_answered
             .get_or_create(&RefusedLabels {
                 kind: kind.to_owned(),
                 code: code.to_owned(),
@@ -488,6 +507,7 @@ mod tests {
         m.run_deduplicated("policy.sync");
         m.run_completed("policy.sync", "failed");
         m.refused("dispatch", "unknown_type");
+        m.refusal_answered("dispatch", "unknown_tenant");
         m.dlq_depth(3);
         m.active_runs([("policy.sync", 2), ("inventory.sync", 0)]);
         m.outbox(4, 1.5);
@@ -497,6 +517,7 @@ mod tests {
             "oprun_runs_deduplicated_total{type=\"policy.sync\"} 1",
             "oprun_runs_completed_total{type=\"policy.sync\",outcome=\"failed\"} 1",
             "oprun_commands_refused_total{kind=\"dispatch\",code=\"unknown_type\"} 1",
+            "oprun_refusals_answered_total{kind=\"dispatch\",code=\"unknown_tenant\"} 1",
             "oprun_dlq_depth 3",
             "oprun_active_runs{type=\"policy.sync\"} 2",
             "oprun_active_runs{type=\"inventory.sync\"} 0",

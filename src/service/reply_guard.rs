@@ -43,16 +43,21 @@ impl ReplyGuard {
     /// delivers only to the channel that asked), or a queue matching the pattern that is not one
     /// of the service's own queues (even a careless pattern never reaches `N.commands`).
     pub fn allows(&self, reply_to: &str) -> bool {
-        // The pseudo-queue itself, or the `amq.rabbitmq.reply-to.<token>` form the broker
-        // rewrites it to (clients cannot declare `amq.*` queues, so neither is a real queue).
-        let direct = reply_to
-            .strip_prefix(DIRECT_REPLY_TO)
-            .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'));
-        if direct {
+        if is_direct_reply_to(reply_to) {
             return true;
         }
         self.matcher.is_match(reply_to) && !self.own_queues.iter().any(|q| q == reply_to)
     }
+}
+
+/// Whether `reply_to` is RabbitMQ direct reply-to: the pseudo-queue itself, or the
+/// `amq.rabbitmq.reply-to.<token>` form the broker rewrites it to (clients cannot declare
+/// `amq.*` queues, so neither is a real queue). The broker returns every `mandatory` publish to
+/// it, delivered or not, so whether a requester is still there cannot be learnt from a publish.
+pub fn is_direct_reply_to(reply_to: &str) -> bool {
+    reply_to
+        .strip_prefix(DIRECT_REPLY_TO)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
 }
 
 #[cfg(test)]

@@ -308,6 +308,7 @@ impl Service {
             reply_guard: &self.reply_guard,
             metrics: &self.metrics,
             health: &self.health,
+            dead_letter_answered_refusals: self.settings.dead_letter_answered_refusals,
         }
     }
 

@@ -4,6 +4,7 @@
 
 pub mod actions;
 pub mod batch_write;
+pub mod bulk;
 pub mod dead_letters;
 pub mod error;
 pub mod events;

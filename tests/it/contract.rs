@@ -12,9 +12,6 @@ use operation_runs::broker::dead_letter::{
     ERROR_CODE_HEADER, ERROR_MESSAGE_HEADER, FAILED_AT_HEADER, FIRST_FAILED_AT_HEADER,
     REPLAYS_HEADER, ROUTING_KEY_HEADER,
 };
-use operation_runs::broker::publisher::{
-    consume_direct_replies, ConfirmPublisher, DIRECT_REPLY_TO,
-};
 use operation_runs::domain::command::MAX_ID_CHARS;
 use operation_runs::domain::event::{ActionEventType, EVENT_DATASCHEMA};
 use operation_runs::domain::failure::MAX_FAILURES_PER_COMMAND;
@@ -25,7 +22,7 @@ use operation_runs::domain::{
 use serde_json::{json, Value};
 use sqlx::PgPool;
 
-use crate::helpers::{event_types, json_properties, test_settings_with, TestApp, DEADLINE};
+use crate::helpers::{event_types, request_direct, test_settings_with, TestApp, DEADLINE};
 
 const SCHEMAS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/topology/schemas");
 const CORPUS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/corpus");
@@ -435,31 +432,6 @@ fn invalid_documents_fail_the_reply_event_and_job_schemas() {
     assert!(!headers.is_valid(&json!({"x-oprun-error-code": "invalid_json"})));
 }
 
-/// A reply through direct reply-to (the only reply target every version of the service serves).
-async fn request(app: &TestApp, body: &Value) -> Value {
-    let publisher = ConfirmPublisher::open(&app.connection).await.unwrap();
-    let mut replies = consume_direct_replies(publisher.channel()).await.unwrap();
-    let properties = json_properties()
-        .with_reply_to(DIRECT_REPLY_TO.into())
-        .with_correlation_id("contract".into());
-    publisher
-        .publish(
-            &app.topology.commands_exchange(),
-            body["kind"].as_str().unwrap(),
-            &serde_json::to_vec(body).unwrap(),
-            properties,
-            true,
-        )
-        .await
-        .unwrap();
-    let delivery = tokio::time::timeout(DEADLINE, replies.next())
-        .await
-        .expect("a reply in time")
-        .unwrap()
-        .unwrap();
-    serde_json::from_slice(&delivery.data).unwrap()
-}
-
 #[sqlx::test]
 async fn what_the_service_emits_validates_against_reply_event_and_job_schemas(pool: PgPool) {
     let settings = test_settings_with(&["--hand-off-jobs", "true"]);
@@ -504,10 +476,10 @@ async fn what_the_service_emits_validates_against_reply_event_and_job_schemas(po
 
     let dispatch = json!({"kind": "dispatch", "command_id": "contract-1", "workspace_id": 1, "tenant_id": 10,
         "user_id": 5, "initiator_name": "contract", "type": "policy.sync", "context": {"policy_id": "p-contract"}});
-    let reply = request(&app, &dispatch).await;
+    let reply = request_direct(&app, &dispatch).await;
     assert_valid("reply", &reply);
     let run_id = reply["run_id"].as_i64().unwrap();
-    let again = request(
+    let again = request_direct(
         &app,
         &json!({"kind": "dispatch", "workspace_id": 1, "tenant_id": 10,
         "type": "policy.sync", "context": {"policy_id": "p-contract"}}),
@@ -550,17 +522,17 @@ async fn what_the_service_emits_validates_against_reply_event_and_job_schemas(po
             json!({"status": "completed", "outcome": "partially_succeeded"}),
         ),
     ] {
-        let reply = request(&app, &body).await;
+        let reply = request_direct(&app, &body).await;
         assert!(reply.get("error").is_none(), "{body} was refused: {reply}");
         assert_valid("reply", &reply);
     }
-    let refused = request(
+    let refused = request_direct(
         &app,
         &progress("update_run", "contract-6", json!({"status": "running"})),
     )
     .await;
     assert_valid("reply", &refused);
-    let refused = request(
+    let refused = request_direct(
         &app,
         &progress(
             "increment_summary_counts",

@@ -4,8 +4,10 @@
 mod helpers;
 
 mod actions;
+mod answered_refusals;
 mod broker_addresses;
 mod broker_limits;
+mod bulk_actions;
 mod cli;
 mod clients;
 mod concurrency;

@@ -10,6 +10,9 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Consumer};
+use operation_runs::broker::publisher::{
+    consume_direct_replies, ConfirmPublisher, DIRECT_REPLY_TO,
+};
 use serde_json::Value;
 
 use super::{TestApp, DEADLINE};
@@ -138,6 +141,37 @@ impl TestApp {
         out
     }
 
+    /// Publishes a dispatch refused `unknown_tenant`, without `reply_to`, with command id
+    /// `marker`, waits until it is dead-lettered and returns the command ids of the `expected`
+    /// letters before it (taken from the queue). One consumer settles deliveries in order and
+    /// the dead letters of a batch in delivery order, so every refusal published before the
+    /// marker is settled by then: a letter that should not exist would be among them.
+    pub async fn dead_letters_through_marker(&self, expected: usize) -> Vec<String> {
+        let mut marker = super::dispatch(
+            "policy.sync",
+            1,
+            Some(99),
+            serde_json::json!({"policy_id": 0}),
+        );
+        marker["command_id"] = serde_json::json!("marker");
+        self.publish(&marker).await;
+        let letters = self.take_dead_letters(expected + 1).await;
+        let ids: Vec<String> = letters
+            .iter()
+            .map(|l| {
+                let body: Value = serde_json::from_slice(&l.data).unwrap();
+                body["command_id"].as_str().unwrap_or_default().to_owned()
+            })
+            .collect();
+        assert_eq!(ids.last().map(String::as_str), Some("marker"), "{ids:?}");
+        assert_eq!(
+            self.queue_depth(&self.topology.dead_letter_queue()).await,
+            0,
+            "nothing after the marker: {ids:?}"
+        );
+        ids[..expected].to_vec()
+    }
+
     /// Dead letters held anywhere: still in `N.commands.dlq`, or moved into the `dead_letters`
     /// table by an `oprun dlq` command.
     pub async fn dead_letters_held(&self) -> i64 {
@@ -250,11 +284,17 @@ async fn reply_queue(app: &TestApp) -> (Channel, String, Consumer) {
 /// besides direct reply-to, the service replies to), checks the reply's correlation id and returns
 /// the reply body.
 pub async fn dispatch_with_reply(app: &TestApp, body: &Value) -> Value {
+    command_with_reply(app, body).await
+}
+
+/// Like [`dispatch_with_reply`] for a command of any kind (routing key = its `kind`).
+pub async fn command_with_reply(app: &TestApp, body: &Value) -> Value {
     let (_channel, queue, mut replies) = reply_queue(app).await;
     let properties: BasicProperties = json_properties()
         .with_reply_to(queue.as_str().into())
         .with_correlation_id("corr-1".into());
-    app.publish_raw("dispatch", &serde_json::to_vec(body).unwrap(), properties)
+    let kind = body["kind"].as_str().unwrap_or("unknown");
+    app.publish_raw(kind, &serde_json::to_vec(body).unwrap(), properties)
         .await;
     let reply = tokio::time::timeout(DEADLINE, replies.next())
         .await
@@ -270,6 +310,32 @@ pub async fn dispatch_with_reply(app: &TestApp, body: &Value) -> Value {
         Some("corr-1")
     );
     serde_json::from_slice(&reply.data).unwrap()
+}
+
+/// Publishes `body` (routing key = its `kind`) asking for a reply through RabbitMQ direct
+/// reply-to, and returns the reply body.
+pub async fn request_direct(app: &TestApp, body: &Value) -> Value {
+    let publisher = ConfirmPublisher::open(&app.connection).await.unwrap();
+    let mut replies = consume_direct_replies(publisher.channel()).await.unwrap();
+    let properties = json_properties()
+        .with_reply_to(DIRECT_REPLY_TO.into())
+        .with_correlation_id("direct".into());
+    publisher
+        .publish(
+            &app.topology.commands_exchange(),
+            body["kind"].as_str().unwrap_or("unknown"),
+            &serde_json::to_vec(body).unwrap(),
+            properties,
+            true,
+        )
+        .await
+        .unwrap();
+    let delivery = tokio::time::timeout(DEADLINE, replies.next())
+        .await
+        .expect("a reply in time")
+        .unwrap()
+        .unwrap();
+    serde_json::from_slice(&delivery.data).unwrap()
 }
 
 /// The CloudEvents `type` of each event, in order.

@@ -16,7 +16,10 @@ mod waiting;
 use std::time::Duration;
 
 pub use bodies::{dispatch, progress};
-pub use broker::{dispatch_with_reply, event_types, header, json_properties, traced_properties};
+pub use broker::{
+    command_with_reply, dispatch_with_reply, event_types, header, json_properties, request_direct,
+    traced_properties,
+};
 pub use spawn::{
     amqp_url, database_url_for, seed_scopes, serve_command, test_settings, test_settings_with,
     unique_namespace, TestApp,
