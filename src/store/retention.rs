@@ -4,7 +4,7 @@
 //! What may go, per table (cut-offs are `now()` minus the retention, on the database's clock):
 //! - `processed_commands`: rows processed before the cut-off.
 //! - `operation_run_events`: published events recorded before the cut-off and followed by a
-//!   later event of their run. A run's last event always stays, completed run or not: the next
+//!   later event of their run, walked in windows of positions (positions follow recording). A run's last event always stays, completed run or not: the next
 //!   sequence is its sequence + 1 (a late count on a completed run is applied), so sequences
 //!   never repeat whatever was pruned. An event whose position is in the outbox never goes (the
 //!   database refuses it: see the migration `event_outbox_follows_its_event`).
@@ -167,31 +167,53 @@ pub async fn prune_batch(
         return Ok(Batch::default());
     }
     let batch = match table {
-        Table::Inbox | Table::Events => {
-            let (key, alias, order, may_go) = match table {
-                Table::Inbox => ("command_id", "c", "processed_at", inbox_may_go("$1")),
-                _ => ("position", "e", "created_at", event_may_go("$1")),
-            };
-            let name = table.name();
+        Table::Inbox => {
             let sql = format!(
-                "WITH doomed AS (SELECT {alias}.{key} FROM {name} {alias} WHERE {may_go}
-                                 ORDER BY {alias}.{order} LIMIT $2),
-                      gone AS (DELETE FROM {name} WHERE {key} IN (SELECT {key} FROM doomed) RETURNING 1)
-                 SELECT count(*) FROM gone"
+                "WITH doomed AS (SELECT c.command_id FROM processed_commands c WHERE {}
+                                 ORDER BY c.processed_at LIMIT $2),
+                      gone AS (DELETE FROM processed_commands
+                               WHERE command_id IN (SELECT command_id FROM doomed) RETURNING 1)
+                 SELECT count(*) FROM gone",
+                inbox_may_go("$1")
             );
             let n: i64 = sqlx::query_scalar(&sql)
                 .bind(retention_secs)
                 .bind(limit)
                 .fetch_one(&mut *tx)
                 .await?;
-            let mut deleted = Deleted::default();
-            match table {
-                Table::Inbox => deleted.inbox = count_of(n),
-                _ => deleted.events = count_of(n),
-            }
             Batch {
-                deleted,
+                deleted: Deleted {
+                    inbox: count_of(n),
+                    ..Deleted::default()
+                },
                 next: None,
+            }
+        }
+        Table::Events => {
+            // By windows of positions, like the jobs: positions follow recording, and no index
+            // on the recording time is kept for this pass alone (every event would write one).
+            let sql = format!(
+                "WITH window_rows AS ({}),
+                      doomed AS (SELECT e.position FROM window_rows w
+                                 JOIN operation_run_events e ON e.position = w.key WHERE {}),
+                      gone AS (DELETE FROM operation_run_events
+                               WHERE position IN (SELECT position FROM doomed) RETURNING 1)
+                 SELECT (SELECT count(*) FROM gone), {NEXT_WINDOW}",
+                window_rows("position", "operation_run_events"),
+                event_may_go("$1")
+            );
+            let (n, next): (i64, Option<i64>) = sqlx::query_as(&sql)
+                .bind(retention_secs)
+                .bind(limit)
+                .bind(after)
+                .fetch_one(&mut *tx)
+                .await?;
+            Batch {
+                deleted: Deleted {
+                    events: count_of(n),
+                    ..Deleted::default()
+                },
+                next,
             }
         }
         Table::Jobs => {
