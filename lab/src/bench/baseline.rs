@@ -162,7 +162,7 @@ pub async fn run(
     })
 }
 
-async fn declare(
+pub(super) async fn declare(
     channel: &Channel,
     exchange: &str,
     kind: ExchangeKind,

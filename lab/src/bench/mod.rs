@@ -18,16 +18,20 @@
 
 mod args;
 mod baseline;
+mod baseline_pg;
 mod dedupe;
 mod driver;
 mod instances;
+mod kinds;
 mod prebuilt;
 mod preload;
 mod report;
+mod server;
 mod soak;
 mod tracker;
 mod usage;
 mod viewer;
+mod writes;
 
 pub use args::BenchArgs;
 pub use dedupe::DedupeBenchArgs;
