@@ -17,6 +17,7 @@ use super::preload;
 use super::report::{Loaded, Phase, Report};
 use super::server::{PostgresChoice, Server, Target};
 use super::soak;
+use super::stages;
 use super::usage;
 use crate::private::PrivateDatabase;
 use crate::sandbox::{Purpose, Sandbox};
@@ -267,7 +268,14 @@ impl BenchArgs {
         // A failed steady phase (say, the broker restarted under it) still leaves the baseline
         // and the service phase worth reporting.
         let steady = self
-            .steady(connection, sandbox, &events_queue, &pids, rate)
+            .steady(
+                connection,
+                sandbox,
+                &events_queue,
+                &pids,
+                instances.metrics_addrs(),
+                rate,
+            )
             .await
             .map_err(|e| e.to_string());
         if let Err(e) = &steady {
@@ -355,6 +363,7 @@ impl BenchArgs {
         sandbox: &Sandbox,
         events_queue: &str,
         pids: &[u32],
+        metrics: &[std::net::SocketAddr],
         rate: f64,
     ) -> Result<Phase, LabError> {
         let budget = (rate * self.steady_secs as f64) as usize;
@@ -363,6 +372,7 @@ impl BenchArgs {
             "bench: steady, {} commands at {rate:.0}/s",
             prebuilt::total_commands(&plans)
         );
+        let stages_before = stages::Reading::scrape(metrics).await;
         let before = usage::snapshot(pids, &sandbox.pool).await;
         let steady = drive(
             connection,
@@ -374,8 +384,14 @@ impl BenchArgs {
         .await?;
         let after = usage::snapshot(pids, &sandbox.pool).await;
         let mut steady_usage = usage::between(&before, &after);
+        // Also gives the relay time to record its last confirms.
         usage::recount_commits(&mut steady_usage, &before, &after, &sandbox.pool).await;
-        Ok(Phase::new(steady, steady_usage, Some(rate)))
+        let mut phase = Phase::new(steady, steady_usage, Some(rate));
+        match (stages_before, stages::Reading::scrape(metrics).await) {
+            (Ok(before), Ok(after)) => phase.stages = after.since(&before),
+            (Err(e), _) | (_, Err(e)) => eprintln!("bench: no stage breakdown: {e}"),
+        }
+        Ok(phase)
     }
 }
 

@@ -28,6 +28,7 @@ mod preload;
 mod report;
 mod server;
 mod soak;
+mod stages;
 mod tracker;
 mod usage;
 mod viewer;

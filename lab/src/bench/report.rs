@@ -9,6 +9,7 @@ use super::baseline_pg::PgBaselineResult;
 use super::driver::DriveResult;
 use super::kinds::Kinds;
 use super::server::Server;
+use super::stages::StageFigures;
 use super::usage::Usage;
 
 /// Latency percentiles in milliseconds.
@@ -56,17 +57,83 @@ pub struct Phase {
     pub usage: Usage,
     /// The rate asked for (steady only).
     pub target_rate: Option<f64>,
+    /// Publish → the start of the transaction that applied the command (the event's `time`).
+    pub to_transaction: Percentiles,
+    /// The start of that transaction → the event at the subscriber.
+    pub from_transaction: Percentiles,
+    /// The service's own stages during the phase (steady only), by stage name.
+    pub stages: std::collections::BTreeMap<String, StageFigures>,
 }
 
 impl Phase {
     /// Wraps a drive result.
     pub fn new(drive: DriveResult, usage: Usage, target_rate: Option<f64>) -> Self {
         Self {
-            latency: Percentiles::of(&drive.latencies),
+            latency: Percentiles::of(&drive.latencies.end_to_end),
+            to_transaction: Percentiles::of(&drive.latencies.to_transaction),
+            from_transaction: Percentiles::of(&drive.latencies.from_transaction),
+            stages: Default::default(),
             drive,
             usage,
             target_rate,
         }
+    }
+
+    /// Where a command's time went, `(name, what, p50 ms, p99 ms)`, in the order of its path:
+    /// the bench's own measures around the transaction's start and the service's stages. Each
+    /// line is a distribution of its own (percentiles do not add up); `queue_wait` is derived,
+    /// percentile by percentile: publish → transaction start less the batch window.
+    pub fn breakdown(&self) -> Vec<(&'static str, &'static str, f64, f64)> {
+        let stage = |name: &str| self.stages.get(name).map(|f| (f.p50_ms, f.p99_ms));
+        let mut out = vec![(
+            "end_to_end",
+            "end to end: publish → event at the subscriber (bench)",
+            self.latency.p50,
+            self.latency.p99,
+        )];
+        if self.drive.latencies.to_transaction.is_empty() {
+            return out;
+        }
+        out.push((
+            "to_transaction",
+            "publish → transaction start (bench, the event's time)",
+            self.to_transaction.p50,
+            self.to_transaction.p99,
+        ));
+        if let Some((w50, w99)) = stage("batch_window") {
+            out.push((
+                "queue_wait",
+                "  queue wait (derived: the line above − batch window)",
+                (self.to_transaction.p50 - w50).max(0.0),
+                (self.to_transaction.p99 - w99).max(0.0),
+            ));
+        }
+        for (name, what) in [
+            ("batch_window", "  batch window (service)"),
+            ("transaction", "lock and transaction: start → COMMIT sent (service)"),
+            ("commit", "commit (service)"),
+            ("relay_pickup", "relay pick-up: commit → relay reads the event (service)"),
+            ("relay_publish", "event publish and confirm: read → round confirmed (service)"),
+        ] {
+            if let Some((p50, p99)) = stage(name) {
+                out.push((name, what, p50, p99));
+            }
+        }
+        out.push((
+            "from_transaction",
+            "transaction start → event at the subscriber (bench)",
+            self.from_transaction.p50,
+            self.from_transaction.p99,
+        ));
+        if let Some((p50, p99)) = stage("settle") {
+            out.push((
+                "settle",
+                "settle: replies confirmed, then ack (service; not on the event's path)",
+                p50,
+                p99,
+            ));
+        }
+        out
     }
 }
 
@@ -329,7 +396,7 @@ impl Report {
             out.push_str(&format!(
                 "{name}: {} replies ({} created, {} deduplicated, {} extra runs, {} refused), {} events, {} latency samples, {} commands without event",
                 c.replies, c.created, c.deduplicated, c.extra_runs, c.rejected, c.events,
-                p.drive.latencies.len(), c.no_event
+                p.drive.latencies.end_to_end.len(), c.no_event
             ));
             if p.target_rate.is_some() {
                 out.push_str(&format!(
@@ -366,6 +433,18 @@ impl Report {
                 u.commits_per_s,
                 u.wal_mb_per_s
             ));
+        }
+        if let Ok(p) = &self.steady {
+            let lines = p.breakdown();
+            if lines.len() > 1 {
+                out.push_str(&format!(
+                    "steady latency, where it goes ({} commands; each line its own distribution):\n{:<76} {:>8} {:>8}\n",
+                    p.drive.commands, "stage", "p50_ms", "p99_ms"
+                ));
+                for (_, what, p50, p99) in lines {
+                    out.push_str(&format!("{what:<76} {p50:>8.1} {p99:>8.1}\n"));
+                }
+            }
         }
         match &self.kinds {
             Some(Ok(k)) => {
@@ -494,6 +573,16 @@ impl Report {
             ),
         ];
         let mut fields = fields;
+        if let Some(p) = steady {
+            let lines = p.breakdown();
+            if lines.len() > 1 {
+                let breakdown: serde_json::Map<String, Value> = lines
+                    .into_iter()
+                    .map(|(name, _, p50, p99)| (name.to_owned(), json!([r(p50, 2), r(p99, 2)])))
+                    .collect();
+                fields.push(("steady_breakdown_ms", Value::Object(breakdown)));
+            }
+        }
         let kinds = self.kinds.as_ref().and_then(|k| k.as_ref().ok());
         fields.push((
             "progress_hot_ratio",
@@ -659,7 +748,10 @@ mod json_tests {
         let drive = DriveResult {
             commands: rate_commands,
             elapsed: Duration::from_secs(1),
-            latencies: vec![Duration::from_millis(3)],
+            latencies: crate::bench::tracker::Latencies {
+                end_to_end: vec![Duration::from_millis(3)],
+                ..Default::default()
+            },
             counts: Counts::default(),
             max_publish_lag: Duration::ZERO,
             nacks: 0,
