@@ -32,8 +32,8 @@ const LATENCY_BUCKETS: [f64; 12] = [
 /// Upper bounds (seconds) of the stage histograms: finer than the processing latency's, from a
 /// quarter of a millisecond, so that the median of a stage of a few milliseconds reads.
 const STAGE_BUCKETS: [f64; 22] = [
-    0.00025, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075,
-    0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0,
+    0.00025, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1,
+    0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0,
 ];
 
 /// Commit times remembered for the relay's pick-up stage: more than the transactions of the
@@ -200,10 +200,9 @@ impl Default for Metrics {
         let dlq_depth = Gauge::default();
         let active_runs = Family::<TypeLabel, Gauge>::default();
         let processing = Histogram::new(LATENCY_BUCKETS);
-        let stage_family =
-            Family::<StageLabel, Histogram, fn() -> Histogram>::new_with_constructor(
-                stage_histogram,
-            );
+        let stage_family = Family::<StageLabel, Histogram, fn() -> Histogram>::new_with_constructor(
+            stage_histogram,
+        );
         // Created up front: every stage is exposed from the start, and observing needs no lookup.
         let stages = Stage::ALL
             .iter()
@@ -463,10 +462,7 @@ impl Metrics {
 
     /// Remembers that the transaction whose clock (`now()`) was `clock` committed at `at`.
     pub fn committed(&self, clock: DateTime<Utc>, at: Instant) {
-        self.commits
-            .lock()
-            .expect("not poisoned")
-            .insert(clock, at);
+        self.commits.lock().expect("not poisoned").insert(clock, at);
     }
 
     /// Records the relay's pick-up of an event recorded at `clock` (its transaction's `now()`)

@@ -327,8 +327,11 @@ impl Service {
         {
             let closed = Instant::now();
             for taken in consumer.taken() {
-                self.metrics
-                    .stage(Stage::BatchWindow, closed.saturating_duration_since(*taken), 1);
+                self.metrics.stage(
+                    Stage::BatchWindow,
+                    closed.saturating_duration_since(*taken),
+                    1,
+                );
             }
             match handler
                 .handle(connection, publisher, &batch, shutdown)

@@ -189,53 +189,37 @@ pub async fn prune_batch(
                 next: None,
             }
         }
+        // By windows of positions: positions follow recording, so no index on the recording
+        // time is kept for these passes alone (every event would write one).
         Table::Events => {
-            // By windows of positions, like the jobs: positions follow recording, and no index
-            // on the recording time is kept for this pass alone (every event would write one).
-            let sql = format!(
-                "WITH window_rows AS ({}),
-                      doomed AS (SELECT e.position FROM window_rows w
-                                 JOIN operation_run_events e ON e.position = w.key WHERE {}),
-                      gone AS (DELETE FROM operation_run_events
-                               WHERE position IN (SELECT position FROM doomed) RETURNING 1)
-                 SELECT (SELECT count(*) FROM gone), {NEXT_WINDOW}",
-                window_rows("position", "operation_run_events"),
-                event_may_go("$1")
-            );
-            let (n, next): (i64, Option<i64>) = sqlx::query_as(&sql)
-                .bind(retention_secs)
-                .bind(limit)
-                .bind(after)
-                .fetch_one(&mut *tx)
-                .await?;
+            let (events, next) = prune_window(
+                &mut tx,
+                table,
+                "e",
+                &event_may_go("$1"),
+                (retention_secs, limit, after),
+            )
+            .await?;
             Batch {
                 deleted: Deleted {
-                    events: count_of(n),
+                    events,
                     ..Deleted::default()
                 },
                 next,
             }
         }
         Table::Jobs => {
-            let sql = format!(
-                "WITH window_rows AS ({}),
-                      doomed AS (SELECT j.position FROM window_rows w
-                                 JOIN operation_run_jobs j ON j.position = w.key WHERE {}),
-                      gone AS (DELETE FROM operation_run_jobs
-                               WHERE position IN (SELECT position FROM doomed) RETURNING 1)
-                 SELECT (SELECT count(*) FROM gone), {NEXT_WINDOW}",
-                window_rows("position", "operation_run_jobs"),
-                job_may_go("$1")
-            );
-            let (n, next): (i64, Option<i64>) = sqlx::query_as(&sql)
-                .bind(retention_secs)
-                .bind(limit)
-                .bind(after)
-                .fetch_one(&mut *tx)
-                .await?;
+            let (jobs, next) = prune_window(
+                &mut tx,
+                table,
+                "j",
+                &job_may_go("$1"),
+                (retention_secs, limit, after),
+            )
+            .await?;
             Batch {
                 deleted: Deleted {
-                    jobs: count_of(n),
+                    jobs,
                     ..Deleted::default()
                 },
                 next,
@@ -245,6 +229,36 @@ pub async fn prune_batch(
     };
     tx.commit().await?;
     Ok(batch)
+}
+
+/// One batch of a table pruned by windows of `position` (events, jobs), in the caller's
+/// transaction: of the next `limit` positions after `after` (`bounds` = retention seconds, limit,
+/// after), those whose row `alias` satisfies `may_go` are deleted. Returns how many, and where the
+/// next window starts (`None`: the window reached rows newer than the cut-off).
+async fn prune_window(
+    tx: &mut PgConnection,
+    table: Table,
+    alias: &str,
+    may_go: &str,
+    (retention_secs, limit, after): (f64, i64, i64),
+) -> Result<(u64, Option<i64>), sqlx::Error> {
+    let name = table.name();
+    let sql = format!(
+        "WITH window_rows AS ({}),
+              doomed AS (SELECT {alias}.position FROM window_rows w
+                         JOIN {name} {alias} ON {alias}.position = w.key WHERE {may_go}),
+              gone AS (DELETE FROM {name}
+                       WHERE position IN (SELECT position FROM doomed) RETURNING 1)
+         SELECT (SELECT count(*) FROM gone), {NEXT_WINDOW}",
+        window_rows("position", name),
+    );
+    let (n, next): (i64, Option<i64>) = sqlx::query_as(&sql)
+        .bind(retention_secs)
+        .bind(limit)
+        .bind(after)
+        .fetch_one(&mut *tx)
+        .await?;
+    Ok((count_of(n), next))
 }
 
 /// One batch of runs, in the caller's transaction: lock the window's candidates (skipping any a

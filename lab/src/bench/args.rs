@@ -138,6 +138,9 @@ impl BenchArgs {
         let admin = connection.create_channel().await?;
         let mut sandbox = Sandbox::create(config, Purpose::Bench, &prebuilt::scopes(), &[]).await?;
         let server = Server::describe(target, &sandbox.pool).await;
+        // The new database's creation is written out now, not during the first phase (a
+        // superuser's right; elsewhere the checkpoint simply comes later).
+        let _ = sqlx::query("CHECKPOINT").execute(&sandbox.pool).await;
         eprint!("bench: {}", server.line());
         eprintln!(
             "bench: database and namespace {} ({} commands, {} instance(s))",

@@ -35,6 +35,7 @@ use sqlx::{PgConnection, PgPool};
 use tokio::sync::Semaphore;
 
 use super::baseline::declare;
+use super::driver::consume_no_ack;
 use super::prebuilt::RunPlan;
 use crate::publisher::Window;
 use crate::sandbox::Sandbox;
@@ -138,17 +139,7 @@ pub async fn run(
     let consuming = tokio::spawn(consumer.run(channel, deliveries, publisher));
 
     let drain_channel = connection.create_channel().await?;
-    let mut drained = drain_channel
-        .basic_consume(
-            output.as_str().into(),
-            "".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
+    let mut drained = consume_no_ack(&drain_channel, &output, "").await?;
     let drain = tokio::spawn(async move { while let Some(Ok(_)) = drained.next().await {} });
 
     let window = Window::open(connection, 1_000).await?;
@@ -181,7 +172,9 @@ pub async fn run(
     let last_ack = tokio::time::timeout(DEADLINE, consuming)
         .await
         .map_err(|_| LabError::Invalid("the Postgres baseline's consumer timed out".into()))?
-        .map_err(|e| LabError::Invalid(format!("the Postgres baseline's consumer failed: {e}")))??;
+        .map_err(|e| {
+            LabError::Invalid(format!("the Postgres baseline's consumer failed: {e}"))
+        })??;
     drain.abort();
     let _ = drain_channel.close(200, "done".into()).await;
     window.close().await;
@@ -317,7 +310,9 @@ impl Consumer {
                     nacks.fetch_add(1, Ordering::Relaxed);
                 }
                 if let Some(before) = before {
-                    before.await.map_err(|e| LabError::Invalid(e.to_string()))??;
+                    before
+                        .await
+                        .map_err(|e| LabError::Invalid(e.to_string()))??;
                 }
                 channel
                     .basic_ack(last, BasicAckOptions { multiple: true })
@@ -360,8 +355,15 @@ impl Consumer {
         let now = Utc::now();
         let mut state: HashMap<i64, RunState> = HashMap::new();
         let mut outcome_of_dispatch: HashMap<String, (i64, bool)> = HashMap::new();
-        insert_dispatches(&mut tx, &fresh, now, &mut state, &mut outcome_of_dispatch, runs_of_plans)
-            .await?;
+        insert_dispatches(
+            &mut tx,
+            &fresh,
+            now,
+            &mut state,
+            &mut outcome_of_dispatch,
+            runs_of_plans,
+        )
+        .await?;
         let locked: Vec<i64> = fresh
             .iter()
             .filter_map(|(c, _)| match &c.action {
@@ -390,9 +392,9 @@ impl Consumer {
                 }
                 CommandAction::Progress(p) => {
                     let run_id = runs_of_plans[&(p.run_id as usize - 1)];
-                    let run = state
-                        .get_mut(&run_id)
-                        .ok_or_else(|| LabError::Invalid("a progress command lost its run".into()))?;
+                    let run = state.get_mut(&run_id).ok_or_else(|| {
+                        LabError::Invalid("a progress command lost its run".into())
+                    })?;
                     let kind = run.apply(p, now);
                     let event = run.event(kind, now);
                     events.push(writes.event(run, kind, event));
@@ -429,7 +431,11 @@ struct RunState {
 
 impl RunState {
     /// Applies a progress command; returns the event type it causes.
-    fn apply(&mut self, p: &operation_runs::domain::ProgressCommand, now: DateTime<Utc>) -> &'static str {
+    fn apply(
+        &mut self,
+        p: &operation_runs::domain::ProgressCommand,
+        now: DateTime<Utc>,
+    ) -> &'static str {
         self.updated_at = now;
         if let Value::Object(add) = p.counts.to_json() {
             for (k, v) in add {
@@ -496,7 +502,11 @@ async fn insert_dispatches(
     outcome: &mut HashMap<String, (i64, bool)>,
     runs_of_plans: &mut HashMap<usize, i64>,
 ) -> Result<(), LabError> {
-    let dispatches: Vec<(&Command, &operation_runs::domain::DispatchCommand, Option<usize>)> = fresh
+    let dispatches: Vec<(
+        &Command,
+        &operation_runs::domain::DispatchCommand,
+        Option<usize>,
+    )> = fresh
         .iter()
         .filter_map(|(c, plan)| match &c.action {
             CommandAction::Dispatch(d) => Some((c, d, *plan)),

@@ -105,17 +105,7 @@ pub async fn drive(
     tokio::spawn(forward_replies(replies, tx.clone()));
     let events_channel = connection.create_channel().await?;
     let events_tag = format!("bench-events-{}", uuid::Uuid::new_v4().simple());
-    let events = events_channel
-        .basic_consume(
-            events_queue.into(),
-            events_tag.as_str().into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
+    let events = consume_no_ack(&events_channel, events_queue, &events_tag).await?;
     tokio::spawn(forward_events(events, tx));
 
     let mut tracker = Tracker::new(plans.iter().map(|p| p.dispatches.len()));
@@ -217,6 +207,25 @@ pub async fn drive(
         max_publish_lag: max_lag,
         nacks,
     })
+}
+
+/// Consumes `queue` on `channel` without acks (the bench's subscribers), tagged `tag`.
+pub async fn consume_no_ack(
+    channel: &lapin::Channel,
+    queue: &str,
+    tag: &str,
+) -> Result<lapin::Consumer, LabError> {
+    Ok(channel
+        .basic_consume(
+            queue.into(),
+            tag.into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?)
 }
 
 fn properties(command_id: &str) -> BasicProperties {
@@ -328,7 +337,9 @@ fn event_time(body: &[u8]) -> Option<chrono::DateTime<chrono::Utc>> {
     struct Envelope {
         time: chrono::DateTime<chrono::Utc>,
     }
-    serde_json::from_slice::<Envelope>(body).ok().map(|e| e.time)
+    serde_json::from_slice::<Envelope>(body)
+        .ok()
+        .map(|e| e.time)
 }
 
 #[cfg(test)]

@@ -18,12 +18,12 @@ use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use lapin::options::{BasicCancelOptions, BasicConsumeOptions};
-use lapin::types::FieldTable;
+use lapin::options::BasicCancelOptions;
 use lapin::{BasicProperties, Connection};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
+use super::driver::consume_no_ack;
 use super::prebuilt::{TENANTS_PER_WORKSPACE, WORKSPACES};
 use super::report::Percentiles;
 use super::writes::{WalWindow, Writes};
@@ -56,7 +56,12 @@ pub enum Kind {
 
 impl Kind {
     /// The steps, in order.
-    pub const ALL: [Kind; 4] = [Kind::Dispatch, Kind::Start, Kind::Progress, Kind::Completion];
+    pub const ALL: [Kind; 4] = [
+        Kind::Dispatch,
+        Kind::Start,
+        Kind::Progress,
+        Kind::Completion,
+    ];
 
     /// The name in the table and the JSON line.
     pub fn name(self) -> &'static str {
@@ -149,8 +154,15 @@ struct Outgoing {
 }
 
 enum Incoming {
-    Reply { correlation: usize, run_id: i64 },
-    Event { run_id: i64, kind: RunEventType, at: Instant },
+    Reply {
+        correlation: usize,
+        run_id: i64,
+    },
+    Event {
+        run_id: i64,
+        kind: RunEventType,
+        at: Instant,
+    },
 }
 
 /// Runs the four steps on `runs` new runs (`rounds` increments each) through the service on
@@ -169,17 +181,7 @@ pub async fn run(
     tokio::spawn(forward_replies(replies, tx.clone()));
     let events_channel = connection.create_channel().await?;
     let tag = format!("bench-kinds-{}", uuid::Uuid::new_v4().simple());
-    let events = events_channel
-        .basic_consume(
-            events_queue.into(),
-            tag.as_str().into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
+    let events = consume_no_ack(&events_channel, events_queue, &tag).await?;
     tokio::spawn(forward_events(events, tx));
 
     let exchange = sandbox.topology.commands_exchange();
@@ -338,7 +340,18 @@ async fn step(
             // Take what has arrived without waiting, then publish on.
             while let Ok(m) = rx.try_recv() {
                 last_received = Instant::now();
-                receive(m, expected, planned, &dispatch_sent, &mut sent_for_run, &mut early, &mut latencies, &mut events, &mut replies, &mut last);
+                receive(
+                    m,
+                    expected,
+                    planned,
+                    &dispatch_sent,
+                    &mut sent_for_run,
+                    &mut early,
+                    &mut latencies,
+                    &mut events,
+                    &mut replies,
+                    &mut last,
+                );
             }
             continue;
         }

@@ -110,10 +110,19 @@ impl Phase {
         }
         for (name, what) in [
             ("batch_window", "  batch window (service)"),
-            ("transaction", "lock and transaction: start → COMMIT sent (service)"),
+            (
+                "transaction",
+                "lock and transaction: start → COMMIT sent (service)",
+            ),
             ("commit", "commit (service)"),
-            ("relay_pickup", "relay pick-up: commit → relay reads the event (service)"),
-            ("relay_publish", "event publish and confirm: read → round confirmed (service)"),
+            (
+                "relay_pickup",
+                "relay pick-up: commit → relay reads the event (service)",
+            ),
+            (
+                "relay_publish",
+                "event publish and confirm: read → round confirmed (service)",
+            ),
         ] {
             if let Some((p50, p99)) = stage(name) {
                 out.push((name, what, p50, p99));
@@ -245,63 +254,36 @@ impl Report {
         );
         let b = &self.baseline;
         let dash = || s("-");
-        line(
+        // A baseline's row: its rate, no latencies.
+        let rate_row =
+            |out: &mut String, name: &str, n: u64, secs: Option<f64>, rate: Option<f64>| {
+                let mut cols = [(); 9].map(|_| dash());
+                cols[0] = name.to_owned();
+                if let (Some(secs), Some(rate)) = (secs, rate) {
+                    cols[1] = n.to_string();
+                    cols[2] = format!("{secs:.2}");
+                    cols[3] = format!("{rate:.0}");
+                }
+                line(out, cols);
+            };
+        let (publish, all) = (b.publish_elapsed.as_secs_f64(), b.elapsed.as_secs_f64());
+        rate_row(
             &mut out,
-            [
-                s("baseline publish only"),
-                b.messages.to_string(),
-                format!("{:.2}", b.publish_elapsed.as_secs_f64()),
-                format!("{:.0}", b.publish_rate()),
-                dash(),
-                dash(),
-                dash(),
-                dash(),
-                dash(),
-            ],
+            "baseline publish only",
+            b.messages,
+            Some(publish),
+            Some(b.publish_rate()),
         );
-        line(
-            &mut out,
-            [
-                s("baseline"),
-                b.messages.to_string(),
-                format!("{:.2}", b.elapsed.as_secs_f64()),
-                format!("{:.0}", b.rate()),
-                dash(),
-                dash(),
-                dash(),
-                dash(),
-                dash(),
-            ],
-        );
+        rate_row(&mut out, "baseline", b.messages, Some(all), Some(b.rate()));
         match &self.pg_baseline {
-            Ok((pg, _)) => line(
+            Ok((pg, _)) => rate_row(
                 &mut out,
-                [
-                    s("baseline postgres"),
-                    pg.commands.to_string(),
-                    format!("{:.2}", pg.elapsed.as_secs_f64()),
-                    format!("{:.0}", pg.rate()),
-                    dash(),
-                    dash(),
-                    dash(),
-                    dash(),
-                    dash(),
-                ],
+                "baseline postgres",
+                pg.commands,
+                Some(pg.elapsed.as_secs_f64()),
+                Some(pg.rate()),
             ),
-            Err(_) => line(
-                &mut out,
-                [
-                    s("baseline postgres (failed)"),
-                    dash(),
-                    dash(),
-                    dash(),
-                    dash(),
-                    dash(),
-                    dash(),
-                    dash(),
-                    dash(),
-                ],
-            ),
+            Err(_) => rate_row(&mut out, "baseline postgres (failed)", 0, None, None),
         }
         for (name, p) in [
             (format!("service x{}", self.instances), Some(&self.service)),
@@ -535,10 +517,7 @@ impl Report {
             ("steady_p50_ms", or_null(steady, &|p| r(p.latency.p50, 2))),
             ("steady_p95_ms", or_null(steady, &|p| r(p.latency.p95, 2))),
             ("dead_lettered", json!(self.dead_lettered)),
-            (
-                "ratio_pg",
-                self.ratio_pg().map_or(Value::Null, |x| r(x, 3)),
-            ),
+            ("ratio_pg", self.ratio_pg().map_or(Value::Null, |x| r(x, 3))),
             (
                 "baseline_pg_commands_per_s",
                 self.pg_baseline
@@ -616,7 +595,8 @@ impl Report {
 
 /// The kinds phase: one line per kind.
 fn kinds_table(k: &Kinds) -> String {
-    let mut out = format!(
+    let mut out =
+        format!(
         "kinds ({} runs, {} increments each; one kind at a time, one command per run per batch):\n\
          {:<12} {:>8} {:>8} {:>8} {:>8} {:>10} {:>10} {:>10} {:>9}\n",
         k.runs, k.rounds, "kind", "commands", "per_s", "p50_ms", "p99_ms", "rows/cmd", "index/cmd",

@@ -126,7 +126,9 @@ impl Server {
     /// defaults.
     pub fn line(&self) -> String {
         let what = match self.target {
-            Target::Private => "private cluster started by the bench (initdb, PostgreSQL's defaults)",
+            Target::Private => {
+                "private cluster started by the bench (initdb, PostgreSQL's defaults)"
+            }
             Target::Machine => "the machine's own server (--database-url)",
         };
         format!(

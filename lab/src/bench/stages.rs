@@ -173,7 +173,10 @@ mod tests {
         assert_eq!(commit.count, 100);
         assert!((commit.p50_ms - 1.5).abs() < 1e-9, "{commit:?}");
         assert!((commit.p99_ms - 1.99).abs() < 1e-9, "{commit:?}");
-        assert!(!figures.contains_key("settle"), "no observation, no figures");
+        assert!(
+            !figures.contains_key("settle"),
+            "no observation, no figures"
+        );
     }
 
     #[test]

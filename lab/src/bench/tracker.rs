@@ -365,7 +365,10 @@ mod tests {
         t.event(9, RunEventType::Queued, ms(t0, 4), None);
         t.replied(0, 0, Reply::Created(9), ms(t0, 6));
         assert_eq!(t.counts().events, 1);
-        assert_eq!(t.into_latencies().end_to_end, vec![Duration::from_millis(4)]);
+        assert_eq!(
+            t.into_latencies().end_to_end,
+            vec![Duration::from_millis(4)]
+        );
     }
 
     #[test]

@@ -12,7 +12,10 @@
 
 use std::collections::BTreeMap;
 
-use sqlx::{Connection, PgConnection};
+use std::str::FromStr;
+
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{ConnectOptions, Connection, PgConnection};
 
 use crate::LabError;
 
@@ -135,7 +138,9 @@ impl WalWindow {
     /// Opens a window from now on `database_url`; `None` (with the reason on stderr, once per
     /// bench) when the server cannot show its WAL to this role.
     pub async fn open(database_url: &str) -> Result<Option<Self>, LabError> {
-        let mut conn = PgConnection::connect(database_url).await?;
+        // Reading a window's records takes seconds: no slow-statement warning for it.
+        let options = PgConnectOptions::from_str(database_url)?.disable_statement_logging();
+        let mut conn = PgConnection::connect_with(&options).await?;
         let ready = async {
             let installed: bool = sqlx::query_scalar(
                 "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'pg_walinspect')",
@@ -256,9 +261,23 @@ fn group(rows: Vec<(String, bool, String, String, String, i64, i64)>) -> Writes 
 mod tests {
     use super::*;
 
-    fn row(name: &str, index: bool, manager: &str, record: &str, n: i64) -> (String, bool, String, String, String, i64, i64) {
+    fn row(
+        name: &str,
+        index: bool,
+        manager: &str,
+        record: &str,
+        n: i64,
+    ) -> (String, bool, String, String, String, i64, i64) {
         let table = if index { "t" } else { name };
-        (name.into(), index, table.into(), manager.into(), record.into(), n, 10 * n)
+        (
+            name.into(),
+            index,
+            table.into(),
+            manager.into(),
+            record.into(),
+            n,
+            10 * n,
+        )
     }
 
     #[test]
