@@ -5,7 +5,7 @@
 //! `max_message_size` (`topology/rabbitmq.conf`), plus what a batch copies while it is settled
 //! (dead letters re-publish their body), which [`BATCH_BYTE_BUDGET`] bounds.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use lapin::message::Delivery;
@@ -33,6 +33,7 @@ pub struct CommandConsumer {
     consumer: Consumer,
     tag: String,
     warned_oversized: bool,
+    taken: Vec<Instant>,
 }
 
 impl CommandConsumer {
@@ -60,6 +61,7 @@ impl CommandConsumer {
             consumer,
             tag: tag.to_owned(),
             warned_oversized: false,
+            taken: Vec::new(),
         })
     }
 
@@ -78,6 +80,8 @@ impl CommandConsumer {
         };
         let Some(first) = first else { return Ok(None) };
         let first = first?;
+        self.taken.clear();
+        self.taken.push(Instant::now());
         self.check_size(&first);
         let mut bytes = first.data.len();
         let mut batch = vec![first];
@@ -86,6 +90,7 @@ impl CommandConsumer {
             match tokio::time::timeout_at(deadline, self.consumer.next()).await {
                 Ok(Some(delivery)) => {
                     let delivery = delivery?;
+                    self.taken.push(Instant::now());
                     self.check_size(&delivery);
                     bytes += delivery.data.len();
                     batch.push(delivery);
@@ -94,6 +99,12 @@ impl CommandConsumer {
             }
         }
         Ok(Some(batch))
+    }
+
+    /// When each delivery of the last batch was taken from the consumer, in order (the batch
+    /// window's start, for the stage metrics).
+    pub fn taken(&self) -> &[Instant] {
+        &self.taken
     }
 
     /// Warns (once per consumer) when the broker delivered more than it should accept: its

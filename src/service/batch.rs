@@ -12,7 +12,7 @@
 //! then run rows by id), so batches wait for each other instead of deadlocking; and it reads the
 //! inbox only after that, so a command another consumer just applied is seen as applied.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sqlx::{PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use super::apply::{ApplySettings, CommandResult};
 use super::command::apply_command;
 use super::error::{cause_chain, ApplyError};
+use super::metrics::{Metrics, Stage};
 use super::tx_buffer::TxBuffer;
 use crate::domain::{Command, CommandAction, ErrorCode, Rejection, RunScope};
 
@@ -29,22 +30,24 @@ pub type BatchItem = Result<CommandResult, Rejection>;
 /// Applies `commands` in up to `lanes` concurrent transactions (see [`Lanes`]) and returns the
 /// results in input order. `None` when shut down first (nothing was acked, the broker will
 /// redeliver).
+/// Each transaction's stages are recorded in `metrics`.
 pub async fn apply_in_lanes(
     pool: &PgPool,
     commands: &[&Command],
     ctx: &ApplySettings,
     lanes: usize,
     shutdown: &CancellationToken,
+    metrics: &Metrics,
 ) -> Option<Vec<BatchItem>> {
     if lanes <= 1 || commands.len() < 2 {
-        return apply_batch(pool, commands, ctx, shutdown).await;
+        return apply_timed(pool, commands, ctx, shutdown, Some(metrics)).await;
     }
     let lanes = Lanes::split(commands, ctx, lanes);
     let applied = futures_util::future::join_all(
         lanes
             .groups
             .iter()
-            .map(|g| apply_batch(pool, g, ctx, shutdown)),
+            .map(|g| apply_timed(pool, g, ctx, shutdown, Some(metrics))),
     )
     .await;
     Some(lanes.merge(applied.into_iter().collect::<Option<Vec<_>>>()?))
@@ -105,12 +108,23 @@ fn lane_key(command: &Command, ctx: &ApplySettings) -> usize {
 ///   dead-lettered (`database_rejected`);
 /// - `DeadLetter`: a command refused outside its own place in the batch (refusals are normally
 ///   kept in place by [`apply_in_one_transaction`]) is dead-lettered alone, after a split.
-#[tracing::instrument(level = "debug", skip_all, fields(commands = commands.len()))]
 pub async fn apply_batch(
     pool: &PgPool,
     commands: &[&Command],
     ctx: &ApplySettings,
     shutdown: &CancellationToken,
+) -> Option<Vec<BatchItem>> {
+    apply_timed(pool, commands, ctx, shutdown, None).await
+}
+
+/// [`apply_batch`], recording each transaction's stages in `metrics` when given.
+#[tracing::instrument(level = "debug", skip_all, fields(commands = commands.len()))]
+async fn apply_timed(
+    pool: &PgPool,
+    commands: &[&Command],
+    ctx: &ApplySettings,
+    shutdown: &CancellationToken,
+    metrics: Option<&Metrics>,
 ) -> Option<Vec<BatchItem>> {
     if commands.is_empty() {
         return Some(Vec::new());
@@ -118,7 +132,7 @@ pub async fn apply_batch(
     let mut delays = crate::retry::backoff();
     loop {
         let attempt = tokio::select! {
-            r = apply_in_one_transaction(pool, commands, ctx) => r,
+            r = apply_in_one_transaction(pool, commands, ctx, metrics) => r,
             _ = shutdown.cancelled() => return None,
         };
         let error = match attempt {
@@ -157,7 +171,9 @@ pub async fn apply_batch(
                 );
                 let mut results = Vec::with_capacity(commands.len());
                 for command in commands {
-                    results.extend(Box::pin(apply_batch(pool, &[*command], ctx, shutdown)).await?);
+                    results.extend(
+                        Box::pin(apply_timed(pool, &[*command], ctx, shutdown, metrics)).await?,
+                    );
                 }
                 return Some(results);
             }
@@ -166,13 +182,17 @@ pub async fn apply_batch(
 }
 
 /// Applies `commands` in one transaction. A refused command takes its place in the result; any
-/// other error aborts the whole transaction and goes back to [`apply_batch`].
+/// other error aborts the whole transaction and goes back to [`apply_batch`]. With `metrics`,
+/// records the transaction's and the commit's time per command, and when it committed (for the
+/// relay's pick-up time).
 #[tracing::instrument(level = "debug", skip_all, fields(commands = commands.len()))]
 pub async fn apply_in_one_transaction(
     pool: &PgPool,
     commands: &[&Command],
     ctx: &ApplySettings,
+    metrics: Option<&Metrics>,
 ) -> Result<Vec<BatchItem>, ApplyError> {
+    let started = Instant::now();
     let mut tx = pool.begin().await?;
     let mut buf = TxBuffer::default();
     lock_in_order(&mut tx, &mut buf, commands, ctx).await?;
@@ -191,7 +211,16 @@ pub async fn apply_in_one_transaction(
         }
     }
     buf.flush(&mut tx).await.map_err(ApplyError::from_flush)?;
+    let commit_sent = Instant::now();
     tx.commit().await?;
+    if let Some(metrics) = metrics {
+        let committed = Instant::now();
+        metrics.stage(Stage::Transaction, commit_sent - started, commands.len());
+        metrics.stage(Stage::Commit, committed - commit_sent, commands.len());
+        if let Some(clock) = buf.known_now() {
+            metrics.committed(clock, committed);
+        }
+    }
     Ok(results)
 }
 

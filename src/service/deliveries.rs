@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use super::apply::{ApplySettings, CommandResult, Disposition};
 use super::batch::apply_in_lanes;
 use super::health::Health;
-use super::metrics::Metrics;
+use super::metrics::{Metrics, Stage};
 use super::reply_guard::{is_direct_reply_to, ReplyGuard};
 use crate::broker::dead_letter::dead_letter_properties;
 use crate::broker::headers::string_header;
@@ -113,11 +113,19 @@ impl DeliveryHandler<'_> {
             })
             .unzip();
         let commands: Vec<&Command> = decoded.iter().filter_map(|c| c.as_ref().ok()).collect();
-        let Some(applied) =
-            apply_in_lanes(self.pool, &commands, self.ctx, self.lanes, shutdown).await
+        let Some(applied) = apply_in_lanes(
+            self.pool,
+            &commands,
+            self.ctx,
+            self.lanes,
+            shutdown,
+            self.metrics,
+        )
+        .await
         else {
             return Ok(BatchSettlement::Interrupted);
         };
+        let applied_at = Instant::now();
         let mut applied = applied.into_iter();
         let fates: Vec<Result<CommandResult, Rejection>> = decoded
             .iter()
@@ -150,6 +158,8 @@ impl DeliveryHandler<'_> {
         for _ in deliveries {
             self.metrics.observe_latency(per_command);
         }
+        self.metrics
+            .stage(Stage::Settle, applied_at.elapsed(), deliveries.len());
         // The command spans end here, with their effects committed and their publishes confirmed.
         drop(spans);
         Ok(BatchSettlement::AckThrough(last.delivery_tag))

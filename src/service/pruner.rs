@@ -97,7 +97,7 @@ pub async fn prune_once(
 /// Whether `table` is pruned through its time index (batches until one comes back short) rather
 /// than by key windows (batches until the window passes the cut-off).
 fn table_by_time(table: Table) -> bool {
-    matches!(table, Table::Inbox | Table::Events)
+    table == Table::Inbox
 }
 
 /// What a pass would delete now, per table (cascaded rows included), changing nothing: on an

@@ -23,7 +23,7 @@
 //! lets subscribers dedupe.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
@@ -31,7 +31,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::apply::{complete_as_failed, ApplyError, ApplySettings};
-use super::metrics::Metrics;
+use super::metrics::{Metrics, Stage};
 use super::tx_buffer::TxBuffer;
 use crate::broker::publisher::{
     confirm_all, publish_round, Answer, ConfirmPublisher, Confirmed, Outgoing,
@@ -285,6 +285,10 @@ impl OutboxRelay {
             return Ok(());
         };
         let batch = events::unpublished(&mut *conn, self.settings.batch_size).await?;
+        let read_at = Instant::now();
+        for event in &batch.events {
+            self.metrics.picked_up(event.created_at, read_at);
+        }
         if !batch.orphans.is_empty() {
             // A position whose event is gone (deleted before the database refused deleting an
             // unpublished event) has nothing to publish: skipped, never waited on, or it would
@@ -311,6 +315,8 @@ impl OutboxRelay {
             mandatory: false,
         })
         .await;
+        self.metrics
+            .stage(Stage::RelayPublish, read_at.elapsed(), round.answers.len());
         let mut confirmed = Vec::with_capacity(round.answers.len());
         for (event, answer) in &round.answers {
             match answer {

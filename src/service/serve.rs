@@ -16,7 +16,7 @@ use super::apply::ApplySettings;
 use super::deliveries::{BatchSettlement, DeliveryHandler};
 use super::error::cause_chain;
 use super::health::{self, Health};
-use super::metrics::Metrics;
+use super::metrics::{Metrics, Stage};
 use super::pruner;
 use super::reaper;
 use super::relay::{OutboxRelay, RelaySettings};
@@ -332,6 +332,14 @@ impl Service {
             .next_batch(self.settings.batch.batch_size, window, shutdown)
             .await?
         {
+            let closed = Instant::now();
+            for taken in consumer.taken() {
+                self.metrics.stage(
+                    Stage::BatchWindow,
+                    closed.saturating_duration_since(*taken),
+                    1,
+                );
+            }
             match handler
                 .handle(connection, publisher, &batch, shutdown)
                 .await?

@@ -210,6 +210,11 @@ impl TxBuffer {
         self.now.get_or_insert(now);
     }
 
+    /// The transaction's `now()`, if it was read (always, when the transaction wrote an event).
+    pub fn known_now(&self) -> Option<DateTime<Utc>> {
+        self.now
+    }
+
     /// The transaction's timestamp (Postgres `now()`), read once: the one clock of every run
     /// change and event of the transaction.
     pub async fn now(&mut self, conn: &mut PgConnection) -> Result<DateTime<Utc>, sqlx::Error> {

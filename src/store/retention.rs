@@ -4,7 +4,7 @@
 //! What may go, per table (cut-offs are `now()` minus the retention, on the database's clock):
 //! - `processed_commands`: rows processed before the cut-off.
 //! - `operation_run_events`: published events recorded before the cut-off and followed by a
-//!   later event of their run. A run's last event always stays, completed run or not: the next
+//!   later event of their run, walked in windows of positions (positions follow recording). A run's last event always stays, completed run or not: the next
 //!   sequence is its sequence + 1 (a late count on a completed run is applied), so sequences
 //!   never repeat whatever was pruned. An event whose position is in the outbox never goes (the
 //!   database refuses it: see the migration `event_outbox_follows_its_event`).
@@ -167,53 +167,59 @@ pub async fn prune_batch(
         return Ok(Batch::default());
     }
     let batch = match table {
-        Table::Inbox | Table::Events => {
-            let (key, alias, order, may_go) = match table {
-                Table::Inbox => ("command_id", "c", "processed_at", inbox_may_go("$1")),
-                _ => ("position", "e", "created_at", event_may_go("$1")),
-            };
-            let name = table.name();
+        Table::Inbox => {
             let sql = format!(
-                "WITH doomed AS (SELECT {alias}.{key} FROM {name} {alias} WHERE {may_go}
-                                 ORDER BY {alias}.{order} LIMIT $2),
-                      gone AS (DELETE FROM {name} WHERE {key} IN (SELECT {key} FROM doomed) RETURNING 1)
-                 SELECT count(*) FROM gone"
+                "WITH doomed AS (SELECT c.command_id FROM processed_commands c WHERE {}
+                                 ORDER BY c.processed_at LIMIT $2),
+                      gone AS (DELETE FROM processed_commands
+                               WHERE command_id IN (SELECT command_id FROM doomed) RETURNING 1)
+                 SELECT count(*) FROM gone",
+                inbox_may_go("$1")
             );
             let n: i64 = sqlx::query_scalar(&sql)
                 .bind(retention_secs)
                 .bind(limit)
                 .fetch_one(&mut *tx)
                 .await?;
-            let mut deleted = Deleted::default();
-            match table {
-                Table::Inbox => deleted.inbox = count_of(n),
-                _ => deleted.events = count_of(n),
-            }
             Batch {
-                deleted,
+                deleted: Deleted {
+                    inbox: count_of(n),
+                    ..Deleted::default()
+                },
                 next: None,
             }
         }
-        Table::Jobs => {
-            let sql = format!(
-                "WITH window_rows AS ({}),
-                      doomed AS (SELECT j.position FROM window_rows w
-                                 JOIN operation_run_jobs j ON j.position = w.key WHERE {}),
-                      gone AS (DELETE FROM operation_run_jobs
-                               WHERE position IN (SELECT position FROM doomed) RETURNING 1)
-                 SELECT (SELECT count(*) FROM gone), {NEXT_WINDOW}",
-                window_rows("position", "operation_run_jobs"),
-                job_may_go("$1")
-            );
-            let (n, next): (i64, Option<i64>) = sqlx::query_as(&sql)
-                .bind(retention_secs)
-                .bind(limit)
-                .bind(after)
-                .fetch_one(&mut *tx)
-                .await?;
+        // By windows of positions: positions follow recording, so no index on the recording
+        // time is kept for these passes alone (every event would write one).
+        Table::Events => {
+            let (events, next) = prune_window(
+                &mut tx,
+                table,
+                "e",
+                &event_may_go("$1"),
+                (retention_secs, limit, after),
+            )
+            .await?;
             Batch {
                 deleted: Deleted {
-                    jobs: count_of(n),
+                    events,
+                    ..Deleted::default()
+                },
+                next,
+            }
+        }
+        Table::Jobs => {
+            let (jobs, next) = prune_window(
+                &mut tx,
+                table,
+                "j",
+                &job_may_go("$1"),
+                (retention_secs, limit, after),
+            )
+            .await?;
+            Batch {
+                deleted: Deleted {
+                    jobs,
                     ..Deleted::default()
                 },
                 next,
@@ -223,6 +229,36 @@ pub async fn prune_batch(
     };
     tx.commit().await?;
     Ok(batch)
+}
+
+/// One batch of a table pruned by windows of `position` (events, jobs), in the caller's
+/// transaction: of the next `limit` positions after `after` (`bounds` = retention seconds, limit,
+/// after), those whose row `alias` satisfies `may_go` are deleted. Returns how many, and where the
+/// next window starts (`None`: the window reached rows newer than the cut-off).
+async fn prune_window(
+    tx: &mut PgConnection,
+    table: Table,
+    alias: &str,
+    may_go: &str,
+    (retention_secs, limit, after): (f64, i64, i64),
+) -> Result<(u64, Option<i64>), sqlx::Error> {
+    let name = table.name();
+    let sql = format!(
+        "WITH window_rows AS ({}),
+              doomed AS (SELECT {alias}.position FROM window_rows w
+                         JOIN {name} {alias} ON {alias}.position = w.key WHERE {may_go}),
+              gone AS (DELETE FROM {name}
+                       WHERE position IN (SELECT position FROM doomed) RETURNING 1)
+         SELECT (SELECT count(*) FROM gone), {NEXT_WINDOW}",
+        window_rows("position", name),
+    );
+    let (n, next): (i64, Option<i64>) = sqlx::query_as(&sql)
+        .bind(retention_secs)
+        .bind(limit)
+        .bind(after)
+        .fetch_one(&mut *tx)
+        .await?;
+    Ok((count_of(n), next))
 }
 
 /// One batch of runs, in the caller's transaction: lock the window's candidates (skipping any a

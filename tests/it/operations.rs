@@ -439,6 +439,13 @@ async fn the_metrics_endpoint_shows_the_counters_moving(pool: PgPool) {
         "oprun_commands_total{kind=\"dispatch\",result=\"dead_lettered:unknown_tenant\"} 1",
         "oprun_command_processing_seconds_count 3",
         "oprun_consumer_running 1",
+        // Where each command's time went: one observation per command per stage, one per
+        // event for the relay's publish.
+        "oprun_stage_seconds_count{stage=\"batch_window\"} 3",
+        "oprun_stage_seconds_count{stage=\"transaction\"} 3",
+        "oprun_stage_seconds_count{stage=\"commit\"} 3",
+        "oprun_stage_seconds_count{stage=\"settle\"} 3",
+        "oprun_stage_seconds_count{stage=\"relay_publish\"} 1",
     ] {
         assert!(metrics.contains(line), "missing {line} in\n{metrics}");
     }

@@ -98,17 +98,16 @@ async fn prune_deletes_only_published_rows_past_retention_and_a_dry_run_only_cou
     let ns = app.topology.namespace().to_owned();
     // a: completed long ago, one event never published; b: active, all events old;
     // c: completed just now; d: completed long ago, all published (run retention takes it).
-    let (a, b, c, d) = (
-        new_run(&app, 1).await,
-        new_run(&app, 2).await,
-        new_run(&app, 3).await,
-        new_run(&app, 4).await,
-    );
+    // a's and b's events are recorded first: positions follow recording, and the events' pass
+    // walks them in that order.
+    let (a, b) = (new_run(&app, 1).await, new_run(&app, 2).await);
     app.publish(&progress("update_run", b, json!({"status": "running"})))
         .await;
     app.wait_for_run(b, "b to run", |r| r.status.as_str() == "running")
         .await;
-    for run in [a, c, d] {
+    complete(&app, a).await;
+    let (c, d) = (new_run(&app, 3).await, new_run(&app, 4).await);
+    for run in [c, d] {
         complete(&app, run).await;
     }
     app.wait_for_count("SELECT count(*) FROM operation_run_event_outbox", 0)

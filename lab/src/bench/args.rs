@@ -8,13 +8,18 @@ use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
 
 use super::baseline;
+use super::baseline_pg::{self, Batching};
 use super::driver::{drive, Pace};
 use super::instances::{Extra, Instances, ServeTunables};
+use super::kinds;
 use super::prebuilt;
 use super::preload;
 use super::report::{Loaded, Phase, Report};
+use super::server::{PostgresChoice, Server, Target};
 use super::soak;
+use super::stages;
 use super::usage;
+use crate::private::PrivateDatabase;
 use crate::sandbox::{Purpose, Sandbox};
 use crate::{LabError, OprunBinary};
 use operation_runs::broker::connection::connect;
@@ -63,6 +68,21 @@ pub struct BenchArgs {
     /// events and jobs for 2 minutes and prunes every 30 s, so that the sizes can level off.
     #[arg(long, value_parser = operation_runs::config::parse_duration)]
     pub soak: Option<Duration>,
+    /// Runs of the kinds phase (after the steady phase): each command kind on its own, its
+    /// writes per command from the WAL, and the HOT ratio of progress updates that arrive one
+    /// per run per batch (`progress_hot_ratio`). 0: no kinds phase. More than `--batch-size`,
+    /// so that no batch holds two increments of one run.
+    #[arg(long, default_value_t = 1000)]
+    pub kind_runs: usize,
+    /// `increment_summary_counts` per run in the kinds phase's progress step.
+    #[arg(long, default_value_t = 5)]
+    pub kind_rounds: usize,
+    /// Which PostgreSQL to measure: `private` starts a cluster of the bench's own with
+    /// PostgreSQL's defaults (autovacuum on), as deployments run; `machine` uses
+    /// `--database-url`'s server; `both` runs the whole bench on each, private first, and labels
+    /// the machine's figures `machine_…` in the JSON line.
+    #[arg(long, value_enum, default_value_t = PostgresChoice::Private)]
+    pub postgres: PostgresChoice,
     #[command(flatten)]
     tunables: ServeTunables,
 }
@@ -83,9 +103,45 @@ impl BenchArgs {
                 "--preload-runs and --preload-active must not be negative".into(),
             ));
         }
+        let mut reports = Vec::new();
+        for &target in self.postgres.targets() {
+            // Dropped after the sandbox is removed: stops and deletes the private cluster.
+            let private = match target {
+                Target::Private => {
+                    eprintln!("bench: starting a private PostgreSQL cluster (initdb defaults)");
+                    Some(PrivateDatabase::start().await?)
+                }
+                Target::Machine => None,
+            };
+            let mut config = config.clone();
+            if let Some(db) = &private {
+                config.database_url = db.url("postgres").into();
+            }
+            reports.push(self.run_on(target, &config, oprun).await?);
+            drop(private);
+        }
+        for report in &reports {
+            print!("{}", report.table());
+        }
+        println!("{}", Report::json_lines(&reports));
+        Ok(())
+    }
+
+    /// The whole bench on the server of `config`, in a sandbox of its own.
+    async fn run_on(
+        &self,
+        target: Target,
+        config: &Config,
+        oprun: &OprunBinary,
+    ) -> Result<Report, LabError> {
         let connection = connect(&config.amqp_url_list(), "oprun-lab bench").await?;
         let admin = connection.create_channel().await?;
         let mut sandbox = Sandbox::create(config, Purpose::Bench, &prebuilt::scopes(), &[]).await?;
+        let server = Server::describe(target, &sandbox.pool).await;
+        // The new database's creation is written out now, not during the first phase (a
+        // superuser's right; elsewhere the checkpoint simply comes later).
+        let _ = sqlx::query("CHECKPOINT").execute(&sandbox.pool).await;
+        eprint!("bench: {}", server.line());
         eprintln!(
             "bench: database and namespace {} ({} commands, {} instance(s))",
             sandbox.name, self.commands, self.instances
@@ -94,15 +150,17 @@ impl BenchArgs {
             .phases(config, oprun, &connection, &admin, &mut sandbox)
             .await;
         let _ = connection.close(200, "bench done".into()).await;
-        if self.keep {
+        if self.keep && target == Target::Machine {
             eprintln!("bench: kept database and namespace {}", sandbox.name);
         } else {
+            if self.keep {
+                eprintln!("bench: --keep keeps nothing on the private cluster (it is removed); use --postgres machine");
+            }
             clean_up(&sandbox).await;
         }
-        let report = measured?;
-        print!("{}", report.table());
-        println!("{}", report.json_line());
-        Ok(())
+        let mut report = measured?;
+        report.server = Some(server);
+        Ok(report)
     }
 
     async fn phases(
@@ -132,6 +190,43 @@ impl BenchArgs {
         )
         .await?;
         let baseline_usage = usage::between(&before, &usage::snapshot(&[], &sandbox.pool).await);
+
+        let pg_plans = prebuilt::plan("baseline_pg", self.commands);
+        eprintln!(
+            "bench: Postgres baseline, {} commands",
+            prebuilt::total_commands(&pg_plans)
+        );
+        let pg_pool = operation_runs::store::connect_lazy(&sandbox.database_url, 2)?;
+        let before = usage::snapshot(&[], &sandbox.pool).await;
+        let pg_baseline = baseline_pg::run(
+            &config.amqp_url_list(),
+            connection,
+            sandbox,
+            &pg_pool,
+            &pg_plans,
+            Batching {
+                prefetch: self.tunables.prefetch,
+                batch_size: self.tunables.batch_size,
+                window: Duration::from_millis(self.tunables.batch_window_ms),
+            },
+            in_flight,
+        )
+        .await;
+        let after = usage::snapshot(&[], &sandbox.pool).await;
+        let pg_baseline = match pg_baseline {
+            Ok(result) => {
+                let mut pg_usage = usage::between(&before, &after);
+                usage::recount_commits(&mut pg_usage, &before, &after, &sandbox.pool).await;
+                Ok((result, pg_usage))
+            }
+            Err(e) => {
+                eprintln!("bench: the Postgres baseline failed: {e}");
+                Err(e.to_string())
+            }
+        };
+        drop(pg_plans);
+        baseline_pg::empty_tables(&pg_pool).await?;
+        pg_pool.close().await;
 
         let events_queue = sandbox.own_queue("events");
         subscribe(admin, &events_queue, &sandbox.topology.events_exchange()).await?;
@@ -176,12 +271,42 @@ impl BenchArgs {
         // A failed steady phase (say, the broker restarted under it) still leaves the baseline
         // and the service phase worth reporting.
         let steady = self
-            .steady(connection, sandbox, &events_queue, &pids, rate)
+            .steady(
+                connection,
+                sandbox,
+                &events_queue,
+                &pids,
+                instances.metrics_addrs(),
+                rate,
+            )
             .await
             .map_err(|e| e.to_string());
         if let Err(e) = &steady {
             eprintln!("bench: the steady phase failed: {e}");
         }
+
+        let kinds = if self.kind_runs > 0 {
+            eprintln!(
+                "bench: kinds, {} runs, {} increments each",
+                self.kind_runs, self.kind_rounds
+            );
+            let kinds = kinds::run(
+                connection,
+                sandbox,
+                &events_queue,
+                self.kind_runs,
+                self.kind_rounds,
+                in_flight.min(self.kind_runs as u64),
+            )
+            .await
+            .map_err(|e| e.to_string());
+            if let Err(e) = &kinds {
+                eprintln!("bench: the kinds phase failed: {e}");
+            }
+            Some(kinds)
+        } else {
+            None
+        };
 
         let loaded = if self.preload_runs > 0 {
             Some(
@@ -222,11 +347,14 @@ impl BenchArgs {
             in_flight,
             baseline,
             baseline_usage,
+            pg_baseline,
             service,
             steady,
             peak_rss_mb,
             dead_lettered,
+            kinds,
             loaded,
+            server: None,
         })
     }
 }
@@ -238,6 +366,7 @@ impl BenchArgs {
         sandbox: &Sandbox,
         events_queue: &str,
         pids: &[u32],
+        metrics: &[std::net::SocketAddr],
         rate: f64,
     ) -> Result<Phase, LabError> {
         let budget = (rate * self.steady_secs as f64) as usize;
@@ -246,6 +375,7 @@ impl BenchArgs {
             "bench: steady, {} commands at {rate:.0}/s",
             prebuilt::total_commands(&plans)
         );
+        let stages_before = stages::Reading::scrape(metrics).await;
         let before = usage::snapshot(pids, &sandbox.pool).await;
         let steady = drive(
             connection,
@@ -257,8 +387,14 @@ impl BenchArgs {
         .await?;
         let after = usage::snapshot(pids, &sandbox.pool).await;
         let mut steady_usage = usage::between(&before, &after);
+        // Also gives the relay time to record its last confirms.
         usage::recount_commits(&mut steady_usage, &before, &after, &sandbox.pool).await;
-        Ok(Phase::new(steady, steady_usage, Some(rate)))
+        let mut phase = Phase::new(steady, steady_usage, Some(rate));
+        match (stages_before, stages::Reading::scrape(metrics).await) {
+            (Ok(before), Ok(after)) => phase.stages = after.since(&before),
+            (Err(e), _) | (_, Err(e)) => eprintln!("bench: no stage breakdown: {e}"),
+        }
+        Ok(phase)
     }
 }
 

@@ -97,17 +97,7 @@ pub async fn run(
     )
     .await?;
     let drain_channel = connection.create_channel().await?;
-    let mut drained = drain_channel
-        .basic_consume(
-            output.as_str().into(),
-            "".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
+    let mut drained = super::driver::consume_no_ack(&drain_channel, &output, "").await?;
     let drain = tokio::spawn(async move {
         let mut n = 0u64;
         while n < messages {
@@ -162,7 +152,7 @@ pub async fn run(
     })
 }
 
-async fn declare(
+pub(super) async fn declare(
     channel: &Channel,
     exchange: &str,
     kind: ExchangeKind,

@@ -17,7 +17,7 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 
 use super::prebuilt::RunPlan;
-use super::tracker::{AfterReply, Counts, Reply, Tracker};
+use super::tracker::{AfterReply, Counts, Latencies, Reply, Tracker};
 use crate::publisher::Window;
 use crate::LabError;
 use operation_runs::broker::headers::{get_i64, get_str};
@@ -50,8 +50,9 @@ pub struct DriveResult {
     pub commands: u64,
     /// From the first publish to the last reply or event.
     pub elapsed: Duration,
-    /// Publish → event latencies of the commands that caused an event.
-    pub latencies: Vec<Duration>,
+    /// Publish → event latencies of the commands that caused an event, and their parts before
+    /// and after the start of the transaction that applied them.
+    pub latencies: Latencies,
     /// The counters.
     pub counts: Counts,
     /// Largest delay of a publish behind its schedule (fixed rate only).
@@ -77,6 +78,8 @@ enum Incoming {
         run_id: i64,
         kind: RunEventType,
         at: Instant,
+        /// The event's `time`: when its transaction began, on this machine's clock.
+        recorded: Option<Instant>,
     },
 }
 
@@ -102,17 +105,7 @@ pub async fn drive(
     tokio::spawn(forward_replies(replies, tx.clone()));
     let events_channel = connection.create_channel().await?;
     let events_tag = format!("bench-events-{}", uuid::Uuid::new_v4().simple());
-    let events = events_channel
-        .basic_consume(
-            events_queue.into(),
-            events_tag.as_str().into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
+    let events = consume_no_ack(&events_channel, events_queue, &events_tag).await?;
     tokio::spawn(forward_events(events, tx));
 
     let mut tracker = Tracker::new(plans.iter().map(|p| p.dispatches.len()));
@@ -216,6 +209,25 @@ pub async fn drive(
     })
 }
 
+/// Consumes `queue` on `channel` without acks (the bench's subscribers), tagged `tag`.
+pub async fn consume_no_ack(
+    channel: &lapin::Channel,
+    queue: &str,
+    tag: &str,
+) -> Result<lapin::Consumer, LabError> {
+    Ok(channel
+        .basic_consume(
+            queue.into(),
+            tag.into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?)
+}
+
 fn properties(command_id: &str) -> BasicProperties {
     BasicProperties::default()
         .with_content_type("application/json".into())
@@ -225,7 +237,12 @@ fn properties(command_id: &str) -> BasicProperties {
 
 fn receive(m: Incoming, tracker: &mut Tracker, ready: &mut VecDeque<Ready>) {
     match m {
-        Incoming::Event { run_id, kind, at } => tracker.event(run_id, kind, at),
+        Incoming::Event {
+            run_id,
+            kind,
+            at,
+            recorded,
+        } => tracker.event(run_id, kind, at, recorded),
         Incoming::Reply {
             correlation,
             body,
@@ -288,15 +305,52 @@ async fn forward_replies(mut replies: lapin::Consumer, tx: mpsc::UnboundedSender
 }
 
 async fn forward_events(mut events: lapin::Consumer, tx: mpsc::UnboundedSender<Incoming>) {
+    // The events' `time` is the database's clock; the same machine's, so one reading of both
+    // clocks converts it.
+    let (anchor, anchor_wall) = (Instant::now(), chrono::Utc::now());
     while let Some(Ok(d)) = events.next().await {
         let at = Instant::now();
         let headers = d.properties.headers().as_ref();
         let run_id = get_i64(headers, "run_id");
         let kind = get_str(headers, "event_type").and_then(|k| RunEventType::parse(&k));
+        let recorded = event_time(&d.data).and_then(|t| {
+            let offset = (t - anchor_wall).to_std().ok()?;
+            anchor.checked_add(offset)
+        });
         if let (Some(run_id), Some(kind)) = (run_id, kind) {
-            if tx.send(Incoming::Event { run_id, kind, at }).is_err() {
+            let event = Incoming::Event {
+                run_id,
+                kind,
+                at,
+                recorded,
+            };
+            if tx.send(event).is_err() {
                 return;
             }
         }
+    }
+}
+
+/// The CloudEvents `time` of an event body.
+fn event_time(body: &[u8]) -> Option<chrono::DateTime<chrono::Utc>> {
+    #[derive(serde::Deserialize)]
+    struct Envelope {
+        time: chrono::DateTime<chrono::Utc>,
+    }
+    serde_json::from_slice::<Envelope>(body)
+        .ok()
+        .map(|e| e.time)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_events_time_is_read_from_its_envelope() {
+        let body = br#"{"id": "x", "data": {"run": {"updated_at": "2020-01-01T00:00:00Z"}}, "time": "2026-12-03T07:04:50.123456Z"}"#;
+        let t = event_time(body).unwrap();
+        assert_eq!(t.timestamp_subsec_micros(), 123_456);
+        assert_eq!(event_time(b"{}"), None);
     }
 }

@@ -97,6 +97,7 @@ pub struct Extra {
 /// Running `oprun serve` processes.
 pub struct Instances {
     children: Vec<Child>,
+    metrics: Vec<std::net::SocketAddr>,
 }
 
 impl Instances {
@@ -117,10 +118,15 @@ impl Instances {
             .map_or_else(|| "off".to_owned(), |(addr, _)| addr.to_string());
         let exe = oprun.path();
         let mut children = Vec::with_capacity(count);
+        let mut metrics = Vec::with_capacity(count);
         for _ in 0..count {
+            // Each instance's metrics on a port of its own: the bench reads the stage histograms.
+            let metrics_addr =
+                std::net::SocketAddr::from(([127, 0, 0, 1], crate::private::free_port()?));
+            metrics.push(metrics_addr);
             let child = Command::new(exe)
                 .arg("serve")
-                .args(["--metrics-addr", "off"])
+                .args(["--metrics-addr", &metrics_addr.to_string()])
                 .args(["--http-addr", &http_addr])
                 .args(["--hand-off-jobs", "false"])
                 .args(["--reaper-interval", "0s"])
@@ -147,7 +153,7 @@ impl Instances {
                 .spawn()?;
             children.push(child);
         }
-        let mut instances = Self { children };
+        let mut instances = Self { children, metrics };
         instances
             .wait_consuming(count as u32, &sandbox.topology, channel)
             .await?;
@@ -191,6 +197,11 @@ impl Instances {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Where each instance serves its metrics.
+    pub fn metrics_addrs(&self) -> &[std::net::SocketAddr] {
+        &self.metrics
     }
 
     /// The process ids.

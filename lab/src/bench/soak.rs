@@ -45,7 +45,7 @@ pub async fn run(
             Pace::Rate(rate),
         )
         .await?;
-        let latency = Percentiles::of(&result.latencies);
+        let latency = Percentiles::of(&result.latencies.end_to_end);
         let sizes: (i64, i64, i64) = sqlx::query_as(
             "SELECT pg_total_relation_size('processed_commands'),
                     pg_total_relation_size('operation_run_events'),

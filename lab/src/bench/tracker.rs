@@ -90,14 +90,38 @@ pub struct Counts {
 pub struct Tracker {
     runs: Vec<RunTrack>,
     owners: HashMap<i64, (Owner, Instant)>,
-    early: HashMap<i64, Vec<(RunEventType, Instant)>>,
+    early: HashMap<i64, Vec<(RunEventType, Instant, Option<Instant>)>>,
     dispatches_expected: u64,
     queued_awaited: u64,
     open_runs: usize,
     settled: u64,
     last_activity: Option<Instant>,
-    latencies: Vec<Duration>,
+    latencies: Latencies,
     counts: Counts,
+}
+
+/// The latencies of the commands that caused an event, and, where the event said when its
+/// transaction began, the two parts around that instant.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Latencies {
+    /// Publish → event at the subscriber.
+    pub end_to_end: Vec<Duration>,
+    /// Publish → the start of the transaction that applied the command (the event's `time`).
+    pub to_transaction: Vec<Duration>,
+    /// The start of that transaction → event at the subscriber.
+    pub from_transaction: Vec<Duration>,
+}
+
+impl Latencies {
+    fn push(&mut self, sent: Instant, recorded: Option<Instant>, at: Instant) {
+        self.end_to_end.push(at.saturating_duration_since(sent));
+        if let Some(recorded) = recorded {
+            self.to_transaction
+                .push(recorded.saturating_duration_since(sent));
+            self.from_transaction
+                .push(at.saturating_duration_since(recorded));
+        }
+    }
 }
 
 impl Tracker {
@@ -119,7 +143,7 @@ impl Tracker {
             queued_awaited: 0,
             settled: 0,
             last_activity: None,
-            latencies: Vec::new(),
+            latencies: Latencies::default(),
             counts: Counts::default(),
         }
     }
@@ -171,8 +195,8 @@ impl Tracker {
                     Owner::Extra
                 };
                 self.owners.insert(run_id, (owner, sent));
-                for (kind, seen) in self.early.remove(&run_id).unwrap_or_default() {
-                    self.event(run_id, kind, seen);
+                for (kind, seen, recorded) in self.early.remove(&run_id).unwrap_or_default() {
+                    self.event(run_id, kind, seen, recorded);
                 }
                 match owner {
                     Owner::Planned(_) => AfterReply::DriveRun(run_id),
@@ -182,19 +206,28 @@ impl Tracker {
         }
     }
 
-    /// An event of `kind` about `run_id` arrived at `at`.
-    pub fn event(&mut self, run_id: i64, kind: RunEventType, at: Instant) {
+    /// An event of `kind` about `run_id` arrived at `at`; its transaction began at `recorded`
+    /// (the event's `time`), when known.
+    pub fn event(
+        &mut self,
+        run_id: i64,
+        kind: RunEventType,
+        at: Instant,
+        recorded: Option<Instant>,
+    ) {
         let Some(&(owner, dispatch_sent)) = self.owners.get(&run_id) else {
             // A `queued` event can overtake the reply that tells us whose run it is.
-            self.early.entry(run_id).or_default().push((kind, at));
+            self.early
+                .entry(run_id)
+                .or_default()
+                .push((kind, at, recorded));
             return;
         };
         self.counts.events += 1;
         self.last_activity = Some(self.last_activity.map_or(at, |l| l.max(at)));
         if kind == RunEventType::Queued {
             self.queued_awaited = self.queued_awaited.saturating_sub(1);
-            self.latencies
-                .push(at.saturating_duration_since(dispatch_sent));
+            self.latencies.push(dispatch_sent, recorded, at);
             return;
         }
         let Owner::Planned(run) = owner else { return };
@@ -213,7 +246,7 @@ impl Tracker {
         };
         r.progress_events += 1;
         if let Some(sent) = sent {
-            self.latencies.push(at.saturating_duration_since(sent));
+            self.latencies.push(sent, recorded, at);
         }
         self.settle(1, at);
         let r = &self.runs[run];
@@ -271,7 +304,7 @@ impl Tracker {
     }
 
     /// The latencies measured (one per command that caused an event).
-    pub fn into_latencies(self) -> Vec<Duration> {
+    pub fn into_latencies(self) -> Latencies {
         self.latencies
     }
 }
@@ -306,19 +339,19 @@ mod tests {
             t.replied(0, 1, Reply::Deduplicated(7), ms(t0, 5)),
             AfterReply::Nothing
         );
-        t.event(7, RunEventType::Queued, ms(t0, 10));
+        t.event(7, RunEventType::Queued, ms(t0, 10), None);
         publish_progress(&mut t, 0, ms(t0, 10));
-        t.event(7, RunEventType::Started, ms(t0, 20));
+        t.event(7, RunEventType::Started, ms(t0, 20), None);
         for _ in 0..INCREMENTS_PER_RUN {
             assert!(!t.finished());
-            t.event(7, RunEventType::Progressed, ms(t0, 20));
+            t.event(7, RunEventType::Progressed, ms(t0, 20), None);
         }
-        t.event(7, RunEventType::Completed, ms(t0, 30));
+        t.event(7, RunEventType::Completed, ms(t0, 30), None);
         assert!(t.finished());
         assert_eq!(t.in_flight(), 0);
         assert_eq!(t.counts().no_event, 0);
         assert_eq!(t.last_activity(), Some(ms(t0, 30)));
-        let l = t.into_latencies();
+        let l = t.into_latencies().end_to_end;
         assert_eq!(l.len(), 3 + INCREMENTS_PER_RUN);
         assert_eq!(l[0], Duration::from_millis(10));
         assert_eq!(*l.last().unwrap(), Duration::from_millis(20));
@@ -329,10 +362,28 @@ mod tests {
         let t0 = Instant::now();
         let mut t = Tracker::new([1]);
         t.dispatched(0, 0, t0);
-        t.event(9, RunEventType::Queued, ms(t0, 4));
+        t.event(9, RunEventType::Queued, ms(t0, 4), None);
         t.replied(0, 0, Reply::Created(9), ms(t0, 6));
         assert_eq!(t.counts().events, 1);
-        assert_eq!(t.into_latencies(), vec![Duration::from_millis(4)]);
+        assert_eq!(
+            t.into_latencies().end_to_end,
+            vec![Duration::from_millis(4)]
+        );
+    }
+
+    #[test]
+    fn the_events_time_splits_a_latency_at_the_start_of_its_transaction() {
+        let t0 = Instant::now();
+        let mut t = Tracker::new([1]);
+        t.dispatched(0, 0, t0);
+        t.replied(0, 0, Reply::Created(5), ms(t0, 3));
+        t.event(5, RunEventType::Queued, ms(t0, 10), Some(ms(t0, 2)));
+        publish_progress(&mut t, 0, ms(t0, 10));
+        t.event(5, RunEventType::Started, ms(t0, 30), None);
+        let l = t.into_latencies();
+        assert_eq!(l.end_to_end, [10, 20].map(Duration::from_millis));
+        assert_eq!(l.to_transaction, [Duration::from_millis(2)]);
+        assert_eq!(l.from_transaction, [Duration::from_millis(8)]);
     }
 
     #[test]
@@ -341,11 +392,11 @@ mod tests {
         let mut t = Tracker::new([1]);
         t.dispatched(0, 0, t0);
         t.replied(0, 0, Reply::Created(3), ms(t0, 1));
-        t.event(3, RunEventType::Queued, ms(t0, 2));
+        t.event(3, RunEventType::Queued, ms(t0, 2), None);
         publish_progress(&mut t, 0, ms(t0, 2));
-        t.event(3, RunEventType::Completed, ms(t0, 5));
+        t.event(3, RunEventType::Completed, ms(t0, 5), None);
         for _ in 0..INCREMENTS_PER_RUN {
-            t.event(3, RunEventType::Progressed, ms(t0, 6));
+            t.event(3, RunEventType::Progressed, ms(t0, 6), None);
         }
         assert!(t.finished());
         assert_eq!(t.counts().no_event, 1);
@@ -363,15 +414,15 @@ mod tests {
             t.replied(0, 1, Reply::Created(2), ms(t0, 1)),
             AfterReply::Nothing
         );
-        t.event(1, RunEventType::Queued, ms(t0, 2));
+        t.event(1, RunEventType::Queued, ms(t0, 2), None);
         publish_progress(&mut t, 0, ms(t0, 2));
-        t.event(1, RunEventType::Started, ms(t0, 3));
+        t.event(1, RunEventType::Started, ms(t0, 3), None);
         for _ in 0..INCREMENTS_PER_RUN {
-            t.event(1, RunEventType::Progressed, ms(t0, 3));
+            t.event(1, RunEventType::Progressed, ms(t0, 3), None);
         }
-        t.event(1, RunEventType::Completed, ms(t0, 3));
+        t.event(1, RunEventType::Completed, ms(t0, 3), None);
         assert!(!t.finished(), "run 2's queued event is still awaited");
-        t.event(2, RunEventType::Queued, ms(t0, 4));
+        t.event(2, RunEventType::Queued, ms(t0, 4), None);
         assert!(t.finished());
         assert_eq!(t.counts().extra_runs, 1);
     }

@@ -4,9 +4,10 @@
 //! updates that were HOT (heap-only: no index entry written), from Postgres.
 //!
 //! Per-process times are summed over the processes alive at the end of the phase (a process that
-//! exited during the phase is not counted); processes of other users of the same server (tests
-//! running concurrently) are counted too, so these figures read as "the machine during the
-//! phase", not as an exact attribution.
+//! exited during the phase is not counted). Postgres is the server the bench database is on (its
+//! postmaster and the postmaster's children), so a second server on the machine is left out;
+//! other users of the same server (tests running concurrently) are counted too, so these figures
+//! read as "the server during the phase", not as an exact attribution.
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -102,6 +103,7 @@ pub async fn snapshot(oprun_pids: &[u32], pool: &PgPool) -> Snapshot {
     .await
     .unwrap_or((0, "0/0".into()));
     let run_updates = RunUpdates::read(pool).await;
+    let postmaster = postmaster_pid(pool).await;
     let mut ticks = HashMap::new();
     let me = std::process::id();
     if let Ok(dir) = std::fs::read_dir("/proc") {
@@ -113,14 +115,16 @@ pub async fn snapshot(oprun_pids: &[u32], pool: &PgPool) -> Snapshot {
             else {
                 continue;
             };
-            let Some((comm, t)) = process_ticks(pid) else {
+            let Some((comm, ppid, t)) = process_ticks(pid) else {
                 continue;
             };
             let group = if oprun_pids.contains(&pid) {
                 Group::Oprun
             } else if pid == me {
                 Group::Bench
-            } else if comm == "postgres" {
+            } else if comm == "postgres"
+                && postmaster.is_none_or(|root| pid == root || ppid == root)
+            {
                 Group::Postgres
             } else if comm == "beam.smp" {
                 Group::Rabbitmq
@@ -190,8 +194,19 @@ pub fn between(a: &Snapshot, b: &Snapshot) -> Usage {
     }
 }
 
-/// `comm` and utime + stime of a process.
-fn process_ticks(pid: u32) -> Option<(String, u64)> {
+/// The postmaster of the server `pool` is connected to: the parent of one of its backends, when
+/// the server runs on this machine (else `None`, and every `postgres` process counts).
+async fn postmaster_pid(pool: &PgPool) -> Option<u32> {
+    let backend: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(pool)
+        .await
+        .ok()?;
+    let (comm, ppid, _) = process_ticks(u32::try_from(backend).ok()?)?;
+    (comm == "postgres").then_some(ppid)
+}
+
+/// `comm`, the parent's pid and utime + stime of a process.
+fn process_ticks(pid: u32) -> Option<(String, u32, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // `pid (comm) state …`: comm may hold spaces and parentheses, so split at the last `)`.
     let open = stat.find('(')?;
@@ -199,9 +214,10 @@ fn process_ticks(pid: u32) -> Option<(String, u64)> {
     let comm = stat[open + 1..close].to_owned();
     let fields: Vec<&str> = stat[close + 2..].split_whitespace().collect();
     // After the comm: state is field 3 of stat(5), utime 14 and stime 15.
+    let ppid: u32 = fields.get(1)?.parse().ok()?;
     let utime: u64 = fields.get(11)?.parse().ok()?;
     let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some((comm, utime + stime))
+    Some((comm, ppid, utime + stime))
 }
 
 /// (busy, iowait, total) ticks of the machine from the `cpu` line of `/proc/stat`.
@@ -250,7 +266,8 @@ mod tests {
 
     #[test]
     fn this_process_has_cpu_ticks() {
-        let (comm, _) = process_ticks(std::process::id()).unwrap();
+        let (comm, ppid, _) = process_ticks(std::process::id()).unwrap();
         assert!(!comm.is_empty());
+        assert!(ppid > 0);
     }
 }
