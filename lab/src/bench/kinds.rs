@@ -24,8 +24,8 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
 use super::driver::consume_no_ack;
+use super::percentiles::Percentiles;
 use super::prebuilt::{TENANTS_PER_WORKSPACE, WORKSPACES};
-use super::report::Percentiles;
 use super::writes::{WalWindow, Writes};
 use crate::publisher::Window;
 use crate::sandbox::Sandbox;

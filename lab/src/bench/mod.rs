@@ -29,6 +29,7 @@ mod dedupe;
 mod driver;
 mod instances;
 mod kinds;
+mod percentiles;
 mod prebuilt;
 mod preload;
 mod report;

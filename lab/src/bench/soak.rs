@@ -10,8 +10,8 @@ use serde_json::json;
 
 use super::driver::{drive, Pace};
 use super::instances::Instances;
+use super::percentiles::Percentiles;
 use super::prebuilt;
-use super::report::Percentiles;
 use crate::sandbox::Sandbox;
 use crate::LabError;
 

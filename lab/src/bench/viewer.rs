@@ -27,7 +27,7 @@ use sqlx::{ConnectOptions, Connection, PgConnection};
 use tokio_util::sync::CancellationToken;
 
 use super::instances::{Extra, Instances, ServeTunables};
-use super::report::Percentiles;
+use super::percentiles::Percentiles;
 use crate::publisher::Window;
 use crate::sandbox::{Purpose, Sandbox, Scopes};
 use crate::{LabError, OprunBinary};
