@@ -72,11 +72,7 @@ fn push_predicates<'a>(
         q.push(" AND r.outcome = ").push_bind(o.as_str());
     }
     if let Some(code) = &selection.failure_code {
-        q.push(" AND (r.failure_summary @> ")
-            .push_bind(serde_json::json!([{ "code": code }]));
-        q.push(" OR r.failure_overflow ? ")
-            .push_bind(code.as_str())
-            .push(")");
+        super::viewer::push_failure_code(q, code);
     }
     if let Some(t) = selection.created_before {
         q.push(" AND r.created_at < ").push_bind(t);

@@ -131,30 +131,32 @@ pub struct RunListFilter {
     pub q: Option<Search>,
 }
 
-impl RunListFilter {
-    /// Whether a filter is set that the list's original indexes do not serve: then the list is
-    /// read as two parts, completed runs from the indexes that hold completed runs only and
-    /// active runs from the index of active runs (see the migrations `search_by_*`).
-    fn searches(&self) -> bool {
-        !self.context.is_empty()
-            || self.failure_code.is_some()
-            || self.initiator.is_some()
-            || self.user_id.is_some()
-            || self.identity.is_some()
-            || self.updated_before.is_some()
-            || matches!(self.q, Some(Search::Text { .. }))
-    }
+/// Which runs one branch of the list reads. A text search (`q`) matches a type or the
+/// initiator: an `OR` that no one index serves in order, so the list reads one branch per type
+/// and one for the initiator, each newest first from its own index, and merges them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Branch<'a> {
+    /// Every run the filters match (no text search).
+    All,
+    /// Runs of this type.
+    OfType(&'a str),
+    /// Runs whose initiator is the text, of none of the text's types (so no run is in two
+    /// branches).
+    OfInitiator,
 }
 
-/// Which runs one part of a searching list reads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Part {
-    /// Every run (no search filter).
-    All,
-    /// Completed runs.
-    Completed,
-    /// Queued and running runs.
-    Active,
+impl<'a> Branch<'a> {
+    /// The branches of `filter`'s list.
+    fn of(filter: &'a RunListFilter) -> Vec<Self> {
+        match &filter.q {
+            Some(Search::Text { types, .. }) => types
+                .iter()
+                .map(|t| Self::OfType(t.as_str()))
+                .chain([Self::OfInitiator])
+                .collect(),
+            _ => vec![Self::All],
+        }
+    }
 }
 
 /// The list statement's columns: the run and its tenant's name.
@@ -162,26 +164,26 @@ const LISTED_COLUMNS: &str =
     "SELECT r.*, (SELECT t.name FROM tenants t WHERE t.id = r.tenant_id) AS tenant_name \
      FROM operation_runs r WHERE ";
 
-/// The predicates of one part of the list, after `WHERE`.
+/// ` AND` the run `r` has a failure with `code`: a stored entry or an overflow count. The
+/// literal conditions are the predicates of the two partial indexes (runs with failures, runs
+/// with overflow), which the planner proves from them, in generic plans too.
+pub(super) fn push_failure_code<'a>(q: &mut QueryBuilder<'a, Postgres>, code: &'a str) {
+    q.push(" AND ((r.failure_summary <> '[]'::jsonb AND r.failure_summary @> ")
+        .push_bind(serde_json::json!([{ "code": code }]));
+    q.push(") OR (r.failure_overflow <> '{}'::jsonb AND r.failure_overflow ? ")
+        .push_bind(code)
+        .push("))");
+}
+
+/// The predicates of one branch of the list, after `WHERE`.
 fn push_predicates<'a>(
     q: &mut QueryBuilder<'a, Postgres>,
     scope: &'a ViewerScope,
     filter: &'a RunListFilter,
     after: Option<(DateTime<Utc>, i64)>,
-    part: Part,
+    branch: Branch<'a>,
 ) {
     q.push("r.workspace_id = ").push_bind(scope.workspace_id);
-    match part {
-        Part::All => {}
-        // Literals, never parameters: the planner proves the partial indexes' predicates
-        // from them, in generic plans too.
-        Part::Completed => {
-            q.push(" AND r.status = 'completed'");
-        }
-        Part::Active => {
-            q.push(" AND r.status IN ('queued', 'running')");
-        }
-    }
     if let Some(tenants) = &scope.tenant_ids {
         q.push(" AND r.tenant_id = ANY(")
             .push_bind(tenants.as_slice())
@@ -219,15 +221,12 @@ fn push_predicates<'a>(
         q.push(")");
     }
     if let Some(code) = &filter.failure_code {
-        q.push(" AND (r.failure_summary @> ")
-            .push_bind(serde_json::json!([{ "code": code }]));
-        q.push(" OR r.failure_overflow ? ")
-            .push_bind(code.as_str())
-            .push(")");
+        push_failure_code(q, code);
     }
     if let Some(i) = &filter.initiator {
-        // The index holds lower(initiator_name); the second predicate keeps the match exact.
-        q.push(" AND lower(r.initiator_name) = lower(")
+        // The index holds lower(initiator_name) of runs with an initiator; the exact predicate
+        // keeps the match exact.
+        q.push(" AND r.initiator_name IS NOT NULL AND lower(r.initiator_name) = lower(")
             .push_bind(i.as_str())
             .push(")");
         q.push(" AND r.initiator_name = ").push_bind(i.as_str());
@@ -249,13 +248,19 @@ fn push_predicates<'a>(
         Some(Search::Run(id)) => {
             q.push(" AND r.id = ").push_bind(*id);
         }
-        Some(Search::Text { text, types }) => {
-            q.push(" AND (r.type = ANY(")
-                .push_bind(types.as_slice())
-                .push(") OR lower(r.initiator_name) = lower(")
-                .push_bind(text.as_str())
-                .push("))");
-        }
+        Some(Search::Text { text, types }) => match branch {
+            Branch::OfType(t) => {
+                q.push(" AND r.type = ").push_bind(t);
+            }
+            Branch::OfInitiator | Branch::All => {
+                q.push(" AND r.initiator_name IS NOT NULL AND lower(r.initiator_name) = lower(")
+                    .push_bind(text.as_str())
+                    .push(")");
+                q.push(" AND r.type <> ALL(")
+                    .push_bind(types.as_slice())
+                    .push(")");
+            }
+        },
         None => {}
     }
     if let Some((created_at, id)) = after {
@@ -269,9 +274,8 @@ fn push_predicates<'a>(
 
 /// The list query with only the predicates of the filters that are set, so that each
 /// combination is its own statement whose plan (custom or generic) can use the indexes; values
-/// are always bound parameters. With a search filter (context, failure code, initiator, user,
-/// identity, last change, text), completed and active runs are read apart, each part newest
-/// first from its own indexes, and merged.
+/// are always bound parameters. A text search reads its branches ([`Branch`]) apart, each newest
+/// first from its own index, and merges them.
 fn list_query<'a>(
     prefix: &str,
     scope: &'a ViewerScope,
@@ -280,22 +284,25 @@ fn list_query<'a>(
     limit: i64,
 ) -> QueryBuilder<'a, Postgres> {
     let mut q = QueryBuilder::new(prefix);
-    if !filter.searches() {
-        q.push(LISTED_COLUMNS);
-        push_predicates(&mut q, scope, filter, after, Part::All);
-    } else {
-        q.push("SELECT * FROM (");
-        for (i, part) in [Part::Completed, Part::Active].into_iter().enumerate() {
-            if i > 0 {
-                q.push(" UNION ALL ");
-            }
-            q.push("(").push(LISTED_COLUMNS);
-            push_predicates(&mut q, scope, filter, after, part);
-            q.push(" ORDER BY r.created_at DESC, r.id DESC LIMIT ")
-                .push_bind(limit)
-                .push(")");
+    match Branch::of(filter).as_slice() {
+        [Branch::All] => {
+            q.push(LISTED_COLUMNS);
+            push_predicates(&mut q, scope, filter, after, Branch::All);
         }
-        q.push(") r");
+        branches => {
+            q.push("SELECT * FROM (");
+            for (i, branch) in branches.iter().enumerate() {
+                if i > 0 {
+                    q.push(" UNION ALL ");
+                }
+                q.push("(").push(LISTED_COLUMNS);
+                push_predicates(&mut q, scope, filter, after, *branch);
+                q.push(" ORDER BY r.created_at DESC, r.id DESC LIMIT ")
+                    .push_bind(limit)
+                    .push(")");
+            }
+            q.push(") r");
+        }
     }
     q.push(" ORDER BY created_at DESC, id DESC LIMIT ")
         .push_bind(limit);
@@ -373,7 +380,7 @@ pub async fn explain_list_runs(
 
 /// The run that holds identity `hash` in `scope`, if one does and it is in scope: the active
 /// run of the identity, else its completed run whose window is `forever`. Both parts are read
-/// from indexes (the active runs', and the completed runs' identity index).
+/// from the identity index.
 pub async fn identity_holder(
     executor: impl PgExecutor<'_>,
     scope: &ViewerScope,
