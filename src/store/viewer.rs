@@ -165,12 +165,12 @@ const LISTED_COLUMNS: &str =
      FROM operation_runs r WHERE ";
 
 /// ` AND` the run `r` has a failure with `code`: a stored entry or an overflow count. The
-/// literal conditions are the predicates of the two partial indexes (runs with failures, runs
-/// with overflow), which the planner proves from them, in generic plans too.
+/// expression is the failure-codes index's; the literal condition is the overflow index's
+/// predicate (runs with overflow), which the planner proves from it, in generic plans too.
 pub(super) fn push_failure_code<'a>(q: &mut QueryBuilder<'a, Postgres>, code: &'a str) {
-    q.push(" AND ((r.failure_summary <> '[]'::jsonb AND r.failure_summary @> ")
-        .push_bind(serde_json::json!([{ "code": code }]));
-    q.push(") OR (r.failure_overflow <> '{}'::jsonb AND r.failure_overflow ? ")
+    q.push(" AND (jsonb_path_query_array(r.failure_summary, '$[*].code') @> ")
+        .push_bind(serde_json::json!([code]));
+    q.push(" OR (r.failure_overflow <> '{}'::jsonb AND r.failure_overflow ? ")
         .push_bind(code)
         .push("))");
 }
@@ -274,7 +274,10 @@ fn push_predicates<'a>(
 
 /// The list query with only the predicates of the filters that are set, so that each
 /// combination is its own statement whose plan (custom or generic) can use the indexes; values
-/// are always bound parameters. A text search reads its branches ([`Branch`]) apart, each newest
+/// are always bound parameters. The list's statements are never prepared for reuse
+/// (`persistent(false)`): PostgreSQL then plans each with its values, where a cached generic
+/// plan would read a failure code on 4 % of the runs as if it were rare (3.7 s instead of
+/// 1.4 ms on 1,000,000 runs; planning costs about 1.5 ms). A text search reads its branches ([`Branch`]) apart, each newest
 /// first from its own index, and merges them.
 fn list_query<'a>(
     prefix: &str,
@@ -338,6 +341,7 @@ pub async fn list_runs(
 ) -> Result<Vec<ListedRow>, sqlx::Error> {
     list_query("", scope, filter, after, limit)
         .build_query_as()
+        .persistent(false)
         .fetch_all(executor)
         .await
 }
@@ -354,7 +358,10 @@ pub async fn each_listed_run(
     mut take: impl FnMut(ListedRow) -> bool,
 ) -> Result<(), sqlx::Error> {
     let mut query = list_query("", scope, filter, after, limit);
-    let mut rows = query.build_query_as::<ListedRow>().fetch(executor);
+    let mut rows = query
+        .build_query_as::<ListedRow>()
+        .persistent(false)
+        .fetch(executor);
     while let Some(row) = rows.try_next().await? {
         if !take(row) {
             break;
@@ -795,7 +802,11 @@ pub async fn summarise_listed_runs(
         SUMMARY_CAP + 1,
     );
     q.push(") AS listed");
-    let (runs, failed, running): (i64, i64, i64) = q.build_query_as().fetch_one(executor).await?;
+    let (runs, failed, running): (i64, i64, i64) = q
+        .build_query_as()
+        .persistent(false)
+        .fetch_one(executor)
+        .await?;
     Ok(ListSummary {
         runs: runs.min(SUMMARY_CAP),
         failed,
@@ -814,7 +825,10 @@ pub async fn listed_run_ids(
 ) -> Result<Vec<(i64, Option<i64>)>, sqlx::Error> {
     let mut q = list_query("SELECT id, tenant_id FROM (", scope, filter, None, limit);
     q.push(") AS listed ORDER BY created_at DESC, id DESC");
-    q.build_query_as().fetch_all(executor).await
+    q.build_query_as()
+        .persistent(false)
+        .fetch_all(executor)
+        .await
 }
 
 /// One recorded action on a run, as the run page shows it.

@@ -75,6 +75,8 @@ pub const FILTERS: &[(&str, &str)] = &[
     ),
     ("updated_before", "updated_before=2026-09-01T00:00:00Z"),
     ("q_initiator", "q=alice"),
+    // Matches the labels of the sync types: one branch per type and one for the initiator.
+    ("q_types", "q=sync"),
     ("q_run", "q=%23424242"),
     (
         "tenant_and_failure_code",
