@@ -5,6 +5,8 @@ pub mod action_pages;
 pub mod api;
 pub mod auth;
 pub mod claims;
+pub mod dead_letter_actions;
+pub mod dead_letter_pages;
 pub mod error;
 pub mod html;
 pub mod live;
