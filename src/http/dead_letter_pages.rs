@@ -45,12 +45,17 @@ pub const CODE_GROUPS: i64 = 100;
 /// Most bytes of a letter's body the letter's page shows (`oprun dlq show` prints all of it).
 pub const SHOWN_BODY_BYTES: usize = 256 * 1024;
 
-/// The claims of a dead-letters request, or the answer of an unknown route.
-fn gate(claims: Result<PageClaims, SignInRequired>) -> Result<Claims, Response> {
+/// The claims of a dead-letters request, if they may work the dead letters.
+fn gate(claims: Result<PageClaims, SignInRequired>) -> Option<Claims> {
     match claims {
-        Ok(PageClaims(c)) if c.may_work_dead_letters() => Ok(c),
-        _ => Err(error_page(ApiError::no_route())),
+        Ok(PageClaims(c)) if c.may_work_dead_letters() => Some(c),
+        _ => None,
     }
+}
+
+/// What anyone else gets: the answer of an unknown route, word for word.
+fn unknown_route() -> Response {
+    error_page(ApiError::no_route())
 }
 
 /// The forms' anti-forgery value for this request's sign-in.
@@ -112,8 +117,8 @@ pub async fn list(
     headers: HeaderMap,
     PageQuery(params): PageQuery<HashMap<String, String>>,
 ) -> Result<Response, PageError> {
-    if let Err(refused) = gate(claims) {
-        return Ok(refused);
+    if gate(claims).is_none() {
+        return Ok(unknown_route());
     }
     let code = params.get("code").filter(|c| !c.is_empty()).cloned();
     let before = number(&params, "before")?.unwrap_or(i64::MAX);
@@ -238,8 +243,8 @@ pub async fn show(
     headers: HeaderMap,
     PagePath(id): PagePath<String>,
 ) -> Result<Response, PageError> {
-    if let Err(refused) = gate(claims) {
-        return Ok(refused);
+    if gate(claims).is_none() {
+        return Ok(unknown_route());
     }
     let id = letter_id(&id)?;
     let letter = store::get(&state.pool, id)
@@ -341,8 +346,8 @@ pub async fn confirm_group(
     headers: HeaderMap,
     PageQuery(params): PageQuery<HashMap<String, String>>,
 ) -> Result<Response, PageError> {
-    if let Err(refused) = gate(claims) {
-        return Ok(refused);
+    if gate(claims).is_none() {
+        return Ok(unknown_route());
     }
     let verb = Verb::parse(params.get("verb").map(String::as_str))?;
     let code = params
@@ -404,9 +409,8 @@ pub async fn act_on_group(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, PageError> {
-    let claims = match gate(claims) {
-        Ok(c) => c,
-        Err(refused) => return Ok(refused),
+    let Some(claims) = gate(claims) else {
+        return Ok(unknown_route());
     };
     let fields = checked_form(&state, &headers, body).await?;
     let verb = Verb::parse(fields.get("verb").map(String::as_str))?;
@@ -429,9 +433,8 @@ pub async fn act_on_letter(
     PagePath(id): PagePath<String>,
     body: Body,
 ) -> Result<Response, PageError> {
-    let claims = match gate(claims) {
-        Ok(c) => c,
-        Err(refused) => return Ok(refused),
+    let Some(claims) = gate(claims) else {
+        return Ok(unknown_route());
     };
     checked_form(&state, &headers, body).await?;
     let verb = if route.as_str().ends_with("/replay") {
