@@ -6,6 +6,7 @@ pub mod api;
 pub mod auth;
 pub mod claims;
 pub mod dead_letter_actions;
+pub mod dead_letter_api;
 pub mod dead_letter_pages;
 pub mod error;
 pub mod html;

@@ -25,7 +25,7 @@ use super::error::ApiError;
 use super::run_actions::RunActions;
 use super::server::{self, HttpLimits, HttpServer};
 use super::state::ViewerState;
-use super::{action_pages, api, dead_letter_pages, live, operate, pages, streams};
+use super::{action_pages, api, dead_letter_api, dead_letter_pages, live, operate, pages, streams};
 
 /// Most viewer answers (API and pages, live streams aside) being built or sent at once; more
 /// wait for one to finish. Each holds at most about twice [`crate::store::viewer::PAGE_BYTES`]
@@ -109,6 +109,7 @@ pub fn router(state: ViewerState) -> Router {
         .route("/v1/identities/{hash}", get(api::identity))
         .route("/v1/legacy/{table}/{id}", get(api::legacy))
         .route("/v1/catalog", get(api::catalog))
+        .route("/v1/dead-letters", get(dead_letter_api::summary))
         .route("/v1/runs/{id}/cancel", post(operate::act))
         .route("/v1/runs/{id}/retry", post(operate::act))
         .route("/v1/runs/{id}/fail", post(operate::act))

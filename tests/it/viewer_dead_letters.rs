@@ -179,6 +179,20 @@ async fn an_operate_token_of_the_whole_workspace_sees_the_letters_grouped_by_cod
     // One group's letters.
     let (_, html) = page(&viewer, "/dead-letters?code=run_not_found", &operator).await;
     assert!(html.contains("2 of 2 dead letters"), "{html}");
+    // The same summary as JSON, for the same tokens.
+    let (status, _, json) = viewer.get("/v1/dead-letters", Some(&operator)).await;
+    assert_eq!(status, StatusCode::OK, "{json}");
+    let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(json["total"], 5, "{json}");
+    assert_eq!(
+        (&json["by_code"][0]["code"], &json["by_code"][0]["letters"]),
+        (&json!("unknown_type"), &json!(3)),
+        "{json}"
+    );
+    assert_eq!(
+        json["by_code"][1]["kinds"],
+        json!(["dispatch", "update_run"])
+    );
     // The list page's header links to it, for this token only.
     let (_, runs) = page(&viewer, "/runs", &operator).await;
     assert!(runs.contains("href=\"/dead-letters\""), "{runs}");
@@ -211,6 +225,13 @@ async fn an_operate_token_of_the_whole_workspace_sees_the_letters_grouped_by_cod
                 "{who}: {path}"
             );
         }
+        let (status, _, json) = viewer.get("/v1/dead-letters", Some(token)).await;
+        let unknown_json = viewer.get("/v1/no-such-route", Some(token)).await.2;
+        assert_eq!(
+            (status, &json),
+            (StatusCode::NOT_FOUND, &unknown_json),
+            "{who}"
+        );
         let proof = viewer.action_proof(token);
         let (status, html) = post_form(
             &viewer,
