@@ -188,6 +188,23 @@ fn invalid(message: impl Into<String>) -> Rejection {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn secrets_are_redacted_in_any_text_without_cutting_it_and_secret_names_are_known() {
+        let long = format!(
+            "Bearer abc.def amqp://u:hunter2@h/ password=pw {}",
+            "x".repeat(2_000)
+        );
+        let out = redact_secrets(&long);
+        assert!(!out.contains("abc.def") && !out.contains("hunter2") && !out.contains("=pw "));
+        assert!(out.len() > 2_000, "not cut");
+        for name in ["authorization", "X-Api-Key", "cookie", "x-client-secret"] {
+            assert!(is_secret_key(name), "{name}");
+        }
+        for name in ["x-oprun-error-code", "x-death", "content_type"] {
+            assert!(!is_secret_key(name), "{name}");
+        }
+    }
+
     use super::*;
 
     #[test]
