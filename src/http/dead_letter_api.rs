@@ -14,6 +14,15 @@ use crate::store::dead_letters as store;
 /// Most code groups the summary lists (the largest; `total` counts every letter).
 const CODE_GROUPS: i64 = 100;
 
+/// A method `/v1/dead-letters` does not take: 405 for a token that may see it, the unknown
+/// route's answer for any other.
+pub async fn wrong_method(claims: Result<ApiClaims, ApiError>) -> ApiError {
+    match claims {
+        Ok(ApiClaims(c)) if c.may_work_dead_letters() => ApiError::method_not_allowed(),
+        _ => ApiError::no_route(),
+    }
+}
+
 /// `GET /v1/dead-letters`: `{"total", "by_code": [{"code", "letters", "kinds", "kind_count",
 /// "oldest_failed_at", "newest_failed_at"}], "more_codes", "queue_unread"?}`, after taking what
 /// waits in the queue into the table (`queue_unread` says why that failed, when it did).

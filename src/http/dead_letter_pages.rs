@@ -58,6 +58,15 @@ fn unknown_route() -> Response {
     error_page(ApiError::no_route())
 }
 
+/// A method the route does not take: 405 for a sign-in that may see the page, the unknown
+/// route's page for anyone else (so that no method tells them the route exists).
+pub async fn wrong_method(claims: Result<PageClaims, SignInRequired>) -> Response {
+    match gate(claims) {
+        Some(_) => error_page(ApiError::method_not_allowed()),
+        None => unknown_route(),
+    }
+}
+
 /// The forms' anti-forgery value for this request's sign-in.
 fn proof_of(state: &ViewerState, headers: &HeaderMap) -> String {
     state

@@ -87,19 +87,29 @@ pub fn router(state: ViewerState) -> Router {
         .route("/runs/{id}/retry", post(action_pages::act_on_run))
         .route("/runs/{id}/fail", post(action_pages::act_on_run))
         .route("/legacy/{table}/{id}", get(pages::legacy))
-        .route("/dead-letters", get(dead_letter_pages::list))
+        // A method these routes do not take is answered as an unknown route to anyone who
+        // may not see them.
+        .route(
+            "/dead-letters",
+            get(dead_letter_pages::list).fallback(dead_letter_pages::wrong_method),
+        )
         .route(
             "/dead-letters/by-code",
-            get(dead_letter_pages::confirm_group).post(dead_letter_pages::act_on_group),
+            get(dead_letter_pages::confirm_group)
+                .post(dead_letter_pages::act_on_group)
+                .fallback(dead_letter_pages::wrong_method),
         )
-        .route("/dead-letters/{id}", get(dead_letter_pages::show))
+        .route(
+            "/dead-letters/{id}",
+            get(dead_letter_pages::show).fallback(dead_letter_pages::wrong_method),
+        )
         .route(
             "/dead-letters/{id}/replay",
-            post(dead_letter_pages::act_on_letter),
+            post(dead_letter_pages::act_on_letter).fallback(dead_letter_pages::wrong_method),
         )
         .route(
             "/dead-letters/{id}/discard",
-            post(dead_letter_pages::act_on_letter),
+            post(dead_letter_pages::act_on_letter).fallback(dead_letter_pages::wrong_method),
         )
         .route_layer(middleware::from_fn_with_state(state.clone(), sign_in));
     let reads = Router::new()
@@ -109,7 +119,10 @@ pub fn router(state: ViewerState) -> Router {
         .route("/v1/identities/{hash}", get(api::identity))
         .route("/v1/legacy/{table}/{id}", get(api::legacy))
         .route("/v1/catalog", get(api::catalog))
-        .route("/v1/dead-letters", get(dead_letter_api::summary))
+        .route(
+            "/v1/dead-letters",
+            get(dead_letter_api::summary).fallback(dead_letter_api::wrong_method),
+        )
         .route("/v1/runs/{id}/cancel", post(operate::act))
         .route("/v1/runs/{id}/retry", post(operate::act))
         .route("/v1/runs/{id}/fail", post(operate::act))

@@ -225,6 +225,16 @@ async fn an_operate_token_of_the_whole_workspace_sees_the_letters_grouped_by_cod
                 "{who}: {path}"
             );
         }
+        // Nor does a method the route does not take tell them it exists.
+        let deleted = viewer
+            .http()
+            .delete(format!("{}/dead-letters/{old}", viewer.base))
+            .header("cookie", format!("oprun_token={token}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(deleted.status(), StatusCode::NOT_FOUND, "{who}");
+        assert_eq!(deleted.text().await.unwrap(), unknown, "{who}");
         let (status, _, json) = viewer.get("/v1/dead-letters", Some(token)).await;
         let unknown_json = viewer.get("/v1/no-such-route", Some(token)).await.2;
         assert_eq!(
