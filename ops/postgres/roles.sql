@@ -91,10 +91,12 @@ BEGIN
         ('operation_run_actions',      'SELECT, INSERT, DELETE'),
         -- the settings serve records (retention, read by `oprun dlq replay`)
         ('service_settings',           'SELECT, INSERT, UPDATE'),
-        -- counted for the dead-letter gauge; written by `oprun dlq` (the owner)
-        ('dead_letters',               'SELECT'),
-        -- the record of discarded dead letters, written by `oprun dlq discard` (the owner)
-        ('dead_letter_discards',       'SELECT'),
+        -- counted for the dead-letter gauge; written by `oprun dlq` (the owner) and by the
+        -- viewer's dead-letters page (taken from the queue, locked and deleted by a replay,
+        -- deleted by a discard)
+        ('dead_letters',               'SELECT, INSERT, UPDATE, DELETE'),
+        -- the record of discarded dead letters, written by `oprun dlq discard` and the page
+        ('dead_letter_discards',       'SELECT, INSERT'),
         -- the viewer's signing secret: read, never written (`oprun migrate` makes it)
         ('api_secrets',                'SELECT'),
         -- `serve` checks the database is migrated

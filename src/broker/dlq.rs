@@ -20,6 +20,7 @@ use super::dead_letter::{
 use super::headers::{get_i64, get_str};
 use super::publisher::{ConfirmPublisher, Confirmed};
 use super::{BrokerError, Topology};
+use crate::domain::failure::{is_secret_key, redact_secrets, REDACTED_VALUE};
 
 /// Headers that describe a failed attempt; a replay starts without them.
 const ATTEMPT_HEADERS: [&str; 10] = [
@@ -120,9 +121,9 @@ impl DeadLetter {
 }
 
 /// The stored properties of a letter (as [`DeadLetter::encoded_properties`] gave them) as JSON
-/// for `oprun dlq show`: the AMQP properties that are set, and every header with its value
-/// (text as text, numbers as numbers, tables as objects, bytes as hex). `None` when they do not
-/// decode.
+/// for `oprun dlq show` and the dead-letters page: the AMQP properties that are set, and every
+/// header with its value (text as text, numbers as numbers, tables as objects, bytes as hex),
+/// secrets redacted (see [`redacted`]). `None` when they do not decode.
 pub fn describe_properties(encoded: &[u8]) -> Option<Value> {
     let p: BasicProperties = serde_json::from_slice(encoded).ok()?;
     let mut out = serde_json::Map::new();
@@ -148,7 +149,7 @@ pub fn describe_properties(encoded: &[u8]) -> Option<Value> {
         Value::Object(
             h.inner()
                 .iter()
-                .map(|(k, v)| (k.to_string(), amqp_json(v)))
+                .map(|(k, v)| (k.to_string(), redacted(k.as_str(), amqp_json(v))))
                 .collect(),
         )
     });
@@ -157,6 +158,29 @@ pub fn describe_properties(encoded: &[u8]) -> Option<Value> {
         Some(headers.unwrap_or_else(|| Value::Object(Default::default()))),
     );
     Some(Value::Object(out))
+}
+
+/// A header's value as it may be shown: the whole of it redacted under a secret-looking name
+/// (`authorization`, `x-api-key`), else every text in it with its secrets redacted (a bearer
+/// token, a URL's password), as in failure messages.
+fn redacted(name: &str, value: Value) -> Value {
+    if is_secret_key(name) {
+        return Value::from(REDACTED_VALUE);
+    }
+    match value {
+        Value::String(s) => Value::String(redact_secrets(&s)),
+        Value::Array(items) => Value::Array(items.into_iter().map(|v| redacted("", v)).collect()),
+        Value::Object(members) => Value::Object(
+            members
+                .into_iter()
+                .map(|(k, v)| {
+                    let v = redacted(&k, v);
+                    (k, v)
+                })
+                .collect(),
+        ),
+        other => other,
+    }
 }
 
 /// An AMQP value as JSON.

@@ -19,17 +19,13 @@ use sqlx::PgPool;
 use super::output::{print_rows, Format};
 use super::CliError;
 use crate::broker::connection::connect;
-use crate::broker::dlq::{describe_properties, DeadLetterQueue, Republish};
+use crate::broker::dlq::{describe_properties, DeadLetterQueue};
 use crate::broker::Topology;
 use crate::config::{parse_duration, Config};
 use crate::domain::command::MAX_ID_CHARS;
-use crate::store::dead_letters::{self, LetterFilter, NewDeadLetter, StoredDeadLetter};
+use crate::service::dead_letters::{self as service_dlq, ingest, ReplayFilter, ReplayStep, PAGE};
+use crate::store::dead_letters::{self, LetterFilter, StoredDeadLetter};
 use crate::store::settings;
-
-/// Letters taken from the queue per transaction.
-const INGEST_BATCH: usize = 100;
-/// Stored letters read per page.
-const PAGE: i64 = 200;
 
 /// `oprun dlq …`
 #[derive(Debug, clap::Subcommand)]
@@ -161,10 +157,11 @@ impl DlqCommand {
                     ..
                 } => {
                     let filter = ReplayFilter {
-                        limit: limit.unwrap_or(usize::MAX),
+                        limit,
                         code: code.as_deref(),
                         kind: kind.as_deref(),
                         max_age,
+                        ..ReplayFilter::default()
                     };
                     replay(&dlq, &pool, &filter, dry_run).await
                 }
@@ -206,41 +203,6 @@ async fn replay_max_age(
              --inbox-retention (the service's setting) or --force"
                 .to_owned(),
         )),
-    }
-}
-
-/// Moves every letter now in the queue into the table: taken in batches, each committed, then
-/// acked. A crash between commit and ack stores a letter twice (a replay of both is harmless:
-/// the inbox dedupes); nothing is ever acked unstored.
-async fn ingest(dlq: &DeadLetterQueue, pool: &PgPool) -> Result<usize, CliError> {
-    let mut moved = 0;
-    loop {
-        let letters = dlq.take_batch(INGEST_BATCH).await?;
-        if letters.is_empty() {
-            return Ok(moved);
-        }
-        let rows: Vec<NewDeadLetter> = letters
-            .iter()
-            .map(|l| NewDeadLetter {
-                code: l.code.clone(),
-                message: l.message.clone(),
-                kind: l.kind.clone(),
-                command_id: l.command_id.clone(),
-                tenant_id: l.tenant_id,
-                routing_key: l.routing_key.clone(),
-                first_failed_at: l.first_failed_at,
-                failed_at: l.failed_at,
-                replays: l.replays,
-                delivery_count: l.delivery_count,
-                body: l.delivery.data.clone(),
-                properties: l.encoded_properties(),
-            })
-            .collect();
-        let mut tx = pool.begin().await?;
-        dead_letters::insert_all(&mut tx, &rows).await?;
-        tx.commit().await?;
-        dlq.ack_all(&letters).await?;
-        moved += letters.len();
     }
 }
 
@@ -379,33 +341,30 @@ async fn discard(pool: &PgPool, args: DiscardArgs) -> Result<(), CliError> {
         eprintln!("{matching} dead letters match; --dry-run lists them, --yes discards them");
         return Ok(());
     }
-    let upto = last.unwrap_or(0);
-    let now = Utc::now();
-    let mut done = 0_i64;
-    let mut after = 0;
-    loop {
-        if args.dry_run {
+    let done = if args.dry_run {
+        let upto = last.unwrap_or(0);
+        let now = Utc::now();
+        let mut listed = 0_i64;
+        let mut after = 0;
+        loop {
             let page = dead_letters::matching_page(pool, &filter, after, upto, PAGE).await?;
             let Some(tail) = page.last() else { break };
             after = tail.id;
             for letter in &page {
                 println!("{}", json!({"would_discard": summary(letter, now)}));
             }
-            done += page.len() as i64;
-            continue;
+            listed += page.len() as i64;
         }
-        let mut tx = pool.begin().await?;
-        let mut gone =
-            dead_letters::discard(&mut tx, &filter, after, upto, PAGE, by.as_deref()).await?;
-        tx.commit().await?;
-        gone.sort_by_key(|d| d.letter_id);
-        let Some(tail) = gone.last() else { break };
-        after = tail.letter_id;
-        for d in &gone {
-            println!("{}", json!({"discarded": d}));
-        }
-        done += gone.len() as i64;
-    }
+        listed
+    } else {
+        let done = service_dlq::discard(pool, &filter, last, by.as_deref(), |gone| {
+            for d in gone {
+                println!("{}", json!({"discarded": d}));
+            }
+        })
+        .await?;
+        done.discarded
+    };
     let key = if args.dry_run { "listed" } else { "discarded" };
     println!(
         "{}",
@@ -414,72 +373,8 @@ async fn discard(pool: &PgPool, args: DiscardArgs) -> Result<(), CliError> {
     Ok(())
 }
 
-/// Counts of a replay.
-#[derive(Debug, Default)]
-struct ReplaySummary {
-    replayed: usize,
-    skipped: usize,
-    refused: usize,
-    failed: usize,
-}
-
-/// Which letters a replay takes.
-struct ReplayFilter<'a> {
-    limit: usize,
-    code: Option<&'a str>,
-    kind: Option<&'a str>,
-    /// The inbox retention, unless `--force`: older letters (and those of unknown age) are
-    /// refused.
-    max_age: Option<Duration>,
-}
-
-/// Why a letter may not be replayed without `--force`, if it may not.
-fn too_old(letter: &StoredDeadLetter, now: DateTime<Utc>, max_age: Duration) -> Option<String> {
-    let keep = chrono::Duration::from_std(max_age).unwrap_or(chrono::Duration::MAX);
-    match letter.first_failed_at {
-        None => Some(
-            "its age is unknown (no x-oprun-failed-at or x-death time): its command id may be \
-             gone from the inbox, so a replay could apply it twice; --force replays it anyway"
-                .to_owned(),
-        ),
-        Some(at) if now - at > keep => Some(format!(
-            "it was first dead-lettered {} s ago, longer than the inbox retention of {} s: its \
-             command id may be gone from the inbox, so a replay could apply it twice; --force \
-             replays it anyway",
-            (now - at).num_seconds(),
-            max_age.as_secs()
-        )),
-        Some(_) => None,
-    }
-}
-
-/// Republishes one stored letter and deletes it once confirmed, in one transaction holding its
-/// row (a concurrent replay skips it). `None` when another replay holds it or it is gone.
-async fn replay_one(
-    dlq: &DeadLetterQueue,
-    pool: &PgPool,
-    id: i64,
-) -> Result<Option<bool>, CliError> {
-    let mut tx = pool.begin().await?;
-    let Some(letter) = dead_letters::lock(&mut tx, id).await? else {
-        return Ok(None);
-    };
-    let confirmed = dlq
-        .republish(&Republish {
-            routing_key: &letter.routing_key,
-            body: &letter.body,
-            properties: &letter.properties,
-            replays: letter.replays,
-            first_failed_at: letter.first_failed_at,
-        })
-        .await?;
-    if confirmed {
-        dead_letters::delete(&mut tx, id).await?;
-        tx.commit().await?;
-    }
-    Ok(Some(confirmed))
-}
-
+/// `dlq replay`: one line per refused letter (and, in a dry run, per letter that would go),
+/// then the counts.
 async fn replay(
     dlq: &DeadLetterQueue,
     pool: &PgPool,
@@ -488,59 +383,32 @@ async fn replay(
 ) -> Result<(), CliError> {
     let now = Utc::now();
     let progress = std::io::stderr().is_terminal();
-    let mut summary_counts = ReplaySummary::default();
-    let mut after = 0;
-    'pages: loop {
-        let page = dead_letters::page(pool, after, PAGE).await?;
-        let Some(last) = page.last() else {
-            break;
-        };
-        after = last.id;
-        for letter in &page {
-            if summary_counts.replayed >= filter.limit {
-                break 'pages;
+    let counts = service_dlq::replay(dlq, pool, filter, dry_run, |counts, step| {
+        match step {
+            ReplayStep::Refused(letter, reason) => println!(
+                "{}",
+                json!({"refused": summary(letter, now), "reason": reason})
+            ),
+            ReplayStep::WouldReplay(letter) => {
+                println!("{}", json!({"would_replay": summary(letter, now)}))
             }
-            let matches = filter.code.is_none_or(|c| letter.code == c)
-                && filter
-                    .kind
-                    .is_none_or(|k| letter.kind.as_deref() == Some(k));
-            let refusal = filter.max_age.and_then(|max| too_old(letter, now, max));
-            if !matches {
-                summary_counts.skipped += 1;
-            } else if let Some(reason) = refusal {
-                println!(
-                    "{}",
-                    json!({"refused": summary(letter, now), "reason": reason})
-                );
-                summary_counts.refused += 1;
-            } else if dry_run {
-                println!("{}", json!({"would_replay": summary(letter, now)}));
-                summary_counts.replayed += 1;
-            } else {
-                match replay_one(dlq, pool, letter.id).await? {
-                    Some(true) => summary_counts.replayed += 1,
-                    Some(false) => summary_counts.failed += 1,
-                    None => summary_counts.skipped += 1,
-                }
-            }
-            if progress {
-                eprint!(
-                    "\rreplayed {}  skipped {}  refused {}  failed {}",
-                    summary_counts.replayed,
-                    summary_counts.skipped,
-                    summary_counts.refused,
-                    summary_counts.failed
-                );
-                let _ = std::io::stderr().flush();
-            }
+            ReplayStep::Skipped | ReplayStep::Replayed(_) | ReplayStep::Failed(_) => {}
         }
-    }
+        if progress {
+            eprint!(
+                "\rreplayed {}  skipped {}  refused {}  failed {}",
+                counts.replayed, counts.skipped, counts.refused, counts.failed
+            );
+            let _ = std::io::stderr().flush();
+        }
+    })
+    .await?;
     if progress {
         eprintln!();
     }
     let line: Value = json!({
-        "replayed": summary_counts.replayed, "skipped": summary_counts.skipped,
-        "refused": summary_counts.refused, "failed": summary_counts.failed, "dry_run": dry_run,
+        "replayed": counts.replayed, "skipped": counts.skipped,
+        "refused": counts.refused, "failed": counts.failed, "dry_run": dry_run,
     });
     println!("{line}");
     Ok(())

@@ -44,6 +44,16 @@ pub enum CliError {
     Serve(#[from] crate::service::ServeError),
 }
 
+impl From<crate::service::dead_letters::DeadLetterError> for CliError {
+    fn from(e: crate::service::dead_letters::DeadLetterError) -> Self {
+        use crate::service::dead_letters::DeadLetterError;
+        match e {
+            DeadLetterError::Database(e) => e.into(),
+            DeadLetterError::Broker(e) => Self::Broker(e),
+        }
+    }
+}
+
 impl From<sqlx::Error> for CliError {
     fn from(e: sqlx::Error) -> Self {
         Self::Store(e.into())

@@ -43,14 +43,40 @@ static SECRET_VALUE: LazyLock<Regex> = LazyLock::new(|| {
     .unwrap()
 });
 
+static SECRET_KEY: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(
+        r"(?i)(secret|password|passwd|pwd|token|api[_-]?key|authorization|private[_-]?key|credential|cookie)",
+    )
+    .unwrap()
+});
+
 /// Removes secrets from `message` and cuts it to [`MAX_FAILURE_MESSAGE_CHARS`] characters.
 pub fn sanitise_message(message: &str) -> String {
-    let s = BEARER.replace_all(message, format!("$1 {REDACTED}"));
+    redact_secrets(message)
+        .chars()
+        .take(MAX_FAILURE_MESSAGE_CHARS)
+        .collect()
+}
+
+/// `text` with bearer tokens, JWT-like strings, credentials in URLs and values of
+/// secret-looking keys replaced by `[REDACTED]`, as in failure messages, but not cut.
+pub fn redact_secrets(text: &str) -> String {
+    let s = BEARER.replace_all(text, format!("$1 {REDACTED}"));
     let s = JWT.replace_all(&s, REDACTED);
     let s = URL_CREDENTIALS.replace_all(&s, format!("$1:{REDACTED}@"));
-    let s = SECRET_VALUE.replace_all(&s, format!("$1$2{REDACTED}"));
-    s.chars().take(MAX_FAILURE_MESSAGE_CHARS).collect()
+    SECRET_VALUE
+        .replace_all(&s, format!("$1$2{REDACTED}"))
+        .into_owned()
 }
+
+/// Whether a key (a message header's name, say) looks like it holds a secret: its whole value
+/// is then shown as [`REDACTED_VALUE`].
+pub fn is_secret_key(key: &str) -> bool {
+    SECRET_KEY.is_match(key)
+}
+
+/// What a redacted secret is shown as.
+pub const REDACTED_VALUE: &str = REDACTED;
 
 /// One entry of a run's failure summary. Its serde form is the stored one: a run read back from
 /// `operation_runs` trusts what this service sanitised before storing (no second regex pass),
@@ -162,6 +188,23 @@ fn invalid(message: impl Into<String>) -> Rejection {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn secrets_are_redacted_in_any_text_without_cutting_it_and_secret_names_are_known() {
+        let long = format!(
+            "Bearer abc.def amqp://u:hunter2@h/ password=pw {}",
+            "x".repeat(2_000)
+        );
+        let out = redact_secrets(&long);
+        assert!(!out.contains("abc.def") && !out.contains("hunter2") && !out.contains("=pw "));
+        assert!(out.len() > 2_000, "not cut");
+        for name in ["authorization", "X-Api-Key", "cookie", "x-client-secret"] {
+            assert!(is_secret_key(name), "{name}");
+        }
+        for name in ["x-oprun-error-code", "x-death", "content_type"] {
+            assert!(!is_secret_key(name), "{name}");
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -65,7 +65,7 @@ fn operator(claims: Claims) -> Result<Claims, PageError> {
 
 /// The fields of a form (the first value of each), at most [`ACTION_FORM_BYTES`], after
 /// checking its anti-forgery value against the request's sign-in.
-async fn checked_form(
+pub(super) async fn checked_form(
     state: &ViewerState,
     headers: &HeaderMap,
     body: Body,

@@ -72,6 +72,14 @@ impl Claims {
             .as_deref()
             .is_some_and(|g| g.split_whitespace().any(|w| w == OPERATE_SCOPE))
     }
+
+    /// Whether the token may see and act on the dead letters: it grants [`OPERATE_SCOPE`] for
+    /// its whole workspace (no tenant list, no run claim). A letter's tenant is only what its
+    /// producer wrote in the body, and a letter may name another workspace or none, so no
+    /// narrower token can be shown some letters and not others.
+    pub fn may_work_dead_letters(&self) -> bool {
+        self.may_operate() && self.tenant_ids.is_none() && self.run_id.is_none()
+    }
 }
 
 /// `tenant_ids` when the claim is present: a list, never `null` (serde calls this only for a

@@ -11,6 +11,8 @@ use maud::{html, Markup, DOCTYPE};
 pub struct BodyData {
     /// `data-*` attributes (names without the prefix), values escaped by maud.
     pub attrs: Vec<(&'static str, String)>,
+    /// Links the header shows after "Operation runs": `(href, label)`.
+    pub nav: Vec<(&'static str, &'static str)>,
 }
 
 /// A whole page titled `title` around `content`.
@@ -31,7 +33,10 @@ pub fn page(title: &str, body: &BodyData, content: Markup) -> Markup {
                 data-status=[attr(body, "status")] data-updated-at=[attr(body, "updated-at")]
                 data-started-at=[attr(body, "started-at")]
                 data-expected-seconds=[attr(body, "expected-seconds")] {
-                header { a href="/runs" { "Operation runs" } }
+                header {
+                    a href="/runs" { "Operation runs" }
+                    @for (href, label) in &body.nav { " · " a href=(href) { (label) } }
+                }
                 main { (content) }
             }
         }

@@ -480,7 +480,15 @@ pub async fn list(
             p { a rel="next" href=(href) { "Older runs →" } }
         }
     };
-    Ok(html_page("Runs", &BodyData::default(), body).into_response())
+    let data = BodyData {
+        nav: if claims.may_work_dead_letters() {
+            vec![("/dead-letters", "Dead letters")]
+        } else {
+            Vec::new()
+        },
+        ..BodyData::default()
+    };
+    Ok(html_page("Runs", &data, body).into_response())
 }
 
 /// Which part of the timeline `?before=SEQ` / `?after=SEQ` asks for (neither: the newest).
@@ -826,6 +834,7 @@ pub async fn show(
             ),
             ("expected-seconds", expected.to_string()),
         ],
+        ..BodyData::default()
     };
     Ok(html_page(label, &data, body).into_response())
 }

@@ -1,5 +1,5 @@
 //! What the viewer's handlers share: its own pool, the answer slots, the token keys, the live
-//! streams and the port that carries out operator actions.
+//! streams and the ports that carry out operator actions on runs and on dead letters.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,6 +9,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use super::auth::TokenKeys;
+use super::dead_letter_actions::DeadLetterActions;
 use super::run_actions::RunActions;
 use super::streams::LiveStreams;
 
@@ -33,4 +34,6 @@ pub struct ViewerState {
     pub shutdown: CancellationToken,
     /// Carries out operator actions (the service's, on the viewer's pool).
     pub actions: Arc<dyn RunActions>,
+    /// Takes, replays and discards dead letters (the service's, on the viewer's pool).
+    pub dead_letters: Arc<dyn DeadLetterActions>,
 }

@@ -20,11 +20,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::auth::{Claims, TokenKeys};
 use super::claims::{cookie, TOKEN_COOKIE};
+use super::dead_letter_actions::DeadLetterActions;
 use super::error::ApiError;
 use super::run_actions::RunActions;
 use super::server::{self, HttpLimits, HttpServer};
 use super::state::ViewerState;
-use super::{action_pages, api, live, operate, pages, streams};
+use super::{action_pages, api, dead_letter_api, dead_letter_pages, live, operate, pages, streams};
 
 /// Most viewer answers (API and pages, live streams aside) being built or sent at once; more
 /// wait for one to finish. Each holds at most about twice [`crate::store::viewer::PAGE_BYTES`]
@@ -43,7 +44,9 @@ pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; 
 
 /// Binds `addr` and serves the viewer until `shutdown`, reading through `viewer_pool` (the
 /// viewer's own, see [`crate::store::viewer::connect_viewer_pool`]), its live streams within
-/// `live`, its operator actions carried out by `actions`.
+/// `live`, its operator actions carried out by `actions`, and the dead-letters page's by
+/// `dead_letters`.
+#[allow(clippy::too_many_arguments)]
 pub async fn spawn(
     addr: SocketAddr,
     viewer_pool: PgPool,
@@ -51,10 +54,12 @@ pub async fn spawn(
     limits: HttpLimits,
     live: streams::LiveLimits,
     actions: Arc<dyn RunActions>,
+    dead_letters: Arc<dyn DeadLetterActions>,
     shutdown: CancellationToken,
 ) -> std::io::Result<HttpServer> {
     let state = ViewerState {
         actions,
+        dead_letters,
         pool: viewer_pool,
         answers: Arc::new(Semaphore::new(ANSWERS_IN_FLIGHT)),
         keys,
@@ -82,6 +87,30 @@ pub fn router(state: ViewerState) -> Router {
         .route("/runs/{id}/retry", post(action_pages::act_on_run))
         .route("/runs/{id}/fail", post(action_pages::act_on_run))
         .route("/legacy/{table}/{id}", get(pages::legacy))
+        // A method these routes do not take is answered as an unknown route to anyone who
+        // may not see them.
+        .route(
+            "/dead-letters",
+            get(dead_letter_pages::list).fallback(dead_letter_pages::wrong_method),
+        )
+        .route(
+            "/dead-letters/by-code",
+            get(dead_letter_pages::confirm_group)
+                .post(dead_letter_pages::act_on_group)
+                .fallback(dead_letter_pages::wrong_method),
+        )
+        .route(
+            "/dead-letters/{id}",
+            get(dead_letter_pages::show).fallback(dead_letter_pages::wrong_method),
+        )
+        .route(
+            "/dead-letters/{id}/replay",
+            post(dead_letter_pages::act_on_letter).fallback(dead_letter_pages::wrong_method),
+        )
+        .route(
+            "/dead-letters/{id}/discard",
+            post(dead_letter_pages::act_on_letter).fallback(dead_letter_pages::wrong_method),
+        )
         .route_layer(middleware::from_fn_with_state(state.clone(), sign_in));
     let reads = Router::new()
         .route("/v1/runs", get(api::list))
@@ -90,6 +119,10 @@ pub fn router(state: ViewerState) -> Router {
         .route("/v1/identities/{hash}", get(api::identity))
         .route("/v1/legacy/{table}/{id}", get(api::legacy))
         .route("/v1/catalog", get(api::catalog))
+        .route(
+            "/v1/dead-letters",
+            get(dead_letter_api::summary).fallback(dead_letter_api::wrong_method),
+        )
         .route("/v1/runs/{id}/cancel", post(operate::act))
         .route("/v1/runs/{id}/retry", post(operate::act))
         .route("/v1/runs/{id}/fail", post(operate::act))

@@ -12,6 +12,7 @@ pub mod actions;
 pub mod apply;
 pub mod batch;
 pub mod command;
+pub mod dead_letters;
 pub mod deliveries;
 pub mod error;
 pub mod health;
@@ -23,6 +24,7 @@ pub mod reply_guard;
 pub mod serve;
 pub mod tx_buffer;
 pub mod viewer_actions;
+pub mod viewer_dead_letters;
 
 pub use serve::{serve, viewer_keys, ServeError, Service};
 

@@ -22,6 +22,7 @@ use super::reaper;
 use super::relay::{OutboxRelay, RelaySettings};
 use super::reply_guard::ReplyGuard;
 use super::viewer_actions::ViewerActions;
+use super::viewer_dead_letters::ViewerDeadLetters;
 use crate::broker::connection::{AmqpUrls, Connector};
 use crate::broker::consumer::CommandConsumer;
 use crate::broker::publisher::ConfirmPublisher;
@@ -449,6 +450,13 @@ pub async fn serve(
         // Operator actions from the viewer write through its own pool too: acting never takes
         // a connection the command pipeline needs.
         let actions = ViewerActions::new(viewer_pool.clone(), service.ctx.clone());
+        // The dead-letters page replays within the inbox retention this service prunes by.
+        let dead_letters = ViewerDeadLetters::new(
+            viewer_pool.clone(),
+            Arc::new(Connector::new(AmqpUrls::unchecked(&config.amqp_url))),
+            service.topology.clone(),
+            settings.retention.inbox_retention,
+        );
         let bound = crate::http::viewer::spawn(
             addr,
             viewer_pool,
@@ -456,6 +464,7 @@ pub async fn serve(
             settings.http.limits(),
             live,
             Arc::new(actions),
+            Arc::new(dead_letters),
             shutdown.clone(),
         )
         .await?

@@ -403,3 +403,108 @@ pub async fn discard(
         .await?;
     Ok(recorded)
 }
+
+/// The stored letters of one reason code, as the dead-letters page groups them.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct CodeGroup {
+    /// The reason code.
+    pub code: String,
+    /// How many letters have it.
+    pub letters: i64,
+    /// Their command kinds (`unknown` when the body names none), most common first, at most
+    /// [`GROUP_KINDS`] of them.
+    pub kinds: Vec<String>,
+    /// How many kinds they have in all.
+    pub kind_count: i64,
+    /// The earliest first refusal among them (`None` when no letter's age is known).
+    pub oldest: Option<DateTime<Utc>>,
+    /// The latest first refusal among them.
+    pub newest: Option<DateTime<Utc>>,
+    /// The highest id among them: a discard or replay of the group confirmed on this count takes
+    /// no letter stored after it.
+    pub last_id: i64,
+}
+
+/// Most command kinds a [`CodeGroup`] names (kinds come from producers' bodies).
+pub const GROUP_KINDS: i64 = 10;
+
+/// The stored letters grouped by code, largest group first (ties by code), at most `limit`
+/// groups: one statement over `dead_letters_code_idx`.
+pub async fn code_groups(pool: &PgPool, limit: i64) -> Result<Vec<CodeGroup>, sqlx::Error> {
+    sqlx::query_as(
+        "WITH kinds AS (
+             SELECT code, coalesce(kind, 'unknown') AS kind, count(*) AS n
+             FROM dead_letters GROUP BY 1, 2
+         ), ranked AS (
+             SELECT code, kind, row_number() OVER (PARTITION BY code ORDER BY n DESC, kind) AS r,
+                    count(*) OVER (PARTITION BY code) AS kind_count
+             FROM kinds
+         )
+         SELECT g.code, g.letters,
+                coalesce((SELECT array_agg(kind ORDER BY r) FROM ranked k
+                          WHERE k.code = g.code AND r <= $2), '{}') AS kinds,
+                (SELECT max(kind_count) FROM ranked k WHERE k.code = g.code) AS kind_count,
+                g.oldest, g.newest, g.last_id
+         FROM (SELECT code, count(*) AS letters, min(first_failed_at) AS oldest,
+                      max(first_failed_at) AS newest, max(id) AS last_id
+               FROM dead_letters GROUP BY code) g
+         ORDER BY g.letters DESC, g.code
+         LIMIT $1",
+    )
+    .bind(limit)
+    .bind(GROUP_KINDS)
+    .fetch_all(pool)
+    .await
+}
+
+/// A stored letter as a listing shows it: everything but its body and properties.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct ListedDeadLetter {
+    /// Its id.
+    pub id: i64,
+    /// The reason code.
+    pub code: String,
+    /// The reason message.
+    pub message: String,
+    /// The command kind, when the body says.
+    pub kind: Option<String>,
+    /// The command id.
+    pub command_id: Option<String>,
+    /// The tenant the body names.
+    pub tenant_id: Option<i64>,
+    /// When it was first refused.
+    pub first_failed_at: Option<DateTime<Utc>>,
+    /// How often it was replayed before.
+    pub replays: i64,
+    /// The body's size in bytes.
+    pub bytes: i32,
+}
+
+/// Up to `limit` letters (of `code` when given) with an id below `before`, newest first, without
+/// their bodies; and how many letters (of `code`) are stored in all.
+pub async fn newest_page(
+    pool: &PgPool,
+    code: Option<&str>,
+    before: i64,
+    limit: i64,
+) -> Result<(Vec<ListedDeadLetter>, i64), sqlx::Error> {
+    let rows = sqlx::query_as(
+        "SELECT id, code, message, kind, command_id, tenant_id, first_failed_at, replays,
+                length(body) AS bytes
+         FROM dead_letters
+         WHERE ($1::text IS NULL OR code = $1) AND id < $2
+         ORDER BY id DESC LIMIT $3",
+    )
+    .bind(code)
+    .bind(before)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    let total = sqlx::query_scalar(
+        "SELECT count(*) FROM dead_letters WHERE ($1::text IS NULL OR code = $1)",
+    )
+    .bind(code)
+    .fetch_one(pool)
+    .await?;
+    Ok((rows, total))
+}

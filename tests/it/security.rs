@@ -11,6 +11,7 @@ use operation_runs::broker::publisher::ConfirmPublisher;
 use operation_runs::client::{DispatchRequest, Producer};
 use operation_runs::config::Config;
 use operation_runs::service::Service;
+use operation_runs::store::dead_letters;
 use serde_json::json;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tokio_util::sync::CancellationToken;
@@ -506,6 +507,53 @@ async fn serve_runs_as_the_least_privileged_service_role_and_the_secret_stays_re
             "the service's role may not: {write}"
         );
     }
+    // What the viewer's dead-letters page does, the service's role may do: store a letter taken
+    // from the queue, lock it as a replay does, discard it on the record.
+    let as_service = PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&roles.url(&roles.service))
+        .await
+        .unwrap();
+    let mut tx = as_service.begin().await.unwrap();
+    dead_letters::insert_all(
+        &mut tx,
+        &[dead_letters::NewDeadLetter {
+            code: "invalid_json".into(),
+            message: "not JSON".into(),
+            kind: None,
+            command_id: None,
+            tenant_id: None,
+            routing_key: "dispatch".into(),
+            first_failed_at: None,
+            failed_at: None,
+            replays: 0,
+            delivery_count: 0,
+            body: b"{".to_vec(),
+            properties: b"{}".to_vec(),
+        }],
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    let stored: i64 = sqlx::query_scalar("SELECT max(id) FROM dead_letters")
+        .fetch_one(&as_service)
+        .await
+        .unwrap();
+    let mut tx = as_service.begin().await.unwrap();
+    assert!(dead_letters::lock(&mut tx, stored).await.unwrap().is_some());
+    tx.rollback().await.unwrap();
+    let filter = dead_letters::LetterFilter::Ids(vec![stored]);
+    let done = operation_runs::service::dead_letters::discard(
+        &as_service,
+        &filter,
+        None,
+        Some("ada"),
+        |_| {},
+    )
+    .await
+    .unwrap();
+    assert_eq!(done.discarded, 1);
+    as_service.close().await;
     // The reader's role reads the data, never the secret, and writes nothing.
     let mut reader = roles.connect(&roles.reader).await;
     let runs: i64 = sqlx::query_scalar("SELECT count(*) FROM operation_runs")

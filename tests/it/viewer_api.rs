@@ -5,12 +5,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use operation_runs::broker::connection::{AmqpUrls, Connector};
+use operation_runs::broker::Topology;
 use operation_runs::config::ServeSettings;
 use operation_runs::http::auth::{Claims, TokenKeys};
 use operation_runs::http::server::HttpLimits;
 use operation_runs::http::streams::LiveLimits;
 use operation_runs::service::apply::ApplySettings;
 use operation_runs::service::viewer_actions::ViewerActions;
+use operation_runs::service::viewer_dead_letters::ViewerDeadLetters;
 use operation_runs::store::viewer::{
     explain_list_runs, ContextValue, RunListFilter, Search, ViewerScope,
 };
@@ -41,9 +44,29 @@ impl Viewer {
         Self::spawn_with(pool, default_live_limits()).await
     }
 
-    /// A viewer whose live streams have the bounds `live`.
+    /// A viewer whose live streams have the bounds `live` (its dead-letters page on a namespace
+    /// of its own that nothing declares).
     pub(crate) async fn spawn_with(pool: PgPool, live: LiveLimits) -> Self {
+        let topology = Topology::new(&crate::helpers::unique_namespace()).unwrap();
+        Self::spawn_full(pool, live, topology).await
+    }
+
+    /// A viewer whose dead-letters page works on the queues of `topology`, replaying within an
+    /// inbox retention of a day.
+    pub(crate) async fn spawn_for_dead_letters(pool: PgPool, topology: Topology) -> Self {
+        Self::spawn_full(pool, default_live_limits(), topology).await
+    }
+
+    async fn spawn_full(pool: PgPool, live: LiveLimits, topology: Topology) -> Self {
         let keys = TokenKeys::new(SECRET).unwrap();
+        let dead_letters = ViewerDeadLetters::new(
+            pool.clone(),
+            Arc::new(Connector::new(AmqpUrls::unchecked([
+                crate::helpers::amqp_url(),
+            ]))),
+            topology,
+            Duration::from_secs(86_400),
+        );
         let stop = CancellationToken::new();
         let actions = ViewerActions::new(
             pool.clone(),
@@ -63,6 +86,7 @@ impl Viewer {
             },
             live,
             Arc::new(actions),
+            Arc::new(dead_letters),
             stop.clone(),
         )
         .await
