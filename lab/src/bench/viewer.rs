@@ -66,6 +66,9 @@ pub const FILTERS: &[(&str, &str)] = &[
         "context.policy_id=p-42&context.scope=all_devices",
     ),
     ("failure_code", "failure_code=graph.throttled"),
+    // Values no run holds: the index says so at once (a newest-first walk would read every run).
+    ("context_none", "context.policy_id=p-none"),
+    ("failure_code_none", "failure_code=disk.full"),
     ("initiator", "initiator=alice"),
     ("user_id", "user_id=2"),
     // The identity of run 42 (`viewer-bench-42`).
