@@ -27,7 +27,7 @@ use tokio::time::Instant;
 
 use super::api::run_in_scope;
 use super::auth::{Claims, LEEWAY_SECS};
-use super::claims::{request_token, ApiClaims};
+use super::claims::live_claims;
 use super::error::{ApiError, ApiPath, ApiQuery};
 use super::state::ViewerState;
 use super::streams::{Holder, LiveSlot};
@@ -55,11 +55,15 @@ fn stream_end(claims: &Claims, lifetime: Duration) -> Instant {
 /// `GET /v1/runs/{id}/live`
 pub async fn live(
     State(state): State<ViewerState>,
-    ApiClaims(claims): ApiClaims,
     headers: HeaderMap,
     ApiPath(id): ApiPath<String>,
     ApiQuery(params): ApiQuery<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
+    let (claims, token) = live_claims(
+        &state.keys,
+        &headers,
+        params.get("token").map(String::as_str),
+    )?;
     let run = run_in_scope(&state, &claims.scope(), &id).await?;
     let resume = headers
         .get("last-event-id")
@@ -73,7 +77,6 @@ pub async fn live(
             .map_err(|_| ApiError::invalid("Last-Event-ID must be an event sequence"))?,
         None => 0,
     };
-    let token = request_token(&headers).unwrap_or_default();
     let slot = match state.live.open(Holder::of(&claims, &token), run.id) {
         Ok(slot) => slot,
         Err(e) => {

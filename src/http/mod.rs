@@ -5,6 +5,7 @@ pub mod action_pages;
 pub mod api;
 pub mod auth;
 pub mod claims;
+pub mod cors;
 pub mod error;
 pub mod html;
 pub mod live;

@@ -455,6 +455,7 @@ pub async fn serve(
             keys,
             settings.http.limits(),
             live,
+            settings.live.allowed_origins(),
             Arc::new(actions),
             shutdown.clone(),
         )

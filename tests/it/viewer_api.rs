@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use operation_runs::config::ServeSettings;
 use operation_runs::http::auth::{Claims, TokenKeys};
+use operation_runs::http::cors::AllowedOrigins;
 use operation_runs::http::server::HttpLimits;
 use operation_runs::http::streams::LiveLimits;
 use operation_runs::service::apply::ApplySettings;
@@ -43,6 +44,16 @@ impl Viewer {
 
     /// A viewer whose live streams have the bounds `live`.
     pub(crate) async fn spawn_with(pool: PgPool, live: LiveLimits) -> Self {
+        Self::spawn_full(pool, live, AllowedOrigins::default()).await
+    }
+
+    /// A viewer whose live stream the pages of `origins` may read across origins.
+    pub(crate) async fn spawn_with_origins(pool: PgPool, origins: &[&str]) -> Self {
+        let origins = AllowedOrigins::new(origins.iter().copied()).unwrap();
+        Self::spawn_full(pool, default_live_limits(), origins).await
+    }
+
+    async fn spawn_full(pool: PgPool, live: LiveLimits, origins: AllowedOrigins) -> Self {
         let keys = TokenKeys::new(SECRET).unwrap();
         let stop = CancellationToken::new();
         let actions = ViewerActions::new(
@@ -62,6 +73,7 @@ impl Viewer {
                 ..ServeSettings::defaults().http.limits()
             },
             live,
+            origins,
             Arc::new(actions),
             stop.clone(),
         )
