@@ -137,6 +137,25 @@ async fn the_php_and_python_workers_execute_each_job_once_and_honour_a_cancel(po
     app.shutdown().await;
 }
 
+/// Runs PHPUnit with `config` against `app` and a viewer whose live stream the platform's
+/// origin (`http://platform.test`, as `OPRUN_VIEWER_ALLOWED_ORIGIN`) may read; returns its output.
+async fn phpunit_with_viewer(app: &TestApp, config: &str) -> String {
+    use crate::viewer_api::{Viewer, SECRET};
+    let platform = "http://platform.test";
+    let viewer = Viewer::spawn_with_origins(app.pool.clone(), &[platform]).await;
+    let (phpunit, args) = (program("OPRUN_PHPUNIT", "phpunit"), ["-c", config]);
+    let mut command = command_against(app, &phpunit, &args);
+    command
+        .env("OPRUN_VIEWER_URL", format!("{}/", viewer.base))
+        .env("OPRUN_VIEWER_SECRET", SECRET)
+        .env("OPRUN_VIEWER_ALLOWED_ORIGIN", platform);
+    let output = tokio::time::timeout(CHILD_DEADLINE, command.output())
+        .await
+        .unwrap_or_else(|_| panic!("{config} did not finish in {CHILD_DEADLINE:?}"))
+        .unwrap_or_else(|e| panic!("cannot run {phpunit}: {e}"));
+    succeeded(&phpunit, &args, output)
+}
+
 /// The Laravel package (clients/laravel) inside a minimal Laravel application booted from
 /// Debian's php-laravel-framework: its config merged and publishable, the facade over the
 /// container's service, a dispatch and a refusal through it, a dispatch by the generated
@@ -146,27 +165,22 @@ async fn the_php_and_python_workers_execute_each_job_once_and_honour_a_cancel(po
 /// service hands jobs off (the suite's worker executes them).
 #[sqlx::test]
 async fn the_laravel_package_passes_its_phpunit_suite_in_a_laravel_application(pool: PgPool) {
-    use crate::viewer_api::{Viewer, SECRET};
     let app = app_with_hand_off(pool).await;
-    // The viewer `operation-runs:status` reads and the progress component's stream comes from,
-    // readable by the platform's origin.
-    let platform = "http://platform.test";
-    let viewer = Viewer::spawn_with_origins(app.pool.clone(), &[platform]).await;
-    let (phpunit, args) = (
-        program("OPRUN_PHPUNIT", "phpunit"),
-        ["-c", "clients/laravel/phpunit.xml"],
-    );
-    let mut command = command_against(&app, &phpunit, &args);
-    command
-        .env("OPRUN_VIEWER_URL", format!("{}/", viewer.base))
-        .env("OPRUN_VIEWER_SECRET", SECRET)
-        .env("OPRUN_VIEWER_ALLOWED_ORIGIN", platform);
-    let output = tokio::time::timeout(CHILD_DEADLINE, command.output())
-        .await
-        .expect("the Laravel suite did not finish in time")
-        .unwrap_or_else(|e| panic!("cannot run {phpunit}: {e}"));
-    let out = succeeded(&phpunit, &args, output);
+    let out = phpunit_with_viewer(&app, "clients/laravel/phpunit.xml").await;
     assert!(out.contains("OK (10 tests"), "{out}");
+    app.shutdown().await;
+}
+
+/// The example application (clients/laravel/example-app), booted as an application is (its
+/// `bootstrap/app.php`, the console kernel, the package discovered from
+/// `vendor/composer/installed.json`): its feature tests dispatch through the facade, execute
+/// through `operation-runs:work` with progress, hear the completion as a Laravel event, cancel a
+/// running run and see the handler stop, and render the progress component in a page.
+#[sqlx::test]
+async fn the_example_application_passes_its_feature_tests(pool: PgPool) {
+    let app = app_with_hand_off(pool).await;
+    let out = phpunit_with_viewer(&app, "clients/laravel/example-app/phpunit.xml").await;
+    assert!(out.contains("OK (4 tests"), "{out}");
     app.shutdown().await;
 }
 
