@@ -2,7 +2,9 @@
 //! `event:` the CloudEvents type, `data:` the event JSON. `Last-Event-ID` (or `?after=`) resumes
 //! after that sequence: what was missed comes first, then new events as they are recorded. The
 //! stream ends after the completion event (or when the run is deleted); comment heartbeats keep
-//! an idle stream open.
+//! an idle stream open. Its token may come as `?token=` when it reads one run only (an
+//! `EventSource` sends no header: [`live_claims`]); the origins of `--viewer-allowed-origins`
+//! may read it across origins ([`super::cors`]).
 //!
 //! A stream is bounded three ways ([`LiveLimits`]): at most `per_token` streams per token and
 //! `per_run` per run are open at once (one more is 429 `too_many_streams`), each ends after
