@@ -635,6 +635,13 @@ pub struct LiveSettings {
     /// 5 s leeway.
     #[arg(long, env = "OPRUN_LIVE_STREAM_LIFETIME", default_value = DEFAULT_LIVE_STREAM_LIFETIME, value_parser = parse_stream_lifetime)]
     pub live_stream_lifetime: Duration,
+
+    /// Origins (`https://platform.example.com`, comma-separated) whose pages may read the live
+    /// stream `GET /v1/runs/{id}/live` across origins (`Access-Control-Allow-Origin` for them
+    /// alone, on that route alone, without credentials), as the Laravel package's progress
+    /// component does with a run-scoped `?token=`. Empty (the default): no cross-origin read.
+    #[arg(long, env = "OPRUN_VIEWER_ALLOWED_ORIGINS", value_delimiter = ',', value_parser = crate::http::cors::parse_origin)]
+    pub viewer_allowed_origins: Vec<String>,
 }
 
 impl LiveSettings {
@@ -645,6 +652,14 @@ impl LiveSettings {
             per_run: self.live_streams_per_run as usize,
             lifetime: self.live_stream_lifetime,
         }
+    }
+
+    /// The origins whose pages may read the live stream.
+    pub fn allowed_origins(&self) -> crate::http::cors::AllowedOrigins {
+        crate::http::cors::AllowedOrigins::new(
+            self.viewer_allowed_origins.iter().map(String::as_str),
+        )
+        .expect("each origin was checked when parsed")
     }
 }
 

@@ -86,6 +86,43 @@ impl FromRequestParts<ViewerState> for OperatorClaims {
     }
 }
 
+/// The claims of a live stream's request (`GET /v1/runs/{id}/live`) and the token they came
+/// from: `Authorization: Bearer …`, else `?token=` (`query_token`), else the sign-in cookie.
+/// An `EventSource` cannot send a header, and a page on the platform's origin holds no sign-in
+/// cookie of the viewer's, so the progress component of a platform page passes its token in the
+/// URL; a URL may be logged or kept in a history, so only a token that reads one run may travel
+/// there: one with a `run_id` claim and no `operate` grant (decision 0088). Any other is 401
+/// `invalid_token`.
+pub fn live_claims(
+    keys: &TokenKeys,
+    headers: &HeaderMap,
+    query_token: Option<&str>,
+) -> Result<(Claims, String), ApiError> {
+    let from_url = bearer(headers).is_none() && query_token.is_some_and(|t| !t.is_empty());
+    let token = if from_url {
+        query_token.map(str::to_owned)
+    } else {
+        request_token(headers)
+    };
+    let token = token.ok_or(AuthError::Missing)?;
+    let claims = keys.verify(&token)?;
+    if from_url && (claims.run_id.is_none() || claims.may_operate()) {
+        return Err(AuthError::Invalid(
+            "a token in ?token= must read one run only (a run_id claim, no operate grant): \
+             the URL may be logged"
+                .into(),
+        )
+        .into());
+    }
+    tracing::debug!(
+        sub = claims.sub.as_deref(),
+        workspace_id = claims.workspace_id,
+        from_url,
+        "viewer live request"
+    );
+    Ok((claims, token))
+}
+
 /// The cookie a browser carries after signing in with `?token=`.
 pub const TOKEN_COOKIE: &str = "oprun_token";
 

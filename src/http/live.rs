@@ -2,7 +2,9 @@
 //! `event:` the CloudEvents type, `data:` the event JSON. `Last-Event-ID` (or `?after=`) resumes
 //! after that sequence: what was missed comes first, then new events as they are recorded. The
 //! stream ends after the completion event (or when the run is deleted); comment heartbeats keep
-//! an idle stream open.
+//! an idle stream open. Its token may come as `?token=` when it reads one run only (an
+//! `EventSource` sends no header: [`live_claims`]); the origins of `--viewer-allowed-origins`
+//! may read it across origins ([`super::cors`]).
 //!
 //! A stream is bounded three ways ([`LiveLimits`]): at most `per_token` streams per token and
 //! `per_run` per run are open at once (one more is 429 `too_many_streams`), each ends after
@@ -27,7 +29,7 @@ use tokio::time::Instant;
 
 use super::api::run_in_scope;
 use super::auth::{Claims, LEEWAY_SECS};
-use super::claims::{request_token, ApiClaims};
+use super::claims::live_claims;
 use super::error::{ApiError, ApiPath, ApiQuery};
 use super::state::ViewerState;
 use super::streams::{Holder, LiveSlot};
@@ -55,11 +57,15 @@ fn stream_end(claims: &Claims, lifetime: Duration) -> Instant {
 /// `GET /v1/runs/{id}/live`
 pub async fn live(
     State(state): State<ViewerState>,
-    ApiClaims(claims): ApiClaims,
     headers: HeaderMap,
     ApiPath(id): ApiPath<String>,
     ApiQuery(params): ApiQuery<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
+    let (claims, token) = live_claims(
+        &state.keys,
+        &headers,
+        params.get("token").map(String::as_str),
+    )?;
     let run = run_in_scope(&state, &claims.scope(), &id).await?;
     let resume = headers
         .get("last-event-id")
@@ -73,7 +79,6 @@ pub async fn live(
             .map_err(|_| ApiError::invalid("Last-Event-ID must be an event sequence"))?,
         None => 0,
     };
-    let token = request_token(&headers).unwrap_or_default();
     let slot = match state.live.open(Holder::of(&claims, &token), run.id) {
         Ok(slot) => slot,
         Err(e) => {

@@ -5,6 +5,7 @@ pub mod action_pages;
 pub mod api;
 pub mod auth;
 pub mod claims;
+pub mod cors;
 pub mod dead_letter_actions;
 pub mod dead_letter_api;
 pub mod dead_letter_pages;

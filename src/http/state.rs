@@ -4,11 +4,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::FromRef;
 use sqlx::PgPool;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use super::auth::TokenKeys;
+use super::cors::AllowedOrigins;
 use super::dead_letter_actions::DeadLetterActions;
 use super::run_actions::RunActions;
 use super::streams::LiveStreams;
@@ -36,4 +38,13 @@ pub struct ViewerState {
     pub actions: Arc<dyn RunActions>,
     /// Takes, replays and discards dead letters (the service's, on the viewer's pool).
     pub dead_letters: Arc<dyn DeadLetterActions>,
+    /// The origins whose pages may read the live stream (`--viewer-allowed-origins`).
+    pub allowed_origins: AllowedOrigins,
+}
+
+/// What the cross-origin layer of the live stream reads (`State<AllowedOrigins>`).
+impl FromRef<ViewerState> for AllowedOrigins {
+    fn from_ref(state: &ViewerState) -> Self {
+        state.allowed_origins.clone()
+    }
 }

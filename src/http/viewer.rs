@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::auth::{Claims, TokenKeys};
 use super::claims::{cookie, TOKEN_COOKIE};
+use super::cors::{self, AllowedOrigins};
 use super::dead_letter_actions::DeadLetterActions;
 use super::error::ApiError;
 use super::run_actions::RunActions;
@@ -44,8 +45,8 @@ pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; 
 
 /// Binds `addr` and serves the viewer until `shutdown`, reading through `viewer_pool` (the
 /// viewer's own, see [`crate::store::viewer::connect_viewer_pool`]), its live streams within
-/// `live`, its operator actions carried out by `actions`, and the dead-letters page's by
-/// `dead_letters`.
+/// `live`, its operator actions carried out by `actions`, the dead-letters page's by
+/// `dead_letters`, its live stream readable from the pages of `allowed_origins`.
 #[allow(clippy::too_many_arguments)]
 pub async fn spawn(
     addr: SocketAddr,
@@ -53,6 +54,7 @@ pub async fn spawn(
     keys: TokenKeys,
     limits: HttpLimits,
     live: streams::LiveLimits,
+    allowed_origins: AllowedOrigins,
     actions: Arc<dyn RunActions>,
     dead_letters: Arc<dyn DeadLetterActions>,
     shutdown: CancellationToken,
@@ -67,6 +69,7 @@ pub async fn spawn(
         poll: Duration::from_millis(250),
         live: Arc::new(streams::LiveStreams::new(live)),
         shutdown: shutdown.clone(),
+        allowed_origins,
     };
     server::spawn(addr, router(state), limits, shutdown).await
 }
@@ -131,8 +134,18 @@ pub fn router(state: ViewerState) -> Router {
             state.clone(),
             bounded_answer,
         ));
+    // The one route a page of another origin may read, and only a listed one (cors).
+    let live = Router::new()
+        .route(
+            "/v1/runs/{id}/live",
+            get(live::live).options(cors::live_preflight),
+        )
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            cors::allow_listed_origin,
+        ));
     Router::new()
-        .route("/v1/runs/{id}/live", get(live::live))
+        .merge(live)
         .route("/assets/viewer.css", get(pages::css))
         .route("/assets/viewer.js", get(pages::js))
         .route("/sign-in", post(switch_sign_in))

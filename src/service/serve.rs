@@ -463,6 +463,7 @@ pub async fn serve(
             keys,
             settings.http.limits(),
             live,
+            settings.live.allowed_origins(),
             Arc::new(actions),
             Arc::new(dead_letters),
             shutdown.clone(),

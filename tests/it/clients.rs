@@ -30,9 +30,8 @@ fn program(env_var: &str, default: &str) -> String {
     std::env::var(env_var).unwrap_or_else(|_| default.to_owned())
 }
 
-/// Runs `program args` with the service's coordinates in its environment; fails the test with
-/// the child's output unless it exits 0. Returns its stdout.
-async fn run_against(app: &TestApp, program: &str, args: &[&str]) -> String {
+/// `program args` with the service's coordinates in its environment, in the repository's root.
+fn command_against(app: &TestApp, program: &str, args: &[&str]) -> tokio::process::Command {
     let mut command = tokio::process::Command::new(program);
     command
         .args(args)
@@ -48,10 +47,11 @@ async fn run_against(app: &TestApp, program: &str, args: &[&str]) -> String {
         // For the Python client's check of its catalog copy against `oprun catalog`.
         .env("OPRUN_BIN", env!("CARGO_BIN_EXE_oprun"))
         .kill_on_drop(true);
-    let output = tokio::time::timeout(CHILD_DEADLINE, command.output())
-        .await
-        .unwrap_or_else(|_| panic!("{program} {args:?} did not finish in {CHILD_DEADLINE:?}"))
-        .unwrap_or_else(|e| panic!("cannot run {program} (is it installed? see .ci/run): {e}"));
+    command
+}
+
+/// Fails the test with the child's output unless it exited 0; returns its stdout.
+fn succeeded(program: &str, args: &[&str], output: std::process::Output) -> String {
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
@@ -60,6 +60,16 @@ async fn run_against(app: &TestApp, program: &str, args: &[&str]) -> String {
         output.status
     );
     stdout
+}
+
+/// Runs `program args` with the service's coordinates in its environment; fails the test with
+/// the child's output unless it exits 0. Returns its stdout.
+async fn run_against(app: &TestApp, program: &str, args: &[&str]) -> String {
+    let output = tokio::time::timeout(CHILD_DEADLINE, command_against(app, program, args).output())
+        .await
+        .unwrap_or_else(|_| panic!("{program} {args:?} did not finish in {CHILD_DEADLINE:?}"))
+        .unwrap_or_else(|e| panic!("cannot run {program} (is it installed? see .ci/run): {e}"));
+    succeeded(program, args, output)
 }
 
 /// Runs the Python client's tests selected by the mark expression `marks` against `app`.
@@ -127,21 +137,50 @@ async fn the_php_and_python_workers_execute_each_job_once_and_honour_a_cancel(po
     app.shutdown().await;
 }
 
+/// Runs PHPUnit with `config` against `app` and a viewer whose live stream the platform's
+/// origin (`http://platform.test`, as `OPRUN_VIEWER_ALLOWED_ORIGIN`) may read; returns its output.
+async fn phpunit_with_viewer(app: &TestApp, config: &str) -> String {
+    use crate::viewer_api::{Viewer, SECRET};
+    let platform = "http://platform.test";
+    let viewer = Viewer::spawn_with_origins(app.pool.clone(), &[platform]).await;
+    let (phpunit, args) = (program("OPRUN_PHPUNIT", "phpunit"), ["-c", config]);
+    let mut command = command_against(app, &phpunit, &args);
+    command
+        .env("OPRUN_VIEWER_URL", format!("{}/", viewer.base))
+        .env("OPRUN_VIEWER_SECRET", SECRET)
+        .env("OPRUN_VIEWER_ALLOWED_ORIGIN", platform);
+    let output = tokio::time::timeout(CHILD_DEADLINE, command.output())
+        .await
+        .unwrap_or_else(|_| panic!("{config} did not finish in {CHILD_DEADLINE:?}"))
+        .unwrap_or_else(|e| panic!("cannot run {phpunit}: {e}"));
+    succeeded(&phpunit, &args, output)
+}
+
 /// The Laravel package (clients/laravel) inside a minimal Laravel application booted from
 /// Debian's php-laravel-framework: its config merged and publishable, the facade over the
-/// container's service, a dispatch and a refusal through it, and a job executed by
-/// `operation-runs:work` whose events `operation-runs:listen` dispatches as Laravel events. The
+/// container's service, a dispatch and a refusal through it, a dispatch by the generated
+/// `OperationRunType`, a job executed by `operation-runs:work` whose events
+/// `operation-runs:listen` dispatches as Laravel events, `operation-runs:status` read from the
+/// viewer, and the progress component rendered, its stream read as the platform's origin. The
 /// service hands jobs off (the suite's worker executes them).
 #[sqlx::test]
 async fn the_laravel_package_passes_its_phpunit_suite_in_a_laravel_application(pool: PgPool) {
     let app = app_with_hand_off(pool).await;
-    let out = run_against(
-        &app,
-        &program("OPRUN_PHPUNIT", "phpunit"),
-        &["-c", "clients/laravel/phpunit.xml"],
-    )
-    .await;
-    assert!(out.contains("OK (7 tests"), "{out}");
+    let out = phpunit_with_viewer(&app, "clients/laravel/phpunit.xml").await;
+    assert!(out.contains("OK (10 tests"), "{out}");
+    app.shutdown().await;
+}
+
+/// The example application (clients/laravel/example-app), booted as an application is (its
+/// `bootstrap/app.php`, the console kernel, the package discovered from
+/// `vendor/composer/installed.json`): its feature tests dispatch through the facade, execute
+/// through `operation-runs:work` with progress, hear the completion as a Laravel event, cancel a
+/// running run and see the handler stop, and render the progress component in a page.
+#[sqlx::test]
+async fn the_example_application_passes_its_feature_tests(pool: PgPool) {
+    let app = app_with_hand_off(pool).await;
+    let out = phpunit_with_viewer(&app, "clients/laravel/example-app/phpunit.xml").await;
+    assert!(out.contains("OK (4 tests"), "{out}");
     app.shutdown().await;
 }
 
@@ -153,37 +192,89 @@ async fn the_python_client_passes_its_pytest_suite_against_the_service(pool: PgP
     app.shutdown().await;
 }
 
+/// Each client's examples as documented (decision 0087): its executor (`InventoryWorker.php`,
+/// `inventory_worker.py`) is started first and told how many jobs to execute, then its
+/// dispatching examples (`SyncInventoryJob.php`; `sync_inventory.py` and the asyncio
+/// `sync_inventory_async.py`) dispatch and follow their run's events until the executor completed
+/// it. None of them both dispatches and executes: each run is executed once, its counts not
+/// doubled.
 #[sqlx::test]
-async fn the_example_scripts_dispatch_report_progress_complete_and_receive_their_events(
-    pool: PgPool,
-) {
-    let app = TestApp::spawn(pool).await;
-    for (program, script) in [
+async fn the_examples_dispatch_and_their_executor_executes_each_run_once(pool: PgPool) {
+    use tokio::io::AsyncBufReadExt;
+
+    let app = app_with_hand_off(pool).await;
+    let php = program("OPRUN_PHP", "php");
+    let python = program("OPRUN_PYTHON", "python3");
+    let clients: [(&str, Vec<&str>, Vec<&str>); 2] = [
         (
-            program("OPRUN_PHP", "php"),
-            "clients/php/examples/SyncInventoryJob.php",
+            &php,
+            vec!["clients/php/examples/InventoryWorker.php", "1"],
+            vec!["clients/php/examples/SyncInventoryJob.php"],
         ),
         (
-            program("OPRUN_PYTHON", "python3"),
-            "clients/python/examples/sync_inventory.py",
+            &python,
+            vec![
+                "clients/python/examples/inventory_worker.py",
+                "--max-jobs",
+                "2",
+            ],
+            vec![
+                "clients/python/examples/sync_inventory.py",
+                "clients/python/examples/sync_inventory_async.py",
+            ],
         ),
-    ] {
-        let out = run_against(&app, &program, &[script]).await;
+    ];
+    for (program, executor, dispatchers) in clients {
+        let mut command = command_against(&app, program, &executor);
+        command
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut worker = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+        // Its job queue is declared once it says so: the dispatches' jobs wait in it.
+        let mut lines = tokio::io::BufReader::new(worker.stdout.take().unwrap()).lines();
+        let first = tokio::time::timeout(CHILD_DEADLINE, lines.next_line())
+            .await
+            .expect("the executor did not get ready")
+            .unwrap();
+        assert_eq!(first.as_deref(), Some("ready"), "{executor:?}");
+        for script in &dispatchers {
+            let out = run_against(&app, program, &[script]).await;
+            assert!(
+                out.contains("operation_run.queued #1")
+                    && out.contains("operation_run.completed #")
+                    && out.contains("outcome: partially_succeeded"),
+                "{script}: {out}"
+            );
+        }
+        let rest = tokio::time::timeout(CHILD_DEADLINE, async {
+            let mut rest = String::new();
+            while let Some(line) = lines.next_line().await.unwrap() {
+                rest.push_str(&line);
+                rest.push('\n');
+            }
+            rest
+        })
+        .await
+        .expect("the executor did not exit after its jobs");
+        let status = worker.wait().await.unwrap();
+        assert!(status.success(), "{executor:?} exited {status}: {rest}");
         assert!(
-            out.contains("operation_run.queued #1")
-                && out.contains("operation_run.completed #")
-                && out.contains("outcome: partially_succeeded"),
-            "{script}: {out}"
+            rest.contains(&format!("executed {} job(s)", dispatchers.len())),
+            "{executor:?}: {rest}"
         );
     }
-    let outcomes: Vec<(String, String)> =
-        sqlx::query_as("SELECT status, outcome FROM operation_runs WHERE type = 'inventory.sync'")
-            .fetch_all(&app.pool)
-            .await
-            .unwrap();
+    let runs: Vec<(String, String, serde_json::Value)> = sqlx::query_as(
+        "SELECT status, outcome, summary_counts FROM operation_runs WHERE type = 'inventory.sync'",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    let once = serde_json::json!({"total": 3, "processed": 3, "succeeded": 2, "failed": 1});
     assert_eq!(
-        outcomes,
-        vec![("completed".into(), "partially_succeeded".into()); 2]
+        runs,
+        vec![("completed".into(), "partially_succeeded".into(), once); 3]
     );
     app.shutdown().await;
 }
@@ -233,6 +324,46 @@ async fn the_php_catalog_output_is_valid_php_with_every_type() {
         .collect();
     assert_eq!(stdout, expected);
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The Laravel package's `OperationRunType` and `OperationCatalog` (clients/laravel/src/Catalog)
+/// are what `oprun catalog --format php --php-namespace 'OperationRuns\Laravel\Catalog'` writes
+/// now: a type added to the registry and not to the package's copy fails here. A namespace that
+/// is not one is refused.
+#[tokio::test]
+async fn the_laravel_packages_enum_and_catalog_are_the_current_catalog_output() {
+    let dir = std::env::temp_dir().join(format!("oprun-catalog-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_oprun"))
+        .args(["catalog", "--format", "php", "--php-namespace"])
+        .arg("OperationRuns\\Laravel\\Catalog")
+        .arg("--out-dir")
+        .arg(&dir)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    for file in ["OperationRunType.php", "OperationCatalog.php"] {
+        let current = std::fs::read_to_string(dir.join(file)).unwrap();
+        let committed =
+            std::fs::read_to_string(format!("{ROOT}/clients/laravel/src/Catalog/{file}")).unwrap();
+        assert!(
+            committed == current,
+            "clients/laravel/src/Catalog/{file} is stale: regenerate it with `cargo run -q -- \
+             catalog --format php --php-namespace 'OperationRuns\\Laravel\\Catalog' --out-dir \
+             clients/laravel/src/Catalog`"
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_oprun"))
+        .args(["catalog", "--format", "php", "--php-namespace", "App;echo"])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("is not a PHP namespace"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
 }
 
 /// What each client's "View run" link is: a one-line program that prints

@@ -35,6 +35,7 @@ mod viewer_actions;
 mod viewer_api;
 mod viewer_bounds;
 mod viewer_browser;
+mod viewer_cross_origin;
 mod viewer_dead_letters;
 mod viewer_live;
 mod viewer_pages;

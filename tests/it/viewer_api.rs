@@ -9,6 +9,7 @@ use operation_runs::broker::connection::{AmqpUrls, Connector};
 use operation_runs::broker::Topology;
 use operation_runs::config::ServeSettings;
 use operation_runs::http::auth::{Claims, TokenKeys};
+use operation_runs::http::cors::AllowedOrigins;
 use operation_runs::http::server::HttpLimits;
 use operation_runs::http::streams::LiveLimits;
 use operation_runs::service::apply::ApplySettings;
@@ -47,17 +48,37 @@ impl Viewer {
     /// A viewer whose live streams have the bounds `live` (its dead-letters page on a namespace
     /// of its own that nothing declares).
     pub(crate) async fn spawn_with(pool: PgPool, live: LiveLimits) -> Self {
-        let topology = Topology::new(&crate::helpers::unique_namespace()).unwrap();
-        Self::spawn_full(pool, live, topology).await
+        Self::spawn_full(pool, live, AllowedOrigins::default(), None).await
     }
 
     /// A viewer whose dead-letters page works on the queues of `topology`, replaying within an
     /// inbox retention of a day.
     pub(crate) async fn spawn_for_dead_letters(pool: PgPool, topology: Topology) -> Self {
-        Self::spawn_full(pool, default_live_limits(), topology).await
+        Self::spawn_full(
+            pool,
+            default_live_limits(),
+            AllowedOrigins::default(),
+            Some(topology),
+        )
+        .await
     }
 
-    async fn spawn_full(pool: PgPool, live: LiveLimits, topology: Topology) -> Self {
+    /// A viewer whose live stream the pages of `origins` may read across origins.
+    pub(crate) async fn spawn_with_origins(pool: PgPool, origins: &[&str]) -> Self {
+        let origins = AllowedOrigins::new(origins.iter().copied()).unwrap();
+        Self::spawn_full(pool, default_live_limits(), origins, None).await
+    }
+
+    /// `topology`: the dead-letters page's queues (`None`: a namespace of its own that nothing
+    /// declares).
+    async fn spawn_full(
+        pool: PgPool,
+        live: LiveLimits,
+        origins: AllowedOrigins,
+        topology: Option<Topology>,
+    ) -> Self {
+        let topology =
+            topology.unwrap_or_else(|| Topology::new(&crate::helpers::unique_namespace()).unwrap());
         let keys = TokenKeys::new(SECRET).unwrap();
         let dead_letters = ViewerDeadLetters::new(
             pool.clone(),
@@ -85,6 +106,7 @@ impl Viewer {
                 ..ServeSettings::defaults().http.limits()
             },
             live,
+            origins,
             Arc::new(actions),
             Arc::new(dead_letters),
             stop.clone(),

@@ -249,8 +249,21 @@ async fn another_site(links: Vec<(&'static str, String)>) -> String {
         .iter()
         .map(|(id, href)| format!("<p><a id=\"{id}\" href=\"{href}\">View run</a></p>"))
         .collect();
+    let (listener, origin) = another_origin().await;
+    serve_page(listener, html);
+    format!("{origin}/")
+}
+
+/// A listener for the pages of another site (`localhost`, while the viewer is `127.0.0.1`),
+/// and its origin.
+async fn another_origin() -> (tokio::net::TcpListener, String) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
+    (listener, format!("http://localhost:{port}"))
+}
+
+/// Serves `html` at `/` of `listener` until the test ends.
+fn serve_page(listener: tokio::net::TcpListener, html: String) {
     let router = axum::Router::new().route(
         "/",
         axum::routing::get(move || {
@@ -259,7 +272,93 @@ async fn another_site(links: Vec<(&'static str, String)>) -> String {
         }),
     );
     tokio::spawn(async move { axum::serve(listener, router).await });
-    format!("http://localhost:{port}/")
+}
+
+/// The Laravel package's progress component in a page of the platform (another origin, listed
+/// in `--viewer-allowed-origins`), rendered by the example application's Blade view: the
+/// browser's `EventSource` reads the viewer's live stream with the run-scoped token of the page,
+/// and the `<progress>` element and its text follow the run to its completion without a reload
+/// (decision 0088).
+#[sqlx::test]
+async fn a_platform_page_follows_a_run_through_the_laravel_progress_component(pool: PgPool) {
+    let app = TestApp::spawn(pool.clone()).await;
+    let (listener, origin) = another_origin().await;
+    let viewer = Viewer::spawn_with_origins(pool, &[origin.as_str()]).await;
+    let run_id = app.create_policy_run(43).await;
+    app.publish(&progress(
+        "update_run",
+        run_id,
+        json!({"status": "running"}),
+    ))
+    .await;
+    app.publish(&progress(
+        "increment_summary_counts",
+        run_id,
+        json!({"counts": {"total": 4}}),
+    ))
+    .await;
+
+    let render = format!(
+        "require 'clients/laravel/example-app/autoload.php';
+         $app = require 'clients/laravel/example-app/bootstrap/app.php';
+         $app->make(Illuminate\\Contracts\\Console\\Kernel::class)->bootstrap();
+         echo view('run', ['runId' => {run_id}, 'workspaceId' => 1, 'tenantId' => 10])->render();"
+    );
+    let output = Command::new(std::env::var("OPRUN_PHP").unwrap_or_else(|_| "php".into()))
+        .args(["-r", &render])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("OPERATION_RUNS_VIEWER_URL", &viewer.base)
+        .env("OPERATION_RUNS_API_SECRET", crate::viewer_api::SECRET)
+        .output()
+        .await
+        .expect("php is installed");
+    let html = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        output.status.success() && html.contains("<progress"),
+        "{html}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serve_page(listener, html);
+
+    let driver = Driver::start().await;
+    let client = headless(&driver).await;
+    client.goto(&format!("{origin}/")).await.unwrap();
+    let text = "[data-operation-runs-text]";
+    wait_for_text(&client, text, "running (0/4)").await;
+    for _ in 0..2 {
+        app.publish(&progress(
+            "increment_summary_counts",
+            run_id,
+            json!({"counts": {"processed": 1}}),
+        ))
+        .await;
+    }
+    wait_for_text(&client, text, "running (2/4)").await;
+    let bar = client
+        .execute(
+            "var p = document.querySelector('progress'); return [p.value, p.max]",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(bar, json!([2, 4]));
+    app.publish(&progress(
+        "update_run",
+        run_id,
+        json!({"status": "completed", "outcome": "succeeded", "summary_counts": {"processed": 2}}),
+    ))
+    .await;
+    wait_for_text(&client, text, "completed, succeeded (4/4)").await;
+    let outcome = client
+        .execute(
+            "return document.querySelector('.operation-runs-progress').getAttribute('data-outcome')",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(outcome, json!("succeeded"));
+    client.close().await.unwrap();
+    app.shutdown().await;
 }
 
 /// The platform's case: a browser with no sign-in follows a "View run" link from another site

@@ -25,6 +25,15 @@ return [
         // Seconds a worker waits for the service's answer to a start, progress or completion
         // before sending it again with the same command id (applied once).
         'reply' => (float) env('OPERATION_RUNS_REPLY_TIMEOUT', 30),
+        // Seconds `operation-runs:status` waits for the run viewer's answer.
+        'http' => (float) env('OPERATION_RUNS_HTTP_TIMEOUT', 10),
+    ],
+
+    'progress' => [
+        // `<x-operation-runs::progress />`: seconds the live stream's run-scoped token is valid
+        // from the page's rendering (the stream ends then; a page open longer shows the last
+        // progress it got).
+        'token_ttl' => (int) env('OPERATION_RUNS_PROGRESS_TOKEN_TTL', 900),
     ],
 
     // `php artisan operation-runs:work`: run type ⇒ handler class, resolved from the container

@@ -7,6 +7,10 @@ namespace OperationRuns\Laravel\Tests;
 use Illuminate\Config\Repository;
 use Illuminate\Console\Application as Artisan;
 use Illuminate\Filesystem\Filesystem;
+use Illuminate\Filesystem\FilesystemServiceProvider;
+use Illuminate\View\ViewServiceProvider;
+use OperationRuns\Laravel\Catalog\OperationCatalog;
+use OperationRuns\Laravel\Catalog\OperationRunType;
 use Illuminate\Foundation\Application;
 use Illuminate\Foundation\Console\VendorPublishCommand;
 use Illuminate\Support\Facades\Facade;
@@ -20,6 +24,7 @@ use OperationRuns\Laravel\OperationRunsServiceProvider;
 use OperationRuns\Laravel\Tests\Fixtures\Executions;
 use OperationRuns\Laravel\Tests\Fixtures\SyncInventory;
 use OperationRuns\OperationRunService;
+use OperationRuns\Worker;
 use PHPUnit\Framework\TestCase;
 
 /**
@@ -46,10 +51,17 @@ final class PackageTest extends TestCase
         // As the application's .env would set them.
         putenv('OPERATION_RUNS_AMQP_URL=' . getenv('AMQP_URL'));
         putenv('OPERATION_RUNS_NAMESPACE=' . getenv('OPRUN_NAMESPACE'));
-        putenv('OPERATION_RUNS_VIEWER_URL=https://runs.example.com');
-        putenv('OPERATION_RUNS_API_SECRET=' . str_repeat('s', 32));
+        foreach (['OPRUN_VIEWER_URL', 'OPRUN_VIEWER_SECRET'] as $name) {
+            if (getenv($name) === false) {
+                self::fail("{$name} is not set: run these tests through `cargo test --test it clients::`");
+            }
+        }
+        putenv('OPERATION_RUNS_VIEWER_URL=' . getenv('OPRUN_VIEWER_URL'));
+        putenv('OPERATION_RUNS_API_SECRET=' . getenv('OPRUN_VIEWER_SECRET'));
         $this->base = sys_get_temp_dir() . '/oprun-laravel-' . bin2hex(random_bytes(6));
         mkdir($this->base . '/config', 0700, true);
+        mkdir($this->base . '/resources/views', 0700, true);
+        mkdir($this->base . '/storage/views', 0700, true);
         $this->app = $this->application([]);
     }
 
@@ -72,7 +84,7 @@ final class PackageTest extends TestCase
         $config = $this->app['config']['operation-runs'];
         self::assertSame(getenv('AMQP_URL'), $config['amqp_url']);
         self::assertSame(getenv('OPRUN_NAMESPACE'), $config['namespace']);
-        self::assertSame('https://runs.example.com', $config['viewer_url']);
+        self::assertSame(getenv('OPRUN_VIEWER_URL'), $config['viewer_url']);
         self::assertSame(30.0, $config['timeouts']['reply']);
         self::assertSame([], $config['executors']);
 
@@ -104,7 +116,7 @@ final class PackageTest extends TestCase
         self::assertMatchesRegularExpression('/^[0-9a-f]{64}$/', $run->runIdentityHash);
 
         $link = OperationRuns::viewUrl($run->runId, $this->workspace(), [$this->tenant()]);
-        self::assertStringStartsWith("https://runs.example.com/runs/{$run->runId}?token=", $link);
+        self::assertStringStartsWith(rtrim(getenv('OPRUN_VIEWER_URL'), '/') . "/runs/{$run->runId}?token=", $link);
     }
 
     public function testARefusedDispatchIsACommandRefusedWithItsCode(): void
@@ -182,6 +194,68 @@ final class PackageTest extends TestCase
         self::assertStringContainsString('no executor is configured for inventory.sync', $artisan->output());
     }
 
+    public function testTheGeneratedEnumNamesATypeForADispatchAndTheCatalogItsIdentityKeys(): void
+    {
+        self::assertSame('inventory.sync', OperationRunType::InventorySync->value);
+        self::assertSame(['selection'], OperationCatalog::identityKeys(OperationRunType::InventorySync));
+        self::assertGreaterThan(0, OperationCatalog::expectedDurationSeconds(OperationRunType::InventorySync));
+        $context = ['selection' => $this->unique('enum')];
+        $this->executorQueue();
+        $run = OperationRuns::dispatchOrFail(OperationRunType::InventorySync, $this->workspace(), $this->tenant(), $context);
+        $again = OperationRuns::dispatchOrFail('inventory.sync', $this->workspace(), $this->tenant(), $context);
+        self::assertSame([$run->runId, true], [$again->runId, $again->deduplicated]);
+    }
+
+    public function testStatusPrintsTheRunFromTheViewerAndARunOutsideItsScopeIsNotFound(): void
+    {
+        $this->executorQueue();
+        $run = OperationRuns::dispatchOrFail('inventory.sync', $this->workspace(), $this->tenant(), ['selection' => $this->unique('status')]);
+        $artisan = $this->artisan();
+        $scope = ['run' => (string) $run->runId, '--workspace' => (string) $this->workspace(), '--tenant' => [(string) $this->tenant()]];
+        $out = $this->call($artisan, 'operation-runs:status', $scope);
+        self::assertStringContainsString("run #{$run->runId} inventory.sync (", $out);
+        self::assertStringContainsString('): queued, pending', $out);
+        $json = json_decode($this->call($artisan, 'operation-runs:status', $scope + ['--json' => true]), true, 512, JSON_THROW_ON_ERROR);
+        self::assertSame([$run->runId, 'queued'], [$json['id'], $json['status']]);
+        self::assertStringNotContainsString('token', $out);
+
+        $other = (string) getenv('OPRUN_OTHER_TENANT_ID');
+        self::assertSame(1, $artisan->call('operation-runs:status', ['--tenant' => [$other]] + $scope));
+        self::assertStringContainsString("run {$run->runId} is not found in workspace", $artisan->output());
+    }
+
+    public function testTheProgressComponentRendersAProgressElementFedByTheRunsLiveStreamFromAnAllowedOrigin(): void
+    {
+        $run = OperationRuns::dispatchOrFail('inventory.sync', $this->workspace(), $this->tenant(), ['selection' => $this->unique('component')]);
+        file_put_contents(
+            $this->base . '/resources/views/page.blade.php',
+            '<main><x-operation-runs::progress :run="$runId" :workspace="$workspace" :tenant="$tenant" nonce="n0nce" class="mine" />'
+            . '<x-operation-runs::progress :run="$runId" :workspace="$workspace" :tenant="$tenant" /></main>',
+        );
+        $html = $this->app['view']->make('page', ['runId' => $run->runId, 'workspace' => $this->workspace(), 'tenant' => $this->tenant()])->render();
+
+        self::assertSame(2, substr_count($html, '<progress max="100"'), $html);
+        self::assertSame(1, substr_count($html, '<script nonce="n0nce">'), 'the script once per page, with the nonce: ' . $html);
+        self::assertStringContainsString('class="mine"', $html);
+        self::assertStringContainsString("data-run-id=\"{$run->runId}\"", $html);
+        self::assertSame(1, preg_match('/data-operation-runs-live="([^"]+)"/', $html, $m));
+        $live = html_entity_decode($m[1]);
+        self::assertStringStartsWith(rtrim(getenv('OPRUN_VIEWER_URL'), '/') . "/v1/runs/{$run->runId}/live?token=", $live);
+
+        // What the page's EventSource gets: the run's stream, readable by the platform's origin.
+        $origin = (string) getenv('OPRUN_VIEWER_ALLOWED_ORIGIN');
+        $stream = fopen($live, 'r', false, stream_context_create(['http' => ['header' => "Origin: {$origin}\r\n", 'timeout' => 10]]));
+        self::assertIsResource($stream);
+        $headers = array_map(static fn (string $h): string => strtolower(trim($h)), stream_get_meta_data($stream)['wrapper_data']);
+        self::assertContains(strtolower("Access-Control-Allow-Origin: {$origin}"), $headers);
+        $read = '';
+        while (!str_contains($read, 'operation_run.queued') && !feof($stream) && strlen($read) < 65536) {
+            $read .= (string) fgets($stream);
+        }
+        fclose($stream);
+        self::assertStringContainsString('event: operation_run.queued', $read);
+    }
+
     /**
      * A booted application with the provider registered, `$config` as its config/ files hold.
      *
@@ -190,10 +264,14 @@ final class PackageTest extends TestCase
     private function application(array $config): Application
     {
         $app = new Application($this->base);
+        // Blade, as an application's config/view.php sets it up.
+        $config += ['view' => ['paths' => [$this->base . '/resources/views'], 'compiled' => $this->base . '/storage/views']];
         $app->instance('config', new Repository($config));
         Facade::clearResolvedInstances();
         Facade::setFacadeApplication($app);
         Artisan::forgetBootstrappers();
+        $app->register(FilesystemServiceProvider::class);
+        $app->register(ViewServiceProvider::class);
         $app->register(OperationRunsServiceProvider::class);
         $app->boot();
         return $app;
@@ -232,6 +310,19 @@ final class PackageTest extends TestCase
             }
         }
         return false;
+    }
+
+    /**
+     * Declares an executor's job queue for `inventory.sync` (deleted after the test): a run
+     * dispatched now stays queued (with no queue bound, the service fails a handed-off run at
+     * once).
+     */
+    private function executorQueue(): void
+    {
+        $worker = new Worker(getenv('AMQP_URL'), getenv('OPRUN_NAMESPACE'), $this->unique('held'), ['inventory.sync']);
+        $worker->declare();
+        $this->queues[] = $worker->queue();
+        $worker->close();
     }
 
     private function unique(string $prefix): string

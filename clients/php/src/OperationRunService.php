@@ -82,6 +82,37 @@ final class OperationRunService
      */
     public function viewUrl(int $runId, int $workspaceId, ?array $tenantIds = null, int $ttlSeconds = 3600): string
     {
+        $token = $this->viewToken($runId, $workspaceId, $tenantIds, $ttlSeconds);
+        return $this->viewerBase() . '/runs/' . $runId . '?token=' . $token;
+    }
+
+    /**
+     * The viewer's live stream of run `$runId` (`GET /v1/runs/{id}/live`, Server-Sent Events)
+     * with a token in the URL that reads that one run only, for `$ttlSeconds`: what an
+     * `EventSource` of a platform page opens (it cannot send a header). Scope as
+     * {@see viewUrl()}; the viewer takes no other kind of token in the URL.
+     *
+     * @param list<int>|null $tenantIds
+     * @throws \LogicException when the service was built without a viewer URL and secret
+     * @throws \InvalidArgumentException when `$ttlSeconds` is not positive
+     */
+    public function liveUrl(int $runId, int $workspaceId, ?array $tenantIds = null, int $ttlSeconds = 900): string
+    {
+        $token = $this->viewToken($runId, $workspaceId, $tenantIds, $ttlSeconds);
+        return $this->viewerBase() . '/v1/runs/' . $runId . '/live?token=' . $token;
+    }
+
+    /**
+     * A viewer token (HS256, claims `workspace_id`, `tenant_ids`, `run_id`, `iat`, `exp`) that
+     * reads run `$runId` only, for `$ttlSeconds`: as `Authorization: Bearer` it reads the run's
+     * detail and events from the viewer's API. Scope as {@see viewUrl()}.
+     *
+     * @param list<int>|null $tenantIds
+     * @throws \LogicException when the service was built without a viewer URL and secret
+     * @throws \InvalidArgumentException when `$ttlSeconds` is not positive
+     */
+    public function viewToken(int $runId, int $workspaceId, ?array $tenantIds = null, int $ttlSeconds = 3600): string
+    {
         if ($this->viewerUrl === null || $this->viewerSecret === null) {
             throw new \LogicException('viewUrl needs the viewer URL and secret (constructor viewerUrl, viewerSecret)');
         }
@@ -96,12 +127,21 @@ final class OperationRunService
         $claims += ['run_id' => $runId, 'iat' => $now, 'exp' => $now + $ttlSeconds];
         $b64 = static fn (string $bytes): string => rtrim(strtr(base64_encode($bytes), '+/', '-_'), '=');
         $input = $b64('{"alg":"HS256","typ":"JWT"}') . '.' . $b64(json_encode($claims, JSON_THROW_ON_ERROR));
-        $token = $input . '.' . $b64(hash_hmac('sha256', $input, $this->viewerSecret, true));
-        return rtrim($this->viewerUrl, '/') . '/runs/' . $runId . '?token=' . $token;
+        return $input . '.' . $b64(hash_hmac('sha256', $input, $this->viewerSecret, true));
+    }
+
+    /** The viewer's base URL, without a trailing slash. */
+    public function viewerBase(): string
+    {
+        if ($this->viewerUrl === null) {
+            throw new \LogicException('no viewer URL is configured (constructor viewerUrl)');
+        }
+        return rtrim($this->viewerUrl, '/');
     }
 
     /**
-     * Dispatches a run of `$type` and returns the run (new or the active one of its identity).
+     * Dispatches a run of `$type` (its wire name, or a case of a string-backed enum such as the
+     * generated `OperationRunType`) and returns the run (new or the active one of its identity).
      *
      * @param array<string, mixed> $context the type's identity keys and anything else to keep
      * @param array{userId?: int, initiatorName?: string, commandId?: string, timeout?: float, traceparent?: string, tracestate?: string} $options
@@ -110,7 +150,7 @@ final class OperationRunService
      *   connection is lost twice or cannot be had (`connection_lost`)
      */
     public function dispatchOrFail(
-        string $type,
+        string|\BackedEnum $type,
         int $workspaceId,
         ?int $tenantId,
         array $context,
@@ -122,7 +162,7 @@ final class OperationRunService
             'command_id' => $commandId,
             'workspace_id' => $workspaceId,
             'tenant_id' => $tenantId,
-            'type' => $type,
+            'type' => $type instanceof \BackedEnum ? (string) $type->value : $type,
             'context' => self::object($context),
         ];
         if (isset($options['userId'])) {

@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
-"""An inventory sync written only from topology/schemas/ and clients/python/README.md: dispatch a
-run, report progress, complete it, and receive the run's events.
+"""An inventory sync dispatched from Python, written only from topology/schemas/ and
+clients/python/README.md: it dispatches the run and follows its events until it completes. It
+never executes the run: an executor does (``inventory_worker.py``; decision 0087).
 
+    python3 clients/python/examples/inventory_worker.py &     # the executor
     AMQP_URL=amqp://guest:guest@127.0.0.1:5672/%2f OPRUN_NAMESPACE=operation_runs \\
     OPRUN_WORKSPACE_ID=1 OPRUN_TENANT_ID=10 python3 clients/python/examples/sync_inventory.py
 """
@@ -29,19 +31,10 @@ admin.channel().queue_bind(queue, f"{namespace}.events")
 seen = []
 try:
     with Client(url, namespace) as runs:
-        run = runs.dispatch("inventory.sync", workspace, tenant, {"selection": f"example-{uuid.uuid4().hex[:8]}"}, initiator_name="sync_inventory.py")
+        context = {"selection": f"example-{uuid.uuid4().hex[:8]}", "devices": devices}
+        run = runs.dispatch("inventory.sync", workspace, tenant, context, initiator_name="sync_inventory.py")
         run_id = run["run_id"]
-        runs.update_run(run_id, workspace, tenant, status="running")
-        runs.increment_summary_counts(run_id, workspace, tenant, {"total": len(devices)})
-        failed = 0
-        for device in devices:
-            if device.startswith("offline-"):
-                failed += 1
-                runs.append_failures(run_id, workspace, tenant, [{"code": "device.unreachable", "message": f"{device} did not answer", "item": device}])
-                runs.increment_summary_counts(run_id, workspace, tenant, {"processed": 1, "failed": 1})
-            else:
-                runs.increment_summary_counts(run_id, workspace, tenant, {"processed": 1, "succeeded": 1})
-        runs.update_run(run_id, workspace, tenant, status="completed", outcome="partially_succeeded" if failed else "succeeded")
+        print(f"dispatched run {run_id}")
 
         def on_event(event):
             if event["data"]["run"]["id"] != run_id:

@@ -8,13 +8,13 @@ import hmac
 import json
 import secrets
 import time
-import uuid
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Union
 
 import pika
 import pika.exceptions
 
-from .errors import CommandNotAnswered, CommandRefused, ConnectionLost
+from .commands import action_fields, answered, dispatch_body, new_command_id, run_body, trace_headers, update_run_fields
+from .errors import CommandNotAnswered, ConnectionLost
 from .urls import NoNodeAnswered, Nodes, describe
 
 DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
@@ -46,11 +46,6 @@ MIN_VIEWER_SECRET_BYTES = 32
 def _b64(data: bytes) -> str:
     """Unpadded base64url, as JWTs use."""
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def new_command_id() -> str:
-    """A fresh command id (UUID)."""
-    return str(uuid.uuid4())
 
 
 def new_traceparent() -> str:
@@ -146,18 +141,7 @@ class Client:
     ) -> Dict[str, Any]:
         """Dispatches a run. With ``wait`` returns the reply ``{run_id, deduplicated,
         run_identity_hash, status}``; without, ``{"command_id": ...}`` once the broker confirmed."""
-        body: Dict[str, Any] = {
-            "kind": "dispatch",
-            "command_id": command_id or new_command_id(),
-            "workspace_id": workspace_id,
-            "tenant_id": tenant_id,
-            "type": type,
-            "context": dict(context),
-        }
-        if user_id is not None:
-            body["user_id"] = user_id
-        if initiator_name is not None:
-            body["initiator_name"] = initiator_name
+        body = dispatch_body(type, workspace_id, tenant_id, context, user_id, initiator_name, command_id)
         return self._send(body, wait, timeout, (traceparent, tracestate))
 
     def update_run(
@@ -178,15 +162,7 @@ class Client:
     ) -> Dict[str, Any]:
         """A transition (``status`` running|completed, ``outcome``) with optional count increments
         and failures, in one transaction. Returns ``{run_id, status, outcome}`` with ``wait``."""
-        fields: Dict[str, Any] = {}
-        if status is not None:
-            fields["status"] = status
-        if outcome is not None:
-            fields["outcome"] = outcome
-        if summary_counts is not None:
-            fields["summary_counts"] = dict(summary_counts)
-        if failures is not None:
-            fields["failures"] = [dict(f) for f in failures]
+        fields = update_run_fields(status, outcome, summary_counts, failures)
         return self._progress("update_run", run_id, workspace_id, tenant_id, fields, command_id, wait, timeout, (traceparent, tracestate))
 
     def append_failures(
@@ -284,11 +260,7 @@ class Client:
         its result ``{run_id, action, result: done|requested|unchanged|refused, new_run_id?,
         deduplicated?, error?}`` (``error`` says why it was unchanged or refused). A run outside
         this workspace and tenant raises :class:`CommandRefused` ``run_not_found``."""
-        fields: Dict[str, Any] = {"reason": reason}
-        if user_id is not None:
-            fields["user_id"] = user_id
-        if initiator_name is not None:
-            fields["initiator_name"] = initiator_name
+        fields = action_fields(reason, user_id, initiator_name)
         return self._progress(kind, run_id, workspace_id, tenant_id, fields, command_id, True, timeout, (traceparent, tracestate))
 
     # Events -----------------------------------------------------------------------------------
@@ -389,15 +361,7 @@ class Client:
         self.close()
 
     def _progress(self, kind, run_id, workspace_id, tenant_id, fields, command_id, wait, timeout, trace):
-        body: Dict[str, Any] = {
-            "kind": kind,
-            "command_id": command_id or new_command_id(),
-            "run_id": run_id,
-            "workspace_id": workspace_id,
-            # Always present: null marks a workspace-scoped run.
-            "tenant_id": tenant_id,
-        }
-        body.update(fields)
+        body = run_body(kind, run_id, workspace_id, tenant_id, fields, command_id)
         return self._send(body, wait, timeout, trace)
 
     def _drop(self) -> None:
@@ -463,12 +427,7 @@ class Client:
     def _attempt(self, channel, body: Dict[str, Any], wait: bool, timeout: float, trace) -> Dict[str, Any]:
         command_id = body["command_id"]
         correlation_id = new_command_id()
-        traceparent, tracestate = trace
-        headers = {}
-        if traceparent is not None:
-            headers["traceparent"] = traceparent
-            if tracestate is not None:
-                headers["tracestate"] = tracestate
+        headers = trace_headers(trace)
         properties = pika.BasicProperties(
             content_type="application/json",
             delivery_mode=2,
@@ -505,8 +464,4 @@ class Client:
                 raise CommandNotAnswered("timeout", command_id, f"no reply to command {command_id} within {timeout} s")
             self._connection.process_data_events(time_limit=min(left, 1.0))
         reply, self._reply, self._awaiting = self._reply, None, None
-        # A refusal's ``error`` is {code, message}; an action result's is its text (no refusal).
-        if isinstance(reply.get("error"), dict):
-            error = reply["error"]
-            raise CommandRefused(str(error.get("code", "unknown")), str(error.get("message", "")))
-        return reply
+        return answered(reply)
