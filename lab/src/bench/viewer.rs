@@ -76,7 +76,9 @@ pub const FILTERS: &[(&str, &str)] = &[
         "identity",
         "identity=1971becc852b23414285ea324258db102aa941201a814b28c561d25e742e88f8",
     ),
-    ("updated_before", "updated_before=2026-09-01T00:00:00Z"),
+    // Runs that stopped moving 93 days ago ([`DAYS_AGO`] is replaced when the bench starts):
+    // the oldest tenth of the preloaded history.
+    ("updated_before", "updated_before={93 days ago}"),
     ("q_initiator", "q=alice"),
     // Matches the labels of the sync types: one branch per type and one for the initiator.
     ("q_types", "q=sync"),
@@ -86,6 +88,9 @@ pub const FILTERS: &[(&str, &str)] = &[
         "tenant_id=10&failure_code=graph.throttled",
     ),
 ];
+
+/// In a filter's query, replaced by the RFC 3339 time that many days before the bench starts.
+const DAYS_AGO: (&str, i64) = ("{93 days ago}", 93);
 
 /// How long the viewer's token is valid: longer than any run.
 const TOKEN_LIFETIME_SECS: u64 = 6 * 3600;
@@ -136,7 +141,12 @@ impl ViewerBenchArgs {
             .iter()
             .map(|(name, query)| Filter {
                 name: (*name).to_owned(),
-                query: (*query).to_owned(),
+                query: query.replace(
+                    DAYS_AGO.0,
+                    &(chrono::Utc::now() - chrono::Duration::days(DAYS_AGO.1))
+                        .format("%Y-%m-%dT%H:%M:%SZ")
+                        .to_string(),
+                ),
             })
             .collect();
         filters.extend(self.extra_filters.iter().cloned());
