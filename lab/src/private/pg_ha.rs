@@ -24,6 +24,16 @@ const UP_DEADLINE: Duration = Duration::from_secs(180);
 /// How long `down` waits for a `pg_autoctl` to stop before SIGKILLing it.
 const STOP_DEADLINE: Duration = Duration::from_secs(30);
 
+/// The monitor's health checks (milliseconds, retries): every second, one retry after half a
+/// second, a node unhealthy after 5 s without a report.
+const MONITOR_SETTINGS: [(&str, u32); 5] = [
+    ("health_check_period", 1000),
+    ("health_check_timeout", 1000),
+    ("health_check_max_retries", 1),
+    ("health_check_retry_delay", 500),
+    ("node_considered_unhealthy_timeout", 5000),
+];
+
 /// The folder of `scripts/pg-ha up`: `oprun-pg-ha` under the system's temporary directory.
 pub fn default_dir() -> PathBuf {
     std::env::temp_dir().join("oprun-pg-ha")
@@ -162,6 +172,7 @@ impl PgHaPair {
         }
         self.run_unless_running("monitor").await?;
         self.wait_for(|_| true, "the monitor to answer").await?;
+        self.tune_monitor().await?;
         for (i, node) in NODES.iter().enumerate() {
             if !self.created(node) {
                 let port = self.ports[i + 1];
@@ -209,6 +220,27 @@ impl PgHaPair {
             "pg-ha: primary and secondary up in {:.1} s",
             started.elapsed().as_secs_f64()
         );
+        Ok(())
+    }
+
+    /// Shorter health checks than pg_auto_failover's defaults (a check every 5 s, a node
+    /// unhealthy after 20 s), so that the loss of the primary is acted on within seconds on one
+    /// machine (measured in decision 0093). Applied on every `up`; the monitor reloads them.
+    async fn tune_monitor(&self) -> Result<(), LabError> {
+        let url = format!(
+            "postgres://postgres@127.0.0.1:{}/pg_auto_failover?sslmode=disable",
+            self.ports[0]
+        );
+        let mut conn: sqlx::PgConnection = sqlx::Connection::connect(&url).await?;
+        for (name, value) in MONITOR_SETTINGS {
+            sqlx::query(&format!("ALTER SYSTEM SET pgautofailover.{name} = {value}"))
+                .execute(&mut conn)
+                .await?;
+        }
+        sqlx::query("SELECT pg_reload_conf()")
+            .execute(&mut conn)
+            .await?;
+        sqlx::Connection::close(conn).await?;
         Ok(())
     }
 
