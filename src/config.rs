@@ -15,6 +15,10 @@ pub use crate::secret::redact_url;
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
     /// Postgres URL; `?sslmode=require` (or `verify-full`, with `sslrootcert=`) enables TLS.
+    /// Several hosts in libpq's form (`postgres://u:p@h1:5432,h2:5432/db`) follow the primary:
+    /// connections go to the first host that accepts writes, the next when it fails or only
+    /// reads (`target_session_attrs=read-write`, the default with several hosts; `any` takes
+    /// the first that answers; decision 0094).
     #[arg(
         long,
         env = "DATABASE_URL",

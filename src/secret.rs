@@ -56,7 +56,9 @@ impl AsRef<str> for SecretUrl {
     }
 }
 
-/// Replaces the password of a URL with `***` (for logs and Debug).
+/// Replaces the password of a URL with `***` (for logs and Debug). A URL with several hosts
+/// (libpq's `postgres://u:p@h1:5432,h2:5432/db`, which is no URL to the `url` crate) keeps its
+/// hosts and loses its password the same way.
 pub fn redact_url(url: &str) -> String {
     match url::Url::parse(url) {
         Ok(mut parsed) if parsed.password().is_some() => {
@@ -64,8 +66,27 @@ pub fn redact_url(url: &str) -> String {
             parsed.to_string()
         }
         Ok(parsed) => parsed.to_string(),
-        Err(_) => "<unparseable url>".to_owned(),
+        Err(_) => redact_host_list_url(url).unwrap_or_else(|| "<unparseable url>".to_owned()),
     }
+}
+
+/// `scheme://user:***@hosts/rest` for a URL whose authority holds a comma-separated host list.
+fn redact_host_list_url(url: &str) -> Option<String> {
+    let (scheme, rest) = url.split_once("://")?;
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    if !authority.contains(',') {
+        return None;
+    }
+    let (user, hosts) = match authority.rfind('@') {
+        Some(at) => (&authority[..at], &authority[at + 1..]),
+        None => return Some(url.to_owned()),
+    };
+    let user = match user.split_once(':') {
+        Some((name, _password)) => format!("{name}:***"),
+        None => user.to_owned(),
+    };
+    Some(format!("{scheme}://{user}@{hosts}{tail}"))
 }
 
 #[cfg(test)]
@@ -79,5 +100,19 @@ mod tests {
         assert!(!shown.contains("hunter2"), "{shown}");
         assert!(shown.contains("svc:***@mq:5671"), "{shown}");
         assert_eq!(url.expose_secret(), "amqps://svc:hunter2@mq:5671/%2f");
+    }
+
+    #[test]
+    fn a_url_with_several_hosts_shows_its_hosts_and_not_its_password() {
+        let url = SecretUrl::from("postgres://app:hunter2@db1:5432,db2:5432/runs?sslmode=require");
+        assert_eq!(
+            url.redacted(),
+            "postgres://app:***@db1:5432,db2:5432/runs?sslmode=require"
+        );
+        assert_eq!(
+            redact_url("postgres://app@db1,db2/runs"),
+            "postgres://app@db1,db2/runs"
+        );
+        assert_eq!(redact_url("not a url"), "<unparseable url>");
     }
 }

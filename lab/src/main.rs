@@ -7,6 +7,7 @@ mod chaos;
 mod cluster;
 mod error;
 mod oprun;
+mod pg_ha;
 mod private;
 mod publisher;
 mod sandbox;
@@ -45,6 +46,8 @@ enum LabCommand {
     Chaos(chaos::ChaosArgs),
     /// A local three-node RabbitMQ cluster from the installed server (`scripts/cluster`).
     Cluster(cluster::ClusterArgs),
+    /// A local PostgreSQL HA pair with automatic failover (pg_auto_failover, `scripts/pg-ha`).
+    PgHa(pg_ha::PgHaArgs),
 }
 
 #[tokio::main]
@@ -57,6 +60,7 @@ async fn main() -> std::process::ExitCode {
     let lab = Lab::parse();
     let result = match lab.command {
         LabCommand::Cluster(args) => args.run().await,
+        LabCommand::PgHa(args) => args.run().await,
         LabCommand::Bench(args) => match OprunBinary::locate(lab.oprun) {
             Ok(oprun) => args.run(&lab.config, &oprun).await,
             Err(e) => Err(e),

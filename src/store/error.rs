@@ -20,6 +20,10 @@ pub enum StoreError {
     /// Migrations failed.
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// No host of the database URL answered as a primary (they were down, or read-only: a
+    /// failover under way). Transient.
+    #[error("no database host accepts writes (hosts {0})")]
+    NoPrimary(String),
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -48,11 +52,13 @@ pub struct UnparsableValue {
 
 impl StoreError {
     /// True when trying again later can succeed: the database is unreachable, restarting,
-    /// overloaded, or the transaction lost a race (serialization failure, deadlock).
+    /// overloaded, read-only (a demoted primary during a failover: the pool reconnects to the
+    /// new one), or the transaction lost a race (serialization failure, deadlock).
     pub fn is_transient(&self) -> bool {
         match self {
             StoreError::Database(e) => is_transient_sqlx(e),
             StoreError::Migrate(sqlx::migrate::MigrateError::Execute(e)) => is_transient_sqlx(e),
+            StoreError::NoPrimary(_) => true,
             StoreError::Migrate(_) | StoreError::InvalidRow { .. } => false,
         }
     }
@@ -74,11 +80,13 @@ fn is_transient_sqlx(error: &sqlx::Error) -> bool {
 fn is_transient_sqlstate(db: &dyn DatabaseError) -> bool {
     let Some(code) = db.code() else { return false };
     // 08: connection exceptions; 40001 serialization failure; 40P01 deadlock;
-    // 53: insufficient resources; 57P01-57P03: shutdown / cannot connect now; 55P03 lock not available.
+    // 53: insufficient resources; 57P01-57P03: shutdown / cannot connect now; 55P03 lock not
+    // available; 25006 read-only transaction: the server was demoted (a failover), and the
+    // following pool closes its connections to it (store/hosts.rs).
     code.starts_with("08")
         || code.starts_with("53")
         || matches!(
             code.as_ref(),
-            "40001" | "40P01" | "57P01" | "57P02" | "57P03" | "55P03"
+            "40001" | "40P01" | "57P01" | "57P02" | "57P03" | "55P03" | "25006"
         )
 }

@@ -36,7 +36,11 @@ pub async fn transaction_now(conn: &mut PgConnection) -> Result<DateTime<Utc>, s
     sqlx::query_scalar("SELECT now()").fetch_one(conn).await
 }
 
-/// True when the database answers a trivial query (the readiness probe).
+/// True when the database answers and accepts writes (the readiness probe): a standby or a
+/// demoted primary, answering read-only during a failover, is not ready.
 pub async fn ping(executor: impl PgExecutor<'_>) -> bool {
-    sqlx::query("SELECT 1").execute(executor).await.is_ok()
+    sqlx::query_scalar::<_, bool>(crate::store::hosts::ACCEPTS_WRITES)
+        .fetch_one(executor)
+        .await
+        .unwrap_or(false)
 }

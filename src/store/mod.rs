@@ -8,6 +8,7 @@ pub mod bulk;
 pub mod dead_letters;
 pub mod error;
 pub mod events;
+pub mod hosts;
 pub mod inbox;
 pub mod jobs;
 pub mod legacy;
@@ -29,20 +30,22 @@ pub use error::StoreError;
 /// The embedded migrations (`migrations/`).
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
-/// Opens a pool of at most `max_connections` to `database_url`.
+/// Opens a pool of at most `max_connections` to `database_url`: one host, or several in
+/// libpq's form, the pool then following the primary ([`hosts`]).
 ///
 /// The pool connects lazily, so a service can start while the database is still down and
 /// retry; `acquire_timeout` bounds how long one attempt waits.
 pub fn connect_lazy(database_url: &str, max_connections: u32) -> Result<PgPool, StoreError> {
-    let options: PgConnectOptions = database_url.parse().map_err(StoreError::from)?;
-    Ok(PgPoolOptions::new()
-        .max_connections(max_connections)
-        .acquire_timeout(Duration::from_secs(5))
-        .connect_lazy_with(options))
+    hosts::parse(database_url)?.pool(
+        PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(5)),
+        |options| options,
+    )
 }
 
 /// Creates the database if it does not exist, then applies pending migrations (a no-op when
-/// there are none).
+/// there are none). On several hosts, on the first that accepts writes.
 ///
 /// An up-to-date database is recognised by reading `_sqlx_migrations` alone, before anything
 /// that needs more (sqlx's migrator starts with `CREATE TABLE IF NOT EXISTS`, which PostgreSQL
@@ -50,6 +53,8 @@ pub fn connect_lazy(database_url: &str, max_connections: u32) -> Result<PgPool, 
 /// run as a role that may only read and write the data (`ops/postgres/roles.sql`) on a
 /// database the owner's role migrated.
 pub async fn migrate(database_url: &str) -> Result<(), StoreError> {
+    let primary = hosts::parse(database_url)?.primary_url().await?;
+    let database_url = primary.as_str();
     match up_to_date(database_url).await {
         Ok(true) => return Ok(()),
         Ok(false) => {}

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use futures_util::TryStreamExt;
 use serde_json::value::RawValue;
 use serde_json::Value;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgPoolOptions, PgRow};
 use sqlx::{FromRow, PgExecutor, PgPool, Postgres, QueryBuilder, Row};
 
 use crate::domain::OperationRun;
@@ -22,11 +22,12 @@ pub const VIEWER_APPLICATION_NAME: &str = "oprun-viewer";
 /// pipeline's, so that no amount of reading can take a connection a command needs. Lazy, like
 /// the pipeline's; its sessions are named [`VIEWER_APPLICATION_NAME`].
 pub fn connect_viewer_pool(database_url: &str, max_connections: u32) -> Result<PgPool, StoreError> {
-    let options: PgConnectOptions = database_url.parse().map_err(StoreError::from)?;
-    Ok(PgPoolOptions::new()
-        .max_connections(max_connections.max(1))
-        .acquire_timeout(Duration::from_secs(5))
-        .connect_lazy_with(options.application_name(VIEWER_APPLICATION_NAME)))
+    crate::store::hosts::parse(database_url)?.pool(
+        PgPoolOptions::new()
+            .max_connections(max_connections.max(1))
+            .acquire_timeout(Duration::from_secs(5)),
+        |options| options.application_name(VIEWER_APPLICATION_NAME),
+    )
 }
 
 /// Whether PostgreSQL's `timestamptz` can hold `t` (4713 BC to 294276 AD): a time outside it

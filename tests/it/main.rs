@@ -13,6 +13,7 @@ mod clients;
 mod concurrency;
 mod contract;
 mod corpus;
+mod database_hosts;
 mod dead_letters;
 mod decoding;
 mod dedupe;

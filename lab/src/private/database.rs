@@ -110,7 +110,7 @@ impl Drop for PrivateDatabase {
 }
 
 /// `/usr/lib/postgresql/<newest>/bin`, where Debian installs the server binaries.
-fn newest_server_bin() -> Result<PathBuf, LabError> {
+pub(super) fn newest_server_bin() -> Result<PathBuf, LabError> {
     let newest = std::fs::read_dir("/usr/lib/postgresql")
         .ok()
         .and_then(|dir| {

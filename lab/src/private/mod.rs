@@ -7,17 +7,20 @@
 //! installed on the machine. Both are stopped and their folders removed when dropped.
 //!
 //! A run on a RabbitMQ cluster uses [`PrivateCluster`]: three nodes started the same way
-//! ([`node`] is the one place that starts a node), also behind `scripts/cluster`.
+//! ([`node`] is the one place that starts a node), also behind `scripts/cluster`. A PostgreSQL
+//! HA pair with automatic failover is [`PgHaPair`] (pg_auto_failover), behind `scripts/pg-ha`.
 
 mod broker;
 pub mod cluster;
 mod database;
 mod node;
+pub mod pg_ha;
 mod tool;
 
 pub use broker::PrivateBroker;
 pub use cluster::PrivateCluster;
 pub use database::PrivateDatabase;
+pub use pg_ha::PgHaPair;
 
 use std::net::TcpListener;
 

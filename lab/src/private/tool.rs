@@ -53,6 +53,46 @@ pub async fn run(
     }
 }
 
+/// Starts `program args…` (as `user` when root, with `env` set) in a process group of its own,
+/// its output appended to `log`, and leaves it running: a server supervisor that outlives the
+/// lab (`pg_autoctl run`).
+pub fn spawn_detached(
+    user: Option<&str>,
+    env: &[(&str, String)],
+    program: &str,
+    args: &[&str],
+    log: &std::path::Path,
+) -> Result<(), String> {
+    use std::os::unix::process::CommandExt;
+    let what = format!("{program} {}", args.join(" "));
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(|e| format!("{}: {e}", log.display()))?;
+    let err = out
+        .try_clone()
+        .map_err(|e| format!("{}: {e}", log.display()))?;
+    let mut command = match user {
+        Some(user) => {
+            let mut c = std::process::Command::new("runuser");
+            c.args(["-u", user, "--", program]);
+            c
+        }
+        None => std::process::Command::new(program),
+    };
+    command
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .process_group(0)
+        .spawn()
+        .map(drop)
+        .map_err(|e| format!("{what}: {e}"))
+}
+
 /// The blocking variant, for `Drop`: best effort, the result is only reported.
 pub fn run_blocking(user: Option<&str>, program: &str, args: &[&str]) {
     let mut command = match user {
