@@ -14,11 +14,14 @@ use std::time::Duration;
 
 /// `--event-retention` of the run.
 pub const EVENT_RETENTION: Duration = Duration::from_secs(2);
-/// `--run-retention` of the run: short enough that runs completed in the first half of the
-/// progress phase are deleted before the checks. (A run the service completes itself during
-/// the dispatches, a refused job's, may be deleted before the identities are resolved: it is
-/// then found by its latest event.)
-pub const RUN_RETENTION: Duration = Duration::from_secs(20);
+/// `--run-retention` of the run: short enough that runs completed early in the progress phase
+/// are deleted before the checks, long enough that a command redelivered behind its run's
+/// completion (two consumers, a SIGKILL) still finds the run: with 20 s, a start that arrived
+/// 32 s after its run's completion on the cluster run found the run deleted and was
+/// dead-lettered `run_not_found`, correctly, but as a command never applied. (A run the
+/// service completes itself during the dispatches, a refused job's, may be deleted before the
+/// identities are resolved: it is then found by its latest event.)
+pub const RUN_RETENTION: Duration = Duration::from_secs(60);
 /// `--prune-interval` of the run.
 pub const PRUNE_INTERVAL: Duration = Duration::from_secs(1);
 /// How long after its run's completion was published a late command is published: two

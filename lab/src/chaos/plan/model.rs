@@ -161,8 +161,9 @@ pub struct PlannedRun {
     /// The index of its first late step, if it has late progress: those steps are published
     /// apart, after the completion (see [`Workload::late_messages`]).
     pub late_from: Option<usize>,
-    /// The index of its completion, if an operator retries it: the steps from there are
-    /// published apart (see [`Workload::retry_groups`]).
+    /// The index of its first held step, if an operator retries it (its completion, or the
+    /// operator's cancel before it): the steps from there are published apart (see
+    /// [`Workload::retry_groups`]).
     pub held_from: Option<usize>,
 }
 

@@ -67,7 +67,14 @@ pub(super) fn add_operator_actions(i: usize, run: &mut PlannedRun, rng: &mut Std
     }
     if retryable(run.outcome()) && rng.random_bool(RETRY) {
         let (done, _) = run.completion().expect("every planned run completes");
-        run.held_from = Some(done);
+        // A cancel of the running run is held back with the completion: applied before the
+        // start (two consumers, a redelivery), it completes the queued run at once, and run
+        // retention could delete that run before the held completion arrives at the end of
+        // the stream (seen once on the cluster: the completion dead-lettered `run_not_found`).
+        let cancel = run.steps[..done]
+            .iter()
+            .position(|s| matches!(s.action, StepAction::Cancel));
+        run.held_from = Some(cancel.unwrap_or(done));
         run.steps.insert(done + 1, step(StepAction::Retry, rng));
         if rng.random_bool(RETRY_AGAIN) {
             let at = rng.random_range(done + 2..=run.steps.len());

@@ -235,9 +235,10 @@ impl Workload {
     pub fn retry_groups(&self, run_ids: &[Option<i64>], rng: &mut StdRng) -> Vec<RetryGroup> {
         let mut groups = Vec::new();
         for (i, run) in self.runs.iter().enumerate() {
-            let (Some(run_id), Some(done)) = (run_ids[i], run.held_from) else {
+            let (Some(run_id), Some(_)) = (run_ids[i], run.held_from) else {
                 continue;
             };
+            let (done, _) = run.completion().expect("every planned run completes");
             groups.push(RetryGroup {
                 after: run.steps[done].command_id.clone(),
                 tail: self.apart(run.held_steps(), i, run_id, rng),
@@ -491,11 +492,16 @@ mod tests {
         let retried: Vec<&PlannedRun> = w.runs.iter().filter(|r| r.held_from.is_some()).collect();
         assert!(!retried.is_empty());
         for run in retried {
+            // Held from the completion, or from the operator's cancel before it.
             let (done, _) = run.completion().unwrap();
-            assert_eq!(run.on_time_steps().len(), done);
+            let held = run.steps[..done]
+                .iter()
+                .position(|s| matches!(s.action, StepAction::Cancel))
+                .unwrap_or(done);
+            assert_eq!(run.on_time_steps().len(), held);
             assert_eq!(
                 run.held_steps().count() + run.retries().count(),
-                run.steps.len() - done
+                run.steps.len() - held
             );
         }
         assert!(messages.len() > steps + w.bad.len(), "some are sent twice");
