@@ -72,21 +72,55 @@ pub fn redact_url(url: &str) -> String {
 
 /// `scheme://user:***@hosts/rest` for a URL whose authority holds a comma-separated host list.
 fn redact_host_list_url(url: &str) -> Option<String> {
-    let (scheme, rest) = url.split_once("://")?;
-    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(end);
-    if !authority.contains(',') {
+    let parts = Authority::split(url)?;
+    if !parts.hosts.contains(',') {
         return None;
     }
-    let (user, hosts) = match authority.rfind('@') {
-        Some(at) => (&authority[..at], &authority[at + 1..]),
-        None => return Some(url.to_owned()),
+    let Some(user) = parts.user else {
+        return Some(url.to_owned());
     };
     let user = match user.split_once(':') {
         Some((name, _password)) => format!("{name}:***"),
         None => user.to_owned(),
     };
-    Some(format!("{scheme}://{user}@{hosts}{tail}"))
+    Some(format!(
+        "{}://{user}@{}{}",
+        parts.scheme, parts.hosts, parts.tail
+    ))
+}
+
+/// A URL cut around its authority by hand, for the forms the `url` crate does not take
+/// (libpq's host lists, `postgres://u:p@h1:5432,h2:5432/db`): what `redact_url` shows and what
+/// `store::hosts` connects to read it the same way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Authority<'a> {
+    /// Before `://`.
+    pub scheme: &'a str,
+    /// The user info before the last `@` (name, and `:password` when given), if any.
+    pub user: Option<&'a str>,
+    /// The host list after it.
+    pub hosts: &'a str,
+    /// The path, query and fragment, from the first `/`, `?` or `#` after `://`.
+    pub tail: &'a str,
+}
+
+impl<'a> Authority<'a> {
+    /// The parts of `url`, or `None` when it has no `://`.
+    pub fn split(url: &'a str) -> Option<Self> {
+        let (scheme, rest) = url.split_once("://")?;
+        let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        let (authority, tail) = rest.split_at(end);
+        let (user, hosts) = match authority.rfind('@') {
+            Some(at) => (Some(&authority[..at]), &authority[at + 1..]),
+            None => (None, authority),
+        };
+        Some(Self {
+            scheme,
+            user,
+            hosts,
+            tail,
+        })
+    }
 }
 
 #[cfg(test)]

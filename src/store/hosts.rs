@@ -24,6 +24,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::Notify;
 
+use crate::secret::Authority;
 use crate::store::StoreError;
 
 /// How often the watcher asks the primary whether it still accepts writes.
@@ -65,15 +66,14 @@ impl std::fmt::Debug for HostList {
 /// answers. Other values are refused.
 pub fn parse(url: &str) -> Result<HostList, StoreError> {
     let bad = |why: String| StoreError::Database(sqlx::Error::Configuration(why.into()));
-    let (scheme, rest) = url
-        .split_once("://")
+    let Authority {
+        scheme,
+        user,
+        hosts,
+        tail,
+    } = Authority::split(url)
         .ok_or_else(|| bad("database URL: no scheme (postgres://…)".into()))?;
-    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(end);
-    let (user, hosts) = match authority.rfind('@') {
-        Some(at) => (&authority[..=at], &authority[at + 1..]),
-        None => ("", authority),
-    };
+    let user = user.map(|u| format!("{u}@")).unwrap_or_default();
     let mut entries = Vec::new();
     for entry in hosts.split(',') {
         entries.push(parse_host(entry).map_err(bad)?);
