@@ -259,34 +259,6 @@ async fn acting_takes_an_operate_bearer_token_and_stays_inside_its_scope(pool: P
     assert_eq!(state_of(&pool, eleven).await.0, "queued");
 }
 
-/// POSTs the form `fields` to the page `path` as a browser signed in with `cookie_token`: the
-/// answer's status, its `Location`, and its body.
-async fn post_form(
-    viewer: &Viewer,
-    path: &str,
-    cookie_token: &str,
-    fields: &[(&str, &str)],
-) -> (StatusCode, Option<String>, String) {
-    let body = url::form_urlencoded::Serializer::new(String::new())
-        .extend_pairs(fields)
-        .finish();
-    let response = viewer
-        .http()
-        .post(format!("{}{path}", viewer.base))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .header("cookie", format!("oprun_token={cookie_token}"))
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status();
-    let location = response
-        .headers()
-        .get("location")
-        .map(|l| l.to_str().unwrap().to_owned());
-    (status, location, response.text().await.unwrap())
-}
-
 /// GETs the page `path` as a browser signed in with `token`.
 async fn page(viewer: &Viewer, path: &str, token: &str) -> (StatusCode, String) {
     let (status, _, html) = viewer
@@ -337,28 +309,28 @@ async fn the_run_pages_buttons_act_only_with_the_forms_proof_and_show_the_result
         vec![("proof", "00")],
         vec![("proof", foreign_proof.as_str())],
     ] {
-        let (status, _, html) = post_form(&viewer, &cancel, &operator, &fields).await;
+        let (status, _, html) = viewer.post_form(&cancel, &operator, &fields).await;
         assert_eq!(status, StatusCode::FORBIDDEN, "{fields:?}: {html}");
     }
-    let (status, _, _) = post_form(
-        &viewer,
-        &cancel,
-        &reader,
-        &[("proof", viewer.action_proof(&reader).as_str())],
-    )
-    .await;
+    let (status, _, _) = viewer
+        .post_form(
+            &cancel,
+            &reader,
+            &[("proof", viewer.action_proof(&reader).as_str())],
+        )
+        .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert_eq!(state_of(&pool, run).await.0, "queued");
     assert!(recorded(&pool).await.is_empty());
 
     // With its proof: done, and back to the run page, which says so.
-    let (status, location, _) = post_form(
-        &viewer,
-        &cancel,
-        &operator,
-        &[("proof", &proof), ("reason", "not needed")],
-    )
-    .await;
+    let (status, location, _) = viewer
+        .post_form(
+            &cancel,
+            &operator,
+            &[("proof", &proof), ("reason", "not needed")],
+        )
+        .await;
     assert_eq!(status, StatusCode::SEE_OTHER);
     let location = location.unwrap();
     assert!(
@@ -386,27 +358,29 @@ async fn the_run_pages_buttons_act_only_with_the_forms_proof_and_show_the_result
         )]
     );
     // The same form once more: unchanged, said so.
-    let (_, location, _) = post_form(&viewer, &cancel, &operator, &[("proof", &proof)]).await;
+    let (_, location, _) = viewer
+        .post_form(&cancel, &operator, &[("proof", &proof)])
+        .await;
     let (_, html) = page(&viewer, &location.unwrap(), &operator).await;
     assert!(html.contains("Cancel: unchanged"), "{html}");
     // Another tenant's run is not found; a fail without a reason is refused.
     let eleven = insert_run(&pool, 1, Some(11), "policy.sync", queued, 5, json!({})).await;
-    let (status, _, _) = post_form(
-        &viewer,
-        &format!("/runs/{eleven}/cancel"),
-        &operator,
-        &[("proof", &proof)],
-    )
-    .await;
+    let (status, _, _) = viewer
+        .post_form(
+            &format!("/runs/{eleven}/cancel"),
+            &operator,
+            &[("proof", &proof)],
+        )
+        .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     let also = insert_run(&pool, 1, Some(10), "policy.sync", queued, 5, json!({})).await;
-    let (status, _, _) = post_form(
-        &viewer,
-        &format!("/runs/{also}/fail"),
-        &operator,
-        &[("proof", &proof), ("reason", " ")],
-    )
-    .await;
+    let (status, _, _) = viewer
+        .post_form(
+            &format!("/runs/{also}/fail"),
+            &operator,
+            &[("proof", &proof), ("reason", " ")],
+        )
+        .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(state_of(&pool, eleven).await.0, "queued");
     assert_eq!(state_of(&pool, also).await.0, "queued");
@@ -461,7 +435,7 @@ async fn a_bulk_action_counts_its_runs_then_acts_once_on_each_run_of_the_filter_
                 .iter()
                 .map(|(k, v)| (k.as_str(), v.as_str()))
                 .collect();
-            post_form(viewer, "/runs/bulk", &operator, &fields).await
+            viewer.post_form("/runs/bulk", &operator, &fields).await
         }
     };
     let retries = || async {

@@ -165,6 +165,34 @@ impl Viewer {
     }
 
     /// The HTTP client (no redirects followed).
+    /// POSTs the form `fields` to the page `path` as a browser signed in with `cookie_token`:
+    /// the answer's status, its `Location`, and its body.
+    pub(crate) async fn post_form(
+        &self,
+        path: &str,
+        cookie_token: &str,
+        fields: &[(&str, &str)],
+    ) -> (StatusCode, Option<String>, String) {
+        let body = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(fields)
+            .finish();
+        let response = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("cookie", format!("oprun_token={cookie_token}"))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        let location = response
+            .headers()
+            .get("location")
+            .map(|l| l.to_str().unwrap().to_owned());
+        (status, location, response.text().await.unwrap())
+    }
+
     pub(crate) fn http(&self) -> &reqwest::Client {
         &self.http
     }

@@ -87,27 +87,15 @@ async fn page(viewer: &Viewer, path: &str, token: &str) -> (StatusCode, String) 
     (status, html)
 }
 
-/// POSTs the form `fields` to `path` as a browser signed in with `token`.
+/// POSTs the form `fields` to `path` as a browser signed in with `token`: status and body.
 async fn post_form(
     viewer: &Viewer,
     path: &str,
     token: &str,
     fields: &[(&str, &str)],
 ) -> (StatusCode, String) {
-    let body = url::form_urlencoded::Serializer::new(String::new())
-        .extend_pairs(fields)
-        .finish();
-    let response = viewer
-        .http()
-        .post(format!("{}{path}", viewer.base))
-        .header("content-type", "application/x-www-form-urlencoded")
-        .header("cookie", format!("oprun_token={token}"))
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status();
-    (status, response.text().await.unwrap())
+    let (status, _, html) = viewer.post_form(path, token, fields).await;
+    (status, html)
 }
 
 /// The table row (`<tr …>…</tr>`) of `html` that carries `attr`.
