@@ -83,6 +83,13 @@ impl ActionResult {
             Self::Refused => "refused",
         }
     }
+
+    /// The result of its wire name.
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Done, Self::Requested, Self::Unchanged, Self::Refused]
+            .into_iter()
+            .find(|r| r.as_str() == s)
+    }
 }
 
 /// Who acts: the CLI's `--initiator` (default the OS user), a broker command's

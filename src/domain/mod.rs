@@ -7,6 +7,7 @@ pub mod event;
 pub mod event_size;
 pub mod failure;
 pub mod failure_cap;
+pub mod idempotency_key;
 pub mod identity;
 pub mod operation_run;
 pub mod operation_type;

@@ -23,7 +23,7 @@ use super::auth::{random_secret, Claims};
 use super::claims::{request_token, PageClaims};
 use super::error::ApiError;
 use super::html::BodyData;
-use super::operate::{act_in_scope, reason, routed_action};
+use super::operate::{act_in_scope, reason, routed_action, Ask};
 use super::pages::{filter_pairs, html_page, list_params, PageError, PagePath, PageQuery};
 use super::run_actions::{ActError, ActionAsk, ActionDone};
 use super::run_parts::{verb_label, PROOF_FIELD};
@@ -113,7 +113,13 @@ pub async fn act_on_run(
     let claims = operator(claims)?;
     let fields = checked_form(&state, &headers, body).await?;
     let reason = reason(action, fields.get("reason").map(String::as_str))?;
-    let done = act_in_scope(&state, &claims, &id, action, reason.as_deref(), "page").await?;
+    let ask = Ask {
+        action,
+        reason: reason.as_deref(),
+        via: "page",
+        idempotency_key: None,
+    };
+    let done = act_in_scope(&state, &claims, &id, ask).await?;
     let run_id = done.reply["run_id"].as_i64().unwrap_or_default();
     let target = match done.record_id {
         Some(record) => format!("/runs/{run_id}?acted={record}#action-result"),
@@ -283,6 +289,7 @@ pub async fn bulk(
                 actor: &actor,
                 reason: reason.as_deref(),
                 bulk_id: Some(bulk_id),
+                idempotency_key: None,
             })
             .await;
         // The database gave up: stop here; the same form sent again resumes (what was done is
@@ -308,6 +315,7 @@ fn bulk_results(
         Ok(d) => d.result.as_str(),
         Err(ActError::NotFound) => "not_found",
         Err(ActError::Failed(_)) => "failed",
+        Err(ActError::KeyReused) => "key_reused",
     };
     let mut counts: Vec<(&str, usize)> = Vec::new();
     for (_, r) in results {

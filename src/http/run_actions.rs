@@ -26,6 +26,8 @@ pub struct ActionAsk<'a> {
     pub reason: Option<&'a str>,
     /// The bulk action it is part of (the list page's).
     pub bulk_id: Option<&'a str>,
+    /// The API request's `Idempotency-Key`, already checked: a repeat gets the first answer.
+    pub idempotency_key: Option<&'a str>,
 }
 
 /// What an action did.
@@ -36,7 +38,7 @@ pub struct ActionDone {
     /// The result shape every side answers with.
     pub reply: Value,
     /// The action's record in `operation_run_actions` (none when a bulk action had already
-    /// done it).
+    /// done it, or the answer is a repeat's under its `Idempotency-Key`).
     pub record_id: Option<i64>,
 }
 
@@ -46,6 +48,10 @@ pub enum ActError {
     /// The run is gone, or no longer in the scope asked for.
     #[error("run not found")]
     NotFound,
+    /// The `Idempotency-Key` already answered another request (another action, run or
+    /// reason).
+    #[error("the Idempotency-Key was used for another request")]
+    KeyReused,
     /// The database did not answer, or kept refusing, after a few tries.
     #[error("the action could not be carried out: {0}")]
     Failed(String),

@@ -170,6 +170,108 @@ async fn each_verb_over_http_answers_the_action_result_and_records_the_tokens_su
         .all(|(_, _, who, via, _)| who.as_deref() == Some("ada") && via == "api"));
 }
 
+/// POSTs `body` to `path` with `token`'s bearer and `Idempotency-Key: key`.
+async fn post_keyed(
+    viewer: &Viewer,
+    path: &str,
+    token: &str,
+    key: &str,
+    body: &str,
+) -> (StatusCode, Value) {
+    let response = viewer
+        .http()
+        .post(format!("{}{path}", viewer.base))
+        .bearer_auth(token)
+        .header("idempotency-key", key)
+        .header("content-type", "application/json")
+        .body(body.to_owned())
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+#[sqlx::test]
+async fn a_request_sent_again_with_its_idempotency_key_gets_the_first_answer_and_acts_once(
+    pool: PgPool,
+) {
+    seed_scopes(&pool).await;
+    let run = |state| insert_run(&pool, 1, Some(10), "policy.sync", state, 5, json!({}));
+    let failed = run(("completed", "failed")).await;
+    let running = run(("running", "pending")).await;
+    let viewer = Viewer::spawn(pool.clone()).await;
+    let token = operator_token(&viewer, Some(vec![10]), None);
+    let retry = format!("/v1/runs/{failed}/retry");
+
+    // A retry sent again (its answer lost) names the same new run: one retry, one record.
+    let (status, first) = post_keyed(&viewer, &retry, &token, "k-retry-1", "").await;
+    assert_eq!((status, &first["result"]), (StatusCode::OK, &json!("done")));
+    let (status, again) = post_keyed(&viewer, &retry, &token, "k-retry-1", "").await;
+    assert_eq!((status, &again), (StatusCode::OK, &first));
+    let retries: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM operation_runs WHERE context ->> 'retry_of' = $1")
+            .bind(failed.to_string())
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(retries, 1);
+
+    // Fails sent at once under one key: all get the first answer (`done`, where a second fail
+    // without the key says `unchanged`), one record.
+    let path = format!("/v1/runs/{running}/fail");
+    let body = r#"{"reason": "executor gone"}"#;
+    let answers = futures_util::future::join_all(
+        (0..4).map(|_| post_keyed(&viewer, &path, &token, "k-fail-1", body)),
+    )
+    .await;
+    for (status, answer) in &answers {
+        assert_eq!(
+            (*status, answer),
+            (
+                StatusCode::OK,
+                &json!({"run_id": running, "action": "fail", "result": "done"})
+            )
+        );
+    }
+    let records: Vec<(i64, String, Option<String>)> =
+        sqlx::query_as("SELECT run_id, action, command_id FROM operation_run_actions ORDER BY id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        records,
+        vec![
+            (failed, "retry".into(), Some("api:1:k-retry-1".into())),
+            (running, "fail".into(), Some("api:1:k-fail-1".into())),
+        ]
+    );
+
+    // The key with another reason, action or run is refused, and does nothing.
+    for (path, body) in [
+        (path.as_str(), r#"{"reason": "another"}"#),
+        (&format!("/v1/runs/{running}/cancel"), body),
+        (&format!("/v1/runs/{failed}/fail"), body),
+    ] {
+        let (status, answer) = post_keyed(&viewer, path, &token, "k-fail-1", body).await;
+        assert_eq!(
+            (status, error_code(&answer)),
+            (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused"),
+            "{path} {body}"
+        );
+    }
+    // A key that is not 1 to 200 visible ASCII characters is refused before anything is done.
+    for key in ["two words".to_owned(), "k".repeat(201)] {
+        let (status, answer) = post_keyed(&viewer, &retry, &token, &key, "").await;
+        assert_eq!(
+            (status, error_code(&answer)),
+            (StatusCode::BAD_REQUEST, "invalid_parameter"),
+            "{key}"
+        );
+    }
+    assert_eq!(recorded(&pool).await.len(), 2);
+}
+
 #[sqlx::test]
 async fn acting_takes_an_operate_bearer_token_and_stays_inside_its_scope(pool: PgPool) {
     seed_scopes(&pool).await;
