@@ -35,13 +35,42 @@ impl OprunBinary {
 
 /// A bearer token for the viewer of an `oprun serve` started with `secret`: the workspace
 /// `workspace_id`, only `tenant_id` when given, valid for `lifetime_secs`, with `sub` as its
-/// subject.
+/// subject; read-only.
 pub fn viewer_token(
     secret: &str,
     workspace_id: i64,
     tenant_id: Option<i64>,
     sub: &str,
     lifetime_secs: u64,
+) -> Result<String, String> {
+    token(secret, workspace_id, tenant_id, sub, lifetime_secs, None)
+}
+
+/// The same token granting `operate`: it may also cancel, retry and fail the runs it reads.
+pub fn operator_token(
+    secret: &str,
+    workspace_id: i64,
+    tenant_id: Option<i64>,
+    sub: &str,
+    lifetime_secs: u64,
+) -> Result<String, String> {
+    token(
+        secret,
+        workspace_id,
+        tenant_id,
+        sub,
+        lifetime_secs,
+        Some("operate"),
+    )
+}
+
+fn token(
+    secret: &str,
+    workspace_id: i64,
+    tenant_id: Option<i64>,
+    sub: &str,
+    lifetime_secs: u64,
+    scope: Option<&str>,
 ) -> Result<String, String> {
     use operation_runs::http::auth::{Claims, TokenKeys};
     let keys = TokenKeys::new(secret).map_err(|e| e.to_string())?;
@@ -51,6 +80,9 @@ pub fn viewer_token(
     let mut claims = serde_json::json!({"workspace_id": workspace_id, "exp": exp, "sub": sub});
     if let Some(tenant) = tenant_id {
         claims["tenant_ids"] = serde_json::json!([tenant]);
+    }
+    if let Some(scope) = scope {
+        claims["scope"] = serde_json::json!(scope);
     }
     let claims: Claims = serde_json::from_value(claims).map_err(|e| e.to_string())?;
     Ok(keys.issue(&claims))

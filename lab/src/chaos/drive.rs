@@ -19,6 +19,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::chaos::faults::executors::{self, ClosedByService};
+use crate::chaos::faults::operator_api::OperatorApi;
 use crate::chaos::faults::progress::Progress;
 use crate::chaos::faults::retention::LATE_DELAY;
 use crate::chaos::faults::viewers::{self, ViewerReport, ViewerTarget};
@@ -59,7 +60,7 @@ pub struct Setting<'a> {
     pub deadline: Instant,
     /// The service's `--run-retention`, when it deletes completed runs (`retention`).
     pub run_retention: Option<Duration>,
-    /// The primary's run viewer and the secret of its tokens (`viewers`).
+    /// The primary's run viewer and the secret of its tokens (`viewers`, `operator-actions`).
     pub viewer: Option<(SocketAddr, &'a str)>,
 }
 
@@ -105,6 +106,8 @@ pub struct Run<'a> {
     viewers: Option<(CancellationToken, JoinHandle<ViewerReport>)>,
     /// What the viewers' readers saw, once they are done.
     viewer_report: Option<ViewerReport>,
+    /// The operator's actions over the API (`operator-actions`).
+    operator_api: Option<OperatorApi>,
 }
 
 impl Drop for Run<'_> {
@@ -140,6 +143,7 @@ impl<'a> Run<'a> {
             viewer: setting.viewer,
             viewers: None,
             viewer_report: None,
+            operator_api: None,
         }
     }
 
@@ -148,8 +152,12 @@ impl<'a> Run<'a> {
         self.viewer_report.take()
     }
 
-    /// What went wrong without stopping the run (a wait that timed out).
+    /// What went wrong without stopping the run (a wait that timed out, an action the API
+    /// answered as no correct service would).
     pub fn take_problems(&mut self) -> Vec<String> {
+        if let Some(api) = &mut self.operator_api {
+            self.problems.append(&mut api.problems);
+        }
         std::mem::take(&mut self.problems)
     }
 
@@ -164,12 +172,25 @@ impl<'a> Run<'a> {
             self.sandbox.topology.commands_exchange(),
             "chaos",
         );
+        if let (Some((addr, secret)), true) =
+            (self.viewer, self.injections.has(Injection::OperatorActions))
+        {
+            let api = OperatorApi::new(addr, secret)
+                .map_err(|e| LabError::Invalid(format!("chaos: no HTTP client: {e}")))?;
+            self.operator_api = Some(api);
+        }
         let resolved = self.dispatch_phase(&mut publisher, rng).await?;
         self.progress_phase(&mut publisher, &resolved, rng).await?;
         eprintln!(
             "chaos: all messages published ({} publisher reconnects); waiting for quiescence",
             publisher.reconnects
         );
+        if let Some(api) = &self.operator_api {
+            eprintln!(
+                "chaos: operator API: {} actions answered, {} requests sent again after a lost answer",
+                api.answered, api.resent
+            );
+        }
         publisher.close().await;
         self.settle_and_check(&resolved, faults_left).await
     }
@@ -317,7 +338,10 @@ impl<'a> Run<'a> {
     /// the one held for ever with the most steps: run retention never deletes it) if it has an
     /// id.
     fn start_viewers(&mut self, open: &[Option<i64>]) {
-        let Some((addr, secret)) = self.viewer else {
+        let Some((addr, secret)) = self
+            .viewer
+            .filter(|_| self.injections.has(Injection::Viewers))
+        else {
             return;
         };
         let runs = &self.workload.runs;
@@ -565,9 +589,11 @@ impl<'a> Run<'a> {
                     self.sent_fresh
                 )));
             }
+            let (api, broker): (Vec<&Message>, Vec<&Message>) =
+                chunk.iter().partition(|m| m.api.is_some());
             publisher
                 .publish_all(
-                    chunk,
+                    &broker,
                     |m| publisher::Message {
                         routing_key: m.routing_key,
                         body: &m.body,
@@ -577,6 +603,14 @@ impl<'a> Run<'a> {
                 )
                 .await
                 .map_err(LabError::Invalid)?;
+            for message in api {
+                let (Some(client), Some(action)) = (&mut self.operator_api, &message.api) else {
+                    return Err(LabError::Invalid(
+                        "chaos: an action planned over the API, and no API to send it to".into(),
+                    ));
+                };
+                client.send(message, action, self.deadline).await;
+            }
             self.sent_fresh += chunk.iter().filter(|m| m.fresh).count() as u64;
         }
         Ok(())

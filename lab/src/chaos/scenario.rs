@@ -143,9 +143,10 @@ impl ChaosArgs {
             } else {
                 Vec::new()
             },
-            api_secret: injections
-                .has(Injection::Viewers)
-                .then(operation_runs::http::auth::random_secret),
+            // The viewers read through the viewer; the operator acts through its API.
+            api_secret: (injections.has(Injection::Viewers)
+                || injections.has(Injection::OperatorActions))
+            .then(operation_runs::http::auth::random_secret),
         };
         let setting = Setting {
             injections: &injections,

@@ -3,9 +3,10 @@
 //! a stretch. An instance that exits without being killed is a finding, not a fault.
 //!
 //! Jobs are handed off (an executor queue takes them all, see [`crate::sandbox`]), and each role
-//! serves `/metrics` on a port of its own, the same across restarts; with the `viewers`
-//! injection the primary also serves the run viewer on a port of its own, its tokens signed
-//! with a secret the run passes in the environment (never on the command line).
+//! serves `/metrics` on a port of its own, the same across restarts; with the `viewers` or the
+//! `operator-actions` injection the primary also serves the run viewer and its API on a port of
+//! its own, its tokens signed with a secret the run passes in the environment (never on the
+//! command line).
 
 use std::fs::File;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
@@ -23,8 +24,9 @@ const SERVE_ARGS: [&str; 3] = ["serve", "--reaper-interval", "0s"];
 pub struct ServeOptions {
     /// Flags added to every instance (the `retention` injection's windows).
     pub extra_args: Vec<String>,
-    /// With the `viewers` injection: the primary serves the run viewer, its tokens signed with
-    /// this secret (`OPRUN_API_SECRET`). The second instance never does (one viewer to read).
+    /// With the `viewers` or `operator-actions` injection: the primary serves the run viewer,
+    /// its tokens signed with this secret (`OPRUN_API_SECRET`). The second instance never does
+    /// (one viewer to read and act through).
     pub api_secret: Option<String>,
 }
 
@@ -122,7 +124,7 @@ impl Fleet {
         }
     }
 
-    /// The primary's run viewer, when the `viewers` injection is on (the same across restarts).
+    /// The primary's run viewer, when it serves one (the same across restarts).
     pub fn viewer_addr(&self) -> Option<SocketAddr> {
         self.viewer
     }

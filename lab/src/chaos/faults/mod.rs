@@ -5,12 +5,14 @@
 //! faults and the publishing. The switchable injections: [`executors`] (a queue refusing one
 //! type's jobs), [`unbinding`] (the DLQ unbound), [`idle`] (idle HTTP connections),
 //! [`retention`] (the service prunes on a short window), [`viewers`] (readers and live streams
-//! of a large run). Imports from `plan/` only, never from `verification/`.
+//! of a large run), [`operator_api`] (the operator's actions over the API). Imports from `plan/`
+//! only, never from `verification/`.
 
 pub mod executors;
 pub mod fleet;
 pub mod idle;
 pub mod infra;
+pub mod operator_api;
 pub mod progress;
 pub mod retention;
 pub mod schedule;

@@ -196,6 +196,7 @@ fn bad_message(
             body: body.into_bytes(),
             message_id: command_id.clone(),
             fresh: false,
+            api: None,
         },
         command_id,
         expected_code,

@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 
+use operation_runs::domain::action::RunAction;
 use operation_runs::domain::{OperationRunType, RunIdentityHash, RunOutcome};
 
 /// The run type whose jobs the rejecting executor queue refuses (`--without reject-jobs` keeps
@@ -64,6 +65,25 @@ pub struct Message {
     /// False for a deliberate second copy and for bad messages: only fresh messages count as
     /// new work for the service.
     pub fresh: bool,
+    /// An operator action sent over the API instead (`message_id` its `Idempotency-Key`;
+    /// the routing key and body unused).
+    pub api: Option<ApiAction>,
+}
+
+/// An operator action sent as `POST /v1/runs/{run_id}/{action}` with an operate token of the
+/// run's workspace and tenant.
+#[derive(Debug, Clone)]
+pub struct ApiAction {
+    /// The run.
+    pub run_id: i64,
+    /// What to do.
+    pub action: RunAction,
+    /// Why (a fail's reason).
+    pub reason: Option<String>,
+    /// The run's workspace, for the token.
+    pub workspace_id: i64,
+    /// The run's tenant, for the token.
+    pub tenant_id: Option<i64>,
 }
 
 /// One run identity: what the dispatches of it have in common.
@@ -148,6 +168,8 @@ pub struct Step {
     pub action: StepAction,
     /// Published twice.
     pub twice: bool,
+    /// An operator action sent over the API, not the broker (see [`super::operator`]).
+    pub over_api: bool,
 }
 
 /// The progress commands of one run, in the order an executor would send them.

@@ -17,8 +17,10 @@
 //!   (see [`super::model::RetryGroup`]): exactly one new run must hold `context.retry_of` = the
 //!   run, in its identity, queued (nobody executes it).
 //!
-//! Each action command may be published twice like any other (same command id): a redelivered
-//! action has no second effect. Only types whose runs nothing else touches get actions: not the
+//! Half the actions go over the API instead of the broker (`POST /v1/runs/{id}/cancel|retry|fail`
+//! with an operate token of the run's scope, the command id as `Idempotency-Key`, sent again
+//! after a lost answer). Each action may be sent twice like any other (same command id): a
+//! redelivered command or a repeated request has no second effect. Only types whose runs nothing else touches get actions: not the
 //! rejected type (the service may complete its runs before any progress) nor the type held for
 //! ever (late progress, the viewers' large run; its runs cannot be retried).
 
@@ -41,6 +43,9 @@ const FAIL_RUNNING: f64 = 0.015;
 const RETRY: f64 = 0.03;
 /// Share of retried runs retried a second time (another command id): no second run.
 const RETRY_AGAIN: f64 = 0.3;
+/// Share of the actions sent over the API (`POST /v1/runs/{id}/…` with an operate token and the
+/// step's command id as `Idempotency-Key`) instead of the broker.
+const OVER_API: f64 = 0.5;
 
 /// Whether runs of `run_type` may get operator actions.
 pub fn eligible(run_type: OperationRunType) -> bool {
@@ -117,12 +122,13 @@ fn fail(i: usize) -> StepAction {
     }
 }
 
-/// A step whose command id is set by the caller.
+/// An action step, over the broker or the API, whose command id is set by the caller.
 fn step(action: StepAction, rng: &mut StdRng) -> Step {
     Step {
         command_id: String::new(),
         action,
         twice: rng.random_bool(TWICE),
+        over_api: rng.random_bool(OVER_API),
     }
 }
 

@@ -10,10 +10,11 @@ use rand::Rng;
 use serde_json::{json, Value};
 
 use super::model::{
-    Counts, Identity, Message, PlannedFailure, PlannedRun, Step, StepAction, OPERATOR,
+    ApiAction, Counts, Identity, Message, PlannedFailure, PlannedRun, Step, StepAction, OPERATOR,
     OPERATOR_USER, TWICE,
 };
 use super::shuffled_json::to_shuffled_string;
+use operation_runs::domain::action::RunAction;
 use operation_runs::domain::summary_counts::SUMMARY_COUNT_KEYS;
 use operation_runs::domain::RunOutcome;
 
@@ -26,13 +27,17 @@ pub const FLOOD_ENTRIES: usize = 50;
 /// Characters of each flood entry's message (about 1 KB, within the 1,000-character cut).
 const FLOOD_MESSAGE_CHARS: usize = 990;
 
-/// The message of `step` for run `run_id` of `identity`, keys in random order.
+/// The message of `step` for run `run_id` of `identity`, keys in random order (or the API
+/// request of an action sent over the API).
 pub(super) fn progress_message(
     step: &Step,
     run_id: i64,
     identity: &Identity,
     rng: &mut StdRng,
 ) -> Message {
+    if step.over_api {
+        return api_message(step, run_id, identity);
+    }
     let mut body = json!({
         "command_id": step.command_id,
         "run_id": run_id,
@@ -81,6 +86,30 @@ pub(super) fn progress_message(
         body: to_shuffled_string(&body, rng).into_bytes(),
         message_id: step.command_id.clone(),
         fresh: true,
+        api: None,
+    }
+}
+
+/// An operator action sent over the API: the run, the action, a fail's reason.
+fn api_message(step: &Step, run_id: i64, identity: &Identity) -> Message {
+    let (action, reason) = match &step.action {
+        StepAction::Cancel => (RunAction::Cancel, None),
+        StepAction::Retry => (RunAction::Retry, None),
+        StepAction::Fail { reason } => (RunAction::Fail, Some(reason.clone())),
+        other => unreachable!("only operator actions go over the API, not {other:?}"),
+    };
+    Message {
+        routing_key: action.as_str(),
+        body: Vec::new(),
+        message_id: step.command_id.clone(),
+        fresh: true,
+        api: Some(ApiAction {
+            run_id,
+            action,
+            reason,
+            workspace_id: identity.workspace_id,
+            tenant_id: identity.tenant_id,
+        }),
     }
 }
 
@@ -168,6 +197,7 @@ pub(super) fn plan_run(i: usize, rng: &mut StdRng) -> PlannedRun {
                 command_id,
                 action,
                 twice: rng.random_bool(TWICE),
+                over_api: false,
             }
         })
         .collect();
@@ -195,6 +225,7 @@ pub(super) fn add_late_progress(i: usize, run: &mut PlannedRun, rng: &mut StdRng
             command_id,
             action,
             twice: rng.random_bool(TWICE),
+            over_api: false,
         });
     }
 }
@@ -221,6 +252,7 @@ pub(super) fn add_failure_flood(i: usize, run: &mut PlannedRun) {
             command_id: String::new(),
             action: StepAction::AppendFailures(failures),
             twice: false,
+            over_api: false,
         }
     });
     let start = run

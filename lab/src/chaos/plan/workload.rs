@@ -137,6 +137,7 @@ impl Workload {
                     body: d.body.clone().into_bytes(),
                     message_id: d.command_id.clone(),
                     fresh: true,
+                    api: None,
                 };
                 (message, d.twice)
             })
@@ -462,7 +463,19 @@ mod tests {
             .collect();
         let mut last_step: HashMap<i64, usize> = HashMap::new();
         let mut seen = HashSet::new();
+        let mut over_api = 0;
         for m in &messages {
+            let step: usize = m.message_id.rsplit('-').next().unwrap().parse().unwrap();
+            // An operator action over the API: the run it names, the action as its "kind".
+            if let Some(api) = &m.api {
+                assert_eq!(m.routing_key, api.action.as_str());
+                over_api += 1;
+                if seen.insert(m.message_id.clone()) {
+                    let previous = last_step.insert(api.run_id, step);
+                    assert!(previous.is_none_or(|p| p + 1 == step), "order of {}", api.run_id);
+                }
+                continue;
+            }
             let decoded = decode_command(&m.body, Some(&m.message_id));
             if let Some(code) = bad.get(m.message_id.as_str()) {
                 // Only the codes the decoder knows are checked here (`run_not_found` is
@@ -479,7 +492,6 @@ mod tests {
             }
             let c = decoded.unwrap();
             assert_eq!(c.kind.as_str(), m.routing_key);
-            let step: usize = m.message_id.rsplit('-').next().unwrap().parse().unwrap();
             if seen.insert(m.message_id.clone()) {
                 let run = c.run_id().unwrap();
                 let previous = last_step.insert(run, step);
@@ -488,6 +500,7 @@ mod tests {
         }
         let steps: usize = w.runs.iter().map(|r| r.on_time_steps().len()).sum();
         assert_eq!(seen.len(), steps);
+        assert!(over_api > 0, "some actions go over the API");
         // A retried run's completion, what follows it and its retries are published apart.
         let retried: Vec<&PlannedRun> = w.runs.iter().filter(|r| r.held_from.is_some()).collect();
         assert!(!retried.is_empty());

@@ -61,6 +61,7 @@ use crate::chaos::faults::executors::{
 use crate::chaos::plan::model::PlannedRun;
 use crate::chaos::plan::workload::Workload;
 use operation_runs::domain::action::FAILED_BY_OPERATOR;
+use operation_runs::domain::idempotency_key;
 use operation_runs::domain::RunStatus;
 
 /// Examples shown per kind of finding.
@@ -297,6 +298,15 @@ impl AfterDispatch<'_> {
     }
 }
 
+/// The planned command id an inbox row or an action record stands for: an action sent over the
+/// API is kept under its `Idempotency-Key` (the planned id) in the workspace's namespace.
+fn as_planned(id: String) -> String {
+    match idempotency_key::key_of(&id) {
+        Some(key) => key.to_owned(),
+        None => id,
+    }
+}
+
 /// Runs every check; `run_retention` is the service's, when it deletes completed runs.
 pub async fn evaluate(
     pool: &PgPool,
@@ -318,6 +328,7 @@ pub async fn evaluate(
         .fetch_all(&mut *tx)
         .await?
         .into_iter()
+        .map(as_planned)
         .collect();
     account(&mut findings, workload, after, &inbox, dead_letters);
 
@@ -343,11 +354,14 @@ pub async fn evaluate(
     );
     count_duplicates(&mut findings, workload, after.duplicates, &runs);
     check_closed(&mut findings, after);
-    let records: Vec<ActionRecord> = sqlx::query_as(
+    let mut records: Vec<ActionRecord> = sqlx::query_as(
         "SELECT command_id, run_id, action, result, new_run_id FROM operation_run_actions",
     )
     .fetch_all(&mut *tx)
     .await?;
+    for record in &mut records {
+        record.command_id = record.command_id.take().map(as_planned);
+    }
     check_actions(&mut findings, workload, after, &inbox, &runs, &records);
 
     let events: Vec<(uuid::Uuid, i64, i64)> =
