@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use sqlx::PgPool;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::apply::{ApplySettings, CommandResult, Disposition};
@@ -85,13 +86,15 @@ enum Settle<'a> {
 
 impl DeliveryHandler<'_> {
     /// Processes `deliveries` and publishes their replies and dead letters through `publisher`
-    /// (replaced on `connection` when the broker closes it). An error means the connection is
-    /// lost.
+    /// (replaced on `connection` when the broker closes it); `committed` (the relay's wake) is
+    /// notified as soon as the batch's transactions are committed. An error means the
+    /// connection is lost.
     pub async fn handle(
         &self,
         connection: &Connection,
         publisher: &mut ConfirmPublisher,
         deliveries: &[Delivery],
+        committed: &Notify,
         shutdown: &CancellationToken,
     ) -> Result<BatchSettlement, BrokerError> {
         let Some(last) = deliveries.last() else {
@@ -125,6 +128,9 @@ impl DeliveryHandler<'_> {
         else {
             return Ok(BatchSettlement::Interrupted);
         };
+        // The batch's events are committed: the relay may publish them while the replies and
+        // dead letters settle (an event depends on its commit, never on the ack).
+        committed.notify_one();
         let applied_at = Instant::now();
         let mut applied = applied.into_iter();
         let fates: Vec<Result<CommandResult, Rejection>> = decoded

@@ -318,7 +318,8 @@ impl Service {
         RelaySettings::new(&self.settings.outbox, &self.settings.jobs)
     }
 
-    /// The consume loop: batch, handle, ack, wake the relay.
+    /// The consume loop: batch, handle (which wakes the relay once the batch is committed),
+    /// ack.
     async fn consume(
         &self,
         connection: &Connection,
@@ -342,13 +343,12 @@ impl Service {
                 );
             }
             match handler
-                .handle(connection, publisher, &batch, shutdown)
+                .handle(connection, publisher, &batch, wake, shutdown)
                 .await?
             {
                 BatchSettlement::AckThrough(tag) => consumer.ack_through(tag).await?,
                 BatchSettlement::Interrupted => return Ok(()),
             }
-            wake.notify_one();
         }
         if shutdown.is_cancelled() {
             Ok(())

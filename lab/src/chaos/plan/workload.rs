@@ -472,7 +472,11 @@ mod tests {
                 over_api += 1;
                 if seen.insert(m.message_id.clone()) {
                     let previous = last_step.insert(api.run_id, step);
-                    assert!(previous.is_none_or(|p| p + 1 == step), "order of {}", api.run_id);
+                    assert!(
+                        previous.is_none_or(|p| p + 1 == step),
+                        "order of {}",
+                        api.run_id
+                    );
                 }
                 continue;
             }
