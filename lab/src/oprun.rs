@@ -35,36 +35,8 @@ impl OprunBinary {
 
 /// A bearer token for the viewer of an `oprun serve` started with `secret`: the workspace
 /// `workspace_id`, only `tenant_id` when given, valid for `lifetime_secs`, with `sub` as its
-/// subject; read-only.
+/// subject; read-only, or with `scope` `Some("operate")` allowed to act on the runs it reads.
 pub fn viewer_token(
-    secret: &str,
-    workspace_id: i64,
-    tenant_id: Option<i64>,
-    sub: &str,
-    lifetime_secs: u64,
-) -> Result<String, String> {
-    token(secret, workspace_id, tenant_id, sub, lifetime_secs, None)
-}
-
-/// The same token granting `operate`: it may also cancel, retry and fail the runs it reads.
-pub fn operator_token(
-    secret: &str,
-    workspace_id: i64,
-    tenant_id: Option<i64>,
-    sub: &str,
-    lifetime_secs: u64,
-) -> Result<String, String> {
-    token(
-        secret,
-        workspace_id,
-        tenant_id,
-        sub,
-        lifetime_secs,
-        Some("operate"),
-    )
-}
-
-fn token(
     secret: &str,
     workspace_id: i64,
     tenant_id: Option<i64>,

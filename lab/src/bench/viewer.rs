@@ -218,6 +218,7 @@ impl ViewerBenchArgs {
             None,
             "oprun-lab viewer-bench",
             TOKEN_LIFETIME_SECS,
+            None,
         )
         .map_err(LabError::Invalid)?;
         let base = format!("http://{addr}");

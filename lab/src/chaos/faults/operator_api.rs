@@ -55,12 +55,13 @@ impl OperatorApi {
 
     /// Sends `message`'s action (its `message_id` the key) until it is answered or `deadline`.
     pub async fn send(&mut self, message: &Message, action: &ApiAction, deadline: Instant) {
-        let token = match crate::oprun::operator_token(
+        let token = match crate::oprun::viewer_token(
             &self.secret,
             action.workspace_id,
             action.tenant_id,
             OPERATOR,
             TOKEN_LIFETIME_SECS,
+            Some("operate"),
         ) {
             Ok(token) => token,
             Err(e) => {
@@ -98,28 +99,26 @@ impl OperatorApi {
                 Ok(r) => {
                     let status = r.status();
                     let text = r.text().await.unwrap_or_default();
-                    self.problems.push(format!(
-                        "operator API: {} of run {} ({}) answered {status}: {text}",
-                        action.action.as_str(),
-                        action.run_id,
-                        message.message_id
-                    ));
-                    return;
+                    return self.problem(message, action, format!("answered {status}: {text}"));
                 }
                 Err(e) => e.to_string(),
             };
             if Instant::now() + pause >= deadline {
-                self.problems.push(format!(
-                    "operator API: {} of run {} ({}) not answered by the deadline: {why}",
-                    action.action.as_str(),
-                    action.run_id,
-                    message.message_id
-                ));
-                return;
+                let what = format!("not answered by the deadline: {why}");
+                return self.problem(message, action, what);
             }
             self.resent += 1;
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(MAX_PAUSE);
         }
+    }
+
+    fn problem(&mut self, message: &Message, action: &ApiAction, what: String) {
+        self.problems.push(format!(
+            "operator API: {} of run {} ({}) {what}",
+            action.action.as_str(),
+            action.run_id,
+            message.message_id
+        ));
     }
 }

@@ -62,6 +62,7 @@ impl ViewerTarget {
             tenant_id,
             "oprun-lab chaos",
             TOKEN_LIFETIME_SECS,
+            None,
         )?;
         Ok(Self {
             base,
