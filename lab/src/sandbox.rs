@@ -243,8 +243,11 @@ impl Sandbox {
     async fn drop_database(&self) -> Result<(), LabError> {
         // FORCE: the service's pool (or a killed instance's) may still hold connections.
         // Dropping a database takes a while by design: no slow-statement warning.
-        let options =
-            PgConnectOptions::from_str(&self.maintenance_url)?.disable_statement_logging();
+        // On several hosts, the one that takes writes.
+        let primary = store::hosts::parse(&self.maintenance_url)?
+            .primary_url()
+            .await?;
+        let options = PgConnectOptions::from_str(&primary)?.disable_statement_logging();
         let mut admin = PgConnection::connect_with(&options).await?;
         sqlx::query(&format!(
             "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
@@ -257,12 +260,16 @@ impl Sandbox {
     }
 }
 
-/// `base` with its path (the database name) replaced by `database`.
+/// `base` with its path (the database name) replaced by `database`, its query kept; `base` may
+/// name several hosts (libpq's `h1:p1,h2:p2`), which a URL parser refuses.
 fn with_path(base: &str, database: &str) -> Result<String, LabError> {
-    let mut url = url::Url::parse(base)
-        .map_err(|e| LabError::Invalid(format!("--database-url is not a URL: {e}")))?;
-    url.set_path(database);
-    Ok(url.to_string())
+    let (scheme, rest) = base
+        .split_once("://")
+        .ok_or_else(|| LabError::Invalid("--database-url is not a URL".into()))?;
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, after) = rest.split_at(authority_end);
+    let query = after.find('?').map_or("", |at| &after[at..]);
+    Ok(format!("{scheme}://{authority}/{database}{query}"))
 }
 
 /// The workspaces, tenants and users of `scopes`, one statement each.
@@ -302,5 +309,14 @@ mod tests {
             with_path("postgres://u:p@h:5432/app?sslmode=disable", "b").unwrap(),
             "postgres://u:p@h:5432/b?sslmode=disable"
         );
+        assert_eq!(
+            with_path(
+                "postgres://u@h1:5882,h2:5883/postgres?target_session_attrs=read-write",
+                "b"
+            )
+            .unwrap(),
+            "postgres://u@h1:5882,h2:5883/b?target_session_attrs=read-write"
+        );
+        assert_eq!(with_path("postgres://h", "b").unwrap(), "postgres://h/b");
     }
 }

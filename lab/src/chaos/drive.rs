@@ -33,6 +33,7 @@ use crate::publisher::{self, Reconnecting};
 use crate::sandbox::Sandbox;
 use crate::LabError;
 use operation_runs::config::Config;
+use operation_runs::domain::idempotency_key;
 
 /// The dispatches get at most this long to be processed before phase 2 starts regardless.
 const DISPATCH_WAIT: Duration = Duration::from_secs(240);
@@ -477,14 +478,17 @@ impl<'a> Run<'a> {
     }
 
     /// Removes from `armed` the groups whose key (a completion's command id) is in the inbox,
-    /// and returns their messages; none while the database does not answer.
+    /// and returns their messages; none while the database does not answer. A completion sent
+    /// over the API (an operator's fail) is kept under its key in the workspace's namespace.
     async fn take_applied(&self, armed: &mut HashMap<String, Vec<Message>>) -> Vec<Message> {
         if armed.is_empty() {
             return Vec::new();
         }
         let keys: Vec<String> = armed.keys().cloned().collect();
         let applied: Vec<String> = sqlx::query_scalar(
-            "SELECT command_id FROM processed_commands WHERE command_id = ANY($1)",
+            "SELECT command_id FROM processed_commands
+             WHERE command_id = ANY($1)
+                OR (command_id LIKE 'api:%' AND substring(command_id FROM '^api:[0-9]+:(.*)$') = ANY($1))",
         )
         .bind(&keys)
         .fetch_all(&self.sandbox.pool)
@@ -492,6 +496,7 @@ impl<'a> Run<'a> {
         .unwrap_or_default();
         applied
             .iter()
+            .map(|id| idempotency_key::key_of(id).unwrap_or(id))
             .filter_map(|id| armed.remove(id))
             .flatten()
             .collect()

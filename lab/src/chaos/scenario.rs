@@ -12,6 +12,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::drive::{Run, Setting};
+use crate::chaos::faults::db_probe;
 use crate::chaos::faults::executors::EXECUTOR_QUEUE;
 use crate::chaos::faults::fleet::{Fleet, Role, ServeOptions};
 use crate::chaos::faults::infra::Infra;
@@ -65,6 +66,20 @@ pub struct ChaosArgs {
     /// line) instead of an application restart.
     #[arg(long)]
     pub cluster: bool,
+
+    /// Run on a PostgreSQL pair of the run's own under pg_auto_failover (a monitor, a primary
+    /// and a synchronous standby): the service gets both hosts (`target_session_attrs=
+    /// read-write`), and the database fault is two failovers — the primary SIGKILLed, the
+    /// standby promoted, the killed node back as the standby, then the same to the new primary
+    /// (`db_failovers=` and `max_unavailable_s=` in the closing line) — instead of a restart.
+    #[arg(long, conflicts_with = "cluster")]
+    pub db_failover: bool,
+
+    /// With `--db-failover`: replicate asynchronously (both nodes out of the write quorum). The
+    /// run may then lose what the primary committed and the standby had not received; it
+    /// prints what it lost and exits 0 whatever the figures (the boundary, measured).
+    #[arg(long, requires = "db_failover")]
+    pub db_async: bool,
 }
 
 impl ChaosArgs {
@@ -74,7 +89,13 @@ impl ChaosArgs {
         let seed = self.seed.unwrap_or_else(rand::random);
         // The run breaks its own broker and database, never the machine's: dropped last, so
         // they are stopped and removed whatever happens below.
-        let infra = if self.cluster {
+        let infra = if self.db_failover {
+            eprintln!(
+                "chaos: starting a private RabbitMQ node and a PostgreSQL pair under pg_auto_failover ({} replication)",
+                if self.db_async { "asynchronous" } else { "synchronous" }
+            );
+            Arc::new(Infra::start_with_pair(self.db_async).await?)
+        } else if self.cluster {
             eprintln!("chaos: a RabbitMQ cluster of three nodes and a private PostgreSQL cluster");
             Arc::new(Infra::start_cluster().await?)
         } else {
@@ -110,6 +131,7 @@ impl ChaosArgs {
             &mut StdRng::seed_from_u64(seed ^ FAULT_SEED_SALT),
             &injections,
             infra.is_cluster(),
+            infra.is_pair(),
         );
         eprintln!(
             "chaos: seed {seed} (rerun with --seed {seed}); {} commands: {} dispatches of {} identities, {} progress, {} bad; injections: {injections}",
@@ -182,6 +204,9 @@ impl ChaosArgs {
             duplicate_deliveries: outcome.duplicates.unexcused,
             viewer_gaps: outcome.viewers.as_ref().map_or(0, |r| r.figure()),
             seconds: 0,
+            db_failovers: outcome
+                .db_failovers
+                .map(|(k, unavailable)| (k, unavailable.as_secs_f64())),
         };
         if run_retention.is_some() {
             eprintln!(
@@ -232,6 +257,19 @@ impl ChaosArgs {
         }
         figures.seconds = started.elapsed().as_secs();
         println!("{figures}");
+        if self.db_async {
+            // The boundary run: what asynchronous replication lost is the measurement.
+            eprintln!(
+                "chaos: asynchronous replication: lost={} double_applied={} duplicate_runs={} missing_events={} duplicate_deliveries={} across {} failover(s) (allowed: the run measures the boundary)",
+                figures.lost,
+                figures.double_applied,
+                figures.duplicate_runs,
+                figures.missing_events,
+                figures.duplicate_deliveries,
+                figures.db_failovers.map_or(0, |(k, _)| k)
+            );
+            return Ok(());
+        }
         if clean {
             Ok(())
         } else {
@@ -258,6 +296,9 @@ struct Outcome {
     broker_restarts: u32,
     db_restarts: u32,
     broker_node_kills: u32,
+    /// `--db-failover`: the failovers that completed, and the longest time without a writable
+    /// server.
+    db_failovers: Option<(u32, Duration)>,
     /// What the viewers' readers saw (`viewers`).
     viewers: Option<crate::chaos::faults::viewers::ViewerReport>,
 }
@@ -294,6 +335,9 @@ async fn execute(
     let stop = CancellationToken::new();
     let progress = Progress::new(workload.good_count());
     let poller = progress.spawn_poller(sandbox.pool.clone(), stop.clone());
+    let unavailable = infra
+        .is_pair()
+        .then(|| db_probe::spawn(sandbox.database_url.clone(), stop.clone()));
     let fault_log = Arc::new(Mutex::new(FaultLog::default()));
     let planned_kills = plan.iter().filter(|p| p.fault.is_kill()).count() as u32;
     let plan_len = plan.len();
@@ -391,12 +435,34 @@ async fn execute(
     } else {
         log.broker_restarts
     };
-    if fleet.kills < planned_kills || broker_faults < 1 || log.db_restarts < 1 {
+    let db_faults = if infra.is_pair() {
+        (log.failovers.len() >= 2) as u32
+    } else {
+        log.db_restarts
+    };
+    if fleet.kills < planned_kills || broker_faults < 1 || db_faults < 1 {
         problems.push(format!(
-            "fewer faults than planned: {} of {planned_kills} kills, {} broker restarts, {} broker node kills, {} database restarts",
-            fleet.kills, log.broker_restarts, log.broker_node_kills, log.db_restarts
+            "fewer faults than planned: {} of {planned_kills} kills, {} broker restarts, {} broker node kills, {} database restarts, {} failovers",
+            fleet.kills, log.broker_restarts, log.broker_node_kills, log.db_restarts, log.failovers.len()
         ));
     }
+    for f in &log.failovers {
+        eprintln!(
+            "chaos: failover: {} SIGKILLed, {} promoted after {:.1} s, {} the standby again after {:.1} s",
+            f.killed,
+            f.promoted,
+            f.to_new_primary.as_secs_f64(),
+            f.killed,
+            f.to_paired.as_secs_f64()
+        );
+    }
+    let db_failovers = match unavailable {
+        Some(probe) => {
+            let longest = probe.await.unwrap_or_default();
+            Some((log.failovers.len() as u32, longest))
+        }
+        None => None,
+    };
     Ok(Outcome {
         findings,
         duplicates,
@@ -406,6 +472,7 @@ async fn execute(
         broker_restarts: log.broker_restarts,
         db_restarts: log.db_restarts,
         broker_node_kills: log.broker_node_kills,
+        db_failovers,
         viewers,
     })
 }

@@ -25,14 +25,22 @@ const UP_DEADLINE: Duration = Duration::from_secs(180);
 const STOP_DEADLINE: Duration = Duration::from_secs(30);
 
 /// The monitor's health checks (milliseconds, retries): every second, one retry after half a
-/// second, a node unhealthy after 5 s without a report.
-const MONITOR_SETTINGS: [(&str, u32); 5] = [
+/// second, a node unhealthy after 5 s without a report; and the wait before a standby is
+/// promoted in place of a primary that does not answer, 8 s (default 30 s), which must stay
+/// above the nodes' [`NETWORK_PARTITION_TIMEOUT_S`]: a primary cut off from the monitor stops
+/// itself before its standby is promoted, so there are never two primaries.
+const MONITOR_SETTINGS: [(&str, u32); 6] = [
     ("health_check_period", 1000),
     ("health_check_timeout", 1000),
     ("health_check_max_retries", 1),
     ("health_check_retry_delay", 500),
     ("node_considered_unhealthy_timeout", 5000),
+    ("primary_demote_timeout", 8000),
 ];
+/// Seconds a node's keeper waits, cut off from the monitor and its standby, before it stops its
+/// primary (`timeout.network_partition_timeout`, default 20 s); below the monitor's
+/// `primary_demote_timeout`.
+const NETWORK_PARTITION_TIMEOUT_S: u32 = 5;
 
 /// The folder of `scripts/pg-ha up`: `oprun-pg-ha` under the system's temporary directory.
 pub fn default_dir() -> PathBuf {
@@ -207,6 +215,15 @@ impl PgHaPair {
                     "50",
                 ])
                 .await?;
+                self.autoctl(&[
+                    "config",
+                    "set",
+                    "--pgdata",
+                    &self.path(node),
+                    "timeout.network_partition_timeout",
+                    &NETWORK_PARTITION_TIMEOUT_S.to_string(),
+                ])
+                .await?;
             }
             self.run_unless_running(node).await?;
             // The second node copies the first (pg_basebackup): the first must be writable
@@ -342,6 +359,96 @@ impl PgHaPair {
         Ok(lines.join("\n"))
     }
 
+    /// A pair of the caller's own in a new temporary folder, on free ports (a chaos run's):
+    /// created and up; removed with everything in it when dropped.
+    pub async fn up_temporary() -> Result<TemporaryPair, LabError> {
+        let dir = std::env::temp_dir().join(format!(
+            "oprun-pg-ha-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..10]
+        ));
+        let first_port = free_run_of_ports(3)?;
+        // Removed on every path out, the half-built pair too.
+        let pair = TemporaryPair(Self {
+            dir: dir.clone(),
+            ports: [first_port, first_port + 1, first_port + 2],
+            user: running_as_root().then_some("postgres"),
+        });
+        Self::up(&dir, first_port).await?;
+        Ok(pair)
+    }
+
+    /// SIGKILLs node `name` as a crashed machine would lose it: its `pg_autoctl` with every
+    /// process of its group (the keeper and its PostgreSQL), and the postmaster if it outlived
+    /// them.
+    pub async fn kill_node(&self, name: &str) -> Result<(), LabError> {
+        let [postmaster, autoctl] = self.pid_files(name);
+        let group = read_pid(&autoctl).and_then(process_group);
+        if let Some(group) = group {
+            let _ = tool::run(None, &[], "kill", &["-KILL", "--", &format!("-{group}")]).await;
+        }
+        if let Some(pid) = read_pid(&postmaster).filter(|_| running_pid(&postmaster)) {
+            let _ = tool::run(None, &[], "kill", &["-KILL", &pid.to_string()]).await;
+        }
+        if group.is_none() {
+            return Err(LabError::Failed(format!(
+                "pg-ha: {name}: no pg_autoctl runs"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Starts node `name`'s `pg_autoctl run` again (it rejoins as a standby).
+    pub async fn restart_node(&self, name: &str) -> Result<(), LabError> {
+        self.run_unless_running(name).await
+    }
+
+    /// Waits until the monitor reports a writable node other than `old` (the standby promoted);
+    /// that node.
+    pub async fn wait_for_new_primary(&self, old: &str) -> Result<NodeState, LabError> {
+        let promoted = |nodes: &[NodeState]| nodes.iter().any(|n| n.name != old && n.is_writable());
+        let nodes = self.wait_for(promoted, "a new primary").await?;
+        Ok(nodes
+            .into_iter()
+            .find(|n| n.name != old && n.is_writable())
+            .expect("just waited for it"))
+    }
+
+    /// Waits until a primary and a secondary are settled again.
+    pub async fn wait_until_paired(&self) -> Result<(), LabError> {
+        self.wait_for(pair_ready, "a primary and a secondary")
+            .await?;
+        Ok(())
+    }
+
+    /// Takes both nodes out of the write quorum (`pg_autoctl set node replication-quorum
+    /// false`): the primary then commits without waiting for its standby — asynchronous
+    /// replication.
+    pub async fn replicate_asynchronously(&self) -> Result<(), LabError> {
+        for node in NODES {
+            self.autoctl(&[
+                "set",
+                "node",
+                "replication-quorum",
+                "false",
+                "--pgdata",
+                &self.path(node),
+            ])
+            .await?;
+        }
+        self.wait_until_paired().await
+    }
+
+    /// The `synchronous_standby_names` the primary runs with now (`''`: asynchronous).
+    pub async fn synchronous_standby_names(&self) -> Result<String, LabError> {
+        let url = self.url("postgres");
+        let pool = operation_runs::store::connect_lazy(&url, 1)?;
+        let names: String = sqlx::query_scalar("SHOW synchronous_standby_names")
+            .fetch_one(&pool)
+            .await?;
+        pool.close().await;
+        Ok(names)
+    }
+
     /// Stops the data nodes and the monitor, then removes the folder.
     pub async fn down(self) -> Result<(), LabError> {
         for name in NODES.iter().chain(&["monitor"]) {
@@ -358,13 +465,7 @@ impl PgHaPair {
             return;
         }
         let pgdata = self.path(name);
-        let pid_files = [
-            self.dir.join(name).join("postmaster.pid"),
-            self.dir
-                .join("run/pg_autoctl")
-                .join(pgdata.trim_start_matches('/'))
-                .join("pg_autoctl.pid"),
-        ];
+        let pid_files = self.pid_files(name);
         let _ = self.autoctl(&["stop", "--fast", "--pgdata", &pgdata]).await;
         let deadline = Instant::now() + STOP_DEADLINE;
         while Instant::now() < deadline {
@@ -379,6 +480,17 @@ impl PgHaPair {
                 let _ = tool::run(None, &[], "kill", &["-KILL", &pid.to_string()]).await;
             }
         }
+    }
+
+    /// The postmaster's and the `pg_autoctl`'s pid files of `name`.
+    fn pid_files(&self, name: &str) -> [PathBuf; 2] {
+        [
+            self.dir.join(name).join("postmaster.pid"),
+            self.dir
+                .join("run/pg_autoctl")
+                .join(self.path(name).trim_start_matches('/'))
+                .join("pg_autoctl.pid"),
+        ]
     }
 
     /// `pg_autoctl args…` as the servers' user, with the folder's `XDG_*`.
@@ -404,6 +516,63 @@ impl PgHaPair {
     fn path(&self, name: &str) -> String {
         self.dir.join(name).to_string_lossy().into_owned()
     }
+}
+
+/// A pair in a temporary folder: every process of it SIGKILLed and the folder removed when
+/// dropped, whatever happened (a chaos run's, like its private PostgreSQL).
+#[derive(Debug)]
+pub struct TemporaryPair(PgHaPair);
+
+impl std::ops::Deref for TemporaryPair {
+    type Target = PgHaPair;
+    fn deref(&self) -> &PgHaPair {
+        &self.0
+    }
+}
+
+impl Drop for TemporaryPair {
+    fn drop(&mut self) {
+        for name in NODES.iter().chain(&["monitor"]) {
+            for file in self.0.pid_files(name) {
+                let Some(pid) = read_pid(&file).filter(|_| running_pid(&file)) else {
+                    continue;
+                };
+                let target = match process_group(pid) {
+                    Some(group) => format!("-{group}"),
+                    None => pid.to_string(),
+                };
+                let _ = std::process::Command::new("kill")
+                    .args(["-KILL", "--", &target])
+                    .status();
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.0.dir);
+    }
+}
+
+/// The first of `n` consecutive ports free now on 127.0.0.1.
+fn free_run_of_ports(n: u16) -> Result<u16, LabError> {
+    for _ in 0..50 {
+        let first = super::free_port()?;
+        let Some(last) = first.checked_add(n - 1) else {
+            continue;
+        };
+        let held: Result<Vec<_>, _> = (first..=last)
+            .map(|p| std::net::TcpListener::bind(("127.0.0.1", p)))
+            .collect();
+        if held.is_ok() {
+            return Ok(first);
+        }
+    }
+    Err(LabError::Failed(format!("no {n} consecutive free ports")))
+}
+
+/// The process group of `pid` (field 5 of `/proc/PID/stat`).
+fn process_group(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces.
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    after_name.split_whitespace().nth(2)?.parse().ok()
 }
 
 /// A primary and a synchronous secondary, both settled.

@@ -5,13 +5,40 @@
 //! With `--cluster` the broker is a three-node cluster: the one `scripts/cluster up` started if
 //! it runs (left running afterwards, every node back up), else one of the run's own. Its fault
 //! is a SIGKILL of the node leading the commands queue, restarted after a pause.
+//!
+//! With `--db-failover` the database is a pg_auto_failover pair of the run's own (a monitor and
+//! two nodes in a temporary folder, on free ports); its fault is a SIGKILL of the primary node,
+//! the standby promoted by the monitor, the killed node started again as the new standby.
 
 use std::time::Duration;
 
 use crate::cluster::SHIPPED_BROKER_SETTINGS;
 use crate::private::cluster::default_dir;
+use crate::private::pg_ha::{PgHaPair, TemporaryPair};
 use crate::private::{PrivateBroker, PrivateCluster, PrivateDatabase};
 use crate::LabError;
+
+/// The database of a run.
+#[derive(Debug)]
+enum Database {
+    /// One PostgreSQL, restarted.
+    Single(PrivateDatabase),
+    /// A primary and a standby under pg_auto_failover, the primary killed.
+    Pair(TemporaryPair),
+}
+
+/// One failover of the pair: the node killed, the node promoted, how long it took.
+#[derive(Debug, Clone)]
+pub struct Failover {
+    /// The primary SIGKILLed.
+    pub killed: String,
+    /// The standby the monitor promoted.
+    pub promoted: String,
+    /// From the SIGKILL to the new primary reported writable.
+    pub to_new_primary: Duration,
+    /// From the SIGKILL to the killed node back as a synchronous standby.
+    pub to_paired: Duration,
+}
 
 /// The broker of a run.
 #[derive(Debug)]
@@ -26,7 +53,7 @@ enum Broker {
 #[derive(Debug)]
 pub struct Infra {
     broker: Broker,
-    database: PrivateDatabase,
+    database: Database,
 }
 
 impl Infra {
@@ -38,7 +65,28 @@ impl Infra {
         );
         Ok(Self {
             broker: Broker::Single(broker?),
-            database: database?,
+            database: Database::Single(database?),
+        })
+    }
+
+    /// Starts the broker and a pg_auto_failover pair (`asynchronous`: its nodes out of the write
+    /// quorum), about thirty seconds.
+    pub async fn start_with_pair(asynchronous: bool) -> Result<Self, LabError> {
+        let (broker, pair) = tokio::join!(
+            PrivateBroker::start(SHIPPED_BROKER_SETTINGS),
+            PgHaPair::up_temporary()
+        );
+        let pair = pair?;
+        if asynchronous {
+            pair.replicate_asynchronously().await?;
+        }
+        eprintln!(
+            "chaos: database: a pg_auto_failover pair, synchronous_standby_names = {:?}",
+            pair.synchronous_standby_names().await?
+        );
+        Ok(Self {
+            broker: Broker::Single(broker?),
+            database: Database::Pair(pair),
         })
     }
 
@@ -67,7 +115,7 @@ impl Infra {
         let (cluster, database) = tokio::join!(cluster, PrivateDatabase::start());
         Ok(Self {
             broker: Broker::Cluster(cluster?),
-            database: database?,
+            database: Database::Single(database?),
         })
     }
 
@@ -84,9 +132,62 @@ impl Infra {
         }
     }
 
-    /// The private server's URL of database `name`.
+    /// The private server's URL of database `name` (the pair's: both nodes, read-write).
     pub fn database_url(&self, name: &str) -> String {
-        self.database.url(name)
+        match &self.database {
+            Database::Single(d) => d.url(name),
+            Database::Pair(p) => p.url(name),
+        }
+    }
+
+    /// True when the database is a pair that fails over.
+    pub fn is_pair(&self) -> bool {
+        matches!(self.database, Database::Pair(_))
+    }
+
+    /// SIGKILLs the pair's primary, waits for the monitor to promote the standby, starts the
+    /// killed node again and waits until it is the new standby, in sync. Only for a pair.
+    pub async fn fail_over_database(&self) -> Result<Failover, String> {
+        let Database::Pair(pair) = &self.database else {
+            return Err("the database is a single server: nothing to fail over to".into());
+        };
+        let failed = |e: LabError| e.to_string();
+        let primary = pair
+            .primary()
+            .await
+            .map_err(failed)?
+            .ok_or("no primary to kill")?;
+        eprintln!(
+            "chaos: the database's primary is {} (127.0.0.1:{}): SIGKILL",
+            primary.name, primary.port
+        );
+        let killed_at = std::time::Instant::now();
+        pair.kill_node(&primary.name).await.map_err(failed)?;
+        let promoted = pair
+            .wait_for_new_primary(&primary.name)
+            .await
+            .map_err(failed)?;
+        let to_new_primary = killed_at.elapsed();
+        eprintln!(
+            "chaos: {} promoted after {:.1} s; starting {} again",
+            promoted.name,
+            to_new_primary.as_secs_f64(),
+            primary.name
+        );
+        pair.restart_node(&primary.name).await.map_err(failed)?;
+        pair.wait_until_paired().await.map_err(failed)?;
+        let to_paired = killed_at.elapsed();
+        eprintln!(
+            "chaos: {} is the standby again after {:.1} s",
+            primary.name,
+            to_paired.as_secs_f64()
+        );
+        Ok(Failover {
+            killed: primary.name,
+            promoted: promoted.name,
+            to_new_primary,
+            to_paired,
+        })
     }
 
     /// One node: `rabbitmqctl stop_app`, `down_for`, `start_app`, `await_startup`. A cluster:
@@ -132,10 +233,10 @@ impl Infra {
 
     /// Stops PostgreSQL (fast: sessions are cut), `down_for`, starts it again.
     pub async fn restart_database(&self, down_for: Duration) -> Result<(), String> {
-        self.database
-            .restart(down_for)
-            .await
-            .map_err(|e| e.to_string())
+        let Database::Single(database) = &self.database else {
+            return Err("the pair is failed over, not restarted".into());
+        };
+        database.restart(down_for).await.map_err(|e| e.to_string())
     }
 
     /// Checks that the broker runs (a restart that failed half-way is finished here; a killed

@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::fleet::{Fleet, Role};
 use super::idle;
-use super::infra::Infra;
+use super::infra::{Failover, Infra};
 use super::progress::Progress;
 use super::unbinding::unbind_dead_letters;
 use crate::chaos::plan::injections::{Injection, Injections};
@@ -54,6 +54,9 @@ pub enum Fault {
     KillBrokerNode,
     /// Stop PostgreSQL, the pause, start it.
     RestartDatabase,
+    /// With `--db-failover`: SIGKILL the pair's primary, the standby promoted, the killed node
+    /// back as the standby.
+    FailOverDatabase,
     /// Unbind `N.commands.dlq` from `N.dlx`, the pause, bind it again.
     UnbindDeadLetters,
     /// Open idle connections to the primary's `/metrics` address and hold them (background).
@@ -71,7 +74,9 @@ impl Fault {
         match self {
             Fault::KillPrimary | Fault::KillSecond => Some(DisruptionKind::Kill),
             Fault::RestartBroker | Fault::KillBrokerNode => Some(DisruptionKind::BrokerRestart),
-            Fault::RestartDatabase => Some(DisruptionKind::DatabaseRestart),
+            Fault::RestartDatabase | Fault::FailOverDatabase => {
+                Some(DisruptionKind::DatabaseRestart)
+            }
             _ => None,
         }
     }
@@ -101,6 +106,10 @@ impl fmt::Display for PlannedFault {
                 "SIGKILL the RabbitMQ node leading the commands queue (down {ms} ms)"
             ),
             Fault::RestartDatabase => write!(f, "restart PostgreSQL (down {ms} ms)"),
+            Fault::FailOverDatabase => write!(
+                f,
+                "SIGKILL the database's primary; the standby is promoted, the killed node rejoins"
+            ),
             Fault::UnbindDeadLetters => {
                 write!(f, "unbind the dead-letter queue for {ms} ms")
             }
@@ -116,8 +125,14 @@ impl fmt::Display for PlannedFault {
 
 /// The fault plan drawn from `rng` (with the faults `injections` ask for), in the order the
 /// faults strike. On a `cluster` the broker fault is a SIGKILL of the commands queue's leader
-/// node instead of an application restart.
-pub fn plan(rng: &mut StdRng, injections: &Injections, cluster: bool) -> Vec<PlannedFault> {
+/// node instead of an application restart; on a database `pair` the database fault is two
+/// failovers (the primary SIGKILLed, then the new one) instead of a restart.
+pub fn plan(
+    rng: &mut StdRng,
+    injections: &Injections,
+    cluster: bool,
+    pair: bool,
+) -> Vec<PlannedFault> {
     // A killed node takes ten to twenty seconds to boot again, during which the injector
     // waits: it strikes early enough for the faults after it to land on a working service.
     let (broker_fault, broker_range) = if cluster {
@@ -141,8 +156,15 @@ pub fn plan(rng: &mut StdRng, injections: &Injections, cluster: bool) -> Vec<Pla
         (0.36..0.60, Fault::KillPrimary, pauses[1]),
         (0.62..0.85, Fault::KillPrimary, pauses[2]),
         (broker_range, broker_fault, pauses[3]),
-        (0.20..0.80, Fault::RestartDatabase, pauses[4]),
     ];
+    if pair {
+        // Each failover stalls the service for the promotion (tens of seconds) and ends once the
+        // killed node is the standby again, so the second kill finds a pair to fail over.
+        faults.push((0.15..0.35, Fault::FailOverDatabase, Duration::ZERO));
+        faults.push((0.45..0.70, Fault::FailOverDatabase, Duration::ZERO));
+    } else {
+        faults.push((0.20..0.80, Fault::RestartDatabase, pauses[4]));
+    }
     if injections.has(Injection::DlqUnbind) {
         let pause = Duration::from_millis(rng.random_range(5000..=10_000));
         faults.push((0.25..0.50, Fault::UnbindDeadLetters, pause));
@@ -195,6 +217,9 @@ pub struct FaultLog {
     pub broker_node_kills: u32,
     /// PostgreSQL restarts that completed.
     pub db_restarts: u32,
+    /// Failovers of the database pair that completed (the standby promoted, the old primary
+    /// back as the standby).
+    pub failovers: Vec<Failover>,
     /// Faults that could not be injected, instances that died on their own, what the idle
     /// connections showed.
     pub problems: Vec<String>,
@@ -316,6 +341,11 @@ async fn strike(
             .await
             .map(drop),
         Fault::RestartDatabase => infra.restart_database(planned.pause).await,
+        Fault::FailOverDatabase => {
+            let failover = infra.fail_over_database().await?;
+            log.lock().expect("not poisoned").failovers.push(failover);
+            Ok(())
+        }
         Fault::UnbindDeadLetters => {
             unbind_dead_letters(&target.amqp_url, &target.topology, planned.pause).await
         }
@@ -367,7 +397,12 @@ mod tests {
     #[test]
     fn the_plan_has_three_primary_kills_a_second_instance_and_both_restarts_in_order() {
         for seed in 0..50 {
-            let plan = plan(&mut StdRng::seed_from_u64(seed), &Injections::all(), false);
+            let plan = plan(
+                &mut StdRng::seed_from_u64(seed),
+                &Injections::all(),
+                false,
+                false,
+            );
             let count = |f: Fault| plan.iter().filter(|p| p.fault == f).count();
             assert_eq!(count(Fault::KillPrimary), 3);
             assert_eq!(count(Fault::RestartBroker), 1);
@@ -378,13 +413,34 @@ mod tests {
             assert!(plan.iter().all(|p| (0.04..0.85).contains(&p.at)));
             assert_eq!(count(Fault::UnbindDeadLetters), 1);
             assert_eq!(count(Fault::IdleConnections), 1);
-            let none = super::plan(&mut StdRng::seed_from_u64(seed), &Injections::none(), false);
+            let none = super::plan(
+                &mut StdRng::seed_from_u64(seed),
+                &Injections::none(),
+                false,
+                false,
+            );
             assert_eq!(none.len(), plan.len() - 2);
-            let cluster = super::plan(&mut StdRng::seed_from_u64(seed), &Injections::all(), true);
+            let cluster = super::plan(
+                &mut StdRng::seed_from_u64(seed),
+                &Injections::all(),
+                true,
+                false,
+            );
             let on_cluster = |f: Fault| cluster.iter().filter(|p| p.fault == f).count();
             assert_eq!(on_cluster(Fault::KillBrokerNode), 1);
             assert_eq!(on_cluster(Fault::RestartBroker), 0);
             assert_eq!(cluster.len(), plan.len());
+            // On a database pair: two failovers, one after the other, instead of the restart.
+            let pair = super::plan(
+                &mut StdRng::seed_from_u64(seed),
+                &Injections::all(),
+                false,
+                true,
+            );
+            let on_pair = |f: Fault| pair.iter().filter(|p| p.fault == f).count();
+            assert_eq!(on_pair(Fault::FailOverDatabase), 2);
+            assert_eq!(on_pair(Fault::RestartDatabase), 0);
+            assert_eq!(pair.len(), plan.len() + 1);
         }
     }
 }

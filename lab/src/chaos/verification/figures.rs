@@ -1,14 +1,15 @@
 //! The closing line: `chaos: commands=N kills=K broker_restarts=B db_restarts=D cancelled=C
 //! retried=R failed_by_operator=F lost=0 double_applied=0 duplicate_runs=0 missing_events=0
 //! duplicate_deliveries=0 viewer_gaps=0 seconds=S`; a `--cluster` run adds
-//! `broker_node_kills=K` after `db_restarts`. The operator's counts are what the operator's
+//! `broker_node_kills=K` after `db_restarts`, a `--db-failover` run `db_failovers=K
+//! max_unavailable_s=S` after `seconds`. The operator's counts are what the operator's
 //! actions did; the run fails unless each equals what it asked for (see
 //! [`super::operator`]).
 
 use std::fmt;
 
 /// The figures of the closing line.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Figures {
     /// Distinct commands in the workload.
     pub commands: u64,
@@ -42,6 +43,9 @@ pub struct Figures {
     pub viewer_gaps: u64,
     /// Wall time of the run.
     pub seconds: u64,
+    /// `--db-failover` runs only: the failovers of the database pair, and the longest time no
+    /// server of it took writes, in seconds.
+    pub db_failovers: Option<(u32, f64)>,
 }
 
 impl Figures {
@@ -82,7 +86,14 @@ impl fmt::Display for Figures {
             self.duplicate_deliveries,
             self.viewer_gaps,
             self.seconds
-        )
+        )?;
+        if let Some((failovers, unavailable)) = self.db_failovers {
+            write!(
+                f,
+                " db_failovers={failovers} max_unavailable_s={unavailable:.1}"
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -108,6 +119,7 @@ mod tests {
             duplicate_deliveries: 0,
             viewer_gaps: 0,
             seconds: 118,
+            db_failovers: None,
         };
         assert_eq!(
             figures.to_string(),
@@ -122,6 +134,15 @@ mod tests {
             }
             .to_string(),
             "chaos: commands=20007 kills=4 broker_restarts=0 db_restarts=1 broker_node_kills=1 cancelled=41 retried=38 failed_by_operator=29 lost=0 double_applied=0 duplicate_runs=0 missing_events=0 duplicate_deliveries=0 viewer_gaps=0 seconds=118"
+        );
+        assert_eq!(
+            Figures {
+                db_restarts: 0,
+                db_failovers: Some((2, 31.04)),
+                ..figures.clone()
+            }
+            .to_string(),
+            "chaos: commands=20007 kills=4 broker_restarts=1 db_restarts=0 cancelled=41 retried=38 failed_by_operator=29 lost=0 double_applied=0 duplicate_runs=0 missing_events=0 duplicate_deliveries=0 viewer_gaps=0 seconds=118 db_failovers=2 max_unavailable_s=31.0"
         );
         assert!(!Figures {
             lost: 1,
