@@ -377,24 +377,55 @@ impl PgHaPair {
         Ok(pair)
     }
 
-    /// SIGKILLs node `name` as a crashed machine would lose it: its `pg_autoctl` with every
-    /// process of its group (the keeper and its PostgreSQL), and the postmaster if it outlived
-    /// them.
+    /// SIGKILLs node `name` as a crashed machine would lose it, every process at once: its
+    /// `pg_autoctl`'s process group and its PostgreSQL's (the postmaster leads a group of its
+    /// own with all its backends: a backend or WAL sender that outlived a killed postmaster
+    /// would go on sending WAL, which a crashed machine does not).
     pub async fn kill_node(&self, name: &str) -> Result<(), LabError> {
         let [postmaster, autoctl] = self.pid_files(name);
-        let group = read_pid(&autoctl).and_then(process_group);
-        if let Some(group) = group {
-            let _ = tool::run(None, &[], "kill", &["-KILL", "--", &format!("-{group}")]).await;
+        let targets: Vec<String> = [read_pid(&postmaster), read_pid(&autoctl)]
+            .into_iter()
+            .flatten()
+            .filter_map(process_group)
+            .map(|group| format!("-{group}"))
+            .collect();
+        if targets.is_empty() {
+            return Err(LabError::Failed(format!("pg-ha: {name}: nothing runs")));
         }
-        if let Some(pid) = read_pid(&postmaster).filter(|_| running_pid(&postmaster)) {
-            let _ = tool::run(None, &[], "kill", &["-KILL", &pid.to_string()]).await;
-        }
-        if group.is_none() {
-            return Err(LabError::Failed(format!(
-                "pg-ha: {name}: no pg_autoctl runs"
-            )));
-        }
+        let mut args = vec!["-KILL", "--"];
+        args.extend(targets.iter().map(String::as_str));
+        let _ = tool::run(None, &[], "kill", &args).await;
         Ok(())
+    }
+
+    /// Stops (SIGSTOP) the primary `primary`'s WAL sender, as a standby falling behind on a
+    /// slow network: the WAL stays on the primary, unsent (stopping the standby's receiver
+    /// instead would not do: what was sent waits in its socket and arrives all the same). Its
+    /// pid, to continue it with [`Self::resume`]. With synchronous replication the primary's
+    /// commits then wait; without, they go on and only the primary has them.
+    pub async fn stall_sender(&self, primary: &NodeState) -> Result<u32, LabError> {
+        let url = format!(
+            "postgres://postgres@127.0.0.1:{}/postgres?sslmode=disable",
+            primary.port
+        );
+        let mut conn: sqlx::PgConnection = sqlx::Connection::connect(&url).await?;
+        let pid: Option<i32> =
+            sqlx::query_scalar("SELECT pid FROM pg_stat_replication ORDER BY pid LIMIT 1")
+                .fetch_optional(&mut conn)
+                .await?;
+        sqlx::Connection::close(conn).await?;
+        let pid = pid
+            .and_then(|p| u32::try_from(p).ok())
+            .ok_or_else(|| LabError::Failed(format!("{}: no WAL sender", primary.name)))?;
+        tool::run(None, &[], "kill", &["-STOP", &pid.to_string()])
+            .await
+            .map_err(LabError::Failed)?;
+        Ok(pid)
+    }
+
+    /// Continues a process stopped by [`Self::stall_sender`].
+    pub async fn resume(&self, pid: u32) {
+        let _ = tool::run(None, &[], "kill", &["-CONT", &pid.to_string()]).await;
     }
 
     /// Starts node `name`'s `pg_autoctl run` again (it rejoins as a standby).

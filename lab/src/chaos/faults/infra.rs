@@ -18,6 +18,9 @@ use crate::private::pg_ha::{PgHaPair, TemporaryPair};
 use crate::private::{PrivateBroker, PrivateCluster, PrivateDatabase};
 use crate::LabError;
 
+/// How long the primary's WAL sender is stopped before the primary is killed.
+const SENDER_STALL: Duration = Duration::from_secs(2);
+
 /// The database of a run.
 #[derive(Debug)]
 enum Database {
@@ -152,17 +155,28 @@ impl Infra {
             return Err("the database is a single server: nothing to fail over to".into());
         };
         let failed = |e: LabError| e.to_string();
-        let primary = pair
-            .primary()
-            .await
-            .map_err(failed)?
+        let nodes = pair.nodes().await.map_err(failed)?;
+        let primary = nodes
+            .iter()
+            .find(|n| n.is_writable())
+            .cloned()
             .ok_or("no primary to kill")?;
+        // The standby falls behind first, as on a slow network: a synchronous primary's commits
+        // wait for it (none is acknowledged that the standby lacks); an asynchronous one's go on,
+        // and are lost with the primary.
+        let stalled = pair.stall_sender(&primary).await.map_err(failed)?;
         eprintln!(
-            "chaos: the database's primary is {} (127.0.0.1:{}): SIGKILL",
-            primary.name, primary.port
+            "chaos: {}'s WAL sender stopped for {} ms; then SIGKILL {} (127.0.0.1:{})",
+            primary.name,
+            SENDER_STALL.as_millis(),
+            primary.name,
+            primary.port
         );
+        tokio::time::sleep(SENDER_STALL).await;
         let killed_at = std::time::Instant::now();
-        pair.kill_node(&primary.name).await.map_err(failed)?;
+        let killed = pair.kill_node(&primary.name).await;
+        pair.resume(stalled).await;
+        killed.map_err(failed)?;
         let promoted = pair
             .wait_for_new_primary(&primary.name)
             .await
