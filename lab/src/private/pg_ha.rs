@@ -401,7 +401,7 @@ impl PgHaPair {
     /// Stops (SIGSTOP) the primary `primary`'s WAL sender, as a standby falling behind on a
     /// slow network: the WAL stays on the primary, unsent (stopping the standby's receiver
     /// instead would not do: what was sent waits in its socket and arrives all the same). Its
-    /// pid, to continue it with [`Self::resume`]. With synchronous replication the primary's
+    /// pid, to kill it with its node ([`Self::kill_stalled`]). With synchronous replication the primary's
     /// commits then wait; without, they go on and only the primary has them.
     pub async fn stall_sender(&self, primary: &NodeState) -> Result<u32, LabError> {
         let url = format!(
@@ -423,9 +423,11 @@ impl PgHaPair {
         Ok(pid)
     }
 
-    /// Continues a process stopped by [`Self::stall_sender`].
-    pub async fn resume(&self, pid: u32) {
-        let _ = tool::run(None, &[], "kill", &["-CONT", &pid.to_string()]).await;
+    /// SIGKILLs the WAL sender stopped by [`Self::stall_sender`] with its node (measured: one
+    /// continued instead, even right after its node's groups were SIGKILLed, still sent its
+    /// WAL to the standby, and nothing was lost).
+    pub async fn kill_stalled(&self, pid: u32) {
+        let _ = tool::run(None, &[], "kill", &["-KILL", &pid.to_string()]).await;
     }
 
     /// Starts node `name`'s `pg_autoctl run` again (it rejoins as a standby).

@@ -175,7 +175,7 @@ impl Infra {
         tokio::time::sleep(SENDER_STALL).await;
         let killed_at = std::time::Instant::now();
         let killed = pair.kill_node(&primary.name).await;
-        pair.resume(stalled).await;
+        pair.kill_stalled(stalled).await;
         killed.map_err(failed)?;
         let promoted = pair
             .wait_for_new_primary(&primary.name)
