@@ -397,49 +397,31 @@ mod tests {
     #[test]
     fn the_plan_has_three_primary_kills_a_second_instance_and_both_restarts_in_order() {
         for seed in 0..50 {
-            let plan = plan(
-                &mut StdRng::seed_from_u64(seed),
-                &Injections::all(),
-                false,
-                false,
-            );
-            let count = |f: Fault| plan.iter().filter(|p| p.fault == f).count();
-            assert_eq!(count(Fault::KillPrimary), 3);
-            assert_eq!(count(Fault::RestartBroker), 1);
-            assert_eq!(count(Fault::RestartDatabase), 1);
+            let drawn = |injections: &Injections, cluster, pair| {
+                plan(&mut StdRng::seed_from_u64(seed), injections, cluster, pair)
+            };
+            let count =
+                |plan: &[PlannedFault], f: Fault| plan.iter().filter(|p| p.fault == f).count();
+            let plan = drawn(&Injections::all(), false, false);
+            assert_eq!(count(&plan, Fault::KillPrimary), 3);
+            assert_eq!(count(&plan, Fault::RestartBroker), 1);
+            assert_eq!(count(&plan, Fault::RestartDatabase), 1);
             let at = |f: Fault| plan.iter().position(|p| p.fault == f).unwrap();
             assert!(at(Fault::StartSecond) < at(Fault::KillSecond));
             assert!(plan.windows(2).all(|w| w[0].at <= w[1].at));
             assert!(plan.iter().all(|p| (0.04..0.85).contains(&p.at)));
-            assert_eq!(count(Fault::UnbindDeadLetters), 1);
-            assert_eq!(count(Fault::IdleConnections), 1);
-            let none = super::plan(
-                &mut StdRng::seed_from_u64(seed),
-                &Injections::none(),
-                false,
-                false,
-            );
+            assert_eq!(count(&plan, Fault::UnbindDeadLetters), 1);
+            assert_eq!(count(&plan, Fault::IdleConnections), 1);
+            let none = drawn(&Injections::none(), false, false);
             assert_eq!(none.len(), plan.len() - 2);
-            let cluster = super::plan(
-                &mut StdRng::seed_from_u64(seed),
-                &Injections::all(),
-                true,
-                false,
-            );
-            let on_cluster = |f: Fault| cluster.iter().filter(|p| p.fault == f).count();
-            assert_eq!(on_cluster(Fault::KillBrokerNode), 1);
-            assert_eq!(on_cluster(Fault::RestartBroker), 0);
+            let cluster = drawn(&Injections::all(), true, false);
+            assert_eq!(count(&cluster, Fault::KillBrokerNode), 1);
+            assert_eq!(count(&cluster, Fault::RestartBroker), 0);
             assert_eq!(cluster.len(), plan.len());
             // On a database pair: two failovers, one after the other, instead of the restart.
-            let pair = super::plan(
-                &mut StdRng::seed_from_u64(seed),
-                &Injections::all(),
-                false,
-                true,
-            );
-            let on_pair = |f: Fault| pair.iter().filter(|p| p.fault == f).count();
-            assert_eq!(on_pair(Fault::FailOverDatabase), 2);
-            assert_eq!(on_pair(Fault::RestartDatabase), 0);
+            let pair = drawn(&Injections::all(), false, true);
+            assert_eq!(count(&pair, Fault::FailOverDatabase), 2);
+            assert_eq!(count(&pair, Fault::RestartDatabase), 0);
             assert_eq!(pair.len(), plan.len() + 1);
         }
     }
